@@ -1,0 +1,24 @@
+# One venv for everything; torch 2.13.0 (CPU) goes in first and constraints.txt keeps it there.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install test bench clean
+
+$(BIN)/readl: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(BIN)/readl
+
+install: $(BIN)/readl
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache
