@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test bench clean
+.PHONY: install data test bench clean
 
 $(BIN)/readl: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,13 @@ $(BIN)/readl: pyproject.toml constraints.txt
 
 install: $(BIN)/readl
 
-test: install
+# The bundled real images live in a DVC remote inside the repository (.dvc/sample-data): no network.
+data/raw: data.dvc | $(BIN)/readl
+	$(BIN)/dvc pull -q data.dvc
+
+data: data/raw
+
+test: install data
 	$(BIN)/pytest -q
 
 bench: install

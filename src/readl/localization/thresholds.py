@@ -1,0 +1,138 @@
+"""Thresholds tau_t, tau_i for ReAL token selection (paper Eq. 4; supplement Table 5: tau_i by
+maximum curvature, tau_t by the median of the sorted scores; a fixed value is also supported).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from readl.localization.scores import _checked
+
+Rule = Literal["max_curvature", "median", "fixed"]
+
+KNEE_MIN_DISTANCE = 1e-6  # below this no knee "stands out" (straight line, concave curve)
+_TIE_TOL = 1e-12  # distances within this of the maximum count as ties (scaling/shift rounding)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold and how it was found.
+
+    value: the threshold (tokens are kept when their score is strictly greater).
+    rule: the rule asked for ("max_curvature", "median" or "fixed").
+    index: for "max_curvature", the knee's position in the ascending sorted scores; else None.
+    n: number of scores the rule saw (0 for "fixed" without scores).
+    fallback: why the rule could not be applied as asked and the median was used; None if it was.
+    """
+
+    value: float
+    rule: str
+    index: int | None
+    n: int
+    fallback: str | None
+
+
+def _scores(scores: object) -> np.ndarray:
+    return _checked("scores", scores, 1).astype(np.float64)  # (n,)
+
+
+def median(scores: np.ndarray) -> Threshold:
+    """Median of the scores (``np.median``; the mean of the two middle values for even n).
+
+    Args: scores: (n,) finite values. Returns: Threshold(rule="median"); n == 0 gives value 0.0
+    with fallback "no scores". Raises: ValueError if not 1-D or a value is NaN/inf.
+    """
+    s = _scores(scores)
+    if s.size == 0:
+        return Threshold(0.0, "median", None, 0, "no scores")
+    return Threshold(float(np.median(s)), "median", None, int(s.size), None)
+
+
+def fixed(value: float) -> Threshold:
+    """A given threshold. Raises ValueError if ``value`` is not a finite number."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"fixed threshold must be finite, got {value!r}")
+    return Threshold(v, "fixed", None, 0, None)
+
+
+def max_curvature(scores: np.ndarray) -> Threshold:
+    """Threshold at the point of maximum curvature of the sorted score curve (deterministic Kneedle).
+
+    Specification (Kneedle, Satopaa et al. 2011, with sensitivity S -> 0, for a convex increasing
+    curve; the order of ``scores`` does not matter):
+
+    1. s_(0) <= ... <= s_(n-1): the scores sorted ascending (ties allowed).
+    2. x_i = i / (n - 1); y_i = (s_(i) - s_(0)) / (s_(n-1) - s_(0)), both in [0, 1].
+    3. d_i = x_i - y_i: how far the normalised curve lies below the chord y = x (the perpendicular
+       distance is d_i / sqrt(2), so the argmax is the same).
+    4. knee k = the FIRST i with d_i >= max(d) - 1e-12 (the tolerance only absorbs rounding, so
+       that scaling or shifting the scores cannot move the knee between equal-distance points).
+    5. value = s_(k); index = k.
+
+    Because y is normalised, the result is invariant to scaling by a positive factor and shifting
+    (value transforms with the scores, index is unchanged).
+
+    Fallbacks (rule stays "max_curvature", value from :func:`median`, reason in ``fallback``):
+    n < 3; a flat curve (max == min); no knee stands out (max d <= 1e-6, e.g. a straight line or a
+    concave curve, whose points lie on or above the chord).
+
+    Args:
+        scores: (n,) finite values, any order.
+
+    Returns:
+        Threshold(rule="max_curvature").
+
+    Raises:
+        ValueError: ``scores`` is not 1-D or holds NaN/inf.
+    """
+    s = np.sort(_scores(scores))  # (n,)
+    n = int(s.size)
+
+    def fallback(reason: str) -> Threshold:
+        return Threshold(median(s).value, "max_curvature", None, n, reason)
+
+    if n < 3:
+        return fallback(f"fewer than 3 scores (n={n})")
+    lo, hi = s[0], s[-1]
+    if hi == lo:
+        return fallback("flat curve (all scores equal)")
+    x = np.arange(n) / (n - 1)  # (n,)
+    y = (s - lo) / (hi - lo)  # (n,)
+    d = x - y  # (n,)
+    d_max = d.max()
+    if d_max <= KNEE_MIN_DISTANCE:
+        return fallback(f"no knee stands out (max distance below chord {d_max:.3g} <= 1e-6)")
+    k = int(np.flatnonzero(d >= d_max - _TIE_TOL)[0])
+    return Threshold(float(s[k]), "max_curvature", k, n, None)
+
+
+def find_threshold(scores: np.ndarray | None, rule: Rule, value: float | None = None) -> Threshold:
+    """Dispatch to :func:`max_curvature`, :func:`median` or :func:`fixed`.
+
+    Args:
+        scores: (n,) finite values; ignored (may be None) for "fixed".
+        rule: "max_curvature", "median" or "fixed".
+        value: the threshold for "fixed"; must be None or absent for other rules.
+
+    Raises:
+        ValueError: unknown rule, "fixed" without ``value``, ``value`` given for another rule,
+            or ``scores`` missing for a data-driven rule.
+    """
+    if rule == "fixed":
+        if value is None:
+            raise ValueError("rule 'fixed' needs a value")
+        t = fixed(value)
+        n = 0 if scores is None else int(np.asarray(scores).size)
+        return Threshold(t.value, "fixed", None, n, None)
+    if rule not in ("max_curvature", "median"):
+        raise ValueError(f"unknown threshold rule {rule!r}; expected 'max_curvature', 'median' or 'fixed'")
+    if value is not None:
+        raise ValueError(f"rule {rule!r} takes no value (got {value!r}); use rule='fixed'")
+    if scores is None:
+        raise ValueError(f"rule {rule!r} needs scores")
+    return max_curvature(scores) if rule == "max_curvature" else median(scores)

@@ -1,0 +1,164 @@
+"""``readl predict``: reasoning, answer, score and ReAL anomaly map for image files.
+
+For each image it writes ``<out>/<stem>.json`` (reasoning, answer, format_ok, score, selected tokens
+with S_T^ / S_I^ / w) and ``<out>/<stem>.png`` (the image with its anomaly map overlaid). A file that
+is not a readable image is reported with its path and reason; the others still get their results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from readl.atomic import atomic_write, write_json
+from readl.config import LocalizationConfig
+from readl.evaluation.report import overlay
+from readl.localization.anomaly_map import ReALResult, real_map, upsample
+from readl.model.inference import Prediction, Predictor
+
+__all__ = ["UnreadableImageError", "open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableImageError(ValueError):
+    """An input file could not be decoded as an image; the message names the file and the fix."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open ``path`` fully decoded as RGB, EXIF orientation applied.
+
+    Raises:
+        UnreadableImageError: missing, empty, truncated or not an image file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(f"{path}: empty file (0 bytes); re-copy or re-download it")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes everything: a truncated file raises here instead of yielding grey pixels
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{path}: not a readable image ({exc}); check the file or remove it") from exc
+
+
+def resolve_taus(cfg: LocalizationConfig, thresholds_file: str | Path | None) -> tuple[float | str, float | str]:
+    """tau_t and tau_i for :func:`real_map`: calibrated values if a thresholds file is given, else the rules.
+
+    Args:
+        cfg: the ``localization`` params (rules ``median`` / ``max_curvature`` applied per image, or fixed).
+        thresholds_file: ``models/thresholds.json`` written by ``readl calibrate`` (keys ``tau_t``, ``tau_i``
+            each with a ``value``), or ``None``.
+
+    Raises:
+        ValueError: the thresholds file lacks ``tau_t``/``tau_i`` values.
+    """
+    if thresholds_file is not None:
+        data = json.loads(Path(thresholds_file).read_text())
+        try:
+            return float(data["tau_t"]["value"]), float(data["tau_i"]["value"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{thresholds_file}: needs tau_t.value and tau_i.value; re-run `readl calibrate`") from exc
+
+    def one(t):
+        return float(t.value) if t.rule == "fixed" else t.rule
+
+    return one(cfg.tau_t), one(cfg.tau_i)
+
+
+def localize(pred: Prediction, cfg: LocalizationConfig, taus: tuple[float | str, float | str]) -> ReALResult:
+    """ReAL for one prediction (paper Eq. 2-5) with the configured mode, weights and thresholds."""
+    return real_map(
+        pred.image_attn, pred.anomaly_attn, tau_t=taus[0], tau_i=taus[1],
+        alpha=cfg.alpha, beta=cfg.beta, mode=cfg.mode, binarize=cfg.binarize,
+    )  # fmt: skip
+
+
+def prediction_record(path: Path, pred: Prediction, real: ReALResult) -> dict:
+    """The JSON record of one image (see the module docstring)."""
+    selected = [
+        {"index": int(i), "token": pred.tokens[i], "s_t_hat": round(float(real.s_t_hat[i]), 6),
+         "s_i_hat": round(float(real.s_i_hat[i]), 6), "w": round(float(real.w[i]), 6)}
+        for i in np.flatnonzero(real.w > 0)
+    ]  # fmt: skip
+    return {
+        "image": str(path),
+        "reasoning": pred.parsed.reasoning,
+        "answer": pred.parsed.answer,
+        "format_ok": pred.parsed.format_ok,
+        "score": round(pred.score, 6),
+        "completion": pred.completion,
+        "n_reasoning_tokens": len(pred.tokens),
+        "tau": {"t": real.tau_t, "i": real.tau_i},
+        "fallback": real.fallback,
+        "selected_tokens": selected,
+    }
+
+
+@dataclass
+class Outcome:
+    """What happened to one input file: its outputs, or the error."""
+
+    path: Path
+    json_path: Path | None = None
+    png_path: Path | None = None
+    record: dict | None = None
+    error: str | None = None
+
+
+def predict_files(
+    paths: list[Path],
+    predictor: Predictor,
+    cfg: LocalizationConfig,
+    out_dir: Path,
+    thresholds_file: Path | None = None,
+    batch_size: int = 1,
+    progress=None,
+) -> list[Outcome]:
+    """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir``.
+
+    Unreadable files become ``Outcome(error=...)``; they never stop the others.
+
+    Args:
+        paths: image files.
+        predictor: a loaded :class:`~readl.model.inference.Predictor`.
+        cfg: ``localization`` params.
+        out_dir: output folder (created).
+        thresholds_file: calibrated ``thresholds.json`` or ``None`` for per-image rules.
+        batch_size: images per model call.
+        progress: optional callable ``progress(n_done)`` after each batch.
+    """
+    taus = resolve_taus(cfg, thresholds_file)
+    outcomes = {p: Outcome(p) for p in paths}
+    images: dict[Path, Image.Image] = {}
+    for p in paths:
+        try:
+            images[p] = open_image(p)
+        except UnreadableImageError as exc:
+            outcomes[p].error = str(exc)
+            log.error("%s", exc)
+    readable = list(images)
+    stems: dict[str, int] = {}
+    for start in range(0, len(readable), batch_size):
+        batch = readable[start : start + batch_size]
+        for p, pred in zip(batch, predictor.predict([images[p] for p in batch])):
+            real = localize(pred, cfg, taus)
+            full = upsample(real.map, pred.image_size)  # (H, W)
+            record = prediction_record(p, pred, real)
+            n = stems.get(p.stem, 0)
+            stems[p.stem] = n + 1
+            name = p.stem if n == 0 else f"{p.stem}_{n}"
+            o = outcomes[p]
+            o.record = record
+            o.json_path = write_json(out_dir / f"{name}.json", record)
+            o.png_path = atomic_write(out_dir / f"{name}.png", lambda t, im=images[p], m=full: overlay(im, m).save(t, format="PNG"))
+        if progress is not None:
+            progress(len(batch))
+    return [outcomes[p] for p in paths]

@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny Qwen2.5-VL kit (built once per session, offline) and the bundled real images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "raw"
+
+
+def pytest_sessionstart(session):
+    """Materialise the bundled sample (data.dvc) from the in-repo DVC remote if it is not there yet."""
+    if not (SAMPLE / "SOURCES.md").is_file():
+        import shutil
+        import subprocess
+        import sys
+
+        dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+        subprocess.run([dvc, "pull", "-q", "data.dvc"], cwd=REPO, check=True)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real benchmark images bundled with the project (see data/sample/SOURCES.md)."""
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny kit, built once into a session temp folder; ``model.base: tiny`` resolves to it."""
+    from readl.model.tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2_5_vl")
+    os.environ["READL_TINY_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """``(model, processor)`` of the tiny kit, fp32 on CPU, capture-enabled attention."""
+    from readl.model.loading import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_images(sample_dir):
+    """Four real images: MVTec grid (L mode, 1024^2) bent + good, hazelnut_toy colour + good (JPEG)."""
+    from PIL import Image
+
+    paths = [
+        sample_dir / "mvtec_ad/grid/test/bent/000.png",
+        sample_dir / "mvtec_ad/grid/test/good/000.png",
+        sample_dir / "hazelnut_toy/hazelnut/test/colour/00.jpg",
+        sample_dir / "hazelnut_toy/hazelnut/test/good/04.jpg",
+    ]
+    return [Image.open(p).convert("RGB") for p in paths]

@@ -1,0 +1,89 @@
+"""Generation + teacher-forced capture on the tiny model and the bundled real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from readl.model.inference import (
+    GenerationSettings,
+    Predictor,
+    anomaly_token_positions,
+    answer_token_ids,
+    reasoning_token_mask,
+)
+from readl.model.prompting import QUESTION
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny):
+    model, processor = tiny
+    return Predictor(model, processor, generation=GenerationSettings(max_new_tokens=12))
+
+
+def test_predict_on_real_images(predictor, sample_images):
+    preds = predictor.predict(sample_images[:2])
+    assert len(preds) == 2
+    for pred, im in zip(preds, sample_images):
+        r = len(pred.tokens)
+        assert 0 < r <= 12
+        assert pred.image_attn.shape == (r, 15, 15) and pred.image_attn.dtype == np.float32
+        assert pred.anomaly_attn.shape == (r, 2)  # " defects", " anomalies" in the tiny vocabulary
+        assert 0.0 <= pred.score <= 1.0
+        assert pred.image_size == (im.height, im.width)
+        assert np.all(pred.image_attn.sum(axis=(1, 2)) < 1.0 + 1e-5)  # a share of one softmax row
+
+
+def test_anomaly_positions_point_at_anomaly_words(predictor, sample_images):
+    inputs = predictor.encode(sample_images[:1])
+    pos = anomaly_token_positions(inputs["input_ids"], predictor.tokenizer, QUESTION)
+    words = [predictor.tokenizer.decode([int(inputs["input_ids"][0, p])]).strip() for p in pos[0]]
+    assert words == ["defects", "anomalies"]
+
+
+def test_reasoning_mask_and_answer_index(predictor):
+    tok = predictor.tokenizer
+    ids = tok.encode("<think>A scratch on the surface.</think><answer>Yes</answer>", add_special_tokens=False)
+    mask, a = reasoning_token_mask(tok, ids)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "A scratch on the surface."
+    assert tok.decode([ids[a]]) == "Yes"
+    ids = tok.encode("no tags, just text", add_special_tokens=False)
+    mask, a = reasoning_token_mask(tok, ids)
+    assert mask.all() and a is None
+
+
+def _p_yes_by_hand(predictor, inputs, text):
+    """Softmax over the Yes/No logits after prompt + text (plain forward, last position)."""
+    ids = torch.tensor([predictor.tokenizer.encode(text, add_special_tokens=False)])
+    batch = dict(inputs)
+    batch["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    with torch.no_grad():
+        logits = predictor.model(**batch).logits[0, -1]
+    yes, no = answer_token_ids(predictor.tokenizer)
+    return float(torch.softmax(logits[[yes, no]], 0)[0])
+
+
+def test_score_is_read_at_the_answer_position(predictor, sample_images):
+    tok = predictor.tokenizer
+    inputs = predictor.encode(sample_images[:1])
+    with_answer = "<think>A crack.</think><answer>No</answer>"
+    cut_off = "<think>A crack on the"
+    caps = predictor.capture(inputs, [tok.encode(with_answer, add_special_tokens=False)])
+    assert caps[0].p_yes == pytest.approx(_p_yes_by_hand(predictor, inputs, "<think>A crack.</think><answer>"), abs=1e-5)
+    caps = predictor.capture(inputs, [tok.encode(cut_off, add_special_tokens=False)])
+    # no answer tag: scored after appending "</think><answer>" (documented fallback)
+    assert caps[0].p_yes == pytest.approx(_p_yes_by_hand(predictor, inputs, cut_off + "</think><answer>"), abs=1e-5)
+    assert caps[0].image_attn.shape[0] == len(tok.encode(cut_off, add_special_tokens=False))
+
+
+def test_batch_equals_single(predictor, sample_images):
+    tok = predictor.tokenizer
+    comps = [tok.encode(t, add_special_tokens=False) for t in ["<think>ok</think><answer>No</answer>", "<think>a long scratch on the left edge"]]
+    both = predictor.capture(predictor.encode(sample_images[2:4]), comps)
+    for i in range(2):
+        one = predictor.capture(predictor.encode(sample_images[2 + i : 3 + i]), [comps[i]])[0]
+        assert np.abs(one.image_attn - both[i].image_attn).max() <= 1e-5
+        assert one.p_yes == pytest.approx(both[i].p_yes, abs=1e-5)

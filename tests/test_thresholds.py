@@ -1,0 +1,127 @@
+"""Threshold rules in readl.localization.thresholds (max curvature, median, fixed)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from readl.localization.thresholds import (
+    Threshold,
+    find_threshold,
+    fixed,
+    max_curvature,
+    median,
+)
+
+
+def two_segments(n, bend, slow=0.1, fast=2.0):
+    """Convex increasing piecewise-linear curve with its bend at index ``bend``."""
+    i = np.arange(n, dtype=float)
+    return np.where(i <= bend, slow * i, slow * bend + fast * (i - bend))
+
+
+@pytest.mark.parametrize("n, bend", [(100, 10), (100, 37), (100, 50), (100, 80), (7, 3), (250, 201)])
+def test_finds_bend_of_two_segment_curve_exactly(n, bend):
+    s = two_segments(n, bend)
+    t = max_curvature(s)
+    assert (t.index, t.value, t.n, t.fallback, t.rule) == (bend, s[bend], n, None, "max_curvature")
+    shuffled = np.random.default_rng(bend).permutation(s)
+    assert max_curvature(shuffled) == t
+
+
+def test_plateaus_and_ties():
+    s = np.array([0, 0, 0, 0, 0, 0, 1, 5, 9, 13], dtype=float)  # d = x - y peaks at i = 6
+    t = max_curvature(s)
+    assert t.index == 6 and t.value == 1.0
+    t = max_curvature(np.array([3.0, 0.0, 1.0, 0.0]))  # d = [0, 1/3, 1/3, 0]: first max wins
+    assert t.index == 1 and t.value == 0.0
+
+
+@pytest.mark.parametrize("scale, shift", [(3.7, -5.0), (1e-4, 0.0), (250.0, 1e3), (1.0, 0.123)])
+def test_invariant_to_scaling_and_shifting(scale, shift):
+    rng = np.random.default_rng(1)
+    s = np.exp(4 * rng.random(300))
+    t = max_curvature(s)
+    u = max_curvature(scale * s + shift)
+    assert t.fallback is None and u.index == t.index
+    assert u.value == pytest.approx(scale * t.value + shift, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("s", [[], [2.0], [1.0, 5.0]])
+def test_falls_back_when_too_few_scores(s):
+    t = max_curvature(np.array(s))
+    assert t.fallback == f"fewer than 3 scores (n={len(s)})"
+    assert t.index is None and t.rule == "max_curvature"
+    assert t.value == (np.median(s) if s else 0.0)
+
+
+@pytest.mark.parametrize(
+    "s, reason",
+    [
+        (np.full(10, 0.4), "flat curve"),
+        (np.linspace(0.0, 3.0, 50), "no knee stands out"),
+        (np.sqrt(np.linspace(0.0, 1.0, 50)), "no knee stands out"),  # concave
+    ],
+)
+def test_falls_back_on_flat_straight_and_concave(s, reason):
+    t = max_curvature(np.random.default_rng(0).permutation(s))
+    assert t.fallback is not None and t.fallback.startswith(reason)
+    assert t.value == pytest.approx(np.median(s)) and t.index is None
+
+
+@pytest.mark.parametrize(
+    "s",
+    [
+        two_segments(200, 60),
+        two_segments(200, 140, slow=0.5, fast=3.0),
+        two_segments(500, 333),
+        np.exp(np.linspace(0, 5, 200)),
+        np.exp(np.linspace(0, 10, 500)),
+        np.linspace(0, 1, 300) ** 6,
+    ],
+    ids=["pl60", "pl140", "pl333", "exp5", "exp10", "pow6"],
+)
+def test_agrees_with_kneed(s):
+    kneed = pytest.importorskip("kneed")
+    n = len(s)
+    ref = kneed.KneeLocator(np.arange(n), np.sort(s), curve="convex", direction="increasing").knee
+    assert ref is not None
+    assert abs(max_curvature(s).index - ref) <= 0.01 * n
+
+
+def test_median_and_fixed():
+    assert median(np.array([3.0, 1.0, 2.0])) == Threshold(2.0, "median", None, 3, None)
+    assert median(np.array([4.0, 1.0, 2.0, 3.0])).value == 2.5
+    assert median(np.zeros(0)) == Threshold(0.0, "median", None, 0, "no scores")
+    assert fixed(0.3) == Threshold(0.3, "fixed", None, 0, None)
+    with pytest.raises(ValueError, match="finite"):
+        fixed(float("nan"))
+
+
+def test_threshold_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        median(np.ones(3)).value = 1.0
+
+
+def test_find_threshold_dispatch():
+    s = two_segments(100, 37)
+    assert find_threshold(s, "max_curvature") == max_curvature(s)
+    assert find_threshold(s, "median") == median(s)
+    assert find_threshold(s, "fixed", 0.25) == Threshold(0.25, "fixed", None, 100, None)
+    assert find_threshold(None, "fixed", 0.25).value == 0.25
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.ones(3), "knee"), "unknown threshold rule 'knee'"),
+        ((np.ones(3), "fixed"), "needs a value"),
+        ((np.ones(3), "median", 0.3), "takes no value"),
+        ((None, "median"), "needs scores"),
+        ((np.ones((3, 1)), "max_curvature"), "1-D"),
+        ((np.array([1.0, np.inf, 2.0]), "median"), "NaN or inf"),
+    ],
+)
+def test_find_threshold_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        find_threshold(*args)
