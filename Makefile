@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install data test bench clean
+.PHONY: install data repro test bench clean
 
 $(BIN)/readl: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ data/raw: data.dvc | $(BIN)/readl
 	$(BIN)/dvc pull -q data.dvc
 
 data: data/raw
+
+# The whole pipeline on the bundled sample (tiny model, CPU): curate -> train -> calibrate -> evaluate.
+repro: install data
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(BIN)/dvc repro
 
 test: install data
 	$(BIN)/pytest -q

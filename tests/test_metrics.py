@@ -480,3 +480,16 @@ def test_aupro_undefined_and_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert 0.0 <= aupro(maps[0], maps[0] > 0.7) <= 1.0  # one (H, W) map
+
+
+def test_accuracy_at_f1_max_matches_pixel_accuracy_at_that_threshold():
+    from readl.evaluation.metrics import BinaryCurveAccumulator, pixel_accuracy
+
+    rng = np.random.default_rng(7)
+    masks = rng.random((6, 16, 16)) < 0.1
+    maps = np.where(masks, rng.normal(0.7, 0.2, masks.shape), rng.normal(0.3, 0.2, masks.shape)).astype(np.float32)
+    acc = BinaryCurveAccumulator(float(maps.min()), float(maps.max()))
+    acc.update(maps, masks)
+    thr = acc.f1_max().threshold
+    assert acc.accuracy_at_f1_max() == pytest.approx(pixel_accuracy(maps, masks, thr), abs=1e-12)
+    assert 0.5 < acc.accuracy_at_f1_max() < 1.0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_write", "write_json", "write_text"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -41,3 +44,46 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """Atomically write ``obj`` as indented JSON to ``path``."""
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    Write everything into the yielded folder. When the block ends normally, the old ``path`` (if
+    any) is renamed aside, the new folder renamed onto ``path``, and the old one deleted; when the
+    block raises, the new folder is deleted and ``path`` is left as it was. Readers therefore see
+    the old content or the new content, never a mix; only a crash between the two renames leaves
+    ``path`` absent, with the complete old content beside it as ``.<name>.old-*``.
+
+    Yields:
+        The temporary folder (``Path``), on the same file system as ``path``, with the
+        permissions of a normal ``mkdir`` (umask applied).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists() or path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

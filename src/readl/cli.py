@@ -81,5 +81,141 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    params: Annotated[Path, typer.Option(help="params.yaml (sections model, localization, train).")] = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
+    output: Annotated[Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")] = Path("models"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")] = None,
+) -> None:
+    """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself."""
+    from readl.config import load_params
+    from readl.training.train import train as run_training
+
+    try:
+        record = run_training(load_params(params), manifest=manifest, output_dir=output, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        logging.getLogger(__name__).debug("train failed", exc_info=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    if record:
+        console.print(f"adapter: {record['adapter']}  MLflow run: {record['run_id']}  steps: {record['global_step']}")
+
+
+@app.command()
+def curate(
+    params: Annotated[Path, typer.Option(help="params.yaml (curate section).")] = Path("params.yaml"),
+    raw: Annotated[Path, typer.Option(help="Folder holding the sources' root folders.")] = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="Curated folder, replaced atomically.")] = Path("data/curated"),
+) -> None:
+    """Build the curated train / calib / eval manifests and 420x420 images (the first DVC stage)."""
+    from readl.config import load_params
+    from readl.data.curate import curate as run_curate
+
+    cfg = load_params(params).curate
+    try:
+        with _progress() as bar:
+            task = bar.add_task("curate", total=None)
+            result = run_curate(cfg, raw, out, progress=lambda n, total: bar.update(task, advance=n, total=total))
+    except (FileNotFoundError, ValueError) as exc:  # missing source folder, layout error
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(result.one_line())
+
+
+@app.command()
+def fetch(
+    source: Annotated[str, typer.Argument(help="Benchmark: visa, mvtec_ad, mvtec_loco, sdd, btad, bsdata, ... (readl.data.fetch.SOURCES).")],
+    dest: Annotated[Path, typer.Option(help="Raw-data folder; the benchmark lands in DEST/SOURCE.")] = Path("data/raw"),
+    url: Annotated[str | None, typer.Option(help="Archive URL (https:// or s3://) instead of the known one.")] = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected SHA-256 of the archive.")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (default $READL_S3_ENDPOINT_URL / $AWS_ENDPOINT_URL).")] = None,
+    unsigned: Annotated[bool | None, typer.Option("--unsigned/--signed", help="Anonymous S3 requests (default: per source).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing DEST/SOURCE.")] = False,
+    keep_archive: Annotated[bool, typer.Option(help="Keep the archive in DEST/.fetch after extracting.")] = False,
+) -> None:
+    """Download a public benchmark archive (resumable, checksummed) and extract it into DEST/SOURCE."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    from readl.data.fetch import FetchError, ManualDownloadRequired
+    from readl.data.fetch import fetch as run_fetch
+    from readl.storage import StorageError
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console)
+    tasks: list = []
+
+    def progress(done: int, total: int | None) -> None:  # the bar appears once bytes flow
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task(f"fetch {source}", total=None))
+        bar.update(tasks[0], completed=done, total=total)
+
+    try:
+        result = run_fetch(
+            source, dest, url=url, sha256=sha256, endpoint_url=endpoint_url, unsigned=unsigned, force=force,
+            keep_archive=keep_archive, progress=progress,
+        )  # fmt: skip
+    except ManualDownloadRequired as exc:
+        console.print(escape(str(exc)), soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    except (FetchError, StorageError, FileExistsError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        bar.stop()
+    check = "verified" if result.verified else "no known checksum: pass it as --sha256 to pin it"
+    typer.echo(f"fetch: {source} -> {result.path} (sha256 {result.sha256}, {check})")
+
+
+@app.command()
+def calibrate(
+    manifest: Annotated[Path, typer.Option(help="Calibration manifest.")] = Path("data/curated/calib.parquet"),
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
+    out: Annotated[Path, typer.Option(help="thresholds.json to write (plot beside it).")] = Path("models/thresholds.json"),
+    cache: Annotated[Path, typer.Option(help="Per-image prediction cache.")] = Path("reports/predictions/calib"),
+    model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
+) -> None:
+    """Find tau_t (median) and tau_i (maximum curvature) on the calibration split (supplement Table 5)."""
+    from readl.config import load_params
+    from readl.evaluation.run import read_manifest, run_calibrate
+
+    cfg = load_params(params)
+    with _progress() as bar:
+        task = bar.add_task("calibrate", total=len(read_manifest(manifest)))
+        run_calibrate(cfg, manifest, adapter, out, cache, base=model, progress=lambda n: bar.advance(task, n))
+
+
+@app.command()
+def evaluate(
+    manifest: Annotated[Path, typer.Option(help="Evaluation manifest (with masks).")] = Path("data/curated/eval.parquet"),
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
+    thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json.")] = Path("models/thresholds.json"),
+    metrics: Annotated[Path, typer.Option(help="metrics.json to write.")] = Path("metrics.json"),
+    plots: Annotated[Path, typer.Option(help="Folder for ROC/PR curve JSON (dvc plots).")] = Path("plots"),
+    reports: Annotated[Path, typer.Option(help="Folder for tables and the heat-map gallery.")] = Path("reports"),
+    cache: Annotated[Path, typer.Option(help="Per-image prediction cache.")] = Path("reports/predictions/eval"),
+    model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
+) -> None:
+    """Image / pixel / reasoning metrics per dataset and category, curves, tables and a heat-map gallery."""
+    from readl.config import load_params
+    from readl.evaluation.run import read_manifest, run_evaluate
+
+    cfg = load_params(params)
+    with _progress() as bar:
+        task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
+        result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
+                              progress=lambda n: bar.advance(task, n))  # fmt: skip
+    table = Table("dataset", "image AUROC", "image ACC", "pixel AUROC", "pixel AUPR", "AUPRO", "pixel ACC", "malformed")
+    pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731
+    for name, d in [*result["datasets"].items(), ("AVG", {"image": result["image"], "pixel": result["pixel"],
+                                                           "n_malformed": result["n_malformed"]})]:  # fmt: skip
+        table.add_row(name, pct(d["image"]["AUROC"]), pct(d["image"]["ACC"]), pct(d["pixel"]["AUROC"]),
+                      pct(d["pixel"]["AUPR"]), pct(d["pixel"]["AUPRO"]), pct(d["pixel"]["ACC"]), str(d["n_malformed"]))  # fmt: skip
+    Console().print(table)
+
+
 if __name__ == "__main__":
     app()

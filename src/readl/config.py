@@ -6,12 +6,15 @@ Unknown keys are errors (a typo in params.yaml must not silently fall back to a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ModelConfig", "ThresholdConfig", "LocalizationConfig", "Params", "load_params"]
+__all__ = [
+    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "Params",
+    "load_params",
+]  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -53,6 +56,109 @@ class LocalizationConfig(_Section):
     tau_i: ThresholdConfig = ThresholdConfig(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
 
 
+class TrainLoraConfig(_Section):
+    """``train.lora``: LoRA on the language and cross-modal layers, vision encoder frozen (paper Sec. 5.1;
+    the paper gives no rank/alpha/dropout: these are ours)."""
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)  # scale = alpha / r
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # PEFT full-match regex over module names; null = decoder q/k/v/o/gate/up/down_proj + visual.merger.mlp.{0,2}
+    # (readl.training.lora.DEFAULT_TARGET_REGEX; the vision blocks' qkv/proj/mlp are never matched).
+    target_modules: str | None = None
+
+
+class ConsistencyConfig(_Section):
+    """``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1)."""
+
+    k: int = Field(3, ge=1)  # top-k reasoning tokens by ReAL weight w
+    delta1: float = 0.3  # anomalous images rewarded when J > delta1
+    delta2: float = 0.1  # normal images rewarded when J < delta2
+    quantile: float = Field(0.95, gt=0, lt=1)  # support = cells strictly above this quantile of the token's map
+    require_format: bool = True  # broken format -> 0 (paper figure 2); false only for diagnostics
+
+
+class TrainConfig(_Section):
+    """``train:`` GRPO/CGRO fine-tuning (paper Sec. 4.2, 5.1). Defaults: a CPU run on the tiny kit."""
+
+    rewards: list[str] = ["format", "accuracy", "consistency"]  # [format, accuracy] = the paper's "R1" baseline
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    lora: TrainLoraConfig = TrainLoraConfig()
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(30, ge=-1)  # optimizer steps; -1 or 0 = num_train_epochs over the manifest
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(8, gt=0)  # completions per device per micro-step
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_generations: int = Field(4, ge=2)  # G rollouts per image (paper: 8)
+    max_completion_length: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.04, ge=0)  # KL coefficient (Eq. 9)
+    epsilon: float = Field(0.2, gt=0)  # clipping range (Eq. 9)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_steps: int = Field(10, gt=0)  # checkpoint every N optimizer steps (models/checkpoints)
+    save_total_limit: int | None = Field(2, gt=0)
+    logging_steps: int = Field(1, gt=0)
+    experiment: str = "readl"  # MLflow experiment
+    keep_checkpoints: bool = False  # keep models/checkpoints after a successful run
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, v: list[str]) -> list[str]:
+        from readl.training.rewards import reward_names  # the registry is the single source of names
+
+        return reward_names(v)
+
+
+class CurateSource(_Section):
+    """One benchmark feeding a curated split (an entry of ``curate.train`` / ``calib`` / ``eval``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # Record.source, `readl fetch NAME`, output folder
+    layout: str  # adapter name in readl.data.sources.ADAPTERS (mvtec, visa, images_masks, ...)
+    root: str  # folder under data/raw
+    options: dict[str, Any] = {}  # extra adapter keyword arguments, e.g. {categories: [grid]}
+    published_splits: list[str] | None = None  # the source's own splits to draw from; null = all
+    normal: int | None = Field(None, ge=0)  # images with label 0 to draw; null = all available
+    anomalous: int | None = Field(None, ge=0)  # images with label 1 to draw; null = all available
+
+
+def _src(name: str, layout: str, **kw: Any) -> CurateSource:
+    return CurateSource(name=name, layout=layout, root=name, **kw)
+
+
+class CurateConfig(_Section):
+    """``curate:`` the curate stage (paper Sec. 5.1); defaults = the bundled sample (params.yaml)."""
+
+    image_size: int = Field(420, gt=0)  # paper Sec. 5.1: 420x420 (keep equal to model.image_size)
+    seed: int = 0  # numpy Generator seed of the stratified sampling
+    leakage_max_distance: int = Field(3, ge=0, le=64)  # pHash bits; train/calib within it of an eval image are dropped
+    workers: int = Field(2, ge=1)  # decoding processes
+    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=28, anomalous=12),
+                                 _src("mpdd_derived", "images_masks", normal=6, anomalous=8)]
+    calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=6, anomalous=5),
+                                 _src("mpdd_derived", "images_masks", normal=2, anomalous=4)]
+    eval: list[CurateSource] = [_src("mvtec_ad", "mvtec", published_splits=["test"])]
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for split in ("train", "calib", "eval"):
+            names = [s.name for s in getattr(self, split)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"curate.{split}: source name(s) {dup} listed twice")
+        return self
+
+
+class EvaluateConfig(_Section):
+    """``evaluate:`` how the evaluate stage scores and reports (paper Sec. 5)."""
+
+    malformed: Literal["fallback", "score"] = "fallback"  # no <answer>Yes|No: score 0.5 + empty map, or keep P(Yes)
+    gallery_per_dataset: int = Field(4, ge=0)  # heat-map gallery images per dataset (anomalous first)
+
+
 class Params(BaseModel):
     """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
 
@@ -60,6 +166,9 @@ class Params(BaseModel):
 
     model: ModelConfig = ModelConfig()
     localization: LocalizationConfig = LocalizationConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    train: TrainConfig = TrainConfig()
+    curate: CurateConfig = CurateConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

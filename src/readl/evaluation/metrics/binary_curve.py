@@ -192,6 +192,20 @@ class BinaryCurveAccumulator:
         f1, j = _counts.f1_best(p, n)
         return F1Result(f1, self._binner.lower_edge(int(keep[j])))
 
+    def accuracy_at_f1_max(self) -> float:
+        """Accuracy of ``score >= t`` with t the pooled F1-max threshold (:meth:`f1_max`), in [0, 1].
+
+        This is readl's pixel ACC: the paper does not define its threshold; the F1-optimal one of the
+        pooled pixels is threshold-free for the user and reproducible. NaN (with
+        MetricUndefinedWarning) when there are no positives."""
+        pos, neg = self.counts()
+        p, n, _ = _counts.nonempty(pos, neg)
+        if p.sum() == 0:
+            warn_undefined("ACC", "no positive samples")
+            return math.nan
+        _, j = _counts.f1_best(p, n)  # predicted positive: groups j.. (scores >= threshold)
+        return float((p[j:].sum() + n[:j].sum()) / (p.sum() + n.sum()))
+
 
 def _metrics(pos: np.ndarray, neg: np.ndarray, exact: bool = False) -> CurveMetrics:
     n_pos, n_neg = int(pos.sum()), int(neg.sum())

@@ -1,0 +1,249 @@
+"""The evaluate stage's numbers: image, pixel and reasoning metrics per dataset, category and mode.
+
+Paper Sec. 5 / Tables 1-3. Definitions (README "Metrics"):
+
+- image level, per dataset: AUROC and AUPR (average precision) of the P(Yes) score, ACC of the Yes/No
+  answer (label 1 = "Yes"), F1-max of the score;
+- pixel level, per dataset: AUROC and AUPR over all pixels of the dataset pooled (normal images
+  included), AUPRO up to FPR 0.3, and ACC of ``map >= t`` with t the pooled F1-max threshold; maps
+  are the ReAL maps bilinearly resized to each mask (420x420 after curate), never normalised;
+- malformed answers (no ``<answer>Yes|No``): with the ``fallback`` policy the image is scored 0.5
+  with an empty map and counts as a wrong answer; the count is reported;
+- each token-selection mode (``all``, ``s_i``, ``s_t``, ``both``, paper Table 3) from the same
+  generations; headline numbers use ``localization.mode``;
+- reasoning: ROUGE-L and SBERT cosine against the manifest's ``reference`` column when present;
+- averages over datasets are macro means (the paper's "AVG").
+
+Pixel metrics stream: a first pass profiles each (dataset, mode) score range, a second fills
+histogram accumulators (no map is kept at full size).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from readl.config import LocalizationConfig
+from readl.evaluation.metrics import (
+    BinaryCurveAccumulator,
+    MetricUndefinedWarning,
+    ProCurveAccumulator,
+    ScoreProfile,
+    auroc_aupr,
+    f1_max,
+)
+from readl.localization.anomaly_map import real_map, upsample
+from readl.model.inference import Prediction
+
+__all__ = ["MODES", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
+
+MODES = ("all", "s_i", "s_t", "both")
+FALLBACK_SCORE = 0.5
+
+
+@dataclass
+class ImageResult:
+    """One evaluation image after ReAL: what the metrics, tables and gallery read."""
+
+    dataset: str
+    category: str
+    label: int
+    image_path: str
+    mask_path: str | None
+    answer: str | None
+    format_ok: bool
+    malformed: bool
+    score: float  # P(Yes), or FALLBACK_SCORE when malformed under the fallback policy
+    reasoning: str
+    reference: str | None
+    tokens: list[str]
+    maps: dict[str, np.ndarray] = field(repr=False)  # mode -> (h, w) token-grid map as scored
+    weights: np.ndarray = field(repr=False)  # (R,) w of the headline mode (gallery highlighting)
+    real_map: np.ndarray = field(repr=False)  # (h, w) ReAL map of the headline mode, before any fallback
+
+
+def score_images(
+    items: Iterable[tuple[pd.Series, Prediction]],
+    cfg: LocalizationConfig,
+    taus: tuple[float | str, float | str],
+    malformed: str = "fallback",
+) -> list[ImageResult]:
+    """ReAL maps in all four modes and the image score for each ``(manifest row, prediction)``.
+
+    Args:
+        items: rows with ``source``, ``category``, ``label``, ``image_path``, ``mask_path`` (and
+            optionally ``reference``) with their predictions.
+        cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``).
+        taus: calibrated (float) or per-image rule (str) thresholds, see ``readl.predict.resolve_taus``.
+        malformed: ``"fallback"`` (score 0.5, empty map) or ``"score"`` (keep P(Yes) read after the
+            answer prefix and the ReAL map).
+    """
+    if malformed not in ("fallback", "score"):
+        raise ValueError(f"evaluate.malformed must be 'fallback' or 'score', got {malformed!r}")
+    out = []
+    for row, pred in items:
+        bad = pred.parsed.answer is None
+        maps, headline = {}, None
+        for mode in MODES:
+            res = real_map(pred.image_attn, pred.anomaly_attn, taus[0], taus[1], alpha=cfg.alpha, beta=cfg.beta,
+                           mode=mode, binarize=cfg.binarize)  # fmt: skip
+            maps[mode] = np.zeros_like(res.map) if (bad and malformed == "fallback") else res.map
+            if mode == cfg.mode:
+                headline = res
+        ref = row.get("reference") if "reference" in row.index else None
+        out.append(ImageResult(
+            dataset=str(row["source"]), category=str(row["category"]), label=int(row["label"]),
+            image_path=str(row["image_path"]), mask_path=None if pd.isna(row["mask_path"]) else str(row["mask_path"]),
+            answer=pred.parsed.answer, format_ok=pred.parsed.format_ok, malformed=bad,
+            score=FALLBACK_SCORE if (bad and malformed == "fallback") else float(pred.score),
+            reasoning=pred.parsed.reasoning, reference=None if ref is None or pd.isna(ref) else str(ref),
+            tokens=pred.tokens, maps=maps, weights=headline.w, real_map=headline.map,
+        ))  # fmt: skip
+    return out
+
+
+def _nan_quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricUndefinedWarning)
+        return fn(*args, **kwargs)
+
+
+def image_metrics(results: list[ImageResult]) -> dict:
+    """Image AUROC, AUPR, ACC, F1-max (percent-free, in [0, 1]; NaN when one class is absent)."""
+    scores = np.array([r.score for r in results], np.float64)
+    labels = np.array([r.label for r in results], np.int64)
+    correct = [(r.answer == "Yes") == bool(r.label) and r.answer is not None for r in results]
+    curve = _nan_quiet(auroc_aupr, scores, labels) if results else None
+    f1 = _nan_quiet(f1_max, scores, labels) if results else None
+    return {
+        "AUROC": curve.auroc if curve else math.nan,
+        "AUPR": curve.aupr if curve else math.nan,
+        "ACC": float(np.mean(correct)) if results else math.nan,
+        "F1_max": f1.f1 if f1 else math.nan,
+        "n": len(results),
+    }
+
+
+def _mask(path: str | None, size: tuple[int, int], root: Path) -> np.ndarray:
+    if path is None:
+        return np.zeros(size, bool)
+    with Image.open(root / path) as m:
+        return np.asarray(m.convert("L")) > 127  # curate writes {0, 255}
+
+
+def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."), n_bins: int = 1 << 20) -> dict:
+    """Pooled pixel AUROC, AUPR, AUPRO (FPR <= 0.3), ACC at the F1-max threshold for one mode.
+
+    Two streaming passes over the images; each map is upsampled to its mask's size on the fly.
+
+    Returns:
+        ``{"AUROC", "AUPR", "AUPRO", "ACC", "curve": (fpr, tpr, recall, precision) subsampled}``.
+    """
+    profile = ScoreProfile()
+    for r in results:
+        size = _mask_size(r, root)
+        profile.update(upsample(r.maps[mode], size))
+    if not results:
+        return {"AUROC": math.nan, "AUPR": math.nan, "AUPRO": math.nan, "ACC": math.nan}
+    curve = BinaryCurveAccumulator.from_profile(profile, n_bins=n_bins)
+    pro = ProCurveAccumulator.from_profile(profile, n_bins=n_bins)
+    for r in results:
+        mask = _mask(r.mask_path, _mask_size(r, root), root)  # (H, W) bool
+        m = upsample(r.maps[mode], mask.shape)  # (H, W) float32
+        curve.update(m, mask)
+        pro.update(m[None], mask[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricUndefinedWarning)
+        cm = curve.compute()
+        return {"AUROC": cm.auroc, "AUPR": cm.aupr, "AUPRO": pro.compute(0.3), "ACC": curve.accuracy_at_f1_max(),
+                "curve": _curve_points(*curve.counts())}  # fmt: skip
+
+
+def _mask_size(r: ImageResult, root: Path) -> tuple[int, int]:
+    if r.mask_path is None:
+        with Image.open(root / r.image_path) as im:
+            return im.height, im.width
+    with Image.open(root / r.mask_path) as m:
+        return m.height, m.width
+
+
+def _curve_points(pos: np.ndarray, neg: np.ndarray, n: int = 200) -> dict:
+    """ROC and PR points from histogram counts (thresholds from high to low), about ``n`` of them."""
+    keep = (pos + neg) > 0
+    p, q = pos[keep][::-1].cumsum(), neg[keep][::-1].cumsum()  # TP, FP as the threshold decreases
+    if p.size == 0 or p[-1] == 0 or q[-1] == 0:
+        return {"fpr": [], "tpr": [], "recall": [], "precision": []}
+    idx = np.unique(np.linspace(0, p.size - 1, min(n, p.size)).astype(int))
+    tpr, fpr = p[idx] / p[-1], q[idx] / q[-1]
+    precision = p[idx] / np.maximum(p[idx] + q[idx], 1)
+    r6 = lambda a: [round(float(v), 6) for v in a]  # noqa: E731
+    return {"fpr": r6(np.r_[0, fpr]), "tpr": r6(np.r_[0, tpr]), "recall": r6(tpr), "precision": r6(precision)}
+
+
+def _macro(per: dict[str, dict], keys: Iterable[str]) -> dict:
+    out = {}
+    for k in keys:
+        vals = [d[k] for d in per.values() if not math.isnan(d[k])]
+        out[k] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("."),
+             category_bins: int = 1 << 16) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+    """All metrics: ``(metrics dict for metrics.json, per-category table)``.
+
+    Per-category pixel metrics use ``category_bins`` histogram bins (coarser, cheaper; error ~1e-4).
+    """
+    from readl.evaluation.reasoning import rouge_l, sbert_cosine
+
+    by_ds: dict[str, list[ImageResult]] = defaultdict(list)
+    for r in results:
+        by_ds[r.dataset].append(r)
+    datasets, curves = {}, {}
+    for ds, rs in sorted(by_ds.items()):
+        pix = {mode: pixel_metrics(rs, mode, root) for mode in MODES}
+        curves[ds] = pix[headline_mode].pop("curve", {})
+        for p in pix.values():
+            p.pop("curve", None)
+        datasets[ds] = {"image": image_metrics(rs), "pixel": pix[headline_mode], "modes": pix,
+                        "n_malformed": sum(r.malformed for r in rs)}  # fmt: skip
+    metrics = {
+        "n_images": len(results),
+        "n_malformed": sum(r.malformed for r in results),
+        "format_rate": float(np.mean([r.format_ok for r in results])) if results else math.nan,
+        "image": _macro({d: v["image"] for d, v in datasets.items()}, ["AUROC", "AUPR", "ACC", "F1_max"]),
+        "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"]),
+        "modes": {m: _macro({d: v["modes"][m] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"])
+                  for m in MODES},
+        "datasets": datasets,
+    }  # fmt: skip
+    with_ref = [r for r in results if r.reference]
+    if with_ref:
+        preds, refs = [r.reasoning for r in with_ref], [r.reference for r in with_ref]
+        metrics["reasoning"] = {"ROUGE_L": float(rouge_l(preds, refs).mean()),
+                                "SBERT": float(sbert_cosine(preds, refs).mean()), "n": len(with_ref)}  # fmt: skip
+    rows = []
+    for (ds, cat), rs in sorted(_group(results, lambda r: (r.dataset, r.category)).items()):
+        img = image_metrics(rs)
+        pix = pixel_metrics(rs, headline_mode, root, n_bins=category_bins)
+        rows.append({"dataset": ds, "category": cat, "n": len(rs), "anomalous": sum(r.label for r in rs),
+                     "malformed": sum(r.malformed for r in rs),
+                     **{f"image_{k}": img[k] for k in ("AUROC", "AUPR", "ACC", "F1_max")},
+                     **{f"pixel_{k}": pix[k] for k in ("AUROC", "AUPR", "AUPRO", "ACC")}})  # fmt: skip
+    metrics["_curves"] = curves
+    return metrics, pd.DataFrame(rows)
+
+
+def _group(results, key):
+    groups = defaultdict(list)
+    for r in results:
+        groups[key(r)].append(r)
+    return groups

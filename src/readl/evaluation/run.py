@@ -1,0 +1,112 @@
+"""The calibrate and evaluate stages, start to end (called by ``readl calibrate`` / ``readl evaluate``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from readl.atomic import write_json
+from readl.config import Params
+from readl.evaluation.predictions import cached_predictions, fingerprint
+from readl.model.inference import GenerationSettings, Predictor
+
+__all__ = ["read_manifest", "open_predictor", "run_calibrate", "run_evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """A curated split manifest (Parquet).
+
+    Raises:
+        FileNotFoundError: the file is missing (run ``readl curate`` / ``dvc repro curate``).
+        ValueError: it is empty or lacks ``image_path`` / ``label``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found; run `dvc repro curate` (or `readl curate`) first")
+    df = pd.read_parquet(path)
+    missing = {"image_path", "label", "source", "category"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}; re-run `readl curate`")
+    if df.empty:
+        raise ValueError(f"{path}: manifest is empty; check the `curate:` section of params.yaml")
+    return df
+
+
+def open_predictor(params: Params, base: str | None, adapter: Path | None, device: str | None = None):
+    """Load model (+ adapter when the folder exists) and wrap it in a greedy-decoding Predictor.
+
+    Returns:
+        ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was found.
+    """
+    from readl.model.loading import load_model
+
+    base = base or params.model.base
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        log.warning("no adapter at %s: evaluating the base model", adapter)
+        adapter = None
+    model, processor = load_model(base, adapter=adapter, device=device, dtype=params.model.dtype)
+    predictor = Predictor(
+        model, processor, image_size=params.model.image_size, layers=params.localization.layers,
+        generation=GenerationSettings(max_new_tokens=params.model.max_new_tokens),
+    )  # fmt: skip
+    return predictor, base, adapter
+
+
+def _predictions(manifest, predictor, base, adapter, cache_dir, params, progress):
+    fp = fingerprint(predictor, base, adapter)
+    return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=params.model.batch_size,
+                                   progress=progress))  # fmt: skip
+
+
+def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_dir: Path,
+                  base: str | None = None, progress: Callable | None = None) -> dict:  # fmt: skip
+    """Predict the calibration split, find tau_t / tau_i, write ``out`` (thresholds.json) and its plot."""
+    from readl.localization.calibrate import calibrate_thresholds, plot_curves
+
+    t0 = time.perf_counter()
+    df = read_manifest(manifest)
+    predictor, base, adapter = open_predictor(params, base, adapter)
+    items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
+    record, s_t_hat, s_i_hat = calibrate_thresholds([p for _, p in items], params.localization)
+    record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
+    write_json(out, record)
+    plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
+    log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; %.1f s -> %s",
+             record["tau_t"]["value"], record["tau_t"]["rule"], record["tau_i"]["value"], record["tau_i"]["rule"],
+             record["n_tokens"], record["n_images"], time.perf_counter() - t0, out)  # fmt: skip
+    return record
+
+
+def run_evaluate(params: Params, manifest: Path, adapter: Path | None, thresholds: Path | None,
+                 metrics_path: Path, plots_dir: Path, reports_dir: Path, cache_dir: Path,
+                 base: str | None = None, progress: Callable | None = None) -> dict:  # fmt: skip
+    """Predict the evaluation split and write metrics.json, curves, per-category tables and the gallery."""
+    from readl.evaluation.evaluate import evaluate, score_images
+    from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
+    from readl.predict import resolve_taus
+
+    t0 = time.perf_counter()
+    df = read_manifest(manifest)
+    if thresholds is not None and not Path(thresholds).is_file():
+        raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
+    predictor, base, adapter = open_predictor(params, base, adapter)
+    items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
+    cfg = params.evaluate
+    taus = resolve_taus(params.localization, thresholds)
+    results = score_images(items, params.localization, taus, malformed=cfg.malformed)
+    metrics, table = evaluate(results, params.localization.mode)
+    metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
+    write_metrics(metrics_path, metrics)
+    write_curves(plots_dir, results, metrics.pop("_curves"))
+    write_tables(reports_dir, table)
+    write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset)
+    log.info("evaluate: %d images (%d malformed), image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f; %.1f s",
+             metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], metrics["pixel"]["AUROC"],
+             metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip
+    return metrics

@@ -1,0 +1,118 @@
+"""Checkpoints and outputs of the train stage: automatic resume and atomic adapter writes.
+
+Layout under the output folder (``models/``):
+
+- ``checkpoints/checkpoint-N/``: HF Trainer checkpoints (adapter, optimizer, scheduler, RNG, trainer_state);
+- ``checkpoints/run.json``: fingerprint of the configuration + manifest, and the MLflow run id;
+- ``adapter/``: the final PEFT adapter; ``train_run.json``: the MLflow run id (the register stage logs there).
+
+HF writes a checkpoint in place, ``trainer_state.json`` last, so a checkpoint whose ``trainer_state.json`` is
+missing or does not parse was cut off mid-write and is skipped. A checkpoint folder written for another
+configuration (fingerprint mismatch) is discarded rather than resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from readl.atomic import write_json
+
+__all__ = ["fingerprint", "last_complete_checkpoint", "prepare_checkpoint_dir", "save_run_info", "replace_dir"]
+
+log = logging.getLogger(__name__)
+_CKPT = re.compile(r"checkpoint-(\d+)")
+RUN_FILE = "run.json"
+
+
+def fingerprint(config: dict, manifest: str | Path) -> str:
+    """sha256 over the JSON of ``config`` (sorted keys) and the manifest file's bytes."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(Path(manifest).read_bytes())
+    return h.hexdigest()
+
+
+def last_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The highest-step ``checkpoint-N`` whose ``trainer_state.json`` parses; ``None`` if there is none."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _CKPT.fullmatch(p.name))),
+        reverse=True,
+    )
+    for step, path in found:
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            if int(state["global_step"]) == step:
+                return path
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping incomplete checkpoint %s (%s)", path, type(exc).__name__)
+    return None
+
+
+def prepare_checkpoint_dir(ckpt_dir: str | Path, fp: str) -> tuple[Path | None, str | None]:
+    """Find what to resume from, discarding checkpoints of a different configuration.
+
+    Args:
+        ckpt_dir: the checkpoint folder (created if missing).
+        fp: :func:`fingerprint` of this run.
+
+    Returns:
+        ``(checkpoint, mlflow_run_id)``: the last complete checkpoint and the run id recorded with it, or
+        ``(None, None)`` for a fresh start (the folder is then emptied and ``run.json`` records ``fp``).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    info_path = ckpt_dir / RUN_FILE
+    info = {}
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+        except ValueError:
+            info = {}
+    if ckpt_dir.exists() and info.get("fingerprint") == fp:
+        ckpt = last_complete_checkpoint(ckpt_dir)
+        if ckpt is not None:
+            return ckpt, info.get("mlflow_run_id")
+    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        log.warning("%s holds checkpoints of another configuration; starting afresh", ckpt_dir)
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    write_json(info_path, {"fingerprint": fp})
+    return None, None
+
+
+def save_run_info(ckpt_dir: str | Path, fp: str, run_id: str | None) -> None:
+    """Record the MLflow run id next to the checkpoints, so a restart resumes the same run."""
+    write_json(Path(ckpt_dir) / RUN_FILE, {"fingerprint": fp, "mlflow_run_id": run_id})
+
+
+def replace_dir(write, dest: str | Path) -> Path:
+    """Write a folder atomically: ``write(tmp)`` into a temporary sibling, then rename it onto ``dest``.
+
+    An existing ``dest`` is first renamed aside and deleted after the swap, so ``dest`` never holds a partial
+    folder (for an instant it may be absent).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest

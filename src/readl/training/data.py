@@ -1,0 +1,116 @@
+"""The GRPO training set: the curated manifest -> a TRL-ready dataset of (prompt, image, label) rows.
+
+Contract with the curate stage (``data/curated/train.parquet``): columns ``image_path`` (str, relative to
+the repository root or absolute; the 420x420 image), ``label`` (int 0/1), ``source``, ``category``.
+
+TRL 1.16 feeds images to vision-language models from a dataset column ``image`` (one PIL image per row)
+next to a conversational ``prompt``; its ``prepare_multimodal_messages`` inserts the image into the
+first user message. The prompt and the image are made on access (``Dataset.with_transform``): Arrow never
+stores PIL images or the mixed-type message list, and only the rows of a batch are decoded.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+from PIL import Image
+
+from readl.model.prompting import QUESTION, SYSTEM_PROMPT
+
+__all__ = ["REQUIRED_COLUMNS", "load_manifest", "build_dataset", "fit_processor", "prompt_messages"]
+
+REQUIRED_COLUMNS = ("image_path", "label")
+_HINT = "run `readl curate` (or `dvc repro curate`) first"
+
+
+def load_manifest(path: str | Path, root: str | Path = ".") -> pd.DataFrame:
+    """Read and check the curated training manifest.
+
+    Args:
+        path: a ``.parquet`` (or ``.csv``) manifest with at least ``image_path`` and ``label``.
+        root: folder that relative ``image_path`` values are resolved against (the repository root).
+
+    Returns:
+        The manifest with ``image_path`` resolved to absolute paths (str) and ``label`` as int64 in {0, 1}.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist, or an image it lists does not (first few named).
+        ValueError: the manifest is empty, lacks a required column, or has labels other than 0/1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training manifest {path} not found; {_HINT}")
+    df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"training manifest {path} lacks column(s) {missing}; {_HINT}")
+    if len(df) == 0:
+        raise ValueError(f"training manifest {path} is empty (no images); {_HINT}")
+    bad = sorted(set(df["label"].tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"training manifest {path}: label must be 0 or 1, found {bad}")
+    root = Path(root)
+    df = df.copy()
+    df["image_path"] = [str((root / p).resolve()) for p in df["image_path"]]
+    df["label"] = df["label"].astype("int64")
+    absent = [p for p in df["image_path"] if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} image(s) of {path} not found, e.g. {absent[:3]}; {_HINT}")
+    return df.reset_index(drop=True)
+
+
+def prompt_messages(system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION) -> list[dict]:
+    """The conversational prompt of every row, with string contents (TRL inserts the image before the question)."""
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+
+
+def build_dataset(manifest: pd.DataFrame, image_size: int) -> Dataset:
+    """A ``datasets.Dataset`` whose rows read as ``{"prompt", "image", "label", "image_path", ...}``.
+
+    ``image`` is the RGB image resized (bicubic) to ``image_size`` x ``image_size``, decoded when the row is
+    read; ``prompt`` is :func:`prompt_messages`. The other manifest columns pass through (TRL hands them to
+    the reward functions as keyword lists).
+
+    Args:
+        manifest: from :func:`load_manifest` (absolute ``image_path``).
+        image_size: side in pixels, a multiple of 28 (paper: 420).
+    """
+    keep = [c for c in manifest.columns if c in ("image_path", "label", "source", "category")]
+    ds = Dataset.from_pandas(manifest[keep], preserve_index=False)
+
+    def transform(batch: dict) -> dict:
+        images = []
+        for p in batch["image_path"]:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC))
+        return {**batch, "prompt": [prompt_messages() for _ in images], "image": images}
+
+    return ds.with_transform(transform)
+
+
+def fit_processor(processor, image_size: int):
+    """A copy of ``processor`` whose image processor keeps ``image_size``^2 images at that size.
+
+    Qwen2.5-VL's image processor resizes to ``min_pixels <= h*w <= max_pixels`` (multiples of 28); the tiny
+    kit's is pinned to 420x420, so a 112x112 image would be upscaled. Setting both bounds to
+    ``image_size**2`` makes the grid exactly ``(1, image_size/14, image_size/14)`` -> an
+    ``(image_size/28)^2`` token map for every model (7B included: 420 -> 15x15).
+
+    Raises:
+        ValueError: ``image_size`` is not a positive multiple of 28.
+    """
+    if image_size <= 0 or image_size % 28:
+        raise ValueError(f"image_size must be a positive multiple of 28, got {image_size}")
+    out = copy.copy(processor)
+    ip = copy.deepcopy(processor.image_processor)
+    pixels = image_size * image_size
+    ip.size = type(ip.size)(shortest_edge=pixels, longest_edge=pixels) if hasattr(ip.size, "shortest_edge") else {
+        "shortest_edge": pixels, "longest_edge": pixels}  # fmt: skip
+    for attr in ("min_pixels", "max_pixels"):
+        if getattr(ip, attr, None) is not None:
+            setattr(ip, attr, pixels)
+    out.image_processor = ip
+    return out

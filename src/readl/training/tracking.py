@@ -1,0 +1,103 @@
+"""MLflow for the train stage: one run per training (resumed by id after a crash), params, per-step metrics
+(every number the trainer logs: rewards, J stats, KL, completion length, learning rate, loss ...) and
+system metrics (CPU/GPU/memory, sampled by MLflow's monitor thread).
+
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+
+from transformers import TrainerCallback
+
+__all__ = ["DEFAULT_TRACKING_URI", "tracking_uri", "start_run", "flatten", "MlflowMetricsCallback"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+log = logging.getLogger(__name__)
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.db`` (relative to the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (MLflow params are flat strings, <= 6000 chars)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def start_run(experiment: str, run_id: str | None = None, params: Mapping | None = None, tags: Mapping | None = None):
+    """Start (or, with ``run_id``, resume) the active MLflow run with system-metrics logging.
+
+    A ``run_id`` the tracking server does not know (database reset) starts a new run, with a warning.
+    Params already on a resumed run are not logged again (MLflow forbids changing a param; equal values
+    are the expected case because the checkpoint fingerprint matched).
+
+    Args:
+        experiment: experiment name (created if missing).
+        run_id: the run to resume; ``None`` = a new run.
+        params: flat or nested mapping, logged flattened with :func:`flatten`.
+        tags: run tags.
+
+    Returns:
+        The ``mlflow.ActiveRun``; end it with ``mlflow.end_run()``.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.set_experiment(experiment)
+    if run_id is not None:
+        try:
+            mlflow.tracking.MlflowClient().get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s not found at %s; starting a new run", run_id, tracking_uri())
+            run_id = None
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp.experiment_id, log_system_metrics=True)
+    if params:
+        have = run.data.params if run_id else {}
+        new = {k: v for k, v in flatten(params).items() if k not in have}
+        if new:
+            mlflow.log_params(new)
+    if tags:
+        mlflow.set_tags(dict(tags))
+    return run
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Logs every finite number of each ``Trainer`` log record to one MLflow run, at ``step = global_step``.
+
+    Only the main process logs. Metric names keep TRL's names (``rewards/consistency/mean``,
+    ``consistency/J_mean``, ``kl``, ``completions/mean_length``, ``learning_rate`` ...).
+    """
+
+    def __init__(self, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), now, int(state.global_step))
+            for k, v in logs.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)

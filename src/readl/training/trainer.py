@@ -1,0 +1,296 @@
+"""CGRO: TRL's GRPOTrainer plus one attention-capture pass that feeds the consistency reward (paper Sec. 4.2).
+
+After TRL samples the G rollouts of each image (``_generate``), :class:`CGROTrainer` runs ONE no-grad,
+teacher-forced forward of the CURRENT policy over prompt + completion with the ReAL capture on
+(:mod:`readl.localization.attention`; no eager ``output_attentions``), in eval mode (dropout, LoRA dropout
+included, off during it), then per rollout:
+
+1. reasoning tokens = completion tokens inside ``<think>`` (:func:`readl.model.inference.reasoning_token_mask`);
+   their image maps A_{r,I} ``(R, h, w)`` (Eq. 1) and anomaly-word attention ``(R, E)``;
+2. S_T (Eq. 2) and S_I (Eq. 3, binarised as ``localization.binarize``);
+3. per IMAGE (the G rollouts of one prompt, gathered across processes): min-max normalisation of S_T and
+   S_I over all reasoning tokens of all its rollouts (S_I inverted) -- the project page's figure 2 shows
+   the rollouts of one image normalised together; thresholds tau_t / tau_i by the configured rules
+   (``localization.tau_t/tau_i``: max_curvature / median over that image's normalised scores, or fixed);
+4. weights w = 1[kept] (alpha S_T^ + beta S_I^) (Eq. 4, ``localization.mode``); the consistency reward
+   ranks tokens by w. Tokens not kept rank below every kept token, in the order of their unfiltered
+   alpha S_T^ + beta S_I^, so the top-k always exists when R >= k (figure 2: the top-3 are drawn even when
+   their scores are low);
+5. the rows get ``readl_maps`` / ``readl_weights`` columns, which TRL passes to the reward functions.
+
+The R1 baseline (no ``consistency`` reward) skips the capture pass entirely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from readl.localization.anomaly_map import token_weights
+from readl.localization.attention import capture_attention, enable_capture
+from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
+from readl.localization.thresholds import find_threshold
+from readl.model.inference import anomaly_token_positions, image_token_positions, reasoning_token_mask
+from readl.model.prompting import QUESTION
+from readl.training.rewards import MAPS_KEY, WEIGHTS_KEY
+
+__all__ = ["CGROTrainer", "EpochSeededRepeatSampler", "capture_completion_attention", "group_rank_weights"]
+
+log = logging.getLogger(__name__)
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose shuffle order is a function of (seed, epoch) only.
+
+    The stock sampler draws every epoch from one generator seeded once, so a run resumed in epoch e > 0
+    (fresh process) would replay epoch 0's order. ``Trainer`` calls ``set_epoch(e)`` before each epoch;
+    reseeding with ``seed + e`` there makes a resumed run see exactly the uninterrupted run's data order.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + int(epoch))
+
+
+@torch.no_grad()
+def capture_completion_attention(
+    model: torch.nn.Module,
+    image_processor,
+    tokenizer,
+    images: list,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    image_token_id: int,
+    question: str = QUESTION,
+    layers: list[int] | None = None,
+    batch_size: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Teacher-forced attention of each completion token to the image and anomaly-word tokens (Eq. 1-2).
+
+    Unlike :meth:`readl.model.inference.Predictor.capture`, this uses the exact prompt ids the rollouts were
+    sampled from, appends nothing (no answer prefix: training needs no P(Yes)) and computes logits for one
+    position only (a 7B vocabulary over every completion position would cost GBs), in chunks.
+    The model is called as-is: the caller sets eval mode and ``enable_capture``.
+
+    Args:
+        model: the policy (``PeftModel`` or plain Qwen2.5-VL) with the ``readl_capture`` attention.
+        image_processor: the processor's image processor (sizes as used for generation).
+        tokenizer: its tokenizer (pad id).
+        images: one PIL image per row.
+        prompt_ids: per row, the unpadded prompt token ids used for generation (``P_b`` each).
+        completion_ids: per row, the completion token ids (``T_b`` each; a trailing EOS is fine).
+        image_token_id: ``<|image_pad|>`` id.
+        question: the question whose anomaly-word tokens define S_T.
+        layers: decoder layers averaged (``None`` = all, Eq. 1).
+        batch_size: rows per forward (``None`` = all at once).
+
+    Returns:
+        Per row ``(image_attn, anomaly_attn)``: ``(T_b, h, w)`` and ``(T_b, E)`` float32, rows = completion
+        tokens in order (the map of token j is the attention row that produced it).
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    merge = image_processor.merge_size
+    n = len(images)
+    batch_size = batch_size or n
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        b = hi - lo
+        vis = image_processor(images=images[lo:hi], return_tensors="pt")
+        p_len = max(len(p) for p in prompt_ids[lo:hi])
+        t_len = max(1, max(len(c) for c in completion_ids[lo:hi]))
+        # (b, P + T): prompts left-padded, completions right-padded, as in TRL's forward passes
+        ids = torch.full((b, p_len + t_len), pad, dtype=torch.long)
+        mask = torch.zeros((b, p_len + t_len), dtype=torch.long)
+        for r in range(b):
+            p, c = prompt_ids[lo + r], completion_ids[lo + r]
+            ids[r, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
+            ids[r, p_len : p_len + len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[r, p_len - len(p) : p_len + len(c)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        img_pos = image_token_positions(ids[:, :p_len], image_token_id)  # (b, n_img)
+        anom_pos = anomaly_token_positions(ids[:, :p_len], tokenizer, question)  # (b, E)
+        key_index = torch.cat([img_pos, anom_pos], dim=1)  # (b, n_img + E)
+        with capture_attention(key_index, query_start=p_len - 1, layers=layers) as cap:
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=vis["pixel_values"].to(device),  # the vision tower casts to its dtype
+                image_grid_thw=vis["image_grid_thw"].to(device),
+                mm_token_type_ids=(ids == image_token_id).long(),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+        attn = cap.result().float().cpu()  # (b, T + 1, n_img + E)
+        grid = vis["image_grid_thw"]
+        n_img = img_pos.shape[1]
+        for r in range(b):
+            t = len(completion_ids[lo + r])
+            h, w = int(grid[r, 1]) // merge, int(grid[r, 2]) // merge
+            rows = attn[r, :t]  # (T_b, n_img + E)
+            out.append((rows[:, :n_img].reshape(t, h, w).numpy(), rows[:, n_img:].numpy()))
+    return out
+
+
+def _resolve_tau(cfg, scores: np.ndarray) -> float:
+    """A ThresholdConfig applied to one image's normalised scores (0.0 when there are none)."""
+    if cfg.rule == "fixed":
+        return float(cfg.value)
+    return find_threshold(scores, cfg.rule).value if scores.size else 0.0
+
+
+def group_rank_weights(
+    s_t: list[np.ndarray], s_i: list[np.ndarray], localization
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Eq. 4 weights of the rollouts of ONE image, normalised together, and the consistency ranking key.
+
+    Args:
+        s_t, s_i: per rollout, ``(R_g,)`` raw S_T / S_I of its reasoning tokens (R_g may be 0).
+        localization: ``LocalizationConfig`` (alpha, beta, mode, tau_t, tau_i).
+
+    Returns:
+        ``(w, rank)``: per rollout ``(R_g,)`` float64. ``w`` = Eq. 4 (0 for tokens not kept, >= 0);
+        ``rank`` = ``w`` for kept tokens and ``alpha S_T^ + beta S_I^ - (|alpha| + |beta|) - 1`` (< 0, below
+        any kept token) for the others.
+    """
+    sizes = [len(x) for x in s_t]
+    flat_t = np.concatenate(s_t) if s_t else np.zeros(0)  # (sum R_g,)
+    flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
+    t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
+    loc = localization
+    tau_t, tau_i = _resolve_tau(loc.tau_t, t_hat), _resolve_tau(loc.tau_i, i_hat)
+    w, keep = token_weights(t_hat, i_hat, tau_t, tau_i, loc.alpha, loc.beta, loc.mode)  # (sum R_g,) each
+    composite = loc.alpha * t_hat + loc.beta * i_hat
+    rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
+    cuts = np.cumsum(sizes)[:-1]
+    return np.split(w, cuts), np.split(rank, cuts)
+
+
+class CGROTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose consistency reward sees the current policy's own ReAL attention.
+
+    Args (besides ``GRPOTrainer``'s; pass ``processing_class=`` the ReadlQwenProcessor explicitly, else TRL
+    trains text-only):
+        localization: ``LocalizationConfig`` (layers, binarize, alpha, beta, mode, tau_t, tau_i).
+        question: the prompt's question (anomaly words for S_T).
+
+    Attributes:
+        last_consistency: after each scored batch, a dict with this process's rows: ``maps`` (list of
+            ``(R, h, w)``), ``weights`` (ranking key, list of ``(R,)``), ``w`` (Eq. 4), ``j`` (J or NaN).
+
+    Raises:
+        ValueError: ``processing_class`` is not a Qwen2.5-VL processor.
+    """
+
+    def __init__(self, *args, localization, question: str = QUESTION, **kwargs):
+        processor = kwargs.get("processing_class")
+        if not isinstance(processor, Qwen2_5_VLProcessor):
+            raise ValueError(
+                f"CGROTrainer needs processing_class= a Qwen2.5-VL processor (ReadlQwenProcessor), got "
+                f"{type(processor).__name__}; without it TRL trains text-only"
+            )
+        super().__init__(*args, **kwargs)
+        self.localization = localization
+        self.question = question
+        self._needs_maps = "consistency" in self.reward_func_names
+        self._last_prompt_ids: list[list[int]] | None = None
+        self.last_consistency: dict | None = None
+        enable_capture(self.model)
+
+    def _get_train_sampler(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        return EpochSeededRepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
+
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        self._last_prompt_ids = [list(p) for p in out[0]]  # the exact prompt ids the rollouts came from
+        return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._needs_maps:
+            inputs = self._attach_maps(inputs, completion_ids_list)
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._needs_maps:
+            self._log_consistency()
+        return rewards
+
+    def _policy_attention(self, inputs, completion_ids_list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Capture pass of the current policy, eval mode (dropout off), no grad."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with self.accelerator.autocast():
+                return capture_completion_attention(
+                    model,
+                    self.processing_class.image_processor,
+                    self._tokenizer,
+                    [x["image"] for x in inputs],
+                    self._last_prompt_ids,
+                    [list(c) for c in completion_ids_list],
+                    image_token_id=model.config.image_token_id,
+                    question=self.question,
+                    layers=self.localization.layers,
+                    batch_size=self.args.per_device_train_batch_size,
+                )
+        finally:
+            model.train(was_training)
+
+    def _attach_maps(self, inputs, completion_ids_list):
+        t0 = time.perf_counter()
+        captured = self._policy_attention(inputs, completion_ids_list)
+        maps, anomaly = [], []
+        for ids, (img, anom) in zip(completion_ids_list, captured):
+            keep, _ = reasoning_token_mask(self._tokenizer, list(ids))  # (T,) bool
+            maps.append(img[keep])  # (R, h, w)
+            anomaly.append(anom[keep])  # (R, E)
+        s_t = [semantic_relevance(a) for a in anomaly]  # (R,) each
+        s_i = [spatial_entropy(m, binarize=self.localization.binarize) for m in maps]  # (R,) each
+
+        # Normalise per image over its G rollouts; a group may span processes, so gather the scores first.
+        all_t, all_i = gather_object(s_t), gather_object(s_i)
+        g = self.num_generations if self.model.training else self.num_generations_eval
+        offset = self.accelerator.process_index * len(inputs)
+        w_local, rank_local = [None] * len(inputs), [None] * len(inputs)
+        for start in range(0, len(all_t), g):
+            members = range(start, min(start + g, len(all_t)))
+            if not any(offset <= m < offset + len(inputs) for m in members):
+                continue
+            w, rank = group_rank_weights([all_t[m] for m in members], [all_i[m] for m in members], self.localization)
+            for m, wm, rm in zip(members, w, rank):
+                if offset <= m < offset + len(inputs):
+                    w_local[m - offset], rank_local[m - offset] = wm, rm
+        self.last_consistency = {"maps": maps, "weights": rank_local, "w": w_local, "s_t": s_t, "s_i": s_i}
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["consistency/capture_s"].append(time.perf_counter() - t0)
+        self._metrics[mode]["consistency/reasoning_tokens"].append(float(np.mean([len(m) for m in maps])))
+        return [{**x, MAPS_KEY: m, WEIGHTS_KEY: r} for x, m, r in zip(inputs, maps, rank_local)]
+
+    def _log_consistency(self):
+        fn = self.reward_funcs[self.reward_func_names.index("consistency")]
+        js = list(getattr(fn, "last_j", []))
+        if self.last_consistency is not None:
+            self.last_consistency["j"] = js
+        all_j = np.asarray(gather_object(js), dtype=np.float64)  # (B_global,), NaN where R < k
+        ok = all_j[np.isfinite(all_j)]
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["consistency/valid_frac"].append(float(ok.size / max(1, all_j.size)))
+        if ok.size:
+            metrics["consistency/J_mean"].append(float(ok.mean()))
+            metrics["consistency/J_min"].append(float(ok.min()))
+            metrics["consistency/J_max"].append(float(ok.max()))

@@ -1,0 +1,177 @@
+"""calibrate and evaluate: threshold rules on constructed tokens, malformed fallback, reasoning
+metrics, and the two stages end to end on the bundled real images with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from readl.cli import app
+from readl.config import LocalizationConfig, ThresholdConfig
+from readl.evaluation.evaluate import FALLBACK_SCORE, MODES, image_metrics, score_images
+from readl.evaluation.predictions import load_prediction, save_prediction
+from readl.evaluation.reasoning import rouge_l, sbert_cosine
+from readl.localization.calibrate import calibrate_thresholds
+from readl.model.inference import Prediction
+from readl.model.prompting import parse_completion
+
+
+def _blobs(n: int) -> np.ndarray:
+    """A 8x8 map with n equal, separate one-cell blobs: S_I = log(n) (0 for one blob)."""
+    m = np.full((8, 8), 1e-4, np.float32)
+    for k in range(n):
+        m[2 * (k // 4), 2 * (k % 4)] = 1.0
+    return m
+
+
+def _pred(n_blobs: list[int], s_t: list[float], completion="<think>x</think><answer>Yes</answer>", score=0.8):
+    maps = np.stack([_blobs(n) for n in n_blobs]) if n_blobs else np.zeros((0, 8, 8), np.float32)  # (R, 8, 8)
+    return Prediction(completion=completion, parsed=parse_completion(completion), score=score,
+                      tokens=[f"t{i}" for i in range(len(n_blobs))], image_attn=maps,
+                      anomaly_attn=np.array(s_t, np.float32)[:, None], image_size=(8, 8))  # fmt: skip
+
+
+def test_calibration_finds_the_knee_and_the_median():
+    # per image: one diffuse token (4 blobs -> S_I^ 0), ten 2-blob tokens (0.5), two 1-blob tokens (1.0)
+    preds = [_pred([4] + [2] * 10 + [1] * 2, list(np.linspace(0, 1, 13))) for _ in range(3)]
+    cfg = LocalizationConfig()
+    record, s_t_hat, s_i_hat = calibrate_thresholds(preds, cfg)
+    assert record["n_tokens"] == 39 and record["n_images"] == 3
+    # sorted S_I^: 3 x 0, 30 x 0.5, 6 x 1: the curve bends at the end of the 0.5 plateau
+    assert record["tau_i"]["value"] == pytest.approx(0.5)
+    assert record["tau_i"]["index"] == 32 and record["tau_i"]["fallback"] is None
+    assert record["tau_t"]["value"] == pytest.approx(0.5)  # median of 3 x linspace(0, 1, 13)
+    fixed = LocalizationConfig(tau_t=ThresholdConfig(rule="fixed", value=0.2), tau_i=ThresholdConfig(rule="median"))
+    rec2, _, _ = calibrate_thresholds(preds, fixed)
+    assert rec2["tau_t"]["value"] == 0.2 and rec2["tau_i"]["value"] == pytest.approx(0.5)
+
+
+def test_calibration_without_tokens_is_an_error():
+    with pytest.raises(ValueError, match="no reasoning tokens"):
+        calibrate_thresholds([_pred([], [])], LocalizationConfig())
+
+
+def _row(label, source="ds", category="c", mask=None, reference=None):
+    return pd.Series({"source": source, "category": category, "label": label, "image_path": "x.png",
+                      "mask_path": mask, "reference": reference})  # fmt: skip
+
+
+def test_malformed_answers_fall_back_and_are_counted():
+    good = _pred([1, 2, 4], [0.9, 0.5, 0.1])
+    bad = _pred([1, 2, 4], [0.9, 0.5, 0.1], completion="no answer here", score=0.9)
+    res = score_images([(_row(1), good), (_row(1), bad)], LocalizationConfig(), ("median", "max_curvature"))
+    assert [r.malformed for r in res] == [False, True]
+    assert res[1].score == FALLBACK_SCORE and all(not res[1].maps[m].any() for m in MODES)
+    assert res[1].real_map.any(), "the gallery still shows what ReAL drew"
+    assert res[0].score == 0.8 and res[0].maps["both"].any()
+    assert image_metrics(res)["ACC"] == 0.5  # a malformed answer is a wrong answer
+    kept = score_images([(_row(1), bad)], LocalizationConfig(), ("median", "max_curvature"), malformed="score")
+    assert kept[0].score == 0.9
+
+
+def test_prediction_cache_roundtrip(tmp_path):
+    pred = _pred([1, 2], [0.3, 0.7])
+    back = load_prediction(save_prediction(tmp_path / "p.npz", pred))
+    assert back.completion == pred.completion and back.score == pred.score and back.tokens == pred.tokens
+    assert np.array_equal(back.image_attn, pred.image_attn) and back.parsed == pred.parsed
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="delete it"):
+        load_prediction(tmp_path / "broken.npz")
+
+
+def test_reasoning_metrics():
+    same = "There is a crack near the top of the hazelnut."
+    r = rouge_l([same, "The grid looks uniform."], [same, same])
+    assert r[0] == pytest.approx(1.0) and r[1] < 0.3
+    s = sbert_cosine([same, "The grid looks uniform."], [same, "A crack is visible at the top of the nut."])
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < 0.6
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
+    """A working folder with the bundled raw data, short generations, and `readl curate` run."""
+    work = tmp_path_factory.mktemp("stages")
+    (work / "data").mkdir()
+    (work / "data" / "raw").symlink_to(sample_dir)
+    params = (sample_dir.parents[1] / "params.yaml").read_text()
+    (work / "params.yaml").write_text(params.replace("max_new_tokens: 256", "max_new_tokens: 12"))
+    return work
+
+
+def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
+    monkeypatch.chdir(stage_dir)
+    runner = CliRunner()
+    assert runner.invoke(app, ["curate"]).exit_code == 0
+    out = runner.invoke(app, ["calibrate"])
+    assert out.exit_code == 0, out.output
+    thresholds = json.loads((stage_dir / "models/thresholds.json").read_text())
+    assert thresholds["tau_i"]["rule"] == "max_curvature" and thresholds["tau_t"]["rule"] == "median"
+    assert thresholds["n_images"] == len(pd.read_parquet(stage_dir / "data/curated/calib.parquet"))
+    assert (stage_dir / "models/thresholds.png").stat().st_size > 0
+
+    out = runner.invoke(app, ["evaluate"])
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    n_eval = len(pd.read_parquet(stage_dir / "data/curated/eval.parquet"))
+    assert metrics["n_images"] == n_eval and 0 <= metrics["n_malformed"] <= n_eval
+    assert set(metrics["datasets"]) == {"mvtec_ad"} and set(metrics["modes"]) == set(MODES)
+    ds = metrics["datasets"]["mvtec_ad"]
+    for key in ("AUROC", "AUPR", "AUPRO", "ACC"):
+        v = ds["pixel"][key]
+        assert v is None or 0.0 <= v <= 1.0
+    assert metrics["thresholds"]["tau_i"] == pytest.approx(thresholds["tau_i"]["value"])
+    for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
+        rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
+        assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
+    table = pd.read_csv(stage_dir / "reports/per_category.csv")
+    assert list(table["category"]) == ["grid"] and table["n"].sum() == n_eval
+    assert "| grid" in (stage_dir / "reports/per_category.md").read_text()
+    html = (stage_dir / "reports/gallery/index.html").read_text()
+    pngs = sorted((stage_dir / "reports/gallery").glob("*.png"))
+    assert len(pngs) == 4 and all(p.name in html for p in pngs)
+
+    # resume: the per-image cache is reused; a deleted entry is recomputed, the rest untouched
+    cache = sorted((stage_dir / "reports/predictions/eval").glob("*.npz"))
+    assert len(cache) == n_eval
+    stamps = {p: p.stat().st_mtime_ns for p in cache[1:]}
+    cache[0].unlink()
+    assert runner.invoke(app, ["evaluate"]).exit_code == 0
+    assert cache[0].is_file() and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    again = json.loads((stage_dir / "metrics.json").read_text())
+    assert again["image"] == metrics["image"] and again["pixel"] == metrics["pixel"]
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["evaluate"])
+    assert out.exit_code != 0 and "dvc repro curate" in str(out.exception)
+
+
+def test_macro_average_skips_undefined():
+    from readl.evaluation.evaluate import _macro
+
+    assert _macro({"a": {"x": 0.5}, "b": {"x": math.nan}, "c": {"x": 1.0}}, ["x"]) == {"x": 0.75}
+
+
+def test_evaluate_reports_reasoning_against_references(tmp_path):
+    from PIL import Image
+
+    from readl.evaluation.evaluate import evaluate
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0, 0] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    text = "<think>There is a crack.</think><answer>Yes</answer>"
+    items = [(_row(1, mask="m.png", reference="There is a crack."), _pred([1, 2, 4], [0.9, 0.5, 0.1], completion=text)),
+             (_row(0, reference="The surface is clean."), _pred([4, 2, 1], [0.1, 0.5, 0.9], score=0.2))]
+    results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
+    metrics, table = evaluate(results, "both", root=tmp_path)
+    assert metrics["reasoning"]["n"] == 2
+    assert 0.0 < metrics["reasoning"]["ROUGE_L"] < 1.0 and 0.0 < metrics["reasoning"]["SBERT"] < 1.0
+    assert metrics["image"]["AUROC"] == 1.0 and len(table) == 1

@@ -1,0 +1,363 @@
+"""CGRO training on the tiny Qwen2.5-VL (CPU): real GRPO steps with LoRA, the consistency reward fed by the
+policy's own attention, kill-and-resume through the CLI, MLflow logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from readl.config import LocalizationConfig, Params
+from readl.model.loading import load_model
+from readl.training.checkpoints import last_complete_checkpoint
+from readl.training.data import load_manifest
+from readl.training.lora import DEFAULT_TARGET_REGEX, lora_targets
+from readl.training.train import build_trainer
+from readl.training.trainer import CGROTrainer, capture_completion_attention, group_rank_weights
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = [  # (path relative to the repo root, label): 4 hazelnut_toy + 4 MVTec grid, mixed labels
+    ("data/raw/hazelnut_toy/hazelnut/test/colour/00.jpg", 1),
+    ("data/raw/hazelnut_toy/hazelnut/test/colour/01.jpg", 1),
+    ("data/raw/hazelnut_toy/hazelnut/test/good/04.jpg", 0),
+    ("data/raw/hazelnut_toy/hazelnut/test/good/05.jpg", 0),
+    ("data/raw/mvtec_ad/grid/test/bent/000.png", 1),
+    ("data/raw/mvtec_ad/grid/test/broken/000.png", 1),
+    ("data/raw/mvtec_ad/grid/test/good/000.png", 0),
+    ("data/raw/mvtec_ad/grid/test/good/001.png", 0),
+]
+# 112 px -> a 4x4 token map; 8 rollouts per step (2 images x G=4). The untrained tiny model never writes the
+# format, so the consistency reward ignores it here (require_format: false) and uses a low support quantile so
+# that the J values of the rollouts differ (non-zero advantages -> a real gradient in the first step).
+TRAIN = {
+    "max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 12,
+    "learning_rate": 1e-3, "save_steps": 100, "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+    "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False},
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads; on a shared 2-core machine they cost 10-100x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, sample_dir) -> Path:
+    path = tmp_path_factory.mktemp("curated") / "train.parquet"
+    frame = pd.DataFrame(IMAGES, columns=["image_path", "label"]).assign(source="bundled", category="x")
+    frame.to_parquet(path)
+    return path
+
+
+def _params(**train) -> Params:
+    return Params.model_validate({"model": {"base": "tiny", "image_size": 112}, "train": {**TRAIN, **train}})
+
+
+# --- data, LoRA targets, errors ---------------------------------------------------------------------------------
+def test_manifest_contract_and_errors(tmp_path, manifest):
+    frame = load_manifest(manifest, root=REPO)
+    assert len(frame) == 8 and frame["label"].tolist() == [y for _, y in IMAGES]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["image_path"])
+    with pytest.raises(FileNotFoundError, match=r"nope\.parquet not found; run `readl curate` \(or `dvc repro curate`\)"):
+        load_manifest(tmp_path / "nope.parquet")
+    pd.DataFrame({"image_path": [], "label": []}).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ValueError, match=r"empty\.parquet is empty .*readl curate"):
+        load_manifest(tmp_path / "empty.parquet")
+    pd.DataFrame({"image_path": [IMAGES[0][0]], "label": [3]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="label must be 0 or 1"):
+        load_manifest(tmp_path / "bad.parquet", root=REPO)
+
+
+def test_lora_targets_language_and_merger_never_vision_blocks(tiny):
+    model, _ = tiny
+    names = lora_targets(model)
+    assert len(names) == 2 * 7 + 2  # 2 decoder layers x q,k,v,o,gate,up,down + merger mlp.0, mlp.2
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj", "0", "2"}  # fmt: skip
+    assert not [n for n in names if "visual.blocks" in n]
+    assert any(n.endswith("visual.merger.mlp.0") for n in names)
+    with pytest.raises(ValueError, match="vision encoder"):
+        lora_targets(model, r".*mlp\.(gate|up|down)_proj")  # the naive pattern also hits visual.blocks.N.mlp
+    assert DEFAULT_TARGET_REGEX  # the default is what build_trainer uses
+
+
+def test_trainer_requires_a_qwen_processor(tiny):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="Qwen2.5-VL processor"):
+        CGROTrainer(model=model, reward_funcs=[], processing_class=processor.tokenizer, localization=LocalizationConfig())
+
+
+def test_group_weights_normalise_over_all_rollouts_of_an_image():
+    loc = LocalizationConfig(tau_t={"rule": "fixed", "value": 0.5}, tau_i={"rule": "fixed", "value": 0.5})
+    s_t = [np.array([0.0, 1.0]), np.array([2.0, 4.0])]  # min 0, max 4 over BOTH rollouts
+    s_i = [np.array([1.0, 3.0]), np.array([0.0, 1.0])]  # inverted: (3 - s) / 3
+    w, rank = group_rank_weights(s_t, s_i, loc)
+    t_hat = np.array([0.0, 0.25, 0.5, 1.0])
+    i_hat = np.array([2 / 3, 0.0, 1.0, 2 / 3])
+    keep = (t_hat > 0.5) & (i_hat > 0.5)  # only token 1 of rollout 2
+    np.testing.assert_allclose(np.concatenate(w), np.where(keep, t_hat + i_hat, 0.0))
+    r = np.concatenate(rank)
+    assert r[3] > 0 and (r[:3] < 0).all()  # kept first, then the others by alpha S_T^ + beta S_I^
+    assert np.argsort(-r).tolist() == [3, 2, 0, 1]
+    w, _ = group_rank_weights([np.zeros(0), np.zeros(0)], [np.zeros(0), np.zeros(0)], LocalizationConfig())
+    assert [len(x) for x in w] == [0, 0]
+
+
+# --- a real GRPO step ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stepped(tiny_dir, manifest, tmp_path_factory):
+    """One real CGRO step on a fresh tiny model + LoRA; records what the reward saw."""
+    params = _params()
+    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path_factory.mktemp("ckpt"),
+                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    seen = {}
+    orig_rewards, orig_capture = trainer._calculate_rewards, trainer._policy_attention
+
+    def calculate_rewards(inputs, prompts, completions, completion_ids_list):
+        seen.update(inputs=inputs, prompts=prompts, completions=completions, ids=completion_ids_list)
+        return orig_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def policy_attention(inputs, completion_ids_list):
+        seen["captured"] = orig_capture(inputs, completion_ids_list)
+        seen["prompt_ids"] = trainer._last_prompt_ids
+        seen["reference"] = _predictor_capture(trainer, inputs, completion_ids_list)
+        return seen["captured"]
+
+    trainer._calculate_rewards, trainer._policy_attention = calculate_rewards, policy_attention
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    seen["consistency"] = trainer.last_consistency
+    return trainer, before, seen
+
+
+def _predictor_capture(trainer, inputs, completion_ids_list):
+    """The inference path's teacher-forced capture (readl.model.inference.Predictor) on the same policy."""
+    from readl.model.inference import Predictor
+
+    model = trainer.model
+    was = model.training
+    model.eval()
+    try:
+        pred = Predictor(model, trainer.processing_class, image_size=112)
+        enc = pred.encode([x["image"] for x in inputs])
+        eos = set(trainer.eos_token_ids) | {trainer._tokenizer.pad_token_id}
+        comps = [[t for t in ids if t not in eos] for ids in completion_ids_list]
+        caps = pred.capture(enc, comps)
+        prompt_rows = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+        return caps, prompt_rows
+    finally:
+        model.train(was)
+
+
+def test_grpo_step_changes_lora_weights_and_leaves_the_base_untouched(stepped):
+    trainer, before, _ = stepped
+    hist = trainer.state.log_history[0]
+    assert trainer.state.global_step == 1 and hist["grad_norm"] > 0
+    for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "consistency/J_mean"):
+        assert key in hist
+    changed_lora, changed_base = [], []
+    for name, p in trainer.model.named_parameters():
+        moved = not torch.equal(p.detach(), before[name])
+        if "lora_" in name:
+            assert p.requires_grad
+            changed_lora.append(name) if moved else None
+        else:
+            assert not p.requires_grad, name
+            changed_base.append(name) if moved else None
+    assert changed_base == []
+    assert any("lora_B" in n for n in changed_lora) and any("merger" in n for n in changed_lora)
+    assert not [n for n in changed_lora if "visual.blocks" in n]
+
+
+def test_consistency_reward_reads_the_policys_own_attention(stepped):
+    trainer, _, seen = stepped
+    (reference, predictor_prompts) = seen["reference"]
+    # the capture ran on exactly the prompts the rollouts were sampled from ...
+    assert seen["prompt_ids"] == predictor_prompts
+    # ... and equals the inference path's capture of the same policy, token by token
+    for (img, anom), ref, ids in zip(seen["captured"], reference, seen["ids"]):
+        t = ref.image_attn.shape[0]
+        np.testing.assert_allclose(img[:t], ref.image_attn, atol=1e-5)
+        np.testing.assert_allclose(anom[:t], ref.anomaly_attn, atol=1e-5)
+        assert img.shape[1:] == (4, 4) and t <= len(ids)
+    # the reward inputs are those maps (reasoning tokens only) and J was computed from them
+    cons = seen["consistency"]
+    assert len(cons["maps"]) == len(seen["ids"]) == 8
+    assert all(m.shape[1:] == (4, 4) and len(w) == len(m) for m, w in zip(cons["maps"], cons["weights"]))
+    assert len(cons["j"]) == 8 and np.isfinite(cons["j"]).any()
+
+
+def test_consistency_inputs_change_when_the_policys_attention_changes(stepped, monkeypatch):
+    trainer, _, seen = stepped
+    inputs, ids = seen["inputs"], seen["ids"]
+    base = trainer._attach_maps(inputs, ids)
+    # dropout is off during the capture: two passes with the model in train mode agree exactly
+    trainer.model.train()
+    again = trainer._attach_maps(inputs, ids)
+    assert all(np.array_equal(a["readl_maps"], b["readl_maps"]) for a, b in zip(base, again))
+    # perturb the policy's attention (LoRA on q/k of every layer): the maps the reward reads move
+    with torch.no_grad():
+        saved = {n: p.clone() for n, p in trainer.model.named_parameters() if "lora_B" in n and "_proj" in n}
+        gen = torch.Generator().manual_seed(0)
+        for n, p in trainer.model.named_parameters():
+            if n in saved and ("q_proj" in n or "k_proj" in n):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    try:
+        moved = trainer._attach_maps(inputs, ids)
+    finally:
+        with torch.no_grad():
+            for n, p in trainer.model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+    diff = max(float(np.abs(a["readl_maps"] - b["readl_maps"]).max()) for a, b in zip(base, moved) if a["readl_maps"].size)
+    assert diff > 1e-3
+
+
+def test_consistency_reward_follows_the_captured_maps(stepped, monkeypatch):
+    """Replace the captured attention by maps where every token looks at one cell: J = 1 -> R_cons = y."""
+    import readl.training.trainer as trainer_module
+
+    trainer, _, seen = stepped
+
+    def focused(model, image_processor, tokenizer, images, prompt_ids, completion_ids, **kw):
+        out = []
+        for c in completion_ids:
+            m = np.full((len(c), 4, 4), 0.01, dtype=np.float32)
+            m[:, 2, 1] = 1.0
+            out.append((m, np.ones((len(c), 2), dtype=np.float32)))
+        return out
+
+    monkeypatch.setattr(trainer_module, "capture_completion_attention", focused)
+    rewards = trainer._calculate_rewards(seen["inputs"], seen["prompts"], seen["completions"], seen["ids"])
+    col = trainer.reward_func_names.index("consistency")
+    labels = [x["label"] for x in seen["inputs"]]
+    assert rewards[:, col].tolist() == [float(y) for y in labels]  # J = 1 > delta1 for y=1, not < delta2 for y=0
+    assert trainer.last_consistency["j"] == [1.0] * 8
+
+
+def test_capture_is_deterministic_under_dropout_only_in_eval_mode(stepped):
+    trainer, _, seen = stepped
+    model = trainer.model
+    args = (model, trainer.processing_class.image_processor, trainer._tokenizer, [x["image"] for x in seen["inputs"]][:2],
+            seen["prompt_ids"][:2], [list(c) for c in seen["ids"][:2]])  # fmt: skip
+    for module in model.modules():  # make LoRA dropout strong enough to see
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    try:
+        model.train()
+        noisy = [capture_completion_attention(*args, image_token_id=model.config.image_token_id) for _ in range(2)]
+        assert not np.array_equal(noisy[0][0][0], noisy[1][0][0])  # train mode: dropout changes the maps
+        seen_twice = [trainer._policy_attention(seen["inputs"][:2], seen["ids"][:2]) for _ in range(2)]
+        assert np.array_equal(seen_twice[0][0][0], seen_twice[1][0][0])  # the trainer's pass: eval semantics
+        assert model.training  # and it restores train mode
+    finally:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.05
+
+
+# --- CLI: kill and resume, MLflow --------------------------------------------------------------------------------
+SLOW_SITE = """
+import os, time
+delay = float(os.environ.get("READL_TEST_STEP_DELAY", "0"))
+if delay:
+    from transformers import Trainer
+    _orig = Trainer.training_step
+    def training_step(self, *a, **k):
+        time.sleep(delay)
+        return _orig(self, *a, **k)
+    Trainer.training_step = training_step
+"""
+
+
+def _launch(workdir: Path, params: Path, manifest: Path, delay: float = 0.0) -> subprocess.Popen:
+    site = workdir.parent / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW_SITE))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site), "READL_TEST_STEP_DELAY": str(delay),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
+           "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "readl.cli", "train", "--params", str(params), "--manifest", str(manifest),
+           "--output", str(workdir / "models")]  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "train.log", "w")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(proc: subprocess.Popen, workdir: Path, timeout: float = 120) -> None:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert rc == 0, (workdir / "train.log").read_text()[-3000:]
+
+
+def _adapter(workdir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(workdir / "models" / "adapter" / "adapter_model.safetensors")
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_path):
+    params = tmp_path / "params.yaml"
+    train = {**TRAIN, "max_steps": 6, "save_steps": 2, "save_total_limit": None, "experiment": "readl-test"}
+    params.write_text(yaml.safe_dump({"model": {"base": "tiny", "image_size": 112}, "train": train}))
+    straight = _launch(tmp_path / "straight", params, manifest)
+    killed = _launch(tmp_path / "killed", params, manifest, delay=0.6)
+    ckpt_dir = tmp_path / "killed" / "models" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while last_complete_checkpoint(ckpt_dir) is None:  # the first COMPLETE checkpoint (trainer_state.json parses)
+        assert killed.poll() is None, (tmp_path / "killed" / "train.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "models" / "adapter").exists()  # it died mid-way
+    first = last_complete_checkpoint(ckpt_dir)
+    run_id = json.loads((ckpt_dir / "run.json").read_text())["mlflow_run_id"]
+    # a checkpoint cut off mid-write (no parsable trainer_state.json) must be skipped on restart
+    torn = ckpt_dir / "checkpoint-5"
+    torn.mkdir()
+    (torn / "trainer_state.json").write_text('{"global_step": 5, "log_hi')
+
+    resumed = _launch(tmp_path / "killed", params, manifest)
+    _wait(straight, tmp_path / "straight")
+    _wait(resumed, tmp_path / "killed")
+
+    a, b = _adapter(tmp_path / "straight"), _adapter(tmp_path / "killed")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
+    record = json.loads((tmp_path / "killed" / "models" / "train_run.json").read_text())
+    assert record["run_id"] == run_id and record["global_step"] == 6  # the same MLflow run, continued
+    assert record["resumed_from"].endswith(first.name) and first.name in ("checkpoint-2", "checkpoint-4")
+    assert not ckpt_dir.exists()  # checkpoints are removed after success (train.keep_checkpoints: false)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlruns.db'}")
+    run = client.get_run(run_id)
+    assert run.data.params["train.rewards"] == "['format', 'accuracy', 'consistency']"
+    for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "reward",
+                "consistency/J_mean", "consistency/J_min", "consistency/J_max", "kl", "learning_rate",
+                "completions/mean_length"):  # fmt: skip
+        steps = {m.step for m in client.get_metric_history(run_id, key)}
+        assert steps == set(range(1, 7)), (key, steps)
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
