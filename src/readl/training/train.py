@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig
 
 from readl.atomic import write_json
@@ -30,6 +31,7 @@ from readl.training.checkpoints import (
     save_run_info,
 )
 from readl.training.data import build_dataset, fit_processor, load_manifest
+from readl.training.progress import StepProgress
 from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config, lora_targets
 from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
@@ -145,6 +147,8 @@ def train(
     frame = load_manifest(manifest, root)
     ckpt_dir = output_dir / "checkpoints"
     trainer = build_trainer(params, frame, ckpt_dir, device=device)  # fails early on a bad model/processor
+    trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
+    trainer.add_callback(StepProgress())
 
     fp = fingerprint(params.model_dump(include={"model", "localization", "train"}), manifest)
     resume, run_id = None, None

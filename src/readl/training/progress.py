@@ -1,0 +1,52 @@
+"""One progress bar for training (rich), with the latest rewards, instead of a printed dict per step."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import TrainerCallback
+
+__all__ = ["StepProgress"]
+
+
+def _fmt(logs: dict, key: str, name: str) -> str:
+    v = logs.get(key)
+    return f"{name} {float(v):.3f}" if v is not None and not math.isnan(float(v)) else ""
+
+
+class StepProgress(TrainerCallback):
+    """A rich bar over optimizer steps showing reward, per-reward means and mean Jaccard J (main process)."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.bar = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"), console=Console(stderr=True),
+        )  # fmt: skip
+        self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, status="")
+        self.bar.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        parts = [_fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL")]
+        parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
+        status = "  ".join(p for p in parts if p)
+        if status:  # the final summary log has no rewards: keep the last status
+            self.bar.update(self.task, status=status)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
