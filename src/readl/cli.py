@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -37,7 +38,8 @@ def _progress() -> Progress:
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id.")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id; or a registered "
+                                              "model, e.g. models:/readl@champion (base + adapter + thresholds + params).")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder (models/adapter).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for <stem>.json and <stem>.png.")] = Path("predictions"),
     thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json; default per-image rules.")] = None,
@@ -53,15 +55,31 @@ def predict(
 
     cfg = load_params(params)
     mcfg = cfg.model
-    net, processor = load_model(model or mcfg.base, adapter=adapter, device=device, dtype=mcfg.dtype)
-    predictor = Predictor(
-        net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
-        generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
-    )  # fmt: skip
+    loc, batch_size = cfg.localization, mcfg.batch_size
+    if model and model.startswith(("models:/", "runs:/")):  # registered: its own adapter, thresholds and params
+        from readl.registry import RegistryError
+        from readl.registry.load import load_registered
+
+        if adapter is not None:
+            console.print("[red]error:[/red] --adapter cannot be combined with a registered model (it carries its adapter)")
+            raise typer.Exit(2)
+        try:
+            registered = load_registered(model, device=device, max_new_tokens=max_new_tokens)
+        except RegistryError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
+        predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
+        thresholds = thresholds or (Path(registered.thresholds_path) if registered.thresholds_path else None)
+    else:
+        net, processor = load_model(model or mcfg.base, adapter=adapter, device=device, dtype=mcfg.dtype)
+        predictor = Predictor(
+            net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
+            generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
+        )  # fmt: skip
     with _progress() as bar:
         task = bar.add_task("predict", total=len(images))
         outcomes = predict_files(
-            images, predictor, cfg.localization, out, thresholds_file=thresholds, batch_size=mcfg.batch_size,
+            images, predictor, loc, out, thresholds_file=thresholds, batch_size=batch_size,
             progress=lambda n: bar.advance(task, n),
         )  # fmt: skip
     table = Table("image", "answer", "format", "score", "tokens kept", "overlay")
@@ -215,6 +233,84 @@ def evaluate(
         table.add_row(name, pct(d["image"]["AUROC"]), pct(d["image"]["ACC"]), pct(d["pixel"]["AUROC"]),
                       pct(d["pixel"]["AUPR"]), pct(d["pixel"]["AUPRO"]), pct(d["pixel"]["ACC"]), str(d["n_malformed"]))  # fmt: skip
     Console().print(table)
+
+
+def _registry_error(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2) from None
+
+
+def _gate_table(decision) -> Table:
+    pct = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    table = Table("scope", "metric", "champion", "challenger", "rule", "ok", "note",
+                  title=f"{decision.name}: challenger v{decision.challenger} vs champion v{decision.champion_before}")  # fmt: skip
+    for c in decision.checks:
+        table.add_row(c.scope, c.metric, pct(c.champion), pct(c.challenger), c.rule,
+                      "[green]yes[/green]" if c.passed else "[red]NO[/red]", c.note)  # fmt: skip
+    return table
+
+
+@app.command()
+def register(
+    params: Annotated[Path, typer.Option(help="params.yaml (register.model_name; logged with the model).")] = Path("params.yaml"),
+    adapter: Annotated[Path, typer.Option(help="LoRA adapter (absent: the base model alone).")] = Path("models/adapter"),
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from `readl calibrate`.")] = Path("models/thresholds.json"),
+    metrics: Annotated[Path, typer.Option(help="metrics.json from `readl evaluate` (version tags).")] = Path("metrics.json"),
+    train_run: Annotated[Path, typer.Option(help="train_run.json: the MLflow run to log the model into.")] = Path("models/train_run.json"),
+    out: Annotated[Path, typer.Option(help="Record for DVC: name, version, run_id, aliases.")] = Path("models/registered.json"),
+    name: Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")] = None,
+    promote_: Annotated[bool, typer.Option("--promote/--no-promote", help="Run the promotion gate after registering "
+                                           "(a refusal is reported, exit status 0).")] = False,
+) -> None:
+    """Log the model (pyfunc) into the training run, register it, tag it, alias it 'challenger' (idempotent)."""
+    from readl.config import load_params
+    from readl.registry import RegistryError
+    from readl.registry.registration import register as run_register
+
+    try:
+        result = run_register(params_file=params, adapter=adapter, thresholds=thresholds, metrics=metrics,
+                              train_run=train_run, out=out, name=name)  # fmt: skip
+        decision = None
+        if promote_:
+            from readl.atomic import write_json
+            from readl.registry.gate import promote as run_promote
+
+            decision = run_promote(load_params(params).register, name=result.name)
+            record = json.loads(out.read_text())
+            if decision.champion_after == result.version:
+                record["aliases"] = sorted({*record["aliases"], "champion"})
+            write_json(out, {**record, "promotion": decision.as_dict()})
+    except (RegistryError, FileNotFoundError, ValueError) as exc:
+        _registry_error(exc)
+    typer.echo(f"register: {result.name} version {result.version} (run {result.run_id}){' reused' if result.reused else ''}; "
+               f"aliases: {', '.join(result.aliases)}")  # fmt: skip
+    if decision is not None:
+        if decision.checks:
+            Console().print(_gate_table(decision))
+        typer.echo(f"promote: {decision.reason}")
+
+
+@app.command()
+def promote(
+    params: Annotated[Path, typer.Option(help="params.yaml (register: model_name, primary_metric, max_drop).")] = Path("params.yaml"),
+    name: Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Decide, but do not move 'champion'.")] = False,
+) -> None:
+    """Move 'champion' to 'challenger' if the gate passes; exit 1 (with the table of why) if it refuses, 2 on errors."""
+    from readl.config import load_params
+    from readl.registry import RegistryError
+    from readl.registry.gate import promote as run_promote
+
+    try:
+        decision = run_promote(load_params(params).register, name=name, dry_run=dry_run)
+    except (RegistryError, ValueError) as exc:
+        _registry_error(exc)
+    if decision.checks:
+        Console().print(_gate_table(decision))
+    verdict = "[green]promoted[/green]" if decision.promoted else "[red]refused[/red]"
+    Console().print(f"{verdict}{' (dry run)' if dry_run else ''}: {escape(decision.reason)}; champion is v{decision.champion_after}")
+    if not decision.promoted:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Unknown keys are errors (a typo in params.yaml must not silently fall back to a 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params",
 ]  # fmt: skip
 
@@ -159,6 +160,36 @@ class EvaluateConfig(_Section):
     gallery_per_dataset: int = Field(4, ge=0)  # heat-map gallery images per dataset (anomalous first)
 
 
+class ScheduleConfig(_Section):
+    """``register.schedule``: when the Prefect ``retrain`` deployment runs (prefect.yaml must say the same)."""
+
+    cron: str = "0 3 * * 1"  # 5-field cron: Mondays 03:00
+    timezone: str = "UTC"  # IANA time zone of the cron
+
+
+class RegisterConfig(_Section):
+    """``register:`` MLflow registration and the promotion gate (``readl register`` / ``readl promote``)."""
+
+    model_name: str = Field("readl", pattern=r"^[A-Za-z0-9_.-]+$")  # MLflow registered model name
+    primary_metric: str = "image.AUROC"  # dotted metrics.json key (mean over eval datasets); higher is better
+    min_improvement: float = 0.0  # challenger must reach champion + this on primary_metric
+    # no-regression limits, per evaluation dataset: metric -> largest allowed drop (absolute, in [0, 1] units)
+    max_drop: dict[str, float] = {"image.AUROC": 0.02, "pixel.AUROC": 0.02, "pixel.AUPRO": 0.02}
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @field_validator("max_drop")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: d for k, d in v.items() if d < 0}
+        if bad:
+            raise ValueError(f"max_drop values must be >= 0: {bad}")
+        return v
+
+
+# `register` is also ABCMeta.register (a class method); as an instance field it is harmless: silence pydantic's note
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class Params(BaseModel):
     """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
 
@@ -169,6 +200,7 @@ class Params(BaseModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
     curate: CurateConfig = CurateConfig()
+    register: RegisterConfig = RegisterConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

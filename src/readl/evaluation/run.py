@@ -47,6 +47,8 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
     from readl.model.loading import load_model
 
     base = base or params.model.base
+    if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
+        adapter = None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         log.warning("no adapter at %s: evaluating the base model", adapter)
         adapter = None

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 
 from transformers import TrainerCallback
 
+from readl.registry.client import DEFAULT_TRACKING_URI, tracking_uri  # one definition for all stages
+
 __all__ = ["DEFAULT_TRACKING_URI", "tracking_uri", "start_run", "flatten", "MlflowMetricsCallback"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 log = logging.getLogger(__name__)
-
-
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.db`` (relative to the working directory)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Prefect flows of readl: ``retrain`` (scheduled, work pool ``cpu``) and ``train-on-gpu`` (work pool ``gpu``); see prefect.yaml."""

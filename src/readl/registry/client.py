@@ -1,0 +1,247 @@
+"""Connecting to MLflow: the tracking URI, a reachability probe, retries of transient failures, clear errors.
+
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (DESIGN.md
+"Components"). Every readl module that talks to MLflow takes it from :func:`tracking_uri`.
+
+Artifacts on S3: with ``mlflow server --artifacts-destination s3://...`` the server writes to S3 (its own
+environment holds ``MLFLOW_S3_ENDPOINT_URL`` and the AWS keys); with an ``s3://`` artifact root and
+``--no-serve-artifacts`` (or a local tracking store), this process writes through boto3 and reads the same
+variables. Credentials come only from the environment / AWS config, never from readl's arguments.
+
+Transient = the server or the database is briefly unavailable: connection refused/reset, timeouts, HTTP
+5xx/429, sqlite "database is locked", a unique-constraint race on the next model version number (MLflow
+picks MAX+1), S3 throttling / 5xx. Those are retried with jittered exponential backoff; everything else
+(bad name, missing alias, access denied) raises at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = [
+    "DEFAULT_TRACKING_URI", "RegistryError", "TrackingUnavailableError", "AliasNotFoundError", "ArtifactStoreError",
+    "tracking_uri", "connect", "is_transient", "with_retries", "artifact_errors", "call", "describe",
+]  # fmt: skip
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT_TEXT = (
+    "database is locked", "database table is locked", "integrityerror", "unique constraint failed",
+    "duplicate key value", "deadlock", "connection refused", "connection reset", "connection aborted",
+    "remotedisconnected", "max retries exceeded", "timed out", "timeout", "temporarily unavailable",
+    "too many 500 error responses", "too many 502 error responses", "too many 503 error responses",
+    "too many 504 error responses", "service unavailable", "bad gateway", "slowdown", "throttl",
+)  # fmt: skip
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}  # INTERNAL_ERROR: by text
+
+
+class RegistryError(RuntimeError):
+    """A registry / tracking operation failed; the message names the URI or object and the fix."""
+
+
+class TrackingUnavailableError(RegistryError):
+    """The MLflow tracking server did not answer (after retries)."""
+
+
+class AliasNotFoundError(RegistryError):
+    """A registered model or one of its aliases (``challenger``, ``champion``) does not exist."""
+
+
+class ArtifactStoreError(RegistryError):
+    """Writing or reading model artifacts (S3 or the server's artifact proxy) failed."""
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` (relative to the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _probe_http(uri: str, timeout: float) -> None:
+    with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310 (http/https only)
+        resp.read()
+
+
+def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, timeout: float = 5.0):
+    """Point MLflow at the tracking server and check that it answers.
+
+    For ``http(s)://`` URIs, ``GET <uri>/health`` is tried ``attempts`` times (delays ``base_delay * 2**i``
+    seconds, jittered). MLflow's own HTTP retries are lowered to 3 (backoff factor 1) unless
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` are set, so that a server that
+    goes away mid-way fails in seconds, not minutes.
+
+    Args:
+        uri: tracking URI; default :func:`tracking_uri`.
+        attempts: probe attempts (>= 1).
+        base_delay: first retry delay, seconds.
+        timeout: per-probe timeout, seconds.
+
+    Returns:
+        An ``mlflow.MlflowClient`` for ``uri`` (also set as the process's tracking and registry URI).
+
+    Raises:
+        TrackingUnavailableError: the server did not answer; the message names the URI.
+    """
+    import mlflow
+
+    uri = uri or tracking_uri()
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if uri.startswith(("http://", "https://")):
+        last: Exception | None = None
+        for i in range(max(1, attempts)):
+            try:
+                _probe_http(uri, timeout)
+                last = None
+                break
+            except urllib.error.HTTPError as exc:  # it answers, e.g. 401/403 behind an auth proxy
+                if exc.code < 500:
+                    last = None
+                    break
+                last = exc
+            except (OSError, ValueError) as exc:  # URLError, refused, DNS, timeout
+                last = exc
+            if i + 1 < attempts:
+                time.sleep(base_delay * 2**i * random.uniform(0.5, 1.5))
+        if last is not None:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} is unreachable after {attempts} attempts ({last}). Start it "
+                f"(`mlflow server --backend-store-uri ... --artifacts-destination s3://...`) or set "
+                f"MLFLOW_TRACKING_URI to a reachable server (default {DEFAULT_TRACKING_URI})."
+            )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying (see the module docstring)."""
+    if isinstance(exc, (TrackingUnavailableError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, (AliasNotFoundError,)):
+        return False
+    code = getattr(exc, "error_code", None)
+    if code in _TRANSIENT_CODES:
+        return True
+    response = getattr(exc, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500 or status == 429 or str(err.get("Code", "")) in ("SlowDown", "Throttling", "RequestTimeout"):
+            return True
+    name = type(exc).__name__
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ConnectionError", "OperationalError"):  # fmt: skip
+        return True
+    text = f"{name} {exc}".lower()
+    return any(t in text for t in _TRANSIENT_TEXT)
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.25,
+                 max_delay: float = 8.0, retry_if: Callable[[BaseException], bool] = is_transient) -> T:  # fmt: skip
+    """Call ``fn()``; on a transient failure sleep ``base_delay * 2**i`` (x0.5-1.5 jitter, at most ``max_delay``
+    seconds) and try again, ``attempts`` calls in total.
+
+    Raises:
+        The last exception, unchanged, when attempts are exhausted or the failure is not transient.
+    """
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if i + 1 >= attempts or not retry_if(exc):
+                raise
+            delay = min(max_delay, base_delay * 2**i) * random.uniform(0.5, 1.5)
+            log.warning("%s: transient failure (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__,
+                        str(exc).splitlines()[0][:300] if str(exc) else "", i + 1, attempts - 1, delay)  # fmt: skip
+    raise AssertionError("unreachable")
+
+
+def _s3_endpoint() -> str:
+    return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or "AWS S3 (no MLFLOW_S3_ENDPOINT_URL set)"
+
+
+class artifact_errors:  # noqa: N801 (used as a context manager)
+    """Context manager: turn S3 / artifact-proxy failures into :class:`ArtifactStoreError` with a fix.
+
+    Args:
+        what: the operation, e.g. ``"log model to run 1234"``.
+        uri: the tracking URI (named in messages about the artifact proxy).
+    """
+
+    def __init__(self, what: str, uri: str):
+        self.what, self.uri = what, uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, RegistryError) or not isinstance(exc, Exception):
+            return False
+        name = type(exc).__name__
+        module = type(exc).__module__ or ""
+        text = str(exc)
+        if name == "NoCredentialsError":
+            raise ArtifactStoreError(
+                f"{self.what}: no AWS credentials for the S3 artifact store ({_s3_endpoint()}): set "
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment.") from exc
+        if module.startswith(("botocore", "boto3", "s3transfer")):
+            response = getattr(exc, "response", None) or {}
+            code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+            denied = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "(403)")
+            hint = ("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment and the "
+                    "bucket policy" if code in denied or any(d in text for d in denied)
+                    else "check MLFLOW_S3_ENDPOINT_URL, that the S3 server is up and the bucket exists")  # fmt: skip
+            err = ArtifactStoreError(f"{self.what}: S3 artifact store error at {_s3_endpoint()}: {name}: {text}; {hint}.")
+            err.transient = is_transient(exc)  # type: ignore[attr-defined]
+            raise err from exc
+        if "mlflow-artifacts" in text or "/api/2.0/mlflow-artifacts" in text or (
+            "artifact" in text.lower() and "500" in text
+        ):
+            err = ArtifactStoreError(
+                f"{self.what}: the tracking server {self.uri} failed to store/serve the artifacts ({name}: "
+                f"{text.splitlines()[0][:500]}). Check the server's log and its artifact destination "
+                f"(S3 endpoint MLFLOW_S3_ENDPOINT_URL and AWS credentials in the server's environment).")  # fmt: skip
+            err.transient = is_transient(exc)  # type: ignore[attr-defined]
+            raise err from exc
+        return False
+
+
+def call(fn: Callable[[], T], what: str, uri: str | None = None, attempts: int = 6) -> T:
+    """:func:`with_retries` plus readable errors: connection failures name the tracking URI.
+
+    Raises:
+        TrackingUnavailableError: the server stopped answering (retries exhausted).
+        RegistryError / mlflow.exceptions.MlflowException: other failures.
+    """
+    uri = uri or tracking_uri()
+
+    def retry_if(exc: BaseException) -> bool:
+        return bool(getattr(exc, "transient", False)) or is_transient(exc)
+
+    try:
+        return with_retries(fn, what, attempts=attempts, retry_if=retry_if)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(t in text for t in ("connection refused", "max retries exceeded", "connectionerror",
+                                   "failed to establish", "name or service not known")):  # fmt: skip
+            raise TrackingUnavailableError(
+                f"{what}: MLflow tracking server {uri} stopped answering ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}); check that it is running and MLFLOW_TRACKING_URI.") from exc
+        raise
+
+
+def describe(obj: Any) -> str:
+    """Short text of an exception for logs and tables."""
+    return f"{type(obj).__name__}: {str(obj).splitlines()[0][:300]}" if str(obj) else type(obj).__name__

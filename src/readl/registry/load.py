@@ -1,0 +1,55 @@
+"""Load a registered readl model (``models:/readl@champion``, ``models:/readl/3``, ``runs:/ID/readl``)."""
+
+from __future__ import annotations
+
+from readl.registry.client import AliasNotFoundError, ArtifactStoreError, artifact_errors, call, connect, tracking_uri
+
+__all__ = ["is_registry_uri", "load_registered"]
+
+
+def is_registry_uri(model: str | None) -> bool:
+    """True for MLflow model URIs (``models:/...``, ``runs:/...``)."""
+    return bool(model) and str(model).startswith(("models:/", "runs:/"))
+
+
+def load_registered(model_uri: str, device: str | None = None, max_new_tokens: int | None = None, uri: str | None = None):
+    """Download a registered model's artifacts and load it (base model + adapter + thresholds + params).
+
+    Args:
+        model_uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/readl``.
+        device: ``cpu``, ``cuda`` ... (default ``$READL_DEVICE``, else CUDA when available).
+        max_new_tokens: override the logged ``model.max_new_tokens``.
+        uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+
+    Returns:
+        The loaded :class:`readl.registry.pyfunc.ReadlModel` (``.predictor``, ``.localization``,
+        ``.thresholds_path``, ``.batch_size``, ``.predict(dataframe)``).
+
+    Raises:
+        AliasNotFoundError: the model, version or alias does not exist.
+        TrackingUnavailableError: the tracking server is unreachable.
+        ArtifactStoreError: the artifacts could not be downloaded (S3 / artifact proxy).
+    """
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    connect(uri)
+    config = {k: v for k, v in {"device": device, "max_new_tokens": max_new_tokens}.items() if v is not None}
+
+    def load():
+        with artifact_errors(f"download {model_uri}", uri):
+            return mlflow.pyfunc.load_model(model_uri, model_config=config or None)
+
+    try:
+        pyfunc = call(load, f"load {model_uri}", uri, attempts=3)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise AliasNotFoundError(f"{model_uri}: not found at {uri} ({str(exc).splitlines()[0]}); check the "
+                                     f"name and alias (`readl register` sets 'challenger', `readl promote` "
+                                     f"'champion')") from exc  # fmt: skip
+        raise
+    model = pyfunc.unwrap_python_model()
+    if not hasattr(model, "predictor"):
+        raise ArtifactStoreError(f"{model_uri} is not a readl model (python model {type(model).__name__})")
+    return model

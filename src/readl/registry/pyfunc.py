@@ -1,0 +1,199 @@
+"""The MLflow pyfunc model of readl: base model reference + LoRA adapter + calibrated thresholds + params.
+
+Artifacts logged with the model (``mlflow.pyfunc.log_model(artifacts=...)``):
+
+- ``params``: ``params.json``, the whole ``params.yaml`` as JSON; ``model.base`` names the base model
+  (``tiny`` = the local tiny kit, rebuilt on first load; an HF id such as ``Qwen/Qwen2.5-VL-7B-Instruct`` is
+  loaded from the hub / HF cache: the multi-GB base weights are not copied into the registry);
+  ``model`` and ``localization`` drive inference.
+- ``adapter``: the PEFT LoRA folder (absent when the model was registered without training);
+- ``thresholds``: ``thresholds.json`` from ``readl calibrate`` (tau_t, tau_i);
+- ``metrics``: ``metrics.json`` from ``readl evaluate`` (for reference; the version tags carry it too).
+
+Input (one row per image; JSON over ``mlflow models serve``: ``{"dataframe_split": {"columns": ["image"],
+"data": [["<base64 of the image file>"]]}}``):
+
+| column | type | meaning |
+|---|---|---|
+| ``image`` | binary, optional | the encoded image file (PNG, JPEG ...); base64 in JSON requests |
+| ``path`` | string, optional | a path to an image file readable by the serving process |
+
+Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
+
+| column | type | meaning |
+|---|---|---|
+| ``answer`` | string | ``"Yes"`` / ``"No"``, ``""`` when the completion had no parsable answer |
+| ``score`` | double | anomaly score P(Yes) in [0, 1] |
+| ``reasoning`` | string | the reasoning chain (inside ``<think>``) |
+| ``format_ok`` | boolean | the completion followed ``<think>..</think><answer>..</answer>`` |
+| ``anomaly_map`` | string | base64 of a 16-bit grayscale PNG, the ReAL map at the input image's size (H x W); pixel value ``v`` means ``v / 65535 * map_max``; decode with :func:`decode_map` |
+| ``map_max`` | double | the map's maximum (0 for an empty map) |
+| ``map_grid`` | array<array<double>> | the map on the image-token grid (15 x 15 at 420 px), exact values |
+| ``error`` | string | ``""``, or why this row has no result (unreadable image); other rows are unaffected |
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+__all__ = ["ReadlModel", "signature", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG"]
+
+log = logging.getLogger(__name__)
+MODEL_CONFIG = {"device": "", "max_new_tokens": 0}  # logged defaults; "" / 0 = automatic / params
+OUTPUT_COLUMNS = ["answer", "score", "reasoning", "format_ok", "anomaly_map", "map_max", "map_grid", "error"]
+
+
+def signature():
+    """The model signature (see the module docstring): ``mlflow.models.ModelSignature``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.binary, "image", required=False), ColSpec(DataType.string, "path", required=False)])
+    outputs = Schema([
+        ColSpec(DataType.string, "answer"), ColSpec(DataType.double, "score"), ColSpec(DataType.string, "reasoning"),
+        ColSpec(DataType.boolean, "format_ok"), ColSpec(DataType.string, "anomaly_map"),
+        ColSpec(DataType.double, "map_max"), ColSpec(Array(Array(DataType.double)), "map_grid"),
+        ColSpec(DataType.string, "error"),
+    ])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def encode_map(full: np.ndarray) -> tuple[str, float]:
+    """``(H, W)`` float map -> (base64 16-bit grayscale PNG, map maximum). Negative values clip to 0."""
+    from PIL import Image
+
+    full = np.clip(np.nan_to_num(np.asarray(full, dtype=np.float64)), 0, None)
+    top = float(full.max()) if full.size else 0.0
+    q = np.zeros(full.shape, np.uint16) if top <= 0 else np.round(full / top * 65535).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(q).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii"), top
+
+
+def decode_map(png_b64: str, map_max: float) -> np.ndarray:
+    """Inverse of :func:`encode_map`: ``(H, W)`` float32 map (quantisation step ``map_max / 65535``)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(png_b64))) as im:
+        q = np.asarray(im, dtype=np.float64)
+    return (q / 65535.0 * float(map_max)).astype(np.float32)
+
+
+def _open_bytes(data: Any):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(data, str):  # base64 sent for a string column, or a data: URL
+        data = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=False)
+    data = bytes(data)
+    if not data:
+        raise ValueError("empty image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from exc
+
+
+def _present(v: Any) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, float) and v != v:
+        return False
+    return not (isinstance(v, (str, bytes, bytearray)) and len(v) == 0)
+
+
+class ReadlModel(mlflow.pyfunc.PythonModel):
+    """readl as an MLflow pyfunc model (see the module docstring for artifacts, input and output).
+
+    After :meth:`load_context`: ``predictor`` (:class:`readl.model.inference.Predictor`), ``params``
+    (:class:`readl.config.Params` as logged), ``localization`` (its ``LocalizationConfig``), ``taus``,
+    ``thresholds_path`` (local ``thresholds.json`` or None), ``batch_size``.
+
+    ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``cpu``, ``cuda``
+    ...; default ``$READL_DEVICE``, else CUDA when available), ``max_new_tokens`` (default the logged
+    ``model.max_new_tokens``).
+    """
+
+    def load_context(self, context) -> None:
+        from readl.config import Params
+        from readl.model.inference import GenerationSettings, Predictor
+        from readl.model.loading import load_model
+        from readl.predict import resolve_taus
+
+        arts = context.artifacts
+        raw = json.loads(Path(arts["params"]).read_text())
+        self.params = Params.model_validate({k: raw[k] for k in ("model", "localization") if k in raw})
+        self.localization = self.params.localization
+        adapter = arts.get("adapter")
+        self.adapter = adapter if adapter and (Path(adapter) / "adapter_config.json").is_file() else None
+        self.thresholds_path = arts.get("thresholds")
+        self.taus = resolve_taus(self.localization, self.thresholds_path)
+        cfg = dict(getattr(context, "model_config", None) or {})
+        device = cfg.get("device") or os.environ.get("READL_DEVICE") or None
+        mcfg = self.params.model
+        model, processor = load_model(mcfg.base, adapter=self.adapter, device=device, dtype=mcfg.dtype)
+        self.batch_size = mcfg.batch_size
+        self.predictor = Predictor(
+            model, processor, image_size=mcfg.image_size, layers=self.localization.layers,
+            generation=GenerationSettings(max_new_tokens=int(cfg.get("max_new_tokens") or mcfg.max_new_tokens)),
+        )  # fmt: skip
+
+    def _images(self, frame):
+        from readl.predict import UnreadableImageError, open_image
+
+        images, errors = [], []
+        for i in range(len(frame)):
+            row = frame.iloc[i]
+            img = row.get("image") if "image" in frame.columns else None
+            path = row.get("path") if "path" in frame.columns else None
+            try:
+                if _present(img):
+                    images.append(_open_bytes(img))
+                elif _present(path):
+                    images.append(open_image(str(path)))
+                else:
+                    raise ValueError("row has neither 'image' (bytes) nor 'path'")
+                errors.append("")
+            except (UnreadableImageError, ValueError, TypeError) as exc:
+                images.append(None)
+                errors.append(f"row {i}: {exc}")
+        return images, errors
+
+    def predict(self, context, model_input, params: dict | None = None):
+        """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS."""
+        import pandas as pd
+
+        from readl.localization.anomaly_map import upsample
+        from readl.predict import localize
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        images, errors = self._images(frame)
+        rows: list[dict] = [
+            {"answer": "", "score": float("nan"), "reasoning": "", "format_ok": False, "anomaly_map": "",
+             "map_max": 0.0, "map_grid": [], "error": e} for e in errors
+        ]  # fmt: skip
+        ok = [i for i, im in enumerate(images) if im is not None]
+        for start in range(0, len(ok), self.batch_size):
+            idx = ok[start : start + self.batch_size]
+            for i, pred in zip(idx, self.predictor.predict([images[i] for i in idx])):
+                real = localize(pred, self.localization, self.taus)
+                png, top = encode_map(upsample(real.map, pred.image_size))
+                rows[i].update(
+                    answer=pred.parsed.answer or "", score=float(pred.score), reasoning=pred.parsed.reasoning,
+                    format_ok=bool(pred.parsed.format_ok), anomaly_map=png, map_max=top,
+                    map_grid=np.asarray(real.map, dtype=np.float64).tolist(),
+                )  # fmt: skip
+        for r in rows:
+            if r["error"]:
+                log.error("%s", r["error"])
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)

@@ -1,0 +1,457 @@
+"""``readl register``: log the pyfunc model into the training run, register it, tag it, alias it ``challenger``.
+
+Idempotent: the version's content fingerprint (SHA-256 of the adapter files, thresholds, metrics and params)
+is a version tag (``readl.fingerprint``). Registering again with the same run and the same fingerprint reuses
+the existing version (and the logged model when only the version creation was missing); nothing new is
+logged. Concurrency-safe: MLflow numbers versions MAX+1 and sqlite locks under concurrent writers, so
+creation is retried (jittered backoff) on "database is locked" / unique-constraint races, the created version
+is read back and checked (run id + fingerprint are ours), and two concurrent registrations of the same
+content keep the lower version (the duplicate is deleted). ``challenger`` always ends on the newest readl
+version: each registration re-reads and re-sets it until it points at the highest version, so concurrent
+registrations converge on the same alias and an older model registered late never takes it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from readl.atomic import write_json
+from readl.config import Params, load_params
+from readl.config import RegisterConfig
+from readl.registry.client import (
+    AliasNotFoundError,
+    RegistryError,
+    artifact_errors,
+    call,
+    connect,
+    tracking_uri,
+)
+
+__all__ = [
+    "FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "RegisterResult", "register", "flatten_metrics", "file_digest",
+    "manifest_digest", "params_digest", "git_commit", "model_fingerprint", "readl_versions", "sync_challenger",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+FINGERPRINT_TAG = "readl.fingerprint"
+METRIC_TAG_PREFIX = "metrics."
+MODEL_CODE = str(Path(__file__).with_name("model_code.py"))  # MLflow models-from-code (no pickle)
+DEFAULT_MANIFESTS = ("data/curated/train.parquet", "data/curated/calib.parquet", "data/curated/eval.parquet")
+
+
+@dataclass
+class RegisterResult:
+    """What ``readl register`` did (also written to ``models/registered.json``).
+
+    name: registered model name; version: its version (string, as MLflow returns it); run_id: the run the
+    model was logged into; aliases: the version's aliases after registration; model_uri: ``models:/NAME/V``;
+    source: the version's source (``models:/<logged model id>``); fingerprint: content hash; reused: True when
+    an existing version was reused; tracking_uri: where.
+    """
+
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str]
+    model_uri: str
+    source: str
+    fingerprint: str
+    reused: bool
+    tracking_uri: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def register_config(params: Params) -> RegisterConfig:
+    """The ``register`` section of ``params`` (defaults when absent)."""
+    section = getattr(params, "register", None)
+    return section if isinstance(section, RegisterConfig) else RegisterConfig.model_validate(section or {})
+
+
+# --- hashes and tags ---------------------------------------------------------------------------------------------
+def file_digest(paths: Sequence[Path], root: Path | None = None) -> str:
+    """SHA-256 (hex) over the relative names and bytes of ``paths`` (files, or folders walked in sorted order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            name = f.relative_to(root or (p if p.is_dir() else p.parent)).as_posix()
+            h.update(name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def manifest_digest(manifests: Sequence[str | Path]) -> str:
+    """SHA-256 of the curated manifests that exist (``"none"`` when none does)."""
+    present = [Path(m) for m in manifests if Path(m).is_file()]
+    if not present:
+        return "none"
+    return file_digest(present, root=Path(present[0]).parent)
+
+
+def params_digest(params: Mapping) -> str:
+    """SHA-256 of the params as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """``git rev-parse HEAD`` in ``cwd``; ``"unknown"`` outside a git checkout or without git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float | None]:
+    """Numeric leaves of metrics.json with dotted keys: ``{"image": {"AUROC": .9}}`` -> ``{"image.AUROC": .9}``.
+
+    ``null`` / NaN become ``None``; strings, lists and booleans are skipped.
+    """
+    out: dict[str, float | None] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_metrics(v, key + "."))
+        elif v is None:
+            out[key] = None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = None if (isinstance(v, float) and not math.isfinite(v)) else float(v)
+    return out
+
+
+def model_fingerprint(adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping) -> str:
+    """SHA-256 identifying the registered content: adapter files, thresholds, metrics, params."""
+    h = hashlib.sha256()
+    h.update(b"adapter:" + (file_digest([adapter]) if adapter else "none").encode())
+    h.update(b"thresholds:" + file_digest([thresholds]).encode())
+    h.update(b"metrics:" + file_digest([metrics]).encode())
+    h.update(b"params:" + params_digest(params).encode())
+    return h.hexdigest()
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in ("mlflow", "torch", "transformers", "peft", "accelerate", "pillow", "numpy", "pandas", "pydantic", "readl"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+# --- registry queries --------------------------------------------------------------------------------------------
+def readl_versions(client, name: str) -> list:
+    """All versions of ``name`` registered by readl (with a fingerprint tag), lowest version first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = call(lambda: client.search_model_versions(f"name='{name}'"), f"search versions of {name!r}")
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted((v for v in versions if FINGERPRINT_TAG in (v.tags or {})), key=lambda v: int(v.version))
+
+
+def _matching(client, name: str, run_id: str, fp: str) -> list:
+    return [v for v in readl_versions(client, name) if v.run_id == run_id and v.tags.get(FINGERPRINT_TAG) == fp]
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(call(lambda: client.get_model_version_by_alias(name, alias), f"read alias {alias!r}").version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def sync_challenger(client, name: str, alias: str = "challenger", rounds: int = 10) -> str | None:
+    """Point ``alias`` at the newest readl version of ``name`` and re-check until it holds.
+
+    Returns:
+        The version the alias points at (None when the model has no readl version).
+    """
+    from mlflow.exceptions import MlflowException
+
+    current = None
+    for _ in range(rounds):
+        versions = readl_versions(client, name)
+        if not versions:
+            return None
+        newest = versions[-1].version
+        current = _alias_version(client, name, alias)
+        if current == str(newest):
+            return current
+        try:
+            call(lambda: client.set_registered_model_alias(name, alias, newest), f"set alias {alias!r} -> {newest}")
+        except MlflowException as exc:  # a concurrent twin deleted its duplicate version meanwhile: look again
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    return current
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+def _training_run(client, train_run: Path) -> str | None:
+    """The training run id from train_run.json when the tracking server knows it, else None (warning)."""
+    from mlflow.exceptions import MlflowException
+
+    if not train_run.is_file():
+        log.warning("%s not found (training skipped?): the model goes into a register run", train_run)
+        return None
+    try:
+        run_id = json.loads(train_run.read_text())["run_id"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{train_run}: expected JSON with a 'run_id'; re-run `readl train`") from exc
+    try:
+        call(lambda: client.get_run(run_id), f"read run {run_id}")
+        return run_id
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    log.warning("run %s (%s) is unknown to %s: the model goes into a register run", run_id, train_run, tracking_uri())
+    return None
+
+
+def _new_run(client, experiment: str) -> str:
+    exp = call(lambda: client.get_experiment_by_name(experiment), f"read experiment {experiment!r}")
+    exp_id = exp.experiment_id if exp else call(lambda: client.create_experiment(experiment), "create experiment")
+    run = call(lambda: client.create_run(exp_id, tags={"readl.stage": "register", "mlflow.runName": "register"}),
+               "create run")  # fmt: skip
+    call(lambda: client.set_terminated(run.info.run_id), "end run")
+    return run.info.run_id
+
+
+def _find_logged_model(client, run_id: str, fp: str):
+    import mlflow
+
+    run = call(lambda: client.get_run(run_id), f"read run {run_id}")
+    models = call(
+        lambda: mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+        ),
+        "search logged models",
+    )  # fmt: skip
+    for m in models:
+        status = str(getattr(m, "status", "READY"))
+        if (m.tags or {}).get(FINGERPRINT_TAG) == fp and status.endswith("READY"):
+            return m
+    return None
+
+
+def _log_model(run_id: str, artifacts: dict[str, str], fp: str, uri: str, eval_metrics: dict):
+    import mlflow
+
+    from readl.registry.pyfunc import MODEL_CONFIG, signature
+
+    def log_once():
+        with artifact_errors(f"log the readl model into run {run_id}", uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="readl", python_model=MODEL_CODE, artifacts=artifacts, signature=signature(),
+                pip_requirements=_requirements(), tags={FINGERPRINT_TAG: fp}, model_config=dict(MODEL_CONFIG),
+                metadata={"readl": {"fingerprint": fp}},
+            )  # fmt: skip
+            if eval_metrics:
+                mlflow.log_metrics({f"eval.{k}": v for k, v in eval_metrics.items() if v is not None})
+            return info
+
+    return call(log_once, f"log model into run {run_id}", uri, attempts=3)
+
+
+# --- register ----------------------------------------------------------------------------------------------------
+def register(
+    params_file: str | Path = "params.yaml",
+    adapter: str | Path | None = "models/adapter",
+    thresholds: str | Path = "models/thresholds.json",
+    metrics: str | Path = "metrics.json",
+    train_run: str | Path = "models/train_run.json",
+    manifests: Sequence[str | Path] = DEFAULT_MANIFESTS,
+    out: str | Path | None = "models/registered.json",
+    name: str | None = None,
+    alias: str = "challenger",
+    uri: str | None = None,
+) -> RegisterResult:
+    """Log the readl pyfunc model into the training run and register it as a new version aliased ``alias``.
+
+    Args:
+        params_file: params.yaml (its ``register.model_name`` names the model; the whole file is logged
+            as the ``params`` artifact; all sections but ``register`` are hashed into ``params_sha256``).
+        adapter: PEFT LoRA folder; missing or ``None`` registers the base model alone (warning).
+        thresholds: thresholds.json from ``readl calibrate`` (required).
+        metrics: metrics.json from ``readl evaluate`` (required; its numeric leaves become the version tags
+            ``metrics.<dotted key>``, e.g. ``metrics.image.AUROC``, ``metrics.datasets.mvtec_ad.pixel.AUROC``).
+        train_run: JSON with the training ``run_id``; missing / unknown to the server -> a new run (or the run
+            of an existing version with the same content).
+        manifests: curated manifests hashed into ``data_manifest_sha256``.
+        out: where to write the :class:`RegisterResult` JSON (``None``: do not write).
+        name: registered model name (default ``register.model_name``).
+        alias: alias set on the newest readl version (see the module docstring).
+        uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+
+    Returns:
+        The :class:`RegisterResult`.
+
+    Raises:
+        FileNotFoundError: thresholds or metrics file missing (the message says which stage to run).
+        TrackingUnavailableError: the tracking server is unreachable (after retries).
+        ArtifactStoreError: S3 / the artifact proxy failed (after retries of transient errors).
+        RegistryError: the version could not be created consistently.
+    """
+    uri = uri or tracking_uri()
+    cfg: Params = load_params(params_file)
+    name = name or register_config(cfg).model_name
+    thresholds, metrics, train_run = Path(thresholds), Path(metrics), Path(train_run)
+    if not thresholds.is_file():
+        raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` (dvc repro calibrate) first")
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics}: no metrics file; run `readl evaluate` (dvc repro evaluate) first")
+    adapter_dir = Path(adapter) if adapter is not None else None
+    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+        log.warning("no adapter at %s: registering the base model %r without an adapter", adapter_dir, cfg.model.base)
+        adapter_dir = None
+    params_json = cfg.model_dump(mode="json")
+    model_params = {k: v for k, v in params_json.items() if k != "register"}  # what shapes the model
+    eval_metrics = flatten_metrics(json.loads(metrics.read_text()))
+    fp = model_fingerprint(adapter_dir, thresholds, metrics, model_params)
+    tags = {
+        FINGERPRINT_TAG: fp,
+        "data_manifest_sha256": manifest_digest(manifests),
+        "params_sha256": params_digest(model_params),
+        "git_commit": git_commit(Path(params_file).resolve().parent),
+        "base_model": cfg.model.base,
+        "adapter": "yes" if adapter_dir else "none",
+        **{f"{METRIC_TAG_PREFIX}{k}": "null" if v is None else repr(v) for k, v in eval_metrics.items()},
+    }
+
+    client = connect(uri)
+    call(lambda: _ensure_registered_model(client, name), f"create registered model {name!r}", uri)
+    run_id = _training_run(client, train_run)
+    if run_id is None:  # no training run: reuse a version of the same content, else log into a new run
+        same = [v for v in readl_versions(client, name) if v.tags.get(FINGERPRINT_TAG) == fp]
+        run_id = same[0].run_id if same else _new_run(client, cfg.train.experiment)
+    tags["train_run_id"] = run_id
+
+    existing = _matching(client, name, run_id, fp)
+    reused = bool(existing)
+    if existing:
+        mv = existing[0]
+        log.info("register: version %s of %r already holds this model (run %s); reusing it", mv.version, name, run_id)
+    else:
+        logged = _find_logged_model(client, run_id, fp)
+        if logged is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                pj = Path(tmp) / "params.json"
+                pj.write_text(json.dumps(params_json, indent=2, sort_keys=True))
+                artifacts = {"params": str(pj), "thresholds": str(thresholds), "metrics": str(metrics)}
+                if adapter_dir:
+                    artifacts["adapter"] = str(adapter_dir)
+                logged = _log_model(run_id, artifacts, fp, uri, eval_metrics)
+        source = f"models:/{logged.model_id}"
+        mv = _create_version(client, name, source, run_id, fp, tags, logged.model_id, uri)
+        reused = mv.source != source  # a concurrent registration of the same content won
+    sync_challenger(client, name, alias)
+    mv = call(lambda: client.get_model_version(name, mv.version), "read version")
+    result = RegisterResult(
+        name=name, version=str(mv.version), run_id=run_id, aliases=sorted(mv.aliases or []),
+        model_uri=f"models:/{name}/{mv.version}", source=mv.source, fingerprint=fp, reused=reused,
+        tracking_uri=uri, tags=dict(mv.tags or {}),
+    )  # fmt: skip
+    if out is not None:
+        record = asdict(result)
+        record.pop("tags")
+        write_json(out, record)
+    log.info("register: %s version %s (run %s)%s, aliases %s", name, result.version, run_id,
+             " reused" if reused else "", result.aliases)  # fmt: skip
+    return result
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="readl: Qwen2.5-VL + LoRA anomaly detection with ReAL maps")
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: dict, model_id: str, uri: str,
+                    attempts: int = 8):  # fmt: skip
+    """Create the version (retried on races), verify it is ours, and drop a same-content duplicate."""
+    from mlflow.exceptions import MlflowException
+
+    from readl.registry.client import is_transient, with_retries
+
+    description = (f"readl model {tags.get('base_model')} + adapter {tags.get('adapter')}; run {run_id}; "
+                   f"image AUROC {tags.get('metrics.image.AUROC', 'n/a')}, pixel AUROC {tags.get('metrics.pixel.AUROC', 'n/a')}")  # fmt: skip
+
+    def attempt():
+        found = _matching(client, name, run_id, fp)  # an earlier attempt may have landed before failing
+        if found:
+            return found[0]
+        mv = client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
+                                         model_id=model_id)  # fmt: skip
+        got = client.get_model_version(name, mv.version)
+        if got.run_id != run_id or (got.tags or {}).get(FINGERPRINT_TAG) != fp:
+            raise _Race(f"version {mv.version} of {name!r} does not hold run {run_id} (race); retrying")
+        return got
+
+    def retry_if(exc):
+        return isinstance(exc, _Race) or is_transient(exc)
+
+    try:
+        mv = with_retries(attempt, f"create a version of {name!r}", attempts=attempts, retry_if=retry_if)
+    except _Race as exc:
+        raise RegistryError(str(exc)) from exc
+    except MlflowException as exc:
+        raise RegistryError(f"could not create a version of {name!r} at {uri}: {exc}") from exc
+    dups = _matching(client, name, run_id, fp)
+    if dups and dups[0].version != mv.version:  # a concurrent twin registered the same content first: keep it
+        log.warning("register: version %s duplicates version %s (same run and content); deleting %s",
+                    mv.version, dups[0].version, mv.version)  # fmt: skip
+        try:
+            client.delete_model_version(name, mv.version)
+        except MlflowException as exc:  # the twin may delete it too
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        try:  # and the logged model it pointed at (best effort: it is only an orphan otherwise)
+            client.delete_logged_model(model_id)
+        except MlflowException as exc:
+            log.debug("could not delete logged model %s: %s", model_id, exc)
+        return dups[0]
+    return mv
+
+
+class _Race(RuntimeError):
+    pass
+
+
+def require_alias(client, name: str, alias: str) -> str:
+    """The version ``alias`` points at.
+
+    Raises:
+        AliasNotFoundError: the model or the alias does not exist (message lists the versions).
+    """
+    version = _alias_version(client, name, alias)
+    if version is None:
+        versions = [v.version for v in readl_versions(client, name)]
+        what = f"versions {', '.join(map(str, versions))}" if versions else "no readl versions"
+        raise AliasNotFoundError(
+            f"registered model {name!r} has no alias {alias!r} at {tracking_uri()} ({what}); "
+            f"run `readl register` first" + (" (it sets 'challenger')" if alias == "challenger" else ""))
+    return version
