@@ -8,8 +8,9 @@ tokens:
   (b) SDPA forward with the capture   (rows of the 256 completion positions, image + anomaly columns)
   (c) eager with output_attentions    (the reference, materialises every layer's N x N matrix)
 
-Time: median of --repeats forwards after a warm-up. Peak memory: each variant runs in a fresh
-subprocess (glibc mmap threshold fixed at 64 KiB so freed tensors leave the resident set); "extra peak" = ru_maxrss after the forward minus the resident set just before it (both
+Time: median of --repeats forwards after a warm-up, in one subprocess per variant. Peak memory: each
+variant runs once more in a fresh subprocess (glibc mmap threshold fixed at 64 KiB so freed tensors
+leave the resident set); "extra peak" = ru_maxrss after the forward minus the resident set just before it (both
 in MiB), i.e. what the forward itself adds on top of model + inputs. Targets (issue 2): (b) <= 1.2x
 the time of (a); extra peak of (b) over (a) <= 10% of the extra peak of (c) over (a).
 
@@ -98,42 +99,48 @@ def _forward(variant: str, model, batch, key_index, query_start):
             model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
 
 
-def run_variant(variant: str, repeats: int) -> dict:
+def run_variant(variant: str, repeats: int, what: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model, batch, key_index, query_start = _build(Path(tmp))
     short = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     short = {k: v[:, -64:] for k, v in short.items()}
     with torch.no_grad():
         model(**short, use_cache=False)  # warm-up on a short text-only input (lower peak than the run)
-    before = _rss_mib()
-    out = _forward(variant, model, batch, key_index, query_start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    del out
+    row = {"variant": variant, "seq_len": int(batch["input_ids"].shape[1]), "threads": torch.get_num_threads()}
+    if what == "memory":
+        before = _rss_mib()
+        _forward(variant, model, batch, key_index, query_start)
+        row["extra_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        return row
+    _forward(variant, model, batch, key_index, query_start)  # warm-up at full size
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         _forward(variant, model, batch, key_index, query_start)
         times.append(time.perf_counter() - t0)
-    return {"variant": variant, "seq_len": int(batch["input_ids"].shape[1]), "time_s": statistics.median(times),
-            "extra_peak_mib": peak - before, "threads": torch.get_num_threads()}  # fmt: skip
+    row["time_s"] = statistics.median(times)
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variant", choices=["a", "b", "c"], help=argparse.SUPPRESS)
+    ap.add_argument("--what", choices=["time", "memory"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.repeats)))
+        print(json.dumps(run_variant(args.variant, args.repeats, args.what)))
         return
-    # A fixed mmap threshold makes glibc hand every block >= 64 KiB straight back to the OS, so the
-    # resident set follows live tensors instead of the allocator's cache.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    rows = {}
-    for v in "abc":
-        out = subprocess.run([sys.executable, __file__, "--variant", v, "--repeats", str(args.repeats)],
+    # Memory runs: a fixed mmap threshold makes glibc hand every block >= 64 KiB straight back to the
+    # OS, so the resident set follows live tensors instead of the allocator's cache. Time runs use the
+    # default allocator (the fixed threshold costs a page fault storm on every large allocation).
+    def child(v: str, what: str) -> dict:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if what == "memory" else None
+        out = subprocess.run([sys.executable, __file__, "--variant", v, "--what", what, "--repeats", str(args.repeats)],
                              check=True, capture_output=True, text=True, env=env).stdout  # fmt: skip
-        rows[v] = json.loads(out.strip().splitlines()[-1])
+        return json.loads(out.strip().splitlines()[-1])
+
+    rows = {v: {**child(v, "time"), **child(v, "memory")} for v in "abc"}
     a, b, c = rows["a"], rows["b"], rows["c"]
     names = {"a": "(a) plain SDPA forward", "b": "(b) SDPA + ReAL capture", "c": "(c) eager output_attentions"}
     print(f"seq_len {a['seq_len']} ({N_IMAGE} image + ~{N_PROMPT} prompt + {N_GEN} generated), "
