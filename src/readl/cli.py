@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     )
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # One progress bar per long step: no per-file "Loading weights" bars, no deprecation noise from deps.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _progress() -> Progress:
@@ -226,13 +231,9 @@ def evaluate(
         task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
         result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
                               progress=lambda n: bar.advance(task, n))  # fmt: skip
-    table = Table("dataset", "image AUROC", "image ACC", "pixel AUROC", "pixel AUPR", "AUPRO", "pixel ACC", "malformed")
-    pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731
-    for name, d in [*result["datasets"].items(), ("AVG", {"image": result["image"], "pixel": result["pixel"],
-                                                           "n_malformed": result["n_malformed"]})]:  # fmt: skip
-        table.add_row(name, pct(d["image"]["AUROC"]), pct(d["image"]["ACC"]), pct(d["pixel"]["AUROC"]),
-                      pct(d["pixel"]["AUPR"]), pct(d["pixel"]["AUPRO"]), pct(d["pixel"]["ACC"]), str(d["n_malformed"]))  # fmt: skip
-    Console().print(table)
+    from readl.evaluation.report import metrics_table
+
+    Console().print(metrics_table(result))
 
 
 def _registry_error(exc: Exception) -> None:
@@ -288,6 +289,10 @@ def register(
         if decision.checks:
             Console().print(_gate_table(decision))
         typer.echo(f"promote: {decision.reason}")
+    if metrics.is_file():  # the last stage of `dvc repro`: end with the evaluation numbers
+        from readl.evaluation.report import metrics_table
+
+        Console().print(metrics_table(json.loads(metrics.read_text()), title=f"{result.name} v{result.version}"))
 
 
 @app.command()

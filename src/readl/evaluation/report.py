@@ -191,3 +191,18 @@ def write_gallery(reports_dir, results, root, per_dataset: int = 4, seed: int = 
             "<h1>readl heat-map gallery</h1><p>image | ground truth | ReAL anomaly map | reasoning "
             "(highlighted: tokens selected by ReAL, darker = larger weight w)</p>" + "\n".join(rows))  # fmt: skip
     return write_text(gallery / "index.html", page)
+
+
+def metrics_table(metrics: dict, title: str | None = None):
+    """A rich table of ``metrics.json``: per dataset and the macro average (percent, 1 decimal)."""
+    from rich.table import Table
+
+    table = Table("dataset", "I-AUROC", "I-ACC", "P-AUROC", "P-AUPR", "AUPRO", "P-ACC", "malformed",
+                  title=title, caption="I- image level, P- pixel level, in %")  # fmt: skip
+    pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731
+    avg = {"image": metrics["image"], "pixel": metrics["pixel"], "n_malformed": metrics["n_malformed"]}
+    for name, d in [*metrics["datasets"].items(), ("AVG", avg)]:
+        i, p = d["image"], d["pixel"]
+        table.add_row(name, pct(i["AUROC"]), pct(i["ACC"]), pct(p["AUROC"]), pct(p["AUPR"]), pct(p["AUPRO"]),
+                      pct(p["ACC"]), str(d["n_malformed"]))  # fmt: skip
+    return table
