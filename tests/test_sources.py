@@ -407,3 +407,23 @@ def test_corrupt_mask_while_labelling_is_a_bad_image_error(tmp_path):
     it = read_source("images_masks", root)
     with pytest.raises(I.BadImageError, match="zero-byte"):
         next(it)
+
+
+def test_unreadable_mask_is_reported_and_the_rest_still_listed(tmp_path):
+    from readl.data.images import BadImageError
+    from readl.data.sources.base import report_bad_masks
+
+    root = tmp_path / "plates"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, fill in enumerate([0, 255, 0]):
+        Image.new("RGB", (8, 8)).save(root / "images" / f"{i}.png")
+        Image.new("L", (8, 8), fill).save(root / "masks" / f"{i}.png")
+    (root / "masks" / "1.png").write_bytes(b"")  # zero-byte mask: label unknown
+    with pytest.raises(BadImageError):
+        list(read_source("images_masks", root))
+    seen = []
+    with report_bad_masks(lambda image, exc: seen.append((image.name, exc.path.name))):
+        recs = list(read_source("images_masks", root))
+    assert [r.image_path.name for r in recs] == ["0.png", "2.png"]
+    assert seen == [("1.png", "1.png")]

@@ -66,6 +66,7 @@ from readl.atomic import atomic_dir
 
 from .images import BadImageError, decode_resize_hash, load_pair, phash
 from .sources import LayoutError, Record, get_adapter, read_source
+from .sources.base import report_bad_masks
 
 if TYPE_CHECKING:  # kept out of the import: decoding workers import this module (spawn)
     import datasets
@@ -165,17 +166,16 @@ def _read_entry(entry: CurateSource, raw_root: Path, where: str,
     """All records of one source (adapter output, filtered by published split)."""
     root = raw_root / entry.root
     records: list[Record] = []
+
+    def bad_mask(image: Path, exc: BadImageError) -> None:  # adapters that label from masks report and go on
+        rejected.append({"source": entry.name, "image_path": _posix_rel(image, raw_root),
+                         "mask_path": _posix_rel(exc.path, raw_root),
+                         "reason": f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
+        log.warning("%s: unreadable mask %s: %s", where, exc.path, exc.reason)
+
     try:
-        iterator = read_source(entry.layout, root, source=entry.name, **entry.options)
-        for rec in iterator:
-            records.append(rec)
-    except BadImageError as exc:  # adapters that label from masks decode them while iterating
-        rejected.append({
-            "source": entry.name, "image_path": None, "mask_path": _posix_rel(exc.path, raw_root),
-            "reason": f"bad_mask: {exc.reason} (the {entry.layout!r} adapter reads labels from "
-                      f"masks and stopped at this file: the images of {where} after it were not "
-                      f"read; fix or delete it)"})
-        log.warning("%s: adapter stopped at %s: %s", where, exc.path, exc.reason)
+        with report_bad_masks(bad_mask):
+            records.extend(read_source(entry.layout, root, source=entry.name, **entry.options))
     except LayoutError as exc:
         raise LayoutError(f"{where} ({entry.layout} layout at {root}): {exc}") from None
     if entry.published_splits is not None:

@@ -9,7 +9,9 @@ subsets: that is curate's job.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,3 +172,46 @@ def image_files(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> l
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
 
+
+
+_ON_BAD_MASK: ContextVar[Callable[[Path, Exception], None] | None] = ContextVar("readl_on_bad_mask", default=None)
+
+
+@contextmanager
+def report_bad_masks(callback: Callable[[Path, Exception], None]):
+    """Inside this block, adapters that read labels from masks hand an undecodable mask's
+    ``BadImageError`` to ``callback(image_path, error)`` and go on with the next image (outside it, they raise).
+
+    ``readl curate`` uses it to list such files in ``rejected.csv`` without losing the rest of the source.
+    """
+    token = _ON_BAD_MASK.set(callback)
+    try:
+        yield
+    finally:
+        _ON_BAD_MASK.reset(token)
+
+
+def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) -> Iterator[Record]:
+    """Records whose label is whether the mask is non-empty (anomalib's ``is_mask_anomalous``).
+
+    Args:
+        items: ``(image, mask, category, split)`` tuples.
+        source: ``Record.source``.
+
+    Yields:
+        One Record per item; a mask that cannot be decoded raises ``BadImageError`` or, inside
+        :func:`report_bad_masks`, is reported and skipped.
+    """
+    from ..images import BadImageError, mask_is_empty
+
+    for img, mask, category, split in items:
+        try:
+            anomalous = not mask_is_empty(mask)
+        except BadImageError as exc:
+            handler = _ON_BAD_MASK.get()
+            if handler is None:
+                raise
+            handler(img, exc)
+            continue
+        yield Record(source=source, category=category, split=split, label=int(anomalous),
+                     defect_type="unknown" if anomalous else "good", image_path=img, mask_path=mask)

@@ -21,8 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..images import mask_is_empty
-from .base import LayoutError, Record, image_files, require_root
+from .base import LayoutError, Record, image_files, labelled_by_mask, require_root
 from .mvtec import _mask_index, find_mask
 
 __all__ = ["SPLIT_NAMES", "images_masks"]
@@ -71,11 +70,4 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
                                   f"{img.stem}.png or {img.stem}_mask.png); its label is unknown")
             items.append((img, mask, cat, split or spl or "all"))
 
-    def gen() -> Iterator[Record]:
-        for img, mask, cat, spl in items:
-            anomalous = not mask_is_empty(mask)
-            yield Record(source=source, category=cat, split=spl, label=int(anomalous),
-                         defect_type="unknown" if anomalous else "good", image_path=img,
-                         mask_path=mask)
-
-    return gen()
+    return labelled_by_mask(items, source)

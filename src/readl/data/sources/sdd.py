@@ -29,18 +29,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..images import mask_is_empty
-from .base import LayoutError, Record, image_files, require_root
+from .base import LayoutError, Record, image_files, labelled_by_mask, require_root
 
 __all__ = ["ksdd2", "sdd"]
 
 _KOS = re.compile(r"^kos\d+$")
-
-
-def _labelled(img: Path, mask: Path, source: str, category: str, split: str) -> Record:
-    anomalous = not mask_is_empty(mask)
-    return Record(source=source, category=category, split=split, label=int(anomalous),
-                  defect_type="unknown" if anomalous else "good", image_path=img, mask_path=mask)
 
 
 def sdd(root: str | os.PathLike[str], *, source: str = "sdd",
@@ -78,7 +71,7 @@ def sdd(root: str | os.PathLike[str], *, source: str = "sdd",
                                   f"the download is incomplete")
             pairs.append((img, mask))
     pairs.sort(key=lambda p: (p[0].parent.name, _natural(p[0].stem)))
-    return (_labelled(i, m, source, category, "all") for i, m in pairs)
+    return labelled_by_mask(((i, m, category, "all") for i, m in pairs), source)
 
 
 def _natural(stem: str) -> tuple:
@@ -108,4 +101,4 @@ def ksdd2(root: str | os.PathLike[str], *, source: str = "ksdd2",
             if mask is None:
                 raise LayoutError(f"{source}: {img} has no {img.stem}_GT.png mask")
             pairs.append((img, mask, split_dir.name))
-    return (_labelled(i, m, source, category, s) for i, m, s in pairs)
+    return labelled_by_mask(((i, m, category, s) for i, m, s in pairs), source)
