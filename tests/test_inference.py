@@ -87,3 +87,14 @@ def test_batch_equals_single(predictor, sample_images):
         one = predictor.capture(predictor.encode(sample_images[2 + i : 3 + i]), [comps[i]])[0]
         assert np.abs(one.image_attn - both[i].image_attn).max() <= 1e-5
         assert one.p_yes == pytest.approx(both[i].p_yes, abs=1e-5)
+
+
+def test_capture_reasoning_mask_equals_the_completions_own(predictor, sample_images):
+    """capture() reads the mask on completion + answer prefix; it must mark the same tokens."""
+    tok = predictor.tokenizer
+    texts = ["<think>A crack near the top", "no tags here at all", "<think>ok</think><answer>No</answer>",
+             "<think>x</think>"]
+    comps = [tok.encode(t, add_special_tokens=False) for t in texts]
+    caps = predictor.capture(predictor.encode(sample_images[:1] * len(texts)), comps)
+    for c, cap in zip(comps, caps):
+        assert np.array_equal(cap.reasoning, reasoning_token_mask(tok, c)[0])

@@ -13,40 +13,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from readl.atomic import atomic_write, write_json
 from readl.config import LocalizationConfig
+from readl.data.images import BadImageError, load_rgb
 from readl.evaluation.report import overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["UnreadableImageError", "open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
+__all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
 
 log = logging.getLogger(__name__)
 
 
-class UnreadableImageError(ValueError):
-    """An input file could not be decoded as an image; the message names the file and the fix."""
-
-
 def open_image(path: str | Path) -> Image.Image:
-    """Open ``path`` fully decoded as RGB, EXIF orientation applied.
+    """Decode ``path`` at its own size as RGB, EXIF orientation applied (readl's robust decoder:
+    16-bit, CMYK, palette ... handled as in ``readl curate``).
 
     Raises:
-        UnreadableImageError: missing, empty, truncated or not an image file.
+        BadImageError: missing, empty, truncated or not an image file (message names the file and the fix).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise UnreadableImageError(f"{path}: empty file (0 bytes); re-copy or re-download it")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decodes everything: a truncated file raises here instead of yielding grey pixels
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImageError(f"{path}: not a readable image ({exc}); check the file or remove it") from exc
+    return load_rgb(path, size=None)
 
 
 def resolve_taus(cfg: LocalizationConfig, thresholds_file: str | Path | None) -> tuple[float | str, float | str]:
@@ -141,7 +129,7 @@ def predict_files(
     for p in paths:
         try:
             images[p] = open_image(p)
-        except UnreadableImageError as exc:
+        except BadImageError as exc:
             outcomes[p].error = str(exc)
             log.error("%s", exc)
     readable = list(images)

@@ -57,11 +57,13 @@ class TokenAttention:
             merged-patch grid, raster order (15x15 for 420x420), mean over heads and layers (Eq. 1).
         anomaly_attn: ``(T, E)`` float32, attention to the E anomaly-word tokens of the question (Eq. 2).
         p_yes: P(Yes) in [0, 1] from the softmax over the "Yes"/"No" logits at the answer position.
+        reasoning: ``(T,)`` bool, which completion tokens are reasoning (:func:`reasoning_token_mask`).
     """
 
     image_attn: np.ndarray
     anomaly_attn: np.ndarray
     p_yes: float
+    reasoning: np.ndarray
 
 
 @dataclass
@@ -274,7 +276,7 @@ class Predictor:
         n_img = img_pos.shape[1]
         results = []
         for i, (c, f) in enumerate(zip(completions, full)):
-            _, answer_index = reasoning_token_mask(self.tokenizer, f)
+            mask, answer_index = reasoning_token_mask(self.tokenizer, f)  # the suffix only closes open tags
             a = answer_index if answer_index is not None else len(f)
             pair = logits[i, a, [self.yes_id, self.no_id]]
             p_yes = float(torch.softmax(pair, dim=0)[0])
@@ -284,6 +286,7 @@ class Predictor:
                 image_attn=rows[:, :n_img].reshape(len(c), h, w).numpy(),
                 anomaly_attn=rows[:, n_img:].numpy(),
                 p_yes=p_yes,
+                reasoning=mask[: len(c)],
             ))  # fmt: skip
         return results
 
@@ -297,8 +300,7 @@ class Predictor:
         preds = []
         for im, ids, cap in zip(images, completions, captured):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            mask, _ = reasoning_token_mask(self.tokenizer, ids)
-            keep = np.flatnonzero(mask)
+            keep = np.flatnonzero(cap.reasoning)
             preds.append(Prediction(
                 completion=text,
                 parsed=parse_completion(text),

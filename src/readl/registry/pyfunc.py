@@ -149,7 +149,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         )  # fmt: skip
 
     def _images(self, frame):
-        from readl.predict import UnreadableImageError, open_image
+        from readl.data.images import BadImageError
+        from readl.predict import open_image
 
         images, errors = [], []
         for i in range(len(frame)):
@@ -164,7 +165,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 else:
                     raise ValueError("row has neither 'image' (bytes) nor 'path'")
                 errors.append("")
-            except (UnreadableImageError, ValueError, TypeError) as exc:
+            except (BadImageError, ValueError, TypeError) as exc:
                 images.append(None)
                 errors.append(f"row {i}: {exc}")
         return images, errors

@@ -215,3 +215,21 @@ def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) 
             continue
         yield Record(source=source, category=category, split=split, label=int(anomalous),
                      defect_type="unknown" if anomalous else "good", image_path=img, mask_path=mask)
+
+
+def read_json(path: str | os.PathLike[str], fix: str):
+    """Parse a layout's JSON file.
+
+    Args:
+        path: the file. fix: what to do when it does not parse (e.g. "re-download BSData").
+
+    Raises:
+        LayoutError: not valid JSON / not UTF-8 (message names the file and ``fix``).
+    """
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LayoutError(f"{path}: not valid JSON ({exc}); {fix}") from None

@@ -15,22 +15,17 @@ A label JSON without a matching image is a LayoutError.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import LayoutError, Record, image_files, require_dir, require_root
+from .base import LayoutError, Record, image_files, require_dir, require_root, read_json
 
 __all__ = ["bsdata"]
 
 
 def _shape_labels(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LayoutError(f"{path}: not valid JSON ({exc}); re-download BSData") from None
+    data = read_json(path, "re-download BSData")
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise LayoutError(f"{path}: not a labelme file (no 'shapes' list)")
     return [str(s.get("label", "")).strip().lower() or "unknown" for s in data["shapes"]]

@@ -33,12 +33,11 @@ keys inside ``meta`` are allowed (readl reads only prefix and normal_class).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import LayoutError, Record, require_dir, require_root
+from .base import LayoutError, Record, require_dir, require_root, read_json
 
 __all__ = ["DEFECT_NAMES", "SAMPLE_KEYS", "parse_real_iad_json", "real_iad"]
 
@@ -64,11 +63,7 @@ def parse_real_iad_json(json_path: str | os.PathLike[str], image_dir: str | os.P
             file, the split, the sample index and the offending keys).
     """
     path = Path(json_path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise LayoutError(f"{path}: not valid JSON ({exc}); re-extract realiad_jsons.zip") from None
+    data = read_json(path, "re-extract realiad_jsons.zip")
     if not isinstance(data, dict):
         raise LayoutError(f"{path}: top level is {type(data).__name__}, expected an object")
     keys = set(data)

@@ -22,12 +22,11 @@ LayoutError.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import LayoutError, Record, require_dir, require_root
+from .base import LayoutError, Record, require_dir, require_root, read_json
 
 __all__ = ["ANNOTATION_FILE", "parse_coco_split", "vision"]
 
@@ -49,11 +48,7 @@ def parse_coco_split(json_path: str | os.PathLike[str], *, source: str = "vision
         LayoutError: malformed COCO (see module docstring).
     """
     path = Path(json_path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise LayoutError(f"{path}: not valid JSON ({exc}); re-download the split") from None
+    data = read_json(path, "re-download the split")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise LayoutError(f"{path}: expected a COCO object with 'images', 'annotations' and "
