@@ -128,13 +128,58 @@ def test_real_map_end_to_end():
     np.testing.assert_allclose(res.map, res.w[0] * image_attn[0], rtol=1e-6)
 
 
-def test_real_map_falls_back_when_nothing_kept():
+def test_mode_all_is_the_plain_mean_of_all_reasoning_tokens():
+    """Paper Table 2 "without ReAL ... average the visual attention of all reasoning tokens" = Table 3 row 1."""
     image_attn, anomaly_attn = make_case()
-    res = real_map(image_attn, anomaly_attn, tau_t=1.0, tau_i=0.0, alpha=1.0, beta=2.0)
-    assert res.fallback == NO_TOKEN_KEPT and not res.keep.any()
-    np.testing.assert_allclose(res.w, res.s_t_hat + 2.0 * res.s_i_hat)
-    np.testing.assert_allclose(res.map, aggregate(image_attn, res.w))
+    res = real_map(image_attn, anomaly_attn, tau_t=0.5, tau_i=0.5, alpha=2.0, beta=0.5, mode="all")
+    assert res.fallback is None and res.keep.all()
+    np.testing.assert_allclose(res.w, np.full(6, 1 / 6))
+    np.testing.assert_allclose(res.map, image_attn.astype(np.float64).mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["both", "s_t"])
+def test_real_map_falls_back_to_the_all_tokens_mean_when_nothing_kept(mode):
+    image_attn, anomaly_attn = make_case()
+    res = real_map(image_attn, anomaly_attn, tau_t=1.0, tau_i=0.0, alpha=1.0, beta=2.0, mode=mode)
+    assert res.fallback == NO_TOKEN_KEPT and not res.keep.any() and res.kept_fraction == 0.0
+    np.testing.assert_allclose(res.map, image_attn.astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(res.map, real_map(image_attn, anomaly_attn, 1.0, 0.0, mode="all").map)
     assert res.map.max() > 0
+
+
+def test_real_map_fallback_can_be_an_empty_map():
+    image_attn, anomaly_attn = make_case()
+    res = real_map(image_attn, anomaly_attn, tau_t=1.0, tau_i=0.0, fallback="empty")
+    assert res.fallback == NO_TOKEN_KEPT and not res.w.any()
+    np.testing.assert_array_equal(res.map, np.zeros((15, 15), np.float32))
+    with pytest.raises(ValueError, match="fallback"):
+        real_map(image_attn, anomaly_attn, tau_t=1.0, tau_i=0.0, fallback="zeros")
+
+
+def _blob_maps(n_blobs: list[int]) -> np.ndarray:
+    """(R, 15, 15) maps with n equal one-cell blobs each: S_I = log(n), 0 for one blob (S_I^ = 1)."""
+    maps = np.full((len(n_blobs), 15, 15), 1e-4, np.float32)
+    for r, n in enumerate(n_blobs):
+        for k in range(n):
+            maps[r, 2 * (k // 7), 2 * (k % 7)] = 1.0
+    return maps
+
+
+def test_tied_concentrated_tokens_do_not_empty_the_selection():
+    """60% of the tokens tie at S_I^ = 1 (one blob): the per-image rules must still keep tokens (tied ones and
+    the untied concentrated ones), not fall back to the unfiltered map."""
+    n_blobs = np.array([1] * 12 + [2, 2, 3, 3, 4, 5, 8, 40])  # 12 of 20 tied at the top (one blob)
+    image_attn = _blob_maps(list(n_blobs))
+    anomaly_attn = np.ones((20, 1), np.float32)
+    res = real_map(image_attn, anomaly_attn, tau_t=0.0, tau_i="max_curvature", mode="s_i")
+    # S_I^ below the tied block: 0.81 (2 blobs), 0.70 (3), 0.62 (4), 0.56 (5), 0.44 (8), 0 (40): no knee
+    # there either, so its median (0.66) is tau_i: the tied tokens and the 2- and 3-blob tokens are kept
+    assert res.fallback is None
+    assert res.keep.tolist() == (n_blobs <= 3).tolist()
+    assert res.tau_i == pytest.approx((res.s_i_hat[14] + res.s_i_hat[16]) / 2)
+    assert res.tau_i_fit is not None and res.tau_i_fit.top_tied == 12
+    strict = real_map(image_attn, anomaly_attn, tau_t=0.0, tau_i="max_curvature", mode="s_i", ties="strict")
+    assert strict.fallback == NO_TOKEN_KEPT  # the rule as written: tau_i = 1.0, nothing is > 1
 
 
 def test_real_map_without_tokens_and_errors():

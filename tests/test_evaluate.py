@@ -125,6 +125,10 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         v = ds["pixel"][key]
         assert v is None or 0.0 <= v <= 1.0
     assert metrics["thresholds"]["tau_i"] == pytest.approx(thresholds["tau_i"]["value"])
+    assert metrics["thresholds"]["rule_fallbacks"] == thresholds["rule_fallbacks"]
+    assert set(thresholds["rule_fallbacks"]) == {"tau_t", "tau_i"}
+    assert 0 <= ds["n_fallback"] <= n_eval and ds["modes"]["all"]["n_fallback"] == 0
+    assert ds["kept_fraction"] is None or 0.0 <= ds["kept_fraction"] <= 1.0
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
@@ -175,3 +179,40 @@ def test_evaluate_reports_reasoning_against_references(tmp_path):
     assert metrics["reasoning"]["n"] == 2
     assert 0.0 < metrics["reasoning"]["ROUGE_L"] < 1.0 and 0.0 < metrics["reasoning"]["SBERT"] < 1.0
     assert metrics["image"]["AUROC"] == 1.0 and len(table) == 1
+
+
+def test_calibration_reports_a_tied_top_block():
+    # per image 2 diffuse (4 blobs), 1 two-blob, 4 one-blob tokens: 4/7 of the pooled S_I^ tie at 1, so
+    # their median (supplement Table 5, "median" rows for tau_i) is 1.0; below the tie: 6 x 0, 3 x 0.5 -> 0
+    preds = [_pred([4, 4, 2, 1, 1, 1, 1], list(np.linspace(0, 1, 7))) for _ in range(3)]
+    record, _, s_i_hat = calibrate_thresholds(preds, LocalizationConfig(tau_i=ThresholdConfig(rule="median")))
+    assert record["tau_i"]["top_tied"] == 12 and record["tau_i"]["value"] == 0.0
+    assert (s_i_hat > record["tau_i"]["value"]).sum() == 15  # the tied 12 and the three 2-blob tokens
+    assert record["rule_fallbacks"] == {"tau_t": {"fallback": 0, "top_tied": 0},
+                                        "tau_i": {"fallback": 0, "top_tied": 1}}
+
+
+def test_metrics_count_fallbacks_and_kept_tokens(tmp_path):
+    from PIL import Image
+
+    from readl.evaluation.evaluate import evaluate
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    # image 1: the S_T^ median keeps 1 of 3 tokens in `both`; image 2: every token has the same scores -> all
+    # S_T^ = S_I^ = 1 -> kept by the tie rule; image 3: no reasoning tokens
+    items = [(_row(1), _pred([1, 2, 4], [0.9, 0.5, 0.1])), (_row(0), _pred([2, 2], [0.3, 0.3], score=0.2)),
+             (_row(0), _pred([], [], score=0.1))]  # fmt: skip
+    cfg = LocalizationConfig()
+    results = score_images(items, cfg, ("median", "max_curvature"))
+    metrics, _ = evaluate(results, "both", root=tmp_path)
+    ds = metrics["datasets"]["ds"]
+    assert ds["n_fallback"] == 0 and ds["n_no_tokens"] == 1
+    assert ds["kept_fraction"] == pytest.approx((1 / 3 + 1.0) / 2)
+    assert ds["modes"]["all"]["kept_fraction"] == 1.0 and ds["modes"]["all"]["n_fallback"] == 0
+    assert ds["thresholds"]["tau_t"] == {"rule": "median", "n_fallback": 0, "n_top_tied": 1}
+    assert ds["thresholds"]["tau_i"]["rule"] == "max_curvature" and ds["thresholds"]["tau_i"]["n_top_tied"] >= 1
+    # with fixed thresholds that no token passes: every image with tokens falls back
+    strict = score_images(items, cfg, (1.0, 1.0))
+    m2, _ = evaluate(strict, "both", root=tmp_path)
+    assert m2["datasets"]["ds"]["n_fallback"] == 2 and m2["datasets"]["ds"]["kept_fraction"] == 0.0
+    assert m2["n_fallback"] == 2

@@ -10,7 +10,7 @@ from readl.model.inference import (
     GenerationSettings,
     Predictor,
     anomaly_token_positions,
-    answer_token_ids,
+    answer_variant_ids,
     reasoning_token_mask,
 )
 from readl.model.prompting import QUESTION
@@ -53,17 +53,27 @@ def test_reasoning_mask_and_answer_index(predictor):
     assert mask.all() and a is None
 
 
-def _p_yes_by_hand(predictor, inputs, text):
-    """Softmax over the Yes/No logits after prompt + text (plain forward, last position)."""
-    ids = torch.tensor([predictor.tokenizer.encode(text, add_special_tokens=False)])
+def _one_token(tok, text):
+    ids = tok.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def _pooled_p_yes_by_hand(predictor, inputs, prefix_ids):
+    """P(Yes) from the FULL next-token distribution after prompt + prefix_ids (plain forward, last position):
+    p(Yes, " Yes", "\nYes" that are single tokens) / (that + p(No, " No", "\nNo"))."""
+    tok = predictor.tokenizer
+    ids = torch.tensor([list(prefix_ids)])
     batch = dict(inputs)
     batch["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
     with torch.no_grad():
-        logits = predictor.model(**batch).logits[0, -1]
-    yes, no = answer_token_ids(predictor.tokenizer)
-    return float(torch.softmax(logits[[yes, no]], 0)[0])
+        probs = torch.softmax(predictor.model(**batch).logits[0, -1].double(), 0)  # (V,)
+    yes = {_one_token(tok, s + "Yes") for s in ("", " ", "\n")} - {None}
+    no = {_one_token(tok, s + "No") for s in ("", " ", "\n")} - {None}
+    assert len(yes) >= 2 and len(no) >= 2  # the tiny vocabulary has Yes/" Yes" and No/" No"
+    p_y, p_n = float(probs[sorted(yes)].sum()), float(probs[sorted(no)].sum())
+    return p_y / (p_y + p_n)
 
 
 def test_score_is_read_at_the_answer_position(predictor, sample_images):
@@ -71,11 +81,15 @@ def test_score_is_read_at_the_answer_position(predictor, sample_images):
     inputs = predictor.encode(sample_images[:1])
     with_answer = "<think>A crack.</think><answer>No</answer>"
     cut_off = "<think>A crack on the"
-    caps = predictor.capture(inputs, [tok.encode(with_answer, add_special_tokens=False)])
-    assert caps[0].p_yes == pytest.approx(_p_yes_by_hand(predictor, inputs, "<think>A crack.</think><answer>"), abs=1e-5)
+    ids = tok.encode(with_answer, add_special_tokens=False)
+    caps = predictor.capture(inputs, [ids])
+    head = tok.encode("<think>A crack.</think><answer>", add_special_tokens=False)
+    assert ids[: len(head)] == head
+    assert caps[0].p_yes == pytest.approx(_pooled_p_yes_by_hand(predictor, inputs, head), abs=1e-5)
     caps = predictor.capture(inputs, [tok.encode(cut_off, add_special_tokens=False)])
-    # no answer tag: scored after appending "</think><answer>" (documented fallback)
-    assert caps[0].p_yes == pytest.approx(_p_yes_by_hand(predictor, inputs, cut_off + "</think><answer>"), abs=1e-5)
+    # no answer tag: scored after appending "</think><answer>" (documented fallback), same pooling
+    appended = tok.encode(cut_off, add_special_tokens=False) + tok.encode("</think><answer>", add_special_tokens=False)
+    assert caps[0].p_yes == pytest.approx(_pooled_p_yes_by_hand(predictor, inputs, appended), abs=1e-5)
     assert caps[0].image_attn.shape[0] == len(tok.encode(cut_off, add_special_tokens=False))
 
 
@@ -98,3 +112,26 @@ def test_capture_reasoning_mask_equals_the_completions_own(predictor, sample_ima
     caps = predictor.capture(predictor.encode(sample_images[:1] * len(texts)), comps)
     for c, cap in zip(comps, caps):
         assert np.array_equal(cap.reasoning, reasoning_token_mask(tok, c)[0])
+
+
+@pytest.mark.parametrize(
+    "answer, word",
+    [("<answer>Yes</answer>", "Yes"), ("<answer> Yes</answer>", "Yes"), ("<answer>\nNo\n</answer>", "No")],
+    ids=["no-space", "space", "newlines"],
+)
+def test_score_is_read_where_the_answer_word_is_written(predictor, sample_images, answer, word):
+    """P(Yes) is read at the position that writes the answer WORD (whitespace-only tokens after <answer> are
+    skipped), pooling the spellings Yes/" Yes" vs No/" No" over the full next-token distribution."""
+    tok = predictor.tokenizer
+    ids = tok.encode("<think>A crack.</think>" + answer, add_special_tokens=False)
+    _, a = reasoning_token_mask(tok, ids)
+    assert tok.decode([ids[a]]).strip() == word  # the byte-level token there is "Yes", " Yes" or "No", never "\n"
+    inputs = predictor.encode(sample_images[:1])
+    cap = predictor.capture(inputs, [ids])[0]
+    assert cap.p_yes == pytest.approx(_pooled_p_yes_by_hand(predictor, inputs, ids[:a]), abs=1e-6)
+
+
+def test_answer_variants_are_the_single_token_spellings(predictor):
+    tok = predictor.tokenizer
+    yes, no = answer_variant_ids(tok)
+    assert [tok.decode([i]) for i in yes] == ["Yes", " Yes"] and [tok.decode([i]) for i in no] == ["No", " No"]

@@ -125,3 +125,41 @@ def test_find_threshold_dispatch():
 def test_find_threshold_errors(args, match):
     with pytest.raises(ValueError, match=match):
         find_threshold(*args)
+
+
+def _tied_at_one(seed=0):
+    """100 normalised S_I^ of one image: 60 tied at 1 (one-region maps), the most diffuse token at 0, 29 diffuse
+    in [0.4, 0.5), 10 concentrated in [0.85, 0.95). Sorted, the curve lies above its chord: no knee, and the
+    median fallback is 1.0."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.r_[np.ones(60), 0.0, rng.uniform(0.4, 0.5, 29), rng.uniform(0.85, 0.95, 10)])
+
+
+@pytest.mark.parametrize("rule", ["max_curvature", "median"])
+def test_a_tied_top_block_keeps_the_untied_concentrated_tokens(rule):
+    s = _tied_at_one()
+    t = find_threshold(s, rule)
+    kept = s > t.value
+    assert kept[s == 1.0].all() and t.top_tied == 60
+    assert kept[(s >= 0.85) & (s < 1.0)].all()  # the untied concentrated tokens
+    if rule == "max_curvature":  # the knee of the 40 untied scores: the end of the diffuse block
+        assert t.fallback is None and kept.sum() == 70 and t.value == np.sort(s)[29] and t.index == 29
+    # the rule as written (ties="strict"): tau = 1.0 and no score is strictly above it
+    strict = find_threshold(s, rule, ties="strict")
+    assert strict.value == 1.0 and not (s > strict.value).any() and strict.top_tied == 0
+
+
+@pytest.mark.parametrize("rule", ["max_curvature", "median"])
+def test_all_scores_tied_keeps_them_all(rule):
+    t = find_threshold(np.ones(5), rule)
+    assert t.top_tied == 5 and (np.ones(5) > t.value).all() and t.value < 1.0
+
+
+def test_tie_rule_leaves_working_rules_alone():
+    s = two_segments(100, 37)
+    assert find_threshold(s, "max_curvature") == max_curvature(s)  # top_tied == 0: nothing to repair
+    s = np.r_[np.zeros(10), np.ones(5)]  # a tie at the top, but the median (0) already keeps the 5
+    t = find_threshold(s, "median")
+    assert t.value == 0.0 and t.top_tied == 0
+    with pytest.raises(ValueError, match="ties"):
+        find_threshold(s, "median", ties="loose")

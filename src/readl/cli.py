@@ -79,6 +79,7 @@ def predict(
         net, processor = load_model(model or mcfg.base, adapter=adapter, device=device, dtype=mcfg.dtype)
         predictor = Predictor(
             net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
+            query_row=cfg.localization.query_row,
             generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
         )  # fmt: skip
     with _progress() as bar:

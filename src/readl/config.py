@@ -55,6 +55,12 @@ class LocalizationConfig(_Section):
     mode: Literal["all", "s_i", "s_t", "both"] = "both"  # token selection (paper Table 3)
     tau_t: ThresholdConfig = ThresholdConfig(rule="median")  # supplement Table 5: median for tau_t
     tau_i: ThresholdConfig = ThresholdConfig(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
+    # (ours) a rule whose tau keeps no token: re-applied below the block tied at the max (localization.thresholds)
+    ties: Literal["set_aside", "strict"] = "set_aside"
+    # (ours) no token passed the thresholds: the plain mean over all reasoning tokens (mode `all`) or an empty map
+    fallback: Literal["all_mean", "empty"] = "all_mean"
+    # (ours) map of token r: the attention row that PRODUCED r (query r - 1, = the decoding step) or r's OWN row
+    query_row: Literal["producing", "own"] = "producing"
 
 
 class TrainLoraConfig(_Section):

@@ -65,7 +65,7 @@ def localize(pred: Prediction, cfg: LocalizationConfig, taus: tuple[float | str,
     """ReAL for one prediction (paper Eq. 2-5) with the configured mode, weights and thresholds."""
     return real_map(
         pred.image_attn, pred.anomaly_attn, tau_t=taus[0], tau_i=taus[1],
-        alpha=cfg.alpha, beta=cfg.beta, mode=cfg.mode, binarize=cfg.binarize,
+        alpha=cfg.alpha, beta=cfg.beta, mode=cfg.mode, binarize=cfg.binarize, fallback=cfg.fallback, ties=cfg.ties,
     )  # fmt: skip
 
 

@@ -9,8 +9,15 @@ Paper Sec. 5 / Tables 1-3. Definitions (README "Metrics"):
   are the ReAL maps bilinearly resized to each mask (420x420 after curate), never normalised;
 - malformed answers (no ``<answer>Yes|No``): with the ``fallback`` policy the image is scored 0.5
   with an empty map and counts as a wrong answer; the count is reported;
-- each token-selection mode (``all``, ``s_i``, ``s_t``, ``both``, paper Table 3) from the same
-  generations; headline numbers use ``localization.mode``;
+- each token-selection mode (``all`` = the plain mean over all reasoning tokens, ``s_i``, ``s_t``,
+  ``both``, paper Table 3) from the same generations; headline numbers use ``localization.mode``;
+- token selection, per dataset and per mode: ``n_fallback`` (images with reasoning tokens of which no
+  token passed the thresholds: their map is ``localization.fallback``), ``kept_fraction`` (mean over
+  those images of the share of tokens kept; 1 in mode ``all``), ``n_no_tokens`` (no reasoning token:
+  empty map); and per threshold, how often its per-image rule fell back (``thresholds.tau_t/tau_i``:
+  ``n_fallback`` = maximum curvature used the median, ``n_top_tied`` = the tie rule set a tied top block
+  aside; zero with calibrated thresholds, whose record is ``metrics.thresholds``). All images count,
+  malformed ones included;
 - reasoning: ROUGE-L and SBERT cosine against the manifest's ``reference`` column when present;
 - averages over datasets are macro means (the paper's "AVG").
 
@@ -40,7 +47,8 @@ from readl.evaluation.metrics import (
     auroc_aupr,
     f1_max,
 )
-from readl.localization.anomaly_map import real_map, upsample
+from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, real_map, upsample
+from readl.localization.thresholds import Threshold
 from readl.model.inference import Prediction
 
 __all__ = ["MODES", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
@@ -68,6 +76,9 @@ class ImageResult:
     maps: dict[str, np.ndarray] = field(repr=False)  # mode -> (h, w) token-grid map as scored
     weights: np.ndarray = field(repr=False)  # (R,) w of the headline mode (gallery highlighting)
     real_map: np.ndarray = field(repr=False)  # (h, w) ReAL map of the headline mode, before any fallback
+    kept: dict[str, float] = field(default_factory=dict)  # mode -> share of the R tokens kept (NaN if R == 0)
+    fallbacks: dict[str, str | None] = field(default_factory=dict)  # mode -> ReALResult.fallback
+    tau_fits: dict[str, Threshold | None] = field(default_factory=dict)  # tau_t/tau_i -> per-image rule result
 
 
 def score_images(
@@ -81,7 +92,7 @@ def score_images(
     Args:
         items: rows with ``source``, ``category``, ``label``, ``image_path``, ``mask_path`` (and
             optionally ``reference``) with their predictions.
-        cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``).
+        cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``, fallback, ties).
         taus: calibrated (float) or per-image rule (str) thresholds, see ``readl.predict.resolve_taus``.
         malformed: ``"fallback"`` (score 0.5, empty map) or ``"score"`` (keep P(Yes) read after the
             answer prefix and the ReAL map).
@@ -91,11 +102,12 @@ def score_images(
     out = []
     for row, pred in items:
         bad = pred.parsed.answer is None
-        maps, headline = {}, None
+        maps, kept, fallbacks, headline = {}, {}, {}, None
         for mode in MODES:
             res = real_map(pred.image_attn, pred.anomaly_attn, taus[0], taus[1], alpha=cfg.alpha, beta=cfg.beta,
-                           mode=mode, binarize=cfg.binarize)  # fmt: skip
+                           mode=mode, binarize=cfg.binarize, fallback=cfg.fallback, ties=cfg.ties)  # fmt: skip
             maps[mode] = np.zeros_like(res.map) if (bad and malformed == "fallback") else res.map
+            kept[mode], fallbacks[mode] = res.kept_fraction, res.fallback
             if mode == cfg.mode:
                 headline = res
         ref = row.get("reference") if "reference" in row.index else None
@@ -105,8 +117,38 @@ def score_images(
             answer=pred.parsed.answer, format_ok=pred.parsed.format_ok, malformed=bad,
             score=FALLBACK_SCORE if (bad and malformed == "fallback") else float(pred.score),
             reasoning=pred.parsed.reasoning, reference=None if ref is None or pd.isna(ref) else str(ref),
-            tokens=pred.tokens, maps=maps, weights=headline.w, real_map=headline.map,
+            tokens=pred.tokens, maps=maps, weights=headline.w, real_map=headline.map, kept=kept, fallbacks=fallbacks,
+            tau_fits={"tau_t": headline.tau_t_fit, "tau_i": headline.tau_i_fit},
         ))  # fmt: skip
+    return out
+
+
+def selection_counts(results: list[ImageResult], mode: str) -> dict:
+    """Token selection of one mode over ``results``: ``{"n_fallback", "n_no_tokens", "kept_fraction"}``.
+
+    ``n_fallback``: images with reasoning tokens none of which passed the thresholds; ``n_no_tokens``:
+    images without reasoning tokens; ``kept_fraction``: mean share of tokens kept over the images with
+    tokens (NaN if none).
+    """
+    reasons = [r.fallbacks.get(mode) for r in results]
+    shares = [r.kept[mode] for r in results if r.fallbacks.get(mode) != NO_TOKENS and mode in r.kept]
+    return {"n_fallback": reasons.count(NO_TOKEN_KEPT), "n_no_tokens": reasons.count(NO_TOKENS),
+            "kept_fraction": float(np.mean(shares)) if shares else math.nan}  # fmt: skip
+
+
+def rule_fallback_counts(results: list[ImageResult]) -> dict:
+    """Per threshold, how often its per-image rule fell back: ``{"tau_t": {"rule", "n_fallback", "n_top_tied"}, ...}``.
+
+    ``n_fallback``: the rule could not be applied as asked (maximum curvature -> median; "no scores");
+    ``n_top_tied``: the tie rule set a tied top block aside. Empty for calibrated / fixed thresholds.
+    """
+    out = {}
+    for key in ("tau_t", "tau_i"):
+        fits = [r.tau_fits.get(key) for r in results]
+        fits = [f for f in fits if f is not None and f.n > 0]
+        if fits:
+            out[key] = {"rule": fits[0].rule, "n_fallback": sum(f.fallback is not None for f in fits),
+                        "n_top_tied": sum(f.top_tied > 0 for f in fits)}  # fmt: skip
     return out
 
 
@@ -213,11 +255,15 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         curves[ds] = pix[headline_mode].pop("curve", {})
         for p in pix.values():
             p.pop("curve", None)
+        for mode, p in pix.items():
+            p.update(selection_counts(rs, mode))
         datasets[ds] = {"image": image_metrics(rs), "pixel": pix[headline_mode], "modes": pix,
-                        "n_malformed": sum(r.malformed for r in rs)}  # fmt: skip
+                        "n_malformed": sum(r.malformed for r in rs), **selection_counts(rs, headline_mode),
+                        "thresholds": rule_fallback_counts(rs)}  # fmt: skip
     metrics = {
         "n_images": len(results),
         "n_malformed": sum(r.malformed for r in results),
+        "n_fallback": sum(d["n_fallback"] for d in datasets.values()),
         "format_rate": float(np.mean([r.format_ok for r in results])) if results else math.nan,
         "image": _macro({d: v["image"] for d, v in datasets.items()}, ["AUROC", "AUPR", "ACC", "F1_max"]),
         "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"]),

@@ -3,7 +3,8 @@
 calibrate and evaluate both need, for every image of a split, the generation, the P(Yes) score and
 the per-token attention (a :class:`~readl.model.inference.Prediction`). Each one is stored as
 ``<cache_dir>/<image id>.npz`` as soon as its batch is done (atomic write). The folder carries a
-``fingerprint.json`` (base model, adapter content hash, prompt, image size, decoding settings): if it
+``fingerprint.json`` (base model, adapter content hash, prompt, image size, decoding settings, query-row
+convention, score rule): if it
 differs from the current one the cache is emptied first, so a new adapter never reuses old answers.
 """
 
@@ -20,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from readl.atomic import atomic_write, write_json
-from readl.model.inference import Prediction, Predictor
+from readl.model.inference import SCORE_RULE, Prediction, Predictor
 from readl.model.prompting import parse_completion
 
 __all__ = ["fingerprint", "image_id", "save_prediction", "load_prediction", "cached_predictions"]
@@ -45,6 +46,8 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
         "prompt": predictor.prompt,
         "image_size": predictor.image_size,
         "layers": predictor.layers,
+        "query_row": predictor.query_row,
+        "score_rule": SCORE_RULE,
         "generation": {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
                        "temperature": g.temperature, "top_p": g.top_p},
     }  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
     model, processor = load_model(base, adapter=adapter, device=device, dtype=params.model.dtype)
     predictor = Predictor(
         model, processor, image_size=params.model.image_size, layers=params.localization.layers,
+        query_row=params.localization.query_row,
         generation=GenerationSettings(max_new_tokens=params.model.max_new_tokens),
     )  # fmt: skip
     return predictor, base, adapter
@@ -104,6 +106,8 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     results = score_images(items, params.localization, taus, malformed=cfg.malformed)
     metrics, table = evaluate(results, params.localization.mode)
     metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
+    if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
+        metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)

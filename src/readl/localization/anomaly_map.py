@@ -1,4 +1,10 @@
-"""ReAL token selection, weighting and aggregation into an anomaly map (paper Eq. 4-5)."""
+"""ReAL token selection, weighting and aggregation into an anomaly map (paper Eq. 4-5).
+
+Modes (paper Table 3): ``both`` / ``s_i`` / ``s_t`` keep the tokens above the thresholds and aggregate
+them with the Eq. 4 weights; ``all`` is the map WITHOUT ReAL, the plain mean of A_{r,I} over all
+reasoning tokens (Table 2 "without ReAL, we average the visual attention of all reasoning tokens",
+which is Table 3's first row: same numbers).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,14 @@ from readl.localization.scores import (
     semantic_relevance,
     spatial_entropy,
 )
-from readl.localization.thresholds import Rule, find_threshold
+from readl.localization.thresholds import Rule, Threshold, Ties, find_threshold
 
 # Paper Table 3: no filter; S_I^ > tau_i only; S_T^ > tau_t only; both (the full method).
 SelectionMode = Literal["all", "s_i", "s_t", "both"]
 _MODES = get_args(SelectionMode)
+# What the map is when no token passed the thresholds: the plain mean over all tokens (mode "all"), or zeros.
+Fallback = Literal["all_mean", "empty"]
+_FALLBACKS = get_args(Fallback)
 
 NO_TOKEN_KEPT = "no token passed the thresholds"
 NO_TOKENS = "no reasoning tokens"
@@ -37,7 +46,8 @@ def token_weights(
     """Token weights w_r = 1{kept} * (alpha S_T^ + beta S_I^) (paper Eq. 4).
 
     Kept (strict comparisons): "both": S_T^ > tau_t and S_I^ > tau_i (paper); "s_t": S_T^ > tau_t;
-    "s_i": S_I^ > tau_i; "all": every token.
+    "s_i": S_I^ > tau_i; "all": every token, with its Eq. 4 weight (the CGRO ranking of Eq. 6 uses
+    these; the "all" MAP of :func:`real_map` is the plain mean instead, paper Table 2).
 
     Args:
         s_t_hat, s_i_hat: (R,) normalised scores (see ``normalize_scores``), same length.
@@ -134,10 +144,12 @@ class ReALResult:
     """Output of :func:`real_map` for one image.
 
     map: (h, w) float32 anomaly map on the token grid (see :func:`upsample`).
-    s_t, s_i: (R,) float64 raw scores; s_t_hat, s_i_hat: (R,) normalised; w: (R,) weights used;
-    keep: (R,) bool tokens kept by the thresholds (all False if the fallback was used);
-    fallback: why the unfiltered map was used, or None; tau_t, tau_i: the thresholds applied
-    (per-image rule results or the given values).
+    s_t, s_i: (R,) float64 raw scores; s_t_hat, s_i_hat: (R,) normalised; w: (R,) weights used
+    (1/R each in mode "all" and for the "all_mean" fallback, 0 for the "empty" one);
+    keep: (R,) bool tokens kept by the thresholds (all True in mode "all", all False if the fallback
+    was used); fallback: why the thresholded map was not used, or None; tau_t, tau_i: the thresholds
+    applied (per-image rule results or the given values); tau_t_fit, tau_i_fit: how a per-image rule
+    found them (:class:`~readl.localization.thresholds.Threshold`, None for given values).
     """
 
     map: np.ndarray
@@ -150,6 +162,13 @@ class ReALResult:
     fallback: str | None
     tau_t: float = float("nan")
     tau_i: float = float("nan")
+    tau_t_fit: Threshold | None = None
+    tau_i_fit: Threshold | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        """Share of the R reasoning tokens kept by the selection, in [0, 1]; NaN when R == 0."""
+        return float(self.keep.mean()) if self.keep.size else float("nan")
 
 
 def real_map(
@@ -161,13 +180,16 @@ def real_map(
     beta: float = 1.0,
     mode: SelectionMode = "both",
     binarize: Binarize = "mean",
+    fallback: Fallback = "all_mean",
+    ties: Ties = "set_aside",
 ) -> ReALResult:
     """The ReAL chain for one image: Eq. 2-3 scores, per-image normalisation, Eq. 4 weights,
-    Eq. 5 aggregation.
+    Eq. 5 aggregation; mode "all" is the plain mean of all R maps (module docstring).
 
-    If no token passes the thresholds, the unfiltered weights (mode "all") are used and
-    ``fallback`` says so: an all-zero map would make every pixel tie. If R == 0, the map is zeros
-    and ``fallback`` is "no reasoning tokens".
+    If no token passes the thresholds (``fallback`` = "no token passed the thresholds"), the map is
+    the plain mean of all R maps (``fallback="all_mean"``, the default: an all-zero map would make
+    every pixel tie) or zeros (``"empty"``). If R == 0, the map is zeros and ``fallback`` is
+    "no reasoning tokens".
 
     Args:
         image_attn: (R, h, w) non-negative attention to the image-token grid, raster order.
@@ -177,13 +199,18 @@ def real_map(
             (supplement Table 5: tau_i by maximum curvature, tau_t by median).
         alpha, beta, mode: see :func:`token_weights`.
         binarize: see :func:`~readl.localization.scores.spatial_entropy`.
+        fallback: "all_mean" or "empty", see above (``localization.fallback``).
+        ties: the tie rule of the per-image threshold rules (:func:`~readl.localization.thresholds.find_threshold`).
 
     Returns:
         ReALResult.
 
     Raises:
-        ValueError: wrong ndim, mismatched R, NaN/inf or negative attention, bad mode/binarize.
+        ValueError: wrong ndim, mismatched R, NaN/inf or negative attention, bad mode, binarize,
+            fallback or ties.
     """
+    if fallback not in _FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; expected one of {_FALLBACKS}")
     a = _checked("image_attn", image_attn, 3)  # (R, h, w)
     e = _checked("anomaly_attn", anomaly_attn, 2)  # (R, E)
     if a.shape[0] != e.shape[0]:
@@ -191,23 +218,30 @@ def real_map(
     s_t = semantic_relevance(e)  # (R,)
     s_i = spatial_entropy(a, binarize=binarize)  # (R,)
     s_t_hat, s_i_hat = normalize_scores(s_t, s_i)  # (R,), (R,)
-    tau_t = _resolve(tau_t, s_t_hat)
-    tau_i = _resolve(tau_i, s_i_hat)
+    fit_t, fit_i = _resolve(tau_t, s_t_hat, ties), _resolve(tau_i, s_i_hat, ties)
+    tau_t = fit_t.value if fit_t is not None else float(tau_t)
+    tau_i = fit_i.value if fit_i is not None else float(tau_i)
     w, keep = token_weights(s_t_hat, s_i_hat, tau_t, tau_i, alpha, beta, mode)  # (R,), (R,)
-    fallback = None
-    if a.shape[0] == 0:
-        fallback = NO_TOKENS
+    r = a.shape[0]
+    mean_w = np.full(r, 1.0 / max(r, 1))  # (R,) the plain mean over all tokens
+    reason = None
+    if mode == "all":
+        w = mean_w
+    if r == 0:
+        reason = NO_TOKENS
     elif not keep.any():
-        fallback = NO_TOKEN_KEPT
-        w, _ = token_weights(s_t_hat, s_i_hat, tau_t, tau_i, alpha, beta, "all")
-    return ReALResult(aggregate(a, w), s_t, s_i, s_t_hat, s_i_hat, w, keep, fallback, tau_t, tau_i)
+        reason = NO_TOKEN_KEPT
+        w = mean_w if fallback == "all_mean" else np.zeros(r)
+    return ReALResult(aggregate(a, w), s_t, s_i, s_t_hat, s_i_hat, w, keep, reason, tau_t, tau_i, fit_t, fit_i)
 
 
-def _resolve(tau: float | Rule, scores: np.ndarray) -> float:
-    """A fixed threshold as float, or a per-image rule applied to ``scores`` (0.0 if there are none)."""
-    if isinstance(tau, str):
-        return find_threshold(scores, tau).value if scores.size else 0.0
-    return float(tau)
+def _resolve(tau: float | Rule, scores: np.ndarray, ties: Ties) -> Threshold | None:
+    """A per-image rule applied to ``scores`` (value 0.0 if there are none), or None for a fixed value."""
+    if not isinstance(tau, str):
+        return None
+    if not scores.size:
+        return Threshold(0.0, tau, None, 0, "no scores")
+    return find_threshold(scores, tau, ties=ties)
 
 
 def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:

@@ -8,11 +8,13 @@ softmax normaliser over all keys and the probabilities of the selected key colum
 anomaly-word tokens), averaged over heads. The per-layer rows are summed on the fly, so memory is
 O(rows x selected columns), never O(N^2) per layer.
 
-Row convention. The attention map of completion token ``c_j`` is the attention row of the query that
-*produced* it: position ``P + j - 1`` for a prompt of padded length ``P``. This is the row seen at the
-decoding step that emits ``c_j``, so the teacher-forced pass (:func:`capture_attention` around one
-forward over prompt + completion, ``query_start = P - 1``) and the capture during generation give the
-same maps.
+Row convention (``localization.query_row``; the paper does not say). By default (``producing``) the
+attention map of completion token ``c_j`` is the attention row of the query that *produced* it: position
+``P + j - 1`` for a prompt of padded length ``P``. This is the row seen at the decoding step that emits
+``c_j``, so the teacher-forced pass (:func:`capture_attention` around one forward over prompt +
+completion, ``query_start = P - 1``) and the capture during generation give the same maps. With
+``own`` it is ``c_j``'s own row (position ``P + j``): the same capture, rows shifted by one
+(:func:`readl.model.inference.query_row_offset`).
 
 Usage::
 

@@ -3,7 +3,9 @@
 Every reasoning token of every calibration image contributes its normalised scores S_T^ and S_I^
 (normalised per image, as at inference). The pooled scores are sorted; tau_i is the maximum-curvature
 point of the S_I^ curve and tau_t the median of the S_T^ curve (the paper's choice; each rule is
-selectable per threshold, and fixed values too). The result is ``models/thresholds.json``, which
+selectable per threshold, and fixed values too), with the tie rule ``localization.ties`` (a rule whose
+value keeps no token is re-applied below the block tied at the maximum, see
+:mod:`readl.localization.thresholds`). The result is ``models/thresholds.json``, which
 ``readl predict --thresholds`` and ``readl evaluate`` apply as fixed values.
 """
 
@@ -47,8 +49,10 @@ def calibrate_thresholds(preds: Iterable[Prediction], cfg: LocalizationConfig) -
 
     Returns:
         ``(record, s_t_hat, s_i_hat)``: ``record`` is the content of ``thresholds.json``:
-        ``{"tau_t": {value, rule, index, n, fallback}, "tau_i": {...}, "n_tokens", "n_images",
-        "binarize"}``; the arrays are the pooled scores (for the plot).
+        ``{"tau_t": {value, rule, index, n, fallback, top_tied}, "tau_i": {...}, "rule_fallbacks",
+        "n_tokens", "n_images", "binarize", "ties"}``; ``rule_fallbacks`` counts, per threshold, whether its
+        rule fell back (``fallback``: maximum curvature used the median; ``top_tied``: the tie rule set a
+        tied top block aside), 0 or 1 each; the arrays are the pooled scores (for the plot).
 
     Raises:
         ValueError: no reasoning tokens at all while a data-driven rule is asked for.
@@ -56,14 +60,17 @@ def calibrate_thresholds(preds: Iterable[Prediction], cfg: LocalizationConfig) -
     s_t_hat, s_i_hat, n_images = pooled_token_scores(preds, cfg.binarize)
     if s_t_hat.size == 0 and "fixed" not in (cfg.tau_t.rule, cfg.tau_i.rule):
         raise ValueError(f"no reasoning tokens in {n_images} calibration images: cannot calibrate tau_t/tau_i")
-    tau_t = find_threshold(s_t_hat, cfg.tau_t.rule, cfg.tau_t.value)
-    tau_i = find_threshold(s_i_hat, cfg.tau_i.rule, cfg.tau_i.value)
+    tau_t = find_threshold(s_t_hat, cfg.tau_t.rule, cfg.tau_t.value, ties=cfg.ties)
+    tau_i = find_threshold(s_i_hat, cfg.tau_i.rule, cfg.tau_i.value, ties=cfg.ties)
     record = {
         "tau_t": asdict(tau_t),
         "tau_i": asdict(tau_i),
+        "rule_fallbacks": {k: {"fallback": int(t.fallback is not None), "top_tied": int(t.top_tied > 0)}
+                           for k, t in (("tau_t", tau_t), ("tau_i", tau_i))},  # fmt: skip
         "n_tokens": int(s_t_hat.size),
         "n_images": n_images,
         "binarize": cfg.binarize,
+        "ties": cfg.ties,
     }
     return record, s_t_hat, s_i_hat
 

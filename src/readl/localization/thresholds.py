@@ -1,5 +1,18 @@
 """Thresholds tau_t, tau_i for ReAL token selection (paper Eq. 4; supplement Table 5: tau_i by
 maximum curvature, tau_t by the median of the sorted scores; a fixed value is also supported).
+
+Ties at the top (``ties="set_aside"``, the default; our rule, the paper leaves ties open). Tokens are
+kept when their score is STRICTLY above the threshold. The normalised S_I^ of a 15x15 map takes few
+distinct values, and every token whose map is one connected region gets S_I = 0, i.e. S_I^ = 1 exactly:
+often more than half of an image's tokens tie at the maximum. Then the median is 1.0, and when maximum
+curvature finds no knee (the curve lies above its chord) it falls back to that median: tau = 1.0 and NO
+token passes, so ``s_i`` and ``both`` silently become the fallback map. The rule: when a data-driven
+rule's value keeps no score (value >= max), the block of scores tied at the maximum is set aside (all of
+its tokens are kept: they are the most extreme ones) and the same rule is applied to the scores below
+the block; its value is the threshold, so the untied tokens it separates are kept too. If every score is
+tied, all are kept (value = the largest float below them), as ``normalize_scores`` does for a constant
+vector. ``Threshold.top_tied`` is the size of the block set aside (0 = the rule's own value was used).
+``ties="strict"`` applies the rules as written.
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ import numpy as np
 from readl.localization.scores import _checked
 
 Rule = Literal["max_curvature", "median", "fixed"]
+Ties = Literal["set_aside", "strict"]
+_TIES = ("set_aside", "strict")
 
 KNEE_MIN_DISTANCE = 1e-6  # below this no knee "stands out" (straight line, concave curve)
 _TIE_TOL = 1e-12  # distances within this of the maximum count as ties (scaling/shift rounding)
@@ -27,6 +42,9 @@ class Threshold:
     index: for "max_curvature", the knee's position in the ascending sorted scores; else None.
     n: number of scores the rule saw (0 for "fixed" without scores).
     fallback: why the rule could not be applied as asked and the median was used; None if it was.
+        With ``top_tied > 0`` it is about the rule applied to the scores below the tied block.
+    top_tied: scores tied at the maximum that were set aside (kept) because the rule's value kept no
+        score (module docstring, ``ties="set_aside"``); 0 when the rule's own value was used.
     """
 
     value: float
@@ -34,6 +52,7 @@ class Threshold:
     index: int | None
     n: int
     fallback: str | None
+    top_tied: int = 0
 
 
 def _scores(scores: object) -> np.ndarray:
@@ -111,18 +130,25 @@ def max_curvature(scores: np.ndarray) -> Threshold:
     return Threshold(float(s[k]), "max_curvature", k, n, None)
 
 
-def find_threshold(scores: np.ndarray | None, rule: Rule, value: float | None = None) -> Threshold:
-    """Dispatch to :func:`max_curvature`, :func:`median` or :func:`fixed`.
+def find_threshold(
+    scores: np.ndarray | None, rule: Rule, value: float | None = None, ties: Ties = "set_aside"
+) -> Threshold:
+    """Dispatch to :func:`max_curvature`, :func:`median` or :func:`fixed`, with the tie rule.
 
     Args:
         scores: (n,) finite values; ignored (may be None) for "fixed".
         rule: "max_curvature", "median" or "fixed".
         value: the threshold for "fixed"; must be None or absent for other rules.
+        ties: "set_aside" (default): when the rule's value keeps no score, the rule is re-applied below
+            the block tied at the maximum (module docstring); "strict": the rule's value as is. Fixed
+            thresholds are never changed.
 
     Raises:
-        ValueError: unknown rule, "fixed" without ``value``, ``value`` given for another rule,
-            or ``scores`` missing for a data-driven rule.
+        ValueError: unknown rule or ``ties``, "fixed" without ``value``, ``value`` given for another
+            rule, or ``scores`` missing for a data-driven rule.
     """
+    if ties not in _TIES:
+        raise ValueError(f"unknown ties rule {ties!r}; expected one of {_TIES}")
     if rule == "fixed":
         if value is None:
             raise ValueError("rule 'fixed' needs a value")
@@ -135,4 +161,20 @@ def find_threshold(scores: np.ndarray | None, rule: Rule, value: float | None = 
         raise ValueError(f"rule {rule!r} takes no value (got {value!r}); use rule='fixed'")
     if scores is None:
         raise ValueError(f"rule {rule!r} needs scores")
-    return max_curvature(scores) if rule == "max_curvature" else median(scores)
+    apply = max_curvature if rule == "max_curvature" else median
+    t = apply(scores)
+    s = _scores(scores)  # (n,)
+    if ties == "strict" or s.size == 0 or t.value < s.max():
+        return t
+    return _below_tied_top(s, apply, t)
+
+
+def _below_tied_top(s: np.ndarray, apply, first: Threshold) -> Threshold:
+    """The rule ``apply`` re-applied to the scores below the block tied at the maximum (module docstring)."""
+    top = s.max()
+    below = s[s < top]  # (m,) the untied rest; the sorted rest is the prefix of the sorted scores
+    n_tied = int(s.size - below.size)
+    if below.size == 0:  # every score tied: keep them all
+        return Threshold(float(np.nextafter(top, -np.inf)), first.rule, None, int(s.size), first.fallback, n_tied)
+    t = apply(below)
+    return Threshold(t.value, first.rule, t.index, int(s.size), t.fallback, n_tied)

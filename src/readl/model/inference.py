@@ -5,9 +5,24 @@ Steps for a batch of images (left-padded prompts of length ``P``):
 1. ``generate`` writes each completion (greedy unless sampling is asked for).
 2. One teacher-forced forward over prompt + completion (+ the answer prefix when the completion has no
    ``<answer>``, see :func:`readl.model.prompting.answer_prefix_for`) with the attention capture on:
-   it yields the Yes/No logits at the answer position and, for every completion token, its attention to
-   the image tokens (Eq. 1) and to the question's anomaly-word tokens (Eq. 2), mean over heads and layers.
+   it yields the next-token logits where the answer word is written (:func:`answer_read_position`) and,
+   for every completion token, its attention to the image tokens (Eq. 1) and to the question's
+   anomaly-word tokens (Eq. 2), mean over heads and layers.
 3. The reasoning tokens (inside ``<think>``) are kept with their maps on the image-token grid.
+
+Image score P(Yes). The strict format allows whitespace inside the answer tags
+(``<answer> Yes</answer>``, ``<answer>\\nNo\\n</answer>``; the paper's own figures show such outputs), and
+a byte-level tokenizer writes the word there as ``"Yes"`` or ``" Yes"`` (the space is part of the token),
+after a ``"\\n"`` token or not. So the score is read at the position that writes the answer WORD
+(whitespace-only tokens after ``<answer>`` skipped) and pools the spellings of each word:
+P(Yes) = p(Yes-variants) / (p(Yes-variants) + p(No-variants)), the p from the softmax over the whole
+vocabulary there. The variants of a word W are the single tokens among ``W``, ``" " + W``, ``"\\n" + W``
+(:data:`ANSWER_LEADS`; those that this tokenizer writes as one token; the case is the format's,
+lower-case ``yes`` breaks it). A completion without
+``<answer>`` is scored after the appended answer prefix, the same way.
+
+Query-row convention (``query_row``): the map of completion token r is the attention row of the query
+that PRODUCED it (position r - 1: the decoding step that emits r; the default) or r's OWN row (position r).
 
 The ReAL map itself is computed from these by :mod:`readl.localization.anomaly_map`.
 """
@@ -25,10 +40,14 @@ from readl.localization.attention import capture_attention, enable_capture
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
 
 __all__ = [
+    "ANSWER_LEADS",
+    "SCORE_RULE",
     "GenerationSettings",
     "TokenAttention",
     "Prediction",
-    "answer_token_ids",
+    "answer_variant_ids",
+    "answer_read_position",
+    "query_row_offset",
     "anomaly_token_positions",
     "image_token_positions",
     "reasoning_token_mask",
@@ -36,6 +55,10 @@ __all__ = [
 ]
 
 _ANOMALY_RE = re.compile(r"(defect|anomal|abnormal)\w*", re.IGNORECASE)
+ANSWER_LEADS = ("", " ", "\n")  # whitespace a single answer token may start with (module docstring)
+ANSWER_WORDS = ("Yes", "No")
+SCORE_RULE = "word-position, pooled variants"  # part of the prediction-cache fingerprint: a change recomputes
+QUERY_ROWS = ("producing", "own")
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,8 @@ class TokenAttention:
         image_attn: ``(T, h, w)`` float32, attention of each completion token to the image tokens on the
             merged-patch grid, raster order (15x15 for 420x420), mean over heads and layers (Eq. 1).
         anomaly_attn: ``(T, E)`` float32, attention to the E anomaly-word tokens of the question (Eq. 2).
-        p_yes: P(Yes) in [0, 1] from the softmax over the "Yes"/"No" logits at the answer position.
+        p_yes: P(Yes) in [0, 1]: the pooled Yes-spellings' share of Yes + No where the answer word is
+            written (module docstring).
         reasoning: ``(T,)`` bool, which completion tokens are reasoning (:func:`reasoning_token_mask`).
     """
 
@@ -90,19 +114,42 @@ class Prediction:
     extra: dict = field(default_factory=dict)
 
 
-def answer_token_ids(tokenizer) -> tuple[int, int]:
-    """Token ids of ``"Yes"`` and ``"No"`` (no leading space, as written after ``<answer>``).
+def answer_variant_ids(tokenizer, pending: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of the spellings of ``"Yes"`` and of ``"No"`` pooled for P(Yes) (module docstring).
+
+    A spelling of word W is ``pending + lead + W`` for ``lead`` in :data:`ANSWER_LEADS` that this
+    tokenizer encodes as ONE token. ``pending`` is the part of ``<answer>`` that the token read also
+    writes (``""`` unless the tokenizer merges the tag's end with the word, e.g. ``">Yes"``).
+
+    Returns:
+        ``(yes_ids, no_ids)``: distinct ids in ``ANSWER_LEADS`` order, e.g. ``("Yes", " Yes")``.
 
     Raises:
-        ValueError: either word is not a single token in this vocabulary.
+        ValueError: a word has no single-token spelling in this vocabulary.
     """
-    ids = []
-    for word in ("Yes", "No"):
-        enc = tokenizer.encode(word, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"{word!r} is {len(enc)} tokens in this tokenizer; the Yes/No score needs one token each")
-        ids.append(enc[0])
-    return ids[0], ids[1]
+    out = []
+    for word in ANSWER_WORDS:
+        ids: list[int] = []
+        for lead in ANSWER_LEADS:
+            enc = tokenizer.encode(pending + lead + word, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] not in ids:
+                ids.append(enc[0])
+        if not ids:
+            spellings = [pending + lead + word for lead in ANSWER_LEADS]
+            raise ValueError(f"none of {spellings!r} is one token in this tokenizer; the Yes/No score needs one")
+        out.append(tuple(ids))
+    return out[0], out[1]
+
+
+def query_row_offset(query_row: str) -> int:
+    """Row offset into a capture started at query ``P - 1``: 0 for ``"producing"``, 1 for ``"own"``.
+
+    Raises:
+        ValueError: ``query_row`` is neither.
+    """
+    if query_row not in QUERY_ROWS:
+        raise ValueError(f"unknown query_row {query_row!r}; expected one of {QUERY_ROWS} (localization.query_row)")
+    return QUERY_ROWS.index(query_row)
 
 
 def image_token_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
@@ -150,6 +197,29 @@ def _char_offsets(tokenizer, ids: list[int]) -> list[int]:
     return [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
 
 
+def _reasoning_and_answer(tokenizer, ids: list[int]) -> tuple[np.ndarray, int | None, str]:
+    """``(mask, answer_index, pending)``: see :func:`reasoning_token_mask` and :func:`answer_read_position`."""
+    offsets = _char_offsets(tokenizer, ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    start = text.find("<think>")
+    start = 0 if start < 0 else start + len("<think>")
+    ends = [i for i in (text.find("</think>", start), text.find("<answer>", start)) if i >= 0]
+    end = min(ends) if ends else len(text)
+    lo, hi = np.array(offsets[:-1]), np.array(offsets[1:])
+    mask = (lo >= start) & (hi <= end) & (hi > lo)
+    answer_index, pending = None, ""
+    a = text.find("<answer>")
+    if a >= 0:
+        after = a + len("<answer>")
+        word = len(text) - len(text[after:].lstrip())  # first non-whitespace character after <answer>
+        # the token holding that character (offsets[j] <= word < offsets[j + 1]), or len(ids) when the
+        # completion ends before the word
+        answer_index = next((j for j in range(len(ids)) if offsets[j + 1] > word), len(ids))
+        if answer_index < len(ids) and offsets[answer_index] < after:
+            pending = text[offsets[answer_index] : after]
+    return mask, answer_index, pending
+
+
 def reasoning_token_mask(tokenizer, ids: list[int]) -> tuple[np.ndarray, int | None]:
     """Which completion tokens belong to the reasoning, and where the answer is read.
 
@@ -160,22 +230,23 @@ def reasoning_token_mask(tokenizer, ids: list[int]) -> tuple[np.ndarray, int | N
     Returns:
         ``(mask, answer_index)``: ``mask`` (T,) bool marks tokens whose text lies inside
         ``<think>...</think>`` (or, with no think tag, before ``<answer>``); ``answer_index`` is the index
-        of the first token after ``<answer>`` (the answer token), or ``None`` when there is no ``<answer>``.
+        of the token that writes the answer word (the first non-whitespace character after ``<answer>``;
+        whitespace-only tokens in between are skipped), ``len(ids)`` when the completion ends before the
+        word, or ``None`` when there is no ``<answer>``.
     """
-    offsets = _char_offsets(tokenizer, ids)
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    start = text.find("<think>")
-    start = 0 if start < 0 else start + len("<think>")
-    ends = [i for i in (text.find("</think>", start), text.find("<answer>", start)) if i >= 0]
-    end = min(ends) if ends else len(text)
-    lo, hi = np.array(offsets[:-1]), np.array(offsets[1:])
-    mask = (lo >= start) & (hi <= end) & (hi > lo)
-    answer_index = None
-    a = text.find("<answer>")
-    if a >= 0:
-        after = a + len("<answer>")
-        answer_index = next((j for j in range(len(ids)) if offsets[j] >= after), len(ids))
+    mask, answer_index, _ = _reasoning_and_answer(tokenizer, ids)
     return mask, answer_index
+
+
+def answer_read_position(tokenizer, ids: list[int]) -> tuple[int | None, str]:
+    """Where P(Yes) is read: ``(answer_index, pending)``.
+
+    ``answer_index`` as in :func:`reasoning_token_mask` (the logits that predict that token are read);
+    ``pending`` is the part of ``<answer>`` that token also writes (``""`` unless the tokenizer merged
+    the tag's end with what follows), passed to :func:`answer_variant_ids`.
+    """
+    _, answer_index, pending = _reasoning_and_answer(tokenizer, ids)
+    return answer_index, pending
 
 
 class Predictor:
@@ -187,10 +258,17 @@ class Predictor:
         image_size: images are resized to ``image_size`` x ``image_size`` (paper: 420) before encoding.
         generation: decoding settings.
         layers: decoder layers averaged for the maps (``None`` = all, paper Eq. 1).
+        query_row: ``"producing"`` or ``"own"`` (module docstring; ``localization.query_row``).
+
+    Raises:
+        ValueError: unknown ``query_row``; the vocabulary has no single-token Yes / No.
     """
 
     def __init__(self, model, processor, image_size: int = 420, generation: GenerationSettings | None = None,
-                 layers: list[int] | None = None, system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION):  # fmt: skip
+                 layers: list[int] | None = None, system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION,
+                 query_row: str = "producing"):  # fmt: skip
+        self.row_offset = query_row_offset(query_row)
+        self.query_row = query_row
         self.model = enable_capture(model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -201,10 +279,16 @@ class Predictor:
         self.prompt = processor.apply_chat_template(
             build_messages(system_prompt, question), tokenize=False, add_generation_prompt=True
         )
-        self.yes_id, self.no_id = answer_token_ids(self.tokenizer)
+        self._variants = {"": answer_variant_ids(self.tokenizer)}  # pending -> (yes_ids, no_ids)
         cfg = getattr(model, "config", None)
         self.image_token_id = cfg.image_token_id
         self.merge = processor.image_processor.merge_size
+
+    def variant_ids(self, pending: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """:func:`answer_variant_ids` for this tokenizer, cached per ``pending``."""
+        if pending not in self._variants:
+            self._variants[pending] = answer_variant_ids(self.tokenizer, pending)
+        return self._variants[pending]
 
     @property
     def device(self) -> torch.device:
@@ -245,7 +329,8 @@ class Predictor:
             completions: token ids per row (``T_b`` each, no EOS).
 
         Returns:
-            One :class:`TokenAttention` per row with ``T_b`` map rows (prefix tokens dropped).
+            One :class:`TokenAttention` per row with ``T_b`` map rows (prefix tokens dropped), in the
+            ``query_row`` convention; P(Yes) pooled over the answer spellings (module docstring).
         """
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         suffixes = [answer_prefix_for(t) for t in texts]
@@ -270,18 +355,20 @@ class Predictor:
         key_index = torch.cat([img_pos, anom_pos], dim=1)  # (B, n_img + E)
         with capture_attention(key_index, query_start=p - 1, layers=self.layers) as cap:
             out = self.model(**batch, use_cache=False, logits_to_keep=t_max + 1)
-        attn = cap.result().float().cpu()  # (B, T + 1, n_img + E): row j = attention when producing token j
+        attn = cap.result().float().cpu()  # (B, T + 1, n_img + E): row j = query at P - 1 + j, which produces token j
         logits = out.logits[:, -(t_max + 1) :].float().cpu()  # (B, T + 1, V): row j predicts token j
         grid = inputs["image_grid_thw"].cpu()
         n_img = img_pos.shape[1]
         results = []
         for i, (c, f) in enumerate(zip(completions, full)):
-            mask, answer_index = reasoning_token_mask(self.tokenizer, f)  # the suffix only closes open tags
+            mask, answer_index, pending = _reasoning_and_answer(self.tokenizer, f)  # the suffix only closes tags
             a = answer_index if answer_index is not None else len(f)
-            pair = logits[i, a, [self.yes_id, self.no_id]]
-            p_yes = float(torch.softmax(pair, dim=0)[0])
+            yes, no = self.variant_ids(pending)
+            log_p = torch.log_softmax(logits[i, a].double(), dim=0)  # (V,)
+            # P(Yes) = p(yes) / (p(yes) + p(no)) = sigmoid(log p(yes) - log p(no)), p pooled over the spellings
+            p_yes = float(torch.sigmoid(torch.logsumexp(log_p[list(yes)], 0) - torch.logsumexp(log_p[list(no)], 0)))
             h, w = int(grid[i, 1]) // self.merge, int(grid[i, 2]) // self.merge
-            rows = attn[i, : len(c)]  # (T, n_img + E)
+            rows = attn[i, self.row_offset : self.row_offset + len(c)]  # (T, n_img + E)
             results.append(TokenAttention(
                 image_attn=rows[:, :n_img].reshape(len(c), h, w).numpy(),
                 anomaly_attn=rows[:, n_img:].numpy(),

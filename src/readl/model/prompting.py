@@ -81,8 +81,8 @@ def parse_completion(text: str) -> Parsed:
 def answer_prefix_for(text: str) -> str | None:
     """What to append to a completion so the next token is the answer (``None``: nothing is needed).
 
-    The Yes/No score is read at the position that predicts the token after ``<answer>``. A completion
-    that has ``<answer>`` is scored there. One without it (cut off, or rambling) is scored after
+    The Yes/No score is read at the position that writes the answer word after ``<answer>``
+    (:mod:`readl.model.inference`). A completion that has ``<answer>`` is scored there. One without it (cut off, or rambling) is scored after
     appending the answer prefix: ``"</think><answer>"`` when the think block is still open,
     ``"<answer>"`` otherwise. This keeps a score for every image (documented fallback).
 

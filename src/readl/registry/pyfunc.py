@@ -145,6 +145,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.batch_size = mcfg.batch_size
         self.predictor = Predictor(
             model, processor, image_size=mcfg.image_size, layers=self.localization.layers,
+            query_row=self.localization.query_row,
             generation=GenerationSettings(max_new_tokens=int(cfg.get("max_new_tokens") or mcfg.max_new_tokens)),
         )  # fmt: skip
 

@@ -37,7 +37,12 @@ from readl.localization.anomaly_map import token_weights
 from readl.localization.attention import capture_attention, enable_capture
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
 from readl.localization.thresholds import find_threshold
-from readl.model.inference import anomaly_token_positions, image_token_positions, reasoning_token_mask
+from readl.model.inference import (
+    anomaly_token_positions,
+    image_token_positions,
+    query_row_offset,
+    reasoning_token_mask,
+)
 from readl.model.prompting import QUESTION
 from readl.training.rewards import MAPS_KEY, WEIGHTS_KEY
 
@@ -71,6 +76,7 @@ def capture_completion_attention(
     question: str = QUESTION,
     layers: list[int] | None = None,
     batch_size: int | None = None,
+    query_row: str = "producing",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Teacher-forced attention of each completion token to the image and anomaly-word tokens (Eq. 1-2).
 
@@ -90,11 +96,18 @@ def capture_completion_attention(
         question: the question whose anomaly-word tokens define S_T.
         layers: decoder layers averaged (``None`` = all, Eq. 1).
         batch_size: rows per forward (``None`` = all at once).
+        query_row: ``"producing"`` (the map of token j is the attention row that produced it, query at
+            position j - 1) or ``"own"`` (token j's own row, query at j); ``localization.query_row``, the
+            same convention as :class:`readl.model.inference.Predictor`.
 
     Returns:
         Per row ``(image_attn, anomaly_attn)``: ``(T_b, h, w)`` and ``(T_b, E)`` float32, rows = completion
-        tokens in order (the map of token j is the attention row that produced it).
+        tokens in order.
+
+    Raises:
+        ValueError: unknown ``query_row``.
     """
+    offset = query_row_offset(query_row)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     merge = image_processor.merge_size
@@ -129,22 +142,22 @@ def capture_completion_attention(
                 use_cache=False,
                 logits_to_keep=1,
             )
-        attn = cap.result().float().cpu()  # (b, T + 1, n_img + E)
+        attn = cap.result().float().cpu()  # (b, T + 1, n_img + E): row j = query at position P - 1 + j
         grid = vis["image_grid_thw"]
         n_img = img_pos.shape[1]
         for r in range(b):
             t = len(completion_ids[lo + r])
             h, w = int(grid[r, 1]) // merge, int(grid[r, 2]) // merge
-            rows = attn[r, :t]  # (T_b, n_img + E)
+            rows = attn[r, offset : offset + t]  # (T_b, n_img + E)
             out.append((rows[:, :n_img].reshape(t, h, w).numpy(), rows[:, n_img:].numpy()))
     return out
 
 
-def _resolve_tau(cfg, scores: np.ndarray) -> float:
+def _resolve_tau(cfg, scores: np.ndarray, ties: str) -> float:
     """A ThresholdConfig applied to one image's normalised scores (0.0 when there are none)."""
     if cfg.rule == "fixed":
         return float(cfg.value)
-    return find_threshold(scores, cfg.rule).value if scores.size else 0.0
+    return find_threshold(scores, cfg.rule, ties=ties).value if scores.size else 0.0
 
 
 def group_rank_weights(
@@ -154,7 +167,7 @@ def group_rank_weights(
 
     Args:
         s_t, s_i: per rollout, ``(R_g,)`` raw S_T / S_I of its reasoning tokens (R_g may be 0).
-        localization: ``LocalizationConfig`` (alpha, beta, mode, tau_t, tau_i).
+        localization: ``LocalizationConfig`` (alpha, beta, mode, tau_t, tau_i, ties).
 
     Returns:
         ``(w, rank)``: per rollout ``(R_g,)`` float64. ``w`` = Eq. 4 (0 for tokens not kept, >= 0);
@@ -166,7 +179,7 @@ def group_rank_weights(
     flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
     t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
     loc = localization
-    tau_t, tau_i = _resolve_tau(loc.tau_t, t_hat), _resolve_tau(loc.tau_i, i_hat)
+    tau_t, tau_i = _resolve_tau(loc.tau_t, t_hat, loc.ties), _resolve_tau(loc.tau_i, i_hat, loc.ties)
     w, keep = token_weights(t_hat, i_hat, tau_t, tau_i, loc.alpha, loc.beta, loc.mode)  # (sum R_g,) each
     composite = loc.alpha * t_hat + loc.beta * i_hat
     rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
@@ -179,7 +192,7 @@ class CGROTrainer(GRPOTrainer):
 
     Args (besides ``GRPOTrainer``'s; pass ``processing_class=`` the ReadlQwenProcessor explicitly, else TRL
     trains text-only):
-        localization: ``LocalizationConfig`` (layers, binarize, alpha, beta, mode, tau_t, tau_i).
+        localization: ``LocalizationConfig`` (layers, binarize, alpha, beta, mode, tau_t, tau_i, ties, query_row).
         question: the prompt's question (anomaly words for S_T).
 
     Attributes:
@@ -247,6 +260,7 @@ class CGROTrainer(GRPOTrainer):
                     question=self.question,
                     layers=self.localization.layers,
                     batch_size=self.args.per_device_train_batch_size,
+                    query_row=self.localization.query_row,
                 )
         finally:
             model.train(was_training)
