@@ -10,6 +10,7 @@ from readl.model.inference import (
     GenerationSettings,
     Predictor,
     anomaly_token_positions,
+    answer_read_position,
     answer_variant_ids,
     reasoning_token_mask,
 )
@@ -135,3 +136,26 @@ def test_answer_variants_are_the_single_token_spellings(predictor):
     tok = predictor.tokenizer
     yes, no = answer_variant_ids(tok)
     assert [tok.decode([i]) for i in yes] == ["Yes", " Yes"] and [tok.decode([i]) for i in no] == ["No", " No"]
+
+
+class _MergingTokenizer:
+    """A tokenizer that writes the tag's end and the word as ONE token (">Yes"), as some BPE vocabularies do."""
+
+    vocab = ["<think>", "x", "</think>", "<answer", ">Yes", ">No", "> Yes", "</answer>", "Yes", "No", " ", "\n"]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.vocab[i] for i in ids)
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab.index(text)] if text in self.vocab else [-1] * len(text)  # else: one "token" a character
+
+
+def test_answer_read_where_the_tag_end_and_the_word_share_a_token():
+    tok = _MergingTokenizer()
+    ids = [0, 1, 2, 3, 4, 7]  # <think>x</think><answer + ">Yes" + </answer>
+    a, pending = answer_read_position(tok, ids)
+    assert (a, pending) == (4, ">")
+    assert reasoning_token_mask(tok, ids)[1] == 4
+    yes, no = answer_variant_ids(tok, pending)
+    assert [tok.vocab[i] for i in yes] == [">Yes", "> Yes"] and [tok.vocab[i] for i in no] == [">No"]
+    assert answer_read_position(tok, [0, 1, 2, 3]) == (None, "")  # no complete <answer>: the prefix is appended

@@ -48,6 +48,13 @@ def test_inference_own_row_is_the_producing_row_shifted_by_one(tiny, encoded):
         _predictor(tiny, "next")
 
 
+def test_the_prediction_cache_is_keyed_by_the_convention(tiny):
+    from readl.evaluation.predictions import fingerprint
+
+    prod, own = (fingerprint(_predictor(tiny, q), "tiny", None) for q in ("producing", "own"))
+    assert prod != own and prod["query_row"] == "producing" and "score_rule" in prod
+
+
 def test_training_capture_follows_the_same_convention(tiny, sample_images, encoded):
     from PIL import Image
 
