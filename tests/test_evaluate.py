@@ -125,6 +125,9 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         v = ds["pixel"][key]
         assert v is None or 0.0 <= v <= 1.0
     assert metrics["thresholds"]["tau_i"] == pytest.approx(thresholds["tau_i"]["value"])
+    # curate's template references (readl.data.references) -> the reasoning metrics of paper Table 1 are produced
+    reasoning = metrics["reasoning"]
+    assert reasoning["n"] == n_eval and 0.0 <= reasoning["ROUGE_L"] <= 1.0 and -1.0 <= reasoning["SBERT"] <= 1.0
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})

@@ -141,6 +141,9 @@ class CurateSource(_Section):
     published_splits: list[str] | None = None  # the source's own splits to draw from; null = all
     normal: int | None = Field(None, ge=0)  # images with label 0 to draw; null = all available
     anomalous: int | None = Field(None, ge=0)  # images with label 1 to draw; null = all available
+    # CSV `image,reference` of reasoning references (image = raw path relative to `root`); relative CSV paths are
+    # under data/raw (tracked by data.dvc). null = curate.references (readl.data.references)
+    references: str | None = None
 
 
 def _src(name: str, layout: str, **kw: Any) -> CurateSource:
@@ -154,6 +157,9 @@ class CurateConfig(_Section):
     seed: int = 0  # numpy Generator seed of the stratified sampling
     leakage_max_distance: int = Field(3, ge=0, le=64)  # pHash bits; train/calib within it of an eval image are dropped
     workers: int = Field(2, ge=1)  # decoding processes
+    # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
+    # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none
+    references: Literal["template", "none"] = "template"
     train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=28, anomalous=12),
                                  _src("mpdd_derived", "images_masks", normal=6, anomalous=8)]
     calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=6, anomalous=5),
