@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from readl.config import LocalizationConfig, Params
+from readl.config import LocalizationConfig, Params, load_params
 from readl.model.loading import load_model
 from readl.training.checkpoints import last_complete_checkpoint
 from readl.training.data import load_manifest
@@ -192,6 +192,9 @@ def test_train_reads_its_own_token_selection_not_the_evaluation_one(tiny_dir, ma
     # the checkpoint fingerprint / MLflow params: an evaluation-side change does not touch the training run
     other = params.model_copy(update={"localization": LocalizationConfig(tau_i={"rule": "median"})})
     assert run_params(other) == run_params(params) and "localization" not in run_params(params)
+    # by default the reward selects tokens as evaluation does (one ReAL, paper Sec. 4.1-4.2)
+    repo = load_params(REPO / "params.yaml")
+    assert repo.train.localization == repo.localization
 
 
 # --- a real GRPO step ---------------------------------------------------------------------------------------------
