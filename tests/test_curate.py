@@ -348,3 +348,60 @@ def test_unknown_layout_or_option_fails_before_any_work(raw_tree, tmp_path):
                                            options={"categories": ["gadget"]})], calib=[])
     res = C.curate(only, raw_tree, tmp_path / "out")
     assert set(C.read_manifest("train", res.out_dir)["category"]) == {"gadget"}
+
+
+# ------------------------------------------------------------------ reasoning references (paper Table 1)
+
+
+def test_sample_manifests_carry_template_references(sample_run):
+    ev = C.read_manifest("eval", sample_run.out_dir)
+    assert ev["reference"].notna().all() and sample_run.summary["with_reference"]["eval"] == 14
+    refs = dict(zip(ev["raw_image_path"], ev["reference"]))
+    assert refs["mvtec_ad/grid/test/bent/000.png"] == "The grid shows a bent defect."
+    assert refs["mvtec_ad/grid/test/metal_contamination/000.png"] == "The grid shows a metal contamination defect."
+    assert refs["mvtec_ad/grid/test/good/000.png"] == "The grid looks normal, no defect."
+
+
+def test_template_reference_sentences():
+    from readl.data.references import template_reference
+
+    assert template_reference("hazelnut", "colour", 1) == "The hazelnut shows a colour defect."
+    assert template_reference("metal_nut", "scratch+bent", 1) == "The metal nut shows a scratch and bent defect."
+    assert template_reference("Woven_001", "good", 0) == "The woven looks normal, no defect."
+    assert template_reference("kolektorsdd", "unknown", 1) == "The kolektorsdd shows a defect."
+    assert template_reference("pill", "oil", 1) == "The pill shows an oil defect."
+    with pytest.raises(ValueError, match="label"):
+        template_reference("pill", "oil", 2)
+
+
+def test_users_bring_their_own_references_csv(raw_tree, tmp_path):
+    from readl.data.references import ReferenceFileError
+
+    csv_path = tmp_path / "refs.csv"
+    csv_path.write_text("image,reference\npart/test/hole/000.png,A round hole in the part.\n"
+                        "part/test/good/001.png,\"Clean part, nothing wrong.\"\n")
+    ev = CurateSource(name="evalset", layout="mvtec", root="evalset", published_splits=["test"],
+                      references=str(csv_path))  # absolute: used as given
+    res = C.curate(tree_config(eval=[ev], references="none"), raw_tree, tmp_path / "out")
+    df = C.read_manifest("eval", res.out_dir)
+    got = dict(zip(df["raw_image_path"], df["reference"]))
+    assert got["evalset/part/test/hole/000.png"] == "A round hole in the part."
+    assert got["evalset/part/test/good/001.png"] == "Clean part, nothing wrong."
+    assert pd.isna(got["evalset/part/test/good/000.png"])  # not in the CSV: no reference, no template
+    assert C.read_manifest("train", res.out_dir)["reference"].isna().all()  # references: none
+    assert res.summary["with_reference"] == {"train": 0, "calib": 0, "eval": 2}
+    # bad CSVs: an error naming the file, before any output is written
+    for text, match in (("img,text\na.png,b\n", r"lacks \['image', 'reference'\]"),
+                        ("image,reference\npart/test/hole/000.png,\n", "line 2: empty reference"),
+                        ("image,reference\na.png,x\na.png,y\n", "line 3: image 'a.png' listed twice"),
+                        ("image,reference\nhole/000.png,x\n", "none of its 1 image.* 'part/test/"),
+                        (None, "references file not found")):  # fmt: skip
+        bad = tmp_path / "bad.csv"
+        bad.unlink(missing_ok=True)
+        if text is not None:
+            bad.write_text(text)
+        cfg = tree_config(eval=[ev.model_copy(update={"references": str(bad)})])
+        with pytest.raises(ReferenceFileError, match=match) as err:
+            C.curate(cfg, raw_tree, tmp_path / "out2")
+        assert str(bad) in str(err.value)
+        assert not (tmp_path / "out2").exists()

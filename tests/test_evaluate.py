@@ -129,6 +129,9 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert set(thresholds["rule_fallbacks"]) == {"tau_t", "tau_i"}
     assert 0 <= ds["n_fallback"] <= n_eval and ds["modes"]["all"]["n_fallback"] == 0
     assert ds["kept_fraction"] is None or 0.0 <= ds["kept_fraction"] <= 1.0
+    # curate's template references (readl.data.references) -> the reasoning metrics of paper Table 1 are produced
+    reasoning = metrics["reasoning"]
+    assert reasoning["n"] == n_eval and 0.0 <= reasoning["ROUGE_L"] <= 1.0 and -1.0 <= reasoning["SBERT"] <= 1.0
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})

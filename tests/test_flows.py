@@ -48,7 +48,7 @@ TINY = {
     "register": {"model_name": "readl-flow"},
 }  # fmt: skip
 
-# Used only for stages the repository's dvc.yaml does not define yet (same commands and files as DESIGN.md).
+# Used only for stages the repository's dvc.yaml does not define yet (same commands and files as README "The pipeline").
 FALLBACK_STAGES = {
     "train": {"cmd": "readl train", "deps": ["data/curated/train.parquet", "data/curated/images"],
               "params": ["model", "train"], "outs": ["models/adapter", "models/train_run.json"]},

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from readl.data.images import decode_resize_hash
-from readl.data.schema import MANIFEST_COLUMNS, ManifestError, manifest_schema, validate_manifest
+from readl.data.schema import MANIFEST_COLUMNS, OPTIONAL_COLUMNS, ManifestError, manifest_schema, validate_manifest
 from readl.data.sources import read_source, records_to_frame
 
 SAMPLE = Path(__file__).parents[1] / "data/raw"
@@ -105,6 +105,14 @@ def test_all_null_mask_column_from_csv_round_trip(tmp_path):
 
 def test_schema_object():
     s = manifest_schema(require_masks=True)
-    assert set(MANIFEST_COLUMNS) == set(s.columns)
+    assert set(MANIFEST_COLUMNS) | set(OPTIONAL_COLUMNS) == set(s.columns)
     assert [c.name for c in s.checks] == ["normal_iff_good", "anomaly_has_mask"]
     assert [c.name for c in manifest_schema(require_masks=False).checks] == ["normal_iff_good"]
+
+
+def test_reference_column_is_optional_and_null_or_text():
+    df = pd.DataFrame([row(image_path="a.png"), row(image_path="b.png")])
+    validate_manifest(df, require_masks=True)  # no reference column: valid
+    validate_manifest(df.assign(reference=["A bent wire.", None]), require_masks=True)
+    with pytest.raises(ManifestError, match=r"row 1 \(b.png\): reference=''"):
+        validate_manifest(df.assign(reference=["A bent wire.", ""]), require_masks=True)

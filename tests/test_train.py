@@ -18,12 +18,13 @@ import pytest
 import torch
 import yaml
 
-from readl.config import LocalizationConfig, Params
+from readl.config import LocalizationConfig, Params, load_params
 from readl.model.loading import load_model
 from readl.training.checkpoints import last_complete_checkpoint
 from readl.training.data import load_manifest
 from readl.training.lora import DEFAULT_TARGET_REGEX, lora_targets
-from readl.training.train import build_trainer
+from readl.training.tracking import MlflowMetricsCallback
+from readl.training.train import build_trainer, grpo_args, run_params
 from readl.training.trainer import CGROTrainer, capture_completion_attention, group_rank_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +117,84 @@ def test_group_weights_normalise_over_all_rollouts_of_an_image():
     assert np.argsort(-r).tolist() == [3, 2, 0, 1]
     w, _ = group_rank_weights([np.zeros(0), np.zeros(0)], [np.zeros(0), np.zeros(0)], LocalizationConfig())
     assert [len(x) for x in w] == [0, 0]
+
+
+# --- the GRPO objective (paper Eq. 9-10) -------------------------------------------------------------------------
+OBJECTIVE = ("loss_type", "num_iterations", "scale_rewards", "importance_sampling_level")
+
+
+def test_grpo_objective_is_named_and_defaults_to_the_papers_reading(tiny, tmp_path):
+    model, _ = tiny
+    args = grpo_args(_params(), tmp_path, model)
+    # Eq. 9: 1/G sum_i 1/|o_i| sum_t (TRL "grpo"; TRL's own default is "dapo"), mu = 1; Eq. 10: group std
+    assert tuple(getattr(args, k) for k in OBJECTIVE) == ("grpo", 1, "group", "token")
+    other = {"loss_type": "dr_grpo", "num_iterations": 2, "scale_rewards": "none", "importance_sampling_level": "sequence"}
+    args = grpo_args(_params(**other), tmp_path, model)
+    assert tuple(getattr(args, k) for k in OBJECTIVE) == tuple(other.values())
+    with pytest.raises(ValueError, match="loss_type"):
+        _params(loss_type="ppo")
+    train = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    assert set(OBJECTIVE) <= train.keys()  # named in params.yaml, not left to TRL's defaults
+
+
+def test_second_iteration_has_an_importance_ratio_not_one_and_logs_clipping(tiny_dir, manifest, tmp_path, monkeypatch):
+    """num_iterations = 2 (mu): the second optimizer step reuses the first step's rollouts under the moved policy,
+    so pi_theta / pi_theta_old (Eq. 9) leaves 1; the clip fractions reach MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = _params(max_steps=2, num_iterations=2, lora={"r": 8, "alpha": 16, "dropout": 0.0})  # no dropout noise
+    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path / "ckpt",
+                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("readl-test")).info.run_id
+    trainer.add_callback(MlflowMetricsCallback(run_id))
+    ratios, generations, grad_logps = [], [], {}
+    orig_loss, orig_logps, orig_gen = (trainer._compute_loss, trainer._get_per_token_logps_and_entropies,
+                                       trainer._generate_and_score_completions)  # fmt: skip
+
+    def logps(*a, **k):
+        out = orig_logps(*a, **k)
+        if torch.is_grad_enabled():  # the policy forward of the loss (old / ref log-probs run under no_grad)
+            grad_logps["last"] = out[0].detach()
+        return out
+
+    def compute_loss(model, inputs):
+        loss = orig_loss(model, inputs)
+        mask = inputs["completion_mask"].bool()  # (B, T)
+        ratios.append(torch.exp(grad_logps["last"] - inputs["old_per_token_logps"])[mask])
+        return loss
+
+    def generate(inputs):
+        generations.append(len(inputs))
+        return orig_gen(inputs)
+
+    trainer._compute_loss, trainer._get_per_token_logps_and_entropies = compute_loss, logps
+    trainer._generate_and_score_completions = generate
+    trainer.train()
+    assert trainer.state.global_step == 2 and len(generations) == 1 and len(ratios) == 2  # one batch, two steps
+    torch.testing.assert_close(ratios[0], torch.ones_like(ratios[0]), atol=1e-4, rtol=0)  # pi_theta = pi_theta_old
+    assert float((ratios[1] - 1).abs().max()) > 1e-3
+    for key in ("clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean"):
+        assert {m.step for m in client.get_metric_history(run_id, key)} == {1, 2}, key
+
+
+# --- train-time vs evaluation-time token selection (paper Table 5 on one fixed model) ------------------------------
+def test_train_reads_its_own_token_selection_not_the_evaluation_one(tiny_dir, manifest, tmp_path):
+    loc = {"mode": "s_t", "tau_i": {"rule": "median"}}
+    params = Params.model_validate({"model": {"base": "tiny", "image_size": 112}, "localization": {"mode": "all"},
+                                    "train": {**TRAIN, "localization": loc}})  # fmt: skip
+    assert params.train.localization == LocalizationConfig(**loc) != params.localization
+    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path / "ckpt",
+                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    assert trainer.localization == params.train.localization
+    # the checkpoint fingerprint / MLflow params: an evaluation-side change does not touch the training run
+    other = params.model_copy(update={"localization": LocalizationConfig(tau_i={"rule": "median"})})
+    assert run_params(other) == run_params(params) and "localization" not in run_params(params)
+    # by default the reward selects tokens as evaluation does (one ReAL, paper Sec. 4.1-4.2)
+    repo = load_params(REPO / "params.yaml")
+    assert repo.train.localization == repo.localization
 
 
 # --- a real GRPO step ---------------------------------------------------------------------------------------------

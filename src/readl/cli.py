@@ -107,7 +107,7 @@ def predict(
 
 @app.command()
 def train(
-    params: Annotated[Path, typer.Option(help="params.yaml (sections model, localization, train).")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml (sections model, train).")] = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
     output: Annotated[Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")] = Path("models"),
     device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")] = None,

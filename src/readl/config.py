@@ -46,7 +46,8 @@ class ThresholdConfig(_Section):
 
 
 class LocalizationConfig(_Section):
-    """``localization:`` ReAL (paper Sec. 4.1)."""
+    """``localization:`` ReAL (paper Sec. 4.1) at evaluation time; the same type is ``train.localization``,
+    the selection inside the consistency reward."""
 
     layers: list[int] | None = None  # decoder layers averaged (Eq. 1); null = all
     binarize: Literal["mean"] | float = "mean"  # S_I binarisation (Eq. 3): above the map mean, or a quantile
@@ -86,10 +87,26 @@ class ConsistencyConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """``train:`` GRPO/CGRO fine-tuning (paper Sec. 4.2, 5.1). Defaults: a CPU run on the tiny kit."""
+    """``train:`` GRPO/CGRO fine-tuning (paper Sec. 4.2, 5.1). Defaults: a CPU run on the tiny kit.
+
+    The GRPO objective (Eq. 9-10) is named here rather than left to TRL's defaults: ``loss_type`` ``grpo`` =
+    1/G sum_i 1/|o_i| sum_t (the per-sequence mean of Eq. 9; TRL's default is ``dapo``), ``scale_rewards``
+    ``group`` = Eq. 10's per-group std, ``importance_sampling_level`` ``token`` = the per-token ratio of GRPO
+    (DeepSeekMath/R1, the paper's [12]; ``sequence`` = GSPO), ``num_iterations`` = mu (1: the ratio is
+    always 1 and the clip never acts). ``localization`` is the token selection INSIDE the consistency reward
+    (train time); the top-level ``localization:`` is the evaluation-time one (calibrate / evaluate / predict),
+    so a threshold-rule ablation (supplement Table 5) re-runs calibrate and evaluate on one trained model.
+    """
 
     rewards: list[str] = ["format", "accuracy", "consistency"]  # [format, accuracy] = the paper's "R1" baseline
     consistency: ConsistencyConfig = ConsistencyConfig()
+    localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
+    # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
+    # luspo / vespo are other objectives than Eq. 9)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    num_iterations: int = Field(1, ge=1)  # mu: optimizer passes per batch of rollouts (ratio != 1 from the 2nd)
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # Eq. 10: advantage / std of the group
+    importance_sampling_level: Literal["token", "sequence"] = "token"  # pi_theta / pi_theta_old per token (GRPO)
     lora: TrainLoraConfig = TrainLoraConfig()
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
@@ -101,8 +118,8 @@ class TrainConfig(_Section):
     num_generations: int = Field(4, ge=2)  # G rollouts per image (paper: 8)
     max_completion_length: int = Field(64, gt=0)
     temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.04, ge=0)  # KL coefficient (Eq. 9)
-    epsilon: float = Field(0.2, gt=0)  # clipping range (Eq. 9)
+    beta: float = Field(0.04, ge=0)  # KL coefficient (Eq. 9); the value is ours (the paper gives none)
+    epsilon: float = Field(0.2, gt=0)  # clipping range (Eq. 9); the value is ours (TRL's default)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -130,6 +147,9 @@ class CurateSource(_Section):
     published_splits: list[str] | None = None  # the source's own splits to draw from; null = all
     normal: int | None = Field(None, ge=0)  # images with label 0 to draw; null = all available
     anomalous: int | None = Field(None, ge=0)  # images with label 1 to draw; null = all available
+    # CSV `image,reference` of reasoning references (image = raw path relative to `root`); relative CSV paths are
+    # under data/raw (tracked by data.dvc). null = curate.references (readl.data.references)
+    references: str | None = None
 
 
 def _src(name: str, layout: str, **kw: Any) -> CurateSource:
@@ -143,6 +163,9 @@ class CurateConfig(_Section):
     seed: int = 0  # numpy Generator seed of the stratified sampling
     leakage_max_distance: int = Field(3, ge=0, le=64)  # pHash bits; train/calib within it of an eval image are dropped
     workers: int = Field(2, ge=1)  # decoding processes
+    # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
+    # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none
+    references: Literal["template", "none"] = "template"
     train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=28, anomalous=12),
                                  _src("mpdd_derived", "images_masks", normal=6, anomalous=8)]
     calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=6, anomalous=5),

@@ -33,7 +33,8 @@ What the stage does, in order:
    ``masks/<split>/...``, ``rejected.csv``, ``leakage.csv`` and ``summary.json`` (the DVC metrics).
 
 Manifest columns: the schema's (``readl.data.schema.MANIFEST_COLUMNS``) plus ``raw_image_path`` /
-``raw_mask_path``. ``image_path`` / ``mask_path`` are the CURATED 420x420 PNGs, as POSIX paths
+``raw_mask_path`` and ``reference`` (the reasoning reference of the image, or null:
+:mod:`readl.data.references`; a template sentence by default, or the source's own CSV). ``image_path`` / ``mask_path`` are the CURATED 420x420 PNGs, as POSIX paths
 relative to the repository root (the working directory of the stage: ``out_dir`` joined as given,
 e.g. ``data/curated/images/train/visa/candle/Data/Images/Normal/0000.png``; absolute when
 ``out_dir`` is) -- what ``readl train`` / ``readl evaluate`` open. ``raw_*`` are the published
@@ -65,6 +66,7 @@ import numpy as np
 from readl.atomic import atomic_dir
 
 from .images import BadImageError, decode_resize_hash, load_pair, phash
+from .references import References
 from .sources import LayoutError, Record, get_adapter, read_source
 from .sources.base import report_bad_masks
 
@@ -84,7 +86,7 @@ SPLITS = ("train", "calib", "eval")
 REJECTED_COLUMNS = ("source", "image_path", "mask_path", "reason")
 LEAKAGE_COLUMNS = ("split", "source", "image_path", "phash", "eval_source", "eval_image_path",
                    "eval_phash", "distance")
-MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path")
+MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path", "reference")
 POOL_MIN_TASKS = 200
 """Batches smaller than this are decoded in-process: starting a spawn pool of 2 and importing the
 decoder in it costs ~0.9 s here, the time of ~25-35 images; below a few hundred images the pool
@@ -445,7 +447,7 @@ class _Curation:
         return True
 
 
-def _manifest(strata: list[_Stratum], size: int, prefix: str) -> pd.DataFrame:
+def _manifest(strata: list[_Stratum], size: int, prefix: str, references: References) -> pd.DataFrame:
     import pandas as pd
 
     from .schema import MANIFEST_COLUMNS
@@ -459,10 +461,12 @@ def _manifest(strata: list[_Stratum], size: int, prefix: str) -> pd.DataFrame:
                          "image_path": f"{prefix}/{image_out}",
                          "mask_path": None if mask_out is None else f"{prefix}/{mask_out}",
                          "phash": digest, "width": size, "height": size,
-                         "raw_image_path": cand.image_rel, "raw_mask_path": cand.mask_rel})
+                         "raw_image_path": cand.image_rel, "raw_mask_path": cand.mask_rel,
+                         "reference": references(s.entry, r)})
     df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *MANIFEST_EXTRA_COLUMNS])
     numeric = ("label", "width", "height")
-    df = df.astype({c: "int64" if c in numeric else "str" for c in df.columns})  # also when empty
+    df = df.astype({c: "int64" if c in numeric else "str" for c in df.columns if c != "reference"})
+    df["reference"] = df["reference"].astype(object).where(df["reference"].notna(), None)  # str or null
     return df.sort_values(["source", "category", "label", "raw_image_path"], kind="stable",
                           ignore_index=True)
 
@@ -530,6 +534,8 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
         :class:`CurateResult` (counts per split, rejected, leaked, seconds, summary).
     Raises:
         SourceMissingError: a configured source folder does not exist (nothing is written).
+        ReferenceFileError (a ValueError): a references CSV is missing, malformed, or names none of its
+            source's images (the message names the file; nothing is written).
         LayoutError: a source's files do not follow its layout (the message names the source).
         ValueError: unknown layout or adapter option; a manifest that fails the schema (a bug).
         On any error ``out_dir`` keeps its previous content and no temporary folder is left.
@@ -540,23 +546,29 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
     raw = Path(raw_root)
     out = Path(out_dir)
     check_sources(cfg, raw)
+    references = References(cfg, raw)  # a bad references CSV fails here, before any image
     runner = _Runner(cfg.workers)
     try:
         with atomic_dir(out) as staging:
             job = _Curation(cfg, raw, staging, progress)
             strata = job.strata()
+            for split, ss in strata.items():
+                for normal, anomalous in zip(ss[::2], ss[1::2]):  # the two strata of one source entry
+                    references.check_matches(normal.entry, [c.record.image_path for c in normal.queue + anomalous.queue],
+                                             f"curate.{split} {normal.entry.name!r}")  # fmt: skip
             job.run_phase(strata["eval"], runner, guard=False)
             job.set_eval(strata["eval"])
             job.run_phase(strata["calib"] + strata["train"], runner, guard=True)
-            counts = {}
+            counts, with_ref = {}, {}
             for split in SPLITS:
-                df = _manifest(strata[split], cfg.image_size, out.as_posix())
+                df = _manifest(strata[split], cfg.image_size, out.as_posix(), references)
                 validate_manifest(df, require_masks=(split == "eval"))
                 _write_parquet(df, staging / f"{split}.parquet")
                 counts[split] = len(df)
+                with_ref[split] = int(df["reference"].notna().sum())
             _write_csv(job.rejected, REJECTED_COLUMNS, staging / "rejected.csv")
             _write_csv(job.leaked, LEAKAGE_COLUMNS, staging / "leakage.csv")
-            summary = _summary(cfg, strata, job.rejected, job.leaked)
+            summary = {**_summary(cfg, strata, job.rejected, job.leaked), "with_reference": with_ref}
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         runner.close()

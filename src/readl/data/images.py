@@ -9,9 +9,8 @@ Conventions (all public functions):
   (masks) or ``(height, width, 3)`` (images). ``size=None`` keeps the decoded size.
 * Images are resized with bicubic interpolation (PIL's, antialiased when downscaling: the filter
   support is scaled with the reduction), the interpolation the Qwen2.5-VL processor uses. Masks are
-  binarised at their native size and then resized nearest-neighbour (DESIGN.md, "Masks:
-  nearest-neighbour resize, then binarise"; binarising is pointwise, so the two orders give the same
-  pixels).
+  binarised at their native size and then resized nearest-neighbour (binarising is pointwise, so
+  binarise-then-resize and resize-then-binarise give the same pixels).
 * Every failure to read a file raises :class:`BadImageError` (a ``ValueError``) whose message names
   the file, says what is wrong and how to fix it. A truncated file is an error, never a grey-filled
   image: this module never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` and refuses to decode while
@@ -89,7 +88,7 @@ __all__ = [
 ]
 
 DEFAULT_SIZE: tuple[int, int] = (420, 420)
-"""Model input size (width, height): Qwen2.5-VL grid (1, 30, 30) -> 15x15 map (DESIGN.md)."""
+"""Model input size (width, height), paper Sec. 5.1: Qwen2.5-VL grid (1, 30, 30) -> 15x15 map."""
 
 MAX_LOSSLESS_LEVELS = 16
 """A mask with more distinct values than this is treated as lossy (midpoint threshold)."""

@@ -17,6 +17,8 @@ mask_path    str or null  when required (eval manifests): present and non-empty 
 phash        str          16 lower-case hex characters (``readl.data.images.phash``)
 width        int64        > 0 (pixels, of the curated image)
 height       int64        > 0
+reference    str or null  optional column; null or non-empty (reasoning reference,
+                          ``readl.data.references``)
 ============ ============ ===================================================================
 
 :func:`validate_manifest` validates lazily (every failure collected, not just the first) and
@@ -30,10 +32,12 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
-__all__ = ["MANIFEST_COLUMNS", "ManifestError", "manifest_schema", "validate_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "OPTIONAL_COLUMNS", "ManifestError", "manifest_schema", "validate_manifest"]
 
 MANIFEST_COLUMNS = ("source", "category", "split", "label", "defect_type", "image_path",
                     "mask_path", "phash", "width", "height")
+OPTIONAL_COLUMNS = ("reference",)
+"""Columns checked when present (a manifest without them is valid)."""
 
 _NON_EMPTY = pa.Check.str_length(min_value=1, error="empty string")
 
@@ -62,7 +66,7 @@ def _anomalies_have_masks(df: pd.DataFrame) -> pd.Series:
         return pd.Series(True, index=df.index)
 
 
-def _null_or_path(s: pd.Series) -> pd.Series:
+def _null_or_nonempty_str(s: pd.Series) -> pd.Series:
     return s.isna() | s.map(lambda v: isinstance(v, str) and len(v) > 0).astype(bool)
 
 
@@ -92,13 +96,16 @@ def manifest_schema(require_masks: bool) -> pa.DataFrameSchema:
             "image_path": pa.Column(str, _NON_EMPTY, unique=True),
             # any dtype so that an all-null column (object, or float64 after a CSV round trip)
             # passes; every non-null value must be a non-empty str
-            "mask_path": pa.Column(None, pa.Check(_null_or_path, name="null_or_path",
+            "mask_path": pa.Column(None, pa.Check(_null_or_nonempty_str, name="null_or_path",
                                                   error="mask_path must be null or a non-empty "
                                                         "str"), nullable=True),
             "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{16}$",
                                                          error="phash must be 16 hex chars")),
             "width": pa.Column("int64", pa.Check.gt(0)),
             "height": pa.Column("int64", pa.Check.gt(0)),
+            "reference": pa.Column(None, pa.Check(_null_or_nonempty_str, name="null_or_text",
+                                                  error="reference must be null or a non-empty str"),
+                                   nullable=True, required=False),
         },
         checks=checks,
         strict=False,

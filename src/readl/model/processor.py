@@ -4,7 +4,8 @@ transformers' stock ``Qwen2_5_VLProcessor`` wants a video processor, and the def
 video/image processors import torchvision (a CUDA build on PyPI that does not import here). readl only
 ever feeds still images, so this subclass carries the PIL image processor and the tokenizer and
 nothing else. It is registered with ``AutoProcessor`` so ``from_pretrained`` on a saved folder gives
-the full processor back instead of silently returning only the tokenizer (DESIGN.md, "Known traps").
+the full processor back instead of silently returning only the tokenizer (transformers falls back to
+the tokenizer alone when the processor class cannot be resolved).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def image_processor_for(image_size: int) -> Qwen2VLImageProcessorPil:
 
     Args:
         image_size: side in pixels, a multiple of 28 (patch 14 x spatial merge 2); 420 -> grid (1, 30, 30)
-            -> 225 image tokens = a 15x15 map (DESIGN.md).
+            -> 225 image tokens = a 15x15 map (paper Sec. 5.1: 420x420 images).
 
     Raises:
         ValueError: ``image_size`` is not a positive multiple of 28.

@@ -1,7 +1,7 @@
 """The fixed prompt, the strict ``<think>/<answer>`` parser, and where the Yes/No score is read.
 
 Paper Sec. 3-4: the model is asked one fixed question and answers with a reasoning chain and a
-Yes/No answer; the image-level anomaly score is P(Yes) (DESIGN.md, "The method").
+Yes/No answer; the image-level anomaly score is P(Yes) (README "Metrics" and "How ReAL works here").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Connecting to MLflow: the tracking URI, a reachability probe, retries of transient failures, clear errors.
 
-Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (DESIGN.md
-"Components"). Every readl module that talks to MLflow takes it from :func:`tracking_uri`.
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README
+"Training on GPUs"). Every readl module that talks to MLflow takes it from :func:`tracking_uri`.
 
 Artifacts on S3: with ``mlflow server --artifacts-destination s3://...`` the server writes to S3 (its own
 environment holds ``MLFLOW_S3_ENDPOINT_URL`` and the AWS keys); with an ``s3://`` artifact root and

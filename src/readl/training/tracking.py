@@ -1,8 +1,8 @@
 """MLflow for the train stage: one run per training (resumed by id after a crash), params, per-step metrics
-(every number the trainer logs: rewards, J stats, KL, completion length, learning rate, loss ...) and
+(every number the trainer logs: rewards, J stats, KL, clip fractions, completion length, learning rate, loss ...) and
 system metrics (CPU/GPU/memory, sampled by MLflow's monitor thread).
 
-Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (DESIGN.md).
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on GPUs").
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ class MlflowMetricsCallback(TrainerCallback):
     """Logs every finite number of each ``Trainer`` log record to one MLflow run, at ``step = global_step``.
 
     Only the main process logs. Metric names keep TRL's names (``rewards/consistency/mean``,
-    ``consistency/J_mean``, ``kl``, ``completions/mean_length``, ``learning_rate`` ...).
+    ``consistency/J_mean``, ``kl``, ``completions/mean_length``, ``learning_rate`` ...), including the fraction
+    of completion tokens whose ratio the Eq. 9 clip cut: ``clip_ratio/region_mean`` (``low_mean`` for a < 0,
+    ``high_mean`` for a > 0); all 0 when ``train.num_iterations`` is 1 (the ratio is 1).
     """
 
     def __init__(self, run_id: str):

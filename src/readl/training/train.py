@@ -37,15 +37,24 @@ from readl.training.rewards import ConsistencySettings, make_reward_funcs, rewar
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 from readl.training.trainer import CGROTrainer
 
-__all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "train"]
+__all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "run_params", "train"]
 
 log = logging.getLogger(__name__)
 DEFAULT_MANIFEST = Path("data/curated/train.parquet")
 
 
+def run_params(params: Params) -> dict:
+    """The parameters a training run depends on (``model`` and ``train``, nested dicts): the checkpoint
+    fingerprint and the MLflow run's params. The top-level ``localization:`` is evaluation-side and not in it
+    (the trainer reads ``train.localization``)."""
+    return params.model_dump(include={"model", "train"})
+
+
 def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) -> GRPOConfig:
     """``GRPOConfig`` from ``params.train``; precision follows the loaded model (bf16 on GPU), never the
-    TRL default ``bf16=True``."""
+    TRL default ``bf16=True``. The objective (``loss_type``, ``num_iterations``, ``scale_rewards``,
+    ``importance_sampling_level``, ``beta``, ``epsilon``) is passed explicitly: paper Eq. 9-10 by default
+    (:class:`readl.config.TrainConfig`)."""
     t = params.train
     on_cpu = next(model.parameters()).device.type == "cpu"
     dtype = next(model.parameters()).dtype
@@ -58,6 +67,10 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
         temperature=t.temperature,
         beta=t.beta,
         epsilon=t.epsilon,
+        loss_type=t.loss_type,
+        num_iterations=t.num_iterations,
+        scale_rewards=t.scale_rewards,
+        importance_sampling_level=t.importance_sampling_level,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
@@ -114,7 +127,7 @@ def build_trainer(
         processing_class=processor,
         peft_config=lora_config(t.lora.r, t.lora.alpha, t.lora.dropout, target),
         callbacks=list(callbacks),
-        localization=params.localization,
+        localization=t.localization,
     )
 
 
@@ -128,7 +141,7 @@ def train(
     """Run (or resume) CGRO training and write the adapter and the run record.
 
     Args:
-        params: validated ``params.yaml`` (sections ``model``, ``localization``, ``train``).
+        params: validated ``params.yaml`` (sections ``model`` and ``train``, token selection in ``train.localization``).
         manifest: curated training manifest (``image_path``, ``label`` ...).
         output_dir: where ``adapter/``, ``train_run.json`` and ``checkpoints/`` go.
         device: ``cpu`` / ``cuda`` ...; default: this process's accelerate device.
@@ -150,14 +163,14 @@ def train(
     trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
     trainer.add_callback(StepProgress())
 
-    fp = fingerprint(params.model_dump(include={"model", "localization", "train"}), manifest)
+    fp = fingerprint(run_params(params), manifest)
     resume, run_id = None, None
     if state.is_main_process:
         resume, run_id = prepare_checkpoint_dir(ckpt_dir, fp)
         run_id = start_run(
             t.experiment,
             run_id,
-            params={**params.model_dump(include={"model", "localization", "train"}), "data": {
+            params={**run_params(params), "data": {
                 "manifest": str(manifest), "n_images": len(frame), "n_anomalous": int(frame["label"].sum())}},
             tags={"readl.stage": "train", "readl.rewards": ",".join(names)},
         ).info.run_id  # fmt: skip

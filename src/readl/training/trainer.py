@@ -7,12 +7,12 @@ included, off during it), then per rollout:
 
 1. reasoning tokens = completion tokens inside ``<think>`` (:func:`readl.model.inference.reasoning_token_mask`);
    their image maps A_{r,I} ``(R, h, w)`` (Eq. 1) and anomaly-word attention ``(R, E)``;
-2. S_T (Eq. 2) and S_I (Eq. 3, binarised as ``localization.binarize``);
+2. S_T (Eq. 2) and S_I (Eq. 3, binarised as ``train.localization.binarize``);
 3. per IMAGE (the G rollouts of one prompt, gathered across processes): min-max normalisation of S_T and
    S_I over all reasoning tokens of all its rollouts (S_I inverted) -- the project page's figure 2 shows
    the rollouts of one image normalised together; thresholds tau_t / tau_i by the configured rules
-   (``localization.tau_t/tau_i``: max_curvature / median over that image's normalised scores, or fixed);
-4. weights w = 1[kept] (alpha S_T^ + beta S_I^) (Eq. 4, ``localization.mode``); the consistency reward
+   (``train.localization.tau_t/tau_i``: max_curvature / median over that image's normalised scores, or fixed);
+4. weights w = 1[kept] (alpha S_T^ + beta S_I^) (Eq. 4, ``train.localization.mode``); the consistency reward
    ranks tokens by w. Tokens not kept rank below every kept token, in the order of their unfiltered
    alpha S_T^ + beta S_I^, so the top-k always exists when R >= k (figure 2: the top-3 are drawn even when
    their scores are low);
@@ -192,7 +192,8 @@ class CGROTrainer(GRPOTrainer):
 
     Args (besides ``GRPOTrainer``'s; pass ``processing_class=`` the ReadlQwenProcessor explicitly, else TRL
     trains text-only):
-        localization: ``LocalizationConfig`` (layers, binarize, alpha, beta, mode, tau_t, tau_i, ties, query_row).
+        localization: ``LocalizationConfig`` (layers, binarize, alpha, beta, mode, tau_t, tau_i, ties, query_row):
+            the train-time token selection, ``params.train.localization`` (not the evaluation-side ``localization:``).
         question: the prompt's question (anomaly words for S_T).
 
     Attributes:
