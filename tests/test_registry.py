@@ -425,8 +425,13 @@ def test_gate_rules():
         t.update({f"metrics.datasets.{d}.pixel.AUROC": repr(pix) for d in ds})
         return t
 
-    ok = compare(tags(0.8, 0.9), tags(0.8, 0.91), cfg)
-    assert all(c.passed for c in ok) and [c.scope for c in ok] == ["all", "a"]  # drop 0.01 <= 0.02, tie on primary
+    ok = compare(tags(0.81, 0.9), tags(0.8, 0.91), cfg)
+    assert all(c.passed for c in ok) and [c.scope for c in ok] == ["all", "a"]  # drop 0.01 <= 0.02
+    tie = compare(tags(0.8, 0.9), tags(0.8, 0.9), cfg)  # an identical retrained model: a tie never promotes
+    assert [(c.scope, c.passed) for c in tie] == [("all", False), ("a", True)] and tie[0].note == "tie: not promoted"
+    assert not compare(tags(0.8 + 1e-12, 0.9), tags(0.8, 0.9), cfg)[0].passed  # float noise is a tie too
+    assert not compare(tags(0.81, 0.9), tags(0.8, 0.9), _register_cfg(min_improvement=0.01))[0].passed
+    assert compare(tags(0.8101, 0.9), tags(0.8, 0.9), _register_cfg(min_improvement=0.01))[0].passed
     assert not compare(tags(0.79, 0.9), tags(0.8, 0.9), cfg)[0].passed  # primary worse
     bad = compare(tags(0.9, 0.88), tags(0.8, 0.9, ds=("a", "b")), cfg)
     assert [(c.scope, c.passed) for c in bad] == [("all", True), ("a", True), ("b", False)]
