@@ -27,6 +27,7 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import Params, load_params
 from readl.config import RegisterConfig
+from readl.digest import file_digest  # re-exported: the registry's content hashes
 from readl.registry.client import (
     AliasNotFoundError,
     RegistryError,
@@ -78,22 +79,6 @@ def register_config(params: Params) -> RegisterConfig:
 
 
 # --- hashes and tags ---------------------------------------------------------------------------------------------
-def file_digest(paths: Sequence[Path], root: Path | None = None) -> str:
-    """SHA-256 (hex) over the relative names and bytes of ``paths`` (files, or folders walked in sorted order)."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            name = f.relative_to(root or (p if p.is_dir() else p.parent)).as_posix()
-            h.update(name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            h.update(b"\0")
-    return h.hexdigest()
-
-
 def manifest_digest(manifests: Sequence[str | Path]) -> str:
     """SHA-256 of the curated manifests that exist (``"none"`` when none does)."""
     present = [Path(m) for m in manifests if Path(m).is_file()]
