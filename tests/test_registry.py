@@ -503,7 +503,7 @@ def test_first_use_of_a_sqlite_store_under_concurrency(adapter, tmp_path):
     procs = [_cli_register(w, uri, name) for w in works]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-1500:] for o in outs)
-    versions = mlflow.MlflowClient(uri).search_model_versions(f"name='{name}'")
+    versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name='{name}'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     recorded = {json.loads((w / "models/registered.json").read_text())["version"] for w in works}
     assert recorded == {"1", "2", "3", "4"}
@@ -545,5 +545,5 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     assert result.exit_code == 2, result.output
     assert bad in " ".join(result.output.split()), result.output  # the message names the file
     if (tmp_path / "mlruns.db").exists():
-        assert mlflow.MlflowClient(uri).search_registered_models() == []
+        assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
     assert not (work / "models/registered.json").exists()

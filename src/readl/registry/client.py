@@ -92,7 +92,7 @@ def ensure_store(uri: str | None = None) -> None:
         uri: tracking URI; default :func:`tracking_uri`.
 
     Raises:
-        RegistryError: the database cannot be created or opened (message names the file).
+        RegistryError: the database does not exist and cannot be created (message names the file).
     """
     import fcntl
 
@@ -104,14 +104,18 @@ def ensure_store(uri: str | None = None) -> None:
 
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
-            client.search_registered_models(max_results=1)  # and the model registry store
+        lock = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 (closed below: releases the lock)
     except OSError as exc:
-        raise RegistryError(f"cannot create or open the MLflow sqlite store {db} ({exc}); check the folder's "
+        if db.is_file():  # a read-only folder with an existing store: nothing to create
+            log.debug("no lock file beside %s (%s): using the existing store", db, exc)
+            return
+        raise RegistryError(f"cannot create the MLflow sqlite store {db} ({exc}); check the folder's "
                             f"permissions or set MLFLOW_TRACKING_URI") from exc  # fmt: skip
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
+        client.search_registered_models(max_results=1)  # and the model registry store
 
 
 def _probe_http(uri: str, timeout: float) -> None:
