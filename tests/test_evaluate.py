@@ -219,3 +219,63 @@ def test_metrics_count_fallbacks_and_kept_tokens(tmp_path):
     m2, _ = evaluate(strict, "both", root=tmp_path)
     assert m2["datasets"]["ds"]["n_fallback"] == 2 and m2["datasets"]["ds"]["kept_fraction"] == 0.0
     assert m2["n_fallback"] == 2
+
+
+def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, monkeypatch, caplog):
+    """Overwrite one raw image in place, re-curate, re-evaluate: exactly that image is recomputed (same path,
+    new content) and the metrics change; a different model setting recomputes everything."""
+    import logging
+    import shutil
+
+    from PIL import Image
+
+    from readl.config import load_params
+    from readl.evaluation.run import run_evaluate
+
+    work = tmp_path / "w"
+    shutil.copytree(sample_dir, work / "data" / "raw", symlinks=False)
+    params_text = (sample_dir.parents[1] / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12")
+    # the tiny model's answers are malformed: keep its P(Yes) and maps so that the metrics see the predictions
+    (work / "params.yaml").write_text(params_text.replace("malformed: fallback", "malformed: score"))
+    monkeypatch.chdir(work)
+    assert CliRunner().invoke(app, ["curate"]).exit_code == 0
+    cfg = load_params(work / "params.yaml")
+    cache = work / "reports/predictions/eval"
+
+    def evaluate_once() -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="readl.evaluation.predictions"):
+            run_evaluate(cfg, work / "data/curated/eval.parquet", None, None, work / "metrics.json", work / "plots",
+                         work / "reports", cache)  # fmt: skip
+        return json.loads((work / "metrics.json").read_text())
+
+    before = evaluate_once()
+    entries = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+    n = len(pd.read_parquet(work / "data/curated/eval.parquet"))
+    assert len(entries) == n
+
+    raw = work / "data/raw/mvtec_ad/grid/test/bent/000.png"  # an anomalous image: move its defect away
+    with Image.open(raw) as im:
+        flipped = im.transpose(Image.Transpose.ROTATE_180)
+    flipped.save(raw)
+    assert CliRunner().invoke(app, ["curate"]).exit_code == 0
+    after = evaluate_once()
+    now = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+    recomputed = set(now) - set(entries)
+    assert len(recomputed) == 1 and next(iter(recomputed)).startswith("000-"), recomputed  # that image only
+    assert len(set(entries) - set(now)) == 1  # its stale entry is gone
+    assert all(now[k] == t for k, t in entries.items() if k in now)  # the others were not rewritten
+    assert f"{n - 1} of {n} predictions cached, 1 to compute" in caplog.text
+    assert (before["image"], before["pixel"]) != (after["image"], after["pixel"])
+
+    again = evaluate_once()  # nothing changed: nothing recomputed, same metrics
+    assert f"{n} of {n} predictions cached, 0 to compute" in caplog.text
+    assert again["image"] == after["image"] and again["pixel"] == after["pixel"]
+
+    from readl.evaluation.predictions import entry_key
+
+    fp = json.loads((cache / "fingerprint.json").read_text())
+    image = work / pd.read_parquet(work / "data/curated/eval.parquet")["image_path"].iloc[0]
+    for change in ({"generation": {**fp["generation"], "max_new_tokens": 13}}, {"adapter_sha256": "x"},
+                   {"base_sha256": "y"}, {"layers": [1]}, {"dtype": "torch.bfloat16"}):  # fmt: skip
+        assert entry_key({**fp, **change}, image) != entry_key(fp, image), change

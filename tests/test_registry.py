@@ -150,7 +150,8 @@ def adapter(tiny_dir, tmp_path_factory) -> Path:
 def _metrics(image_auroc: float, pixel_auroc: float, ds: dict[str, tuple[float, float]] | None = None) -> dict:
     ds = ds or {"mvtec_ad": (image_auroc, pixel_auroc)}
     per = {n: {"image": {"AUROC": a, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
-               "pixel": {"AUROC": p, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None}} for n, (a, p) in ds.items()}  # fmt: skip
+               "pixel": {"AUROC": p, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None}, "n_malformed": 0}
+           for n, (a, p) in ds.items()}  # fmt: skip
     return {"image": {"AUROC": image_auroc, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
             "pixel": {"AUROC": pixel_auroc, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None},
             "datasets": per, "n_images": 14, "n_malformed": 0, "thresholds": {"tau_t": 0.4, "source": "x"}}  # fmt: skip
@@ -425,8 +426,13 @@ def test_gate_rules():
         t.update({f"metrics.datasets.{d}.pixel.AUROC": repr(pix) for d in ds})
         return t
 
-    ok = compare(tags(0.8, 0.9), tags(0.8, 0.91), cfg)
-    assert all(c.passed for c in ok) and [c.scope for c in ok] == ["all", "a"]  # drop 0.01 <= 0.02, tie on primary
+    ok = compare(tags(0.81, 0.9), tags(0.8, 0.91), cfg)
+    assert all(c.passed for c in ok) and [c.scope for c in ok] == ["all", "a"]  # drop 0.01 <= 0.02
+    tie = compare(tags(0.8, 0.9), tags(0.8, 0.9), cfg)  # an identical retrained model: a tie never promotes
+    assert [(c.scope, c.passed) for c in tie] == [("all", False), ("a", True)] and tie[0].note == "tie: not promoted"
+    assert not compare(tags(0.8 + 1e-12, 0.9), tags(0.8, 0.9), cfg)[0].passed  # float noise is a tie too
+    assert not compare(tags(0.81, 0.9), tags(0.8, 0.9), _register_cfg(min_improvement=0.01))[0].passed
+    assert compare(tags(0.8101, 0.9), tags(0.8, 0.9), _register_cfg(min_improvement=0.01))[0].passed
     assert not compare(tags(0.79, 0.9), tags(0.8, 0.9), cfg)[0].passed  # primary worse
     bad = compare(tags(0.9, 0.88), tags(0.8, 0.9, ds=("a", "b")), cfg)
     assert [(c.scope, c.passed) for c in bad] == [("all", True), ("a", True), ("b", False)]
@@ -475,3 +481,69 @@ def test_retries_only_transient_failures():
     assert is_transient(MlflowException("UNIQUE constraint failed: model_versions.name, model_versions.version"))
     assert is_transient(ConnectionError("Connection refused")) and not is_transient(ValueError("bad value"))
     assert not is_transient(MlflowException("Unable to fetch model from model URI source"))  # INTERNAL_ERROR
+
+
+# --- a local sqlite store (no server): first use, input validation, ties --------------------------------------
+def _cli_register(work: Path, uri: str, name: str, *extra: str) -> subprocess.Popen:
+    """`readl register` in ``work`` as its own process (what `dvc repro` runs), on tracking URI ``uri``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen([str(BIN / "readl"), "register", "--name", name, *extra], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def test_first_use_of_a_sqlite_store_under_concurrency(adapter, tmp_path):
+    """4 `readl register` processes at once on a sqlite store that does not exist yet: the store is created
+    (schema migrated) once, and all 4 land as versions of their distinct content."""
+    import mlflow
+
+    db = tmp_path / "fresh" / "mlruns.db"
+    db.parent.mkdir()
+    uri, name = f"sqlite:///{db}", "readl-first-use"
+    works = [_workdir(tmp_path / f"w{i}", adapter, _metrics(0.7 + 0.01 * i, 0.8), None) for i in range(4)]
+    procs = [_cli_register(w, uri, name) for w in works]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-1500:] for o in outs)
+    versions = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name='{name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    recorded = {json.loads((w / "models/registered.json").read_text())["version"] for w in works}
+    assert recorded == {"1", "2", "3", "4"}
+
+
+@pytest.mark.parametrize("case", ["metrics_field", "metrics_json", "primary_metric", "thresholds", "train_run",
+                                  "adapter_weights"])  # fmt: skip
+def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch, case):
+    """A bad input of `readl register` is an error naming the file, and nothing reaches the registry."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from readl.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    metrics = _metrics(0.8, 0.9)
+    work = _workdir(tmp_path / "w", adapter, metrics, None)
+    bad = {"metrics_field": "metrics.json", "metrics_json": "metrics.json", "primary_metric": "metrics.json",
+           "thresholds": "models/thresholds.json", "train_run": "models/train_run.json",
+           "adapter_weights": "models/adapter"}[case]  # fmt: skip
+    if case == "metrics_field":  # the field the CLI's table needs, as in the issue
+        del metrics["n_malformed"]
+        (work / bad).write_text(json.dumps(metrics))
+    elif case == "metrics_json":
+        (work / bad).write_text('{"image": {"AUROC": 0.8')
+    elif case == "primary_metric":
+        del metrics["image"]["AUROC"]
+        (work / bad).write_text(json.dumps(metrics))
+    elif case == "thresholds":
+        (work / bad).write_text(json.dumps({"tau_t": {"value": 0.4}}))
+    elif case == "train_run":
+        (work / bad).write_text(json.dumps({"experiment_id": "1"}))
+    else:
+        for f in (work / bad).glob("adapter_model.*"):
+            f.unlink()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = CliRunner().invoke(app, ["register", "--name", "readl-bad", "--promote"])
+    assert result.exit_code == 2, result.output
+    assert bad in " ".join(result.output.split()), result.output  # the message names the file
+    if (tmp_path / "mlruns.db").exists():
+        assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+    assert not (work / "models/registered.json").exists()

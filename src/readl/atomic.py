@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash never leaves a half-written output (write to a temp file, then rename)."""
+"""Atomic file writes: a crash never leaves a half-written output (write to a temp file, then rename).
+
+Permissions: the temporary file / folder (``mkstemp`` / ``mkdtemp`` create them 0600 / 0700) is given the
+mode a plain ``open`` / ``mkdir`` would give under the process umask before it is renamed into place, so
+outputs are 0644 / 0755 under the usual umask 0022 and can be shared (metrics, adapter, gallery).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,38 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_write", "write_json", "write_text", "current_umask", "make_dir_temp"]
+
+
+def current_umask() -> int:
+    """The process umask (e.g. ``0o022``), read without changing it where Linux exposes it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic w.r.t. other threads)
+    os.umask(mask)
+    return mask
+
+
+def make_dir_temp(path: str | Path, kind: str = "tmp") -> Path:
+    """A new empty folder ``.<name>.<kind>-XXXX`` beside ``path`` with the mode of a plain ``mkdir`` (umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     The rename is atomic on POSIX file systems, so readers see the old file or the new one, never a
-    partial one; on error the temporary file is removed and the error propagates.
+    partial one; on error the temporary file is removed and the error propagates. The file gets mode
+    ``0o666 & ~umask`` (0644 under umask 0022), like a file created by ``open(path, "w")``.
 
     Returns:
         ``path`` as a ``Path``.
@@ -29,6 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())  # after write: a writer may have re-created the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,11 +91,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         permissions of a normal ``mkdir`` (umask applied).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    tmp = make_dir_temp(path)
     try:
         yield tmp
     except BaseException:

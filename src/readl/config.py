@@ -201,7 +201,7 @@ class RegisterConfig(_Section):
 
     model_name: str = Field("readl", pattern=r"^[A-Za-z0-9_.-]+$")  # MLflow registered model name
     primary_metric: str = "image.AUROC"  # dotted metrics.json key (mean over eval datasets); higher is better
-    min_improvement: float = 0.0  # challenger must reach champion + this on primary_metric
+    min_improvement: float = 0.0  # challenger must exceed champion + this on primary_metric (a tie never promotes)
     # no-regression limits, per evaluation dataset: metric -> largest allowed drop (absolute, in [0, 1] units)
     max_drop: dict[str, float] = {"image.AUROC": 0.02, "pixel.AUROC": 0.02, "pixel.AUPRO": 0.02}
     schedule: ScheduleConfig = ScheduleConfig()

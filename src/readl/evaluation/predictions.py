@@ -1,18 +1,26 @@
-"""Run the model over a manifest with a per-image cache, so an interrupted stage resumes.
+"""Run the model over a manifest with a per-image cache keyed by content, so an interrupted stage resumes.
 
 calibrate and evaluate both need, for every image of a split, the generation, the P(Yes) score and
 the per-token attention (a :class:`~readl.model.inference.Prediction`). Each one is stored as
-``<cache_dir>/<image id>.npz`` as soon as its batch is done (atomic write). The folder carries a
-``fingerprint.json`` (base model, adapter content hash, prompt, image size, decoding settings, query-row
-convention, score rule): if it
-differs from the current one the cache is emptied first, so a new adapter never reuses old answers.
+``<cache_dir>/<image stem>-<key>.npz`` as soon as its batch is done (atomic write). The key
+(:func:`entry_key`) is the SHA-256 of
+
+- the content of the curated image (its bytes, not its path: an image overwritten in place and
+  re-curated gets a new key and is recomputed), and
+- the :func:`fingerprint` of everything else the prediction depends on: base model (id and content of
+  a local folder), adapter files, dtype, prompt, image size, attention layers, decoding settings, query-row
+  convention, score rule and the source of ``readl.model`` (the code that produces predictions).
+
+The mask is not part of the key: a prediction does not depend on it (evaluate reads masks afresh
+each run). Entries no longer used by the manifest are removed when a run completes; ``index.json``
+maps each image path to its key and ``fingerprint.json`` shows the current fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,29 +28,42 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+import readl.model
 from readl.atomic import atomic_write, write_json
+from readl.digest import file_digest
 from readl.model.inference import SCORE_RULE, Prediction, Predictor
 from readl.model.prompting import parse_completion
 
-__all__ = ["fingerprint", "image_id", "save_prediction", "load_prediction", "cached_predictions"]
+__all__ = ["fingerprint", "entry_key", "image_id", "save_prediction", "load_prediction", "cached_predictions",
+           "BASE_HASH_MAX_BYTES"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+BASE_HASH_MAX_BYTES = 64 << 20  # local base model files above 64 MiB (weight shards) are hashed by name + size
 
 
-def _dir_hash(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def _base_digest(base: str) -> str | None:
+    """Content hash of a local base model folder (``"tiny"`` resolves to one); None for a hub id."""
+    from readl.model.loading import resolve_base
+
+    folder = Path(resolve_base(base))
+    return file_digest([folder], max_bytes=BASE_HASH_MAX_BYTES) if folder.is_dir() else None
 
 
 def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
-    """What the cached predictions depend on (a change empties the cache)."""
+    """Everything a cached prediction depends on besides its image (module docstring).
+
+    Returns:
+        A JSON-able dict; :func:`entry_key` hashes it with each image's content.
+    """
     g = predictor.generation
+    params = getattr(predictor.model, "parameters", None)
+    dtype = str(next(params()).dtype) if callable(params) else None
+    code = sorted(Path(readl.model.__file__).parent.glob("*.py"))
     return {
         "base": str(base),
-        "adapter_sha256": _dir_hash(adapter),
+        "base_sha256": _base_digest(str(base)),
+        "adapter_sha256": file_digest([adapter]) if adapter is not None else None,
+        "dtype": dtype,
         "prompt": predictor.prompt,
         "image_size": predictor.image_size,
         "layers": predictor.layers,
@@ -50,13 +71,20 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
         "score_rule": SCORE_RULE,
         "generation": {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
                        "temperature": g.temperature, "top_p": g.top_p},
+        "code_sha256": file_digest(code, root=code[0].parent),
     }  # fmt: skip
 
 
-def image_id(path: str | Path) -> str:
-    """A stable file name for an image path: readable stem + short hash of the full path."""
-    p = Path(path)
-    return f"{p.stem}-{hashlib.sha1(p.as_posix().encode()).hexdigest()[:10]}"
+def entry_key(fp: dict, image: str | Path) -> str:
+    """The cache key of one image: SHA-256 (hex) of the fingerprint ``fp`` and the image file's bytes."""
+    h = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode())
+    h.update(b"\0image:" + file_digest([image]).encode())
+    return h.hexdigest()
+
+
+def image_id(path: str | Path, key: str) -> str:
+    """The cache file stem of an image: readable stem + the first 20 hex digits of its :func:`entry_key`."""
+    return f"{Path(path).stem}-{key[:20]}"
 
 
 def save_prediction(path: Path, pred: Prediction) -> Path:
@@ -103,24 +131,27 @@ def cached_predictions(
     Args:
         manifest: rows with an ``image_path`` column (resized images written by ``readl curate``).
         predictor: the loaded model.
-        cache_dir: folder of ``<image id>.npz`` files (created).
-        fp: :func:`fingerprint` of the current model; a different stored one empties ``cache_dir``.
+        cache_dir: folder of ``<image stem>-<key>.npz`` files (created).
+        fp: :func:`fingerprint` of the current model; with each image's bytes it keys the entries.
         root: folder the manifest's paths are relative to.
         batch_size: images per model call.
         progress: called with the number of images finished (cached ones included).
 
     Yields:
-        Rows in manifest order with their predictions.
+        Rows in manifest order with their predictions. When all are yielded, entries of other keys
+        (other images, models or settings) are deleted from ``cache_dir``.
+
+    Raises:
+        FileNotFoundError: a manifest image is missing (re-run ``readl curate``).
     """
     cache_dir = Path(cache_dir)
-    fp_file = cache_dir / "fingerprint.json"
-    if cache_dir.exists() and (not fp_file.is_file() or json.loads(fp_file.read_text()) != fp):
-        shutil.rmtree(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fp_file, fp)
+    write_json(cache_dir / "fingerprint.json", fp)
     rows = [row for _, row in manifest.iterrows()]
-    files = [cache_dir / f"{image_id(row['image_path'])}.npz" for row in rows]
+    keys = [entry_key(fp, root / row["image_path"]) for row in rows]
+    files = [cache_dir / f"{image_id(row['image_path'], k)}.npz" for row, k in zip(rows, keys)]
     todo = [i for i, f in enumerate(files) if not f.is_file()]
+    log.info("%s: %d of %d predictions cached, %d to compute", cache_dir, len(rows) - len(todo), len(rows), len(todo))
     if progress is not None:
         progress(len(rows) - len(todo))
     for start in range(0, len(todo), batch_size):
@@ -133,5 +164,10 @@ def cached_predictions(
             save_prediction(files[i], pred)
         if progress is not None:
             progress(len(batch))
+    write_json(cache_dir / "index.json", {str(r["image_path"]): k for r, k in zip(rows, keys)})
     for row, f in zip(rows, files):
         yield row, load_prediction(f)
+    keep = set(files)
+    for old in cache_dir.glob("*.npz"):
+        if old not in keep:
+            old.unlink(missing_ok=True)

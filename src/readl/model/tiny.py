@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from readl.atomic import atomic_dir
 from readl.model.processor import ReadlQwenProcessor, image_processor_for
 from readl.model.prompting import ANOMALY_WORDS, QUESTION, SYSTEM_PROMPT
 
@@ -167,15 +167,10 @@ def build_tiny_model(out_dir: str | Path, spec: type[TinySpec] = TinySpec) -> Pa
     processor = ReadlQwenProcessor(image_processor=image_processor_for(spec.image_size), tokenizer=tok)
     processor.chat_template = CHAT_TEMPLATE
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "readl_tiny.json").write_text(json.dumps({k: v for k, v in vars(spec).items() if not k.startswith("_")}))
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:  # the mode of a plain mkdir (umask), replaces an older kit
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "readl_tiny.json").write_text(json.dumps({k: v for k, v in vars(spec).items() if not k.startswith("_")}))
     return out_dir
 
 

@@ -8,6 +8,11 @@ environment holds ``MLFLOW_S3_ENDPOINT_URL`` and the AWS keys); with an ``s3://`
 ``--no-serve-artifacts`` (or a local tracking store), this process writes through boto3 and reads the same
 variables. Credentials come only from the environment / AWS config, never from readl's arguments.
 
+First use of a sqlite store: MLflow creates and migrates the schema of a new database from whichever process
+opens it first, without a lock between processes, so concurrent first users collide ("duplicate column name",
+"_alembic_tmp_runs already exists"). :func:`ensure_store` creates the store once, under an exclusive ``fcntl``
+lock on ``<database>.lock`` beside it, before anything else touches it; :func:`connect` calls it.
+
 Transient = the server or the database is briefly unavailable: connection refused/reset, timeouts, HTTP
 5xx/429, sqlite "database is locked", a unique-constraint race on the next model version number (MLflow
 picks MAX+1), S3 throttling / 5xx. Those are retried with jittered exponential backoff; everything else
@@ -23,11 +28,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
     "DEFAULT_TRACKING_URI", "RegistryError", "TrackingUnavailableError", "AliasNotFoundError", "ArtifactStoreError",
-    "tracking_uri", "connect", "is_transient", "with_retries", "artifact_errors", "call", "describe",
+    "tracking_uri", "ensure_store", "connect", "is_transient", "with_retries", "artifact_errors", "call", "describe",
 ]  # fmt: skip
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -63,6 +69,54 @@ class ArtifactStoreError(RegistryError):
 def tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` (relative to the working directory)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def ensure_store(uri: str | None = None) -> None:
+    """Create (schema + migrations) a sqlite tracking / registry store once, under an inter-process lock.
+
+    Does nothing for other URIs (servers and other databases initialise themselves). The lock is an
+    exclusive ``fcntl.flock`` on ``<database>.lock``, held while this process opens the tracking and the
+    registry store (MLflow creates missing tables then; an existing store is only checked). The database's
+    folder is created when missing.
+
+    Args:
+        uri: tracking URI; default :func:`tracking_uri`.
+
+    Raises:
+        RegistryError: the database does not exist and cannot be created (message names the file).
+    """
+    import fcntl
+
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 (closed below: releases the lock)
+    except OSError as exc:
+        if db.is_file():  # a read-only folder with an existing store: nothing to create
+            log.debug("no lock file beside %s (%s): using the existing store", db, exc)
+            return
+        raise RegistryError(f"cannot create the MLflow sqlite store {db} ({exc}); check the folder's "
+                            f"permissions or set MLFLOW_TRACKING_URI") from exc  # fmt: skip
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
+        client.search_registered_models(max_results=1)  # and the model registry store
 
 
 def _probe_http(uri: str, timeout: float) -> None:
@@ -118,6 +172,7 @@ def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, 
                 f"(`mlflow server --backend-store-uri ... --artifacts-destination s3://...`) or set "
                 f"MLFLOW_TRACKING_URI to a reachable server (default {DEFAULT_TRACKING_URI})."
             )
+    ensure_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)

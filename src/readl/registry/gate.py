@@ -6,8 +6,9 @@ Rules (params ``register``):
 2. No ``champion`` yet -> the challenger becomes champion (the first model).
 3. ``challenger`` is already ``champion`` -> nothing to do (passes).
 4. Primary metric (``primary_metric``, a dotted metrics.json key, default ``image.AUROC`` = mean over the
-   evaluation datasets; higher is better): challenger >= champion + ``min_improvement``; a challenger without
-   the metric (null) fails.
+   evaluation datasets; higher is better): challenger > champion + ``min_improvement``, strictly: a tie
+   (within ``TIE_TOLERANCE``) never promotes, so retraining an identical model keeps the first champion;
+   a challenger without the metric (null) fails.
 5. No regression per dataset: for every dataset the champion was evaluated on and every metric in
    ``max_drop`` (e.g. ``pixel.AUROC: 0.02``), challenger >= champion - max_drop. A dataset the champion has
    and the challenger lacks fails; a metric the champion lacks (null) is not checked.
@@ -26,9 +27,10 @@ from readl.config import RegisterConfig
 from readl.registry.client import call, connect, tracking_uri
 from readl.registry.registration import METRIC_TAG_PREFIX, require_alias
 
-__all__ = ["Check", "Decision", "compare", "promote"]
+__all__ = ["TIE_TOLERANCE", "Check", "Decision", "compare", "promote"]
 
 log = logging.getLogger(__name__)
+TIE_TOLERANCE = 1e-9  # |challenger - (champion + min_improvement)| below this is a tie (metrics are floats in [0, 1])
 
 
 @dataclass
@@ -88,13 +90,15 @@ def compare(challenger_tags: dict, champion_tags: dict, cfg: RegisterConfig) -> 
     checks: list[Check] = []
     key = cfg.primary_metric
     new, old = _metric(challenger_tags, key), _metric(champion_tags, key)
-    rule = f">= champion + {cfg.min_improvement:g}"
+    rule = f"> champion + {cfg.min_improvement:g}"
     if new is None:
         checks.append(Check("all", key, old, new, rule, False, "challenger has no value"))
     elif old is None:
         checks.append(Check("all", key, old, new, rule, True, "champion has no value"))
     else:
-        checks.append(Check("all", key, old, new, rule, new >= old + cfg.min_improvement - 1e-12))
+        gain = new - (old + cfg.min_improvement)
+        checks.append(Check("all", key, old, new, rule, gain > TIE_TOLERANCE,
+                            "tie: not promoted" if abs(gain) <= TIE_TOLERANCE else ""))
     new_sets = _datasets(challenger_tags)
     for ds in sorted(_datasets(champion_tags)):
         for metric, drop in sorted(cfg.max_drop.items()):

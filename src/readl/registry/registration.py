@@ -27,6 +27,7 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import Params, load_params
 from readl.config import RegisterConfig
+from readl.digest import file_digest  # re-exported: the registry's content hashes
 from readl.registry.client import (
     AliasNotFoundError,
     RegistryError,
@@ -35,6 +36,7 @@ from readl.registry.client import (
     connect,
     tracking_uri,
 )
+from readl.registry.inputs import check_adapter, check_metrics, check_thresholds, check_train_run
 
 __all__ = [
     "FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "RegisterResult", "register", "flatten_metrics", "file_digest",
@@ -77,22 +79,6 @@ def register_config(params: Params) -> RegisterConfig:
 
 
 # --- hashes and tags ---------------------------------------------------------------------------------------------
-def file_digest(paths: Sequence[Path], root: Path | None = None) -> str:
-    """SHA-256 (hex) over the relative names and bytes of ``paths`` (files, or folders walked in sorted order)."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            name = f.relative_to(root or (p if p.is_dir() else p.parent)).as_posix()
-            h.update(name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            h.update(b"\0")
-    return h.hexdigest()
-
-
 def manifest_digest(manifests: Sequence[str | Path]) -> str:
     """SHA-256 of the curated manifests that exist (``"none"`` when none does)."""
     present = [Path(m) for m in manifests if Path(m).is_file()]
@@ -207,17 +193,13 @@ def sync_challenger(client, name: str, alias: str = "challenger", rounds: int = 
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
-def _training_run(client, train_run: Path) -> str | None:
-    """The training run id from train_run.json when the tracking server knows it, else None (warning)."""
+def _training_run(client, train_run: Path, run_id: str | None) -> str | None:
+    """The training run id of train_run.json when the tracking server knows it, else None (warning)."""
     from mlflow.exceptions import MlflowException
 
-    if not train_run.is_file():
+    if run_id is None:
         log.warning("%s not found (training skipped?): the model goes into a register run", train_run)
         return None
-    try:
-        run_id = json.loads(train_run.read_text())["run_id"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{train_run}: expected JSON with a 'run_id'; re-run `readl train`") from exc
     try:
         call(lambda: client.get_run(run_id), f"read run {run_id}")
         return run_id
@@ -308,6 +290,7 @@ def register(
 
     Raises:
         FileNotFoundError: thresholds or metrics file missing (the message says which stage to run).
+        ValueError: an input is incomplete (:mod:`readl.registry.inputs`); checked before anything is written.
         TrackingUnavailableError: the tracking server is unreachable (after retries).
         ArtifactStoreError: S3 / the artifact proxy failed (after retries of transient errors).
         RegistryError: the version could not be created consistently.
@@ -316,17 +299,15 @@ def register(
     cfg: Params = load_params(params_file)
     name = name or register_config(cfg).model_name
     thresholds, metrics, train_run = Path(thresholds), Path(metrics), Path(train_run)
-    if not thresholds.is_file():
-        raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` (dvc repro calibrate) first")
-    if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics}: no metrics file; run `readl evaluate` (dvc repro evaluate) first")
-    adapter_dir = Path(adapter) if adapter is not None else None
-    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-        log.warning("no adapter at %s: registering the base model %r without an adapter", adapter_dir, cfg.model.base)
-        adapter_dir = None
+    # every input is read and checked before anything is written to the registry (readl.registry.inputs)
+    check_thresholds(thresholds)
+    eval_metrics = flatten_metrics(check_metrics(metrics, register_config(cfg).primary_metric))
+    train_run_id = check_train_run(train_run)
+    adapter_dir = check_adapter(Path(adapter) if adapter is not None else None)
+    if adapter is not None and adapter_dir is None:
+        log.warning("no adapter at %s: registering the base model %r without an adapter", adapter, cfg.model.base)
     params_json = cfg.model_dump(mode="json")
     model_params = {k: v for k, v in params_json.items() if k != "register"}  # what shapes the model
-    eval_metrics = flatten_metrics(json.loads(metrics.read_text()))
     fp = model_fingerprint(adapter_dir, thresholds, metrics, model_params)
     tags = {
         FINGERPRINT_TAG: fp,
@@ -340,7 +321,7 @@ def register(
 
     client = connect(uri)
     call(lambda: _ensure_registered_model(client, name), f"create registered model {name!r}", uri)
-    run_id = _training_run(client, train_run)
+    run_id = _training_run(client, train_run, train_run_id)
     if run_id is None:  # no training run: reuse a version of the same content, else log into a new run
         same = [v for v in readl_versions(client, name) if v.tags.get(FINGERPRINT_TAG) == fp]
         run_id = same[0].run_id if same else _new_run(client, cfg.train.experiment)

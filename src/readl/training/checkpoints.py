@@ -16,13 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from readl.atomic import write_json
+from readl.atomic import atomic_dir, write_json
 
 __all__ = ["fingerprint", "last_complete_checkpoint", "prepare_checkpoint_dir", "save_run_info", "replace_dir"]
 
@@ -98,21 +96,9 @@ def replace_dir(write, dest: str | Path) -> Path:
     """Write a folder atomically: ``write(tmp)`` into a temporary sibling, then rename it onto ``dest``.
 
     An existing ``dest`` is first renamed aside and deleted after the swap, so ``dest`` never holds a partial
-    folder (for an instant it may be absent).
+    folder (for an instant it may be absent). The folder gets the mode of a plain ``mkdir`` (process umask),
+    see :func:`readl.atomic.atomic_dir`.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, old / dest.name)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return dest
+    return Path(dest)

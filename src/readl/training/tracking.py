@@ -2,7 +2,8 @@
 (every number the trainer logs: rewards, J stats, KL, clip fractions, completion length, learning rate, loss ...) and
 system metrics (CPU/GPU/memory, sampled by MLflow's monitor thread).
 
-Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on GPUs").
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on GPUs"). A new sqlite
+store is created once under a file lock (:func:`readl.registry.client.ensure_store`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 
 from transformers import TrainerCallback
 
-from readl.registry.client import DEFAULT_TRACKING_URI, tracking_uri  # one definition for all stages
+from readl.registry.client import DEFAULT_TRACKING_URI, ensure_store, tracking_uri  # one definition for all stages
 
 __all__ = ["DEFAULT_TRACKING_URI", "tracking_uri", "start_run", "flatten", "MlflowMetricsCallback"]
 
@@ -51,6 +52,7 @@ def start_run(experiment: str, run_id: str | None = None, params: Mapping | None
     """
     import mlflow
 
+    ensure_store(tracking_uri())
     mlflow.set_tracking_uri(tracking_uri())
     exp = mlflow.set_experiment(experiment)
     if run_id is not None:
@@ -77,6 +79,11 @@ class MlflowMetricsCallback(TrainerCallback):
     ``consistency/J_mean``, ``kl``, ``completions/mean_length``, ``learning_rate`` ...), including the fraction
     of completion tokens whose ratio the Eq. 9 clip cut: ``clip_ratio/region_mean`` (``low_mean`` for a < 0,
     ``high_mean`` for a > 0); all 0 when ``train.num_iterations`` is 1 (the ratio is 1).
+
+    Each (metric, step) is logged once: a run resumed from a checkpoint re-runs the steps after it, and
+    those already in the run (up to the last step logged before the interruption) are skipped, so the
+    run keeps one point per step (the first one; a resumed run recomputes the same values). The last
+    logged step of each metric is read from the run when the callback is created.
     """
 
     def __init__(self, run_id: str):
@@ -84,17 +91,24 @@ class MlflowMetricsCallback(TrainerCallback):
 
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri())
+        self.last_step: dict[str, int] = {}  # metric -> highest step already in the run
+        for key in self.client.get_run(run_id).data.metrics:  # empty for a new run
+            if not key.startswith("system/"):  # MLflow's system monitor numbers its own steps
+                steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+                self.last_step[key] = max(steps, default=-1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now, step = int(time.time() * 1000), int(state.global_step)
         metrics = [
-            Metric(k, float(v), now, int(state.global_step))
+            Metric(k, float(v), now, step)
             for k, v in logs.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ]
+            and step > self.last_step.get(k, -1)
+        ]  # fmt: skip
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+            self.last_step.update({m.key: step for m in metrics})

@@ -1,0 +1,55 @@
+"""Atomic writes: outputs get the permissions of a normal write (process umask), not mkstemp's 0600."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from readl.atomic import atomic_dir, atomic_write, write_json, write_text
+from readl.training.checkpoints import replace_dir
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_atomic_outputs_respect_the_umask(tmp_path, umask):
+    from readl.evaluation.predictions import save_prediction
+    from readl.model.inference import Prediction
+    from readl.model.prompting import parse_completion
+
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    assert _mode(write_json(tmp_path / "metrics.json", {"a": 1})) == file_mode
+    assert _mode(write_text(tmp_path / "report.md", "x")) == file_mode
+    png = atomic_write(tmp_path / "g.png", lambda p: p.write_bytes(b"\x89PNG"))  # writer re-opens the temp file
+    assert _mode(png) == file_mode
+    c = "<think>x</think><answer>Yes</answer>"
+    pred = Prediction(completion=c, parsed=parse_completion(c), score=0.5, tokens=["x"],
+                      image_attn=np.zeros((1, 2, 2), np.float32), anomaly_attn=np.zeros((2, 2), np.float32),
+                      image_size=(2, 2))  # fmt: skip
+    assert _mode(save_prediction(tmp_path / "cache" / "p.npz", pred)) == file_mode
+    assert _mode(tmp_path / "cache") == dir_mode
+
+    with atomic_dir(tmp_path / "gallery") as d:
+        (d / "index.html").write_text("x")
+    assert _mode(tmp_path / "gallery") == dir_mode and _mode(tmp_path / "gallery/index.html") == file_mode
+
+    def save(tmp: Path) -> None:  # like PEFT's save_pretrained
+        (tmp / "adapter_config.json").write_text("{}")
+
+    adapter = replace_dir(save, tmp_path / "models" / "adapter")
+    assert _mode(adapter) == dir_mode and _mode(adapter / "adapter_config.json") == file_mode
+    adapter = replace_dir(save, adapter)  # replacing an existing folder
+    assert _mode(adapter) == dir_mode
+    assert sorted(p.name for p in adapter.parent.iterdir()) == ["adapter"]  # no temp folders left

@@ -1,0 +1,128 @@
+"""dvc.yaml lists every readl source file a stage runs: a code change re-runs exactly the stages it affects.
+
+For each stage whose ``cmd`` is ``readl <command> ...``, the files are derived from the code: the CLI
+function of ``<command>`` in readl/cli.py (its body and cli.py's module-level imports), then every readl
+module imported from there, transitively (all imports of a module, function-local ones included, but not
+``if TYPE_CHECKING:`` blocks), plus the ``__init__.py`` of every package on the way. A dep folder covers
+the files below it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _module_name(file: Path) -> str:
+    parts = file.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(nodes: list[ast.stmt], module: str, is_package: bool) -> set[str]:
+    """Names of the readl modules imported anywhere in ``nodes`` (``from a import b``: ``a`` and ``a.b``)."""
+    found: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for n in nodes:
+        visit(n)
+    return {m for m in found if m == "readl" or m.startswith("readl.")}
+
+
+def _files_of(names: set[str]) -> set[Path]:
+    """The files of ``names`` and of everything they import, transitively (with parent ``__init__.py``)."""
+    seen: set[Path] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then a/b/c
+            f = _module_file(".".join(parts[:i]))
+            if f is None or f in seen:
+                continue
+            seen.add(f)
+            todo.extend(_imports(ast.parse(f.read_text()).body, _module_name(f), f.name == "__init__.py"))
+    return seen
+
+
+def _command_function(tree: ast.Module, command: str) -> ast.FunctionDef:
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for dec in node.decorator_list:
+            if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "command":
+                explicit = [k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)]
+                explicit += [a.value for a in dec.args if isinstance(a, ast.Constant)]
+                if (explicit[0] if explicit else node.name.rstrip("_").replace("_", "-")) == command:
+                    return node
+    raise AssertionError(f"readl/cli.py has no command {command!r}")
+
+
+def stage_sources(cmd: str) -> set[Path]:
+    """The readl source files the command ``readl <command> ...`` runs (module docstring)."""
+    command = cmd.split()[1]
+    cli = SRC / "readl" / "cli.py"
+    tree = ast.parse(cli.read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.If))]
+    names = _imports(top, "readl.cli", False) | _imports(_command_function(tree, command).body, "readl.cli", False)
+    return _files_of(names) | {cli}  # cli.py itself: only this command's code is followed
+
+
+def _covered(file: Path, deps: list[str]) -> bool:
+    rel = file.relative_to(REPO).as_posix()
+    return any(rel == d.rstrip("/") or rel.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+READL_STAGES = sorted(name for name, s in STAGES.items() if str(s.get("cmd", "")).split()[:1] == ["readl"])
+
+
+def test_every_readl_stage_is_checked():
+    assert {"curate", "train", "calibrate", "evaluate", "register"} <= set(READL_STAGES)
+
+
+@pytest.mark.parametrize("stage", READL_STAGES)
+def test_stage_deps_cover_the_code_it_runs(stage):
+    spec = STAGES[stage]
+    deps = [str(d) if not isinstance(d, dict) else next(iter(d)) for d in spec.get("deps", [])]
+    files = stage_sources(spec["cmd"])
+    assert SRC / "readl" / "cli.py" in files and len(files) > 3
+    missing = sorted(f.relative_to(REPO).as_posix() for f in files if not _covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} runs these files but does not depend on them: {missing}"

@@ -1,0 +1,43 @@
+"""MLflow tracking of the train stage: a resumed run logs each step once (real sqlite store)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from readl.training.tracking import MlflowMetricsCallback, start_run
+
+
+def _log(cb: MlflowMetricsCallback, step: int, value: float) -> None:
+    state = SimpleNamespace(is_world_process_zero=True, global_step=step)
+    cb.on_log(None, state, None, logs={"loss": value, "reward": 2 * value, "epoch": step / 12, "note": "x"})
+
+
+def test_resume_logs_each_step_once(tmp_path, monkeypatch):
+    """12 steps, killed after step 8 with the last checkpoint at step 4: the restarted process re-runs 5-8.
+    MLflow must hold 12 points per metric (not 16), one per step, the values of the first run kept."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = start_run("readl-test", params={"train": {"lr": 1e-5}}).info.run_id
+    mlflow.end_run()
+    first = MlflowMetricsCallback(run_id)
+    for step in range(1, 9):
+        _log(first, step, float(step))
+    _log(first, 8, 99.0)  # the same step twice in one process (e.g. a final log at the last step): once
+
+    run_id2 = start_run("readl-test", run_id=run_id, params={"train": {"lr": 1e-5}}).info.run_id
+    assert run_id2 == run_id
+    resumed = MlflowMetricsCallback(run_id)  # a new process: resumed from checkpoint-4
+    for step in range(5, 13):
+        _log(resumed, step, float(step) + 0.5)
+    mlflow.end_run()
+
+    client = MlflowClient(uri)
+    for key, scale in (("loss", 1.0), ("reward", 2.0)):
+        history = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, 13)), (key, [m.step for m in history])
+        values = {m.step: m.value for m in history}
+        assert values[8] == 8.0 * scale and values[9] == 9.5 * scale  # re-run steps keep the first run's point
+    assert "note" not in client.get_run(run_id).data.metrics  # non-numbers are not metrics
