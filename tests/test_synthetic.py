@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from readl.data import synthetic as syn
@@ -52,8 +55,10 @@ def test_scar_is_thin_and_scaled_with_image():
     img = _image(size=(256, 256))
     for seed in range(10):
         _, mask = syn.scar(img, np.random.default_rng(seed))
-        # area <= max width x max length of the paper at 256 px
-        assert 0 < mask.sum() <= 16 * 25 + 1
+        # area <= max width x max length at 256 px
+        p = syn.ScarParams()
+        assert 0 < mask.sum() <= p.width[1] * p.length[1] + 1
+        assert mask.mean() < 0.02                   # thin: a small part of the image
     big = _image(size=(512, 512))
     areas = [syn.scar(big, np.random.default_rng(s))[1].sum() for s in range(10)]
     small = [syn.scar(img, np.random.default_rng(s))[1].sum() for s in range(10)]
@@ -117,3 +122,196 @@ def test_uniform_background_patch_still_visible():
     none = syn.CutPasteParams(jitter=syn.JitterParams(0, 0, 0, 0))
     out0, mask0 = syn.cutpaste(flat, np.random.default_rng(0), none)
     assert np.array_equal(out0, flat) and mask0.any()   # best effort: the mask is still the paste
+
+
+# ------------------------------------------------------------------ the `synthetic` source layout
+
+from pathlib import Path  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from readl.config import CurateConfig, CurateSource  # noqa: E402
+from readl.data import curate as C  # noqa: E402
+from readl.data.sources import ADAPTERS, read_source  # noqa: E402
+S = importlib.import_module("readl.data.sources.synthetic")  # the package re-exports the adapter
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture(scope="module")
+def syn_tree(tmp_path_factory) -> Path:
+    """toy (mvtec): train/good g0..g3, test/good t0, test/crack c0 (+ mask);
+    held (mvtec): train/good h0..h2 (read by no other split), test/good x0 (never a base)."""
+    root = tmp_path_factory.mktemp("raw-syn")
+    for i in range(4):
+        _save(root / f"toy/widget/train/good/g{i}.png", _image(10 + i, (64, 64)))
+    _save(root / "toy/widget/test/good/t0.png", _image(20, (64, 64)))
+    _save(root / "toy/widget/test/crack/c0.png", _image(21, (64, 64)))
+    m = np.zeros((64, 64), np.uint8)
+    m[10:20, 10:20] = 255
+    _save(root / "toy/widget/ground_truth/crack/c0_mask.png", m)
+    for i in range(3):
+        _save(root / f"held/part/train/good/h{i}.png", _image(30 + i, (64, 64)))
+    _save(root / "held/part/test/good/x0.png", _image(40, (64, 64)))
+    return root
+
+
+def syn_config(per_image: int = 4, normals: bool = True, **kw) -> CurateConfig:
+    base = dict(
+        workers=1, image_size=56,
+        train=[CurateSource(name="toy", layout="mvtec", root="toy", published_splits=["train"]),
+               CurateSource(name="syn_train", layout="synthetic", root=".",
+                            options={"base": "toy", "per_image": 2, "seed": 1})],
+        calib=[CurateSource(name="toy", layout="mvtec", root="toy", published_splits=["test"])],
+        eval=[CurateSource(name="synthetic", layout="synthetic", root="held",
+                           published_splits=["train"],
+                           options={"base_layout": "mvtec", "per_image": per_image,
+                                    "normals": normals, "seed": 0})],
+    )
+    return CurateConfig(**{**base, **kw})
+
+
+def test_adapter_registered_and_lists_base_normals(syn_tree):
+    assert ADAPTERS["synthetic"] is S.synthetic
+    recs = list(read_source("synthetic", syn_tree / "held", source="synthetic",
+                            base_layout="mvtec"))
+    assert len(recs) == 4 and {r.label for r in recs} == {0}      # train/good + test/good
+    assert {r.source for r in recs} == {"synthetic"}
+    assert list(read_source("synthetic", syn_tree, base="toy")) == []   # made by curate
+
+
+def test_spec_rejects_bad_options():
+    with pytest.raises(ValueError, match="exactly one of"):
+        S.spec("here")
+    with pytest.raises(ValueError, match="exactly one of"):
+        S.spec("here", base="a", base_layout="mvtec")
+    with pytest.raises(ValueError, match=r"here: unknown synthetic recipe\(s\) \['blur'\]"):
+        S.spec("here", base="a", recipes=["cutpaste", "blur"])
+    with pytest.raises(ValueError, match="per_image"):
+        S.spec("here", base="a", per_image=0)
+    with pytest.raises(ValueError, match="normals: true. needs `base_layout`"):
+        S.spec("here", base="a", normals=True)
+    sp = S.spec("here", base_layout="mvtec", per_image=4)
+    # recipes cycle over all variants of a source: balanced whatever per_image
+    recipes = [r for i in range(3) for r, _, _ in sp.variants("s", f"b{i}", i)]
+    assert {recipes.count(r) for r in syn.RECIPES} == {4}
+    assert len({seed for i in range(3) for *_, seed in sp.variants("s", f"b{i}", i)}) == 12
+
+
+def test_config_recipes_match_the_module():
+    from readl import config
+
+    assert config._RECIPES == syn.RECIPES
+
+
+@pytest.fixture(scope="module")
+def syn_run(syn_tree, tmp_path_factory):
+    return C.curate(syn_config(), syn_tree, tmp_path_factory.mktemp("cur-syn") / "curated")
+
+
+def test_curate_synthetic_train_rows_carry_no_mask(syn_run):
+    out = syn_run.out_dir
+    tr = C.read_manifest("train", out)
+    syn_rows = tr[tr["source"] == "syn_train"]
+    normals = tr[(tr["source"] == "toy") & (tr["label"] == 0)]
+    assert len(normals) == 4 and len(syn_rows) == 2 * 4
+    assert (syn_rows["label"] == 1).all() and set(syn_rows["defect_type"]) <= set(syn.RECIPES)
+    # derived from exactly the train normals (never calib / eval images)
+    assert set(syn_rows["raw_image_path"]) == set(normals["raw_image_path"])
+    assert syn_rows["mask_path"].isna().all() and syn_rows["raw_mask_path"].isna().all()
+    assert not (out / "masks" / "train" / "syn_train").exists()
+    for p in syn_rows["image_path"]:
+        assert Image.open(p).size == (56, 56)
+
+
+def test_training_dataset_builder_reads_no_mask(syn_run):
+    """Synthetic masks never reach train: the train dataset has no mask column at all."""
+    from readl.training.data import build_dataset, load_manifest
+
+    df = load_manifest(syn_run.out_dir / "train.parquet")
+    assert "mask_path" in df.columns              # curate writes the column (null for synthetic)
+    ds = build_dataset(df, 56)
+    assert not any("mask" in c for c in ds.column_names)
+    assert not any("mask" in k for k in ds[0])
+
+
+def test_curate_synthetic_eval_dataset_exact_masks(syn_run):
+    ev = C.read_manifest("eval", syn_run.out_dir)
+    assert set(ev["source"]) == {"synthetic"}
+    normals = ev[ev["label"] == 0].set_index("raw_image_path")
+    anomalies = ev[ev["label"] == 1]
+    assert len(normals) == 3 and len(anomalies) == 3 * 4          # 3 bases x per_image 4
+    assert "held/part/test/good/x0.png" not in set(ev["raw_image_path"])   # published_splits
+    assert ev["mask_path"].notna().all()
+    assert anomalies["defect_type"].value_counts().to_dict() == {r: 4 for r in syn.RECIPES}
+    for row in anomalies.itertuples():
+        base = np.asarray(Image.open(normals.loc[row.raw_image_path, "image_path"])).astype(int)
+        img = np.asarray(Image.open(row.image_path)).astype(int)
+        m = np.asarray(Image.open(row.mask_path)) > 0
+        assert m.any() and (np.asarray(Image.open(row.mask_path)) % 255 == 0).all()
+        assert not np.any(img != base, axis=2)[~m].any()          # changed only inside the mask
+        assert np.abs(img - base)[m].mean() >= 10
+    # eval is drawn first: held's bases are not used by any other split
+    assert syn_run.summary["splits"]["eval"]["sources"]["synthetic"]["anomalous"] == 12
+
+
+def test_curate_synthetic_is_byte_identical_and_seeded(syn_run, syn_tree, tmp_path):
+    def snap(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file()}
+
+    again = C.curate(syn_config(), syn_tree, tmp_path / "a" / "curated")
+    first, second = snap(syn_run.out_dir), snap(again.out_dir)
+    assert first.keys() == second.keys()
+    assert all(first[k] == second[k] for k in first if not k.endswith(".parquet"))
+    for split in C.SPLITS:   # manifests: equal but for the out_dir prefix of the paths
+        one, two = (C.read_manifest(split, d).replace(str(d), "OUT", regex=True)
+                    for d in (syn_run.out_dir, again.out_dir))
+        pd.testing.assert_frame_equal(one, two)
+    cfg = syn_config()
+    other = cfg.model_copy(update={"eval": [cfg.eval[0].model_copy(update={
+        "options": {**cfg.eval[0].options, "seed": 5}})]})
+    third = snap(C.curate(other, syn_tree, tmp_path / "b" / "curated").out_dir)
+    changed = [k for k in first if k.startswith("images/eval/synthetic/") and first[k] != third[k]]
+    assert len(changed) == 12                      # every anomaly redrawn, normals identical
+
+
+def test_curate_synthetic_without_normals_drops_bases(syn_tree, tmp_path):
+    res = C.curate(syn_config(per_image=1, normals=False), syn_tree, tmp_path / "curated")
+    ev = C.read_manifest("eval", res.out_dir)
+    assert (ev["label"] == 1).all() and len(ev) == 3
+    files = {p.name for p in (res.out_dir / "images" / "eval").rglob("*.png")}
+    assert files == {Path(p).name for p in ev["image_path"]}    # base files removed
+    assert res.summary["splits"]["eval"]["normal"] == 0 and res.summary["shortfall"] == 0
+
+
+def test_train_copy_of_a_synthetic_eval_base_is_leakage(syn_tree, tmp_path):
+    """A train image within the leakage distance of a synthetic eval image is dropped."""
+    raw = tmp_path / "raw"
+    import shutil
+
+    shutil.copytree(syn_tree, raw)
+    shutil.copy(raw / "held/part/train/good/h0.png", raw / "toy/widget/train/good/copy.png")
+    res = C.curate(syn_config(), raw, tmp_path / "curated")
+    leaked = {r["image_path"] for r in _csv(res.out_dir / "leakage.csv")}
+    assert "toy/widget/train/good/copy.png" in leaked
+    tr = C.read_manifest("train", res.out_dir)
+    assert "toy/widget/train/good/copy.png" not in set(tr["raw_image_path"])
+
+
+def test_synthetic_base_must_be_an_entry_of_the_split(syn_tree, tmp_path):
+    cfg = syn_config(calib=[CurateSource(name="s", layout="synthetic", root=".",
+                                         options={"base": "nope"})])
+    with pytest.raises(ValueError, match=r"curate.calib\[0\] 's': base 'nope' is not"):
+        C.curate(cfg, syn_tree, tmp_path / "curated")
+    assert not (tmp_path / "curated").exists()
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

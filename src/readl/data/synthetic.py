@@ -13,8 +13,8 @@ Recipes (the published ones, with the ranges below; every range is a field of a 
   aspect ratio log-uniform in ``[0.3, 1/0.3]`` is cut at a random place, colour-jittered and pasted
   at another random place.
 * **CutPaste-scar** (same paper, Sec. 3.1): a thin rectangle of width ``U(2, 16)`` and length
-  ``U(10, 25)`` pixels at the paper's 256-pixel input (scaled here by ``min(H, W) / 256``), cut,
-  jittered, rotated by ``U(-45, 45)`` degrees and pasted.
+  ``U(10, 25)`` pixels at the paper's 256-pixel input (ours: ``U(4, 16)`` x ``U(20, 60)``, scaled
+  by ``min(H, W) / 256``), cut, jittered, rotated by ``U(-45, 45)`` degrees and pasted.
 * **DRAEM** (Zavrtanik et al., "DRAEM - A discriminatively trained reconstruction embedding for
   surface anomaly detection", ICCV 2021, Sec. 3.3): a Perlin-noise map (periods ``2**k`` per
   axis, ``k ~ U{0..5}`` in the paper, ``U{0..3}`` here; rotated by ``U(-90, 90)`` degrees)
@@ -29,6 +29,8 @@ params, documented on each dataclass):
 
 * colour jitter of brightness/contrast/saturation ``0.4`` and hue ``0.1`` (the paper's CutPaste code
   uses 0.1 for all four, which leaves a patch cut from a uniform background invisible);
+* longer scars (above): the paper's are shorter than two of the 28-pixel tokens of a 420-pixel
+  image;
 * DRAEM opacity ``beta ~ U(0.5, 1.0)`` (paper: ``U(0.1, 1.0)``) and Perlin periods up to 8
   (paper: 32, whose speckles are finer than one of the 15x15 tokens of a 420-pixel image);
 * a visibility guard: a draw whose mean absolute change inside the mask is below
@@ -90,10 +92,14 @@ class CutPasteParams:
 
 @dataclass(frozen=True)
 class ScarParams:
-    """CutPaste-scar (Li et al. 2021): sizes in pixels at ``reference_size``, scaled to the image."""
+    """CutPaste-scar (Li et al. 2021): sizes in pixels at ``reference_size``, scaled to the image.
 
-    width: tuple[float, float] = (2.0, 16.0)
-    length: tuple[float, float] = (10.0, 25.0)
+    Paper: width ``(2, 16)``, length ``(10, 25)``; ours: width ``(4, 16)``, length ``(20, 60)``
+    (at 420 pixels: 7-26 x 33-98 pixels, i.e. 1-3.5 tokens long instead of 0.6-1.5).
+    """
+
+    width: tuple[float, float] = (4.0, 16.0)
+    length: tuple[float, float] = (20.0, 60.0)
     rotation: tuple[float, float] = (-45.0, 45.0)   # degrees
     reference_size: int = 256                       # the paper's input side
     jitter: JitterParams = JitterParams()
@@ -260,13 +266,11 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     fade = lambda t: 6 * t ** 5 - 15 * t ** 4 + 10 * t ** 3  # noqa: E731
     angles = 2 * np.pi * rng.random((ry + 1, rx + 1))
     grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)      # (ry+1, rx+1, 2)
-    yy = (np.arange(gh) / cy)[:, None]                               # (gh, 1) in grid units
-    xx = (np.arange(gw) / cx)[None, :]                               # (1, gw)
-    iy, ix = np.floor(yy).astype(int), np.floor(xx).astype(int)
-    fy, fx = yy - iy, xx - ix
+    fy = np.tile((np.arange(cy) / cy), ry)[:, None]                  # (gh, 1) position in its cell
+    fx = np.tile((np.arange(cx) / cx), rx)[None, :]                  # (1, gw)
 
-    def dot(oy: int, ox: int) -> np.ndarray:
-        g = grads[iy + oy, ix + ox]                                  # (gh, gw, 2)
+    def dot(oy: int, ox: int) -> np.ndarray:  # each pixel's corner gradient . offset to that corner
+        g = np.repeat(np.repeat(grads[oy:oy + ry, ox:ox + rx], cy, 0), cx, 1)   # (gh, gw, 2)
         return g[..., 0] * (fy - oy) + g[..., 1] * (fx - ox)
 
     ty, tx = fade(fy), fade(fx)
