@@ -24,6 +24,10 @@ What the stage does, in order:
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
    not an image, mask missing / unreadable / of another size, anomalous image without a mask in
    eval) goes to ``rejected.csv`` with the reason; the stage never stops for it.
+   Synthetic sources (``layout: synthetic``, :mod:`readl.data.sources.synthetic`) are made
+   after the images of their split: CutPaste / scar / DRAEM anomalies of the curated normal images
+   of their base entries (or of their own root), each a seeded variant; their masks are written
+   in eval only (train and calib rows have none).
 4. Leakage guard: the 64-bit DCT pHash of every curated image (computed on the resized pixels);
    a train/calib candidate whose hash is within ``leakage_max_distance`` bits of ANY eval image is
    dropped and listed in ``leakage.csv`` (the zero-shot protocol of Sec. 5.1).
