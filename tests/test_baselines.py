@@ -9,6 +9,7 @@ from PIL import Image
 from readl.data import synthetic as syn
 from readl.evaluation import baselines as B
 
+
 def test_contrast_map_grid_and_values():
     img = np.full((420, 420, 3), 100, np.uint8)
     img[28:56, 56:84] = (255, 100, 100)            # exactly token cell (1, 2) of the 15x15 grid

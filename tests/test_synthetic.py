@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from readl.config import CurateConfig, CurateSource
+from readl.data import curate as C
 from readl.data import synthetic as syn
+from readl.data.sources import ADAPTERS, read_source
+
+S = importlib.import_module("readl.data.sources.synthetic")  # the package re-exports the adapter
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (96, 128)) -> np.ndarray:
@@ -126,14 +133,6 @@ def test_uniform_background_patch_still_visible():
 
 # ------------------------------------------------------------------ the `synthetic` source layout
 
-from pathlib import Path  # noqa: E402
-
-from PIL import Image  # noqa: E402
-
-from readl.config import CurateConfig, CurateSource  # noqa: E402
-from readl.data import curate as C  # noqa: E402
-from readl.data.sources import ADAPTERS, read_source  # noqa: E402
-S = importlib.import_module("readl.data.sources.synthetic")  # the package re-exports the adapter
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
