@@ -81,9 +81,16 @@ def test_sample_counts_match_params(sample_run):
                     assert got.get((entry.name, label), 0) == want, (split, entry.name, label)
     # eval = every MVTec grid *test* image (3 good + 11 anomalous): null counts mean "all"
     ev = C.read_manifest("eval", sample_run.out_dir)
-    assert set(ev["split"]) == {"test"} and len(ev) == 14 and ev["label"].sum() == 11
+    real = ev[ev["source"] == "mvtec_ad"]
+    assert set(real["split"]) == {"test"} and len(real) == 14 and real["label"].sum() == 11
+    # + the synthetic eval dataset: 30 anomalies of each of the 10 held-out grid train/good images
+    syn = ev[ev["source"] == "synthetic"]
+    assert set(syn["split"]) == {"train"} and (syn["label"] == 0).sum() == 10
+    assert syn.groupby("defect_type").size().to_dict() == {"good": 10, "cutpaste": 100,
+                                                             "scar": 100, "draem": 100}
     summary = sample_run.summary["splits"]
-    assert summary["train"]["images"] == 54 and summary["calib"]["images"] == 17
+    # train: 54 real images + one synthetic anomaly of each of the 28 + 6 normal train images
+    assert summary["train"]["images"] == 54 + 34 and summary["calib"]["images"] == 17
     assert summary["train"]["sources"]["hazelnut_toy"]["categories"]["hazelnut"] == \
         {"normal": 28, "anomalous": 12}
     # train and calib are disjoint; all three image columns unique
@@ -101,8 +108,8 @@ def test_sample_images_and_masks_are_420_png(sample_run):
         assert img.size == (420, 420) and img.mode == "RGB" and img.format == "PNG"
         assert m.shape == (420, 420) and set(np.unique(m)) <= {0, 255}
         assert (m.max() == 255) == bool(row.label)
-        assert row.image_path.startswith(f"{out}/images/eval/mvtec_ad/grid/test/")
-        assert row.raw_image_path.startswith("mvtec_ad/grid/test/")
+        assert row.image_path.startswith(f"{out}/images/eval/{row.source}/grid/")
+        assert row.raw_image_path.startswith(f"mvtec_ad/grid/{row.split}/")
         assert (REPO / "data/raw" / row.raw_image_path).is_file()
     tr = C.read_manifest("train", out)
     hz = tr[tr["source"] == "hazelnut_toy"]
@@ -126,13 +133,14 @@ def test_load_split_as_hf_dataset(sample_run):
     import datasets
 
     ds = C.load_split("eval", sample_run.out_dir)
-    assert isinstance(ds, datasets.Dataset) and len(ds) == 14
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 14 + 310
     assert isinstance(ds.features["image"], datasets.Image)
     row = ds[0]
     assert row["image"].size == (420, 420) and row["image"].mode == "RGB"
     assert row["mask"].size == (420, 420)
     train = C.load_split("train", sample_run.out_dir)
-    assert sum(r is None for r in train["mask"]) == 28  # hazelnut normals have no mask
+    # hazelnut normals have no mask, nor have the 34 synthetic train anomalies
+    assert sum(r is None for r in train["mask"]) == 28 + 34
     with pytest.raises(ValueError, match="unknown split"):
         C.load_split("test", sample_run.out_dir)
 

@@ -99,7 +99,9 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     (work / "data").mkdir()
     (work / "data" / "raw").symlink_to(sample_dir)
     params = (sample_dir.parents[1] / "params.yaml").read_text()
-    (work / "params.yaml").write_text(params.replace("max_new_tokens: 256", "max_new_tokens: 12"))
+    params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
+    assert "per_image: 30" in params  # the synthetic eval dataset, kept small here: 10 + 10 images
+    (work / "params.yaml").write_text(params.replace("per_image: 30", "per_image: 1"))
     return work
 
 
@@ -119,7 +121,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     n_eval = len(pd.read_parquet(stage_dir / "data/curated/eval.parquet"))
     assert metrics["n_images"] == n_eval and 0 <= metrics["n_malformed"] <= n_eval
-    assert set(metrics["datasets"]) == {"mvtec_ad"} and set(metrics["modes"]) == set(MODES)
+    assert set(metrics["datasets"]) == {"mvtec_ad", "synthetic"} and set(metrics["modes"]) == set(MODES)
     ds = metrics["datasets"]["mvtec_ad"]
     for key in ("AUROC", "AUPR", "AUPRO", "ACC"):
         v = ds["pixel"][key]
@@ -136,11 +138,12 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
     table = pd.read_csv(stage_dir / "reports/per_category.csv")
-    assert list(table["category"]) == ["grid"] and table["n"].sum() == n_eval
+    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "grid")]
+    assert table["n"].sum() == n_eval
     assert "| grid" in (stage_dir / "reports/per_category.md").read_text()
     html = (stage_dir / "reports/gallery/index.html").read_text()
     pngs = sorted((stage_dir / "reports/gallery").glob("*.png"))
-    assert len(pngs) == 4 and all(p.name in html for p in pngs)
+    assert len(pngs) == 4 * 2 and all(p.name in html for p in pngs)  # gallery_per_dataset x 2 datasets
 
     # resume: the per-image cache is reused; a deleted entry is recomputed, the rest untouched
     cache = sorted((stage_dir / "reports/predictions/eval").glob("*.npz"))

@@ -24,6 +24,10 @@ What the stage does, in order:
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
    not an image, mask missing / unreadable / of another size, anomalous image without a mask in
    eval) goes to ``rejected.csv`` with the reason; the stage never stops for it.
+   Synthetic sources (``layout: synthetic``, :mod:`readl.data.sources.synthetic`) are made
+   after the images of their split: CutPaste / scar / DRAEM anomalies of the curated normal images
+   of their base entries (or of their own root), each a seeded variant; their masks are written
+   in eval only (train and calib rows have none).
 4. Leakage guard: the 64-bit DCT pHash of every curated image (computed on the resized pixels);
    a train/calib candidate whose hash is within ``leakage_max_distance`` bits of ANY eval image is
    dropped and listed in ``leakage.csv`` (the zero-shot protocol of Sec. 5.1).
@@ -69,6 +73,8 @@ from .images import BadImageError, decode_resize_hash, load_pair, phash
 from .references import References
 from .sources import LayoutError, Record, get_adapter, read_source
 from .sources.base import report_bad_masks
+from .sources.synthetic import render as render_synthetic
+from .sources.synthetic import spec as synthetic_spec
 
 if TYPE_CHECKING:  # kept out of the import: decoding workers import this module (spawn)
     import datasets
@@ -141,6 +147,12 @@ class _Candidate:
     image_rel: str  # raw image, relative to the raw root (POSIX)
     mask_rel: str | None
     in_source: str  # image path relative to the source root, without suffix (output naming)
+    synthetic: tuple[str, int] | None = None  # (recipe, seed) of a synthetic anomaly of image_rel
+
+    @property
+    def key(self) -> str:
+        """What ``taken`` holds: the raw image, or the raw base image + the variant."""
+        return self.image_rel if self.synthetic is None else f"{self.image_rel}#{self.in_source}"
 
 
 @dataclass
@@ -265,6 +277,7 @@ class _Task:
     out_image: str
     out_mask: str | None  # None: write no mask
     size: tuple[int, int]
+    synthetic: tuple[str, int] | None = None  # (recipe, seed): `image` is a curated base image
 
 
 def _save_png(array_or_image: Any, path: str, mode: str | None = None) -> None:
@@ -280,7 +293,10 @@ def _process(task: _Task) -> tuple[str | None, str | None]:
     """Decode, resize, hash and write one image (+ mask). Returns ``(phash, None)`` or
     ``(None, reason)`` for a bad input (nothing written then)."""
     try:
-        if task.mask is not None:
+        if task.synthetic is not None:
+            img, mask = render_synthetic(task.image, task.size, *task.synthetic)
+            digest = phash(img)
+        elif task.mask is not None:
             img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref)
             digest = phash(img)
         else:
@@ -352,6 +368,8 @@ class _Curation:
             out[split] = []
             for i, entry in enumerate(getattr(self.cfg, split)):
                 where = f"curate.{split}[{i}] {entry.name!r}"
+                if entry.layout == "synthetic":
+                    self._check_synthetic(split, where, entry)
                 key = json.dumps([entry.name, entry.layout, entry.root, entry.options,
                                   entry.published_splits], sort_keys=True)
                 if key not in cache:
@@ -363,6 +381,50 @@ class _Curation:
                     queue = _proportional_order(pool, _stratum_rng(self.cfg.seed, entry, label))
                     out[split].append(_Stratum(split, entry, label, queue, quota))
         return out
+
+    # ---- synthetic anomalies (readl.data.sources.synthetic)
+    def _check_synthetic(self, split: str, where: str, entry: CurateSource) -> None:
+        others = {e.name: e.layout for e in getattr(self.cfg, split)}
+        for name in synthetic_spec(where, **entry.options).base:
+            if others.get(name, "synthetic") == "synthetic":
+                raise ValueError(f"{where}: base {name!r} is not a non-synthetic entry of "
+                                 f"curate.{split} (entries: {', '.join(others)})")
+
+    def derive(self, strata: list[_Stratum]) -> list[_Stratum]:
+        """Fill the queues of the synthetic anomaly strata from the normal images their base
+        strata (same split) accepted; returns those strata, to run next."""
+        derived = []
+        for s in strata:
+            if s.entry.layout != "synthetic" or s.label != 1:
+                continue
+            sp = synthetic_spec(s.entry.name, **s.entry.options)
+            names = set(sp.base) or {s.entry.name}
+            queue, index = [], -1
+            for b in strata:
+                if b.split != s.split or b.label != 0 or b.entry.name not in names:
+                    continue
+                for cand, _, image_out, _ in b.accepted:
+                    index += 1
+                    for recipe, k, seed in sp.variants(s.entry.name, cand.image_rel, index):
+                        rec = Record(source=s.entry.name, category=cand.record.category,
+                                     split=cand.record.split, label=1, defect_type=recipe,
+                                     image_path=self.staging / image_out)
+                        queue.append(_Candidate(rec, cand.image_rel, None,
+                                                f"{cand.in_source}_{recipe}{k}", (recipe, seed)))
+            s.queue, s.pos = queue, 0
+            derived.append(s)
+        return derived
+
+    def drop_unlisted_bases(self, strata: list[_Stratum]) -> None:
+        """``normals: false``: the base normal images of a synthetic source leave the manifest."""
+        for s in strata:
+            if s.entry.layout == "synthetic" and s.label == 0 and \
+                    not synthetic_spec(s.entry.name, **s.entry.options).normals:
+                for _, _, image_out, mask_out in s.accepted:
+                    for p in (image_out, mask_out):
+                        if p is not None:
+                            (self.staging / p).unlink(missing_ok=True)
+                s.accepted, s.quota = [], 0
 
     # ---- output naming
     def _out_name(self, split: str, cand: _Candidate) -> str:
@@ -386,11 +448,12 @@ class _Curation:
                 while need > 0 and s.pos < len(s.queue):
                     cand = s.queue[s.pos]
                     s.pos += 1
-                    if cand.image_rel in self.taken:
+                    if cand.key in self.taken:
                         continue
-                    self.taken.add(cand.image_rel)
+                    self.taken.add(cand.key)
                     is_eval = s.split == "eval"
-                    if is_eval and cand.record.label == 1 and cand.record.mask_path is None:
+                    if is_eval and cand.record.label == 1 and cand.record.mask_path is None \
+                            and cand.synthetic is None:
                         self._reject(cand, "missing_mask: anomalous image without a mask; the "
                                            "eval split needs a pixel mask for every anomalous "
                                            "image (add the mask or drop the image)")
@@ -406,7 +469,7 @@ class _Curation:
                         mask_ref=rec.mask_ref,
                         out_image=str(self.staging / image_out),
                         out_mask=None if mask_out is None else str(self.staging / mask_out),
-                        size=self.size), image_out, mask_out))
+                        size=self.size, synthetic=cand.synthetic), image_out, mask_out))
                     need -= 1
             if not batch:
                 return
@@ -557,8 +620,12 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
                     references.check_matches(normal.entry, [c.record.image_path for c in normal.queue + anomalous.queue],
                                              f"curate.{split} {normal.entry.name!r}")  # fmt: skip
             job.run_phase(strata["eval"], runner, guard=False)
+            job.run_phase(job.derive(strata["eval"]), runner, guard=False)
             job.set_eval(strata["eval"])
-            job.run_phase(strata["calib"] + strata["train"], runner, guard=True)
+            rest = strata["calib"] + strata["train"]
+            job.run_phase(rest, runner, guard=True)
+            job.run_phase(job.derive(rest), runner, guard=True)
+            job.drop_unlisted_bases(strata["eval"] + rest)
             counts, with_ref = {}, {}
             for split in SPLITS:
                 df = _manifest(strata[split], cfg.image_size, out.as_posix(), references)

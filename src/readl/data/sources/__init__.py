@@ -21,6 +21,9 @@ sdd            KolektorSDD (kosNN, label from mask)  :mod:`.sdd`
 ksdd2          KolektorSDD2 (_GT masks)              :mod:`.sdd`
 folder         anomalib "folder" format              :mod:`.folder`
 images_masks   images/ + masks/ (label from mask)    :mod:`.images_masks`
+synthetic      CutPaste / scar / DRAEM anomalies of  :mod:`.synthetic`
+               another source's normal images
+               (made by curate)
 ============== ===================================== =========================================
 """
 
@@ -38,6 +41,7 @@ from .mvtec_loco import mvtec_loco
 from .pr_real import pr_real
 from .real_iad import real_iad
 from .sdd import ksdd2, sdd
+from .synthetic import synthetic
 from .vision import vision
 from .visa import visa
 
@@ -87,6 +91,7 @@ ADAPTERS: dict[str, Adapter] = _Registry({
     "ksdd2": ksdd2,
     "folder": folder,
     "images_masks": images_masks,
+    "synthetic": synthetic,
 })
 """Layout name -> adapter. Aliases (mvtec_ad, mpdd, wfdd, dtd) differ only in ``Record.source``."""
 
