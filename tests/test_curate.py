@@ -363,7 +363,7 @@ def test_unknown_layout_or_option_fails_before_any_work(raw_tree, tmp_path):
 
 def test_sample_manifests_carry_template_references(sample_run):
     ev = C.read_manifest("eval", sample_run.out_dir)
-    assert ev["reference"].notna().all() and sample_run.summary["with_reference"]["eval"] == 14
+    assert ev["reference"].notna().all() and sample_run.summary["with_reference"]["eval"] == len(ev) > 14
     refs = dict(zip(ev["raw_image_path"], ev["reference"]))
     assert refs["mvtec_ad/grid/test/bent/000.png"] == "The grid shows a bent defect."
     assert refs["mvtec_ad/grid/test/metal_contamination/000.png"] == "The grid shows a metal contamination defect."
