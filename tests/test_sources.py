@@ -427,3 +427,42 @@ def test_unreadable_mask_is_reported_and_the_rest_still_listed(tmp_path):
         recs = list(read_source("images_masks", root))
     assert [r.image_path.name for r in recs] == ["0.png", "2.png"]
     assert seen == [("1.png", "1.png")]
+
+
+def _defect_tree(root: Path, mask_layout: str) -> dict[str, int]:
+    """cut/ and hole/ reuse the stems 000, 001; every mask has a distinct box width (its id)."""
+    widths = {}
+    for d, stems in (("cut", ("000", "001")), ("hole", ("000", "001", "002"))):
+        for stem in stems:
+            png(root / d / f"{stem}.png")
+            w = len(widths) + 1
+            mask = (root / f"mask_{d}" / f"{stem}_mask.png" if mask_layout == "parallel"
+                    else root / "masks" / d / f"{stem}.png")
+            png(mask, box=(0, 0, w, 1))
+            widths[f"{d}/{stem}"] = w
+    return widths
+
+
+@pytest.mark.parametrize("mask_layout", ["parallel", "nested"])
+def test_folder_masks_paired_within_their_own_folder(tmp_path, mask_layout):
+    root = tmp_path / "custom"
+    png(root / "good/a.png")
+    widths = _defect_tree(root, mask_layout)
+    mask_dir = ["mask_cut", "mask_hole"] if mask_layout == "parallel" else "masks"
+    recs = [r for r in read_source("folder", root, normal_dir="good",
+                                   abnormal_dir=["cut", "hole"], mask_dir=mask_dir) if r.label]
+    assert len(recs) == 5 and all(r.mask_path is not None for r in recs)
+    for r in recs:  # the mask's box width identifies the mask file it came from
+        got = int(I.load_mask(r.mask_path, None).sum())
+        assert got == widths[f"{r.defect_type}/{r.image_path.stem}"], (r.image_path, r.mask_path)
+
+
+def test_folder_ambiguous_mask_pairing_names_both_files(tmp_path):
+    root = tmp_path / "custom"
+    png(root / "good/a.png")
+    _defect_tree(root, "parallel")
+    with pytest.raises(LayoutError, match=r"(?s)cut/000\.png.*hole/000\.png"):
+        list(read_source("folder", root, abnormal_dir=["cut", "hole"], mask_dir="mask_cut"))
+    png(root / "mask_hole" / "000.png")  # a second mask for hole/000 in the other folder
+    with pytest.raises(LayoutError, match=r"(?s)mask_cut/000_mask\.png.*mask_hole/000"):
+        list(read_source("folder", root, abnormal_dir=["hole"], mask_dir=["mask_cut", "mask_hole"]))
