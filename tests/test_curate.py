@@ -348,3 +348,41 @@ def test_unknown_layout_or_option_fails_before_any_work(raw_tree, tmp_path):
                                            options={"categories": ["gadget"]})], calib=[])
     res = C.curate(only, raw_tree, tmp_path / "out")
     assert set(C.read_manifest("train", res.out_dir)["category"]) == {"gadget"}
+
+
+def test_source_with_no_images_is_an_error_naming_folder_and_layout(tmp_path):
+    raw = tmp_path / "raw"
+    for split in ("train/good", "test/good"):  # an MVTec 3D-AD tree read as MVTec LOCO
+        save(raw / "loco" / "bagel" / split / "rgb" / "000.png", texture(1))
+    save(raw / "evalset" / "part" / "test/good/000.png", texture(2))
+    cfg = tree_config(train=[CurateSource(name="loco", layout="mvtec_loco", root="loco")],
+                      calib=[], eval=[CurateSource(name="evalset", layout="mvtec", root="evalset",
+                                                   normal=1, anomalous=0)])
+    with pytest.raises(C.LayoutError) as err:
+        C.curate(cfg, raw, tmp_path / "out")
+    msg = str(err.value)
+    assert "no images" in msg and str(raw / "loco") in msg
+    assert "<category>/ground_truth/<defect>/000/000.png" in msg  # the layout the adapter reads
+    assert not (tmp_path / "out").exists()
+    only_val = cfg.model_copy(update={"train": [CurateSource(
+        name="evalset", layout="mvtec", root="evalset", published_splits=["validation"])]})
+    with pytest.raises(C.LayoutError, match=r"published split\(s\) \['validation'\].*test"):
+        C.curate(only_val, raw, tmp_path / "out")
+
+
+def test_images_masks_image_without_mask_is_rejected_and_the_rest_curated(tmp_path):
+    raw = tmp_path / "raw"
+    base = raw / "plates"
+    for name in ("a", "b", "c"):
+        save(base / "images" / f"{name}.png", texture(ord(name)))
+    save(base / "masks" / "a.png", mask())
+    save(base / "masks" / "c.png", np.zeros((80, 96), dtype=np.uint8))
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="plates", layout="images_masks",
+                                                      root="plates")], calib=[], eval=[])
+    res = C.curate(cfg, raw, tmp_path / "out")
+    rows = read_csv(res.out_dir / "rejected.csv")
+    assert [(r["image_path"], r["reason"].split(":")[0]) for r in rows] == \
+        [("plates/images/b.png", "missing_mask")]
+    train = C.read_manifest("train", res.out_dir)
+    assert sorted(train["raw_image_path"]) == ["plates/images/a.png", "plates/images/c.png"]
+    assert sorted(train["label"]) == [0, 1]

@@ -10,7 +10,9 @@ What the stage does, in order:
 
 1. Read every configured source with its adapter (:mod:`readl.data.sources`), as published. A source
    whose folder is missing is a :class:`SourceMissingError` naming the folder and ``readl fetch``;
-   it is raised before any image is touched.
+   it is raised before any image is touched. A source in which the adapter finds no image (a
+   wrong ``root`` or ``layout``), or none in its ``published_splits``, is a ``LayoutError`` naming
+   the folder and the tree the adapter reads.
 2. Sample, seeded and stratified: one stratum per (source, label); within it the categories are
    interleaved in proportion to their sizes (each category shuffled by a ``numpy`` Generator seeded
    from ``curate.seed`` and the stratum's name), so any prefix of a stratum is a proportional
@@ -23,7 +25,7 @@ What the stage does, in order:
    written as PNG {0, 255}. Eval rows always get a mask file (all zero for normal images); train and
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
    not an image, mask missing / unreadable / of another size, anomalous image without a mask in
-   eval) goes to ``rejected.csv`` with the reason; the stage never stops for it.
+   eval, an image of a mask-labelled layout without a mask: ``missing_mask``) goes to ``rejected.csv`` with the reason; the stage never stops for it.
 4. Leakage guard: the 64-bit DCT pHash of every curated image (computed on the resized pixels);
    a train/calib candidate whose hash is within ``leakage_max_distance`` bits of ANY eval image is
    dropped and listed in ``leakage.csv`` (the zero-shot protocol of Sec. 5.1).
@@ -66,7 +68,7 @@ from readl.atomic import atomic_dir
 
 from .images import BadImageError, decode_resize_hash, load_pair, phash
 from .sources import LayoutError, Record, get_adapter, read_source
-from .sources.base import report_bad_masks
+from .sources.base import MissingMaskError, expected_layout, report_bad_masks
 
 if TYPE_CHECKING:  # kept out of the import: decoding workers import this module (spawn)
     import datasets
@@ -163,24 +165,44 @@ def _posix_rel(path: Path, base: Path) -> str:
 
 def _read_entry(entry: CurateSource, raw_root: Path, where: str,
                 rejected: list[dict[str, Any]]) -> list[Record]:
-    """All records of one source (adapter output, filtered by published split)."""
+    """All records of one source (adapter output, filtered by published split).
+
+    Raises:
+        LayoutError: the adapter's own LayoutError (prefixed with ``where``), or no image found
+            (at all, or in the requested published splits): the message names the folder and
+            the tree the adapter reads.
+    """
     root = raw_root / entry.root
     records: list[Record] = []
 
-    def bad_mask(image: Path, exc: BadImageError) -> None:  # adapters that label from masks report and go on
+    def bad_mask(image: Path, exc: BadImageError | MissingMaskError) -> None:
+        # adapters that label from masks report and go on
+        missing = isinstance(exc, MissingMaskError)
         rejected.append({"source": entry.name, "image_path": _posix_rel(image, raw_root),
-                         "mask_path": _posix_rel(exc.path, raw_root),
-                         "reason": f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
-        log.warning("%s: unreadable mask %s: %s", where, exc.path, exc.reason)
+                         "mask_path": None if missing else _posix_rel(exc.path, raw_root),
+                         "reason": f"missing_mask: {exc.reason}" if missing else
+                         f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
+        log.warning("%s: %s", where, exc)
 
     try:
         with report_bad_masks(bad_mask):
             records.extend(read_source(entry.layout, root, source=entry.name, **entry.options))
     except LayoutError as exc:
         raise LayoutError(f"{where} ({entry.layout} layout at {root}): {exc}") from None
+    tree = expected_layout(get_adapter(entry.layout))
+    if not records and not any(r["source"] == entry.name for r in rejected):
+        raise LayoutError(f"{where}: no images found by the {entry.layout!r} adapter under "
+                          f"{root}; the folder does not follow that layout, which is:\n{tree}\n"
+                          f"Fix `root`/`layout` in params.yaml curate:, or re-extract the data.")
     if entry.published_splits is not None:
+        found = sorted({r.split for r in records})
         keep = set(entry.published_splits)
         records = [r for r in records if r.split in keep]
+        if not records and found:
+            raise LayoutError(f"{where}: no images in the published split(s) "
+                              f"{list(entry.published_splits)} under {root}; the "
+                              f"{entry.layout!r} adapter found the splits {found}: fix "
+                              f"`published_splits` in params.yaml curate:")
     return records
 
 
