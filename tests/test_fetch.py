@@ -179,7 +179,8 @@ def test_endpoint_resolution(monkeypatch):
         storage.parse_s3_url("https://b/k")
 
 
-@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd"])
+@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd",
+                                  "mvtec_3d", "mvtec_ad2"])
 def test_manual_sources_explain_where_and_layout(name, tmp_path):
     with pytest.raises(F.ManualDownloadRequired) as err:
         F.fetch(name, tmp_path / "raw")

@@ -127,6 +127,22 @@ SOURCES: dict[str, RemoteSource] = {s.name: s for s in [
         note="MVTec LOCO AD is CC BY-NC-SA 4.0 (non-commercial). If the link has expired, "
              "download it from the page."),
     RemoteSource(
+        "mvtec_3d", "mvtec_3d",
+        "<category>/{train,validation}/good/rgb/*.png, <category>/test/<defect>/rgb/*.png, "
+        "<category>/test/<defect>/gt/*.png (xyz/ folders are ignored)",
+        page="https://www.mvtec.com/company/research/datasets/mvtec-3d-ad",
+        note="MVTec 3D-AD is CC BY-NC-SA 4.0 (non-commercial); download "
+             "mvtec_3d_anomaly_detection.tar.xz from the page after accepting MVTec's terms "
+             "(~13 GB) and extract it."),
+    RemoteSource(
+        "mvtec_ad2", "mvtec_ad2",
+        "<object>/{train,validation}/good/*.png, <object>/test_public/{good,bad}/*.png, "
+        "<object>/test_public/ground_truth/bad/*_mask.png, <object>/test_private*/*.png "
+        "(unlabelled: for readl predict only)",
+        page="https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
+        note="MVTec AD 2 is CC BY-NC-SA 4.0 (non-commercial); download it from the page after "
+             "accepting MVTec's terms and extract every object's archive."),
+    RemoteSource(
         "sdd", "sdd", "kos01/Part0.jpg + kos01/Part0_label.bmp, ... kos50/",
         url="https://go.vicos.si/kolektorsdd",
         sha256="65dc621693418585de9c4467d1340ea7958a6181816f0dc2883a1e8b61f9d4dc",

@@ -40,6 +40,8 @@ MASK_KINDS = ("none", "file", "dir_union", "coco", "labelme")
 DOWNLOAD_HINTS: dict[str, str] = {
     "mvtec_ad": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
     "mvtec_loco": "https://www.mvtec.com/company/research/datasets/mvtec-loco",
+    "mvtec_3d": "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad",
+    "mvtec_ad2": "https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
     "visa": "https://github.com/amazon-science/spot-diff (VisA_20220922.tar)",
     "real_iad": "https://realiad4ad.github.io/Real-IAD/ (access on request; "
                 "https://huggingface.co/datasets/Real-IAD/Real-IAD)",
