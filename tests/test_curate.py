@@ -386,3 +386,38 @@ def test_images_masks_image_without_mask_is_rejected_and_the_rest_curated(tmp_pa
     train = C.read_manifest("train", res.out_dir)
     assert sorted(train["raw_image_path"]) == ["plates/images/a.png", "plates/images/c.png"]
     assert sorted(train["label"]) == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def hazelnut_leak_tree(sample_dir, tmp_path_factory) -> Path:
+    """eval: hazelnut_toy test/good (6 real photos); train: its 28 train/good photos (distinct
+    photos of the same object) + copies of two eval photos: exact, JPEG q80, half size."""
+    raw = tmp_path_factory.mktemp("leakraw")
+    src = sample_dir / "hazelnut_toy" / "hazelnut"
+    for split in ("train", "test"):
+        dst = raw / ("photos" if split == "train" else "evalset") / "hazelnut" / split / "good"
+        shutil.copytree(src / split / "good", dst)
+    copies = raw / "photos" / "hazelnut" / "train" / "good"
+    eval_files = sorted((raw / "evalset" / "hazelnut" / "test" / "good").iterdir())
+    first, second = (Image.open(p).convert("RGB") for p in eval_files[:2])
+    first.save(copies / "copy_exact.png")
+    first.save(copies / "copy_q80.jpg", quality=80)
+    second.resize((second.width // 2, second.height // 2), Image.Resampling.BICUBIC).save(
+        copies / "copy_half.png")
+    return raw
+
+
+@pytest.mark.parametrize("max_distance", [3, 12])
+def test_leakage_guard_keeps_distinct_photos_and_catches_copies(hazelnut_leak_tree, tmp_path,
+                                                                max_distance):
+    cfg = CurateConfig(workers=1, leakage_max_distance=max_distance,
+                       train=[CurateSource(name="photos", layout="mvtec", root="photos")], calib=[],
+                       eval=[CurateSource(name="evalset", layout="mvtec", root="evalset")])
+    res = C.curate(cfg, hazelnut_leak_tree, tmp_path / "out")
+    rows = read_csv(res.out_dir / "leakage.csv")
+    assert sorted(Path(r["image_path"]).stem for r in rows) == ["copy_exact", "copy_half",
+                                                                 "copy_q80"]
+    for r in rows:
+        assert float(r["ssim"]) >= cfg.leakage_min_ssim and int(r["distance"]) <= max_distance
+    train = C.read_manifest("train", res.out_dir)
+    assert len(train) == 28  # every distinct photo of the object is kept

@@ -26,9 +26,11 @@ What the stage does, in order:
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
    not an image, mask missing / unreadable / of another size, anomalous image without a mask in
    eval, an image of a mask-labelled layout without a mask: ``missing_mask``) goes to ``rejected.csv`` with the reason; the stage never stops for it.
-4. Leakage guard: the 64-bit DCT pHash of every curated image (computed on the resized pixels);
-   a train/calib candidate whose hash is within ``leakage_max_distance`` bits of ANY eval image is
-   dropped and listed in ``leakage.csv`` (the zero-shot protocol of Sec. 5.1).
+4. Leakage guard (:mod:`readl.data.leakage`): the 64-bit DCT pHash of every curated image
+   (computed on the resized pixels) finds the eval images within ``leakage_max_distance`` bits of a
+   train/calib candidate; the candidate is a copy, dropped and listed in ``leakage.csv`` with both
+   measures (``distance`` in bits, ``ssim``), when the SSIM of the two 64x64 grey thumbnails is
+   >= ``leakage_min_ssim`` (the zero-shot protocol of Sec. 5.1).
 5. Write, atomically (everything goes to a temporary folder beside ``out_dir`` that then replaces
    it): ``{train,calib,eval}.parquet`` (validated with :func:`readl.data.schema.validate_manifest`,
    eval with masks required), ``images/<split>/<source>/<path in source>.png``,
@@ -67,6 +69,7 @@ import numpy as np
 from readl.atomic import atomic_dir
 
 from .images import BadImageError, decode_resize_hash, load_pair, phash
+from .leakage import LeakageGuard, thumbnail
 from .sources import LayoutError, Record, get_adapter, read_source
 from .sources.base import MissingMaskError, expected_layout, report_bad_masks
 
@@ -85,7 +88,7 @@ SPLITS = ("train", "calib", "eval")
 """Curated splits, in the order of the output files (sampling order is eval, calib, train)."""
 REJECTED_COLUMNS = ("source", "image_path", "mask_path", "reason")
 LEAKAGE_COLUMNS = ("split", "source", "image_path", "phash", "eval_source", "eval_image_path",
-                   "eval_phash", "distance")
+                   "eval_phash", "distance", "ssim")
 MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path")
 POOL_MIN_TASKS = 200
 """Batches smaller than this are decoded in-process: starting a spawn pool of 2 and importing the
@@ -296,9 +299,13 @@ def _save_png(array_or_image: Any, path: str, mode: str | None = None) -> None:
     img.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _process(task: _Task) -> tuple[str | None, str | None]:
-    """Decode, resize, hash and write one image (+ mask). Returns ``(phash, None)`` or
-    ``(None, reason)`` for a bad input (nothing written then)."""
+_Result = tuple[str | None, np.ndarray | None, str | None]
+"""``(phash, thumbnail, None)`` for a written image, ``(None, None, reason)`` for a bad input."""
+
+
+def _process(task: _Task) -> _Result:
+    """Decode, resize, hash and write one image (+ mask). Returns ``(phash, thumbnail, None)`` or
+    ``(None, None, reason)`` for a bad input (nothing written then)."""
     try:
         if task.mask is not None:
             img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref)
@@ -310,11 +317,11 @@ def _process(task: _Task) -> tuple[str | None, str | None]:
         bad = Path(exc.path)
         is_mask = task.mask is not None and (bad == Path(task.mask) or
                                              bad.is_relative_to(task.mask))
-        return None, f"{'bad_mask' if is_mask else 'bad_image'}: {exc.reason}"
+        return None, None, f"{'bad_mask' if is_mask else 'bad_image'}: {exc.reason}"
     _save_png(img, task.out_image)
     if task.out_mask is not None:
         _save_png(mask.astype(np.uint8) * 255, task.out_mask, mode="L")
-    return digest, None
+    return digest, thumbnail(img), None
 
 
 class _Runner:
@@ -324,7 +331,7 @@ class _Runner:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(self, tasks: Sequence[_Task]) -> Iterable[tuple[str | None, str | None]]:
+    def map(self, tasks: Sequence[_Task]) -> Iterable[_Result]:
         if self.workers <= 1 or (self._pool is None and len(tasks) < POOL_MIN_TASKS):
             return map(_process, tasks)
         main_file = getattr(sys.modules["__main__"], "__file__", None)
@@ -344,10 +351,6 @@ class _Runner:
 # the stage
 
 
-def _hash_array(hashes: Sequence[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
-
-
 class _Curation:
     def __init__(self, cfg: CurateConfig, raw_root: Path, staging: Path,
                  progress: Progress | None) -> None:
@@ -361,8 +364,8 @@ class _Curation:
         self.taken: set[str] = set()
         self.used_names: set[str] = set()
         self.total = 0
-        self.eval_hashes = np.zeros(0, dtype=np.uint64)
-        self.eval_rows: list[tuple[str, str, str]] = []  # (source, image_path, phash)
+        self.guard: LeakageGuard | None = None
+        self.eval_thumbs: dict[str, np.ndarray] = {}  # eval raw image path -> thumbnail
 
     # ---- planning
     def strata(self) -> dict[str, list[_Stratum]]:
@@ -431,16 +434,18 @@ class _Curation:
             if not batch:
                 return
             self.total += len(batch)
-            for (s, cand, task, image_out, mask_out), (digest, error) in zip(
+            for (s, cand, task, image_out, mask_out), (digest, thumb, error) in zip(
                     batch, runner.map([b[2] for b in batch])):
                 if error is not None:
                     self._reject(cand, error)
-                elif guard and self._leaks(s, cand, digest):
+                elif guard and self._leaks(s, cand, digest, thumb):
                     for p in (task.out_image, task.out_mask):
                         if p is not None:
                             Path(p).unlink(missing_ok=True)
                 else:
                     s.accepted.append((cand, digest, image_out, mask_out))
+                    if not guard:
+                        self.eval_thumbs[cand.image_rel] = thumb
                 if self.progress is not None:
                     self.progress(1, self.total)
 
@@ -449,21 +454,16 @@ class _Curation:
                               "mask_path": cand.mask_rel, "reason": reason})
 
     def set_eval(self, strata: list[_Stratum]) -> None:
-        rows = sorted((c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted)
-        self.eval_rows = rows
-        self.eval_hashes = _hash_array([h for _, _, h in rows])
+        rows = [(c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted]
+        self.guard = LeakageGuard(rows, [self.eval_thumbs[r[1]] for r in rows],
+                                  self.cfg.leakage_max_distance, self.cfg.leakage_min_ssim)
 
-    def _leaks(self, s: _Stratum, cand: _Candidate, digest: str) -> bool:
-        if not len(self.eval_hashes):
+    def _leaks(self, s: _Stratum, cand: _Candidate, digest: str, thumb: np.ndarray) -> bool:
+        hit = None if self.guard is None else self.guard.match(digest, thumb)
+        if hit is None:
             return False
-        dist = np.bitwise_count(self.eval_hashes ^ np.uint64(int(digest, 16)))
-        i = int(np.argmin(dist))  # first (sorted) eval image at the minimum distance
-        if int(dist[i]) > self.cfg.leakage_max_distance:
-            return False
-        src, path, h = self.eval_rows[i]
         self.leaked.append({"split": s.split, "source": cand.record.source,
-                            "image_path": cand.image_rel, "phash": digest, "eval_source": src,
-                            "eval_image_path": path, "eval_phash": h, "distance": int(dist[i])})
+                            "image_path": cand.image_rel, "phash": digest, **hit})
         return True
 
 
@@ -518,6 +518,7 @@ def _summary(cfg: CurateConfig, strata: dict[str, list[_Stratum]], rejected: lis
     return {
         "image_size": cfg.image_size, "seed": cfg.seed,
         "leakage_max_distance": cfg.leakage_max_distance,
+        "leakage_min_ssim": cfg.leakage_min_ssim,
         "splits": splits,
         "rejected": {"total": len(rejected), "by_source": dict(sorted(by_source.items()))},
         "leaked": {"total": len(leaked),
