@@ -421,3 +421,17 @@ def test_leakage_guard_keeps_distinct_photos_and_catches_copies(hazelnut_leak_tr
         assert float(r["ssim"]) >= cfg.leakage_min_ssim and int(r["distance"]) <= max_distance
     train = C.read_manifest("train", res.out_dir)
     assert len(train) == 28  # every distinct photo of the object is kept
+
+
+def test_image_below_one_merged_patch_is_rejected_with_the_reason(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(2):
+        save(raw / "toy" / "widget" / f"train/good/g{i}.png", texture(i))
+    save(raw / "toy" / "widget" / "train/good/dot.png", np.zeros((1, 1, 3), dtype=np.uint8))
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="toy", layout="mvtec", root="toy")],
+                       calib=[], eval=[])
+    res = C.curate(cfg, raw, tmp_path / "out")
+    rows = read_csv(res.out_dir / "rejected.csv")
+    assert [r["image_path"] for r in rows] == ["toy/widget/train/good/dot.png"]
+    assert rows[0]["reason"].startswith("bad_image: image is 1x1 px, smaller than the 28x28")
+    assert res.counts["train"] == 2

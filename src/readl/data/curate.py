@@ -24,7 +24,7 @@ What the stage does, in order:
    RGB, EXIF-upright, bicubic to ``image_size``; masks binarised and nearest-neighbour resized,
    written as PNG {0, 255}. Eval rows always get a mask file (all zero for normal images); train and
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
-   not an image, mask missing / unreadable / of another size, anomalous image without a mask in
+   not an image, a side under ``readl.data.images.MIN_SIDE`` = 28 px, mask missing / unreadable / of another size, anomalous image without a mask in
    eval, an image of a mask-labelled layout without a mask: ``missing_mask``) goes to ``rejected.csv`` with the reason; the stage never stops for it.
 4. Leakage guard (:mod:`readl.data.leakage`): the 64-bit DCT pHash of every curated image
    (computed on the resized pixels) finds the eval images within ``leakage_max_distance`` bits of a
@@ -68,7 +68,7 @@ import numpy as np
 
 from readl.atomic import atomic_dir
 
-from .images import BadImageError, decode_resize_hash, load_pair, phash
+from .images import MIN_SIDE, BadImageError, decode_resize_hash, load_pair, phash
 from .leakage import LeakageGuard, thumbnail
 from .sources import LayoutError, Record, get_adapter, read_source
 from .sources.base import MissingMaskError, expected_layout, report_bad_masks
@@ -308,10 +308,11 @@ def _process(task: _Task) -> _Result:
     ``(None, None, reason)`` for a bad input (nothing written then)."""
     try:
         if task.mask is not None:
-            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref)
+            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref,
+                                  min_side=MIN_SIDE)
             digest = phash(img)
         else:
-            img, digest = decode_resize_hash(task.image, task.size)
+            img, digest = decode_resize_hash(task.image, task.size, min_side=MIN_SIDE)
             mask = np.zeros((task.size[1], task.size[0]), dtype=bool)
     except BadImageError as exc:
         bad = Path(exc.path)
