@@ -206,10 +206,17 @@ def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in _SWAPS_AXES else size
 
 
-def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1
-            ) -> tuple[Image.Image, int, tuple[int, int]]:
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """``size`` scaled to fit ``max_side`` on its longest side (None: it already fits)."""
+    scale = max_side / max(size)
+    return None if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
+def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1,
+            max_side: int | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
     """Open + (JPEG draft) + load. Returns (image as stored, EXIF orientation, full stored size).
-    An image with a side under ``min_side`` px is a BadImageError (checked on the header)."""
+    An image with a side under ``min_side`` px is a BadImageError (checked on the header);
+    ``max_side`` sets the JPEG draft target to the upright size fitted to it."""
     img = _open(path)
     full_size = img.size
     if min(full_size) < min_side:
@@ -217,6 +224,8 @@ def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, mi
                                   f"{min_side}x{min_side} px minimum (one merged 2x2 patch of 14 px "
                                   f"of the model); an export or crop error: fix or delete the file")
     orientation = _orientation(img)  # JPEG EXIF is in the header: readable before load
+    if max_side is not None and img.format == "JPEG":
+        draft_size = _fit(_oriented_size(full_size, orientation), max_side)
     if draft_size is not None and img.format == "JPEG":
         # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping both sides >= the target; the
         # target is in displayed orientation, the draft in stored orientation.
@@ -335,9 +344,11 @@ def _reduce(img: Image.Image, target: tuple[int, int]) -> Image.Image:
         return img
 
 
-def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1
-                  ) -> tuple[Image.Image, int, tuple[int, int]]:
-    img, orientation, full_size = _decode(path, size, min_side)
+def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1,
+                  max_side: int | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
+    img, orientation, full_size = _decode(path, size, min_side, max_side)
+    if max_side is not None:  # orientation known only now for PNG/TIFF (EXIF after the pixels)
+        size = _fit(_oriented_size(full_size, orientation), max_side)
     if size is not None:
         img = _reduce(img, _oriented_size(size, orientation))
     if orientation != 1:  # (skipped otherwise: exif_transpose copies even when there is nothing to do)
@@ -391,12 +402,7 @@ def load_rgb_fit(path: str | os.PathLike[str], max_side: int, *, min_side: int =
     """
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    head = _open(path)
-    with head:
-        w, h = _oriented_size(head.size, _orientation(head))
-    scale = max_side / max(w, h)
-    target = None if scale >= 1 else (max(1, round(w * scale)), max(1, round(h * scale)))
-    img, _, _ = _rgb_oriented(path, target, min_side)
+    img, _, _ = _rgb_oriented(path, None, min_side, max_side)
     return img
 
 
