@@ -413,3 +413,90 @@ def test_users_bring_their_own_references_csv(raw_tree, tmp_path):
             C.curate(cfg, raw_tree, tmp_path / "out2")
         assert str(bad) in str(err.value)
         assert not (tmp_path / "out2").exists()
+
+
+def test_source_with_no_images_is_an_error_naming_folder_and_layout(tmp_path):
+    raw = tmp_path / "raw"
+    for split in ("train/good", "test/good"):  # an MVTec 3D-AD tree read as MVTec LOCO
+        save(raw / "loco" / "bagel" / split / "rgb" / "000.png", texture(1))
+    save(raw / "evalset" / "part" / "test/good/000.png", texture(2))
+    cfg = tree_config(train=[CurateSource(name="loco", layout="mvtec_loco", root="loco")],
+                      calib=[], eval=[CurateSource(name="evalset", layout="mvtec", root="evalset",
+                                                   normal=1, anomalous=0)])
+    with pytest.raises(C.LayoutError) as err:
+        C.curate(cfg, raw, tmp_path / "out")
+    msg = str(err.value)
+    assert "no images" in msg and str(raw / "loco") in msg
+    assert "<category>/ground_truth/<defect>/000/000.png" in msg  # the layout the adapter reads
+    assert not (tmp_path / "out").exists()
+    only_val = cfg.model_copy(update={"train": [CurateSource(
+        name="evalset", layout="mvtec", root="evalset", published_splits=["validation"])]})
+    with pytest.raises(C.LayoutError, match=r"published split\(s\) \['validation'\].*test"):
+        C.curate(only_val, raw, tmp_path / "out")
+
+
+def test_images_masks_image_without_mask_is_rejected_and_the_rest_curated(tmp_path):
+    raw = tmp_path / "raw"
+    base = raw / "plates"
+    for name in ("a", "b", "c"):
+        save(base / "images" / f"{name}.png", texture(ord(name)))
+    save(base / "masks" / "a.png", mask())
+    save(base / "masks" / "c.png", np.zeros((80, 96), dtype=np.uint8))
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="plates", layout="images_masks",
+                                                      root="plates")], calib=[], eval=[])
+    res = C.curate(cfg, raw, tmp_path / "out")
+    rows = read_csv(res.out_dir / "rejected.csv")
+    assert [(r["image_path"], r["reason"].split(":")[0]) for r in rows] == \
+        [("plates/images/b.png", "missing_mask")]
+    train = C.read_manifest("train", res.out_dir)
+    assert sorted(train["raw_image_path"]) == ["plates/images/a.png", "plates/images/c.png"]
+    assert sorted(train["label"]) == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def hazelnut_leak_tree(sample_dir, tmp_path_factory) -> Path:
+    """eval: hazelnut_toy test/good (6 real photos); train: its 28 train/good photos (distinct
+    photos of the same object) + copies of two eval photos: exact, JPEG q80, half size."""
+    raw = tmp_path_factory.mktemp("leakraw")
+    src = sample_dir / "hazelnut_toy" / "hazelnut"
+    for split in ("train", "test"):
+        dst = raw / ("photos" if split == "train" else "evalset") / "hazelnut" / split / "good"
+        shutil.copytree(src / split / "good", dst)
+    copies = raw / "photos" / "hazelnut" / "train" / "good"
+    eval_files = sorted((raw / "evalset" / "hazelnut" / "test" / "good").iterdir())
+    first, second = (Image.open(p).convert("RGB") for p in eval_files[:2])
+    first.save(copies / "copy_exact.png")
+    first.save(copies / "copy_q80.jpg", quality=80)
+    second.resize((second.width // 2, second.height // 2), Image.Resampling.BICUBIC).save(
+        copies / "copy_half.png")
+    return raw
+
+
+@pytest.mark.parametrize("max_distance", [3, 12])
+def test_leakage_guard_keeps_distinct_photos_and_catches_copies(hazelnut_leak_tree, tmp_path,
+                                                                max_distance):
+    cfg = CurateConfig(workers=1, leakage_max_distance=max_distance,
+                       train=[CurateSource(name="photos", layout="mvtec", root="photos")], calib=[],
+                       eval=[CurateSource(name="evalset", layout="mvtec", root="evalset")])
+    res = C.curate(cfg, hazelnut_leak_tree, tmp_path / "out")
+    rows = read_csv(res.out_dir / "leakage.csv")
+    assert sorted(Path(r["image_path"]).stem for r in rows) == ["copy_exact", "copy_half",
+                                                                 "copy_q80"]
+    for r in rows:
+        assert float(r["ssim"]) >= cfg.leakage_min_ssim and int(r["distance"]) <= max_distance
+    train = C.read_manifest("train", res.out_dir)
+    assert len(train) == 28  # every distinct photo of the object is kept
+
+
+def test_image_below_one_merged_patch_is_rejected_with_the_reason(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(2):
+        save(raw / "toy" / "widget" / f"train/good/g{i}.png", texture(i))
+    save(raw / "toy" / "widget" / "train/good/dot.png", np.zeros((1, 1, 3), dtype=np.uint8))
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="toy", layout="mvtec", root="toy")],
+                       calib=[], eval=[])
+    res = C.curate(cfg, raw, tmp_path / "out")
+    rows = read_csv(res.out_dir / "rejected.csv")
+    assert [r["image_path"] for r in rows] == ["toy/widget/train/good/dot.png"]
+    assert rows[0]["reason"].startswith("bad_image: image is 1x1 px, smaller than the 28x28")
+    assert res.counts["train"] == 2

@@ -94,7 +94,8 @@ def test_visa_from_public_s3_resumes_verifies_and_extracts(public_bucket, visa_t
     dest = tmp_path / "raw"
     part = dest / ".fetch" / f"{VISA_KEY}.part"
     part.parent.mkdir(parents=True)
-    part.write_bytes(visa_tar[:3000])  # an interrupted earlier download
+    part.write_bytes(visa_tar[:3000])  # an interrupted earlier download (of this URL)
+    part.with_name(part.name + ".url").write_text(F.SOURCES["visa"].url)
     seen = []
     sha = hashlib.sha256(visa_tar).hexdigest()
     res = F.fetch("visa", dest, sha256=sha, progress=lambda done, total: seen.append((done, total)))
@@ -131,6 +132,7 @@ def test_https_range_resume_and_unknown_checksum(public_bucket, tmp_path):
     dest = tmp_path / "raw"
     (dest / ".fetch").mkdir(parents=True)
     (dest / ".fetch" / "toy.zip.part").write_bytes(data[:100])
+    (dest / ".fetch" / "toy.zip.part.url").write_text(url)
     seen = []
     res = F.fetch("toyset", dest, url=url, progress=lambda d, t: seen.append(d))
     assert seen[0] == 100
@@ -177,7 +179,8 @@ def test_endpoint_resolution(monkeypatch):
         storage.parse_s3_url("https://b/k")
 
 
-@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd"])
+@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd",
+                                  "mvtec_3d", "mvtec_ad2"])
 def test_manual_sources_explain_where_and_layout(name, tmp_path):
     with pytest.raises(F.ManualDownloadRequired) as err:
         F.fetch(name, tmp_path / "raw")
@@ -236,3 +239,47 @@ def test_lost_connection_is_retried_resuming(public_bucket, visa_tar, tmp_path, 
     out = F.download(f"s3://{VISA_BUCKET}/{VISA_KEY}", tmp_path / "v.tar",
                      endpoint_url=public_bucket.endpoint, unsigned=True)
     assert calls == [0, 1000] and out.read_bytes() == visa_tar
+
+
+def test_same_archive_name_from_another_url_is_not_reused(public_bucket, tmp_path):
+    one, two = tar_bytes({"a.txt": b"one"}), tar_bytes({"a.txt": b"two"})
+    client = public_bucket.client()
+    client.put_object(Bucket=VISA_BUCKET, Key="v1/data.tar", Body=one)
+    client.put_object(Bucket=VISA_BUCKET, Key="v2/data.tar", Body=two)
+    url1, url2 = (f"{public_bucket.endpoint}/{VISA_BUCKET}/{v}/data.tar" for v in ("v1", "v2"))
+    dest = tmp_path / "raw"
+    first = F.fetch("one", dest, url=url1, keep_archive=True)
+    assert (first.path / "a.txt").read_text() == "one"
+    second = F.fetch("two", dest, url=url2, keep_archive=True)  # same file name, other URL
+    assert (second.path / "a.txt").read_text() == "two"
+    assert second.sha256 == hashlib.sha256(two).hexdigest()
+    # same URL, but the kept archive was changed on disk: downloaded again, not reused
+    (dest / ".fetch" / "data.tar").write_bytes(one)
+    third = F.fetch("three", dest, url=url2)
+    assert (third.path / "a.txt").read_text() == "two"
+    # an interrupted download of another URL is not resumed either
+    (dest / ".fetch").mkdir()
+    (dest / ".fetch" / "data.tar.part").write_bytes(one[:700])
+    (dest / ".fetch" / "data.tar.part.url").write_text(url1)
+    fourth = F.fetch("four", dest, url=url2)
+    assert (fourth.path / "a.txt").read_text() == "two"
+    assert not (dest / ".fetch").exists()
+
+
+def test_archive_that_fails_to_extract_is_not_reused(public_bucket, tmp_path):
+    client = public_bucket.client()
+    client.put_object(Bucket=VISA_BUCKET, Key="broken.zip", Body=b"PK\x03\x04 not really a zip")
+    url = f"{public_bucket.endpoint}/{VISA_BUCKET}/broken.zip"
+    dest = tmp_path / "raw"
+    with pytest.raises(F.FetchError):
+        F.fetch("broken", dest, url=url, keep_archive=True)
+    assert leftovers(dest) == []  # the bad archive is gone: a rerun downloads again
+
+
+@pytest.mark.parametrize("name", ["../../x", "../x", "a/b", "/abs", "..", ".", ""])
+def test_source_name_cannot_escape_dest(name, public_bucket, tmp_path):
+    dest = tmp_path / "a" / "b" / "raw"
+    url = f"{public_bucket.endpoint}/{VISA_BUCKET}/{VISA_KEY}"
+    with pytest.raises(F.FetchError, match="plain folder name"):
+        F.fetch(name, dest, url=url)
+    assert leftovers(tmp_path) == []

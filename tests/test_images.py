@@ -407,3 +407,37 @@ def test_decode_resize_hash_shapes():
     arr, h = I.decode_resize_hash(HAZEL_JPG, (112, 80))
     assert arr.shape == (80, 112, 3) and arr.dtype == np.uint8 and len(h) == 16
     assert I.phash(arr) == h
+
+
+# ------------------------------------------------------------------ degenerate and huge images
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 400), (27, 64)])
+def test_image_below_one_merged_patch_is_rejected(tmp_path, size):
+    p = save(Image.new("RGB", size, (200, 10, 10)), tmp_path / "tiny.png")
+    for decode in (lambda: I.load_rgb(p, min_side=I.MIN_SIDE),
+                   lambda: I.decode_resize_hash(p, min_side=I.MIN_SIDE),
+                   lambda: I.load_pair(p, None, min_side=I.MIN_SIDE),
+                   lambda: I.load_rgb_fit(p, 2048, min_side=I.MIN_SIDE)):
+        with pytest.raises(BadImageError, match=rf"tiny.png: image is {size[0]}x{size[1]} px, "
+                                                rf"smaller than the 28x28"):
+            decode()
+    ok = save(Image.new("RGB", (28, 28)), tmp_path / "ok.png")
+    assert I.load_rgb(ok, min_side=I.MIN_SIDE).size == (420, 420)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_load_rgb_fit_downscales_big_images_keeping_aspect(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (12, 36, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((3600, 1200), Image.Resampling.BILINEAR)
+    p = save(big, tmp_path / f"big.{fmt.lower()}", format=fmt)
+    img = I.load_rgb_fit(p, 2048)
+    assert img.size == (2048, 683) and img.mode == "RGB"
+    want = np.asarray(big.resize((2048, 683), Image.Resampling.BICUBIC), dtype=float)
+    assert np.abs(np.asarray(img, dtype=float) - want).mean() < 3  # draft / reduce: same picture
+    assert I.load_rgb_fit(p, 4000).size == (3600, 1200)  # already fits: own size
+    # 8x the target: box-reduced before the resize, same picture as a direct resize
+    arr = np.asarray(I.load_rgb(p, (450, 150)), dtype=float)
+    direct = np.asarray(big.resize((450, 150), Image.Resampling.BICUBIC), dtype=float)
+    assert np.abs(arr - direct).mean() < 3

@@ -17,10 +17,13 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
     not_image.write_text("this is not an image")
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes((sample_dir / "hazelnut_toy/hazelnut/test/good/04.jpg").read_bytes()[:3000])
-    args = ["predict", str(good[0]), str(not_image), str(truncated), str(good[1]), "--out", "out", "--max-new-tokens", "8"]
+    dot = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(dot)  # below one merged 28x28 patch
+    args = ["predict", str(good[0]), str(not_image), str(truncated), str(dot), str(good[1]), "--out", "out", "--max-new-tokens", "8"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "notes.png" in result.output and "truncated.jpg" in result.output
+    assert "dot.png" in result.output and "28x28" in result.output and not (tmp_path / "out" / "dot.json").exists()
     for path in good:
         record = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
         assert set(record) >= {"reasoning", "answer", "format_ok", "score", "selected_tokens"}

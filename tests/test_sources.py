@@ -45,7 +45,8 @@ def manifest_rows(folder: str) -> list[dict]:
 
 
 def test_registry_names():
-    for name in ("mvtec", "visa", "mvtec_loco", "real_iad", "goodsad", "vision", "pr_real",
+    for name in ("mvtec", "visa", "mvtec_loco", "mvtec_3d", "mvtec_ad2", "real_iad", "goodsad",
+                 "vision", "pr_real",
                  "bsdata", "sdd", "folder", "images_masks", "btad", "ksdd2", "mpdd", "wfdd",
                  "dtd"):
         assert callable(ADAPTERS[name])
@@ -427,3 +428,93 @@ def test_unreadable_mask_is_reported_and_the_rest_still_listed(tmp_path):
         recs = list(read_source("images_masks", root))
     assert [r.image_path.name for r in recs] == ["0.png", "2.png"]
     assert seen == [("1.png", "1.png")]
+
+
+def _defect_tree(root: Path, mask_layout: str) -> dict[str, int]:
+    """cut/ and hole/ reuse the stems 000, 001; every mask has a distinct box width (its id)."""
+    widths = {}
+    for d, stems in (("cut", ("000", "001")), ("hole", ("000", "001", "002"))):
+        for stem in stems:
+            png(root / d / f"{stem}.png")
+            w = len(widths) + 1
+            mask = (root / f"mask_{d}" / f"{stem}_mask.png" if mask_layout == "parallel"
+                    else root / "masks" / d / f"{stem}.png")
+            png(mask, box=(0, 0, w, 1))
+            widths[f"{d}/{stem}"] = w
+    return widths
+
+
+@pytest.mark.parametrize("mask_layout", ["parallel", "nested"])
+def test_folder_masks_paired_within_their_own_folder(tmp_path, mask_layout):
+    root = tmp_path / "custom"
+    png(root / "good/a.png")
+    widths = _defect_tree(root, mask_layout)
+    mask_dir = ["mask_cut", "mask_hole"] if mask_layout == "parallel" else "masks"
+    recs = [r for r in read_source("folder", root, normal_dir="good",
+                                   abnormal_dir=["cut", "hole"], mask_dir=mask_dir) if r.label]
+    assert len(recs) == 5 and all(r.mask_path is not None for r in recs)
+    for r in recs:  # the mask's box width identifies the mask file it came from
+        got = int(I.load_mask(r.mask_path, None).sum())
+        assert got == widths[f"{r.defect_type}/{r.image_path.stem}"], (r.image_path, r.mask_path)
+
+
+def test_folder_ambiguous_mask_pairing_names_both_files(tmp_path):
+    root = tmp_path / "custom"
+    png(root / "good/a.png")
+    _defect_tree(root, "parallel")
+    with pytest.raises(LayoutError, match=r"(?s)cut/000\.png.*hole/000\.png"):
+        list(read_source("folder", root, abnormal_dir=["cut", "hole"], mask_dir="mask_cut"))
+    png(root / "mask_hole" / "000.png")  # a second mask for hole/000 in the other folder
+    with pytest.raises(LayoutError, match=r"(?s)mask_cut/000_mask\.png.*mask_hole/000"):
+        list(read_source("folder", root, abnormal_dir=["hole"], mask_dir=["mask_cut", "mask_hole"]))
+
+
+def test_mvtec_3d_rgb_images_and_gt_masks(tmp_path):
+    root = tmp_path / "mvtec_3d"
+    cat = root / "bagel"
+    for split in ("train", "validation"):
+        png(cat / split / "good/rgb/000.png")
+        (cat / split / "good/xyz").mkdir(parents=True)
+        (cat / split / "good/xyz/000.tiff").write_bytes(b"II*\x00")  # point cloud: ignored
+    png(cat / "test/good/rgb/000.png")
+    png(cat / "test/good/gt/000.png")
+    png(cat / "test/crack/rgb/000.png")
+    png(cat / "test/crack/rgb/001.png")
+    png(cat / "test/crack/gt/000.png", value=255)
+    (cat / "calibration").mkdir()  # not a split
+    recs = list(read_source("mvtec_3d", root))
+    assert [(r.split, r.defect_type, r.image_path.relative_to(cat).as_posix(),
+             r.mask_path and r.mask_path.relative_to(cat).as_posix()) for r in recs] == [
+        ("train", "good", "train/good/rgb/000.png", None),
+        ("validation", "good", "validation/good/rgb/000.png", None),
+        ("test", "crack", "test/crack/rgb/000.png", "test/crack/gt/000.png"),
+        ("test", "crack", "test/crack/rgb/001.png", None),
+        ("test", "good", "test/good/rgb/000.png", None)]
+    assert {r.source for r in recs} == {"mvtec_3d"} and {r.category for r in recs} == {"bagel"}
+    mvtec_ad = tmp_path / "ad" / "grid"
+    png(mvtec_ad / "train/good/000.png")
+    with pytest.raises(LayoutError, match=r"has no rgb/ folder.*'mvtec'"):
+        list(read_source("mvtec_3d", mvtec_ad))
+
+
+def test_mvtec_ad2_labelled_splits_only(tmp_path):
+    from readl.data.sources.mvtec_ad2 import mvtec_ad2_unlabelled
+
+    root = tmp_path / "mvtec_ad2"
+    can = root / "can"
+    png(can / "train/good/000_regular.png")
+    png(can / "validation/good/000_regular.png")
+    png(can / "test_public/good/000_regular.png")
+    png(can / "test_public/bad/001_regular.png")
+    png(can / "test_public/ground_truth/bad/001_regular_mask.png", value=255)
+    png(can / "test_private/000_regular.png")
+    png(can / "test_private_mixed/000_overexposed.png")
+    recs = list(read_source("mvtec_ad2", root))
+    assert [(r.split, r.label, r.defect_type, r.mask_path and r.mask_path.name) for r in recs] == [
+        ("train", 0, "good", None), ("validation", 0, "good", None),
+        ("test_public", 1, "bad", "001_regular_mask.png"), ("test_public", 0, "good", None)]
+    assert not any("test_private" in str(r.image_path) for r in recs)  # no label: never a Record
+    assert [p.relative_to(can).as_posix() for p in mvtec_ad2_unlabelled(root)] == [
+        "test_private/000_regular.png", "test_private_mixed/000_overexposed.png"]
+    with pytest.raises(LayoutError, match="no category folder with train/ or test_public/"):
+        list(read_source("mvtec_ad2", tmp_path / "mvtec_ad2" / "can" / "test_public"))

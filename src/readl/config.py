@@ -164,7 +164,8 @@ class CurateConfig(_Section):
 
     image_size: int = Field(420, gt=0)  # paper Sec. 5.1: 420x420 (keep equal to model.image_size)
     seed: int = 0  # numpy Generator seed of the stratified sampling
-    leakage_max_distance: int = Field(3, ge=0, le=64)  # pHash bits; train/calib within it of an eval image are dropped
+    leakage_max_distance: int = Field(3, ge=0, le=64)  # pHash bits: eval images this close are leakage candidates
+    leakage_min_ssim: float = Field(0.95, ge=-1.0, le=1.0)  # SSIM (64x64 grey) confirming a candidate; -1: pHash alone
     workers: int = Field(2, ge=1)  # decoding processes
     # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
     # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none

@@ -1,7 +1,8 @@
 """``readl predict``: reasoning, answer, score and ReAL anomaly map for image files.
 
 For each image it writes ``<out>/<stem>.json`` (reasoning, answer, format_ok, score, selected tokens
-with S_T^ / S_I^ / w) and ``<out>/<stem>.png`` (the image with its anomaly map overlaid). A file that
+with S_T^ / S_I^ / w) and ``<out>/<stem>.png`` (the image with its anomaly map overlaid, at the
+image's size capped at :data:`MAX_SIDE` px on the longest side). A file that
 is not a readable image is reported with its path and reason; the others still get their results.
 """
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from readl.atomic import atomic_write, write_json
 from readl.config import LocalizationConfig
-from readl.data.images import BadImageError, load_rgb
+from readl.data.images import MIN_SIDE, BadImageError, load_rgb_fit
 from readl.evaluation.report import overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.model.inference import Prediction, Predictor
@@ -27,14 +28,22 @@ __all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "predi
 log = logging.getLogger(__name__)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` at its own size as RGB, EXIF orientation applied (readl's robust decoder:
-    16-bit, CMYK, palette ... handled as in ``readl curate``).
+MAX_SIDE = 2048
+"""Longest side, pixels, of the image predict keeps (overlay PNG, map upsampling): larger files are
+decoded downscaled (JPEG draft / box reduce), so memory is bounded whatever the file (an 8000x8000
+JPEG peaked at 5 GB at full size). The model sees 420x420 either way (paper Sec. 5.1)."""
+
+
+def open_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
+    """Decode ``path`` as RGB, EXIF orientation applied, at its own size up to ``max_side`` pixels
+    on the longest side (aspect kept; readl's robust decoder: 16-bit, CMYK, palette ... handled as
+    in ``readl curate``).
 
     Raises:
-        BadImageError: missing, empty, truncated or not an image file (message names the file and the fix).
+        BadImageError: missing, empty, truncated or not an image file, or a side under
+            ``readl.data.images.MIN_SIDE`` (28 px) (message names the file and the fix).
     """
-    return load_rgb(path, size=None)
+    return load_rgb_fit(path, max_side, min_side=MIN_SIDE)
 
 
 def resolve_taus(cfg: LocalizationConfig, thresholds_file: str | Path | None) -> tuple[float | str, float | str]:

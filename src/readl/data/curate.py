@@ -10,7 +10,9 @@ What the stage does, in order:
 
 1. Read every configured source with its adapter (:mod:`readl.data.sources`), as published. A source
    whose folder is missing is a :class:`SourceMissingError` naming the folder and ``readl fetch``;
-   it is raised before any image is touched.
+   it is raised before any image is touched. A source in which the adapter finds no image (a
+   wrong ``root`` or ``layout``), or none in its ``published_splits``, is a ``LayoutError`` naming
+   the folder and the tree the adapter reads.
 2. Sample, seeded and stratified: one stratum per (source, label); within it the categories are
    interleaved in proportion to their sizes (each category shuffled by a ``numpy`` Generator seeded
    from ``curate.seed`` and the stratum's name), so any prefix of a stratum is a proportional
@@ -22,15 +24,17 @@ What the stage does, in order:
    RGB, EXIF-upright, bicubic to ``image_size``; masks binarised and nearest-neighbour resized,
    written as PNG {0, 255}. Eval rows always get a mask file (all zero for normal images); train and
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
-   not an image, mask missing / unreadable / of another size, anomalous image without a mask in
-   eval) goes to ``rejected.csv`` with the reason; the stage never stops for it.
+   not an image, a side under ``readl.data.images.MIN_SIDE`` = 28 px, mask missing / unreadable / of another size, anomalous image without a mask in
+   eval, an image of a mask-labelled layout without a mask: ``missing_mask``) goes to ``rejected.csv`` with the reason; the stage never stops for it.
    Synthetic sources (``layout: synthetic``, :mod:`readl.data.sources.synthetic`) are made
    after the images of their split: CutPaste / scar / DRAEM anomalies of the curated normal images
    of their base entries (or of their own root), each a seeded variant; their masks are written
    in eval only (train and calib rows have none).
-4. Leakage guard: the 64-bit DCT pHash of every curated image (computed on the resized pixels);
-   a train/calib candidate whose hash is within ``leakage_max_distance`` bits of ANY eval image is
-   dropped and listed in ``leakage.csv`` (the zero-shot protocol of Sec. 5.1).
+4. Leakage guard (:mod:`readl.data.leakage`): the 64-bit DCT pHash of every curated image
+   (computed on the resized pixels) finds the eval images within ``leakage_max_distance`` bits of a
+   train/calib candidate; the candidate is a copy, dropped and listed in ``leakage.csv`` with both
+   measures (``distance`` in bits, ``ssim``), when the SSIM of the two 64x64 grey thumbnails is
+   >= ``leakage_min_ssim`` (the zero-shot protocol of Sec. 5.1).
 5. Write, atomically (everything goes to a temporary folder beside ``out_dir`` that then replaces
    it): ``{train,calib,eval}.parquet`` (validated with :func:`readl.data.schema.validate_manifest`,
    eval with masks required), ``images/<split>/<source>/<path in source>.png``,
@@ -69,10 +73,11 @@ import numpy as np
 
 from readl.atomic import atomic_dir
 
-from .images import BadImageError, decode_resize_hash, load_pair, phash
+from .images import MIN_SIDE, BadImageError, decode_resize_hash, load_pair, phash
+from .leakage import LeakageGuard, thumbnail
 from .references import References
 from .sources import LayoutError, Record, get_adapter, read_source
-from .sources.base import report_bad_masks
+from .sources.base import MissingMaskError, expected_layout, report_bad_masks
 from .sources.synthetic import render as render_synthetic
 from .sources.synthetic import spec as synthetic_spec
 
@@ -91,7 +96,7 @@ SPLITS = ("train", "calib", "eval")
 """Curated splits, in the order of the output files (sampling order is eval, calib, train)."""
 REJECTED_COLUMNS = ("source", "image_path", "mask_path", "reason")
 LEAKAGE_COLUMNS = ("split", "source", "image_path", "phash", "eval_source", "eval_image_path",
-                   "eval_phash", "distance")
+                   "eval_phash", "distance", "ssim")
 MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path", "reference")
 POOL_MIN_TASKS = 200
 """Batches smaller than this are decoded in-process: starting a spawn pool of 2 and importing the
@@ -177,24 +182,44 @@ def _posix_rel(path: Path, base: Path) -> str:
 
 def _read_entry(entry: CurateSource, raw_root: Path, where: str,
                 rejected: list[dict[str, Any]]) -> list[Record]:
-    """All records of one source (adapter output, filtered by published split)."""
+    """All records of one source (adapter output, filtered by published split).
+
+    Raises:
+        LayoutError: the adapter's own LayoutError (prefixed with ``where``), or no image found
+            (at all, or in the requested published splits): the message names the folder and
+            the tree the adapter reads.
+    """
     root = raw_root / entry.root
     records: list[Record] = []
 
-    def bad_mask(image: Path, exc: BadImageError) -> None:  # adapters that label from masks report and go on
+    def bad_mask(image: Path, exc: BadImageError | MissingMaskError) -> None:
+        # adapters that label from masks report and go on
+        missing = isinstance(exc, MissingMaskError)
         rejected.append({"source": entry.name, "image_path": _posix_rel(image, raw_root),
-                         "mask_path": _posix_rel(exc.path, raw_root),
-                         "reason": f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
-        log.warning("%s: unreadable mask %s: %s", where, exc.path, exc.reason)
+                         "mask_path": None if missing else _posix_rel(exc.path, raw_root),
+                         "reason": f"missing_mask: {exc.reason}" if missing else
+                         f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
+        log.warning("%s: %s", where, exc)
 
     try:
         with report_bad_masks(bad_mask):
             records.extend(read_source(entry.layout, root, source=entry.name, **entry.options))
     except LayoutError as exc:
         raise LayoutError(f"{where} ({entry.layout} layout at {root}): {exc}") from None
+    tree = expected_layout(get_adapter(entry.layout))
+    if not records and not any(r["source"] == entry.name for r in rejected):
+        raise LayoutError(f"{where}: no images found by the {entry.layout!r} adapter under "
+                          f"{root}; the folder does not follow that layout, which is:\n{tree}\n"
+                          f"Fix `root`/`layout` in params.yaml curate:, or re-extract the data.")
     if entry.published_splits is not None:
+        found = sorted({r.split for r in records})
         keep = set(entry.published_splits)
         records = [r for r in records if r.split in keep]
+        if not records and found:
+            raise LayoutError(f"{where}: no images in the published split(s) "
+                              f"{list(entry.published_splits)} under {root}; the "
+                              f"{entry.layout!r} adapter found the splits {found}: fix "
+                              f"`published_splits` in params.yaml curate:")
     return records
 
 
@@ -289,28 +314,33 @@ def _save_png(array_or_image: Any, path: str, mode: str | None = None) -> None:
     img.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _process(task: _Task) -> tuple[str | None, str | None]:
-    """Decode, resize, hash and write one image (+ mask). Returns ``(phash, None)`` or
-    ``(None, reason)`` for a bad input (nothing written then)."""
+_Result = tuple[str | None, np.ndarray | None, str | None]
+"""``(phash, thumbnail, None)`` for a written image, ``(None, None, reason)`` for a bad input."""
+
+
+def _process(task: _Task) -> _Result:
+    """Decode, resize, hash and write one image (+ mask). Returns ``(phash, thumbnail, None)`` or
+    ``(None, None, reason)`` for a bad input (nothing written then)."""
     try:
         if task.synthetic is not None:
             img, mask = render_synthetic(task.image, task.size, *task.synthetic)
             digest = phash(img)
         elif task.mask is not None:
-            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref)
+            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref,
+                                  min_side=MIN_SIDE)
             digest = phash(img)
         else:
-            img, digest = decode_resize_hash(task.image, task.size)
+            img, digest = decode_resize_hash(task.image, task.size, min_side=MIN_SIDE)
             mask = np.zeros((task.size[1], task.size[0]), dtype=bool)
     except BadImageError as exc:
         bad = Path(exc.path)
         is_mask = task.mask is not None and (bad == Path(task.mask) or
                                              bad.is_relative_to(task.mask))
-        return None, f"{'bad_mask' if is_mask else 'bad_image'}: {exc.reason}"
+        return None, None, f"{'bad_mask' if is_mask else 'bad_image'}: {exc.reason}"
     _save_png(img, task.out_image)
     if task.out_mask is not None:
         _save_png(mask.astype(np.uint8) * 255, task.out_mask, mode="L")
-    return digest, None
+    return digest, thumbnail(img), None
 
 
 class _Runner:
@@ -320,7 +350,7 @@ class _Runner:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(self, tasks: Sequence[_Task]) -> Iterable[tuple[str | None, str | None]]:
+    def map(self, tasks: Sequence[_Task]) -> Iterable[_Result]:
         if self.workers <= 1 or (self._pool is None and len(tasks) < POOL_MIN_TASKS):
             return map(_process, tasks)
         main_file = getattr(sys.modules["__main__"], "__file__", None)
@@ -340,10 +370,6 @@ class _Runner:
 # the stage
 
 
-def _hash_array(hashes: Sequence[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
-
-
 class _Curation:
     def __init__(self, cfg: CurateConfig, raw_root: Path, staging: Path,
                  progress: Progress | None) -> None:
@@ -357,8 +383,8 @@ class _Curation:
         self.taken: set[str] = set()
         self.used_names: set[str] = set()
         self.total = 0
-        self.eval_hashes = np.zeros(0, dtype=np.uint64)
-        self.eval_rows: list[tuple[str, str, str]] = []  # (source, image_path, phash)
+        self.guard: LeakageGuard | None = None
+        self.eval_thumbs: dict[str, np.ndarray] = {}  # eval raw image path -> thumbnail
 
     # ---- planning
     def strata(self) -> dict[str, list[_Stratum]]:
@@ -474,16 +500,18 @@ class _Curation:
             if not batch:
                 return
             self.total += len(batch)
-            for (s, cand, task, image_out, mask_out), (digest, error) in zip(
+            for (s, cand, task, image_out, mask_out), (digest, thumb, error) in zip(
                     batch, runner.map([b[2] for b in batch])):
                 if error is not None:
                     self._reject(cand, error)
-                elif guard and self._leaks(s, cand, digest):
+                elif guard and self._leaks(s, cand, digest, thumb):
                     for p in (task.out_image, task.out_mask):
                         if p is not None:
                             Path(p).unlink(missing_ok=True)
                 else:
                     s.accepted.append((cand, digest, image_out, mask_out))
+                    if not guard:
+                        self.eval_thumbs[cand.image_rel] = thumb
                 if self.progress is not None:
                     self.progress(1, self.total)
 
@@ -492,21 +520,16 @@ class _Curation:
                               "mask_path": cand.mask_rel, "reason": reason})
 
     def set_eval(self, strata: list[_Stratum]) -> None:
-        rows = sorted((c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted)
-        self.eval_rows = rows
-        self.eval_hashes = _hash_array([h for _, _, h in rows])
+        rows = [(c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted]
+        self.guard = LeakageGuard(rows, [self.eval_thumbs[r[1]] for r in rows],
+                                  self.cfg.leakage_max_distance, self.cfg.leakage_min_ssim)
 
-    def _leaks(self, s: _Stratum, cand: _Candidate, digest: str) -> bool:
-        if not len(self.eval_hashes):
+    def _leaks(self, s: _Stratum, cand: _Candidate, digest: str, thumb: np.ndarray) -> bool:
+        hit = None if self.guard is None else self.guard.match(digest, thumb)
+        if hit is None:
             return False
-        dist = np.bitwise_count(self.eval_hashes ^ np.uint64(int(digest, 16)))
-        i = int(np.argmin(dist))  # first (sorted) eval image at the minimum distance
-        if int(dist[i]) > self.cfg.leakage_max_distance:
-            return False
-        src, path, h = self.eval_rows[i]
         self.leaked.append({"split": s.split, "source": cand.record.source,
-                            "image_path": cand.image_rel, "phash": digest, "eval_source": src,
-                            "eval_image_path": path, "eval_phash": h, "distance": int(dist[i])})
+                            "image_path": cand.image_rel, "phash": digest, **hit})
         return True
 
 
@@ -563,6 +586,7 @@ def _summary(cfg: CurateConfig, strata: dict[str, list[_Stratum]], rejected: lis
     return {
         "image_size": cfg.image_size, "seed": cfg.seed,
         "leakage_max_distance": cfg.leakage_max_distance,
+        "leakage_min_ssim": cfg.leakage_min_ssim,
         "splits": splits,
         "rejected": {"total": len(rejected), "by_source": dict(sorted(by_source.items()))},
         "leaked": {"total": len(leaked),

@@ -2,14 +2,22 @@
 
 One download = resume + checksum + atomic extraction:
 
-* The archive is downloaded to ``<dest>/.fetch/<archive>.part``. An interrupted download resumes
-  from the bytes already there: ``Range: bytes=N-`` for http(s) (via ``urllib``; a server that
+* The archive is downloaded to ``<dest>/.fetch/<archive>.part``, with its URL recorded beside it
+  in ``<archive>.part.url``. An interrupted download of the SAME URL resumes from the bytes
+  already there (a ``.part`` with no record, or a record of another URL, is deleted and the
+  download starts over): ``Range: bytes=N-`` for http(s) (via ``urllib``; a server that
   ignores ranges restarts the file), ``get_object(Range="bytes=N-")`` for ``s3://`` URLs (boto3,
   :mod:`readl.storage`; unsigned for public buckets, endpoint from ``--endpoint-url`` /
   ``$READL_S3_ENDPOINT_URL`` / ``$AWS_ENDPOINT_URL``).
 * The whole file's SHA-256 is checked against :data:`SOURCES` (or ``--sha256``). A mismatch deletes
   the download and raises :class:`ChecksumError` (nothing is extracted); with no known checksum the
   computed one is returned and printed, to pin it next time.
+* A kept archive (``--keep-archive``) is reused only when its sidecar ``<archive>.json`` (written
+  after a verified download: ``url``, ``size`` in bytes, ``sha256``) matches the requested URL and
+  the file's current size and SHA-256 (and the expected checksum, when known); otherwise it is
+  deleted and downloaded again. An archive that fails to extract is deleted with its sidecar.
+* ``SOURCE`` must be a plain folder name (no ``/``, ``..``, absolute path): it becomes
+  ``<dest>/<SOURCE>`` and can never point outside ``dest``.
 * tar (any compression) and zip archives are extracted into a temporary folder beside the target,
   which is renamed to ``<dest>/<SOURCE>`` only when complete (a single top-level folder is
   unwrapped, so ``BSData-main/data/...`` lands as ``data/raw/bsdata/data/...``). Members that would
@@ -38,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from readl.atomic import atomic_dir
+from readl.atomic import atomic_dir, write_json, write_text
 
 __all__ = ["ChecksumError", "FetchError", "FetchResult", "ManualDownloadRequired", "SOURCES",
            "RemoteSource", "download", "extract", "fetch", "sha256_file"]
@@ -118,6 +126,22 @@ SOURCES: dict[str, RemoteSource] = {s.name: s for s in [
         page="https://www.mvtec.com/company/research/datasets/mvtec-loco",
         note="MVTec LOCO AD is CC BY-NC-SA 4.0 (non-commercial). If the link has expired, "
              "download it from the page."),
+    RemoteSource(
+        "mvtec_3d", "mvtec_3d",
+        "<category>/{train,validation}/good/rgb/*.png, <category>/test/<defect>/rgb/*.png, "
+        "<category>/test/<defect>/gt/*.png (xyz/ folders are ignored)",
+        page="https://www.mvtec.com/company/research/datasets/mvtec-3d-ad",
+        note="MVTec 3D-AD is CC BY-NC-SA 4.0 (non-commercial); download "
+             "mvtec_3d_anomaly_detection.tar.xz from the page after accepting MVTec's terms "
+             "(~13 GB) and extract it."),
+    RemoteSource(
+        "mvtec_ad2", "mvtec_ad2",
+        "<object>/{train,validation}/good/*.png, <object>/test_public/{good,bad}/*.png, "
+        "<object>/test_public/ground_truth/bad/*_mask.png, <object>/test_private*/*.png "
+        "(unlabelled: for readl predict only)",
+        page="https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
+        note="MVTec AD 2 is CC BY-NC-SA 4.0 (non-commercial); download it from the page after "
+             "accepting MVTec's terms and extract every object's archive."),
     RemoteSource(
         "sdd", "sdd", "kos01/Part0.jpg + kos01/Part0_label.bmp, ... kos50/",
         url="https://go.vicos.si/kolektorsdd",
@@ -305,6 +329,8 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
         url: ``https://``/``http://`` (urllib, HTTP Range) or ``s3://bucket/key`` (boto3 ranged
             ``get_object``).
         dest: final file path; data goes to ``<dest>.part`` and is renamed when complete.
+            ``<dest>.part.url`` records the URL of the partial file: a ``.part`` is resumed
+            only for the same URL, otherwise deleted first.
         progress: ``progress(done_bytes, total_bytes_or_None)``.
         endpoint_url, unsigned: S3 only (see :func:`readl.storage.s3_client`).
         timeout: seconds per HTTP connection attempt.
@@ -319,10 +345,18 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    record = dest.with_name(dest.name + ".part.url")
     dest.parent.mkdir(parents=True, exist_ok=True)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("http", "https", "s3"):
         raise FetchError(f"unsupported URL {url!r}: expected https://, http:// or s3://")
+    recorded = record.read_text() if record.is_file() else None
+    if part.exists() and recorded != url:  # another URL's bytes (or unknown): never resume them
+        log.warning("%s: partial download of %s, not of %s; starting over", part,
+                    recorded or "an unrecorded URL", url)
+        part.unlink()
+    if recorded != url:
+        write_text(record, url)
     for attempt in range(1, attempts + 1):
         try:
             if scheme == "s3":
@@ -337,6 +371,7 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
             log.warning("%s; retrying (%d/%d)", exc, attempt + 1, attempts)
             time.sleep(2 ** (attempt - 1))
     os.replace(part, dest)
+    record.unlink(missing_ok=True)
     return dest
 
 
@@ -407,6 +442,49 @@ def manual_instructions(spec: RemoteSource, dest: Path) -> str:
             f"root: {spec.name}}}.")
 
 
+def _check_name(name: str, dest: Path) -> None:
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name)
+            or Path(name).name != name):
+        raise FetchError(f"SOURCE {name!r} must be a plain folder name (no '/', '..' or absolute "
+                         f"path): the data goes to {dest}/<SOURCE>; use --dest to choose another "
+                         f"raw-data folder")
+
+
+def _sidecar(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".json")
+
+
+def _reusable(archive: Path, url: str, expected: str | None) -> str | None:
+    """The archive's SHA-256 when its sidecar record matches ``url``, its size and its content
+    (and ``expected``); None otherwise (the stale archive and sidecar are deleted)."""
+    import json
+
+    if not archive.is_file():
+        return None
+    try:
+        rec = json.loads(_sidecar(archive).read_text())
+    except (OSError, ValueError):
+        rec = None
+    digest = None
+    if (isinstance(rec, dict) and rec.get("url") == url
+            and rec.get("size") == archive.stat().st_size):
+        digest = sha256_file(archive)
+        if digest != rec.get("sha256") or (expected is not None and digest != expected):
+            digest = None
+    if digest is None:
+        log.warning("%s: not a verified download of %s; downloading again", archive, url)
+        _drop(archive)
+    return digest
+
+
+def _drop(archive: Path) -> None:
+    archive.unlink(missing_ok=True)
+    _sidecar(archive).unlink(missing_ok=True)
+    work = archive.parent
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
+
+
 def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | None = None,
           sha256: str | None = None, endpoint_url: str | None = None,
           unsigned: bool | None = None, force: bool = False, keep_archive: bool = False,
@@ -432,8 +510,10 @@ def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | No
         ChecksumError: SHA-256 mismatch (the download is deleted, nothing extracted).
         FetchError / readl.storage.StorageError: download or archive problems (message says which).
         KeyError: unknown ``name`` without ``url`` (message lists the known names).
+        FetchError: also ``name`` is not a plain folder name (it would escape ``dest``).
     """
     dest = Path(dest)
+    _check_name(name, dest)
     spec = SOURCES.get(name)
     if spec is None and url is None:
         if name in BUNDLED:
@@ -450,22 +530,27 @@ def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | No
                               f"copy replaces it only once completely extracted)")
     expected = (sha256 or (spec.sha256 if spec else None) or "").lower() or None
     work = dest / ".fetch"
-    archive = work / (source_url.rstrip("/").rsplit("/", 1)[-1] or name)
-    if not archive.exists():
+    file_name = source_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    archive = work / (file_name if file_name not in ("", ".", "..") else name)
+    digest = _reusable(archive, source_url, expected)
+    if digest is None:
         download(source_url, archive, progress=progress, endpoint_url=endpoint_url,
                  unsigned=(spec.unsigned if spec and unsigned is None else bool(unsigned)))
-    digest = sha256_file(archive)
-    if expected is not None and digest != expected:
-        archive.unlink()
-        if not any(work.iterdir()):
-            work.rmdir()
-        raise ChecksumError(f"{archive.name}: SHA-256 {digest} does not match the expected "
-                            f"{expected}; the download was deleted. A changed upstream file or "
-                            f"a corrupt transfer: run again, or pass --sha256 after checking it.")
-    with atomic_dir(target) as tmp:
-        extract(archive, tmp)
+        digest = sha256_file(archive)
+        if expected is not None and digest != expected:
+            _drop(archive)
+            raise ChecksumError(f"{archive.name}: SHA-256 {digest} does not match the expected "
+                                f"{expected}; the download was deleted. A changed upstream file "
+                                f"or a corrupt transfer: run again, or pass --sha256 after "
+                                f"checking it.")
+        write_json(_sidecar(archive), {"url": source_url, "size": archive.stat().st_size,
+                                       "sha256": digest})
+    try:
+        with atomic_dir(target) as tmp:
+            extract(archive, tmp)
+    except FetchError:
+        _drop(archive)
+        raise
     if not keep_archive:
-        archive.unlink()
-        if not any(work.iterdir()):
-            work.rmdir()
+        _drop(archive)
     return FetchResult(target, digest, expected is not None)

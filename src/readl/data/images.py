@@ -76,12 +76,14 @@ __all__ = [
     "BadImageError",
     "DEFAULT_SIZE",
     "MAX_LOSSLESS_LEVELS",
+    "MIN_SIDE",
     "binarise_mask",
     "decode_resize_hash",
     "hamming",
     "load_mask",
     "load_pair",
     "load_rgb",
+    "load_rgb_fit",
     "mask_is_empty",
     "phash",
     "to_rgb",
@@ -89,6 +91,18 @@ __all__ = [
 
 DEFAULT_SIZE: tuple[int, int] = (420, 420)
 """Model input size (width, height), paper Sec. 5.1: Qwen2.5-VL grid (1, 30, 30) -> 15x15 map."""
+
+MIN_SIDE = 28
+"""Smallest image side readl accepts, pixels: one merged Qwen2.5-VL patch (14 px patches merged
+2x2). ``readl curate`` rejects smaller images (``bad_image`` in rejected.csv) and ``readl predict``
+reports them: a 1x1 or 5x400 file is almost always an export or crop error, and upscaled to 420x420
+it would feed the model an image with no content."""
+REDUCING_GAP = 2.0
+"""Before the bicubic resize, an image at least this many times the target size in both directions is
+first shrunk by an integer box filter (``Image.reduce``) to no less than ``REDUCING_GAP`` x the target
+(PIL's ``reducing_gap`` rule), before any colour conversion: a big PNG/TIFF then costs one decoded
+copy, not the several full-size copies the conversion and resize would make. Images under 2x the
+target (the bundled sample, 1024 -> 420) are resized directly, as before."""
 
 MAX_LOSSLESS_LEVELS = 16
 """A mask with more distinct values than this is treated as lossy (midpoint threshold)."""
@@ -191,12 +205,26 @@ def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in _SWAPS_AXES else size
 
 
-def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None
-            ) -> tuple[Image.Image, int, tuple[int, int]]:
-    """Open + (JPEG draft) + load. Returns (image as stored, EXIF orientation, full stored size)."""
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """``size`` scaled to fit ``max_side`` on its longest side (None: it already fits)."""
+    scale = max_side / max(size)
+    return None if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
+def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1,
+            max_side: int | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
+    """Open + (JPEG draft) + load. Returns (image as stored, EXIF orientation, full stored size).
+    An image with a side under ``min_side`` px is a BadImageError (checked on the header);
+    ``max_side`` sets the JPEG draft target to the upright size fitted to it."""
     img = _open(path)
     full_size = img.size
+    if min(full_size) < min_side:
+        raise BadImageError(path, f"image is {full_size[0]}x{full_size[1]} px, smaller than the "
+                                  f"{min_side}x{min_side} px minimum (one merged 2x2 patch of 14 px "
+                                  f"of the model); an export or crop error: fix or delete the file")
     orientation = _orientation(img)  # JPEG EXIF is in the header: readable before load
+    if max_side is not None and img.format == "JPEG":
+        draft_size = _fit(_oriented_size(full_size, orientation), max_side)
     if draft_size is not None and img.format == "JPEG":
         # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping both sides >= the target; the
         # target is in displayed orientation, the draft in stored orientation.
@@ -303,9 +331,25 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None
-                  ) -> tuple[Image.Image, int, tuple[int, int]]:
-    img, orientation, full_size = _decode(path, size)
+def _reduce(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Integer box reduction to >= REDUCING_GAP x ``target`` (stored orientation); unchanged when the
+    image is smaller than that or its mode has no ``reduce`` (P, 1, I;16 ...)."""
+    factor = int(min(img.width / (REDUCING_GAP * target[0]), img.height / (REDUCING_GAP * target[1])))
+    if factor < 2:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:
+        return img
+
+
+def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1,
+                  max_side: int | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
+    img, orientation, full_size = _decode(path, size, min_side, max_side)
+    if max_side is not None:  # orientation known only now for PNG/TIFF (EXIF after the pixels)
+        size = _fit(_oriented_size(full_size, orientation), max_side)
+    if size is not None:
+        img = _reduce(img, _oriented_size(size, orientation))
     if orientation != 1:  # (skipped otherwise: exif_transpose copies even when there is nothing to do)
         img = ImageOps.exif_transpose(img)
     img = _to_rgb_or_l(img, path)
@@ -315,8 +359,8 @@ def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None
     return img, orientation, _oriented_size(full_size, orientation)
 
 
-def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE
-             ) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *,
+             min_side: int = 1) -> Image.Image:
     """Decode an image file as 8-bit RGB, upright (EXIF orientation applied) and resized.
 
     Args:
@@ -324,6 +368,9 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAUL
         size: output ``(width, height)`` in pixels, or ``None`` to keep the decoded size.
             JPEGs are decoded with ``Image.draft`` at the smallest 1/1, 1/2, 1/4 or 1/8 scale that
             keeps both sides >= the target before the bicubic resize.
+            Other formats at >= 2x the target are box-reduced first (:data:`REDUCING_GAP`).
+        min_side: smaller images (either side, pixels) are a BadImageError; readl's stages pass
+            :data:`MIN_SIDE`.
     Returns:
         PIL image, mode ``"RGB"``, ``img.size == size`` (values 0-255). The aspect ratio is not
         preserved (the model takes a fixed square input).
@@ -332,7 +379,29 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAUL
         RuntimeError: PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by someone.
     Source: EXIF orientation per ``PIL.ImageOps.exif_transpose``; colour rules in module docstring.
     """
-    img, _, _ = _rgb_oriented(path, _check_size(size))
+    img, _, _ = _rgb_oriented(path, _check_size(size), min_side)
+    return img
+
+
+def load_rgb_fit(path: str | os.PathLike[str], max_side: int, *, min_side: int = 1
+                 ) -> Image.Image:
+    """Like :func:`load_rgb` at the image's own aspect ratio, downscaled to fit ``max_side``.
+
+    Memory is bounded by the target, not the file: JPEGs are decoded in draft mode and other
+    formats box-reduced before conversion (an 8000x8000 JPEG costs ~50 MB, not ~1 GB).
+
+    Args:
+        path: image file. max_side: longest output side, pixels (>= 1); smaller images keep
+            their upright size. min_side: as :func:`load_rgb`.
+    Returns:
+        PIL RGB image, upright; size = the upright size scaled by ``min(1, max_side / longest
+        side)`` (rounded, >= 1 px).
+    Raises:
+        BadImageError / RuntimeError: as :func:`load_rgb`. ValueError: ``max_side < 1``.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    img, _, _ = _rgb_oriented(path, None, min_side, max_side)
     return img
 
 
@@ -587,7 +656,8 @@ def mask_is_empty(path: str | os.PathLike[str], *, coco_image_id: str | int | No
 
 def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None,
               size: tuple[int, int] | None = DEFAULT_SIZE, *,
-              coco_image_id: str | int | None = None) -> tuple[Image.Image, np.ndarray]:
+              coco_image_id: str | int | None = None, min_side: int = 1
+              ) -> tuple[Image.Image, np.ndarray]:
     """Decode an image and its mask consistently: same orientation, checked sizes, same output size.
 
     Orientation: the image's EXIF orientation is applied to the image (as
@@ -603,6 +673,7 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
         mask_path: mask file/folder/JSON (see :func:`load_mask`), or ``None`` for a normal image.
         size: output ``(width, height)``, or ``None`` for the image's upright native size.
         coco_image_id: COCO image id when ``mask_path`` is a COCO JSON.
+        min_side: as :func:`load_rgb`.
     Returns:
         ``(image, mask)``: PIL RGB image of size ``size``; bool array of shape
         ``(size[1], size[0])`` (all False when ``mask_path`` is None).
@@ -613,7 +684,7 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
     Source: EXIF orientation semantics of ``PIL.ImageOps.exif_transpose``.
     """
     size = _check_size(size)
-    img, orientation, upright = _rgb_oriented(image_path, size)
+    img, orientation, upright = _rgb_oriented(image_path, size, min_side)
     out_size = size or upright
     if mask_path is None:
         return img, np.zeros((out_size[1], out_size[0]), dtype=bool)
@@ -680,13 +751,14 @@ def hamming(a: str, b: str) -> int:
         raise ValueError(f"expected hex phashes, got {a!r} and {b!r}") from None
 
 
-def decode_resize_hash(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE
-                       ) -> tuple[np.ndarray, str]:
+def decode_resize_hash(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE,
+                       *, min_side: int = 1) -> tuple[np.ndarray, str]:
     """Fast path for curate: decode (JPEG draft), orient, convert, resize, and pHash in one call.
 
     Args:
         path: image file.
         size: output ``(width, height)``, or ``None`` for the upright native size.
+        min_side: as :func:`load_rgb`.
     Returns:
         ``(pixels, hash)``: ``np.ndarray`` uint8 of shape ``(height, width, 3)`` (RGB, 0-255) and
         the :func:`phash` of those resized pixels (16 hex chars). The hash of one picture at two
@@ -694,5 +766,5 @@ def decode_resize_hash(path: str | os.PathLike[str], size: tuple[int, int] | Non
     Raises:
         BadImageError / RuntimeError: as :func:`load_rgb`.
     """
-    img = load_rgb(path, size)
+    img = load_rgb(path, size, min_side=min_side)
     return np.asarray(img, dtype=np.uint8), phash(img)

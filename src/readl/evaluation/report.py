@@ -30,7 +30,7 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5, cma
         raise ValueError(f"map shape {anomaly_map.shape} != image (height, width) {(rgb.height, rgb.width)}")
     lo, hi = (float(anomaly_map.min()), float(anomaly_map.max())) if anomaly_map.size else (0.0, 0.0)
     scaled = (anomaly_map - lo) / (hi - lo) if hi > lo else np.zeros_like(anomaly_map)
-    heat = (colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)  # (H, W, 3)
+    heat = np.ascontiguousarray(colormaps[cmap](scaled, bytes=True)[..., :3])  # (H, W, 3) uint8, = (rgba * 255).astype(uint8)
     return Image.blend(rgb, Image.fromarray(heat), alpha)
 
 

@@ -13,6 +13,8 @@ btad           BTAD (MVTec layout, ok/ko folders)    :mod:`.mvtec`
 goodsad        GoodsAD (MVTec layout)                :mod:`.goodsad`
 pr_real        PR-REAL (assumed MVTec layout)        :mod:`.pr_real`
 mvtec_loco     MVTec LOCO (mask folders, OR-ed)      :mod:`.mvtec_loco`
+mvtec_3d       MVTec 3D-AD (RGB images, gt masks)    :mod:`.mvtec_3d`
+mvtec_ad2      MVTec AD 2 (labelled splits only)     :mod:`.mvtec_ad2`
 visa           VisA split_csv/1cls.csv               :mod:`.visa`
 real_iad       Real-IAD JSON per category            :mod:`.real_iad`
 vision         VISION Datasets (COCO polygons)       :mod:`.vision`
@@ -37,6 +39,8 @@ from .folder import folder
 from .goodsad import goodsad
 from .images_masks import images_masks
 from .mvtec import btad, dtd, mpdd, mvtec, wfdd
+from .mvtec_3d import mvtec_3d
+from .mvtec_ad2 import mvtec_ad2
 from .mvtec_loco import mvtec_loco
 from .pr_real import pr_real
 from .real_iad import real_iad
@@ -83,6 +87,8 @@ ADAPTERS: dict[str, Adapter] = _Registry({
     "goodsad": goodsad,
     "pr_real": pr_real,
     "mvtec_loco": mvtec_loco,
+    "mvtec_3d": mvtec_3d,
+    "mvtec_ad2": mvtec_ad2,
     "visa": visa,
     "real_iad": real_iad,
     "vision": vision,

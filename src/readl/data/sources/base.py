@@ -20,7 +20,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LayoutError",
     "MASK_KINDS",
+    "MissingMaskError",
     "Record",
+    "expected_layout",
     "image_files",
     "records_to_frame",
     "require_dir",
@@ -38,6 +40,8 @@ MASK_KINDS = ("none", "file", "dir_union", "coco", "labelme")
 DOWNLOAD_HINTS: dict[str, str] = {
     "mvtec_ad": "https://www.mvtec.com/company/research/datasets/mvtec-ad",
     "mvtec_loco": "https://www.mvtec.com/company/research/datasets/mvtec-loco",
+    "mvtec_3d": "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad",
+    "mvtec_ad2": "https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
     "visa": "https://github.com/amazon-science/spot-diff (VisA_20220922.tar)",
     "real_iad": "https://realiad4ad.github.io/Real-IAD/ (access on request; "
                 "https://huggingface.co/datasets/Real-IAD/Real-IAD)",
@@ -57,6 +61,19 @@ DOWNLOAD_HINTS: dict[str, str] = {
 
 class LayoutError(ValueError):
     """The files on disk do not follow the layout the adapter reads (message says where/how)."""
+
+
+class MissingMaskError(LayoutError):
+    """An image whose label lives in its mask has no mask (its label is unknown).
+
+    Attributes:
+        path: the image file. reason: ``"has no mask in ..."``: what was looked for, and the fix.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path} {reason}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,8 @@ _ON_BAD_MASK: ContextVar[Callable[[Path, Exception], None] | None] = ContextVar(
 @contextmanager
 def report_bad_masks(callback: Callable[[Path, Exception], None]):
     """Inside this block, adapters that read labels from masks hand an undecodable mask's
-    ``BadImageError`` to ``callback(image_path, error)`` and go on with the next image (outside it, they raise).
+    ``BadImageError``, or a :class:`MissingMaskError` for an image without a mask, to
+    ``callback(image_path, error)`` and go on with the next image (outside it, they raise).
 
     ``readl curate`` uses it to list such files in ``rejected.csv`` without losing the rest of the source.
     """
@@ -189,6 +207,35 @@ def report_bad_masks(callback: Callable[[Path, Exception], None]):
         yield
     finally:
         _ON_BAD_MASK.reset(token)
+
+
+def report_or_raise(image: Path, error: Exception) -> None:
+    """Hand ``error`` (a ``BadImageError`` or :class:`MissingMaskError` about ``image``'s mask) to
+    the :func:`report_bad_masks` callback, or raise it outside such a block."""
+    handler = _ON_BAD_MASK.get()
+    if handler is None:
+        raise error
+    handler(image, error)
+
+
+def expected_layout(adapter: Callable[..., object]) -> str:
+    """The folder tree an adapter reads: the first ``::`` literal block of its module's docstring
+    (every adapter module draws its layout there), lines stripped; "" when there is none."""
+    import sys
+
+    doc = getattr(sys.modules.get(getattr(adapter, "__module__", "")), "__doc__", None) or ""
+    head, sep, rest = doc.partition("::\n")
+    if not sep:
+        return ""
+    lines: list[str] = []
+    for line in rest.splitlines():
+        if line.strip():
+            if not line.startswith((" ", "\t")):
+                break
+            lines.append(line.strip())
+        elif lines:
+            break
+    return "\n".join(lines)
 
 
 def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) -> Iterator[Record]:
@@ -208,10 +255,7 @@ def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) 
         try:
             anomalous = not mask_is_empty(mask)
         except BadImageError as exc:
-            handler = _ON_BAD_MASK.get()
-            if handler is None:
-                raise
-            handler(img, exc)
+            report_or_raise(img, exc)
             continue
         yield Record(source=source, category=category, split=split, label=int(anomalous),
                      defect_type="unknown" if anomalous else "good", image_path=img, mask_path=mask)

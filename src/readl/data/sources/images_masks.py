@@ -11,7 +11,9 @@ folder is read. The path between ``root`` and that pair gives the record's field
 that is a split name (train, test, val, valid, validation) is the split, the part before it the
 category; with no category part the category is ``root``'s name; with no split part the split is
 ``"all"``. Every image must have a mask (normal images have an all-zero one): an image without
-one is a LayoutError, since its label would be unknown. ``defect_type`` is ``"unknown"`` for
+one has an unknown label: a :class:`~.base.MissingMaskError` (a LayoutError), or, inside
+:func:`~.base.report_bad_masks` (``readl curate``: ``missing_mask`` in rejected.csv), reported and
+skipped. ``defect_type`` is ``"unknown"`` for
 anomalies (the layout has no defect classes). Masks are decoded, lazily, to find the labels.
 """
 
@@ -21,7 +23,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import LayoutError, Record, image_files, labelled_by_mask, require_root
+from .base import (LayoutError, MissingMaskError, Record, image_files, labelled_by_mask,
+                   report_or_raise, require_root)
 from .mvtec import _mask_index, find_mask
 
 __all__ = ["SPLIT_NAMES", "images_masks"]
@@ -48,7 +51,8 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
         Records ordered by folder then file name; every record has ``mask_path``.
     Raises:
         FileNotFoundError: root missing.
-        LayoutError: no images/+masks/ pair under root; an image without a mask.
+        LayoutError: no images/+masks/ pair under root; MissingMaskError: an image without a mask
+            (reported and skipped inside ``report_bad_masks``).
         readl.data.images.BadImageError: a mask cannot be decoded (while iterating).
     """
     root_p = require_root(root, source)
@@ -66,8 +70,11 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
         for img in image_files(base / "images"):
             mask = find_mask(masks, img.stem, ("", "_mask"))
             if mask is None:
-                raise LayoutError(f"{source}: {img} has no mask in {base / 'masks'} (expected "
-                                  f"{img.stem}.png or {img.stem}_mask.png); its label is unknown")
+                report_or_raise(img, MissingMaskError(
+                    img, f"has no mask in {base / 'masks'} (expected {img.stem}.png or "
+                         f"{img.stem}_mask.png); its label is unknown: add the mask or delete "
+                         f"the image"))
+                continue
             items.append((img, mask, cat, split or spl or "all"))
 
     return labelled_by_mask(items, source)

@@ -43,18 +43,25 @@ _SPLIT_MARKERS = ("train", "test")
 
 
 def category_dirs(root: Path, categories: Sequence[str] | None, source: str,
-                  mask_dir_name: str = "ground_truth") -> list[Path]:
-    """Category folders under ``root`` (or ``[root]`` when root itself is one category)."""
+                  mask_dir_name: str = "ground_truth", *,
+                  markers: Sequence[str] = _SPLIT_MARKERS, tree: str | None = None) -> list[Path]:
+    """Category folders under ``root`` holding one of the ``markers`` folders (or ``[root]`` when
+    root itself is one category). ``tree`` is the expected layout shown in the error.
+
+    Raises:
+        FileNotFoundError: a requested category is missing. LayoutError: none found.
+    """
     if categories is not None:
         return [require_dir(root / c, source, f"category folder {c!r}") for c in categories]
-    if any((root / m).is_dir() for m in _SPLIT_MARKERS):
+    if any((root / m).is_dir() for m in markers):
         return [root]
     found = sorted(p for p in root.iterdir()
                    if p.is_dir() and not p.name.startswith(".")
-                   and any((p / m).is_dir() for m in _SPLIT_MARKERS))
+                   and any((p / m).is_dir() for m in markers))
     if not found:
-        raise LayoutError(f"{source}: no category folder with train/ or test/ under {root}; "
-                          f"expected <root>/<category>/{{train,test,{mask_dir_name}}}/<defect>/")
+        tree = tree or f"<root>/<category>/{{train,test,{mask_dir_name}}}/<defect>/"
+        raise LayoutError(f"{source}: no category folder with {'/ or '.join(markers)}/ under "
+                          f"{root}; expected {tree}")
     return found
 
 
