@@ -207,7 +207,8 @@ def _read_entry(entry: CurateSource, raw_root: Path, where: str,
     except LayoutError as exc:
         raise LayoutError(f"{where} ({entry.layout} layout at {root}): {exc}") from None
     tree = expected_layout(get_adapter(entry.layout))
-    if not records and not any(r["source"] == entry.name for r in rejected):
+    derived_only = entry.layout == "synthetic" and entry.options.get("base")  # made from other entries' images
+    if not records and not derived_only and not any(r["source"] == entry.name for r in rejected):
         raise LayoutError(f"{where}: no images found by the {entry.layout!r} adapter under "
                           f"{root}; the folder does not follow that layout, which is:\n{tree}\n"
                           f"Fix `root`/`layout` in params.yaml curate:, or re-extract the data.")
@@ -384,7 +385,7 @@ class _Curation:
         self.used_names: set[str] = set()
         self.total = 0
         self.guard: LeakageGuard | None = None
-        self.eval_thumbs: dict[str, np.ndarray] = {}  # eval raw image path -> thumbnail
+        self.eval_thumbs: dict[tuple[str, str], np.ndarray] = {}  # (eval raw image path, pHash) -> thumbnail
 
     # ---- planning
     def strata(self) -> dict[str, list[_Stratum]]:
@@ -511,7 +512,7 @@ class _Curation:
                 else:
                     s.accepted.append((cand, digest, image_out, mask_out))
                     if not guard:
-                        self.eval_thumbs[cand.image_rel] = thumb
+                        self.eval_thumbs[(cand.image_rel, digest)] = thumb  # synthetic variants share image_rel
                 if self.progress is not None:
                     self.progress(1, self.total)
 
@@ -521,7 +522,7 @@ class _Curation:
 
     def set_eval(self, strata: list[_Stratum]) -> None:
         rows = [(c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted]
-        self.guard = LeakageGuard(rows, [self.eval_thumbs[r[1]] for r in rows],
+        self.guard = LeakageGuard(rows, [self.eval_thumbs[(r[1], r[2])] for r in rows],
                                   self.cfg.leakage_max_distance, self.cfg.leakage_min_ssim)
 
     def _leaks(self, s: _Stratum, cand: _Candidate, digest: str, thumb: np.ndarray) -> bool:
