@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params",
 ]  # fmt: skip
 
@@ -74,6 +74,29 @@ class TrainLoraConfig(_Section):
     # PEFT full-match regex over module names; null = decoder q/k/v/o/gate/up/down_proj + visual.merger.mlp.{0,2}
     # (readl.training.lora.DEFAULT_TARGET_REGEX; the vision blocks' qkv/proj/mlp are never matched).
     target_modules: str | None = None
+
+
+class WarmupConfig(_Section):
+    """``warmup:`` the supervised cold start before CGRO (``readl warmup``; R1-style as in Vision-R1).
+
+    The paper starts GRPO from Qwen2.5-VL-Instruct (Sec. 5.1): its recipe sets ``enabled: false``. Every
+    other value is ours (the paper has no cold start).
+    """
+
+    enabled: bool = True
+    trainable: Literal["auto", "full", "lora"] = "auto"  # auto: full for `tiny`, LoRA (train.lora, merged) otherwise
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up (HF `warmup_steps`)
+    max_steps: int = Field(300, gt=0)  # optimizer steps
+    per_device_train_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    decision_tokens: int = Field(2, ge=0)  # reasoning tokens after <think> weighted by decision_weight
+    decision_weight: float = Field(20.0, ge=0)  # loss weight of those tokens (the per-label opening decides)
+    answer_weight: float = Field(5.0, ge=0)  # loss weight of the answer word after <answer>
+    seed: int = 0
+    save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
+    logging_steps: int = Field(10, gt=0)
 
 
 class ConsistencyConfig(_Section):
@@ -241,6 +264,7 @@ class Params(BaseModel):
     model: ModelConfig = ModelConfig()
     localization: LocalizationConfig = LocalizationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    warmup: WarmupConfig = WarmupConfig()
     train: TrainConfig = TrainConfig()
     curate: CurateConfig = CurateConfig()
     register: RegisterConfig = RegisterConfig()

@@ -19,7 +19,8 @@ def _fmt(logs: dict, key: str, name: str) -> str:
 class StepProgress(TrainerCallback):
     """A rich bar over optimizer steps showing reward, per-reward means and mean Jaccard J (main process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "train") -> None:
+        self.label = label
         self.bar: Progress | None = None
         self.task = None
 
@@ -27,10 +28,10 @@ class StepProgress(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self.bar = Progress(
-            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"), console=Console(stderr=True),
         )  # fmt: skip
-        self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, status="")
+        self.task = self.bar.add_task(self.label, total=state.max_steps, completed=state.global_step, status="")
         self.bar.start()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -40,7 +41,7 @@ class StepProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is None or not logs:
             return
-        parts = [_fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL")]
+        parts = [_fmt(logs, "loss", "loss"), _fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL")]
         parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
         status = "  ".join(p for p in parts if p)
         if status:  # the final summary log has no rewards: keep the last status

@@ -1,0 +1,107 @@
+"""Target completions for the supervised cold start: ``<think>REASONING</think><answer>Yes|No</answer>``.
+
+The cold start (``readl warmup``, R1-style as in Vision-R1) teaches the model the answer format before GRPO.
+REASONING comes from the manifest's ``reasoning`` column when a row has one (texts written by a teacher
+model or by inspectors, see README "Cold start"), else from templates built ONLY from image-level
+information: the label, the category and the defect-type name. Masks are never read here: that would be
+pixel supervision, which the method does not have (paper Sec. 1, 4: image-level labels only).
+
+Template design (a choice the paper does not make; it starts GRPO from an instruction-tuned model):
+
+- the FIRST sentence is fixed per label (:data:`OPENING`), so the detection decision is taken at the first
+  reasoning tokens, where it is weighted in the loss (:mod:`readl.training.warmup`); with a varied first
+  sentence the decision would be spread over many tokens and drowned by text the image cannot predict;
+- the rest varies, seeded per row (category, defect-type name, a phrase from a small list), so the model does
+  not learn one string per label and the reasoning metrics (ROUGE-L, SBERT) measure more than a constant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+__all__ = ["OPENING", "template_reasoning", "target_completion", "targets_for"]
+
+# The decision sentence per label: label 1 (anomalous) and label 0 (normal). Both name the anomaly words
+# of the question ("defect", "anomaly"), so S_T (paper Eq. 2) has tokens that refer back to them.
+OPENING = {1: "A defect is visible.", 0: "No defect is visible."}
+
+_ANOMALOUS = (
+    "The {category} shows {defect}, an anomaly that deviates from its typical appearance.",
+    "There is {defect} on the {category}; this region is abnormal.",
+    "The surface of the {category} has {defect}, which indicates an anomaly.",
+    "Part of the {category} looks damaged: {defect}.",
+)
+_NORMAL = (
+    "The {category} looks uniform and intact, with no anomaly.",
+    "The surface of the {category} appears regular and clean; it is normal.",
+    "Every region of the {category} is consistent with its typical appearance.",
+    "The {category} appears smooth and undamaged, so it is normal.",
+)
+_GENERIC_DEFECTS = {"", "good", "anomalous", "bad", "defect", "ko", "ng", "synthetic"}
+
+
+def _pick(key: str, n: int, seed: int) -> int:
+    """A stable choice in [0, n) from ``key`` and ``seed`` (sha256; no global RNG state)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") % n
+
+
+def _phrase(defect_type: str) -> str:
+    name = str(defect_type or "").strip().lower()
+    if name in _GENERIC_DEFECTS:
+        return "a defect"
+    return f"a {name.replace('_', ' ')} defect"
+
+
+def template_reasoning(label: int, category: str, defect_type: str | None, key: str, seed: int = 0) -> str:
+    """Reasoning text for one image from its image-level information only.
+
+    Args:
+        label: 1 = anomalous, 0 = normal.
+        category: the object / texture category (e.g. ``hazelnut``); ``_`` becomes a space.
+        defect_type: the published defect-type name (``colour``, ``cutpaste`` ...) or None / ``good``.
+        key: a stable per-row key (the image path) that picks the phrase.
+        seed: varies the choice of phrases between runs.
+
+    Returns:
+        ``OPENING[label]`` followed by one phrase.
+
+    Raises:
+        ValueError: ``label`` is not 0 or 1.
+    """
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    cat = str(category or "object").replace("_", " ")
+    pool = _ANOMALOUS if label == 1 else _NORMAL
+    body = pool[_pick(key, len(pool), seed)].format(category=cat, defect=_phrase(defect_type or ""))
+    return f"{OPENING[label]} {body}"
+
+
+def target_completion(reasoning: str, label: int) -> str:
+    """``<think>{reasoning}</think><answer>Yes|No</answer>``: the strict format of the format reward (Eq. 8)."""
+    return f"<think>{reasoning.strip()}</think><answer>{'Yes' if label == 1 else 'No'}</answer>"
+
+
+def targets_for(frame: pd.DataFrame, seed: int = 0) -> list[str]:
+    """The target completion of every manifest row.
+
+    A non-empty ``reasoning`` value is used as it is; other rows get :func:`template_reasoning`.
+
+    Args:
+        frame: manifest rows with ``image_path`` and ``label``; optional ``category``, ``defect_type``,
+            ``reasoning``.
+        seed: template phrase seed.
+
+    Returns:
+        One string per row, in order.
+    """
+    out = []
+    has_reasoning = "reasoning" in frame.columns
+    for row in frame.itertuples(index=False):
+        text = getattr(row, "reasoning", None) if has_reasoning else None
+        if not isinstance(text, str) or not text.strip():
+            text = template_reasoning(int(row.label), getattr(row, "category", ""), getattr(row, "defect_type", None),
+                                      key=str(row.image_path), seed=seed)  # fmt: skip
+        out.append(target_completion(text, int(row.label)))
+    return out

@@ -1,0 +1,267 @@
+"""``readl warmup``: the supervised cold start before CGRO (R1-style, as in Vision-R1).
+
+Linear on purpose: manifest -> targets -> model + processor -> SFT dataset -> TRL ``SFTTrainer`` (weighted
+token loss) -> train (resuming the last complete checkpoint) -> ``models/warmup`` (a full model folder that
+``train``, ``calibrate``, ``evaluate``, ``register`` and ``predict`` use as the base model).
+
+The paper starts GRPO from Qwen2.5-VL-Instruct, which already writes the format (paper Sec. 5.1), so its
+recipe sets ``warmup.enabled: false``. The embedded default's random tiny model writes nothing readable
+until it has seen the format: the cold start makes GRPO's rewards non-zero, so CGRO has a signal.
+
+Loss (a choice of ours, ``warmup.decision_weight`` / ``warmup.answer_weight``): token cross-entropy over the
+completion, with the first ``decision_tokens`` reasoning tokens after ``<think>`` (where the fixed per-label
+opening sentence of :mod:`readl.training.reasoning_targets` takes the decision) and the answer word after
+``<answer>`` weighted up. Under teacher forcing every later token can be read off the earlier text, so
+without the weights the image's contribution to the loss is a small fraction of a nat per target.
+
+Trainable weights: ``warmup.trainable`` ``full`` (every weight, vision tower included; the default for the
+tiny random kit, where LoRA on random weights learns little) or ``lora`` (``train.lora``'s targets, merged
+into the base after training: HF checkpoints); ``auto`` = full for ``tiny``, LoRA otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from PIL import Image
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from readl.atomic import write_json
+from readl.config import Params
+from readl.model.loading import TINY, load_model
+from readl.training.checkpoints import fingerprint, last_complete_checkpoint, prepare_checkpoint_dir, replace_dir, save_run_info
+from readl.training.data import fit_processor, load_manifest, prompt_messages
+from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config
+from readl.training.progress import StepProgress
+from readl.training.reasoning_targets import targets_for
+from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
+
+__all__ = ["WARMUP_DIR", "sft_dataset", "token_weights_from_labels", "weighted_token_loss", "warmup"]
+
+log = logging.getLogger(__name__)
+WARMUP_DIR = Path("models/warmup")
+
+
+def sft_dataset(frame, image_size: int, targets: list[str]) -> Dataset:
+    """Prompt-completion rows for TRL's ``SFTTrainer``: ``{"prompt", "completion", "image"}``.
+
+    ``prompt`` is the GRPO prompt (:func:`readl.training.data.prompt_messages`; TRL inserts the image before
+    the question), ``completion`` the assistant message with the target, ``image`` the RGB image resized to
+    ``image_size`` x ``image_size`` (bicubic), decoded when a row is read. No mask column is read.
+
+    Args:
+        frame: manifest rows with absolute ``image_path`` (:func:`readl.training.data.load_manifest`).
+        image_size: side in pixels (multiple of 28).
+        targets: one target completion per row (:func:`readl.training.reasoning_targets.targets_for`).
+    """
+    ds = Dataset.from_dict({"image_path": list(frame["image_path"]), "target": list(targets)})
+
+    def transform(batch: dict) -> dict:
+        images = []
+        for p in batch["image_path"]:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC))
+        return {
+            "prompt": [prompt_messages() for _ in images],
+            "completion": [[{"role": "assistant", "content": t}] for t in batch["target"]],
+            "image": images,
+        }
+
+    return ds.with_transform(transform)
+
+
+def _find(row: list[int], pattern: list[int], start: int = 0) -> int:
+    """Index just after the first occurrence of ``pattern`` in ``row`` at or after ``start``; -1 if absent."""
+    n = len(pattern)
+    for i in range(start, len(row) - n + 1):
+        if row[i : i + n] == pattern:
+            return i + n
+    return -1
+
+
+def token_weights_from_labels(labels: torch.Tensor, think_ids: list[int], answer_ids: list[int],
+                              whitespace_ids: set[int], decision_tokens: int, decision_weight: float,
+                              answer_weight: float) -> torch.Tensor:  # fmt: skip
+    """Per-token loss weights of a batch of labels (``-100`` = not trained).
+
+    Args:
+        labels: ``(B, L)`` int64 labels as the model sees them (not yet shifted).
+        think_ids, answer_ids: token ids of ``<think>`` and ``<answer>``.
+        whitespace_ids: ids of whitespace-only tokens (skipped when looking for the answer word).
+        decision_tokens: how many tokens after ``<think>`` get ``decision_weight``.
+        decision_weight, answer_weight: weights (>= 0) of those tokens and of the answer word.
+
+    Returns:
+        ``(B, L)`` float32: 0 where the label is -100, 1 elsewhere, the two weights at their positions.
+    """
+    w = (labels != -100).float()  # (B, L)
+    for b, row in enumerate(labels.tolist()):
+        t = _find(row, think_ids)
+        if t >= 0:
+            w[b, t : t + decision_tokens] *= decision_weight
+        a = _find(row, answer_ids, max(t, 0))
+        while 0 <= a < len(row) and row[a] in whitespace_ids:
+            a += 1
+        if 0 <= a < len(row) and row[a] != -100:
+            w[b, a] *= answer_weight
+    return w
+
+
+def weighted_token_loss(tokenizer, decision_tokens: int, decision_weight: float, answer_weight: float):
+    """A ``compute_loss_func(outputs, labels, num_items_in_batch)`` for ``SFTTrainer``: weighted token CE.
+
+    loss = sum_t w_t CE_t / sum_t w_t over the batch's completion tokens (shifted: logits at t predict t+1),
+    with w from :func:`token_weights_from_labels`.
+    """
+    think_ids = tokenizer.encode("<think>", add_special_tokens=False)
+    answer_ids = tokenizer.encode("<answer>", add_special_tokens=False)
+    whitespace = {i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == "" and tokenizer.decode([i])}
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        weights = token_weights_from_labels(labels, think_ids, answer_ids, whitespace, decision_tokens,
+                                            decision_weight, answer_weight).to(outputs.logits.device)  # fmt: skip
+        logits = outputs.logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
+        target = labels[:, 1:].to(logits.device)  # (B, L-1)
+        w = weights[:, 1:]  # (B, L-1)
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+        ).view(target.shape)  # (B, L-1)
+        return (ce * w).sum() / w.sum().clamp(min=1e-8)
+
+    return loss_fn
+
+
+def _sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
+    w = params.warmup
+    dtype = next(model.parameters()).dtype
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=w.per_device_train_batch_size,
+        gradient_accumulation_steps=w.gradient_accumulation_steps,
+        learning_rate=w.learning_rate,
+        lr_scheduler_type=w.lr_scheduler_type,
+        warmup_steps=w.lr_warmup_steps,
+        max_steps=w.max_steps,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=w.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=next(model.parameters()).device.type == "cpu",
+        completion_only_loss=True,
+        max_length=None,  # never cut the image tokens
+        save_strategy="steps",
+        save_steps=w.save_steps,
+        save_total_limit=2,
+        logging_steps=w.logging_steps,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        dataset_kwargs={"skip_prepare_dataset": True},  # rows are built on access (images decoded per batch)
+    )
+
+
+def warmup(params: Params, manifest: str | Path = "data/curated/train.parquet", output_dir: str | Path = "models",
+           device: str | None = None, root: str | Path = ".") -> dict:  # fmt: skip
+    """Run (or resume) the cold start and write ``output_dir/warmup`` (model + processor) and ``warmup_run.json``.
+
+    With ``warmup.enabled: false`` nothing is trained: the folder records the base model reference only
+    (``warmup_run.json`` with ``"enabled": false``) and the later stages use ``model.base``.
+
+    Args:
+        params: validated ``params.yaml`` (sections ``model``, ``warmup``, ``train.lora``).
+        manifest: curated training manifest (``image_path``, ``label``, ``category``, ``defect_type`` ...).
+        output_dir: where ``warmup/``, ``warmup_run.json`` and ``warmup_checkpoints/`` go.
+        device: ``cpu`` / ``cuda`` ...; default: this process's accelerate device.
+        root: folder that relative image paths are resolved against.
+
+    Returns:
+        The record written to ``warmup_run.json`` (``{}`` on non-main processes).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or empty manifest (says to run ``readl curate``).
+    """
+    w, state = params.warmup, PartialState()
+    manifest, output_dir = Path(manifest), Path(output_dir)
+    out = output_dir / "warmup"
+    if not w.enabled:
+        if state.is_main_process:
+            replace_dir(lambda tmp: write_json(tmp / "readl_base.json", {"base": params.model.base}), out)
+            record = {"enabled": False, "base": params.model.base, "model": str(out)}
+            write_json(output_dir / "warmup_run.json", record)
+            return record
+        return {}
+    frame = load_manifest(manifest, root)
+    raw = frame.copy()
+    raw["image_path"] = [str(Path(p).relative_to(Path(root).resolve())) if Path(p).is_relative_to(Path(root).resolve())
+                         else p for p in frame["image_path"]]  # stable template keys, whatever the clone path  # fmt: skip
+    targets = targets_for(raw, seed=w.seed)
+    model, processor = load_model(params.model.base, device=device or str(state.device), dtype=params.model.dtype)
+    processor = fit_processor(processor, params.model.image_size)
+    trainable = w.trainable if w.trainable != "auto" else ("full" if params.model.base == TINY else "lora")
+    peft = None
+    if trainable == "lora":
+        lcfg = params.train.lora
+        peft = lora_config(lcfg.r, lcfg.alpha, lcfg.dropout, lcfg.target_modules or DEFAULT_TARGET_REGEX)
+    model.train()
+    ckpt_dir = output_dir / "warmup_checkpoints"
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_args(params, ckpt_dir, model),
+        train_dataset=sft_dataset(frame, params.model.image_size, targets),
+        processing_class=processor,
+        peft_config=peft,
+        compute_loss_func=weighted_token_loss(processor.tokenizer, w.decision_tokens, w.decision_weight,
+                                              w.answer_weight),  # fmt: skip
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepProgress("warmup"))
+
+    fp = fingerprint(params.model_dump(include={"model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest)
+    resume, run_id = None, None
+    if state.is_main_process:
+        resume, run_id = prepare_checkpoint_dir(ckpt_dir, fp)
+        run_id = start_run(
+            params.train.experiment, run_id,
+            params={"model": params.model.model_dump(), "warmup": w.model_dump(),
+                    "data": {"manifest": str(manifest), "n_images": len(frame)}},
+            tags={"readl.stage": "warmup"},
+        ).info.run_id  # fmt: skip
+        save_run_info(ckpt_dir, fp, run_id)
+        trainer.add_callback(MlflowMetricsCallback(run_id))
+        log.info("warmup: %d images, %s weights, MLflow run %s; %s", len(frame), trainable, run_id,
+                 f"resuming {resume}" if resume else "fresh start")  # fmt: skip
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        resume = last_complete_checkpoint(ckpt_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    import mlflow
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if trainable == "lora":
+        policy = policy.merge_and_unload()
+    policy.eval()
+
+    def save(tmp: Path) -> None:
+        policy.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json(tmp / "readl_base.json", {"base": params.model.base, "warmup_run": run_id})
+
+    replace_dir(save, out)
+    record = {"enabled": True, "base": params.model.base, "model": str(out), "run_id": run_id,
+              "global_step": int(trainer.state.global_step), "trainable": trainable,
+              "resumed_from": str(resume) if resume else None}  # fmt: skip
+    write_json(output_dir / "warmup_run.json", record)
+    mlflow.end_run()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return record
