@@ -14,7 +14,14 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["curate", "train", "calibrate", "evaluate", "register"]
+STAGES = ["curate", "warmup", "train", "calibrate", "evaluate", "register"]
+# The suite runs the default pipeline with fewer steps and images (`make repro` keeps the defaults); each
+# replacement must hit params.yaml exactly once, so a changed default fails here rather than going unnoticed.
+FEWER = {
+    "  max_steps: 300             # optimizer steps": "  max_steps: 40              # optimizer steps",
+    "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
+    "per_image: 30, seed: 0, normals: true": "per_image: 2, seed: 0, normals: true",
+}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -44,6 +51,11 @@ def fresh_copy(tmp_path_factory, tiny_dir) -> tuple[Path, dict]:
                                                                   "commit", "-qm", "copy"]):  # fmt: skip
         _run(cmd, dst, env)
     assert not (dst / "data/raw").exists()
+    params = (dst / "params.yaml").read_text()
+    for old, new in FEWER.items():
+        assert params.count(old) == 1, old
+        params = params.replace(old, new)
+    (dst / "params.yaml").write_text(params)
     return dst, env
 
 
@@ -59,6 +71,8 @@ def test_dvc_repro_from_a_fresh_copy(fresh_copy):
     for split in ("train", "calib", "eval"):
         assert len(pd.read_parquet(work / f"data/curated/{split}.parquet")) > 0
     assert (work / "models/adapter/adapter_config.json").is_file()
+    assert (work / "models/warmup/config.json").is_file()  # the warm-started base of train and what follows
+    assert json.loads((work / "models/train_run.json").read_text())["base"] == "models/warmup"
     run = json.loads((work / "models/train_run.json").read_text())
     thresholds = json.loads((work / "models/thresholds.json").read_text())
     assert {"tau_t", "tau_i"} <= set(thresholds)

@@ -53,7 +53,7 @@ def predict(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = None,
 ) -> None:
     """Reasoning, Yes/No answer, P(Yes) score and ReAL anomaly map for each image."""
-    from readl.config import load_params
+    from readl.config import load_params, pipeline_base
     from readl.model.inference import GenerationSettings, Predictor
     from readl.model.loading import load_model
     from readl.predict import predict_files
@@ -76,7 +76,7 @@ def predict(
         predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
         thresholds = thresholds or (Path(registered.thresholds_path) if registered.thresholds_path else None)
     else:
-        net, processor = load_model(model or mcfg.base, adapter=adapter, device=device, dtype=mcfg.dtype)
+        net, processor = load_model(model or pipeline_base(cfg), adapter=adapter, device=device, dtype=mcfg.dtype)
         predictor = Predictor(
             net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
             query_row=cfg.localization.query_row,
@@ -103,6 +103,28 @@ def predict(
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} file(s) could not be read; the others have results.")
         raise typer.Exit(1)
+
+
+@app.command()
+def warmup(
+    params: Annotated[Path, typer.Option(help="params.yaml (sections model, warmup, train.lora).")] = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
+    output: Annotated[Path, typer.Option(help="Folder for warmup/, warmup_run.json, warmup_checkpoints/.")] = Path("models"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")] = None,
+) -> None:
+    """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself."""
+    from readl.config import load_params
+    from readl.training.warmup import warmup as run_warmup
+
+    try:
+        record = run_warmup(load_params(params), manifest=manifest, output_dir=output, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        logging.getLogger(__name__).debug("warmup failed", exc_info=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    if record:
+        done = f"steps: {record['global_step']}  MLflow run: {record['run_id']}" if record["enabled"] else "disabled"
+        console.print(f"warm-started model: {record['model']}  {done}")
 
 
 @app.command()

@@ -45,9 +45,10 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
     Returns:
         ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was found.
     """
+    from readl.config import pipeline_base
     from readl.model.loading import load_model
 
-    base = base or params.model.base
+    base = base or pipeline_base(params)
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
         adapter = None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():

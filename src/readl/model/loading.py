@@ -16,8 +16,6 @@ __all__ = ["TINY", "resolve_base", "pick_device_dtype", "load_processor", "load_
 
 log = logging.getLogger(__name__)
 TINY = "tiny"
-
-
 def resolve_base(base: str | Path) -> str:
     """``"tiny"`` -> the tiny kit's folder (built on first use); anything else is returned as a string.
 

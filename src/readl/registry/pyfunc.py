@@ -141,7 +141,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         cfg = dict(getattr(context, "model_config", None) or {})
         device = cfg.get("device") or os.environ.get("READL_DEVICE") or None
         mcfg = self.params.model
-        model, processor = load_model(mcfg.base, adapter=self.adapter, device=device, dtype=mcfg.dtype)
+        base = arts.get("base_model") or mcfg.base  # the warm-started model (readl warmup) when logged
+        model, processor = load_model(base, adapter=self.adapter, device=device, dtype=mcfg.dtype)
         self.batch_size = mcfg.batch_size
         self.predictor = Predictor(
             model, processor, image_size=mcfg.image_size, layers=self.localization.layers,

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from readl.atomic import write_json
-from readl.config import Params, load_params
+from readl.config import Params, load_params, pipeline_base
 from readl.config import RegisterConfig
 from readl.digest import file_digest  # re-exported: the registry's content hashes
 from readl.registry.client import (
@@ -118,9 +118,13 @@ def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float | Non
     return out
 
 
-def model_fingerprint(adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping) -> str:
-    """SHA-256 identifying the registered content: adapter files, thresholds, metrics, params."""
+def model_fingerprint(adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping,
+                      base_dir: Path | None = None) -> str:
+    """SHA-256 identifying the registered content: adapter files, thresholds, metrics, params and the
+    warm-started base model's files (``base_dir``, when the pipeline has one)."""
     h = hashlib.sha256()
+    if base_dir is not None:
+        h.update(b"base:" + file_digest([base_dir]).encode())
     h.update(b"adapter:" + (file_digest([adapter]) if adapter else "none").encode())
     h.update(b"thresholds:" + file_digest([thresholds]).encode())
     h.update(b"metrics:" + file_digest([metrics]).encode())
@@ -267,6 +271,7 @@ def register(
     name: str | None = None,
     alias: str = "challenger",
     uri: str | None = None,
+    models_dir: str | Path = "models",
 ) -> RegisterResult:
     """Log the readl pyfunc model into the training run and register it as a new version aliased ``alias``.
 
@@ -284,6 +289,8 @@ def register(
         name: registered model name (default ``register.model_name``).
         alias: alias set on the newest readl version (see the module docstring).
         uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+        models_dir: the pipeline's model folder; with ``warmup.enabled`` its ``warmup/`` (the warm-started
+            base model, :func:`readl.model.loading.pipeline_base`) is logged as the ``base_model`` artifact.
 
     Returns:
         The :class:`RegisterResult`.
@@ -306,15 +313,17 @@ def register(
     adapter_dir = check_adapter(Path(adapter) if adapter is not None else None)
     if adapter is not None and adapter_dir is None:
         log.warning("no adapter at %s: registering the base model %r without an adapter", adapter, cfg.model.base)
+    base = pipeline_base(cfg, models_dir)
+    base_dir = Path(base) if base != cfg.model.base else None  # the warm-started model travels with the version
     params_json = cfg.model_dump(mode="json")
     model_params = {k: v for k, v in params_json.items() if k != "register"}  # what shapes the model
-    fp = model_fingerprint(adapter_dir, thresholds, metrics, model_params)
+    fp = model_fingerprint(adapter_dir, thresholds, metrics, model_params, base_dir)
     tags = {
         FINGERPRINT_TAG: fp,
         "data_manifest_sha256": manifest_digest(manifests),
         "params_sha256": params_digest(model_params),
         "git_commit": git_commit(Path(params_file).resolve().parent),
-        "base_model": cfg.model.base,
+        "base_model": cfg.model.base if base_dir is None else f"{cfg.model.base} + warmup",
         "adapter": "yes" if adapter_dir else "none",
         **{f"{METRIC_TAG_PREFIX}{k}": "null" if v is None else repr(v) for k, v in eval_metrics.items()},
     }
@@ -341,6 +350,8 @@ def register(
                 artifacts = {"params": str(pj), "thresholds": str(thresholds), "metrics": str(metrics)}
                 if adapter_dir:
                     artifacts["adapter"] = str(adapter_dir)
+                if base_dir is not None:
+                    artifacts["base_model"] = str(base_dir)
                 logged = _log_model(run_id, artifacts, fp, uri, eval_metrics)
         source = f"models:/{logged.model_id}"
         mv = _create_version(client, name, source, run_id, fp, tags, logged.model_id, uri)

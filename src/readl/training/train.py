@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig
 
 from readl.atomic import write_json
-from readl.config import Params
+from readl.config import Params, pipeline_base
 from readl.model.loading import load_model
 from readl.training.checkpoints import (
     fingerprint,
@@ -114,7 +114,7 @@ def build_trainer(
     names = reward_names(t.rewards)
     if model_and_processor is None:
         device = device or str(PartialState().device)
-        model_and_processor = load_model(params.model.base, device=device, dtype=params.model.dtype)
+        model_and_processor = load_model(pipeline_base(params), device=device, dtype=params.model.dtype)
     model, processor = model_and_processor
     processor = fit_processor(processor, params.model.image_size)
     target = t.lora.target_modules or DEFAULT_TARGET_REGEX
@@ -195,7 +195,7 @@ def train(
         "experiment": t.experiment,
         "tracking_uri": tracking_uri(),
         "adapter": str(adapter),
-        "base": params.model.base,
+        "base": pipeline_base(params),
         "rewards": names,
         "global_step": int(trainer.state.global_step),
         "resumed_from": str(resume) if resume else None,

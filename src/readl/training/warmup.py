@@ -42,7 +42,7 @@ from readl.training.progress import StepProgress
 from readl.training.reasoning_targets import targets_for
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 
-__all__ = ["WARMUP_DIR", "sft_dataset", "token_weights_from_labels", "weighted_token_loss", "warmup"]
+__all__ = ["WARMUP_DIR", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "warmup"]
 
 log = logging.getLogger(__name__)
 WARMUP_DIR = Path("models/warmup")
@@ -113,28 +113,36 @@ def token_weights_from_labels(labels: torch.Tensor, think_ids: list[int], answer
     return w
 
 
-def weighted_token_loss(tokenizer, decision_tokens: int, decision_weight: float, answer_weight: float):
-    """A ``compute_loss_func(outputs, labels, num_items_in_batch)`` for ``SFTTrainer``: weighted token CE.
+class WeightedSFTTrainer(SFTTrainer):
+    """TRL's ``SFTTrainer`` with a weighted token cross-entropy (one forward pass per step).
 
     loss = sum_t w_t CE_t / sum_t w_t over the batch's completion tokens (shifted: logits at t predict t+1),
-    with w from :func:`token_weights_from_labels`.
+    w from :func:`token_weights_from_labels` (``warmup.decision_tokens`` / ``decision_weight`` /
+    ``answer_weight``). With gradient accumulation each micro-batch is normalised by its own weight sum.
+
+    Args (besides ``SFTTrainer``'s): decision_tokens, decision_weight, answer_weight: see above.
     """
-    think_ids = tokenizer.encode("<think>", add_special_tokens=False)
-    answer_ids = tokenizer.encode("<answer>", add_special_tokens=False)
-    whitespace = {i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == "" and tokenizer.decode([i])}
 
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        weights = token_weights_from_labels(labels, think_ids, answer_ids, whitespace, decision_tokens,
-                                            decision_weight, answer_weight).to(outputs.logits.device)  # fmt: skip
+    def __init__(self, *args, decision_tokens: int, decision_weight: float, answer_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        tok = self.processing_class.tokenizer
+        self._think = tok.encode("<think>", add_special_tokens=False)
+        self._answer = tok.encode("<answer>", add_special_tokens=False)
+        self._space = {i for i in range(len(tok)) if tok.decode([i]) and not tok.decode([i]).strip()}
+        self._weights = (decision_tokens, decision_weight, answer_weight)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")  # (B, L), -100 outside the completion
+        outputs = model(**inputs, use_cache=False)
+        weights = token_weights_from_labels(labels, self._think, self._answer, self._space, *self._weights)
         logits = outputs.logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
-        target = labels[:, 1:].to(logits.device)  # (B, L-1)
-        w = weights[:, 1:]  # (B, L-1)
+        target = labels[:, 1:]  # (B, L-1)
+        w = weights[:, 1:].to(logits.device)  # (B, L-1)
         ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1).to(logits.device), reduction="none"
         ).view(target.shape)  # (B, L-1)
-        return (ce * w).sum() / w.sum().clamp(min=1e-8)
-
-    return loss_fn
+        loss = (ce * w).sum() / w.sum().clamp(min=1e-8)
+        return (loss, outputs) if return_outputs else loss
 
 
 def _sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
@@ -155,6 +163,7 @@ def _sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
         fp16=dtype == torch.float16,
         use_cpu=next(model.parameters()).device.type == "cpu",
         completion_only_loss=True,
+        activation_checkpointing=False,  # TRL's SFT default is on: a second forward per step
         max_length=None,  # never cut the image tokens
         save_strategy="steps",
         save_steps=w.save_steps,
@@ -212,14 +221,13 @@ def warmup(params: Params, manifest: str | Path = "data/curated/train.parquet", 
         peft = lora_config(lcfg.r, lcfg.alpha, lcfg.dropout, lcfg.target_modules or DEFAULT_TARGET_REGEX)
     model.train()
     ckpt_dir = output_dir / "warmup_checkpoints"
-    trainer = SFTTrainer(
+    trainer = WeightedSFTTrainer(
         model=model,
         args=_sft_args(params, ckpt_dir, model),
         train_dataset=sft_dataset(frame, params.model.image_size, targets),
         processing_class=processor,
         peft_config=peft,
-        compute_loss_func=weighted_token_loss(processor.tokenizer, w.decision_tokens, w.decision_weight,
-                                              w.answer_weight),  # fmt: skip
+        decision_tokens=w.decision_tokens, decision_weight=w.decision_weight, answer_weight=w.answer_weight,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(StepProgress("warmup"))

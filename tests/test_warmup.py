@@ -1,0 +1,111 @@
+"""The supervised cold start (readl warmup): targets from image-level information only, the weighted token
+loss, and a seeded warm start that teaches the tiny random model the answer format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from readl.config import Params, WarmupConfig, load_params, pipeline_base
+from readl.model.prompting import parse_completion
+from readl.training.reasoning_targets import OPENING, target_completion, targets_for, template_reasoning
+from readl.training.warmup import sft_dataset, token_weights_from_labels
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_templates_use_image_level_information_only():
+    frame = pd.DataFrame({
+        "image_path": ["a/x.png", "a/y.png", "b/z.png"], "label": [1, 0, 1],
+        "category": ["hazelnut", "metal_plate", "grid"], "defect_type": ["colour", "good", "cutpaste"],
+        "mask_path": ["m/x.png", None, "m/z.png"],
+    })  # fmt: skip
+    with_masks = targets_for(frame, seed=0)
+    without = targets_for(frame.drop(columns=["mask_path"]), seed=0)
+    assert with_masks == without  # masks never shape the targets
+    for text, label in zip(with_masks, frame["label"]):
+        parsed = parse_completion(text)
+        assert parsed.format_ok and parsed.answer == ("Yes" if label else "No")
+        assert parsed.reasoning.startswith(OPENING[label])  # the decision opens the reasoning
+    assert "colour defect" in with_masks[0] and "metal plate" in with_masks[1] and "cutpaste defect" in with_masks[2]
+    assert targets_for(frame, seed=0) == with_masks  # stable
+
+
+def test_reasoning_column_is_used_when_present():
+    frame = pd.DataFrame({"image_path": ["a.png", "b.png"], "label": [1, 0], "category": ["pill", "pill"],
+                          "reasoning": ["A crack runs across the pill.", None]})  # fmt: skip
+    out = targets_for(frame)
+    assert out[0] == target_completion("A crack runs across the pill.", 1)
+    assert out[1].startswith("<think>" + OPENING[0])
+    with pytest.raises(ValueError, match="label"):
+        template_reasoning(2, "pill", None, key="x")
+
+
+def test_token_weights_mark_the_decision_and_the_answer_word():
+    think, answer, space = [7, 8], [9], {5}
+    # labels: -100 prompt, then <think>(7 8) d1 d2 r r </think>(6) <answer>(9) ' '(5) Yes(3) end(4)
+    labels = torch.tensor([[-100, -100, 7, 8, 11, 12, 13, 13, 6, 9, 5, 3, 4]])
+    w = token_weights_from_labels(labels, think, answer, space, decision_tokens=2, decision_weight=10.0,
+                                  answer_weight=4.0)  # fmt: skip
+    assert w.tolist()[0] == [0, 0, 1, 1, 10, 10, 1, 1, 1, 1, 1, 4, 1]
+
+
+def test_sft_rows_never_carry_masks(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "a.png")
+    frame = pd.DataFrame({"image_path": [str(tmp_path / "a.png")], "label": [1], "mask_path": ["/nonexistent.png"]})
+    row = sft_dataset(frame, 28, ["<think>x</think><answer>Yes</answer>"])[0]
+    assert set(row) == {"prompt", "completion", "image"} and row["image"].size == (28, 28)
+
+
+def test_pipeline_base_follows_warmup(tmp_path, caplog):
+    assert pipeline_base(Params(), tmp_path) == "tiny" and "run `dvc repro warmup`" in caplog.text  # none yet
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "warmup" / "config.json").write_text("{}")
+    assert pipeline_base(Params(), tmp_path) == str(tmp_path / "warmup")
+    assert pipeline_base(Params(warmup=WarmupConfig(enabled=False)), tmp_path) == "tiny"
+    assert load_params(REPO / "params.yaml").warmup.enabled
+
+
+@pytest.mark.slow
+def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    """Seeded SFT of the tiny random kit on bundled images: format rate 0 before, >= 0.9 after."""
+    from PIL import Image
+
+    from readl.model.inference import GenerationSettings, Predictor
+    from readl.model.loading import load_model
+    from readl.training.warmup import warmup
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:6]
+    paths += sorted((sample_dir / "hazelnut_toy/hazelnut/test/colour").glob("*.jpg"))[:6]
+    frame = pd.DataFrame({"image_path": [str(p) for p in paths], "label": [0] * 6 + [1] * 6,
+                          "category": "hazelnut", "defect_type": ["good"] * 6 + ["colour"] * 6})  # fmt: skip
+    manifest = tmp_path / "train.parquet"
+    frame.to_parquet(manifest)
+    params = Params.model_validate({
+        "model": {"base": "tiny", "image_size": 112},
+        "warmup": {"max_steps": 120, "per_device_train_batch_size": 4, "logging_steps": 40, "save_steps": 60},
+    })  # fmt: skip
+    images = [Image.open(p).convert("RGB") for p in paths[::2]]
+
+    def format_rate(base: str) -> float:
+        model, processor = load_model(base, device="cpu")
+        pred = Predictor(model, processor, image_size=112, generation=GenerationSettings(max_new_tokens=48))
+        return float(np.mean([p.parsed.format_ok for p in pred.predict(images)]))
+
+    before = format_rate("tiny")
+    torch.manual_seed(0)
+    record = warmup(params, manifest=manifest, output_dir=tmp_path / "models", device="cpu", root="/")
+    assert record["enabled"] and record["global_step"] == 120
+    out = Path(record["model"])
+    assert json.loads((out / "readl_base.json").read_text())["base"] == "tiny"
+    assert not (tmp_path / "models" / "warmup_checkpoints").exists()
+    after = format_rate(str(out))
+    assert before == 0.0 and after >= 0.9, (before, after)
