@@ -200,10 +200,25 @@ def test_spec_rejects_bad_options():
     assert len({seed for i in range(3) for *_, seed in sp.variants("s", f"b{i}", i)}) == 12
 
 
-def test_config_recipes_match_the_module():
-    from readl import config
+def test_default_recipes_are_known():
+    from readl.config import CurateConfig
 
-    assert config._RECIPES == syn.RECIPES
+    for split in ("train", "eval"):
+        for entry in getattr(CurateConfig(), split):
+            if entry.layout == "synthetic":
+                assert set(entry.options["recipes"]) <= set(syn.RECIPES)
+                assert entry.options["texture"] in syn.TEXTURES
+
+
+def test_procedural_texture_is_seeded_and_differs_from_the_image():
+    a = syn.procedural_texture((64, 48), np.random.default_rng(3))
+    assert a.shape == (64, 48, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, syn.procedural_texture((64, 48), np.random.default_rng(3)))
+    img = np.full((64, 48, 3), 128, np.uint8)
+    out, mask = syn.synthesize("draem", img, 0, texture_source="procedural")
+    assert mask.any() and np.array_equal(out[~mask], img[~mask]) and np.abs(out[mask] - 128.0).mean() > 20
+    with pytest.raises(ValueError, match="texture"):
+        syn.synthesize("draem", img, 0, texture_source="dtd")
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,6 @@ class CurateSource(_Section):
     references: str | None = None
 
 
-_RECIPES = ("cutpaste", "scar", "draem")  # readl.data.synthetic.RECIPES (not imported: keeps config light)
 
 
 def _src(name: str, layout: str, **kw: Any) -> CurateSource:
@@ -194,20 +193,20 @@ class CurateConfig(_Section):
     # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
     # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none
     references: Literal["template", "none"] = "template"
-    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=28, anomalous=12),
+    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=22, anomalous=12),
                                  _src("mpdd_derived", "images_masks", normal=6, anomalous=8),
                                  # synthetic anomalies of the normal train images (no masks in train)
                                  CurateSource(name="synthetic", layout="synthetic", root=".", options={
-                                     "base": ["hazelnut_toy", "mpdd_derived"], "recipes": list(_RECIPES),
-                                     "per_image": 1, "seed": 0})]  # fmt: skip
+                                     "base": ["hazelnut_toy", "mpdd_derived"], "recipes": ["draem"],
+                                     "texture": "procedural", "per_image": 2, "seed": 0})]  # fmt: skip
     calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=6, anomalous=5),
                                  _src("mpdd_derived", "images_masks", normal=2, anomalous=4)]
     eval: list[CurateSource] = [_src("mvtec_ad", "mvtec", published_splits=["test"]),
-                                # synthetic anomalies (+ the normals) of the held-out grid train/good images
-                                CurateSource(name="synthetic", layout="synthetic", root="mvtec_ad",
-                                             published_splits=["train"], options={
-                                                 "base_layout": "mvtec", "base_options": {"categories": ["grid"]},
-                                                 "recipes": list(_RECIPES), "per_image": 30, "seed": 0,
+                                # synthetic anomalies (+ the normals) of the held-out hazelnut_toy test/good images
+                                CurateSource(name="synthetic", layout="synthetic", root="hazelnut_toy",
+                                             published_splits=["test"], options={
+                                                 "base_layout": "mvtec", "recipes": ["draem"],
+                                                 "texture": "procedural", "per_image": 40, "seed": 0,
                                                  "normals": True})]  # fmt: skip
 
     @model_validator(mode="after")

@@ -437,7 +437,7 @@ class _Curation:
                                      split=cand.record.split, label=1, defect_type=recipe,
                                      image_path=self.staging / image_out)
                         queue.append(_Candidate(rec, cand.image_rel, None,
-                                                f"{cand.in_source}_{recipe}{k}", (recipe, seed)))
+                                                f"{cand.in_source}_{recipe}{k}", (recipe, seed, sp.texture)))
             s.queue, s.pos = queue, 0
             derived.append(s)
         return derived

@@ -56,12 +56,16 @@ __all__ = [
     "cutpaste",
     "draem",
     "perlin_noise",
+    "procedural_texture",
     "scar",
+    "TEXTURES",
     "synthesize",
 ]
 
 RECIPES = ("cutpaste", "scar", "draem")
 """Recipe names, also the ``defect_type`` of the synthetic records."""
+TEXTURES = ("self", "procedural")
+"""DRAEM texture sources: the image itself (rolled and flipped) or :func:`procedural_texture` (a DTD stand-in)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,29 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     return (np.sqrt(2) * (n0 * (1 - ty) + n1 * ty))[:H, :W]
 
 
+def procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A stand-in for DRAEM's DTD textures (not bundled): two random colours mixed by Perlin noise.
+
+    ``t = c1 * n + c2 * (1 - n)`` with ``n`` the sum of two Perlin octaves (periods ``2**k``, k in 1..3, and
+    twice that) rescaled to [0, 1], plus Gaussian grain of sigma 8 grey levels; ``c1``, ``c2`` uniform in
+    [0, 255]^3. Unlike the image's own (rolled) pixels it differs from the object in colour and structure,
+    the property DRAEM's out-of-distribution textures have (Zavrtanik et al. 2021, Sec. 3.3).
+
+    Args:
+        shape: (H, W). rng: consumed.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    H, W = shape
+    k = int(rng.integers(1, 4))
+    n = perlin_noise((H, W), (2 ** k, 2 ** k), rng) + 0.5 * perlin_noise((H, W), (2 ** (k + 1), 2 ** (k + 1)), rng)
+    n = (n - n.min()) / max(float(np.ptp(n)), 1e-9)                              # (H, W) in [0, 1]
+    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    tex = c1 * n[..., None] + c2 * (1 - n[..., None]) + rng.normal(0.0, 8.0, (H, W, 3))  # (H, W, 3)
+    return np.clip(np.rint(tex), 0, 255).astype(np.uint8)
+
+
 def _augment_texture(texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """DRAEM's texture augmentation: 3 of these 10, drawn without replacement, in drawn order."""
     img = Image.fromarray(texture)
@@ -351,12 +378,14 @@ def draem(image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | Non
 
 
 def synthesize(recipe: str, image: np.ndarray, seed: int | np.random.Generator,
-               texture: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               texture: np.ndarray | None = None, texture_source: str = "self") -> tuple[np.ndarray, np.ndarray]:
     """Apply one recipe of :data:`RECIPES` with default params.
 
     Args:
         recipe: "cutpaste", "scar" or "draem". image: (H, W, 3) uint8. seed: int or Generator.
         texture: DRAEM's source texture (ignored by the others).
+        texture_source: without ``texture``, DRAEM's texture: ``"self"`` (the image rolled and flipped) or
+            ``"procedural"`` (:func:`procedural_texture`, drawn from the same generator).
 
     Returns:
         (image (H, W, 3) uint8, mask (H, W) bool).
@@ -370,5 +399,9 @@ def synthesize(recipe: str, image: np.ndarray, seed: int | np.random.Generator,
     if recipe == "scar":
         return scar(image, rng)
     if recipe == "draem":
+        if texture is None and texture_source == "procedural":
+            texture = procedural_texture(image.shape[:2], rng)
+        elif texture_source not in TEXTURES:
+            raise ValueError(f"unknown DRAEM texture source {texture_source!r}; known: {', '.join(TEXTURES)}")
         return draem(image, rng, texture)
     raise ValueError(f"unknown synthetic recipe {recipe!r}; known: {', '.join(RECIPES)}")

@@ -17,7 +17,8 @@ name the normal images (``options`` of a ``curate`` entry with ``layout: synthet
 
 Other options: ``recipes`` (list of :data:`readl.data.synthetic.RECIPES`; variant ``k`` of the
 ``i``-th base image uses ``recipes[(i * per_image + k) % len(recipes)]``, so the recipes are balanced),
-``per_image`` (variants per base image) and ``seed``.
+``per_image`` (variants per base image), ``seed`` and ``texture`` (DRAEM's texture source: ``self`` = the image rolled and
+flipped, ``procedural`` = :func:`readl.data.synthetic.procedural_texture`, a DTD stand-in).
 Variant ``k`` of base image ``b`` is drawn from ``numpy.random.default_rng([seed, h])`` with ``h``
 a SHA-256 of (source name, ``b``'s raw path, ``k``): the same params give byte-identical images.
 Rows: label 1, ``defect_type`` = the recipe, ``category`` / ``split`` / ``raw_image_path`` of the base
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..synthetic import RECIPES, synthesize
+from ..synthetic import RECIPES, TEXTURES, synthesize
 from .base import Record, require_root
 
 __all__ = ["SyntheticSpec", "render", "spec", "synthetic", "variant_seed"]
@@ -52,6 +53,7 @@ class SyntheticSpec:
     per_image: int
     seed: int
     normals: bool
+    texture: str = "self"
 
     def variants(self, source: str, base_raw_path: str, index: int = 0
                  ) -> list[tuple[str, int, int]]:
@@ -71,7 +73,7 @@ def variant_seed(seed: int, source: str, base_raw_path: str, k: int) -> int:
 
 def spec(where: str, base: str | Sequence[str] | None = None, base_layout: str | None = None,
          base_options: dict[str, Any] | None = None, recipes: Sequence[str] = RECIPES,
-         per_image: int = 1, seed: int = 0, normals: bool = False) -> SyntheticSpec:
+         per_image: int = 1, seed: int = 0, normals: bool = False, texture: str = "self") -> SyntheticSpec:
     """Check a ``synthetic`` entry's options (names as in the module docstring).
 
     Raises:
@@ -90,17 +92,19 @@ def spec(where: str, base: str | Sequence[str] | None = None, base_layout: str |
                          f"{', '.join(RECIPES)}")
     if not isinstance(per_image, int) or isinstance(per_image, bool) or per_image < 1:
         raise ValueError(f"{where}: per_image must be an integer >= 1, got {per_image!r}")
+    if texture not in TEXTURES:
+        raise ValueError(f"{where}: unknown DRAEM texture {texture!r}; known: {', '.join(TEXTURES)}")
     if normals and names:
         raise ValueError(f"{where}: `normals: true` needs `base_layout`; with `base: {names}` "
                          f"the normal images are listed by those entries already")
     return SyntheticSpec(names, base_layout, dict(base_options or {}), tuple(recipes),
-                         per_image, int(seed), bool(normals))
+                         per_image, int(seed), bool(normals), texture)
 
 
 def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
               base: str | Sequence[str] | None = None, base_layout: str | None = None,
               base_options: dict[str, Any] | None = None, recipes: Sequence[str] = RECIPES,
-              per_image: int = 1, seed: int = 0, normals: bool = False) -> Iterator[Record]:
+              per_image: int = 1, seed: int = 0, normals: bool = False, texture: str = "self") -> Iterator[Record]:
     """The BASE normal images of a synthetic source (label 0, ``source`` = this source's name).
 
     The anomalies themselves are made by ``readl curate`` from the curated base images (module
@@ -113,7 +117,7 @@ def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
     """
     root = require_root(root, source)
     s = spec(f"synthetic source {source!r}", base, base_layout, base_options, recipes, per_image,
-             seed, normals)
+             seed, normals, texture)
     if s.base_layout is None:
         return iter(())
     from . import read_source
@@ -124,13 +128,14 @@ def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
     return (r for r in records if r.label == 0)
 
 
-def render(base_image: str | os.PathLike[str], size: tuple[int, int], recipe: str, seed: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def render(base_image: str | os.PathLike[str], size: tuple[int, int], recipe: str, seed: int,
+           texture: str = "self") -> tuple[np.ndarray, np.ndarray]:
     """One synthetic anomaly of a curated base image.
 
     Args:
         base_image: the curated (already resized) base PNG. size: (width, height) to decode to.
         recipe: one of :data:`readl.data.synthetic.RECIPES`. seed: from :func:`variant_seed`.
+        texture: DRAEM's texture source (:data:`readl.data.synthetic.TEXTURES`).
 
     Returns:
         (image (H, W, 3) uint8, mask (H, W) bool).
@@ -141,4 +146,4 @@ def render(base_image: str | os.PathLike[str], size: tuple[int, int], recipe: st
     from ..images import load_rgb
 
     image = np.asarray(load_rgb(base_image, size))                  # (H, W, 3) uint8
-    return synthesize(recipe, image, seed)
+    return synthesize(recipe, image, seed, texture_source=texture)
