@@ -20,7 +20,7 @@ STAGES = ["curate", "warmup", "train", "calibrate", "evaluate", "register"]
 FEWER = {
     "  max_steps: 300             # optimizer steps": "  max_steps: 40              # optimizer steps",
     "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
-    "per_image: 30, seed: 0, normals: true": "per_image: 2, seed: 0, normals: true",
+    "per_image: 40, seed: 0": "per_image: 2, seed: 0",
 }
 
 
