@@ -265,10 +265,11 @@ def test_cli_predict_from_registry(champion, sample_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     img = sample_dir / IMAGE
     result = CliRunner().invoke(app, ["predict", str(img), "--model", "models:/readl-e2e@champion", "--out", "out",
-                                      "--device", "cpu"])  # fmt: skip
+                                      "--device", "cpu", "--no-annotate"])  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
     assert 0.0 <= record["score"] <= 1.0 and record["tau"] == {"t": 0.4, "i": 0.5}  # the registered thresholds
+    assert record["model"]["registered"] == "models:/readl-e2e@champion (version 1)" and record["model"]["adapter"]
     with Image.open(img) as src, Image.open(tmp_path / "out" / "000.png") as png:
         assert png.size == src.size
 

@@ -110,6 +110,15 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
+def _tick(v: float, span: float) -> str:
+    """A colour-bar label with enough decimals to tell the bar's ends apart (3 significant digits of ``span``)."""
+    import math
+
+    if span <= 0 or not math.isfinite(span) or abs(v) >= 1e4:
+        return f"{v:.3g}"
+    return f"{v:.{min(8, max(0, 2 - math.floor(math.log10(span))))}f}"
+
+
 def colorbar(height: int, lo: float, hi: float, cmap: str = "jet", font_size: int = 12) -> Image.Image:
     """A vertical colour bar (``hi`` at the top) with the map values at the top, middle and bottom.
 
@@ -123,7 +132,7 @@ def colorbar(height: int, lo: float, hi: float, cmap: str = "jet", font_size: in
     from PIL import ImageDraw
 
     bar_w, pad = max(12, font_size), 4
-    width = bar_w + 2 * pad + int(font_size * 4.5)
+    width = bar_w + 2 * pad + int(font_size * 5.5)
     out = Image.new("RGB", (width, height), "white")
     top = int(1.8 * font_size)  # the title above, half a label of room below
     ramp = np.linspace(1.0, 0.0, max(height - top - font_size, 2))[:, None].repeat(bar_w, 1)  # (h, bar_w), top = 1
@@ -131,7 +140,7 @@ def colorbar(height: int, lo: float, hi: float, cmap: str = "jet", font_size: in
     draw, font = ImageDraw.Draw(out), _font(font_size)
     bottom = top + ramp.shape[0] - 1
     for y, v in ((top, hi), ((top + bottom) // 2, (lo + hi) / 2), (bottom, lo)):
-        draw.text((pad + bar_w + 3, y - font_size // 2), f"{v:.3g}", fill="black", font=font)
+        draw.text((pad + bar_w + 3, y - font_size // 2), _tick(v, hi - lo), fill="black", font=font)
     draw.text((pad, 0), "map", fill="black", font=font)
     return out
 
@@ -165,9 +174,19 @@ def _caption(result, threshold: float) -> str:
 
     decision = decide(result.score, threshold)
     right = (decision == "anomalous") == bool(result.label)
-    score = f"{result.score:.3f}" + (" (malformed answer: fallback score)" if result.malformed else "")
-    return (f"label {'anomalous' if result.label else 'normal'} | score P(Yes) {score} | answer {result.answer} | "
-            f"decision {decision} at t={threshold:.3f} ({'correct' if right else 'WRONG'})")  # fmt: skip
+    return (f"label {'anomalous' if result.label else 'normal'} | score {result.score:.3f} | answer "
+            f"{_answer(result)} | decision {decision} at t={threshold:.3f} ({'correct' if right else 'WRONG'})")  # fmt: skip
+
+
+def _answer(result) -> str:
+    return "none (malformed)" if result.malformed else str(result.answer)
+
+
+def _shown_path(result) -> str:
+    """The image path from its dataset folder on (``grid/test/bent/000.png``)."""
+    path = str(result.image_path).replace("\\", "/")
+    marker = f"/{result.dataset}/"
+    return path.split(marker, 1)[1] if marker in path else path
 
 
 def gallery_panel(result, root, size: int = 256, threshold: float = 0.5) -> Image.Image:
@@ -192,7 +211,8 @@ def gallery_panel(result, root, size: int = 256, threshold: float = 0.5) -> Imag
     head_h, title_h = 22, 18
     out = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), size + head_h + title_h), "white")
     draw = ImageDraw.Draw(out)
-    draw.text((4, 3), f"{result.dataset}/{result.category}  {_caption(result, threshold)}", fill="black", font=_font(13))
+    draw.text((4, 3), f"{result.dataset}/{_shown_path(result)}  {_caption(result, threshold)}", fill="black",
+              font=_font(13))  # fmt: skip
     x = 0
     for p, title in zip(panels, titles):
         draw.text((x + 2, head_h), title, fill="dimgray", font=_font(12))
@@ -261,10 +281,9 @@ def write_gallery(reports_dir, results, root, per_dataset: int = 4, threshold: f
         decision = decide(r.score, threshold)
         right = (decision == "anomalous") == bool(r.label)
         rows.append(
-            f"<figure><figcaption><b>{html.escape(why)}</b> &middot; <code>{html.escape(Path(r.image_path).name)}</code> "
-            f"({html.escape(r.category)}) &middot; label <b>{'anomalous' if r.label else 'normal'}</b> &middot; score "
-            f"P(Yes) <b>{r.score:.3f}</b>{' (malformed answer: fallback score)' if r.malformed else ''} &middot; "
-            f"answer <b>{html.escape(str(r.answer))}</b> &middot; decision <b class=\"{'ok' if right else 'wrong'}\">"
+            f"<figure><figcaption><b>{html.escape(why)}</b> &middot; <code>{html.escape(_shown_path(r))}</code> "
+            f"&middot; label <b>{'anomalous' if r.label else 'normal'}</b> &middot; score P(Yes) <b>{r.score:.3f}</b> "
+            f"&middot; answer <b>{html.escape(_answer(r))}</b> &middot; decision <b class=\"{'ok' if right else 'wrong'}\">"
             f"{decision}</b> ({'correct' if right else 'wrong'})</figcaption><img src=\"{name}\" alt=\"{html.escape(why)}\">"
             f"<div class=\"reasoning\">{spans or '<i>(no reasoning tokens)</i>'}</div></figure>"
         )  # fmt: skip
