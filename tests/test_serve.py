@@ -117,3 +117,54 @@ def test_serve_outside_a_project_is_a_clear_error_and_creates_nothing(tmp_path, 
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 1 and "no MLflow registry" in result.output and "MLFLOW_TRACKING_URI" in result.output
     assert not list(tmp_path.iterdir()), "neither mlruns.db nor mlflow.db is created"
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's fenced blocks marked ``<!-- readme-test: NAME -->`` on the line before: ``{NAME: text}``."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return dict(re.findall(r"<!-- readme-test: ([\w-]+) -->\n```(?:bash)?\n(.*?)```", text, flags=re.S))
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _port_free(5001), reason="port 5001 (the README's) is in use")
+def test_readme_predict_and_serve_blocks_run_verbatim(registered, project, sample_dir):
+    """The README's predict and serve blocks, as written, in a project folder (.venv, data/raw, mlruns.db)."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    blocks = readme_blocks()
+    assert {"predict", "serve"} <= set(blocks), sorted(blocks)
+    for link, target in ((project / ".venv", BIN.parent), (project / "data" / "raw", sample_dir)):
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks["predict"]], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for record in (project / "predictions" / "000.json", project / "predictions" / "00.json"):
+        assert json.loads(record.read_text())["decision"] in ("anomalous", "normal")
+    logs = project / "serve-block.out", project / "serve-block.err"
+    with open(logs[0], "w") as out_fh, open(logs[1], "w") as err_fh:  # files: the server outlives the block
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", blocks["serve"]], cwd=project, env=env,
+                                stdout=out_fh, stderr=err_fh, start_new_session=True)  # fmt: skip
+        try:
+            proc.wait(timeout=300)
+        finally:
+            _stop(proc)  # and the server the block left in the background (same process group)
+    stdout, stderr = (p.read_text() for p in logs)
+    assert proc.returncode == 0, stderr[-3000:]
+    pred = json.loads(stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    row = pred["predictions"][0]
+    assert row["error"] == "" and row["decision"] in ("anomalous", "normal") and row["threshold"] == 0.25
