@@ -63,17 +63,13 @@ def _params(params: Path | None):
 
 def _load_base(base: str, adapter: Path | None, device: str | None, dtype: str):
     """load_model with one-line errors: an HF id that is neither cached nor reachable says so and how to fix it."""
-    from readl.model.loading import load_model
+    from readl.model.loading import load_error_message, load_model
 
     try:
         return load_model(base, adapter=adapter, device=device, dtype=dtype)
     except OSError as exc:
         logging.getLogger(__name__).debug("load_model failed", exc_info=True)
-        if Path(base).exists():
-            _error(f"--model {base}: cannot load a Qwen2.5-VL model from this folder ({str(exc).splitlines()[0]})", 1)
-        _error(f"--model {base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached "
-               f"(offline?). Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME "
-               f"at a cache that has it), pass a local model folder, or use --model tiny", 1)  # fmt: skip
+        _error(f"--model {load_error_message(base, exc)}", 1)
     except ValueError as exc:
         _error(str(exc), 1)
 
@@ -267,7 +263,8 @@ def calibrate(
     model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
 ) -> None:
-    """Find tau_t (median) and tau_i (maximum curvature) on the calibration split (supplement Table 5)."""
+    """Find tau_t (median) and tau_i (maximum curvature) (supplement Table 5) and the OK/NG decision threshold on
+    P(Yes) (params calibrate:) on the calibration split."""
     from readl.config import load_params
     from readl.evaluation.run import read_manifest, run_calibrate
 
@@ -399,28 +396,17 @@ def serve(
     The store is the one `readl register` wrote: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here (made
     absolute for the server). POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}.
     """
-    import shutil
-    import sys
-
     from readl.registry import RegistryError
-    from readl.registry.client import tracking_uri
-    from readl.registry.load import require_store
+    from readl.registry.serve import serve_command
 
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin it to this folder
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    model_uri = model_uri or f"models:/{_params(params).register.model_name}@champion"
     try:
-        require_store(uri)
+        argv, env = serve_command(model_uri, host=host, port=port, workers=workers)
     except RegistryError as exc:
         _error(str(exc), 1)
-    model_uri = model_uri or f"models:/{_params(params).register.model_name}@champion"
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if mlflow_bin is None:
-        _error("the `mlflow` command is not installed in this environment (pip install -c constraints.txt -e .)")
-    cmd = [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
-           "-w", str(workers)]  # fmt: skip
-    console.print(f"serve: {model_uri} from {uri} on http://{host}:{port}/invocations", soft_wrap=True, highlight=False)
-    os.execve(mlflow_bin, cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})  # the server replaces this process
+    console.print(f"serve: {model_uri} from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}/invocations",
+                  soft_wrap=True, highlight=False)  # fmt: skip
+    os.execve(argv[0], argv, env)  # the server replaces this process
 
 
 if __name__ == "__main__":
