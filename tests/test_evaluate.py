@@ -115,6 +115,9 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert thresholds["tau_i"]["rule"] == "max_curvature" and thresholds["tau_t"]["rule"] == "median"
     assert thresholds["n_images"] == len(pd.read_parquet(stage_dir / "data/curated/calib.parquet"))
     assert (stage_dir / "models/thresholds.png").stat().st_size > 0
+    decision = thresholds["decision"]  # the OK/NG threshold on P(Yes), params calibrate: (F1-max by default)
+    assert decision["rule"] == "f1_max" and decision["malformed"] == "fallback" and 0.0 <= decision["value"] <= 1.0
+    assert decision["n_normal"] + decision["n_anomalous"] == thresholds["n_images"]
 
     out = runner.invoke(app, ["evaluate"])
     assert out.exit_code == 0, out.output
@@ -127,6 +130,9 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         v = ds["pixel"][key]
         assert v is None or 0.0 <= v <= 1.0
     assert metrics["thresholds"]["tau_i"] == pytest.approx(thresholds["tau_i"]["value"])
+    assert metrics["decision"]["value"] == decision["value"] and metrics["decision"]["rule"] == "f1_max"
+    for image in (ds["image"], metrics["image"]):  # the decision's ACC next to the answer's
+        assert 0.0 <= image["ACC_at_threshold"] <= 1.0 and 0.0 <= image["ACC"] <= 1.0
     assert metrics["thresholds"]["rule_fallbacks"] == thresholds["rule_fallbacks"]
     assert set(thresholds["rule_fallbacks"]) == {"tau_t", "tau_i"}
     assert 0 <= ds["n_fallback"] <= n_eval and ds["modes"]["all"]["n_fallback"] == 0

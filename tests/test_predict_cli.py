@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,7 +21,8 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
     truncated.write_bytes((sample_dir / "hazelnut_toy/hazelnut/test/good/04.jpg").read_bytes()[:3000])
     dot = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (255, 0, 0)).save(dot)  # below one merged 28x28 patch
-    args = ["predict", str(good[0]), str(not_image), str(truncated), str(dot), str(good[1]), "--out", "out", "--max-new-tokens", "8"]
+    args = ["predict", str(good[0]), str(not_image), str(truncated), str(dot), str(good[1]), "--out", "out", "--max-new-tokens", "8",
+            "--no-annotate"]  # the bare overlay, at the image's size
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "notes.png" in result.output and "truncated.jpg" in result.output
@@ -35,3 +38,64 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
             assert png.size == src.size and png.mode == "RGB"
     assert not (tmp_path / "out" / "notes.json").exists()
     assert not list((tmp_path / "out").glob(".*")), "no temporary files left behind"
+
+
+@pytest.fixture(scope="module")
+def project(tiny_dir, tmp_path_factory):
+    """A project folder after train + calibrate: models/adapter (tiny LoRA) and models/thresholds.json."""
+    from peft import LoraConfig, get_peft_model
+
+    from readl.model.loading import load_model
+
+    work = tmp_path_factory.mktemp("predict-project")
+    model, _ = load_model("tiny", device="cpu")
+    get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        work / "models" / "adapter")  # fmt: skip
+    (work / "models" / "thresholds.json").write_text(json.dumps(
+        {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "false_alarm_rate"}}))  # fmt: skip
+    return work
+
+
+def test_predict_uses_the_trained_model_by_default_and_names_it(project, sample_dir, monkeypatch):
+    from readl.registry.registration import file_digest
+
+    monkeypatch.chdir(project)
+    img = sample_dir / "mvtec_ad/grid/test/broken/000.png"
+    result = CliRunner().invoke(app, ["predict", str(img), "--out", "out", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((project / "out" / "000.json").read_text())
+    assert record["model"] == {"base": "tiny", "adapter": f"sha256:{file_digest([project / 'models/adapter'])}",
+                               "registered": None}  # fmt: skip
+    assert record["thresholds"] == "models/thresholds.json" and record["tau"] == {"t": 0.4, "i": 0.5}
+    assert record["threshold"] == {"value": 0.25, "rule": "false_alarm_rate", "source": "models/thresholds.json"}
+    image_score = 0.5 if record["answer"] is None else record["score"]  # malformed: evaluate's fallback score
+    assert record["decision"] == ("anomalous" if image_score >= 0.25 else "normal")
+    assert record["overlay"] == "out/000.png"
+    with Image.open(img) as src, Image.open(project / record["overlay"]) as png:
+        assert png.width > src.width and png.height > src.height  # colour bar right, caption below
+        caption = np.asarray(png.convert("L"))[src.height + 4 :, : src.width]
+        assert (caption < 100).any(), "the caption is written under the image"
+    # --adapter none: the base model, per-image rules unless thresholds are given
+    result = CliRunner().invoke(app, ["predict", str(img), "--out", "base", "--max-new-tokens", "8", "--adapter", "none"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((project / "base" / "000.json").read_text())
+    assert record["model"]["adapter"] is None and record["thresholds"].startswith("per-image rules")
+    assert record["threshold"]["value"] == 0.5 and record["threshold"]["rule"] == "default"
+
+
+def test_predict_errors_fit_the_command(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    img = str(sample_dir / "mvtec_ad/grid/test/broken/000.png")
+    run = lambda *a: CliRunner().invoke(app, ["predict", *a])  # noqa: E731
+    missing = run("nothere.png", "--out", "out", "--max-new-tokens", "4")
+    assert missing.exit_code == 1 and "nothere.png: file does not exist" in missing.output
+    assert "manifest" not in missing.output and "curate" not in missing.output
+    out = run(img, "--params", "nothere.yaml")
+    assert out.exit_code == 2 and "--params nothere.yaml: file not found" in out.output
+    out = run(img, "--model", "readl-test/not-a-cached-model")  # HF_HUB_OFFLINE=1 (conftest): nothing to download
+    assert out.exit_code == 1 and "readl-test/not-a-cached-model" in out.output and "huggingface-cli download" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 4, out.output
+    out = run(img, "--model", "models:/readl@champion")
+    assert out.exit_code == 1 and "no MLflow registry" in out.output and "MLFLOW_TRACKING_URI" in out.output
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlflow.db").exists()

@@ -250,7 +250,7 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
         hw = (im.height, im.width)
     for i in (0, 1):
         row = out.iloc[i]
-        assert row.error == "" and 0.0 <= row.score <= 1.0 and row.answer in ("Yes", "No", "")
+        assert row.error == "" and 0.0 <= row.score <= 1.0 and row.answer in ("Yes", "No", None)  # null: no answer
         m = decode_map(row.anomaly_map, row.map_max)
         assert m.shape == hw and m.dtype == np.float32 and abs(float(m.max()) - row.map_max) <= row.map_max / 65535 + 1e-9
         assert np.asarray(row.map_grid).ndim == 2 and np.asarray(row.map_grid).size > 1  # the token grid
@@ -266,10 +266,11 @@ def test_cli_predict_from_registry(champion, sample_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     img = sample_dir / IMAGE
     result = CliRunner().invoke(app, ["predict", str(img), "--model", "models:/readl-e2e@champion", "--out", "out",
-                                      "--device", "cpu"])  # fmt: skip
+                                      "--device", "cpu", "--no-annotate"])  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
     assert 0.0 <= record["score"] <= 1.0 and record["tau"] == {"t": 0.4, "i": 0.5}  # the registered thresholds
+    assert record["model"]["registered"] == "models:/readl-e2e@champion (version 1)" and record["model"]["adapter"]
     with Image.open(img) as src, Image.open(tmp_path / "out" / "000.png") as png:
         assert png.size == src.size
 

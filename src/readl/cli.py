@@ -40,60 +40,123 @@ def _progress() -> Progress:
     )
 
 
+DEFAULT_ADAPTER, DEFAULT_THRESHOLDS = Path("models/adapter"), Path("models/thresholds.json")
+
+
+def _error(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _params(params: Path | None):
+    """params.yaml: an explicit ``--params`` must exist; the default ``params.yaml`` may be absent (defaults)."""
+    from readl.config import load_params
+
+    if params is not None and not params.is_file():
+        _error(f"--params {params}: file not found; pass an existing params.yaml, or omit --params for "
+               f"./params.yaml (built-in defaults when it is absent)")  # fmt: skip
+    try:
+        return load_params(params or Path("params.yaml"))
+    except ValueError as exc:
+        _error(str(exc))
+
+
+def _load_base(base: str, adapter: Path | None, device: str | None, dtype: str):
+    """load_model with one-line errors: an HF id that is neither cached nor reachable says so and how to fix it."""
+    from readl.model.loading import load_error_message, load_model
+
+    try:
+        return load_model(base, adapter=adapter, device=device, dtype=dtype)
+    except OSError as exc:
+        logging.getLogger(__name__).debug("load_model failed", exc_info=True)
+        _error(f"--model {load_error_message(base, exc)}", 1)
+    except ValueError as exc:
+        _error(str(exc), 1)
+
+
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id; or a registered "
-                                              "model, e.g. models:/readl@champion (base + adapter + thresholds + params).")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder (models/adapter).")] = None,
+                                              "model, e.g. models:/readl@champion (base + adapter + thresholds + params). "
+                                              "Default: params model.base + models/adapter.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder; default models/adapter when it exists and "
+                                                 "--model is not given; 'none' = the base model alone.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for <stem>.json and <stem>.png.")] = Path("predictions"),
-    thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json; default per-image rules.")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml (model, localization sections).")] = Path("params.yaml"),
+    thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json (tau_t, tau_i, decision); default "
+                                                    "models/thresholds.json with the project's model; 'none' = "
+                                                    "per-image rules.")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (model, localization; default ./params.yaml, "
+                                                "built-in defaults when absent).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Override model.max_new_tokens.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = None,
+    annotate: Annotated[bool, typer.Option("--annotate/--no-annotate", help="Caption (answer, score, decision) and "
+                                           "colour bar on the overlay PNG; off = the bare overlay at the image's size.")] = True,
 ) -> None:
-    """Reasoning, Yes/No answer, P(Yes) score and ReAL anomaly map for each image."""
-    from readl.config import load_params, pipeline_base
+    """Reasoning, Yes/No answer, P(Yes) score, OK/NG decision and ReAL anomaly map for each image."""
+    from readl.config import pipeline_base
     from readl.model.inference import GenerationSettings, Predictor
-    from readl.model.loading import load_model
-    from readl.predict import predict_files
+    from readl.predict import adapter_digest, predict_files
 
-    cfg = load_params(params)
+    cfg = _params(params)
     mcfg = cfg.model
     loc, batch_size = cfg.localization, mcfg.batch_size
+    no_thresholds = thresholds is not None and str(thresholds).lower() == "none"
+    if thresholds is not None and not no_thresholds and not thresholds.is_file():
+        _error(f"--thresholds {thresholds}: file not found; run `readl calibrate` (models/thresholds.json) or pass "
+               f"--thresholds none for per-image rules")  # fmt: skip
     if model and model.startswith(("models:/", "runs:/")):  # registered: its own adapter, thresholds and params
         from readl.registry import RegistryError
         from readl.registry.load import load_registered
 
         if adapter is not None:
-            console.print("[red]error:[/red] --adapter cannot be combined with a registered model (it carries its adapter)")
-            raise typer.Exit(2)
+            _error("--adapter cannot be combined with a registered model (it carries its adapter)")
         try:
             registered = load_registered(model, device=device, max_new_tokens=max_new_tokens)
         except RegistryError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(1) from None
+            _error(str(exc), 1)
         predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
-        thresholds = thresholds or (Path(registered.thresholds_path) if registered.thresholds_path else None)
+        if thresholds is None:
+            thresholds = Path(registered.thresholds_path) if registered.thresholds_path else None
+        provenance = {"base": registered.params.model.base, "adapter": adapter_digest(registered.adapter),
+                      "registered": registered.registered}  # fmt: skip
     else:
-        net, processor = load_model(model or pipeline_base(cfg), adapter=adapter, device=device, dtype=mcfg.dtype)
+        project = model is None and adapter is None  # the project's own model: params model.base + models/adapter
+        if adapter is not None and str(adapter).lower() == "none":
+            adapter = None
+        elif project and (DEFAULT_ADAPTER / "adapter_config.json").is_file():
+            adapter = DEFAULT_ADAPTER
+        elif adapter is not None and not (adapter / "adapter_config.json").is_file():
+            _error(f"--adapter {adapter}: no adapter_config.json; pass the folder written by `readl train` "
+                   f"(models/adapter), or --adapter none for the base model")  # fmt: skip
+        if project and thresholds is None and DEFAULT_THRESHOLDS.is_file():
+            thresholds = DEFAULT_THRESHOLDS  # calibrate's thresholds belong to that model
+        base = model or pipeline_base(cfg)  # models/warmup after `readl warmup`
+        net, processor = _load_base(base, adapter, device, mcfg.dtype)
         predictor = Predictor(
             net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
             query_row=cfg.localization.query_row,
             generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
         )  # fmt: skip
+        provenance = {"base": base, "adapter": adapter_digest(adapter), "registered": None}
+    if no_thresholds:
+        thresholds = None
+    console.print(f"predict: model {provenance['base']}, adapter {provenance['adapter'] or 'none'}"
+                  f"{', ' + provenance['registered'] if provenance['registered'] else ''}; thresholds "
+                  f"{thresholds or 'per-image rules'}", soft_wrap=True, highlight=False)  # fmt: skip
     with _progress() as bar:
         task = bar.add_task("predict", total=len(images))
         outcomes = predict_files(
             images, predictor, loc, out, thresholds_file=thresholds, batch_size=batch_size,
-            progress=lambda n: bar.advance(task, n),
+            progress=lambda n: bar.advance(task, n), provenance=provenance, annotate=annotate,
         )  # fmt: skip
-    table = Table("image", "answer", "format", "score", "tokens kept", "overlay")
+    table = Table("image", "answer", "format", "score", "decision", "tokens kept", "overlay")
     for o in outcomes:
         if o.record is not None:
             r = o.record
             table.add_row(
                 o.path.name, str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
+                f"{r['decision']} (t={r['threshold']['value']:.3f})",
                 f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", str(o.png_path),
             )  # fmt: skip
     Console().print(table)
@@ -223,7 +286,8 @@ def calibrate(
     model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
 ) -> None:
-    """Find tau_t (median) and tau_i (maximum curvature) on the calibration split (supplement Table 5)."""
+    """Find tau_t (median) and tau_i (maximum curvature) (supplement Table 5) and the OK/NG decision threshold on
+    P(Yes) (params calibrate:) on the calibration split."""
     from readl.config import load_params
     from readl.evaluation.run import read_manifest, run_calibrate
 
@@ -339,6 +403,33 @@ def promote(
     Console().print(f"{verdict}{' (dry run)' if dry_run else ''}: {escape(decision.reason)}; champion is v{decision.champion_after}")
     if not decision.promoted:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[str | None, typer.Option("--model-uri", "-m", help="Registered model (default "
+                                                  "models:/<register.model_name>@champion).")] = None,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port.")] = 5001,
+    host: Annotated[str, typer.Option("--host", "-h", help="Address to listen on.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Server worker processes (each loads the model).")] = 1,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (register.model_name; default ./params.yaml).")] = None,
+) -> None:
+    """Serve a registered model over HTTP (`mlflow models serve` on the project's tracking store).
+
+    The store is the one `readl register` wrote: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here (made
+    absolute for the server). POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}.
+    """
+    from readl.registry import RegistryError
+    from readl.registry.serve import serve_command
+
+    model_uri = model_uri or f"models:/{_params(params).register.model_name}@champion"
+    try:
+        argv, env = serve_command(model_uri, host=host, port=port, workers=workers)
+    except RegistryError as exc:
+        _error(str(exc), 1)
+    console.print(f"serve: {model_uri} from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}/invocations",
+                  soft_wrap=True, highlight=False)  # fmt: skip
+    os.execve(argv[0], argv, env)  # the server replaces this process
 
 
 if __name__ == "__main__":

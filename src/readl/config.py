@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
 ]  # fmt: skip
 
@@ -223,7 +223,15 @@ class EvaluateConfig(_Section):
     """``evaluate:`` how the evaluate stage scores and reports (paper Sec. 5)."""
 
     malformed: Literal["fallback", "score"] = "fallback"  # no <answer>Yes|No: score 0.5 + empty map, or keep P(Yes)
-    gallery_per_dataset: int = Field(4, ge=0)  # heat-map gallery images per dataset (anomalous first)
+    gallery_per_dataset: int = Field(4, ge=0)  # gallery images per dataset: highest- + lowest-scored of each label
+
+
+class CalibrateConfig(_Section):
+    """``calibrate:`` the image-level OK/NG decision fitted on the calibration split (ours: the paper reports only
+    the Yes/No answer's ACC). ``anomalous`` when the image score P(Yes) >= the threshold (readl.evaluation.decision)."""
+
+    decision: Literal["f1_max", "false_alarm_rate"] = "f1_max"  # F1-max threshold, or a false-alarm budget
+    false_alarm_rate: float = Field(0.05, gt=0, lt=1)  # rule false_alarm_rate: share of normal images flagged
 
 
 class ScheduleConfig(_Section):
@@ -265,6 +273,7 @@ class Params(BaseModel):
     localization: LocalizationConfig = LocalizationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     warmup: WarmupConfig = WarmupConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
     train: TrainConfig = TrainConfig()
     curate: CurateConfig = CurateConfig()
     register: RegisterConfig = RegisterConfig()

@@ -1,9 +1,14 @@
-"""``readl predict``: reasoning, answer, score and ReAL anomaly map for image files.
+"""``readl predict``: reasoning, answer, score, OK/NG decision and ReAL anomaly map for image files.
 
-For each image it writes ``<out>/<stem>.json`` (reasoning, answer, format_ok, score, selected tokens
-with S_T^ / S_I^ / w) and ``<out>/<stem>.png`` (the image with its anomaly map overlaid, at the
-image's size capped at :data:`MAX_SIDE` px on the longest side). A file that
-is not a readable image is reported with its path and reason; the others still get their results.
+For each image it writes ``<out>/<stem>.json`` and ``<out>/<stem>.png`` (the image with its anomaly map
+overlaid; by default with a colour bar on the right and a caption under it, the image's pixels staying at the
+top-left). The JSON record: ``image``, ``reasoning``, ``answer`` (``"Yes"``/``"No"``, ``null`` when the
+completion has no parsable answer), ``format_ok``, ``score`` (P(Yes)), ``decision`` (``anomalous``/``normal``,
+also for a malformed answer: readl.evaluation.decision) with ``threshold`` (value, rule, source), ``model``
+(base, adapter content hash or registry version), ``thresholds`` (the tau_t/tau_i source), ``overlay`` (the
+PNG's path), the selected tokens with S_T^ / S_I^ / w, ``tau``, ``fallback``. Images are kept at their size capped at
+:data:`MAX_SIDE` px on the longest side. A file that is not a readable
+image is reported with its path and reason; the others still get their results.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from PIL import Image
 from readl.atomic import atomic_write, write_json
 from readl.config import LocalizationConfig
 from readl.data.images import MIN_SIDE, BadImageError, load_rgb_fit
-from readl.evaluation.report import overlay
+from readl.evaluation.decision import decide, image_score, read_decision
+from readl.evaluation.report import annotated_overlay, overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
+__all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "predict_files"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,16 @@ def open_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
 
     Raises:
         BadImageError: missing, empty, truncated or not an image file, or a side under
-            ``readl.data.images.MIN_SIDE`` (28 px) (message names the file and the fix).
+            ``readl.data.images.MIN_SIDE`` (28 px) (message names the file and the fix; the decoder's advice
+            about manifests, curate and fetch is left out: it is for ``readl curate``).
     """
-    return load_rgb_fit(path, max_side, min_side=MIN_SIDE)
+    try:
+        return load_rgb_fit(path, max_side, min_side=MIN_SIDE)
+    except BadImageError as exc:
+        parts = [p for p in exc.reason.split("; ") if not any(w in p for w in ("manifest", "curate", "readl fetch"))]
+        if len(parts) < len(exc.reason.split("; ")):
+            parts.append("check the path and the file")
+        raise BadImageError(exc.path, "; ".join(parts)) from None
 
 
 def resolve_taus(cfg: LocalizationConfig, thresholds_file: str | Path | None) -> tuple[float | str, float | str]:
@@ -78,25 +91,49 @@ def localize(pred: Prediction, cfg: LocalizationConfig, taus: tuple[float | str,
     )  # fmt: skip
 
 
-def prediction_record(path: Path, pred: Prediction, real: ReALResult) -> dict:
-    """The JSON record of one image (see the module docstring)."""
+def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: dict | None = None) -> dict:
+    """The JSON record of one image (see the module docstring).
+
+    ``decision``: :func:`readl.evaluation.decision.read_decision`'s result (default: no thresholds file).
+    """
+    decision = decision or read_decision(None)
     selected = [
         {"index": int(i), "token": pred.tokens[i], "s_t_hat": round(float(real.s_t_hat[i]), 6),
          "s_i_hat": round(float(real.s_i_hat[i]), 6), "w": round(float(real.w[i]), 6)}
         for i in np.flatnonzero(real.w > 0)
     ]  # fmt: skip
+    score = image_score(pred.score, pred.parsed.answer is None, decision["malformed"])
     return {
         "image": str(path),
         "reasoning": pred.parsed.reasoning,
         "answer": pred.parsed.answer,
         "format_ok": pred.parsed.format_ok,
         "score": round(pred.score, 6),
+        "decision": decide(score, decision["value"]),
+        "threshold": {k: decision[k] for k in ("value", "rule", "source")},
         "completion": pred.completion,
         "n_reasoning_tokens": len(pred.tokens),
         "tau": {"t": real.tau_t, "i": real.tau_i},
         "fallback": real.fallback,
         "selected_tokens": selected,
     }
+
+
+def adapter_digest(adapter: str | Path | None) -> str | None:
+    """``"sha256:<hex>"`` over the adapter folder's file names and bytes (``None`` without an adapter)."""
+    if adapter is None:
+        return None
+    from readl.registry.registration import file_digest
+
+    return f"sha256:{file_digest([Path(adapter)])}"
+
+
+def overlay_caption(name: str, record: dict) -> str:
+    """The caption under a predict overlay: file, answer, score, decision and its threshold."""
+    t = record["threshold"]
+    answer = record["answer"] or "none (malformed)"
+    return (f"{name} | answer {answer} | score P(Yes) {record['score']:.3f} | decision "
+            f"{record['decision']} (P(Yes) >= {t['value']:.3f}, {t['rule']})")  # fmt: skip
 
 
 @dataclass
@@ -118,6 +155,8 @@ def predict_files(
     thresholds_file: Path | None = None,
     batch_size: int = 1,
     progress=None,
+    provenance: dict | None = None,
+    annotate: bool = True,
 ) -> list[Outcome]:
     """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir``.
 
@@ -128,11 +167,16 @@ def predict_files(
         predictor: a loaded :class:`~readl.model.inference.Predictor`.
         cfg: ``localization`` params.
         out_dir: output folder (created).
-        thresholds_file: calibrated ``thresholds.json`` or ``None`` for per-image rules.
+        thresholds_file: calibrated ``thresholds.json`` (tau_t, tau_i, decision) or ``None`` for per-image
+            rules and the default decision threshold.
         batch_size: images per model call.
         progress: optional callable ``progress(n_done)`` after each batch.
+        provenance: the record's ``model`` entry (``{"base", "adapter", "registered"}``).
+        annotate: caption + colour bar on the overlay PNG (:func:`readl.evaluation.report.annotated_overlay`);
+            False = the bare overlay at the image's size.
     """
     taus = resolve_taus(cfg, thresholds_file)
+    decision = read_decision(thresholds_file)
     outcomes = {p: Outcome(p) for p in paths}
     images: dict[Path, Image.Image] = {}
     for p in paths:
@@ -148,14 +192,21 @@ def predict_files(
         for p, pred in zip(batch, predictor.predict([images[p] for p in batch])):
             real = localize(pred, cfg, taus)
             full = upsample(real.map, pred.image_size)  # (H, W)
-            record = prediction_record(p, pred, real)
+            record = prediction_record(p, pred, real, decision)
             n = stems.get(p.stem, 0)
             stems[p.stem] = n + 1
             name = p.stem if n == 0 else f"{p.stem}_{n}"
             o = outcomes[p]
+            png = out_dir / f"{name}.png"
+            record.update(model=provenance or {}, thresholds=str(thresholds_file) if thresholds_file else
+                          "per-image rules (localization.tau_t / tau_i)", overlay=str(png))  # fmt: skip
+
+            def draw(t, im=images[p], m=full, caption=overlay_caption(p.name, record)):
+                (annotated_overlay(im, m, caption) if annotate else overlay(im, m)).save(t, format="PNG")
+
+            o.png_path = atomic_write(png, draw)
             o.record = record
             o.json_path = write_json(out_dir / f"{name}.json", record)
-            o.png_path = atomic_write(out_dir / f"{name}.png", lambda t, im=images[p], m=full: overlay(im, m).save(t, format="PNG"))
         if progress is not None:
             progress(len(batch))
     return [outcomes[p] for p in paths]

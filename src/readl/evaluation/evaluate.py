@@ -3,7 +3,8 @@
 Paper Sec. 5 / Tables 1-3. Definitions (README "Metrics"):
 
 - image level, per dataset: AUROC and AUPR (average precision) of the P(Yes) score, ACC of the Yes/No
-  answer (label 1 = "Yes"), F1-max of the score;
+  answer (label 1 = "Yes"), ACC_at_threshold of the OK/NG decision ``score >= t`` (t from ``readl calibrate``,
+  readl.evaluation.decision), F1-max of the score;
 - pixel level, per dataset: AUROC and AUPR over all pixels of the dataset pooled (normal images
   included), AUPRO up to FPR 0.3, and ACC of ``map >= t`` with t the pooled F1-max threshold; maps
   are the ReAL maps bilinearly resized to each mask (420x420 after curate), never normalised;
@@ -47,14 +48,15 @@ from readl.evaluation.metrics import (
     auroc_aupr,
     f1_max,
 )
+from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
 from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, real_map, upsample
 from readl.localization.thresholds import Threshold
 from readl.model.inference import Prediction
 
-__all__ = ["MODES", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
+__all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
 
 MODES = ("all", "s_i", "s_t", "both")
-FALLBACK_SCORE = 0.5
+IMAGE_KEYS = ["AUROC", "AUPR", "ACC", "ACC_at_threshold", "F1_max"]
 
 
 @dataclass
@@ -115,7 +117,7 @@ def score_images(
             dataset=str(row["source"]), category=str(row["category"]), label=int(row["label"]),
             image_path=str(row["image_path"]), mask_path=None if pd.isna(row["mask_path"]) else str(row["mask_path"]),
             answer=pred.parsed.answer, format_ok=pred.parsed.format_ok, malformed=bad,
-            score=FALLBACK_SCORE if (bad and malformed == "fallback") else float(pred.score),
+            score=image_score(pred.score, bad, malformed),
             reasoning=pred.parsed.reasoning, reference=None if ref is None or pd.isna(ref) else str(ref),
             tokens=pred.tokens, maps=maps, weights=headline.w, real_map=headline.map, kept=kept, fallbacks=fallbacks,
             tau_fits={"tau_t": headline.tau_t_fit, "tau_i": headline.tau_i_fit},
@@ -158,8 +160,9 @@ def _nan_quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def image_metrics(results: list[ImageResult]) -> dict:
-    """Image AUROC, AUPR, ACC, F1-max (percent-free, in [0, 1]; NaN when one class is absent)."""
+def image_metrics(results: list[ImageResult], threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Image AUROC, AUPR, ACC (of the Yes/No answer), ACC_at_threshold (of the decision ``score >= threshold``,
+    readl.evaluation.decision), F1-max; in [0, 1], NaN when one class is absent (ACCs: when empty)."""
     scores = np.array([r.score for r in results], np.float64)
     labels = np.array([r.label for r in results], np.int64)
     correct = [(r.answer == "Yes") == bool(r.label) and r.answer is not None for r in results]
@@ -169,6 +172,7 @@ def image_metrics(results: list[ImageResult]) -> dict:
         "AUROC": curve.auroc if curve else math.nan,
         "AUPR": curve.aupr if curve else math.nan,
         "ACC": float(np.mean(correct)) if results else math.nan,
+        "ACC_at_threshold": float(np.mean((scores >= threshold) == (labels == 1))) if results else math.nan,
         "F1_max": f1.f1 if f1 else math.nan,
         "n": len(results),
     }
@@ -239,8 +243,10 @@ def _macro(per: dict[str, dict], keys: Iterable[str]) -> dict:
 
 
 def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("."),
-             category_bins: int = 1 << 16) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+             category_bins: int = 1 << 16, decision_threshold: float = DEFAULT_THRESHOLD) -> tuple[dict, pd.DataFrame]:  # fmt: skip
     """All metrics: ``(metrics dict for metrics.json, per-category table)``.
+
+    ``decision_threshold``: the OK/NG threshold on the image score (``image.ACC_at_threshold``).
 
     Per-category pixel metrics use ``category_bins`` histogram bins (coarser, cheaper; error ~1e-4).
     """
@@ -257,7 +263,7 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
             p.pop("curve", None)
         for mode, p in pix.items():
             p.update(selection_counts(rs, mode))
-        datasets[ds] = {"image": image_metrics(rs), "pixel": pix[headline_mode], "modes": pix,
+        datasets[ds] = {"image": image_metrics(rs, decision_threshold), "pixel": pix[headline_mode], "modes": pix,
                         "n_malformed": sum(r.malformed for r in rs), **selection_counts(rs, headline_mode),
                         "thresholds": rule_fallback_counts(rs)}  # fmt: skip
     metrics = {
@@ -265,7 +271,7 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         "n_malformed": sum(r.malformed for r in results),
         "n_fallback": sum(d["n_fallback"] for d in datasets.values()),
         "format_rate": float(np.mean([r.format_ok for r in results])) if results else math.nan,
-        "image": _macro({d: v["image"] for d, v in datasets.items()}, ["AUROC", "AUPR", "ACC", "F1_max"]),
+        "image": _macro({d: v["image"] for d, v in datasets.items()}, IMAGE_KEYS),
         "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"]),
         "modes": {m: _macro({d: v["modes"][m] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"])
                   for m in MODES},
@@ -278,11 +284,11 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
                                 "SBERT": float(sbert_cosine(preds, refs).mean()), "n": len(with_ref)}  # fmt: skip
     rows = []
     for (ds, cat), rs in sorted(_group(results, lambda r: (r.dataset, r.category)).items()):
-        img = image_metrics(rs)
+        img = image_metrics(rs, decision_threshold)
         pix = pixel_metrics(rs, headline_mode, root, n_bins=category_bins)
         rows.append({"dataset": ds, "category": cat, "n": len(rs), "anomalous": sum(r.label for r in rs),
                      "malformed": sum(r.malformed for r in rs),
-                     **{f"image_{k}": img[k] for k in ("AUROC", "AUPR", "ACC", "F1_max")},
+                     **{f"image_{k}": img[k] for k in IMAGE_KEYS},
                      **{f"pixel_{k}": pix[k] for k in ("AUROC", "AUPR", "AUPRO", "ACC")}})  # fmt: skip
     metrics["_curves"] = curves
     return metrics, pd.DataFrame(rows)

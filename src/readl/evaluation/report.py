@@ -1,4 +1,5 @@
-"""Pictures people look at: anomaly-map overlays (and, later, the heat-map gallery)."""
+"""Pictures and tables people look at: anomaly-map overlays with a colour bar and caption, the heat-map
+gallery, metrics.json, curves for ``dvc plots``, per-category tables."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-__all__ = ["overlay"]
+__all__ = ["overlay", "colorbar", "annotated_overlay", "gallery_panel", "gallery_picks", "write_gallery"]
 
 
 def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
@@ -109,34 +110,90 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _reasoning_panel(tokens: list[str], weights, width: int, height: int) -> Image.Image:
-    """The reasoning as wrapped text; tokens with w > 0 highlighted (stronger colour = larger w)."""
+def _tick(v: float, span: float) -> str:
+    """A colour-bar label with enough decimals to tell the bar's ends apart (3 significant digits of ``span``)."""
+    import math
+
+    if span <= 0 or not math.isfinite(span) or abs(v) >= 1e4:
+        return f"{v:.3g}"
+    return f"{v:.{min(8, max(0, 2 - math.floor(math.log10(span))))}f}"
+
+
+def colorbar(height: int, lo: float, hi: float, cmap: str = "jet", font_size: int = 12) -> Image.Image:
+    """A vertical colour bar (``hi`` at the top) with the map values at the top, middle and bottom.
+
+    Args:
+        height: pixels; lo, hi: the raw map values the colours stand for (the overlay's min-max range);
+        cmap: matplotlib colormap name (the overlay's); font_size: label size in pixels.
+
+    Returns:
+        RGB image of ``height`` rows, about ``font_size * 6`` pixels wide.
+    """
     from PIL import ImageDraw
 
-    panel = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(panel)
-    font = _font(14)
-    w_max = float(max(weights)) if len(weights) and max(weights) > 0 else 1.0
-    x, y, line_h = 8, 8, 18
-    for tok, w in zip(tokens, weights):
-        text = tok.replace("\n", " ")
-        tw = draw.textlength(text, font=font)
-        if x + tw > width - 8:
-            x, y = 8, y + line_h
-        if y > height - line_h:
-            draw.text((x, y), "...", fill="black", font=font)
-            break
-        if w > 0:
-            level = int(255 - 155 * float(w) / w_max)
-            draw.rectangle([x, y, x + tw, y + line_h - 2], fill=(255, level, level))
-        draw.text((x, y), text, fill="black", font=font)
-        x += tw
-    return panel
+    bar_w, pad = max(12, font_size), 4
+    width = bar_w + 2 * pad + int(font_size * 5.5)
+    out = Image.new("RGB", (width, height), "white")
+    top = int(1.8 * font_size)  # the title above, half a label of room below
+    ramp = np.linspace(1.0, 0.0, max(height - top - font_size, 2))[:, None].repeat(bar_w, 1)  # (h, bar_w), top = 1
+    out.paste(Image.fromarray((colormaps[cmap](ramp)[..., :3] * 255).astype(np.uint8)), (pad, top))
+    draw, font = ImageDraw.Draw(out), _font(font_size)
+    bottom = top + ramp.shape[0] - 1
+    for y, v in ((top, hi), ((top + bottom) // 2, (lo + hi) / 2), (bottom, lo)):
+        draw.text((pad + bar_w + 3, y - font_size // 2), _tick(v, hi - lo), fill="black", font=font)
+    draw.text((pad, 0), "map", fill="black", font=font)
+    return out
 
 
-def gallery_panel(result, root, size: int = 256) -> Image.Image:
-    """image | ground-truth mask | anomaly map overlay | reasoning with the selected tokens highlighted."""
+def annotated_overlay(image: Image.Image, anomaly_map: np.ndarray, caption: str, cmap: str = "jet") -> Image.Image:
+    """:func:`overlay` with a colour bar on its right and ``caption`` under it (``readl predict``'s PNG).
+
+    The overlay keeps the image's pixels at the top-left (pixel (x, y) = image pixel (x, y)); the canvas is
+    wider (the bar) and taller (the caption, wrapped to the width). Font size scales with the image width.
+    """
+    import textwrap
+
+    from PIL import ImageDraw
+
+    ov = overlay(image, anomaly_map, cmap=cmap)
+    fs = max(12, ov.width // 48)
+    lo, hi = (float(anomaly_map.min()), float(anomaly_map.max())) if anomaly_map.size else (0.0, 0.0)
+    bar = colorbar(ov.height, lo, hi, cmap, font_size=fs)
+    lines = textwrap.wrap(caption, width=max(20, int((ov.width + bar.width) / (0.55 * fs))))
+    out = Image.new("RGB", (ov.width + bar.width, ov.height + len(lines) * (fs + 4) + 8), "white")
+    out.paste(ov, (0, 0))
+    out.paste(bar, (ov.width, 0))
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(lines):
+        draw.text((4, ov.height + 4 + k * (fs + 4)), line, fill="black", font=_font(fs))
+    return out
+
+
+def _caption(result, threshold: float) -> str:
+    from readl.evaluation.decision import decide
+
+    decision = decide(result.score, threshold)
+    right = (decision == "anomalous") == bool(result.label)
+    return (f"label {'anomalous' if result.label else 'normal'} | score {result.score:.3f} | answer "
+            f"{_answer(result)} | decision {decision} at t={threshold:.3f} ({'correct' if right else 'WRONG'})")  # fmt: skip
+
+
+def _answer(result) -> str:
+    return "none (malformed)" if result.malformed else str(result.answer)
+
+
+def _shown_path(result) -> str:
+    """The image path from its dataset folder on (``grid/test/bent/000.png``)."""
+    path = str(result.image_path).replace("\\", "/")
+    marker = f"/{result.dataset}/"
+    return path.split(marker, 1)[1] if marker in path else path
+
+
+def gallery_panel(result, root, size: int = 256, threshold: float = 0.5) -> Image.Image:
+    """One gallery panel: a caption line, then image | ground-truth mask | ReAL map overlay | colour bar."""
     from pathlib import Path
+
+    from PIL import ImageDraw
 
     from readl.localization.anomaly_map import upsample
 
@@ -148,48 +205,94 @@ def gallery_panel(result, root, size: int = 256) -> Image.Image:
     else:
         mask = Image.new("RGB", (size, size), "black")
     amap = upsample(result.real_map, (size, size))
-    panels = [image, mask, overlay(image, amap), _reasoning_panel(result.tokens, result.weights, 2 * size, size)]
-    out = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), size + 24), "white")
+    lo, hi = (float(amap.min()), float(amap.max())) if amap.size else (0.0, 0.0)
+    panels = [image, mask, overlay(image, amap), colorbar(size, lo, hi)]
+    titles = ["image", "ground truth", "ReAL anomaly map", ""]
+    head_h, title_h = 22, 18
+    out = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), size + head_h + title_h), "white")
+    draw = ImageDraw.Draw(out)
+    draw.text((4, 3), f"{result.dataset}/{_shown_path(result)}  {_caption(result, threshold)}", fill="black",
+              font=_font(13))  # fmt: skip
     x = 0
-    head = (f"{result.dataset}/{result.category}  label={result.label}  answer={result.answer}  "
-            f"score={result.score:.3f}{'  [malformed: fallback]' if result.malformed else ''}")  # fmt: skip
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(out).text((4, 4), head, fill="black", font=_font(13))
-    for p in panels:
-        out.paste(p, (x, 24))
+    for p, title in zip(panels, titles):
+        draw.text((x + 2, head_h), title, fill="dimgray", font=_font(12))
+        out.paste(p, (x, head_h + title_h))
         x += p.width + 8
     return out
 
 
-def write_gallery(reports_dir, results, root, per_dataset: int = 4, seed: int = 0) -> object:
-    """Heat-map gallery: PNG panels for a sample of images per dataset (anomalous first) and ``index.html``."""
+def gallery_picks(results, per_dataset: int = 4) -> list[tuple[object, str]]:
+    """Per dataset, the highest- and lowest-scored images of each label: ``[(result, why), ...]``.
+
+    ``per_dataset`` images per dataset: half anomalous (the extra one when odd), half normal; within a label,
+    alternately the highest and the lowest remaining score (ties: manifest order). A label with fewer
+    images gives what it has. Order: dataset, anomalous first, then by pick.
+    """
+    picks = []
+    for ds in sorted({r.dataset for r in results}):
+        rs = [r for r in results if r.dataset == ds]
+        quota = {1: (per_dataset + 1) // 2, 0: per_dataset // 2}
+        for label in (1, 0):
+            ranked = sorted((r for r in rs if r.label == label), key=lambda r: -r.score)  # stable: ties in order
+            order = [i for k in range((len(ranked) + 1) // 2) for i in (k, len(ranked) - 1 - k)]
+            chosen = list(dict.fromkeys(order))[: quota[label]]
+            name = "anomalous" if label else "normal"
+            for i in chosen:
+                why = "highest-scored" if i < (len(ranked) + 1) // 2 else "lowest-scored"
+                picks.append((ranked[i], f"{why} {name} image"))
+    return picks
+
+
+_GALLERY_CSS = ("body{font-family:sans-serif;max-width:1000px;margin:0 auto;padding:0 12px;line-height:1.4}"
+                "img{max-width:100%;height:auto;display:block}figure{margin:0 0 28px;padding-top:8px;"
+                "border-top:1px solid #ccc}figcaption{margin-bottom:6px}.reasoning{overflow-wrap:anywhere;"
+                "word-break:break-word;white-space:pre-wrap;background:#fafafa;padding:6px;margin:6px 0}"
+                ".ok{color:#060}.wrong{color:#b00;font-weight:bold}code{overflow-wrap:anywhere}")  # fmt: skip
+
+
+def write_gallery(reports_dir, results, root, per_dataset: int = 4, threshold: float = 0.5,
+                  threshold_source: str = "default") -> object:  # fmt: skip
+    """Heat-map gallery ``reports/gallery/index.html`` + one PNG panel per pick (:func:`gallery_picks`).
+
+    Each figure: a caption (file, label, score P(Yes), answer, decision at ``threshold``, right or wrong), the
+    panel (image | ground truth | ReAL map | colour bar of the map's values), and the reasoning once, its
+    ReAL-selected tokens highlighted (darker = larger w). The page fits 1000 px: no horizontal scroll.
+    """
     import html
     from pathlib import Path
 
     from readl.atomic import atomic_write, write_text
+    from readl.evaluation.decision import decide
 
     gallery = Path(reports_dir) / "gallery"
-    rows = []
-    for ds in sorted({r.dataset for r in results}):
-        rs = [r for r in results if r.dataset == ds]
-        rng = np.random.default_rng(seed)
-        anomalous = [rs[i] for i in rng.permutation(len(rs)) if rs[i].label == 1]
-        normal = [rs[i] for i in rng.permutation(len(rs)) if rs[i].label == 0]
-        for k, r in enumerate((anomalous + normal)[:per_dataset]):
-            name = f"{ds}_{k:02d}.png"
-            atomic_write(gallery / name, lambda p, r=r: gallery_panel(r, root).save(p, format="PNG"))
-            spans = "".join(
-                f'<mark style="background: rgba(255,80,80,{min(1.0, 0.25 + float(w) / max(1e-9, float(max(r.weights)))):.2f})">'
-                f"{html.escape(t)}</mark>" if w > 0 else html.escape(t)
-                for t, w in zip(r.tokens, r.weights)
-            )  # fmt: skip
-            rows.append(f"<h3>{html.escape(ds)} / {html.escape(r.category)} &mdash; label {r.label}, answer "
-                        f"{html.escape(str(r.answer))}, score {r.score:.3f}</h3><img src=\"{name}\"><p>{spans}</p>")  # fmt: skip
-    page = ("<!doctype html><meta charset='utf-8'><title>readl heat-map gallery</title>"
-            "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}img{max-width:100%}</style>"
-            "<h1>readl heat-map gallery</h1><p>image | ground truth | ReAL anomaly map | reasoning "
-            "(highlighted: tokens selected by ReAL, darker = larger weight w)</p>" + "\n".join(rows))  # fmt: skip
+    rows, current = [], None
+    for k, (r, why) in enumerate(gallery_picks(results, per_dataset)):
+        if r.dataset != current:
+            current = r.dataset
+            rows.append(f"<h2>{html.escape(r.dataset)}</h2>")
+        name = f"{r.dataset}_{k:02d}.png"
+        atomic_write(gallery / name, lambda p, r=r: gallery_panel(r, root, threshold=threshold).save(p, format="PNG"))
+        w_max = max(1e-9, float(max(r.weights))) if len(r.weights) else 1.0
+        spans = "".join(
+            f'<mark style="background: rgba(255,80,80,{min(1.0, 0.25 + float(w) / w_max):.2f})">{html.escape(t)}</mark>'
+            if w > 0 else html.escape(t)
+            for t, w in zip(r.tokens, r.weights)
+        )  # fmt: skip
+        decision = decide(r.score, threshold)
+        right = (decision == "anomalous") == bool(r.label)
+        rows.append(
+            f"<figure><figcaption><b>{html.escape(why)}</b> &middot; <code>{html.escape(_shown_path(r))}</code> "
+            f"&middot; label <b>{'anomalous' if r.label else 'normal'}</b> &middot; score P(Yes) <b>{r.score:.3f}</b> "
+            f"&middot; answer <b>{html.escape(_answer(r))}</b> &middot; decision <b class=\"{'ok' if right else 'wrong'}\">"
+            f"{decision}</b> ({'correct' if right else 'wrong'})</figcaption><img src=\"{name}\" alt=\"{html.escape(why)}\">"
+            f"<div class=\"reasoning\">{spans or '<i>(no reasoning tokens)</i>'}</div></figure>"
+        )  # fmt: skip
+    page = ("<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>readl heat-map gallery</title><style>{_GALLERY_CSS}</style><h1>readl heat-map gallery</h1>"
+            "<p>Per dataset: the highest- and lowest-scored anomalous and normal images. Each panel: image | ground "
+            "truth | ReAL anomaly map (colours min-max scaled per image; the bar gives the map's values). Decision: "
+            f"<i>anomalous</i> when P(Yes) &ge; t = {threshold:.3f} ({html.escape(threshold_source)}). Reasoning: the "
+            "tokens ReAL selected are highlighted, darker = larger weight w.</p>" + "\n".join(rows))  # fmt: skip
     return write_text(gallery / "index.html", page)
 
 
@@ -197,12 +300,12 @@ def metrics_table(metrics: dict, title: str | None = None):
     """A rich table of ``metrics.json``: per dataset and the macro average (percent, 1 decimal)."""
     from rich.table import Table
 
-    table = Table("dataset", "I-AUROC", "I-ACC", "P-AUROC", "P-AUPR", "AUPRO", "P-ACC", "malformed",
-                  title=title, caption="I- image level, P- pixel level, in %")  # fmt: skip
+    table = Table("dataset", "I-AUROC", "I-ACC", "I-ACC@t", "P-AUROC", "P-AUPR", "AUPRO", "P-ACC", "malformed",
+                  title=title, caption="I- image level, P- pixel level, in %; I-ACC answer, I-ACC@t decision")  # fmt: skip
     pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731
     avg = {"image": metrics["image"], "pixel": metrics["pixel"], "n_malformed": metrics["n_malformed"]}
     for name, d in [*metrics["datasets"].items(), ("AVG", avg)]:
         i, p = d["image"], d["pixel"]
-        table.add_row(name, pct(i["AUROC"]), pct(i["ACC"]), pct(p["AUROC"]), pct(p["AUPR"]), pct(p["AUPRO"]),
+        table.add_row(name, pct(i["AUROC"]), pct(i["ACC"]), pct(i.get("ACC_at_threshold")), pct(p["AUROC"]), pct(p["AUPR"]), pct(p["AUPRO"]),
                       pct(p["ACC"]), str(d["n_malformed"]))  # fmt: skip
     return table

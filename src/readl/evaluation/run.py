@@ -13,6 +13,7 @@ import pandas as pd
 from readl.atomic import write_json
 from readl.config import Params
 from readl.evaluation.predictions import cached_predictions, fingerprint
+from readl.evaluation.report import _clean
 from readl.model.inference import GenerationSettings, Predictor
 
 __all__ = ["read_manifest", "open_predictor", "run_calibrate", "run_evaluate"]
@@ -71,7 +72,9 @@ def _predictions(manifest, predictor, base, adapter, cache_dir, params, progress
 
 def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_dir: Path,
                   base: str | None = None, progress: Callable | None = None) -> dict:  # fmt: skip
-    """Predict the calibration split, find tau_t / tau_i, write ``out`` (thresholds.json) and its plot."""
+    """Predict the calibration split, find tau_t / tau_i and the OK/NG decision threshold on the image score
+    (``calibrate:`` params, :mod:`readl.evaluation.decision`), write ``out`` (thresholds.json) and its plot."""
+    from readl.evaluation.decision import fit_decision_threshold, image_score
     from readl.localization.calibrate import calibrate_thresholds, plot_curves
 
     t0 = time.perf_counter()
@@ -79,12 +82,17 @@ def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Pat
     predictor, base, adapter = open_predictor(params, base, adapter)
     items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
     record, s_t_hat, s_i_hat = calibrate_thresholds([p for _, p in items], params.localization)
+    policy, ccfg = params.evaluate.malformed, params.calibrate
+    scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
+    decision = fit_decision_threshold(scores, [int(r["label"]) for r, _ in items], ccfg.decision, ccfg.false_alarm_rate)
+    record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
     record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
-    write_json(out, record)
+    write_json(out, _clean(record))
     plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
-    log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; %.1f s -> %s",
-             record["tau_t"]["value"], record["tau_t"]["rule"], record["tau_i"]["value"], record["tau_i"]["rule"],
-             record["n_tokens"], record["n_images"], time.perf_counter() - t0, out)  # fmt: skip
+    log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; decision P(Yes) >= %.4f "
+             "(%s%s); %.1f s -> %s", record["tau_t"]["value"], record["tau_t"]["rule"], record["tau_i"]["value"],
+             record["tau_i"]["rule"], record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
+             f", {decision['fallback']}: default" if decision["fallback"] else "", time.perf_counter() - t0, out)  # fmt: skip
     return record
 
 
@@ -92,6 +100,7 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
                  metrics_path: Path, plots_dir: Path, reports_dir: Path, cache_dir: Path,
                  base: str | None = None, progress: Callable | None = None) -> dict:  # fmt: skip
     """Predict the evaluation split and write metrics.json, curves, per-category tables and the gallery."""
+    from readl.evaluation.decision import read_decision
     from readl.evaluation.evaluate import evaluate, score_images
     from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
     from readl.predict import resolve_taus
@@ -105,14 +114,17 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     cfg = params.evaluate
     taus = resolve_taus(params.localization, thresholds)
     results = score_images(items, params.localization, taus, malformed=cfg.malformed)
-    metrics, table = evaluate(results, params.localization.mode)
+    decision = read_decision(thresholds)
+    metrics, table = evaluate(results, params.localization.mode, decision_threshold=decision["value"])
+    metrics["decision"] = {k: decision[k] for k in ("value", "rule", "source")}
     metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)
-    write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset)
+    write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset, threshold=decision["value"],
+                  threshold_source=f"{decision['rule']}, {decision['source']}")  # fmt: skip
     log.info("evaluate: %d images (%d malformed), image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f; %.1f s",
              metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], metrics["pixel"]["AUROC"],
              metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip

@@ -12,7 +12,7 @@ from readl.localization.attention import CAPTURE_IMPLEMENTATION
 from readl.model.processor import Qwen2VLImageProcessorPil, ReadlQwenProcessor
 from readl.model.tiny import CHAT_TEMPLATE, ensure_tiny_model
 
-__all__ = ["TINY", "resolve_base", "pick_device_dtype", "load_processor", "load_model"]
+__all__ = ["TINY", "resolve_base", "pick_device_dtype", "load_processor", "load_model", "load_error_message"]
 
 log = logging.getLogger(__name__)
 TINY = "tiny"
@@ -99,3 +99,13 @@ def load_model(
         model = PeftModel.from_pretrained(model, str(adapter))
     log.info("loaded %s%s on %s (%s)", path, f" + {adapter}" if adapter else "", dev, torch_dtype)
     return model.to(dev).eval(), processor
+
+
+def load_error_message(base: str | Path, exc: OSError) -> str:
+    """One line for a base model that :func:`load_model` could not open (``OSError`` from transformers / the hub):
+    the folder or HF id, what is wrong and the fix (commands print it instead of a traceback)."""
+    if Path(base).exists():
+        return f"{base}: cannot load a Qwen2.5-VL model from this folder ({str(exc).splitlines()[0]})"
+    return (f"{base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached (offline?). "
+            f"Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME at a cache "
+            f"that has it), pass a local model folder, or use --model tiny")

@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
-from readl.registry.client import AliasNotFoundError, ArtifactStoreError, artifact_errors, call, connect, tracking_uri
+from pathlib import Path
 
-__all__ = ["is_registry_uri", "load_registered"]
+from readl.registry.client import (
+    AliasNotFoundError,
+    ArtifactStoreError,
+    RegistryError,
+    artifact_errors,
+    call,
+    connect,
+    tracking_uri,
+)
+
+__all__ = ["is_registry_uri", "require_store", "registered_version", "load_registered"]
+
+
+def require_store(uri: str) -> None:
+    """Reading a registry must not create one: a ``sqlite:///`` store whose file is missing is an error.
+
+    Raises:
+        RegistryError: the sqlite file does not exist (message: where it was looked for and the fix).
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise RegistryError(
+                f"no MLflow registry at {uri} ({path.resolve()} does not exist); run this from the project folder "
+                f"(where `readl register` wrote mlruns.db), or set MLFLOW_TRACKING_URI to your tracking server")
+
+
+def registered_version(model_uri: str, uri: str | None = None) -> str | None:
+    """The version number behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (None for ``runs:/``)."""
+    import mlflow
+
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):].strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        client = mlflow.MlflowClient(uri or tracking_uri())
+        return str(call(lambda: client.get_model_version_by_alias(name, alias), f"read alias {alias!r}").version)
+    return ref.rsplit("/", 1)[1] if "/" in ref else None
 
 
 def is_registry_uri(model: str | None) -> bool:
@@ -23,9 +61,10 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
 
     Returns:
         The loaded :class:`readl.registry.pyfunc.ReadlModel` (``.predictor``, ``.localization``,
-        ``.thresholds_path``, ``.batch_size``, ``.predict(dataframe)``).
+        ``.thresholds_path``, ``.batch_size``, ``.predict(dataframe)``, ``.registered`` = ``"URI (version V)"``).
 
     Raises:
+        RegistryError: the default sqlite store (``mlruns.db``) does not exist here (nothing is created).
         AliasNotFoundError: the model, version or alias does not exist.
         TrackingUnavailableError: the tracking server is unreachable.
         ArtifactStoreError: the artifacts could not be downloaded (S3 / artifact proxy).
@@ -34,6 +73,7 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
     from mlflow.exceptions import MlflowException
 
     uri = uri or tracking_uri()
+    require_store(uri)
     connect(uri)
     config = {k: v for k, v in {"device": device, "max_new_tokens": max_new_tokens}.items() if v is not None}
 
@@ -52,4 +92,6 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
     model = pyfunc.unwrap_python_model()
     if not hasattr(model, "predictor"):
         raise ArtifactStoreError(f"{model_uri} is not a readl model (python model {type(model).__name__})")
+    version = registered_version(model_uri, uri)
+    model.registered = f"{model_uri} (version {version})" if version else model_uri
     return model

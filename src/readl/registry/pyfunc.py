@@ -22,14 +22,20 @@ Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
 
 | column | type | meaning |
 |---|---|---|
-| ``answer`` | string | ``"Yes"`` / ``"No"``, ``""`` when the completion had no parsable answer |
-| ``score`` | double | anomaly score P(Yes) in [0, 1] |
+| ``answer`` | string | ``"Yes"`` / ``"No"``, ``null`` when the completion had no parsable answer (as ``readl predict``) |
+| ``score`` | double | anomaly score P(Yes) in [0, 1]; ``null`` for an error row |
+| ``decision`` | string | ``"anomalous"`` / ``"normal"``: score >= ``threshold`` (also for a malformed answer: the evaluate image score, readl.evaluation.decision); ``null`` for an error row |
+| ``threshold`` | double | the decision threshold used (``thresholds.json`` ``decision.value``; 0.5 when it has none) |
 | ``reasoning`` | string | the reasoning chain (inside ``<think>``) |
 | ``format_ok`` | boolean | the completion followed ``<think>..</think><answer>..</answer>`` |
 | ``anomaly_map`` | string | base64 of a 16-bit grayscale PNG, the ReAL map at the input image's size (H x W); pixel value ``v`` means ``v / 65535 * map_max``; decode with :func:`decode_map` |
 | ``map_max`` | double | the map's maximum (0 for an empty map) |
 | ``map_grid`` | array<array<double>> | the map on the image-token grid (15 x 15 at 420 px), exact values |
 | ``error`` | string | ``""``, or why this row has no result (unreadable image); other rows are unaffected |
+
+Over ``mlflow models serve`` (``readl serve``) every value is valid JSON: missing numbers are ``null``, never NaN.
+``predict`` carries type hints (a ``pandas.DataFrame`` in, one out) and the model is logged with its signature
+and an input example (one small PNG), so MLflow has nothing to warn about on logging or loading.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd  # the predict type hints (MLflow reads them when the model is logged)
 
-__all__ = ["ReadlModel", "signature", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG"]
+__all__ = ["ReadlModel", "signature", "input_example", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG"]
 
 log = logging.getLogger(__name__)
 MODEL_CONFIG = {"device": "", "max_new_tokens": 0}  # logged defaults; "" / 0 = automatic / params
-OUTPUT_COLUMNS = ["answer", "score", "reasoning", "format_ok", "anomaly_map", "map_max", "map_grid", "error"]
+OUTPUT_COLUMNS = ["answer", "score", "decision", "threshold", "reasoning", "format_ok", "anomaly_map", "map_max",
+                  "map_grid", "error"]  # fmt: skip
 
 
 def signature():
@@ -59,12 +67,23 @@ def signature():
 
     inputs = Schema([ColSpec(DataType.binary, "image", required=False), ColSpec(DataType.string, "path", required=False)])
     outputs = Schema([
-        ColSpec(DataType.string, "answer"), ColSpec(DataType.double, "score"), ColSpec(DataType.string, "reasoning"),
+        ColSpec(DataType.string, "answer", required=False), ColSpec(DataType.double, "score", required=False),
+        ColSpec(DataType.string, "decision", required=False), ColSpec(DataType.double, "threshold"),
+        ColSpec(DataType.string, "reasoning"),
         ColSpec(DataType.boolean, "format_ok"), ColSpec(DataType.string, "anomaly_map"),
         ColSpec(DataType.double, "map_max"), ColSpec(Array(Array(DataType.double)), "map_grid"),
         ColSpec(DataType.string, "error"),
     ])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> pd.DataFrame:
+    """The logged input example: one row, ``image`` = a 28 x 28 grey PNG file's bytes (``path`` absent)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), (128, 128, 128)).save(buf, format="PNG")
+    return pd.DataFrame({"image": [buf.getvalue()]})
 
 
 def encode_map(full: np.ndarray) -> tuple[str, float]:
@@ -128,6 +147,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         from readl.config import Params
         from readl.model.inference import GenerationSettings, Predictor
         from readl.model.loading import load_model
+        from readl.evaluation.decision import read_decision
         from readl.predict import resolve_taus
 
         arts = context.artifacts
@@ -138,6 +158,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.adapter = adapter if adapter and (Path(adapter) / "adapter_config.json").is_file() else None
         self.thresholds_path = arts.get("thresholds")
         self.taus = resolve_taus(self.localization, self.thresholds_path)
+        self.decision = read_decision(self.thresholds_path)
         cfg = dict(getattr(context, "model_config", None) or {})
         device = cfg.get("device") or os.environ.get("READL_DEVICE") or None
         mcfg = self.params.model
@@ -172,18 +193,18 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 errors.append(f"row {i}: {exc}")
         return images, errors
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS."""
-        import pandas as pd
-
+        from readl.evaluation.decision import decide, image_score
         from readl.localization.anomaly_map import upsample
         from readl.predict import localize
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         images, errors = self._images(frame)
+        t = float(self.decision["value"])
         rows: list[dict] = [
-            {"answer": "", "score": float("nan"), "reasoning": "", "format_ok": False, "anomaly_map": "",
-             "map_max": 0.0, "map_grid": [], "error": e} for e in errors
+            {"answer": None, "score": None, "decision": None, "threshold": t, "reasoning": "", "format_ok": False,
+             "anomaly_map": "", "map_max": 0.0, "map_grid": [], "error": e} for e in errors
         ]  # fmt: skip
         ok = [i for i, im in enumerate(images) if im is not None]
         for start in range(0, len(ok), self.batch_size):
@@ -191,12 +212,14 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
             for i, pred in zip(idx, self.predictor.predict([images[i] for i in idx])):
                 real = localize(pred, self.localization, self.taus)
                 png, top = encode_map(upsample(real.map, pred.image_size))
+                score = image_score(pred.score, pred.parsed.answer is None, self.decision["malformed"])
                 rows[i].update(
-                    answer=pred.parsed.answer or "", score=float(pred.score), reasoning=pred.parsed.reasoning,
-                    format_ok=bool(pred.parsed.format_ok), anomaly_map=png, map_max=top,
-                    map_grid=np.asarray(real.map, dtype=np.float64).tolist(),
+                    answer=pred.parsed.answer, score=float(pred.score), decision=decide(score, t),
+                    reasoning=pred.parsed.reasoning, format_ok=bool(pred.parsed.format_ok), anomaly_map=png,
+                    map_max=top, map_grid=np.asarray(real.map, dtype=np.float64).tolist(),
                 )  # fmt: skip
         for r in rows:
             if r["error"]:
                 log.error("%s", r["error"])
-        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        # object columns keep None as None (JSON null); a float column would turn it into NaN (invalid JSON)
+        return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})

@@ -240,17 +240,32 @@ def _find_logged_model(client, run_id: str, fp: str):
     return None
 
 
+class _PyfuncFlavor:
+    """``mlflow.pyfunc`` as a ``Model.log`` flavor that accepts (and leaves to Model.log) ``validate_serving_input``."""
+
+    @staticmethod
+    def save_model(validate_serving_input: bool = True, **kwargs):
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.save_model(**kwargs)
+
+
 def _log_model(run_id: str, artifacts: dict[str, str], fp: str, uri: str, eval_metrics: dict):
     import mlflow
 
-    from readl.registry.pyfunc import MODEL_CONFIG, signature
+    from readl.registry.pyfunc import MODEL_CONFIG, input_example, signature
 
     def log_once():
         with artifact_errors(f"log the readl model into run {run_id}", uri), mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="readl", python_model=MODEL_CODE, artifacts=artifacts, signature=signature(),
-                pip_requirements=_requirements(), tags={FINGERPRINT_TAG: fp}, model_config=dict(MODEL_CONFIG),
-                metadata={"readl": {"fingerprint": fp}},
+            # = mlflow.pyfunc.log_model (which forwards all of these to Model.log) plus validate_serving_input=False
+            # (as MLflow's transformers flavor passes it): with an input example MLflow would otherwise load the
+            # model and generate on the example while logging (minutes and the full base weights for a 7B model);
+            # serving is tested end to end instead (tests/test_serve.py)
+            info = mlflow.models.Model.log(
+                artifact_path=None, name="readl", flavor=_PyfuncFlavor, python_model=MODEL_CODE, artifacts=artifacts,
+                signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
+                tags={FINGERPRINT_TAG: fp}, model_config=dict(MODEL_CONFIG), metadata={"readl": {"fingerprint": fp}},
+                validate_serving_input=False, flavor_name="pyfunc.ModelFromCode",
             )  # fmt: skip
             if eval_metrics:
                 mlflow.log_metrics({f"eval.{k}": v for k, v in eval_metrics.items() if v is not None})

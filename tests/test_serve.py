@@ -1,0 +1,170 @@
+"""`readl serve` as the README says: a model registered in the project's own store (mlruns.db, no
+MLFLOW_TRACKING_URI) served by `mlflow models serve`, one request answered with valid JSON and an OK/NG decision;
+registering emits none of MLflow's signature / input-example / type-hint warnings."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_registry import IMAGE, PARAMS, _free_port, _stop, _wait_http
+
+BIN = Path(sys.executable).parent
+MLFLOW_NOISE = ("type hint", "input example", "input_example", "signature")
+
+
+@pytest.fixture(scope="module")
+def project(tiny_dir, tmp_path_factory):
+    """A project folder after evaluate: params.yaml, models/{adapter,thresholds.json}, metrics.json."""
+    from peft import LoraConfig, get_peft_model
+
+    from readl.model.loading import load_model
+
+    work = tmp_path_factory.mktemp("serve") / "project"
+    (work / "models").mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "register": {"model_name": "readl"}}))
+    model, _ = load_model("tiny", device="cpu")
+    get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        work / "models" / "adapter")  # fmt: skip
+    (work / "models" / "thresholds.json").write_text(json.dumps(
+        {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "f1_max"}}))  # fmt: skip
+    (work / "metrics.json").write_text(json.dumps({"image": {"AUROC": 0.8}, "datasets": {}}))
+    return work
+
+
+@pytest.fixture(scope="module")
+def registered(project):
+    """`readl register --promote` in the project folder (default store sqlite:///mlruns.db), warnings recorded."""
+    from readl.config import load_params
+    from readl.registry.gate import promote
+    from readl.registry.registration import register
+
+    old_cwd, old_uri = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(project)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = register(manifests=[])
+            promote(load_params("params.yaml").register)
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+        os.chdir(old_cwd)
+        if old_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    return result, [str(w.message) for w in caught], [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+
+
+def test_register_emits_no_signature_or_input_example_warnings(registered):
+    result, warned, logged = registered
+    assert result.version == "1"
+    noisy = [m for m in warned + logged if any(k in m.lower() for k in MLFLOW_NOISE)]
+    assert not noisy, noisy
+
+
+@pytest.mark.slow
+def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project, sample_dir):
+    port = _free_port()
+    log = project / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(BIN / "readl"), "serve", "-p", str(port)], cwd=project, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
+        img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
+        body = {"dataframe_split": {"columns": ["image"], "data": [[img], [base64.b64encode(b"not an image").decode()]]}}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=180) as resp:
+            text = resp.read().decode()
+    finally:
+        _stop(proc)
+
+    def no_nan(const):
+        raise AssertionError(f"invalid JSON constant {const} in the response")
+
+    good, bad = json.loads(text, parse_constant=no_nan)["predictions"]
+    assert good["error"] == "" and 0.0 <= good["score"] <= 1.0 and good["answer"] in ("Yes", "No", None)
+    image_score = 0.5 if good["answer"] is None else good["score"]  # a malformed answer: evaluate's fallback score
+    assert good["threshold"] == 0.25 and good["decision"] == ("anomalous" if image_score >= 0.25 else "normal")
+    assert "not a readable image" in bad["error"]
+    assert (bad["score"], bad["answer"], bad["decision"]) == (None, None, None)
+    assert not (project / "mlflow.db").exists(), "no stray MLflow default store"
+
+
+def test_serve_outside_a_project_is_a_clear_error_and_creates_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from readl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 1 and "no MLflow registry" in result.output and "MLFLOW_TRACKING_URI" in result.output
+    assert not list(tmp_path.iterdir()), "neither mlruns.db nor mlflow.db is created"
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's fenced blocks marked ``<!-- readme-test: NAME -->`` on the line before: ``{NAME: text}``."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return dict(re.findall(r"<!-- readme-test: ([\w-]+) -->\n```(?:bash)?\n(.*?)```", text, flags=re.S))
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _port_free(5001), reason="port 5001 (the README's) is in use")
+def test_readme_predict_and_serve_blocks_run_verbatim(registered, project, sample_dir):
+    """The README's predict and serve blocks, as written, in a project folder (.venv, data/raw, mlruns.db)."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    blocks = readme_blocks()
+    assert {"predict", "serve"} <= set(blocks), sorted(blocks)
+    for link, target in ((project / ".venv", BIN.parent), (project / "data" / "raw", sample_dir)):
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks["predict"]], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for record in (project / "predictions" / "000.json", project / "predictions" / "00.json"):
+        assert json.loads(record.read_text())["decision"] in ("anomalous", "normal")
+    logs = project / "serve-block.out", project / "serve-block.err"
+    with open(logs[0], "w") as out_fh, open(logs[1], "w") as err_fh:  # files: the server outlives the block
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", blocks["serve"]], cwd=project, env=env,
+                                stdout=out_fh, stderr=err_fh, start_new_session=True)  # fmt: skip
+        try:
+            proc.wait(timeout=300)
+        finally:
+            _stop(proc)  # and the server the block left in the background (same process group)
+    stdout, stderr = (p.read_text() for p in logs)
+    assert proc.returncode == 0, stderr[-3000:]
+    pred = json.loads(stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    row = pred["predictions"][0]
+    assert row["error"] == "" and row["decision"] in ("anomalous", "normal") and row["threshold"] == 0.25
