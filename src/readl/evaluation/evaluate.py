@@ -264,7 +264,8 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         for mode, p in pix.items():
             p.update(selection_counts(rs, mode))
         datasets[ds] = {"image": image_metrics(rs, decision_threshold), "pixel": pix[headline_mode], "modes": pix,
-                        "n_malformed": sum(r.malformed for r in rs), **selection_counts(rs, headline_mode),
+                        "n_images": len(rs), "n_malformed": sum(r.malformed for r in rs),
+                        "format_rate": float(np.mean([r.format_ok for r in rs])), **selection_counts(rs, headline_mode),
                         "thresholds": rule_fallback_counts(rs)}  # fmt: skip
     metrics = {
         "n_images": len(results),
