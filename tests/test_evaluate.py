@@ -127,8 +127,8 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert set(metrics["datasets"]) == {"mvtec_ad", "synthetic"} and set(metrics["modes"]) == set(MODES)
     per = metrics["datasets"]
     assert sum(d["n_images"] for d in per.values()) == n_eval
-    for d in per.values():  # the share of strictly formatted answers, per dataset
-        assert d["format_rate"] == pytest.approx(1 - d["n_malformed"] / d["n_images"]) or d["format_rate"] <= 1
+    for d in per.values():  # the share of strictly formatted answers, per dataset: a malformed one is never strict
+        assert 0.0 <= d["format_rate"] <= 1 - d["n_malformed"] / d["n_images"] + 1e-12
     ds = metrics["datasets"]["mvtec_ad"]
     for key in ("AUROC", "AUPR", "AUPRO", "ACC"):
         v = ds["pixel"][key]
