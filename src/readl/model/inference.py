@@ -365,9 +365,32 @@ class Predictor:
         eos = self.model.generation_config.eos_token_id
         return [eos] if isinstance(eos, int) else list(eos or [])
 
+    def teacher_forced_batch(self, inputs, full: list[list[int]]) -> dict:
+        """Model inputs for prompt + completion: ``inputs`` (left-padded, ``(B, P)``) followed by ``full``
+        right-padded to ``T = max(1, max len)``: ``input_ids`` / ``attention_mask`` (+ ``mm_token_type_ids``)
+        ``(B, P + T)``, the image tensors unchanged, on the model's device."""
+        b = inputs["input_ids"].shape[0]
+        t_max = max(1, max(len(f) for f in full))
+        comp = torch.full((b, t_max), self.tokenizer.pad_token_id, dtype=torch.long)
+        comp_mask = torch.zeros((b, t_max), dtype=inputs["attention_mask"].dtype)
+        for i, f in enumerate(full):
+            comp[i, : len(f)] = torch.tensor(f, dtype=torch.long)
+            comp_mask[i, : len(f)] = 1
+        dev = self.device
+        batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        batch["input_ids"] = torch.cat([inputs["input_ids"], comp.to(dev)], dim=1)  # (B, P + T)
+        batch["attention_mask"] = torch.cat([inputs["attention_mask"], comp_mask.to(dev)], dim=1)
+        if "mm_token_type_ids" in inputs:
+            batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(comp).to(dev)], dim=1)
+        return batch
+
     @torch.no_grad()
     def capture(self, inputs, completions: list[list[int]]) -> list[TokenAttention]:
         """Teacher-forced pass: P(Yes) and per-token maps for each row's completion.
+
+        Only the logits at each row's answer position are computed (``logits_to_keep`` = those positions,
+        ``(B, 1, V)`` on the device), and only the Yes/No spellings' logits leave the device: P(Yes) =
+        sigmoid(logsumexp(yes logits) - logsumexp(no logits)), the softmax normaliser cancels.
 
         Args:
             inputs: the prompt batch from :meth:`encode` (left-padded, length ``P``).
@@ -380,38 +403,28 @@ class Predictor:
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         suffixes = [answer_prefix_for(t) for t in texts]
         full = [c + (self.tokenizer.encode(s, add_special_tokens=False) if s else []) for c, s in zip(completions, suffixes)]
-        b, p = inputs["input_ids"].shape
-        t_max = max(1, max(len(f) for f in full))
-        pad = self.tokenizer.pad_token_id
-        comp = torch.full((b, t_max), pad, dtype=torch.long)
-        comp_mask = torch.zeros((b, t_max), dtype=inputs["attention_mask"].dtype)
-        for i, f in enumerate(full):
-            comp[i, : len(f)] = torch.tensor(f, dtype=torch.long)
-            comp_mask[i, : len(f)] = 1
-        dev = self.device
-        ids = torch.cat([inputs["input_ids"], comp.to(dev)], dim=1)  # (B, P + T)
-        batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        batch["input_ids"] = ids
-        batch["attention_mask"] = torch.cat([inputs["attention_mask"], comp_mask.to(dev)], dim=1)
-        if "mm_token_type_ids" in inputs:
-            batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(comp).to(dev)], dim=1)
+        p = inputs["input_ids"].shape[1]
+        reads = [_reasoning_and_answer(self.tokenizer, f) for f in full]  # the suffix only closes tags
+        answer_at = [a if a is not None else len(f) for (_, a, _), f in zip(reads, full)]
+        batch = self.teacher_forced_batch(inputs, full)
         img_pos = image_token_positions(inputs["input_ids"], self.image_token_id)  # (B, n_img)
         anom_pos = anomaly_token_positions(inputs["input_ids"], self.tokenizer, self.question)  # (B, E)
         key_index = torch.cat([img_pos, anom_pos], dim=1)  # (B, n_img + E)
+        # the logits at query P - 1 + a predict completion token a (the answer word)
+        read_pos = torch.tensor([[p - 1 + a] for a in answer_at], device=self.device)  # (B, 1)
         with capture_attention(key_index, query_start=p - 1, layers=self.layers) as cap:
-            out = self.model(**batch, use_cache=False, logits_to_keep=t_max + 1)
+            out = self.model(**batch, use_cache=False, logits_to_keep=read_pos)
         attn = cap.result().float().cpu()  # (B, T + 1, n_img + E): row j = query at P - 1 + j, which produces token j
-        logits = out.logits[:, -(t_max + 1) :].float().cpu()  # (B, T + 1, V): row j predicts token j
+        variants = [self.variant_ids(pending) for _, _, pending in reads]
+        answer_logits = out.logits[:, 0]  # (B, V), on the device
         grid = inputs["image_grid_thw"].cpu()
         n_img = img_pos.shape[1]
         results = []
-        for i, (c, f) in enumerate(zip(completions, full)):
-            mask, answer_index, pending = _reasoning_and_answer(self.tokenizer, f)  # the suffix only closes tags
-            a = answer_index if answer_index is not None else len(f)
-            yes, no = self.variant_ids(pending)
-            log_p = torch.log_softmax(logits[i, a].double(), dim=0)  # (V,)
+        for i, (c, (mask, _, _)) in enumerate(zip(completions, reads)):
+            yes, no = variants[i]
+            row = answer_logits[i, list(yes) + list(no)].double().cpu()  # (n_yes + n_no,): the spellings' logits only
             # P(Yes) = p(yes) / (p(yes) + p(no)) = sigmoid(log p(yes) - log p(no)), p pooled over the spellings
-            p_yes = float(torch.sigmoid(torch.logsumexp(log_p[list(yes)], 0) - torch.logsumexp(log_p[list(no)], 0)))
+            p_yes = float(torch.sigmoid(torch.logsumexp(row[: len(yes)], 0) - torch.logsumexp(row[len(yes) :], 0)))
             h, w = int(grid[i, 1]) // self.merge, int(grid[i, 2]) // self.merge
             rows = attn[i, self.row_offset : self.row_offset + len(c)]  # (T, n_img + E)
             results.append(TokenAttention(
