@@ -54,8 +54,9 @@ def predict(
 ) -> None:
     """Reasoning, Yes/No answer, P(Yes) score and ReAL anomaly map for each image."""
     from readl.config import load_params
+    from readl.model.generation import make_generator
     from readl.model.inference import GenerationSettings, Predictor
-    from readl.model.loading import load_model
+    from readl.model.loading import load_model, resolve_base
     from readl.predict import predict_files
 
     cfg = load_params(params)
@@ -81,6 +82,7 @@ def predict(
             net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
             query_row=cfg.localization.query_row,
             generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
+            generator=make_generator(mcfg.generation_backend, resolve_base(model or mcfg.base), adapter),
         )  # fmt: skip
     with _progress() as bar:
         task = bar.add_task("predict", total=len(images))

@@ -45,7 +45,8 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
     Returns:
         ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was found.
     """
-    from readl.model.loading import load_model
+    from readl.model.generation import make_generator
+    from readl.model.loading import load_model, resolve_base
 
     base = base or params.model.base
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
@@ -58,6 +59,7 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
         model, processor, image_size=params.model.image_size, layers=params.localization.layers,
         query_row=params.localization.query_row,
         generation=GenerationSettings(max_new_tokens=params.model.max_new_tokens),
+        generator=make_generator(params.model.generation_backend, resolve_base(base), adapter),
     )  # fmt: skip
     return predictor, base, adapter
 

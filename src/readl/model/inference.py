@@ -2,7 +2,8 @@
 
 Steps for a batch of images (left-padded prompts of length ``P``):
 
-1. ``generate`` writes each completion (greedy unless sampling is asked for).
+1. The generation backend (:mod:`readl.model.generation`; default transformers ``generate``, a batch of
+   left-padded prompts per call) writes each completion (greedy unless sampling is asked for).
 2. One teacher-forced forward over prompt + completion (+ the answer prefix when the completion has no
    ``<answer>``, see :func:`readl.model.prompting.answer_prefix_for`) with the attention capture on:
    it yields the next-token logits where the answer word is written (:func:`answer_read_position`) and,
@@ -39,6 +40,7 @@ import torch
 from PIL import Image
 
 from readl.localization.attention import capture_attention, enable_capture
+from readl.model.generation import HFGenerator
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
 
 __all__ = [
@@ -304,6 +306,8 @@ class Predictor:
         generation: decoding settings.
         layers: decoder layers averaged for the maps (``None`` = all, paper Eq. 1).
         query_row: ``"producing"`` or ``"own"`` (module docstring; ``localization.query_row``).
+        generator: who writes the completions (:func:`readl.model.generation.make_generator`,
+            ``model.generation_backend``); default transformers ``generate``.
 
     Raises:
         ValueError: unknown ``query_row``; the vocabulary has no single-token Yes / No.
@@ -311,7 +315,7 @@ class Predictor:
 
     def __init__(self, model, processor, image_size: int = 420, generation: GenerationSettings | None = None,
                  layers: list[int] | None = None, system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION,
-                 query_row: str = "producing"):  # fmt: skip
+                 query_row: str = "producing", generator=None):  # fmt: skip
         self.row_offset = query_row_offset(query_row)
         self.query_row = query_row
         self.model = enable_capture(model)
@@ -319,6 +323,7 @@ class Predictor:
         self.tokenizer = processor.tokenizer
         self.image_size = image_size
         self.generation = generation or GenerationSettings()
+        self.generator = generator if generator is not None else HFGenerator()
         self.layers = layers
         self.question = question
         self.prompt = processor.apply_chat_template(
@@ -339,31 +344,20 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, images: list[Image.Image]):
-        """Processor inputs for ``images`` (RGB, resized to ``image_size``), prompts left-padded."""
-        sized = [im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC) for im in images]
+    def resize(self, images: list[Image.Image]) -> list[Image.Image]:
+        """RGB, ``image_size`` x ``image_size`` (bicubic): what the model sees."""
+        return [im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC) for im in images]
+
+    def encode(self, images: list[Image.Image], resized: bool = False):
+        """Processor inputs for ``images`` (RGB, resized to ``image_size`` unless ``resized``), prompts left-padded."""
+        sized = images if resized else self.resize(images)
         inputs = self.processor(images=sized, text=[self.prompt] * len(sized), return_tensors="pt", padding=True)
         return inputs.to(self.device)
 
-    @torch.no_grad()
-    def generate(self, inputs) -> list[list[int]]:
-        """Completion token ids per row, cut at the first EOS/pad token."""
-        g = self.generation
-        out = self.model.generate(
-            **inputs, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-            temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
-            top_k=None,
-        )  # fmt: skip
-        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, *self._eos_ids()}
-        completions = []
-        for row in out[:, inputs["input_ids"].shape[1] :].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-            completions.append(row[:cut])
-        return completions
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
+    def generate(self, inputs, images: list[Image.Image] | None = None) -> list[list[int]]:
+        """Completion token ids per row, cut at the first EOS/pad token, by the generation backend
+        (:mod:`readl.model.generation`; the HF one reads ``inputs``, vLLM the resized ``images``)."""
+        return self.generator(self, inputs, images)
 
     def teacher_forced_batch(self, inputs, full: list[list[int]]) -> dict:
         """Model inputs for prompt + completion: ``inputs`` (left-padded, ``(B, P)``) followed by ``full``
@@ -439,8 +433,9 @@ class Predictor:
         """Full prediction for a batch of PIL images (any mode/size; resized internally)."""
         if not images:
             return []
-        inputs = self.encode(images)
-        completions = self.generate(inputs)
+        sized = self.resize(images)
+        inputs = self.encode(sized, resized=True)
+        completions = self.generate(inputs, sized)
         captured = self.capture(inputs, completions)
         preds = []
         for im, ids, cap in zip(images, completions, captured):
