@@ -25,6 +25,9 @@ from readl.model.inference import Prediction, Predictor
 __all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
 
 log = logging.getLogger(__name__)
+# zlib level of the overlay PNGs: 1 is ~5x faster than PIL's default 6 at 1024^2 for files ~1.3x larger (lossless
+# either way); benchmarks/predict_memory.py
+PNG_COMPRESS_LEVEL = 1
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -112,7 +115,8 @@ def predict_files(
 ) -> list[Outcome]:
     """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir``.
 
-    Unreadable files become ``Outcome(error=...)``; they never stop the others.
+    Unreadable files become ``Outcome(error=...)``; they never stop the others. Inputs are decoded one batch
+    at a time (``batch_size`` readable images), so memory does not grow with ``len(paths)``.
 
     Args:
         paths: image files.
@@ -121,24 +125,30 @@ def predict_files(
         out_dir: output folder (created).
         thresholds_file: calibrated ``thresholds.json`` or ``None`` for per-image rules.
         batch_size: images per model call.
-        progress: optional callable ``progress(n_done)`` after each batch.
+        progress: optional callable ``progress(n)`` after each batch, ``n`` = files finished in it (unreadable
+            ones included).
     """
     taus = resolve_taus(cfg, thresholds_file)
     outcomes = {p: Outcome(p) for p in paths}
-    images: dict[Path, Image.Image] = {}
-    for p in paths:
-        try:
-            images[p] = open_image(p)
-        except BadImageError as exc:
-            outcomes[p].error = str(exc)
-            log.error("%s", exc)
-    readable = list(images)
     stems: dict[str, int] = {}
-    for start in range(0, len(readable), batch_size):
-        batch = readable[start : start + batch_size]
-        for p, pred in zip(batch, predictor.predict([images[p] for p in batch])):
+    pending = iter(dict.fromkeys(paths))  # each distinct path once, in order
+    while True:  # decode one batch of readable images at a time: memory is bounded by batch_size, not len(paths)
+        batch: list[tuple[Path, Image.Image]] = []
+        n_seen = 0
+        for p in pending:
+            n_seen += 1
+            try:
+                batch.append((p, open_image(p)))
+            except BadImageError as exc:
+                outcomes[p].error = str(exc)
+                log.error("%s", exc)
+            if len(batch) == batch_size:
+                break
+        if not n_seen:
+            break
+        for (p, im), pred in zip(batch, predictor.predict([im for _, im in batch]) if batch else []):
             real = localize(pred, cfg, taus)
-            full = upsample(real.map, pred.image_size)  # (H, W)
+            full = upsample(real.map, pred.image_size)  # (H, W) float32
             record = prediction_record(p, pred, real)
             n = stems.get(p.stem, 0)
             stems[p.stem] = n + 1
@@ -146,7 +156,8 @@ def predict_files(
             o = outcomes[p]
             o.record = record
             o.json_path = write_json(out_dir / f"{name}.json", record)
-            o.png_path = atomic_write(out_dir / f"{name}.png", lambda t, im=images[p], m=full: overlay(im, m).save(t, format="PNG"))
+            o.png_path = atomic_write(out_dir / f"{name}.png", lambda t, im=im, m=full: overlay(im, m).save(
+                t, format="PNG", compress_level=PNG_COMPRESS_LEVEL))  # fmt: skip
         if progress is not None:
-            progress(len(batch))
+            progress(n_seen)
     return [outcomes[p] for p in paths]
