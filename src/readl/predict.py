@@ -7,8 +7,10 @@ is not a readable image is reported with its path and reason; the others still g
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from readl.model.inference import Prediction, Predictor
 __all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "predict_files"]
 
 log = logging.getLogger(__name__)
-# zlib level of the overlay PNGs: 1 is ~5x faster than PIL's default 6 at 1024^2 for files ~1.3x larger (lossless
-# either way); benchmarks/predict_memory.py
+# zlib level of the overlay PNGs (lossless either way): at 1024^2, 1 encodes in ~0.11 s vs ~0.57 s for PIL's
+# default 6, for a file ~15% larger (1.4 vs 1.2 MB); benchmarks/predict_memory.py
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -116,7 +118,8 @@ def predict_files(
     """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir``.
 
     Unreadable files become ``Outcome(error=...)``; they never stop the others. Inputs are decoded one batch
-    at a time (``batch_size`` readable images), so memory does not grow with ``len(paths)``.
+    at a time (``batch_size`` readable images), so memory does not grow with ``len(paths)``; a batch's overlay
+    PNGs are drawn and encoded in a background thread while the next batch generates.
 
     Args:
         paths: image files.
@@ -132,32 +135,52 @@ def predict_files(
     outcomes = {p: Outcome(p) for p in paths}
     stems: dict[str, int] = {}
     pending = iter(dict.fromkeys(paths))  # each distinct path once, in order
-    while True:  # decode one batch of readable images at a time: memory is bounded by batch_size, not len(paths)
-        batch: list[tuple[Path, Image.Image]] = []
-        n_seen = 0
-        for p in pending:
-            n_seen += 1
-            try:
-                batch.append((p, open_image(p)))
-            except BadImageError as exc:
-                outcomes[p].error = str(exc)
-                log.error("%s", exc)
-            if len(batch) == batch_size:
+    # The overlay PNGs of one batch are drawn and encoded in a background thread while the next batch
+    # generates (zlib and PIL release the GIL); at most one batch is in flight, so memory stays bounded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readl-overlay") as writer:
+        in_flight: tuple[int, list[tuple[Outcome, Future]]] = (0, [])
+        while True:  # decode one batch of readable images at a time: memory is bounded by batch_size
+            batch: list[tuple[Path, Image.Image]] = []
+            n_seen = 0
+            for p in pending:
+                n_seen += 1
+                try:
+                    batch.append((p, open_image(p)))
+                except BadImageError as exc:
+                    outcomes[p].error = str(exc)
+                    log.error("%s", exc)
+                if len(batch) == batch_size:
+                    break
+            if not n_seen:
                 break
-        if not n_seen:
-            break
-        for (p, im), pred in zip(batch, predictor.predict([im for _, im in batch]) if batch else []):
-            real = localize(pred, cfg, taus)
-            full = upsample(real.map, pred.image_size)  # (H, W) float32
-            record = prediction_record(p, pred, real)
-            n = stems.get(p.stem, 0)
-            stems[p.stem] = n + 1
-            name = p.stem if n == 0 else f"{p.stem}_{n}"
-            o = outcomes[p]
-            o.record = record
-            o.json_path = write_json(out_dir / f"{name}.json", record)
-            o.png_path = atomic_write(out_dir / f"{name}.png", lambda t, im=im, m=full: overlay(im, m).save(
-                t, format="PNG", compress_level=PNG_COMPRESS_LEVEL))  # fmt: skip
-        if progress is not None:
-            progress(n_seen)
+            preds = predictor.predict([im for _, im in batch]) if batch else []
+            _finish(in_flight, progress)
+            writes = []
+            for (p, im), pred in zip(batch, preds):
+                real = localize(pred, cfg, taus)
+                record = prediction_record(p, pred, real)
+                n = stems.get(p.stem, 0)
+                stems[p.stem] = n + 1
+                name = p.stem if n == 0 else f"{p.stem}_{n}"
+                o = outcomes[p]
+                o.record = record
+                o.json_path = write_json(out_dir / f"{name}.json", record)
+                draw = functools.partial(_write_overlay, im, real.map, pred.image_size)
+                writes.append((o, writer.submit(atomic_write, out_dir / f"{name}.png", draw)))
+            in_flight = (n_seen, writes)
+        _finish(in_flight, progress)
     return [outcomes[p] for p in paths]
+
+
+def _write_overlay(image: Image.Image, token_map, size: tuple[int, int], tmp: Path) -> None:
+    """The overlay PNG of one image: the (h, w) map upsampled to ``size`` = (H, W), drawn and encoded."""
+    overlay(image, upsample(token_map, size)).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _finish(in_flight: tuple[int, list[tuple[Outcome, Future]]], progress) -> None:
+    """Wait for a batch's overlay writes (errors re-raised), record their paths, report the batch done."""
+    n_seen, writes = in_flight
+    for o, future in writes:
+        o.png_path = future.result()
+    if progress is not None and n_seen:
+        progress(n_seen)
