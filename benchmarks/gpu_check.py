@@ -217,6 +217,8 @@ def grpo_table(model, processor, args) -> None:
 
 def main(argv=None) -> None:
     args = _args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device here; the small CPU mode is `--layers 2 --device cpu`")
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     s = args.shape
