@@ -234,6 +234,8 @@ def evaluate(
         task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
         result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
                               progress=lambda n: bar.advance(task, n))  # fmt: skip
+    if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`
+        return
     from readl.evaluation.report import metrics_table
 
     Console().print(metrics_table(result))
