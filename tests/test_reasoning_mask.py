@@ -68,9 +68,9 @@ def tokenizer(tiny_dir):
 
 
 def test_fast_path_is_taken(tokenizer):
-    from readl.model.inference import _is_plain_byte_level
+    from readl.model.offsets import is_plain_byte_level
 
-    assert _is_plain_byte_level(tokenizer)
+    assert is_plain_byte_level(tokenizer)
 
 
 def test_masks_equal_the_prefix_decoding_reference(tokenizer):

@@ -30,8 +30,6 @@ The ReAL map itself is computed from these by :mod:`readl.localization.anomaly_m
 
 from __future__ import annotations
 
-import codecs
-import functools
 import re
 from dataclasses import dataclass, field
 
@@ -41,6 +39,7 @@ from PIL import Image
 
 from readl.localization.attention import capture_attention, enable_capture
 from readl.model.generation import HFGenerator
+from readl.model.offsets import char_offsets
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
 
 __all__ = [
@@ -196,57 +195,9 @@ def anomaly_token_positions(input_ids: torch.Tensor, tokenizer, question: str = 
     return torch.stack(out)
 
 
-@functools.cache
-def _byte_table() -> dict[str, int]:
-    """GPT-2 byte-level BPE's char -> byte table (inverse of ``bytes_to_unicode``)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def _is_plain_byte_level(tokenizer) -> bool:
-    """True when ``tokenizer.decode`` is exactly "map chars to bytes, join, decode UTF-8 with replacement"
-    (a fast tokenizer with the ByteLevel decoder and no effective space clean-up: GPT-2 / Qwen2 family, the
-    tiny kit)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
-        return False
-    cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
-    if cleanup and type(backend.model).__name__ == "BPE":  # transformers skips the clean-up for BPE unless forced
-        cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
-    return not cleanup
-
-
-def _char_offsets(tokenizer, ids: list[int]) -> list[int]:
-    """offsets[j] = length of ``tokenizer.decode(ids[:j], skip_special_tokens=True)`` (j = 0..T).
-
-    O(T) for byte-level BPE tokenizers (the Rust decoder's own rule: a token's string maps to bytes char by
-    char, or is taken as its UTF-8 bytes when a char is outside the byte table; special tokens are skipped;
-    the bytes are decoded with U+FFFD replacement): the bytes are fed to an incremental UTF-8 decoder, and a
-    prefix that ends inside a multi-byte character also counts the U+FFFD(s) its undecoded tail (<= 3 bytes)
-    decodes to. Other tokenizers decode every prefix (O(T^2)).
-    """
-    if not _is_plain_byte_level(tokenizer):
-        return [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
-    table = _byte_table()
-    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    n_chars, offsets = 0, [0]
-    for i, token in zip(ids, tokenizer.convert_ids_to_tokens(ids)):
-        if i not in special and token is not None:
-            try:
-                data = bytes(table[c] for c in token)
-            except KeyError:  # a char outside the byte table: the token's own UTF-8 bytes
-                data = token.encode("utf-8")
-            n_chars += len(decoder.decode(data))
-        pending = decoder.getstate()[0]  # <= 3 bytes of an unfinished character: what the prefix's decode ends with
-        offsets.append(n_chars + (len(pending.decode("utf-8", errors="replace")) if pending else 0))
-    return offsets
-
-
 def _reasoning_and_answer(tokenizer, ids: list[int]) -> tuple[np.ndarray, int | None, str]:
     """``(mask, answer_index, pending)``: see :func:`reasoning_token_mask` and :func:`answer_read_position`."""
-    offsets = _char_offsets(tokenizer, ids)
+    offsets = char_offsets(tokenizer, ids)
     text = tokenizer.decode(ids, skip_special_tokens=True)
     start = text.find("<think>")
     start = 0 if start < 0 else start + len("<think>")
