@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install data repro test bench clean
+.PHONY: install data repro test test-fast bench clean
 
 $(BIN)/readl: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ repro: install data
 test: install data
 	$(BIN)/pytest -q
 
+# without the slow-marked end-to-end tests (dvc repro, Prefect retrain, multi-process evaluate / DDP train)
+test-fast: install data
+	$(BIN)/pytest -q -m "not slow"
+
 bench: install
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do $(BIN)/python $$b || exit 1; done  # gpu_check: CUDA only, by hand
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -69,6 +69,9 @@ def test_capture_equals_eager(tiny_dir, tiny, sample_images, layers, heads, kv_h
     assert got.shape == ref.shape == (2, 12, 225 + anom.shape[1])
     assert (got - ref).abs().max().item() <= 1e-5
     assert got[..., :225].sum(-1).min() > 0  # real attention mass on the image, not zeros
+    # memory: one running (B, Q, K) sum, not one tensor per captured layer
+    assert sum(c.numel() for c in cap.chunks) == got.numel()
+    assert cap.layer_calls == [len(chosen) if chosen else layers]
 
 
 def test_capture_leaves_outputs_unchanged(tiny, sample_images):

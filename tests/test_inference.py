@@ -159,3 +159,34 @@ def test_answer_read_where_the_tag_end_and_the_word_share_a_token():
     yes, no = answer_variant_ids(tok, pending)
     assert [tok.vocab[i] for i in yes] == [">Yes", "> Yes"] and [tok.vocab[i] for i in no] == [">No"]
     assert answer_read_position(tok, [0, 1, 2, 3]) == (None, "")  # no complete <answer>: the prefix is appended
+
+
+def test_capture_keeps_only_the_answer_logits_and_the_same_scores(predictor, sample_images):
+    """capture() computes logits at the answer position only ((B, 1, V), not (B, T + 1, V)) and gives the
+    P(Yes) of the full-vocabulary computation it replaced: log_softmax over all logits of prompt + completion,
+    pooled spellings (issue 15)."""
+    tok = predictor.tokenizer
+    texts = ["<think>A crack.</think><answer>No</answer>", "<think>a long scratch on the left edge",
+             "<think>x</think><answer> Yes</answer>", "no tags"]  # fmt: skip
+    comps = [tok.encode(t, add_special_tokens=False) for t in texts]
+    inputs = predictor.encode(sample_images[:1] * len(texts))
+    shapes = []
+    hook = predictor.model.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.logits.shape)))
+    try:
+        caps = predictor.capture(inputs, comps)
+    finally:
+        hook.remove()
+    assert shapes == [(len(texts), 1, len(tok))]
+    from readl.model.prompting import answer_prefix_for
+
+    full = [c + (tok.encode(s, add_special_tokens=False) if (s := answer_prefix_for(tok.decode(c))) else []) for c in comps]
+    batch = predictor.teacher_forced_batch(inputs, full)
+    p = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = predictor.model(**batch, use_cache=False).logits.float()  # (B, P + T, V)
+    for i, (f, cap) in enumerate(zip(full, caps)):
+        a, pending = answer_read_position(tok, f)
+        yes, no = answer_variant_ids(tok, pending)
+        log_p = torch.log_softmax(logits[i, p - 1 + a].double(), dim=0)
+        ref = float(torch.sigmoid(torch.logsumexp(log_p[list(yes)], 0) - torch.logsumexp(log_p[list(no)], 0)))
+        assert cap.p_yes == pytest.approx(ref, rel=1e-9, abs=1e-12)

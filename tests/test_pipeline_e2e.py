@@ -59,6 +59,7 @@ def fresh_copy(tmp_path_factory, tiny_dir) -> tuple[Path, dict]:
     return dst, env
 
 
+@pytest.mark.slow
 def test_dvc_repro_from_a_fresh_copy(fresh_copy):
     work, env = fresh_copy
     _run(["dvc", "pull", "-q", "data.dvc"], work, env)  # the bundled sample, from the DVC remote inside the repository

@@ -97,6 +97,8 @@ def predict(
     from readl.config import pipeline_base
     from readl.model.inference import GenerationSettings, Predictor
     from readl.predict import adapter_digest, predict_files
+    from readl.model.generation import make_generator
+    from readl.model.loading import resolve_base
 
     cfg = _params(params)
     mcfg = cfg.model
@@ -137,6 +139,7 @@ def predict(
             net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
             query_row=cfg.localization.query_row,
             generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
+            generator=make_generator(mcfg.generation_backend, resolve_base(base), adapter),
         )  # fmt: skip
         provenance = {"base": base, "adapter": adapter_digest(adapter), "registered": None}
     if no_thresholds:
@@ -318,6 +321,8 @@ def evaluate(
         task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
         result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
                               progress=lambda n: bar.advance(task, n))  # fmt: skip
+    if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`
+        return
     from readl.evaluation.report import metrics_table
 
     Console().print(metrics_table(result))

@@ -30,7 +30,10 @@ class ModelConfig(_Section):
     image_size: int = Field(420, gt=0, multiple_of=28)  # paper Sec. 5.1: images resized to 420x420
     max_new_tokens: int = Field(256, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(4, gt=0)
+    batch_size: int = Field(4, gt=0)  # images per generation/capture call (left-padded prompts) and per predict chunk
+    # completions written by transformers' generate (default, tested) or vLLM (optional extra `readl[vllm]`, GPU
+    # only, untested on CPU); the attention capture stays the teacher-forced HF pass either way (readl.model.generation)
+    generation_backend: Literal["hf", "vllm"] = "hf"
 
 
 class ThresholdConfig(_Section):
@@ -152,6 +155,13 @@ class TrainConfig(_Section):
     logging_steps: int = Field(1, gt=0)
     experiment: str = "readl"  # MLflow experiment
     keep_checkpoints: bool = False  # keep models/checkpoints after a successful run
+    # GRPO rollouts by vLLM (TRL GRPOConfig.use_vllm / vllm_mode; GPU + the `vllm` extra): colocate = in the
+    # training processes, server = a separate `trl vllm-serve` node at vllm_server_base_url (null = TRL's
+    # http://0.0.0.0:8000). The consistency reward's capture stays the teacher-forced HF pass of the policy.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str | None = None
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # colocate: GPU memory share vLLM may take
 
     @field_validator("rewards")
     @classmethod

@@ -68,6 +68,7 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
         "image_size": predictor.image_size,
         "layers": predictor.layers,
         "query_row": predictor.query_row,
+        "generation_backend": getattr(predictor.generator, "name", type(predictor.generator).__name__),
         "score_rule": SCORE_RULE,
         "generation": {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
                        "temperature": g.temperature, "top_p": g.top_p},

@@ -3,6 +3,8 @@ gallery, metrics.json, curves for ``dvc plots``, per-category tables."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
@@ -10,8 +12,18 @@ from PIL import Image
 __all__ = ["overlay", "colorbar", "annotated_overlay", "gallery_panel", "gallery_picks", "write_gallery"]
 
 
+@functools.cache
+def _colormap_lut(cmap: str) -> np.ndarray:
+    """``(256, 3)`` uint8: the matplotlib colormap's 256 colours (what it maps [0, 1] to, 8 bits per channel)."""
+    return (colormaps[cmap].resampled(256)(np.arange(256))[:, :3] * 255).astype(np.uint8)
+
+
 def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
     """The image with its anomaly map blended on top.
+
+    The map is scaled and indexed into a 256-entry uint8 colour table in float32 (matplotlib's own
+    binning: index ``floor(256 x)`` clipped to 255), so the cost is one float32 and one uint8 (H, W, 3)
+    array, never a float64 RGBA one.
 
     Args:
         image: any PIL image; converted to RGB.
@@ -29,9 +41,14 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5, cma
     rgb = image.convert("RGB")
     if anomaly_map.shape != (rgb.height, rgb.width):
         raise ValueError(f"map shape {anomaly_map.shape} != image (height, width) {(rgb.height, rgb.width)}")
-    lo, hi = (float(anomaly_map.min()), float(anomaly_map.max())) if anomaly_map.size else (0.0, 0.0)
-    scaled = (anomaly_map - lo) / (hi - lo) if hi > lo else np.zeros_like(anomaly_map)
-    heat = np.ascontiguousarray(colormaps[cmap](scaled, bytes=True)[..., :3])  # (H, W, 3) uint8, = (rgba * 255).astype(uint8)
+    m = np.asarray(anomaly_map, dtype=np.float32)  # (H, W)
+    lo, hi = (float(m.min()), float(m.max())) if m.size else (0.0, 0.0)
+    if hi > lo:
+        scaled = (m - np.float32(lo)) / np.float32(hi - lo)  # (H, W) float32 in [0, 1]
+        index = np.minimum(scaled * np.float32(256), np.float32(255)).astype(np.uint8)  # (H, W), floor
+    else:
+        index = np.zeros(m.shape, np.uint8)
+    heat = _colormap_lut(cmap)[index]  # (H, W, 3) uint8
     return Image.blend(rgb, Image.fromarray(heat), alpha)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,8 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
         ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was found.
     """
     from readl.config import pipeline_base
-    from readl.model.loading import load_model
+    from readl.model.generation import make_generator
+    from readl.model.loading import load_model, resolve_base
 
     base = base or pipeline_base(params)
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
@@ -55,19 +57,50 @@ def open_predictor(params: Params, base: str | None, adapter: Path | None, devic
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         log.warning("no adapter at %s: evaluating the base model", adapter)
         adapter = None
+    if device is None and _state().num_processes > 1:  # accelerate launch: this process's own device
+        device = str(_state().device)
     model, processor = load_model(base, adapter=adapter, device=device, dtype=params.model.dtype)
     predictor = Predictor(
         model, processor, image_size=params.model.image_size, layers=params.localization.layers,
         query_row=params.localization.query_row,
         generation=GenerationSettings(max_new_tokens=params.model.max_new_tokens),
+        generator=make_generator(params.model.generation_backend, resolve_base(base), adapter),
     )  # fmt: skip
     return predictor, base, adapter
 
 
+def _state():
+    """This process's accelerate state: one process unless started by ``accelerate launch`` (GPUs) or
+    ``torchrun --nproc_per_node N`` (also on CPU: gloo, as accelerate's own CPU launcher needs MPI)."""
+    import torch
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=cpu)
+
+
 def _predictions(manifest, predictor, base, adapter, cache_dir, params, progress):
+    """Every manifest row's prediction through the per-image cache; across processes when launched with
+    ``accelerate launch --num_processes N``: the main process checks the cache's fingerprint first, then
+    process r predicts rows r, r + N, ... into the shared cache, and the main process reads them all back in
+    manifest order (the other processes get ``None``)."""
     fp = fingerprint(predictor, base, adapter)
-    return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=params.model.batch_size,
-                                   progress=progress))  # fmt: skip
+    state = _state()
+    bs = params.model.batch_size
+    if state.num_processes == 1:
+        return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=bs, progress=progress))
+    if state.is_main_process:  # fingerprint check (may empty the cache) before anyone writes into it
+        list(cached_predictions(manifest.iloc[:0], predictor, cache_dir, fp, batch_size=bs))
+    state.wait_for_everyone()
+    shard = manifest.iloc[state.process_index :: state.num_processes]
+    log.info("process %d/%d: %d of %d images", state.process_index, state.num_processes, len(shard), len(manifest))
+    for _ in cached_predictions(shard, predictor, cache_dir, fp, batch_size=bs,
+                                progress=progress if state.is_main_process else None):  # fmt: skip
+        pass
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=bs))
 
 
 def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_dir: Path,
@@ -81,6 +114,8 @@ def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Pat
     df = read_manifest(manifest)
     predictor, base, adapter = open_predictor(params, base, adapter)
     items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
+    if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache
+        return {}
     record, s_t_hat, s_i_hat = calibrate_thresholds([p for _, p in items], params.localization)
     policy, ccfg = params.evaluate.malformed, params.calibrate
     scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
@@ -111,6 +146,8 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
         raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
     predictor, base, adapter = open_predictor(params, base, adapter)
     items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
+    if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache
+        return {}
     cfg = params.evaluate
     taus = resolve_taus(params.localization, thresholds)
     results = score_images(items, params.localization, taus, malformed=cfg.malformed)

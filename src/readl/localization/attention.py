@@ -44,7 +44,7 @@ _ROW_CHUNK = 64  # query rows per softmax chunk: bounds the transient (B, H, row
 
 @dataclass
 class AttentionCapture:
-    """What one capture keeps, and its running sums.
+    """What one capture keeps, and its running sum over layers.
 
     Attributes:
         key_index: ``(B, K)`` int64, the key positions (columns) to keep per batch row, e.g. the 225
@@ -52,33 +52,62 @@ class AttentionCapture:
             (padded) sequence.
         query_start: first absolute query position kept; every later position is kept, in order.
         layers: decoder layer indices to average over; ``None`` = all layers.
-        sums: per layer, the list of ``(B, rows, K)`` fp32 head-means, in call order (decoding appends).
+        chunks: the running sum over layers of the ``(B, rows, K)`` fp32 head-means, one tensor per forward
+            call (decoding appends one per step), in row order: memory is one layer's worth, not L of them.
+        rows_seen: per captured layer, how many rows it has added so far.
+        layer_calls: per chunk, how many layers have been added into it.
     """
 
     key_index: torch.Tensor
     query_start: int
     layers: frozenset[int] | None = None
-    sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    chunks: list[torch.Tensor] = field(default_factory=list)
+    rows_seen: dict[int, int] = field(default_factory=dict)
+    layer_calls: list[int] = field(default_factory=list)
+    _chunk_at: dict[int, int] = field(default_factory=dict)  # first row of a chunk -> its index in chunks
 
     def wants(self, layer_idx: int) -> bool:
         return self.layers is None or layer_idx in self.layers
+
+    def add(self, layer_idx: int, probs: torch.Tensor) -> None:
+        """Add one layer's ``(B, rows, K)`` head-mean rows (the next rows of that layer) into the sum.
+
+        Raises:
+            RuntimeError: the rows do not line up with the other layers' (a layer called with another
+                query length, e.g. a skipped or repeated layer).
+        """
+        start = self.rows_seen.get(layer_idx, 0)
+        self.rows_seen[layer_idx] = start + probs.shape[1]
+        at = self._chunk_at.get(start)
+        if at is None:
+            if start != sum(c.shape[1] for c in self.chunks):
+                raise RuntimeError(f"layer {layer_idx}: rows from {start} do not follow the captured ones")
+            self._chunk_at[start] = len(self.chunks)
+            self.chunks.append(probs.clone())
+            self.layer_calls.append(1)
+            return
+        if self.chunks[at].shape != probs.shape:
+            raise RuntimeError(f"layer {layer_idx}: rows {tuple(probs.shape)} != {tuple(self.chunks[at].shape)} "
+                               "of the other layers at this step")  # fmt: skip
+        self.chunks[at] += probs
+        self.layer_calls[at] += 1
 
     def result(self) -> torch.Tensor:
         """Mean over the captured layers: ``(B, Q, K)`` float32, rows in position order.
 
         Raises:
             RuntimeError: nothing was captured (no forward ran inside the context, or the model does
-                not use the ``readl_capture`` attention: call :func:`enable_capture` first).
+                not use the ``readl_capture`` attention: call :func:`enable_capture` first), or the layers
+                captured different row counts.
         """
-        if not self.sums:
+        if not self.chunks:
             raise RuntimeError(
                 "no attention was captured: run the model inside capture_attention() after enable_capture(model)"
             )
-        per_layer = [torch.cat(chunks, dim=1) for chunks in self.sums.values()]  # L x (B, Q, K)
-        rows = {t.shape[1] for t in per_layer}
-        if len(rows) != 1:
+        rows = set(self.rows_seen.values())
+        if len(rows) != 1 or len(set(self.layer_calls)) != 1:
             raise RuntimeError(f"layers captured different row counts {sorted(rows)}; was a layer skipped?")
-        return torch.stack(per_layer).mean(dim=0)  # (B, Q, K)
+        return torch.cat(self.chunks, dim=1) / self.layer_calls[0]  # (B, Q, K)
 
 
 _ACTIVE: contextvars.ContextVar[AttentionCapture | None] = contextvars.ContextVar("readl_capture", default=None)
@@ -189,7 +218,7 @@ def readl_capture_attention(
     mask = attention_mask[:, :, first:, :] if attention_mask is not None else None
     with torch.no_grad():
         probs = _selected_probs(query[:, :, first:], key, mask, scale, q_pos[first:], cap.key_index)
-    cap.sums.setdefault(layer_idx, []).append(probs)
+    cap.add(layer_idx, probs)
     return out, None
 
 

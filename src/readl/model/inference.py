@@ -2,7 +2,8 @@
 
 Steps for a batch of images (left-padded prompts of length ``P``):
 
-1. ``generate`` writes each completion (greedy unless sampling is asked for).
+1. The generation backend (:mod:`readl.model.generation`; default transformers ``generate``, a batch of
+   left-padded prompts per call) writes each completion (greedy unless sampling is asked for).
 2. One teacher-forced forward over prompt + completion (+ the answer prefix when the completion has no
    ``<answer>``, see :func:`readl.model.prompting.answer_prefix_for`) with the attention capture on:
    it yields the next-token logits where the answer word is written (:func:`answer_read_position`) and,
@@ -37,6 +38,8 @@ import torch
 from PIL import Image
 
 from readl.localization.attention import capture_attention, enable_capture
+from readl.model.generation import HFGenerator
+from readl.model.offsets import char_offsets
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
 
 __all__ = [
@@ -192,14 +195,9 @@ def anomaly_token_positions(input_ids: torch.Tensor, tokenizer, question: str = 
     return torch.stack(out)
 
 
-def _char_offsets(tokenizer, ids: list[int]) -> list[int]:
-    """offsets[j] = length of the decoded text of ``ids[:j]`` (j = 0..T)."""
-    return [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
-
-
 def _reasoning_and_answer(tokenizer, ids: list[int]) -> tuple[np.ndarray, int | None, str]:
     """``(mask, answer_index, pending)``: see :func:`reasoning_token_mask` and :func:`answer_read_position`."""
-    offsets = _char_offsets(tokenizer, ids)
+    offsets = char_offsets(tokenizer, ids)
     text = tokenizer.decode(ids, skip_special_tokens=True)
     start = text.find("<think>")
     start = 0 if start < 0 else start + len("<think>")
@@ -259,6 +257,8 @@ class Predictor:
         generation: decoding settings.
         layers: decoder layers averaged for the maps (``None`` = all, paper Eq. 1).
         query_row: ``"producing"`` or ``"own"`` (module docstring; ``localization.query_row``).
+        generator: who writes the completions (:func:`readl.model.generation.make_generator`,
+            ``model.generation_backend``); default transformers ``generate``.
 
     Raises:
         ValueError: unknown ``query_row``; the vocabulary has no single-token Yes / No.
@@ -266,7 +266,7 @@ class Predictor:
 
     def __init__(self, model, processor, image_size: int = 420, generation: GenerationSettings | None = None,
                  layers: list[int] | None = None, system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION,
-                 query_row: str = "producing"):  # fmt: skip
+                 query_row: str = "producing", generator=None):  # fmt: skip
         self.row_offset = query_row_offset(query_row)
         self.query_row = query_row
         self.model = enable_capture(model)
@@ -274,6 +274,7 @@ class Predictor:
         self.tokenizer = processor.tokenizer
         self.image_size = image_size
         self.generation = generation or GenerationSettings()
+        self.generator = generator if generator is not None else HFGenerator()
         self.layers = layers
         self.question = question
         self.prompt = processor.apply_chat_template(
@@ -294,35 +295,47 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, images: list[Image.Image]):
-        """Processor inputs for ``images`` (RGB, resized to ``image_size``), prompts left-padded."""
-        sized = [im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC) for im in images]
+    def resize(self, images: list[Image.Image]) -> list[Image.Image]:
+        """RGB, ``image_size`` x ``image_size`` (bicubic): what the model sees."""
+        return [im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC) for im in images]
+
+    def encode(self, images: list[Image.Image], resized: bool = False):
+        """Processor inputs for ``images`` (RGB, resized to ``image_size`` unless ``resized``), prompts left-padded."""
+        sized = images if resized else self.resize(images)
         inputs = self.processor(images=sized, text=[self.prompt] * len(sized), return_tensors="pt", padding=True)
         return inputs.to(self.device)
 
-    @torch.no_grad()
-    def generate(self, inputs) -> list[list[int]]:
-        """Completion token ids per row, cut at the first EOS/pad token."""
-        g = self.generation
-        out = self.model.generate(
-            **inputs, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-            temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
-            top_k=None,
-        )  # fmt: skip
-        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, *self._eos_ids()}
-        completions = []
-        for row in out[:, inputs["input_ids"].shape[1] :].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-            completions.append(row[:cut])
-        return completions
+    def generate(self, inputs, images: list[Image.Image] | None = None) -> list[list[int]]:
+        """Completion token ids per row, cut at the first EOS/pad token, by the generation backend
+        (:mod:`readl.model.generation`; the HF one reads ``inputs``, vLLM the resized ``images``)."""
+        return self.generator(self, inputs, images)
 
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
+    def teacher_forced_batch(self, inputs, full: list[list[int]]) -> dict:
+        """Model inputs for prompt + completion: ``inputs`` (left-padded, ``(B, P)``) followed by ``full``
+        right-padded to ``T = max(1, max len)``: ``input_ids`` / ``attention_mask`` (+ ``mm_token_type_ids``)
+        ``(B, P + T)``, the image tensors unchanged, on the model's device."""
+        b = inputs["input_ids"].shape[0]
+        t_max = max(1, max(len(f) for f in full))
+        comp = torch.full((b, t_max), self.tokenizer.pad_token_id, dtype=torch.long)
+        comp_mask = torch.zeros((b, t_max), dtype=inputs["attention_mask"].dtype)
+        for i, f in enumerate(full):
+            comp[i, : len(f)] = torch.tensor(f, dtype=torch.long)
+            comp_mask[i, : len(f)] = 1
+        dev = self.device
+        batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        batch["input_ids"] = torch.cat([inputs["input_ids"], comp.to(dev)], dim=1)  # (B, P + T)
+        batch["attention_mask"] = torch.cat([inputs["attention_mask"], comp_mask.to(dev)], dim=1)
+        if "mm_token_type_ids" in inputs:
+            batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(comp).to(dev)], dim=1)
+        return batch
 
     @torch.no_grad()
     def capture(self, inputs, completions: list[list[int]]) -> list[TokenAttention]:
         """Teacher-forced pass: P(Yes) and per-token maps for each row's completion.
+
+        Only the logits at each row's answer position are computed (``logits_to_keep`` = those positions,
+        ``(B, 1, V)`` on the device), and only the Yes/No spellings' logits leave the device: P(Yes) =
+        sigmoid(logsumexp(yes logits) - logsumexp(no logits)), the softmax normaliser cancels.
 
         Args:
             inputs: the prompt batch from :meth:`encode` (left-padded, length ``P``).
@@ -335,38 +348,28 @@ class Predictor:
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         suffixes = [answer_prefix_for(t) for t in texts]
         full = [c + (self.tokenizer.encode(s, add_special_tokens=False) if s else []) for c, s in zip(completions, suffixes)]
-        b, p = inputs["input_ids"].shape
-        t_max = max(1, max(len(f) for f in full))
-        pad = self.tokenizer.pad_token_id
-        comp = torch.full((b, t_max), pad, dtype=torch.long)
-        comp_mask = torch.zeros((b, t_max), dtype=inputs["attention_mask"].dtype)
-        for i, f in enumerate(full):
-            comp[i, : len(f)] = torch.tensor(f, dtype=torch.long)
-            comp_mask[i, : len(f)] = 1
-        dev = self.device
-        ids = torch.cat([inputs["input_ids"], comp.to(dev)], dim=1)  # (B, P + T)
-        batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        batch["input_ids"] = ids
-        batch["attention_mask"] = torch.cat([inputs["attention_mask"], comp_mask.to(dev)], dim=1)
-        if "mm_token_type_ids" in inputs:
-            batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(comp).to(dev)], dim=1)
+        p = inputs["input_ids"].shape[1]
+        reads = [_reasoning_and_answer(self.tokenizer, f) for f in full]  # the suffix only closes tags
+        answer_at = [a if a is not None else len(f) for (_, a, _), f in zip(reads, full)]
+        batch = self.teacher_forced_batch(inputs, full)
         img_pos = image_token_positions(inputs["input_ids"], self.image_token_id)  # (B, n_img)
         anom_pos = anomaly_token_positions(inputs["input_ids"], self.tokenizer, self.question)  # (B, E)
         key_index = torch.cat([img_pos, anom_pos], dim=1)  # (B, n_img + E)
+        # the logits at query P - 1 + a predict completion token a (the answer word)
+        read_pos = torch.tensor([[p - 1 + a] for a in answer_at], device=self.device)  # (B, 1)
         with capture_attention(key_index, query_start=p - 1, layers=self.layers) as cap:
-            out = self.model(**batch, use_cache=False, logits_to_keep=t_max + 1)
+            out = self.model(**batch, use_cache=False, logits_to_keep=read_pos)
         attn = cap.result().float().cpu()  # (B, T + 1, n_img + E): row j = query at P - 1 + j, which produces token j
-        logits = out.logits[:, -(t_max + 1) :].float().cpu()  # (B, T + 1, V): row j predicts token j
+        variants = [self.variant_ids(pending) for _, _, pending in reads]
+        answer_logits = out.logits[:, 0]  # (B, V), on the device
         grid = inputs["image_grid_thw"].cpu()
         n_img = img_pos.shape[1]
         results = []
-        for i, (c, f) in enumerate(zip(completions, full)):
-            mask, answer_index, pending = _reasoning_and_answer(self.tokenizer, f)  # the suffix only closes tags
-            a = answer_index if answer_index is not None else len(f)
-            yes, no = self.variant_ids(pending)
-            log_p = torch.log_softmax(logits[i, a].double(), dim=0)  # (V,)
+        for i, (c, (mask, _, _)) in enumerate(zip(completions, reads)):
+            yes, no = variants[i]
+            row = answer_logits[i, list(yes) + list(no)].double().cpu()  # (n_yes + n_no,): the spellings' logits only
             # P(Yes) = p(yes) / (p(yes) + p(no)) = sigmoid(log p(yes) - log p(no)), p pooled over the spellings
-            p_yes = float(torch.sigmoid(torch.logsumexp(log_p[list(yes)], 0) - torch.logsumexp(log_p[list(no)], 0)))
+            p_yes = float(torch.sigmoid(torch.logsumexp(row[: len(yes)], 0) - torch.logsumexp(row[len(yes) :], 0)))
             h, w = int(grid[i, 1]) // self.merge, int(grid[i, 2]) // self.merge
             rows = attn[i, self.row_offset : self.row_offset + len(c)]  # (T, n_img + E)
             results.append(TokenAttention(
@@ -381,8 +384,9 @@ class Predictor:
         """Full prediction for a batch of PIL images (any mode/size; resized internally)."""
         if not images:
             return []
-        inputs = self.encode(images)
-        completions = self.generate(inputs)
+        sized = self.resize(images)
+        inputs = self.encode(sized, resized=True)
+        completions = self.generate(inputs, sized)
         captured = self.capture(inputs, completions)
         preds = []
         for im, ids, cap in zip(images, completions, captured):

@@ -11,6 +11,7 @@ src/readl/training/accelerate_multi_gpu.yaml -m readl.cli train``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -56,6 +57,9 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
     ``importance_sampling_level``, ``beta``, ``epsilon``) is passed explicitly: paper Eq. 9-10 by default
     (:class:`readl.config.TrainConfig`)."""
     t = params.train
+    if t.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ValueError("train.use_vllm is true but vllm is not installed: `pip install 'readl[vllm]'` on a CUDA "
+                         "machine, or set train.use_vllm: false in params.yaml")  # fmt: skip
     on_cpu = next(model.parameters()).device.type == "cpu"
     dtype = next(model.parameters()).dtype
     return GRPOConfig(
@@ -90,6 +94,10 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
         remove_unused_columns=False,  # the rewards read `label`
         dataloader_num_workers=0,
         disable_tqdm=True,
+        use_vllm=t.use_vllm,
+        vllm_mode=t.vllm_mode,
+        vllm_server_base_url=t.vllm_server_base_url,
+        vllm_gpu_memory_utilization=t.vllm_gpu_memory_utilization,
     )
 
 

@@ -1,0 +1,52 @@
+"""evaluate across processes (issue 15 item 6): ``torchrun --nproc_per_node 2 -m readl.cli evaluate`` (gloo on
+CPU; ``accelerate launch --num_processes N`` on GPUs) shards the eval manifest, each process predicts its rows
+into the shared per-image cache, and the main process merges them: the metrics equal one process's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from readl.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_metrics_of_one(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "raw").symlink_to(sample_dir)
+    (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12"))
+    monkeypatch.chdir(work)
+    runner = CliRunner()
+    for cmd in (["curate"], ["calibrate"], ["evaluate"]):
+        out = runner.invoke(app, cmd)
+        assert out.exit_code == 0, out.output
+    one = json.loads((work / "metrics.json").read_text())
+    shutil.rmtree(work / "reports" / "predictions" / "eval")  # the 2-process run predicts everything again
+    (work / "metrics.json").unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1", READL_TINY_DIR=str(tiny_dir), PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "readl.cli", "evaluate"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "process 0/2: 7 of 14 images" in log and "process 1/2: 7 of 14 images" in log
+    assert len(list((work / "reports" / "predictions" / "eval").glob("*.npz"))) == 14
+    two = json.loads((work / "metrics.json").read_text())
+    assert two == one

@@ -1,0 +1,26 @@
+"""Smoke test of benchmarks/gpu_check.py in its small CPU mode (the CUDA run is manual; CI never has a GPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_in_small_cpu_mode(tiny_dir):
+    env = dict(os.environ, READL_TINY_DIR=str(tiny_dir), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--layers", "2", "--device", "cpu"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    for header in ("1. teacher-forced forward", "2. generate", "3. one GRPO step with LoRA"):
+        assert header in text
+    rows = [line.split() for line in text.splitlines()]
+    forward = {(r[0], r[1]) for r in rows if len(r) == 5 and r[1] in ("plain", "capture", "eager")}
+    assert forward == {(s, v) for s in ("48", "80") for v in ("plain", "capture", "eager")}
+    assert {r[0] for r in rows if len(r) == 4 and r[0] in ("1", "8")} == {"1", "8"}  # tokens/s at batch 1 and 8
+    assert {r[0] for r in rows if len(r) == 3 and r[0] in ("CGRO", "R1")} == {"CGRO", "R1"}

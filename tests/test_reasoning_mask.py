@@ -1,0 +1,99 @@
+"""The O(T) reasoning mask / answer position equal the previous prefix-decoding implementation (issue 15).
+
+The reference below is the implementation before the change (it decodes every prefix: O(T^2)), copied
+verbatim; the fast one must give identical masks, answer indices and pending strings on random completions:
+tags split across tokens, multi-byte UTF-8 split across byte tokens (also cut in the middle), special tokens
+(skipped by the decode) and added non-special tokens (decoded from their own UTF-8 bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from readl.model.inference import answer_read_position, reasoning_token_mask
+
+
+def _ref_char_offsets(tokenizer, ids):
+    return [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
+
+
+def _ref_reasoning_and_answer(tokenizer, ids):
+    offsets = _ref_char_offsets(tokenizer, ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    start = text.find("<think>")
+    start = 0 if start < 0 else start + len("<think>")
+    ends = [i for i in (text.find("</think>", start), text.find("<answer>", start)) if i >= 0]
+    end = min(ends) if ends else len(text)
+    lo, hi = np.array(offsets[:-1]), np.array(offsets[1:])
+    mask = (lo >= start) & (hi <= end) & (hi > lo)
+    answer_index, pending = None, ""
+    a = text.find("<answer>")
+    if a >= 0:
+        after = a + len("<answer>")
+        word = len(text) - len(text[after:].lstrip())
+        answer_index = next((j for j in range(len(ids)) if offsets[j + 1] > word), len(ids))
+        if answer_index < len(ids) and offsets[answer_index] < after:
+            pending = text[offsets[answer_index] : after]
+    return mask, answer_index, pending
+
+
+PIECES = ["<think>", "</think>", "<answer>", "</answer>", "Yes", " Yes", "No", "\nNo\n", " ", "\n", "A crack",
+          " on the left edge.", "é", "漢字", "🙂", "Ünïcödé ", "<thi", "nk>", "</ans", "wer>", "<", ">"]
+
+
+def _random_completion(tok, rng, extra_ids):
+    ids: list[int] = []
+    for _ in range(int(rng.integers(1, 14))):
+        kind = rng.random()
+        if kind < 0.6:
+            piece = PIECES[int(rng.integers(len(PIECES)))]
+            enc = tok.encode(piece, add_special_tokens=False)
+            if rng.random() < 0.15 and len(enc) > 1:  # a multi-byte character or tag cut in the middle
+                enc = enc[: int(rng.integers(1, len(enc)))]
+            ids += enc
+        elif kind < 0.8:
+            ids.append(int(rng.integers(len(tok))))  # any token, special ones included
+        else:
+            ids.append(int(extra_ids[int(rng.integers(len(extra_ids)))]))
+    return ids
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.add_tokens(["<my tag>", "añadido"])  # non-special added tokens: a space / non-ASCII inside
+    return tok
+
+
+def test_fast_path_is_taken(tokenizer):
+    from readl.model.offsets import is_plain_byte_level
+
+    assert is_plain_byte_level(tokenizer)
+
+
+def test_masks_equal_the_prefix_decoding_reference(tokenizer):
+    tok = tokenizer
+    special = [i for i, t in tok.added_tokens_decoder.items() if t.special]
+    extra = special + tok.convert_tokens_to_ids(["<my tag>", "añadido"])
+    rng = np.random.default_rng(0)
+    n_multibyte_cut = 0
+    for _ in range(400):
+        ids = _random_completion(tok, rng, extra)
+        mask, a = reasoning_token_mask(tok, ids)
+        ref_mask, ref_a, ref_pending = _ref_reasoning_and_answer(tok, ids)
+        assert np.array_equal(mask, ref_mask), tok.decode(ids)
+        assert a == ref_a and answer_read_position(tok, ids) == (ref_a, ref_pending), tok.decode(ids)
+        n_multibyte_cut += "\ufffd" in tok.decode(ids, skip_special_tokens=True)
+    assert n_multibyte_cut > 0  # the cases with a character cut between tokens were exercised
+
+
+def test_tags_split_across_tokens(tokenizer):
+    tok = tokenizer
+    ids = sum((tok.encode(p, add_special_tokens=False) for p in
+               ["<thi", "nk>", "漢 a", "🙂", "</th", "ink>", "<ans", "wer>", "\n", "Yes"]), [])  # fmt: skip
+    mask, a = reasoning_token_mask(tok, ids)
+    ref_mask, ref_a, _ = _ref_reasoning_and_answer(tok, ids)
+    assert np.array_equal(mask, ref_mask) and a == ref_a
+    assert tok.decode([i for i, m in zip(ids, mask) if m]).endswith(" a\ufffd")  # one token per character kept
