@@ -224,6 +224,37 @@ def stepped(tiny_dir, manifest, tmp_path_factory):
     return trainer, before, seen
 
 
+def test_run_summary_counts_steps_with_reward_variance_and_reads_lora_b(stepped, tmp_path):
+    """train_run.json's summary (readl.training.summary): TRL's per-step reward std / zero-std fraction are in the
+    logs, the step counts as learning (the consistency rewards of a group differ), and max |lora_B| of the saved
+    adapter is > 0 after the step (PEFT initialises B to 0)."""
+    from readl.training.summary import log_summary, max_abs_lora_b, train_summary
+
+    trainer, _, _ = stepped
+    logged = [r for r in trainer.state.log_history if "reward" in r]
+    assert logged and {"reward_std", "frac_reward_zero_std", "consistency/J_mean"} <= set(logged[0])
+    trainer.model.save_pretrained(tmp_path / "adapter")
+    summary = train_summary(trainer.state.log_history, tmp_path / "adapter")
+    assert summary["n_logged_steps"] == 1
+    assert summary["frac_steps_nonzero_reward_std"] == (1.0 if logged[0]["frac_reward_zero_std"] < 1 else 0.0) == 1.0
+    assert summary["J_mean"] == pytest.approx(logged[0]["consistency/J_mean"])
+    assert set(summary["rewards"]) == {"format", "accuracy", "consistency"}
+    assert summary["max_abs_lora_B"] > 0
+    # a fresh (untrained) adapter: B is all zero; records without rewards are not steps
+    fresh = log_summary([{"reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0}, {"train_loss": 0.1},
+                         {"reward": 1.0, "reward_std": 0.5, "frac_reward_zero_std": 0.5}])  # fmt: skip
+    assert fresh["n_logged_steps"] == 2 and fresh["frac_steps_nonzero_reward_std"] == 0.5 and fresh["J_mean"] is None
+    from peft import get_peft_model
+
+    from readl.training.lora import lora_config
+
+    model, _ = load_model("tiny", device="cpu")
+    get_peft_model(model, lora_config(4, 8, 0.0, DEFAULT_TARGET_REGEX)).save_pretrained(tmp_path / "fresh")
+    assert max_abs_lora_b(tmp_path / "fresh") == 0.0
+    with pytest.raises(FileNotFoundError, match="readl train"):
+        max_abs_lora_b(tmp_path)
+
+
 def _predictor_capture(trainer, inputs, completion_ids_list):
     """The inference path's teacher-forced capture (readl.model.inference.Predictor) on the same policy."""
     from readl.model.inference import Predictor
@@ -426,6 +457,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
     record = json.loads((tmp_path / "killed" / "models" / "train_run.json").read_text())
     assert record["run_id"] == run_id and record["global_step"] == 6  # the same MLflow run, continued
+    summary = record["summary"]  # over all 6 steps (the log history is restored from the checkpoint)
+    assert summary["n_logged_steps"] == 6 and 0.0 <= summary["frac_steps_nonzero_reward_std"] <= 1.0
+    assert summary["max_abs_lora_B"] > 0
     assert record["resumed_from"].endswith(first.name) and first.name in ("checkpoint-2", "checkpoint-4")
     assert not ckpt_dir.exists()  # checkpoints are removed after success (train.keep_checkpoints: false)
 
@@ -436,7 +470,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
     assert run.data.params["train.rewards"] == "['format', 'accuracy', 'consistency']"
     for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "reward",
                 "consistency/J_mean", "consistency/J_min", "consistency/J_max", "kl", "learning_rate",
-                "completions/mean_length"):  # fmt: skip
+                "completions/mean_length", "reward_std", "frac_reward_zero_std"):  # fmt: skip
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, 7)), (key, steps)  # each step once: re-run steps are not logged twice
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)

@@ -17,7 +17,9 @@ def _fmt(logs: dict, key: str, name: str) -> str:
 
 
 class StepProgress(TrainerCallback):
-    """A rich bar over optimizer steps showing reward, per-reward means and mean Jaccard J (main process)."""
+    """A rich bar over optimizer steps showing reward, per-reward means, mean Jaccard J, KL,
+    the reward std within groups (``r-std``) and the share of groups whose rewards all tie (``zero-std``: such a
+    group has no advantage, hence no gradient) (main process)."""
 
     def __init__(self, label: str = "train") -> None:
         self.label = label
@@ -41,7 +43,8 @@ class StepProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is None or not logs:
             return
-        parts = [_fmt(logs, "loss", "loss"), _fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL")]
+        parts = [_fmt(logs, "loss", "loss"), _fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL"),
+                 _fmt(logs, "reward_std", "r-std"), _fmt(logs, "frac_reward_zero_std", "zero-std")]
         parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
         status = "  ".join(p for p in parts if p)
         if status:  # the final summary log has no rewards: keep the last status
