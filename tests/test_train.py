@@ -399,7 +399,7 @@ def _launch(workdir: Path, params: Path, manifest: Path, delay: float = 0.0) -> 
     site = workdir.parent / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW_SITE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site), "READL_TEST_STEP_DELAY": str(delay),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]), "READL_TEST_STEP_DELAY": str(delay),
            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
            "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "readl.cli", "train", "--params", str(params), "--manifest", str(manifest),

@@ -225,6 +225,20 @@ class EvaluateConfig(_Section):
 
     malformed: Literal["fallback", "score"] = "fallback"  # no <answer>Yes|No: score 0.5 + empty map, or keep P(Yes)
     gallery_per_dataset: int = Field(4, ge=0)  # heat-map gallery images per dataset (anomalous first)
+    # computed in the same run, next to every image/pixel AUROC (readl.evaluation.comparison): untrained =
+    # model.base without adapter, warmup = models/warmup before CGRO (skipped when warmup is off), contrast =
+    # a training-free colour-contrast map. Each model baseline runs the model over the eval split once (cached).
+    baselines: list[Literal["untrained", "warmup", "contrast"]] = ["untrained", "warmup", "contrast"]
+    bootstrap_resamples: int = Field(1000, ge=0)  # percentile bootstrap of the AUROCs, resampling images; 0 = none
+    bootstrap_seed: int = 0  # numpy Generator seed of the resampling
+    bootstrap_ci: float = Field(0.95, gt=0, lt=1)  # interval mass
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"evaluate.baselines lists a baseline twice: {v}")
+        return v
 
 
 class ScheduleConfig(_Section):
