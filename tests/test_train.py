@@ -137,6 +137,16 @@ def test_grpo_objective_is_named_and_defaults_to_the_papers_reading(tiny, tmp_pa
     assert set(OBJECTIVE) <= train.keys()  # named in params.yaml, not left to TRL's defaults
 
 
+def test_reward_weights_reach_grpo_and_are_one_per_reward(tiny, tmp_path):
+    """train.reward_weights: null = TRL's all-ones sum (Eq. 8); [1, 1, 0] = R1 with the consistency J still logged."""
+    model, _ = tiny
+    assert grpo_args(_params(), tmp_path, model).reward_weights is None  # TRL: all 1
+    assert grpo_args(_params(reward_weights=[1, 1, 0]), tmp_path, model).reward_weights == [1.0, 1.0, 0.0]
+    for bad in ([1, 1], [1, -1, 0]):
+        with pytest.raises(ValueError, match="reward_weights"):
+            _params(reward_weights=bad)
+
+
 def test_second_iteration_has_an_importance_ratio_not_one_and_logs_clipping(tiny_dir, manifest, tmp_path, monkeypatch):
     """num_iterations = 2 (mu): the second optimizer step reuses the first step's rollouts under the moved policy,
     so pi_theta / pi_theta_old (Eq. 9) leaves 1; the clip fractions reach MLflow."""

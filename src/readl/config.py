@@ -123,6 +123,9 @@ class TrainConfig(_Section):
     """
 
     rewards: list[str] = ["format", "accuracy", "consistency"]  # [format, accuracy] = the paper's "R1" baseline
+    # one weight per reward in the sum (TRL GRPOConfig.reward_weights); null = all 1 (paper Eq. 8). A weight of 0
+    # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
+    reward_weights: list[float] | None = None
     consistency: ConsistencyConfig = ConsistencyConfig()
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
@@ -159,6 +162,13 @@ class TrainConfig(_Section):
         from readl.training.rewards import reward_names  # the registry is the single source of names
 
         return reward_names(v)
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self):
+        w = self.reward_weights
+        if w is not None and (len(w) != len(self.rewards) or any(x < 0 for x in w)):
+            raise ValueError(f"train.reward_weights must be one weight >= 0 per reward {self.rewards}, got {w}")
+        return self
 
 
 class CurateSource(_Section):

@@ -65,6 +65,7 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_generations=t.num_generations,
+        reward_weights=t.reward_weights,
         max_completion_length=t.max_completion_length,
         temperature=t.temperature,
         beta=t.beta,
