@@ -63,7 +63,7 @@ def _ci(fn, *args, boot: Bootstrap, **kwargs) -> list[float] | None:
 
 
 def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequence[str], boot: Bootstrap,
-              root: Path = Path(".")) -> dict:  # fmt: skip
+              root: Path = Path("."), points: bool = True) -> dict:  # fmt: skip
     """Per dataset, the image AUROC and per-mode pixel AUROC with their bootstrap intervals.
 
     Args:
@@ -71,6 +71,7 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
         modes: keys of ``ImageResult.maps`` to score.
         boot: bootstrap settings; ``n_resamples == 0`` gives ``AUROC_ci: None``.
         root: folder of the image / mask paths.
+        points: compute the pixel AUROC points (:func:`pixel_metrics`); False: ``AUROC: None`` (intervals only).
 
     Returns:
         ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi]}, "modes": {mode: {"AUROC", "AUROC_ci"}}}}``, AUROC in
@@ -89,7 +90,8 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
         per_mode = {}
         for mode in modes:
             ci = _ci(bootstrap_pixel_auroc, [r.maps[mode] for r in rs], masks, boot=boot, groups=g)
-            per_mode[mode] = {"AUROC": pixel_metrics(rs, mode, root)["AUROC"], "AUROC_ci": ci}
+            point = pixel_metrics(rs, mode, root)["AUROC"] if points else None
+            per_mode[mode] = {"AUROC": point, "AUROC_ci": ci}
         out[ds] = {"image": image, "modes": per_mode}
     return out
 
@@ -98,7 +100,7 @@ def add_intervals(metrics: dict, results: Sequence[ImageResult], groups: Sequenc
                   boot: Bootstrap, root: Path = Path(".")) -> dict:  # fmt: skip
     """Write ``AUROC_ci`` next to the image AUROC, the headline pixel AUROC and each mode's pixel AUROC of
     ``metrics["datasets"][ds]`` (the model under evaluation); the points stay those of ``evaluate``. In place."""
-    for ds, entry in intervals(results, groups, MODES, boot, root).items():
+    for ds, entry in intervals(results, groups, MODES, boot, root, points=False).items():
         d = metrics["datasets"][ds]
         d["image"]["AUROC_ci"] = entry["image"]["AUROC_ci"]
         for mode in MODES:
@@ -145,17 +147,19 @@ def _fmt(d: dict | None) -> str:
         return "n/a"
     ci = d.get("AUROC_ci")
     if ci and all(v is not None and v == v for v in ci):
-        return f"{100 * d['AUROC']:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+        return f"{100 * d['AUROC']:.1f} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
     return f"{100 * d['AUROC']:.1f}"
 
 
-def comparison_table(metrics: dict, title: str = "model vs baselines (AUROC %, 95% bootstrap interval)"):
-    """A rich table of image AUROC and pixel AUROC per mode: the evaluated model and each baseline, per dataset."""
+def comparison_table(metrics: dict, title: str = "model vs baselines (AUROC %, 95% bootstrap interval)",
+                     model_name: str = "model"):
+    """A rich table of image AUROC and pixel AUROC per mode: the evaluated model (row ``model_name``) and each entry
+    of ``metrics["baselines"]``, per dataset (metrics.json layout)."""
     from rich.table import Table
 
     table = Table("dataset", "system", "I-AUROC", "P-AUROC", *MODES, title=title,
-                  caption="P-AUROC: the headline mode (localization.mode), or the contrast map")  # fmt: skip
-    systems = [("model", metrics)] + list(metrics.get("baselines", {}).items())
+                  caption="P-AUROC: the headline mode (localization.mode), or the contrast map; [95% interval]")  # fmt: skip
+    systems = [(model_name, metrics)] + list(metrics.get("baselines", {}).items())
     for ds in metrics["datasets"]:
         for name, sysm in systems:
             d = sysm.get("datasets", {}).get(ds)

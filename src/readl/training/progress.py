@@ -43,9 +43,9 @@ class StepProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is None or not logs:
             return
-        parts = [_fmt(logs, "loss", "loss"), _fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL"),
-                 _fmt(logs, "reward_std", "r-std"), _fmt(logs, "frac_reward_zero_std", "zero-std")]
+        parts = [_fmt(logs, "loss", "loss"), _fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL")]
         parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
+        parts += [_fmt(logs, "reward_std", "r-std"), _fmt(logs, "frac_reward_zero_std", "zero-std")]
         status = "  ".join(p for p in parts if p)
         if status:  # the final summary log has no rewards: keep the last status
             self.bar.update(self.task, status=status)
