@@ -1,95 +1,255 @@
-"""Learning check: does GRPO with the consistency reward alone raise the consistency J?
+"""Learning check: R1 vs CGRO from one warm start, on the same data and seeds (issue: does CGRO act?).
 
-A short CGRO run on the tiny Qwen2.5-VL (CPU) with ``rewards: [consistency]``, every image labelled
-anomalous (so R_cons = 1[J > delta1]) and ``require_format: false`` (the untrained tiny model never writes the
-<think>/<answer> format, which would zero every reward). If the policy gradient reaches the attention that the
-reward reads, mean J and the reward rise over the steps. Prints the per-step table and the means per block of 10 steps.
+Runs the pipeline's own stages in a scratch folder (the bundled data, params.yaml with the overrides below):
+curate -> warmup (ONCE; both arms start from this model) -> for each arm: train -> calibrate -> evaluate.
 
-Usage: ``.venv/bin/python benchmarks/learning_check.py [--steps 80] [--lr 5e-3] [--image-size 224]``
+- ``R1``: ``train.rewards [format, accuracy, consistency]`` with ``train.reward_weights [1, 1, 0]``: the
+  paper's R1 objective (the consistency reward is out of the advantage) with the consistency J still computed
+  and logged, so both arms report J.
+- ``CGRO``: ``[format, accuracy, consistency]``, all weights 1 (paper Eq. 8).
+
+Prints, per arm and per block of ``--block`` train steps, the means of the format reward (= format rate of the
+rollouts), the accuracy reward, J and the share of steps with a non-zero reward std in some group (from the
+trainer's MLflow metrics); then image AUROC and pixel AUROC (modes all / s_i / s_t / both) with 95% bootstrap
+intervals on the eval datasets (synthetic anomalies + the real MVTec AD grid images) for both arms and the
+baselines of the evaluate stage (untrained model, warm-started model, contrast map). Saves a plot
+(``benchmarks/results/learning_check.png``) and the numbers (``benchmarks/results/learning_check.json``).
+
+Runs on CPU (2 cores). Usage::
+
+    .venv/bin/python benchmarks/learning_check.py                   # params.yaml steps (the lead's full run)
+    .venv/bin/python benchmarks/learning_check.py --warmup-steps 20 --train-steps 4 --eval-per-image 1 \
+        --max-new-tokens 32 --bootstrap 200                          # a smoke run of a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the tiny model gains nothing from threads; contention costs 10-100x
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from transformers.trainer_callback import PrinterCallback  # noqa: E402
-
-from readl.config import Params  # noqa: E402
-from readl.model.loading import load_model  # noqa: E402
-from readl.training.data import load_manifest  # noqa: E402
-from readl.training.train import build_trainer  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ARMS = {"R1": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": [1.0, 1.0, 0.0]},
+        "CGRO": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": None}}  # fmt: skip
+CURVES = {"format": "rewards/format/mean", "accuracy": "rewards/accuracy/mean", "J": "consistency/J_mean",
+          "zero_std": "frac_reward_zero_std"}  # fmt: skip
 
 
-def sample_manifest(n: int, out: Path) -> Path:
-    """``n`` bundled images (MVTec grid + hazelnut_toy), ALL labelled anomalous."""
-    raw = REPO / "data" / "raw"
-    paths = sorted((raw / "mvtec_ad" / "grid" / "test").glob("*/*.png")) + sorted(
-        (raw / "hazelnut_toy" / "hazelnut" / "test").glob("*/*.jpg")
-    )
-    paths = paths[:: max(1, len(paths) // n)][:n]
-    frame = pd.DataFrame({"image_path": [str(p) for p in paths], "label": 1, "source": "bundled", "category": "x"})
-    frame.to_parquet(out)
-    return out
+@contextmanager
+def chdir(path: Path):
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def scratch_params(work: Path, a) -> dict:
+    """params.yaml of the repository with the run's overrides, written to ``work``."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if a.warmup_steps is not None:
+        params["warmup"]["max_steps"] = a.warmup_steps
+    if a.train_steps is not None:
+        params["train"]["max_steps"] = a.train_steps
+    params["train"]["logging_steps"] = 1  # one MLflow point per step
+    if a.max_new_tokens is not None:
+        params["model"]["max_new_tokens"] = a.max_new_tokens
+    if a.eval_per_image is not None:
+        for s in params["curate"]["eval"]:
+            if s["layout"] == "synthetic":
+                s["options"]["per_image"] = a.eval_per_image
+    if a.bootstrap is not None:
+        params["evaluate"]["bootstrap_resamples"] = a.bootstrap
+    params["evaluate"]["gallery_per_dataset"] = 0
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def curves(run_id: str) -> dict[str, dict[int, float]]:
+    """Per-step values of :data:`CURVES` from the arm's MLflow run: ``{name: {step: value}}``."""
+    from mlflow.tracking import MlflowClient
+
+    from readl.training.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    return {name: {m.step: m.value for m in client.get_metric_history(run_id, key)} for name, key in CURVES.items()}
+
+
+def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
+    """Means of each curve over steps ``1..block``, ``block+1..2*block`` ...; ``learning`` = share of those steps
+    with ``frac_reward_zero_std < 1`` (some group had reward variance)."""
+    steps = sorted(set().union(*(c.keys() for c in curve.values())))
+    rows = []
+    for lo in range(0, len(steps), block):
+        chunk = steps[lo : lo + block]
+        mean = lambda name: (lambda v: sum(v) / len(v) if v else float("nan"))(  # noqa: E731
+            [curve[name][s] for s in chunk if s in curve[name]])
+        zero = [curve["zero_std"][s] for s in chunk if s in curve["zero_std"]]
+        rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", "format": mean("format"), "accuracy": mean("accuracy"),
+                     "J": mean("J"), "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})
+    return rows
+
+
+def run_arm(name: str, params_dict: dict, work: Path) -> dict:
+    """train -> calibrate -> evaluate of one arm under ``work/runs/<name>``; returns its numbers."""
+    from readl.config import Params
+    from readl.evaluation.run import run_calibrate, run_evaluate
+    from readl.training.train import train
+
+    out = work / "runs" / name
+    p = json.loads(json.dumps(params_dict))
+    p["train"].update(ARMS[name], experiment=f"learning-check-{name}")
+    if name != "CGRO":  # the baselines are the same models for both arms: computed once (CGRO arm)
+        p["evaluate"]["baselines"] = []
+    params = Params.model_validate(p)
+    t0 = time.perf_counter()
+    record = train(params, output_dir=out)
+    t_train = time.perf_counter() - t0
+    run_calibrate(params, Path("data/curated/calib.parquet"), out / "adapter", out / "thresholds.json",
+                  out / "predictions" / "calib")  # fmt: skip
+    metrics = run_evaluate(params, Path("data/curated/eval.parquet"), out / "adapter", out / "thresholds.json",
+                           out / "metrics.json", out / "plots", out / "reports", out / "predictions" / "eval")  # fmt: skip
+    return {"record": record, "curves": curves(record["run_id"]), "metrics": metrics,
+            "seconds": {"train": t_train, "calibrate+evaluate": time.perf_counter() - t0 - t_train}}
+
+
+def print_tables(arms: dict, block: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from readl.evaluation.comparison import comparison_table
+
+    console = Console(width=150)
+    t = Table("arm", "steps", "format", "accuracy", "J", "steps w/ reward var.",
+              title=f"per-block means of the train rollouts (block = {block} steps)")  # fmt: skip
+    f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    for name, arm in arms.items():
+        for row in block_means(arm["curves"], block):
+            t.add_row(name, row["steps"], f(row["format"]), f(row["accuracy"]), f(row["J"]), f(row["learning"]))
+    console.print(t)
+    s = Table("arm", "steps", "steps w/ reward var.", "mean J", "max |lora_B|", "train s", "cal+eval s",
+              title="train_run.json summary")  # fmt: skip
+    for name, arm in arms.items():
+        sm = arm["record"]["summary"]
+        s.add_row(name, str(sm["n_logged_steps"]), f(sm["frac_steps_nonzero_reward_std"]),
+                  f(sm["J_mean"]), f"{sm['max_abs_lora_B']:.2e}",
+                  f"{arm['seconds']['train']:.0f}", f"{arm['seconds']['calibrate+evaluate']:.0f}")  # fmt: skip
+    console.print(s)
+    cgro = arms["CGRO"]["metrics"]
+    combined = {**cgro, "baselines": {"R1": {"datasets": arms["R1"]["metrics"]["datasets"]}, **cgro["baselines"]}}
+    console.print(comparison_table(combined, title="R1 vs CGRO vs baselines (AUROC %, 95% bootstrap interval)",
+                                   model_name="CGRO"))  # fmt: skip
+
+
+def plot(arms: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from readl.evaluation.evaluate import MODES
+
+    datasets = list(arms["CGRO"]["metrics"]["datasets"])
+    fig, axes = plt.subplots(1, 3 + len(datasets), figsize=(4.2 * (3 + len(datasets)), 3.6))
+    for ax, name in zip(axes, ("format", "accuracy", "J")):
+        for arm, d in arms.items():
+            pts = sorted(d["curves"][name].items())
+            if pts:
+                ax.plot(*zip(*pts), label=arm, marker=".")
+        ax.set(title=f"{name} (train rollouts)", xlabel="step")
+        ax.legend()
+    for ax, ds in zip(axes[3:], datasets):
+        systems = {"R1": arms["R1"]["metrics"], "CGRO": arms["CGRO"]["metrics"]}
+        systems.update(arms["CGRO"]["metrics"].get("baselines", {}))
+        labels, vals, errs = [], [], []
+        for sname, m in systems.items():
+            d = m["datasets"].get(ds)
+            if d is None:
+                continue
+            entries = [(f"{sname}:{mode}", d["modes"][mode]) for mode in MODES] if "modes" in d else [(sname, d["pixel"])]
+            for label, e in entries:
+                v = e["AUROC"] if e["AUROC"] is not None else float("nan")
+                ci = e.get("AUROC_ci") or [v, v]
+                lo, hi = (c if c is not None else v for c in ci)
+                labels.append(label)
+                vals.append(v)
+                errs.append((max(v - lo, 0), max(hi - v, 0)))
+        ax.barh(range(len(vals)), vals, xerr=list(zip(*errs)) if errs else None, color="tab:blue")
+        ax.set_yticks(range(len(vals)), labels, fontsize=6)
+        ax.axvline(0.5, color="grey", lw=0.8)
+        ax.set(title=f"pixel AUROC, {ds}", xlim=(0, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--generations", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--beta", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup-steps", type=int, default=None, help="warmup.max_steps (default: params.yaml)")
+    ap.add_argument("--train-steps", type=int, default=None, help="train.max_steps (default: params.yaml)")
+    ap.add_argument("--eval-per-image", type=int, default=None,
+                    help="synthetic eval variants per normal image (default: params.yaml)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="model.max_new_tokens at evaluation")
+    ap.add_argument("--bootstrap", type=int, default=None, help="evaluate.bootstrap_resamples")
+    ap.add_argument("--block", type=int, default=10, help="train steps per block of the learning table")
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "learning_check.png", help="the plot")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    import torch
+
     torch.set_num_threads(1)
-    params = Params.model_validate({
-        "model": {"base": "tiny", "image_size": a.image_size},
-        "train": {
-            "rewards": ["consistency"], "consistency": {"require_format": False},
-            "learning_rate": a.lr, "max_steps": a.steps, "num_generations": a.generations,
-            "per_device_train_batch_size": 2 * a.generations, "max_completion_length": a.tokens,
-            "beta": a.beta, "seed": a.seed, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-            "save_steps": 10_000, "logging_steps": 1,
-        },
-    })  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        frame = load_manifest(sample_manifest(a.images, Path(tmp) / "train.parquet"))
-        trainer = build_trainer(params, frame, Path(tmp) / "ckpt", model_and_processor=load_model("tiny", device="cpu"))
-        trainer.remove_callback(PrinterCallback)  # no per-step log printing
-        t0 = time.perf_counter()
-        trainer.train()
-        elapsed = time.perf_counter() - t0
-    rows = [h for h in trainer.state.log_history if "rewards/consistency/mean" in h]
-    print(f"\nCGRO learning check: tiny Qwen2.5-VL, {a.image_size}px, lr {a.lr}, G={a.generations}, "
-          f"{a.tokens} tokens, consistency reward only, all images anomalous ({elapsed:.0f} s)\n")  # fmt: skip
-    print(f"{'step':>4} | {'reward':>6} | {'J mean':>6} | {'J min':>5} | {'J max':>5} | {'kl':>7}")
-    print("-" * 48)
-    for h in rows:
-        print(f"{h['step']:>4} | {h['rewards/consistency/mean']:6.3f} | {h.get('consistency/J_mean', float('nan')):6.3f} | "
-              f"{h.get('consistency/J_min', float('nan')):5.2f} | {h.get('consistency/J_max', float('nan')):5.2f} | "
-              f"{h.get('kl', 0.0):7.4f}")  # fmt: skip
-    print("-" * 48)
-    print("means per block of 10 steps (the learning curve):")
-    print(f"{'steps':>9} | {'reward':>6} | {'J mean':>6}")
-    for lo in range(0, len(rows), 10):
-        block = rows[lo : lo + 10]
-        r = sum(h["rewards/consistency/mean"] for h in block) / len(block)
-        j = sum(h.get("consistency/J_mean", 0.0) for h in block) / len(block)
-        print(f"{block[0]['step']:>4}-{block[-1]['step']:<4} | {r:6.3f} | {j:6.3f}")
+        work = (a.workdir or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "data").mkdir(exist_ok=True)
+        if not (work / "data" / "raw").exists():
+            (work / "data" / "raw").symlink_to(REPO / "data" / "raw")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlruns.db'}"
+        with chdir(work):
+            params_dict = scratch_params(work, a)
+            from typer.testing import CliRunner
+
+            from readl.cli import app
+            from readl.config import Params
+            from readl.training.warmup import warmup
+
+            seconds = {}
+            t0 = time.perf_counter()
+            res = CliRunner().invoke(app, ["curate"])
+            if res.exit_code != 0:
+                raise SystemExit(f"curate failed:\n{res.output}")
+            seconds["curate"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            warmup(Params.model_validate(params_dict), output_dir="models")  # ONE warm start for both arms
+            seconds["warmup"] = time.perf_counter() - t0
+            arms = {name: run_arm(name, params_dict, work) for name in ARMS}
+        print_tables(arms, a.block)
+        print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "; " + ", ".join(
+            f"{n} train {d['seconds']['train']:.0f}, calibrate+evaluate {d['seconds']['calibrate+evaluate']:.0f}"
+            for n, d in arms.items()))  # fmt: skip
+        plot(arms, a.out)
+        summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                   "seconds": seconds, "arms": {n: {"summary": d["record"]["summary"], "seconds": d["seconds"],
+                                                    "blocks": block_means(d["curves"], a.block),
+                                                    "datasets": d["metrics"]["datasets"]} for n, d in arms.items()},
+                   "baselines": arms["CGRO"]["metrics"].get("baselines", {})}  # fmt: skip
+        from readl.evaluation.report import write_metrics
+
+        write_metrics(a.out.with_suffix(".json"), summary)
+        print(f"plot: {a.out}; numbers: {a.out.with_suffix('.json')}")
+
 
 if __name__ == "__main__":
     main()

@@ -129,3 +129,28 @@ def test_cluster_bootstrap_resamples_groups():
     assert hi - lo > hi_i - lo_i           # correlated images: the per-image interval is too narrow
     with pytest.raises(ValueError, match="one entry per image"):
         B.bootstrap_image_auroc(s, y, groups=g[:3])
+
+
+def test_bootstrap_groups_are_the_raw_image_and_the_table_shows_every_system():
+    """Synthetic variants of one normal image share its raw_image_path: one bootstrap unit
+    (readl.evaluation.comparison); the comparison table lists the model and each baseline per dataset."""
+    import pandas as pd
+    from rich.console import Console
+
+    from readl.evaluation.comparison import comparison_table, image_groups
+
+    df = pd.DataFrame({"source": ["synthetic"] * 3 + ["mvtec_ad"], "image_path": ["a0.png", "a1.png", "b.png", "c.png"],
+                       "raw_image_path": ["good/000.png", "good/000.png", "good/001.png", "good/000.png"]})
+    groups = image_groups(df)
+    assert groups[0] == groups[1] != groups[2] and groups[3] != groups[0]  # same raw path, other source: apart
+    assert image_groups(df.drop(columns="raw_image_path")) == [f"{s}|{p}" for s, p in zip(df.source, df.image_path)]
+    e = {"AUROC": 0.75, "AUROC_ci": [0.6, 0.9]}
+    model = {"image": e, "pixel": e, "modes": {m: e for m in ("all", "s_i", "s_t", "both")}}
+    metrics = {"datasets": {"synthetic": model},
+               "baselines": {"untrained": {"datasets": {"synthetic": model}},
+                             "contrast": {"datasets": {"synthetic": {"image": e, "pixel": {"AUROC": None}}}}}}
+    console = Console(width=200, record=True)
+    console.print(comparison_table(metrics))
+    text = console.export_text()
+    assert all(name in text for name in ("model", "untrained", "contrast")) and "75.0 [60-90]" in text
+    assert "n/a" in text  # the contrast map has no token-selection modes

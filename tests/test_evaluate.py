@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -292,3 +293,69 @@ def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, mo
     for change in ({"generation": {**fp["generation"], "max_new_tokens": 13}}, {"adapter_sha256": "x"},
                    {"base_sha256": "y"}, {"layers": [1]}, {"dtype": "torch.bfloat16"}):  # fmt: skip
         assert entry_key({**fp, **change}, image) != entry_key(fp, image), change
+
+
+def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir, sample_dir, monkeypatch):
+    """One evaluate run: the model's AUROCs get 95% intervals, and the untrained, warm-started (models/warmup) and
+    contrast baselines are scored on the same images (readl.evaluation.comparison); `evaluate.baselines` turns
+    them off."""
+    import shutil
+
+    import yaml
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw").symlink_to(sample_dir)
+    params = yaml.safe_load((sample_dir.parents[1] / "params.yaml").read_text())
+    params["model"]["max_new_tokens"] = 8
+    params["curate"]["eval"] = [s for s in params["curate"]["eval"] if s["layout"] == "synthetic"]  # 10 + 10 images
+    params["curate"]["eval"][0]["options"]["per_image"] = 1
+    params["evaluate"].update(bootstrap_resamples=200, gallery_per_dataset=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_dir, tmp_path / "models" / "warmup")  # a warm-started model folder (here: the tiny kit)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["curate"]).exit_code == 0
+    thresholds = tmp_path / "models" / "thresholds.json"
+    thresholds.write_text(json.dumps({"tau_t": {"value": 0.0}, "tau_i": {"value": 10.0}}))
+    out = runner.invoke(app, ["evaluate"])
+    assert out.exit_code == 0, out.output
+    assert "model vs baselines" in out.output and "contrast" in out.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    ds = metrics["datasets"]["synthetic"]
+    assert metrics["bootstrap"]["n_resamples"] == 200
+
+    def check(entry, varies=True):
+        lo, hi = entry["AUROC_ci"]
+        assert 0.0 <= lo <= entry["AUROC"] <= hi <= 1.0 and (hi > lo or not varies), entry
+
+    # the untrained tiny model never writes the format: its own scores are the 0.5 fallback (a point interval)
+    check(ds["image"], varies=False)
+    check(ds["pixel"], varies=False)
+    for mode in MODES:
+        check(ds["modes"][mode], varies=False)
+    assert set(metrics["baselines"]) == {"untrained", "warmup", "contrast"}
+    for name in ("untrained", "warmup"):
+        b = metrics["baselines"][name]["datasets"]["synthetic"]
+        check(b["image"])
+        assert set(b["modes"]) == set(MODES) and b["pixel"] == b["modes"][params["localization"]["mode"]]
+        for mode in MODES:
+            check(b["modes"][mode])
+        assert 0.0 <= b["format_rate"] <= 1.0
+    assert metrics["baselines"]["warmup"]["base"] == str(Path("models") / "warmup")
+    assert metrics["baselines"]["untrained"]["base"] == "tiny"
+    contrast = metrics["baselines"]["contrast"]["datasets"]["synthetic"]
+    check(contrast["image"])
+    check(contrast["pixel"])
+    assert contrast["pixel"]["AUROC"] > 0.6  # pasted / painted defects differ in colour: the floor to beat
+    cache = tmp_path / "reports" / "predictions" / "eval"
+    n_eval = metrics["n_images"]
+    for name in ("untrained", "warmup"):
+        assert len(list((cache / "baselines" / name).glob("*.npz"))) == n_eval
+    assert len(list(cache.glob("*.npz"))) == n_eval  # the model's own cache keeps its entries
+
+    params["evaluate"].update(baselines=["contrast"], bootstrap_resamples=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert runner.invoke(app, ["evaluate"]).exit_code == 0
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(again["baselines"]) == {"contrast"} and again["datasets"]["synthetic"]["image"]["AUROC_ci"] is None
+    assert again["baselines"]["contrast"]["datasets"]["synthetic"]["pixel"]["AUROC"] == contrast["pixel"]["AUROC"]

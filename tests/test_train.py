@@ -137,6 +137,16 @@ def test_grpo_objective_is_named_and_defaults_to_the_papers_reading(tiny, tmp_pa
     assert set(OBJECTIVE) <= train.keys()  # named in params.yaml, not left to TRL's defaults
 
 
+def test_reward_weights_reach_grpo_and_are_one_per_reward(tiny, tmp_path):
+    """train.reward_weights: null = TRL's all-ones sum (Eq. 8); [1, 1, 0] = R1 with the consistency J still logged."""
+    model, _ = tiny
+    assert grpo_args(_params(), tmp_path, model).reward_weights is None  # TRL: all 1
+    assert grpo_args(_params(reward_weights=[1, 1, 0]), tmp_path, model).reward_weights == [1.0, 1.0, 0.0]
+    for bad in ([1, 1], [1, -1, 0]):
+        with pytest.raises(ValueError, match="reward_weights"):
+            _params(reward_weights=bad)
+
+
 def test_second_iteration_has_an_importance_ratio_not_one_and_logs_clipping(tiny_dir, manifest, tmp_path, monkeypatch):
     """num_iterations = 2 (mu): the second optimizer step reuses the first step's rollouts under the moved policy,
     so pi_theta / pi_theta_old (Eq. 9) leaves 1; the clip fractions reach MLflow."""
@@ -222,6 +232,37 @@ def stepped(tiny_dir, manifest, tmp_path_factory):
     trainer.train()
     seen["consistency"] = trainer.last_consistency
     return trainer, before, seen
+
+
+def test_run_summary_counts_steps_with_reward_variance_and_reads_lora_b(stepped, tmp_path):
+    """train_run.json's summary (readl.training.summary): TRL's per-step reward std / zero-std fraction are in the
+    logs, the step counts as learning (the consistency rewards of a group differ), and max |lora_B| of the saved
+    adapter is > 0 after the step (PEFT initialises B to 0)."""
+    from readl.training.summary import log_summary, max_abs_lora_b, train_summary
+
+    trainer, _, _ = stepped
+    logged = [r for r in trainer.state.log_history if "reward" in r]
+    assert logged and {"reward_std", "frac_reward_zero_std", "consistency/J_mean"} <= set(logged[0])
+    trainer.model.save_pretrained(tmp_path / "adapter")
+    summary = train_summary(trainer.state.log_history, tmp_path / "adapter")
+    assert summary["n_logged_steps"] == 1
+    assert summary["frac_steps_nonzero_reward_std"] == (1.0 if logged[0]["frac_reward_zero_std"] < 1 else 0.0) == 1.0
+    assert summary["J_mean"] == pytest.approx(logged[0]["consistency/J_mean"])
+    assert set(summary["rewards"]) == {"format", "accuracy", "consistency"}
+    assert summary["max_abs_lora_B"] > 0
+    # a fresh (untrained) adapter: B is all zero; records without rewards are not steps
+    fresh = log_summary([{"reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0}, {"train_loss": 0.1},
+                         {"reward": 1.0, "reward_std": 0.5, "frac_reward_zero_std": 0.5}])  # fmt: skip
+    assert fresh["n_logged_steps"] == 2 and fresh["frac_steps_nonzero_reward_std"] == 0.5 and fresh["J_mean"] is None
+    from peft import get_peft_model
+
+    from readl.training.lora import lora_config
+
+    model, _ = load_model("tiny", device="cpu")
+    get_peft_model(model, lora_config(4, 8, 0.0, DEFAULT_TARGET_REGEX)).save_pretrained(tmp_path / "fresh")
+    assert max_abs_lora_b(tmp_path / "fresh") == 0.0
+    with pytest.raises(FileNotFoundError, match="readl train"):
+        max_abs_lora_b(tmp_path)
 
 
 def _predictor_capture(trainer, inputs, completion_ids_list):
@@ -368,7 +409,7 @@ def _launch(workdir: Path, params: Path, manifest: Path, delay: float = 0.0) -> 
     site = workdir.parent / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW_SITE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site), "READL_TEST_STEP_DELAY": str(delay),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]), "READL_TEST_STEP_DELAY": str(delay),
            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
            "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "readl.cli", "train", "--params", str(params), "--manifest", str(manifest),
@@ -426,6 +467,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
     record = json.loads((tmp_path / "killed" / "models" / "train_run.json").read_text())
     assert record["run_id"] == run_id and record["global_step"] == 6  # the same MLflow run, continued
+    summary = record["summary"]  # over all 6 steps (the log history is restored from the checkpoint)
+    assert summary["n_logged_steps"] == 6 and 0.0 <= summary["frac_steps_nonzero_reward_std"] <= 1.0
+    assert summary["max_abs_lora_B"] > 0
     assert record["resumed_from"].endswith(first.name) and first.name in ("checkpoint-2", "checkpoint-4")
     assert not ckpt_dir.exists()  # checkpoints are removed after success (train.keep_checkpoints: false)
 
@@ -436,7 +480,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
     assert run.data.params["train.rewards"] == "['format', 'accuracy', 'consistency']"
     for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "reward",
                 "consistency/J_mean", "consistency/J_min", "consistency/J_max", "kl", "learning_rate",
-                "completions/mean_length"):  # fmt: skip
+                "completions/mean_length", "reward_std", "frac_reward_zero_std"):  # fmt: skip
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, 7)), (key, steps)  # each step once: re-run steps are not logged twice
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)

@@ -326,6 +326,10 @@ def evaluate(
     from readl.evaluation.report import metrics_table
 
     Console().print(metrics_table(result))
+    if result.get("baselines") or result.get("bootstrap"):
+        from readl.evaluation.comparison import comparison_table
+
+        Console().print(comparison_table(result))
 
 
 def _registry_error(exc: Exception) -> None:

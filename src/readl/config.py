@@ -126,6 +126,9 @@ class TrainConfig(_Section):
     """
 
     rewards: list[str] = ["format", "accuracy", "consistency"]  # [format, accuracy] = the paper's "R1" baseline
+    # one weight per reward in the sum (TRL GRPOConfig.reward_weights); null = all 1 (paper Eq. 8). A weight of 0
+    # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
+    reward_weights: list[float] | None = None
     consistency: ConsistencyConfig = ConsistencyConfig()
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
@@ -169,6 +172,13 @@ class TrainConfig(_Section):
         from readl.training.rewards import reward_names  # the registry is the single source of names
 
         return reward_names(v)
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self):
+        w = self.reward_weights
+        if w is not None and (len(w) != len(self.rewards) or any(x < 0 for x in w)):
+            raise ValueError(f"train.reward_weights must be one weight >= 0 per reward {self.rewards}, got {w}")
+        return self
 
 
 class CurateSource(_Section):
@@ -234,6 +244,20 @@ class EvaluateConfig(_Section):
 
     malformed: Literal["fallback", "score"] = "fallback"  # no <answer>Yes|No: score 0.5 + empty map, or keep P(Yes)
     gallery_per_dataset: int = Field(4, ge=0)  # gallery images per dataset: highest- + lowest-scored of each label
+    # computed in the same run, next to every image/pixel AUROC (readl.evaluation.comparison): untrained =
+    # model.base without adapter, warmup = models/warmup before CGRO (skipped when warmup is off), contrast =
+    # a training-free colour-contrast map. Each model baseline runs the model over the eval split once (cached).
+    baselines: list[Literal["untrained", "warmup", "contrast"]] = ["untrained", "warmup", "contrast"]
+    bootstrap_resamples: int = Field(1000, ge=0)  # percentile bootstrap of the AUROCs, resampling images; 0 = none
+    bootstrap_seed: int = 0  # numpy Generator seed of the resampling
+    bootstrap_ci: float = Field(0.95, gt=0, lt=1)  # interval mass
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"evaluate.baselines lists a baseline twice: {v}")
+        return v
 
 
 class CalibrateConfig(_Section):

@@ -157,6 +157,8 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
+    del predictor  # free the model before a baseline loads its own
+    _add_comparison(metrics, results, df, params, cache_dir)
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)
@@ -166,3 +168,34 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
              metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], metrics["pixel"]["AUROC"],
              metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip
     return metrics
+
+
+def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Params, cache_dir: Path) -> None:
+    """Bootstrap intervals of the model's AUROCs and the ``evaluate.baselines`` (readl.evaluation.comparison), in
+    ``metrics``. Model baselines cache their predictions in ``<cache_dir>/baselines/<name>/``."""
+    from readl.config import pipeline_base
+    from readl.evaluation import comparison as cmp
+    from readl.evaluation.evaluate import score_images
+    from readl.predict import resolve_taus
+
+    cfg, loc = params.evaluate, params.localization
+    boot = cmp.Bootstrap(cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.bootstrap_ci)
+    groups = cmp.image_groups(df)
+    cmp.add_intervals(metrics, results, groups, loc.mode, boot)
+    models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
+    baselines = {}
+    for name in cfg.baselines:
+        t0 = time.perf_counter()
+        if name == "contrast":
+            baselines[name] = cmp.contrast_entry(cmp.contrast_results(results, loc.mode), groups, boot)
+        elif name == "warmup" and models["warmup"] == params.model.base:
+            log.info("baseline warmup skipped: warmup disabled or models/warmup absent")
+            continue
+        else:
+            predictor, base, _ = open_predictor(params, models[name], None)
+            items = _predictions(df, predictor, base, None, Path(cache_dir) / "baselines" / name, params, None)
+            del predictor
+            scored = score_images(items, loc, resolve_taus(loc, None), malformed="score")  # floor: keep every map
+            baselines[name] = cmp.baseline_entry(scored, groups, loc.mode, boot, base=str(base), adapter=None)
+        log.info("baseline %s: %.1f s", name, time.perf_counter() - t0)
+    metrics["baselines"] = baselines

@@ -24,6 +24,8 @@ def _status(logs: dict) -> str:
     parts = [_fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL"),
              _fmt(logs, "loss", "loss")]  # the final summary record has `train_loss`, not `loss`: no status
     parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
+    # the reward std within groups and the share of groups whose rewards all tie (no advantage, no gradient)
+    parts += [_fmt(logs, "reward_std", "r-std"), _fmt(logs, "frac_reward_zero_std", "zero-std")]
     return "  ".join(p for p in parts if p)
 
 

@@ -4,7 +4,8 @@ Linear on purpose (like open-r1's ``grpo.py``): manifest -> model + processor ->
 trainer -> train (resuming the last complete checkpoint) -> adapter + run record.
 
 Outputs (under ``output_dir``, default ``models/``): ``adapter/`` (PEFT LoRA, written atomically),
-``train_run.json`` (MLflow run id etc.), ``checkpoints/`` while running (removed after success unless
+``train_run.json`` (MLflow run id, and ``summary``: steps, share of steps with non-zero reward std
+within a group, mean J and rewards, max |lora_B|; :mod:`readl.training.summary`), ``checkpoints/`` while running (removed after success unless
 ``train.keep_checkpoints``). Multi-GPU: ``accelerate launch --config_file
 src/readl/training/accelerate_multi_gpu.yaml -m readl.cli train``.
 """
@@ -35,6 +36,7 @@ from readl.training.data import build_dataset, fit_processor, load_manifest
 from readl.training.progress import StepProgress
 from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config, lora_targets
 from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
+from readl.training.summary import train_summary
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 from readl.training.trainer import CGROTrainer
 
@@ -67,6 +69,7 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_generations=t.num_generations,
+        reward_weights=t.reward_weights,
         max_completion_length=t.max_completion_length,
         temperature=t.temperature,
         beta=t.beta,
@@ -207,6 +210,7 @@ def train(
         "rewards": names,
         "global_step": int(trainer.state.global_step),
         "resumed_from": str(resume) if resume else None,
+        "summary": train_summary(trainer.state.log_history, adapter),  # readl.training.summary
     }
     write_json(output_dir / "train_run.json", record)
     mlflow.end_run()

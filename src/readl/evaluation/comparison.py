@@ -1,0 +1,170 @@
+"""The evaluate stage's honest comparison: bootstrap intervals and the baselines of every pixel number.
+
+A ReAL pixel AUROC means little on its own: the attention of an untrained (even random) model already follows
+colour contrast, and a training-free contrast map scores well on pasted or painted defects. So the evaluate stage
+reports, next to the model under evaluation and on the same images (``evaluate.baselines``):
+
+- ``untrained``: ``model.base`` without adapter (paper Table 1 "Vanilla"), ReAL maps in all four modes;
+- ``warmup``: the warm-started model before CGRO (``models/warmup``, no adapter), when ``warmup.enabled``;
+- ``contrast``: :func:`readl.evaluation.baselines.contrast_map` of the curated image on the model's token grid,
+  upsampled like ReAL maps; image score = its largest cell.
+
+Model baselines use the per-image threshold rules of ``localization`` (``tau_t`` / ``tau_i``; a calibrated
+threshold belongs to one model's attention) and keep the map and P(Yes) of a malformed answer (``malformed:
+score``): a baseline is a floor to beat, and emptying the maps of a model that never writes the format would
+flatter the model under evaluation (their ``format_rate`` is reported). Points are computed with the evaluate stage's own metrics
+(:func:`readl.evaluation.evaluate.image_metrics` / :func:`~readl.evaluation.evaluate.pixel_metrics`); the 95%
+intervals are percentile-bootstrap intervals over images (:mod:`readl.evaluation.baselines`), resampling whole
+groups of images that share a raw image (``raw_image_path``: the synthetic anomalies of one normal image and that
+image itself), so correlated variants do not shrink the interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from readl.evaluation.baselines import bootstrap_image_auroc, bootstrap_pixel_auroc, contrast_map
+from readl.evaluation.evaluate import MODES, ImageResult, _mask, _mask_size, image_metrics, pixel_metrics
+
+__all__ = ["BASELINES", "Bootstrap", "image_groups", "intervals", "contrast_results", "contrast_entry",
+           "baseline_entry", "add_intervals", "comparison_table"]  # fmt: skip
+
+BASELINES = ("untrained", "warmup", "contrast")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Percentile-bootstrap settings (``evaluate.bootstrap_*``): resamples (0 = no intervals), seed, mass."""
+
+    n_resamples: int = 1000
+    seed: int = 0
+    ci: float = 0.95
+
+
+def image_groups(manifest: pd.DataFrame) -> list[str]:
+    """Bootstrap unit of each manifest row: ``source|raw_image_path`` (the image a synthetic variant was made from,
+    or the image itself), else ``source|image_path`` when the manifest has no ``raw_image_path``."""
+    col = "raw_image_path" if "raw_image_path" in manifest.columns else "image_path"
+    return [f"{s}|{p}" for s, p in zip(manifest["source"], manifest[col])]
+
+
+def _ci(fn, *args, boot: Bootstrap, **kwargs) -> list[float] | None:
+    if boot.n_resamples < 1:
+        return None
+    _, lo, hi = fn(*args, n_resamples=boot.n_resamples, seed=boot.seed, ci=boot.ci, **kwargs)
+    return [lo, hi]
+
+
+def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequence[str], boot: Bootstrap,
+              root: Path = Path("."), points: bool = True) -> dict:  # fmt: skip
+    """Per dataset, the image AUROC and per-mode pixel AUROC with their bootstrap intervals.
+
+    Args:
+        results: scored images (any datasets); ``groups``: (len(results),) bootstrap unit of each (:func:`image_groups`).
+        modes: keys of ``ImageResult.maps`` to score.
+        boot: bootstrap settings; ``n_resamples == 0`` gives ``AUROC_ci: None``.
+        root: folder of the image / mask paths.
+        points: compute the pixel AUROC points (:func:`pixel_metrics`); False: ``AUROC: None`` (intervals only).
+
+    Returns:
+        ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi]}, "modes": {mode: {"AUROC", "AUROC_ci"}}}}``, AUROC in
+        [0, 1] (NaN when a class is absent; an interval bound NaN when no resample has both classes).
+    """
+    if len(groups) != len(results):
+        raise ValueError(f"one bootstrap group per image: {len(groups)} groups for {len(results)} images")
+    out = {}
+    for ds in sorted({r.dataset for r in results}):
+        idx = [i for i, r in enumerate(results) if r.dataset == ds]
+        rs, g = [results[i] for i in idx], [groups[i] for i in idx]
+        scores, labels = [r.score for r in rs], [r.label for r in rs]
+        image = {"AUROC": image_metrics(rs)["AUROC"],
+                 "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g)}  # fmt: skip
+        masks = [_mask(r.mask_path, _mask_size(r, root), root) for r in rs]  # (H, W) bool each
+        per_mode = {}
+        for mode in modes:
+            ci = _ci(bootstrap_pixel_auroc, [r.maps[mode] for r in rs], masks, boot=boot, groups=g)
+            point = pixel_metrics(rs, mode, root)["AUROC"] if points else None
+            per_mode[mode] = {"AUROC": point, "AUROC_ci": ci}
+        out[ds] = {"image": image, "modes": per_mode}
+    return out
+
+
+def add_intervals(metrics: dict, results: Sequence[ImageResult], groups: Sequence[str], headline_mode: str,
+                  boot: Bootstrap, root: Path = Path(".")) -> dict:  # fmt: skip
+    """Write ``AUROC_ci`` next to the image AUROC, the headline pixel AUROC and each mode's pixel AUROC of
+    ``metrics["datasets"][ds]`` (the model under evaluation); the points stay those of ``evaluate``. In place."""
+    for ds, entry in intervals(results, groups, MODES, boot, root, points=False).items():
+        d = metrics["datasets"][ds]
+        d["image"]["AUROC_ci"] = entry["image"]["AUROC_ci"]
+        for mode in MODES:
+            d["modes"][mode]["AUROC_ci"] = entry["modes"][mode]["AUROC_ci"]
+        d["pixel"]["AUROC_ci"] = entry["modes"][headline_mode]["AUROC_ci"]
+    metrics["bootstrap"] = {"n_resamples": boot.n_resamples, "seed": boot.seed, "ci": boot.ci,
+                            "unit": "images sharing a raw_image_path"}  # fmt: skip
+    return metrics
+
+
+def baseline_entry(results: Sequence[ImageResult], groups: Sequence[str], headline_mode: str, boot: Bootstrap,
+                   root: Path = Path("."), **extra) -> dict:  # fmt: skip
+    """One model baseline for metrics.json: ``{**extra, "datasets": {ds: {"image": {AUROC, AUROC_ci}, "pixel":
+    {AUROC, AUROC_ci} (headline mode), "modes": {mode: {AUROC, AUROC_ci}}, "format_rate", "n_malformed"}}}``."""
+    datasets = {}
+    for ds, entry in intervals(results, groups, MODES, boot, root).items():
+        rs = [r for r in results if r.dataset == ds]
+        datasets[ds] = {"image": entry["image"], "pixel": entry["modes"][headline_mode], "modes": entry["modes"],
+                        "format_rate": float(np.mean([r.format_ok for r in rs])),
+                        "n_malformed": sum(r.malformed for r in rs)}  # fmt: skip
+    return {**extra, "datasets": datasets}
+
+
+def contrast_results(results: Sequence[ImageResult], grid_mode: str, root: Path = Path(".")) -> list[ImageResult]:
+    """The contrast baseline on the images of ``results``: ``maps == {"map": contrast_map}`` on each image's ReAL
+    token grid (the shape of ``r.maps[grid_mode]``), ``score`` = the largest cell, no answer."""
+    out = []
+    for r in results:
+        with Image.open(root / r.image_path) as im:
+            cmap = contrast_map(im, grid=r.maps[grid_mode].shape)  # (h, w) in [0, 1]
+        out.append(replace(r, maps={"map": cmap}, score=float(cmap.max()), answer=None))
+    return out
+
+
+def contrast_entry(results: Sequence[ImageResult], groups: Sequence[str], boot: Bootstrap,
+                   root: Path = Path(".")) -> dict:  # fmt: skip
+    """The ``contrast`` baseline for metrics.json: ``{"datasets": {ds: {"image": {..}, "pixel": {AUROC, AUROC_ci}}}}``."""
+    return {"datasets": {ds: {"image": e["image"], "pixel": e["modes"]["map"]}
+                         for ds, e in intervals(results, groups, ["map"], boot, root).items()}}  # fmt: skip
+
+
+def _fmt(d: dict | None) -> str:
+    if not d or d.get("AUROC") is None or (isinstance(d["AUROC"], float) and math.isnan(d["AUROC"])):
+        return "n/a"
+    ci = d.get("AUROC_ci")
+    if ci and all(v is not None and v == v for v in ci):
+        return f"{100 * d['AUROC']:.1f} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
+    return f"{100 * d['AUROC']:.1f}"
+
+
+def comparison_table(metrics: dict, title: str = "model vs baselines (AUROC %, 95% bootstrap interval)",
+                     model_name: str = "model"):
+    """A rich table of image AUROC and pixel AUROC per mode: the evaluated model (row ``model_name``) and each entry
+    of ``metrics["baselines"]``, per dataset (metrics.json layout)."""
+    from rich.table import Table
+
+    table = Table("dataset", "system", "I-AUROC", "P-AUROC", *MODES, title=title,
+                  caption="P-AUROC: the headline mode (localization.mode), or the contrast map; [95% interval]")  # fmt: skip
+    systems = [(model_name, metrics)] + list(metrics.get("baselines", {}).items())
+    for ds in metrics["datasets"]:
+        for name, sysm in systems:
+            d = sysm.get("datasets", {}).get(ds)
+            if d is None:
+                continue
+            modes = d.get("modes", {})
+            table.add_row(ds, name, _fmt(d["image"]), _fmt(d["pixel"]), *(_fmt(modes.get(m)) for m in MODES))
+    return table
