@@ -83,16 +83,16 @@ def test_sample_counts_match_params(sample_run):
     ev = C.read_manifest("eval", sample_run.out_dir)
     real = ev[ev["source"] == "mvtec_ad"]
     assert set(real["split"]) == {"test"} and len(real) == 14 and real["label"].sum() == 11
-    # + the synthetic eval dataset: 30 anomalies of each of the 10 held-out grid train/good images
+    # + the synthetic eval dataset: 40 DRAEM anomalies of each of the 6 held-out hazelnut_toy test/good images
     syn = ev[ev["source"] == "synthetic"]
-    assert set(syn["split"]) == {"train"} and (syn["label"] == 0).sum() == 10
-    assert syn.groupby("defect_type").size().to_dict() == {"good": 10, "cutpaste": 100,
-                                                             "scar": 100, "draem": 100}
+    assert set(syn["split"]) == {"test"} and (syn["label"] == 0).sum() == 6
+    assert syn.groupby("defect_type").size().to_dict() == {"good": 6, "draem": 240}
+    assert not set(syn["raw_image_path"]) & set(C.read_manifest("train", sample_run.out_dir)["raw_image_path"])
     summary = sample_run.summary["splits"]
-    # train: 54 real images + one synthetic anomaly of each of the 28 + 6 normal train images
-    assert summary["train"]["images"] == 54 + 34 and summary["calib"]["images"] == 17
+    # train: 48 real images + two synthetic anomalies of each of the 22 + 6 normal train images
+    assert summary["train"]["images"] == 48 + 56 and summary["calib"]["images"] == 17
     assert summary["train"]["sources"]["hazelnut_toy"]["categories"]["hazelnut"] == \
-        {"normal": 28, "anomalous": 12}
+        {"normal": 22, "anomalous": 12}
     # train and calib are disjoint; all three image columns unique
     tr, ca = (C.read_manifest(s, sample_run.out_dir) for s in ("train", "calib"))
     assert not set(tr["raw_image_path"]) & set(ca["raw_image_path"])
@@ -108,8 +108,9 @@ def test_sample_images_and_masks_are_420_png(sample_run):
         assert img.size == (420, 420) and img.mode == "RGB" and img.format == "PNG"
         assert m.shape == (420, 420) and set(np.unique(m)) <= {0, 255}
         assert (m.max() == 255) == bool(row.label)
-        assert row.image_path.startswith(f"{out}/images/eval/{row.source}/grid/")
-        assert row.raw_image_path.startswith(f"mvtec_ad/grid/{row.split}/")
+        where = "grid" if row.source == "mvtec_ad" else "hazelnut"  # synthetic: the held-out hazelnut_toy images
+        assert row.image_path.startswith(f"{out}/images/eval/{row.source}/{where}/")
+        assert row.raw_image_path.startswith(("mvtec_ad/grid/test/", "hazelnut_toy/hazelnut/test/good/"))
         assert (REPO / "data/raw" / row.raw_image_path).is_file()
     tr = C.read_manifest("train", out)
     hz = tr[tr["source"] == "hazelnut_toy"]
@@ -133,14 +134,14 @@ def test_load_split_as_hf_dataset(sample_run):
     import datasets
 
     ds = C.load_split("eval", sample_run.out_dir)
-    assert isinstance(ds, datasets.Dataset) and len(ds) == 14 + 310
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 14 + 246
     assert isinstance(ds.features["image"], datasets.Image)
     row = ds[0]
     assert row["image"].size == (420, 420) and row["image"].mode == "RGB"
     assert row["mask"].size == (420, 420)
     train = C.load_split("train", sample_run.out_dir)
-    # hazelnut normals have no mask, nor have the 34 synthetic train anomalies
-    assert sum(r is None for r in train["mask"]) == 28 + 34
+    # hazelnut normals have no mask, nor have the 56 synthetic train anomalies
+    assert sum(r is None for r in train["mask"]) == 22 + 56
     with pytest.raises(ValueError, match="unknown split"):
         C.load_split("test", sample_run.out_dir)
 

@@ -101,8 +101,8 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     (work / "data" / "raw").symlink_to(sample_dir)
     params = (sample_dir.parents[1] / "params.yaml").read_text()
     params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
-    assert "per_image: 30" in params  # the synthetic eval dataset, kept small here: 10 + 10 images
-    (work / "params.yaml").write_text(params.replace("per_image: 30", "per_image: 1"))
+    assert "per_image: 40" in params  # the synthetic eval dataset, kept small here: 6 + 6 images
+    (work / "params.yaml").write_text(params.replace("per_image: 40", "per_image: 1"))
     return work
 
 
@@ -149,7 +149,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
     table = pd.read_csv(stage_dir / "reports/per_category.csv")
-    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "grid")]
+    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "hazelnut")]
     assert table["n"].sum() == n_eval
     assert "| grid" in (stage_dir / "reports/per_category.md").read_text()
     html = (stage_dir / "reports/gallery/index.html").read_text()
@@ -307,7 +307,7 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     (tmp_path / "data" / "raw").symlink_to(sample_dir)
     params = yaml.safe_load((sample_dir.parents[1] / "params.yaml").read_text())
     params["model"]["max_new_tokens"] = 8
-    params["curate"]["eval"] = [s for s in params["curate"]["eval"] if s["layout"] == "synthetic"]  # 10 + 10 images
+    params["curate"]["eval"] = [s for s in params["curate"]["eval"] if s["layout"] == "synthetic"]  # 6 + 6 images
     params["curate"]["eval"][0]["options"]["per_image"] = 1
     params["evaluate"].update(bootstrap_resamples=200, gallery_per_dataset=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -336,7 +336,7 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     assert set(metrics["baselines"]) == {"untrained", "warmup", "contrast"}
     for name in ("untrained", "warmup"):
         b = metrics["baselines"][name]["datasets"]["synthetic"]
-        check(b["image"])
+        check(b["image"], varies=False)  # 6 + 6 images: the untrained model's P(Yes) may separate them all
         assert set(b["modes"]) == set(MODES) and b["pixel"] == b["modes"][params["localization"]["mode"]]
         for mode in MODES:
             check(b["modes"][mode])
@@ -344,7 +344,7 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     assert metrics["baselines"]["warmup"]["base"] == str(Path("models") / "warmup")
     assert metrics["baselines"]["untrained"]["base"] == "tiny"
     contrast = metrics["baselines"]["contrast"]["datasets"]["synthetic"]
-    check(contrast["image"])
+    check(contrast["image"], varies=False)  # procedural DRAEM textures: the contrast score may separate all 12
     check(contrast["pixel"])
     assert contrast["pixel"]["AUROC"] > 0.6  # pasted / painted defects differ in colour: the floor to beat
     cache = tmp_path / "reports" / "predictions" / "eval"

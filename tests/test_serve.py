@@ -38,7 +38,11 @@ def project(tiny_dir, tmp_path_factory):
         work / "models" / "adapter")  # fmt: skip
     (work / "models" / "thresholds.json").write_text(json.dumps(
         {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "f1_max"}}))  # fmt: skip
-    (work / "metrics.json").write_text(json.dumps({"image": {"AUROC": 0.8}, "datasets": {}}))
+    image = {"AUROC": 0.8, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7}
+    pixel = {"AUROC": 0.9, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None}
+    (work / "metrics.json").write_text(json.dumps({  # complete: `readl register` checks it before writing anything
+        "image": image, "pixel": pixel, "n_images": 1, "n_malformed": 0,
+        "datasets": {"mvtec_ad": {"image": image, "pixel": pixel, "n_malformed": 0}}}))  # fmt: skip
     return work
 
 

@@ -286,7 +286,7 @@ def register(
     name: str | None = None,
     alias: str = "challenger",
     uri: str | None = None,
-    models_dir: str | Path = "models",
+    models_dir: str | Path | None = None,
 ) -> RegisterResult:
     """Log the readl pyfunc model into the training run and register it as a new version aliased ``alias``.
 
@@ -304,7 +304,8 @@ def register(
         name: registered model name (default ``register.model_name``).
         alias: alias set on the newest readl version (see the module docstring).
         uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
-        models_dir: the pipeline's model folder; with ``warmup.enabled`` its ``warmup/`` (the warm-started
+        models_dir: the pipeline's model folder (default: the folder of ``train_run``, i.e. ``models/``); with
+            ``warmup.enabled`` its ``warmup/`` (the warm-started
             base model, :func:`readl.model.loading.pipeline_base`) is logged as the ``base_model`` artifact.
 
     Returns:
@@ -328,7 +329,7 @@ def register(
     adapter_dir = check_adapter(Path(adapter) if adapter is not None else None)
     if adapter is not None and adapter_dir is None:
         log.warning("no adapter at %s: registering the base model %r without an adapter", adapter, cfg.model.base)
-    base = pipeline_base(cfg, models_dir)
+    base = pipeline_base(cfg, Path(train_run).parent if models_dir is None else models_dir)
     base_dir = Path(base) if base != cfg.model.base else None  # the warm-started model travels with the version
     params_json = cfg.model_dump(mode="json")
     model_params = {k: v for k, v in params_json.items() if k != "register"}  # what shapes the model
