@@ -18,7 +18,7 @@ STAGES = ["curate", "warmup", "train", "calibrate", "evaluate", "register"]
 # The suite runs the default pipeline with fewer steps and images (`make repro` keeps the defaults); each
 # replacement must hit params.yaml exactly once, so a changed default fails here rather than going unnoticed.
 FEWER = {
-    "  max_steps: 300             # optimizer steps": "  max_steps: 40              # optimizer steps",
+    "  max_steps: 600             # optimizer steps": "  max_steps: 40              # optimizer steps",
     "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
     "per_image: 40, seed: 0": "per_image: 2, seed: 0",
 }

@@ -92,12 +92,13 @@ class WarmupConfig(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up (HF `warmup_steps`)
-    max_steps: int = Field(300, gt=0)  # optimizer steps
+    max_steps: int = Field(600, gt=0)  # optimizer steps
     per_device_train_batch_size: int = Field(8, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
     decision_tokens: int = Field(2, ge=0)  # reasoning tokens after <think> weighted by decision_weight
     decision_weight: float = Field(20.0, ge=0)  # loss weight of those tokens (the per-label opening decides)
     answer_weight: float = Field(5.0, ge=0)  # loss weight of the answer word after <answer>
+    augment: bool = True  # random flips / 90-degree rotations / grey conversion of each read (labels kept)
     seed: int = 0
     save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
     logging_steps: int = Field(10, gt=0)

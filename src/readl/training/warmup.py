@@ -25,6 +25,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -42,13 +43,34 @@ from readl.training.progress import StepProgress
 from readl.training.reasoning_targets import targets_for
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 
-__all__ = ["WARMUP_DIR", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "warmup"]
+__all__ = ["WARMUP_DIR", "augment", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "warmup"]
 
 log = logging.getLogger(__name__)
 WARMUP_DIR = Path("models/warmup")
 
 
-def sft_dataset(frame, image_size: int, targets: list[str]) -> Dataset:
+def augment(image: Image.Image, rng: np.random.Generator, grayscale: float = 0.25) -> Image.Image:
+    """Label-preserving augmentation of one warm-up image: a random flip / 90-degree rotation (one of the 8
+    symmetries of the square) and, with probability ``grayscale``, grey conversion (back to RGB).
+
+    Industrial defects keep their label under these; the model cannot memorise the few normal images by pose or
+    colour, and grey textures (e.g. MVTec AD grid) are no longer out of distribution for the answer format.
+
+    Args:
+        image: RGB image. rng: consumed. grayscale: probability in [0, 1].
+    """
+    k = int(rng.integers(0, 8))
+    if k & 1:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if k >> 1:
+        image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                 Image.Transpose.ROTATE_270)[k >> 1])  # fmt: skip
+    if rng.random() < grayscale:
+        image = image.convert("L").convert("RGB")
+    return image
+
+
+def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | None = None) -> Dataset:
     """Prompt-completion rows for TRL's ``SFTTrainer``: ``{"prompt", "completion", "image"}``.
 
     ``prompt`` is the GRPO prompt (:func:`readl.training.data.prompt_messages`; TRL inserts the image before
@@ -59,14 +81,23 @@ def sft_dataset(frame, image_size: int, targets: list[str]) -> Dataset:
         frame: manifest rows with absolute ``image_path`` (:func:`readl.training.data.load_manifest`).
         image_size: side in pixels (multiple of 28).
         targets: one target completion per row (:func:`readl.training.reasoning_targets.targets_for`).
+        augment_seed: ``None`` = no augmentation; else each read of a row is augmented (:func:`augment`) with a
+            generator seeded by (augment_seed, row, how often this row was read), so a run is reproducible (a
+            resumed run draws its remaining augmentations afresh).
     """
-    ds = Dataset.from_dict({"image_path": list(frame["image_path"]), "target": list(targets)})
+    ds = Dataset.from_dict({"image_path": list(frame["image_path"]), "target": list(targets),
+                            "row": list(range(len(frame)))})  # fmt: skip
+    reads: dict[int, int] = {}
 
     def transform(batch: dict) -> dict:
         images = []
-        for p in batch["image_path"]:
+        for p, row in zip(batch["image_path"], batch["row"]):
             with Image.open(p) as im:
-                images.append(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC))
+                img = im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+            if augment_seed is not None:
+                reads[row] = reads.get(row, -1) + 1
+                img = augment(img, np.random.default_rng([augment_seed, row, reads[row]]))
+            images.append(img)
         return {
             "prompt": [prompt_messages() for _ in images],
             "completion": [[{"role": "assistant", "content": t}] for t in batch["target"]],
@@ -224,7 +255,7 @@ def warmup(params: Params, manifest: str | Path = "data/curated/train.parquet", 
     trainer = WeightedSFTTrainer(
         model=model,
         args=_sft_args(params, ckpt_dir, model),
-        train_dataset=sft_dataset(frame, params.model.image_size, targets),
+        train_dataset=sft_dataset(frame, params.model.image_size, targets, w.seed if w.augment else None),
         processing_class=processor,
         peft_config=peft,
         decision_tokens=w.decision_tokens, decision_weight=w.decision_weight, answer_weight=w.answer_weight,
