@@ -64,6 +64,24 @@ def test_sft_rows_never_carry_masks(tmp_path):
     assert set(row) == {"prompt", "completion", "image"} and row["image"].size == (28, 28)
 
 
+def test_augment_is_a_seeded_symmetry_of_the_square():
+    from PIL import Image
+
+    from readl.training.warmup import augment
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    a = [np.asarray(augment(img, np.random.default_rng([0, r, 0]), grayscale=0.0)) for r in range(40)]
+    b = [np.asarray(augment(img, np.random.default_rng([0, r, 0]), grayscale=0.0)) for r in range(40)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # seeded
+    symmetries = [np.rot90(m, k) for m in (arr, arr[:, ::-1]) for k in range(4)]
+    assert all(any(np.array_equal(x, s) for s in symmetries) for x in a)  # pixels moved, never changed
+    assert len({x.tobytes() for x in a}) == 8  # all 8 symmetries occur
+    grey = np.asarray(augment(img, np.random.default_rng(1), grayscale=1.0))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
 def test_pipeline_base_follows_warmup(tmp_path, caplog):
     assert pipeline_base(Params(), tmp_path) == "tiny" and "run `dvc repro warmup`" in caplog.text  # none yet
     (tmp_path / "warmup").mkdir()
