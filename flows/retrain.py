@@ -1,10 +1,10 @@
 """Prefect flow ``retrain``: pull data, run the DVC stages, register, promote, and summarise the run.
 
-Stages run through DVC (``dvc repro -s <stage>``, see ``flows/stages.py``): curate, train, calibrate, evaluate,
-register; then ``promote`` moves ``champion`` when the gate passes (a refusal is a decision, not a failure:
+Stages run through DVC (``dvc repro -s <stage>``, see ``flows/stages.py``): curate, warmup, train, calibrate,
+evaluate, register; then ``promote`` moves ``champion`` when the gate passes (a refusal is a decision, not a failure:
 the flow completes and the summary says why). With ``gpu_deployment`` set (the ``retrain`` deployment in
-prefect.yaml sets ``train-on-gpu/train-on-gpu``) the train stage runs as that deployment on the ``gpu`` work
-pool and comes back through the DVC remote; without it everything runs here.
+prefect.yaml sets ``train-on-gpu/train-on-gpu``) the training stages (warmup, then train) run as that
+deployment on the ``gpu`` work pool, one flow run each, and come back through the DVC remote; without it everything runs here.
 
 Run locally, no Prefect server needed (ephemeral mode), training in-process on the tiny kit by default::
 
@@ -39,9 +39,10 @@ from flows.stages import (
     workdir_of,
 )
 
-__all__ = ["STAGES", "GPU_DEPLOYMENT", "retrain", "train_remote", "promote_task", "tracking_uri_for"]
+__all__ = ["STAGES", "GPU_STAGES", "GPU_DEPLOYMENT", "retrain", "train_remote", "promote_task", "tracking_uri_for"]
 
-STAGES = ("curate", "train", "calibrate", "evaluate", "register")
+STAGES = ("curate", "warmup", "train", "calibrate", "evaluate", "register")
+GPU_STAGES = ("warmup", "train")  # the training stages: run on the GPU worker when a GPU deployment is given
 GPU_DEPLOYMENT = "train-on-gpu/train-on-gpu"
 
 
@@ -57,8 +58,8 @@ def tracking_uri_for(workdir: Path) -> str:
 
 @task(name="train-on-gpu", retries=2, retry_delay_seconds=RETRY_DELAYS[1:], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient)  # fmt: skip
-def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5.0) -> dict:
-    """Run the train stage as ``deployment`` (work pool ``gpu``) and wait for it.
+def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5.0, stage: str = "train") -> dict:
+    """Run one training stage (``warmup`` or ``train``) as ``deployment`` (work pool ``gpu``) and wait for it.
 
     A crashed run (worker or infrastructure died, e.g. preemption / OOM kill) is transient and retried (training
     resumes from its checkpoints); a failed run (the stage raised) is not.
@@ -69,7 +70,7 @@ def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5
     """
     from prefect.deployments import run_deployment
 
-    fr = run_deployment(deployment, parameters={"lock": lock}, timeout=timeout_s, poll_interval=poll_s)
+    fr = run_deployment(deployment, parameters={"lock": lock, "stage": stage}, timeout=timeout_s, poll_interval=poll_s)
     state = fr.state
     what = f"GPU flow run {fr.name!r} ({fr.id}) of {deployment!r}"
     if state is None or not state.is_final():
@@ -192,12 +193,12 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
     if pull:
         dvc(["pull", "--allow-missing"], str(wd))
     for stage in stages:
-        if stage == "train" and gpu_deployment:
+        if stage in GPU_STAGES and gpu_deployment:
             if push:
                 dvc(["push", "--run-cache"], str(wd))  # the GPU worker pulls the curated data from the remote
             lock = (wd / "dvc.lock").read_text() if (wd / "dvc.lock").is_file() else ""
             t1 = time.monotonic()
-            gpu = train_remote(gpu_deployment, lock, train_timeout_s, poll_s)
+            gpu = train_remote(gpu_deployment, lock, train_timeout_s, poll_s, stage=stage)
             restored = repro(stage, str(wd), restore_only=True)
             done.append({**restored, "status": f"{restored['status']} (ran on GPU worker)",
                          "seconds": round(time.monotonic() - t1, 1)})  # fmt: skip

@@ -44,7 +44,8 @@ TINY = {
     "train": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 8,
               "save_steps": 100, "lora": {"r": 4, "alpha": 8},
               "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False}},
-    "evaluate": {"gallery_per_dataset": 1},
+    "warmup": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100, "logging_steps": 1},
+    "evaluate": {"gallery_per_dataset": 1, "bootstrap_resamples": 20},
     "register": {"model_name": "readl-flow"},
 }  # fmt: skip
 
@@ -200,7 +201,7 @@ def test_retrain_flow_end_to_end_with_a_gpu_worker(tiny_dir, tmp_path, monkeypat
         table = _read_artifact("retrain-metrics")
 
     stages = {s["stage"]: s["status"] for s in result["stages"]}
-    assert stages == {"curate": "ran", "train": "restored (ran on GPU worker)", "calibrate": "ran",
+    assert stages == {"curate": "ran", "warmup": "restored (ran on GPU worker)", "train": "restored (ran on GPU worker)", "calibrate": "ran",
                       "evaluate": "ran", "register": "ran"}, result["stages"]  # fmt: skip
     assert result["gpu"]["state"] == "Completed"
     # the adapter was trained on the GPU checkout and came to the CPU checkout through the DVC remote

@@ -126,6 +126,7 @@ def cached_predictions(
     root: Path = Path("."),
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    prune: bool = True,
 ) -> Iterator[tuple[pd.Series, Prediction]]:
     """Yield ``(row, prediction)`` for every manifest row, computing only what the cache lacks.
 
@@ -137,6 +138,8 @@ def cached_predictions(
         root: folder the manifest's paths are relative to.
         batch_size: images per model call.
         progress: called with the number of images finished (cached ones included).
+        prune: after the last row, remove the entries of other keys and rewrite ``index.json`` (False for one
+            shard of a multi-process run, whose siblings write into the same folder).
 
     Yields:
         Rows in manifest order with their predictions. When all are yielded, entries of other keys
@@ -165,9 +168,12 @@ def cached_predictions(
             save_prediction(files[i], pred)
         if progress is not None:
             progress(len(batch))
-    write_json(cache_dir / "index.json", {str(r["image_path"]): k for r, k in zip(rows, keys)})
+    if prune:
+        write_json(cache_dir / "index.json", {str(r["image_path"]): k for r, k in zip(rows, keys)})
     for row, f in zip(rows, files):
         yield row, load_prediction(f)
+    if not prune:  # a shard of a multi-process run: the other shards' entries are not stale
+        return
     keep = set(files)
     for old in cache_dir.glob("*.npz"):
         if old not in keep:

@@ -90,11 +90,11 @@ def _predictions(manifest, predictor, base, adapter, cache_dir, params, progress
     if state.num_processes == 1:
         return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=bs, progress=progress))
     if state.is_main_process:  # fingerprint check (may empty the cache) before anyone writes into it
-        list(cached_predictions(manifest.iloc[:0], predictor, cache_dir, fp, batch_size=bs))
+        list(cached_predictions(manifest.iloc[:0], predictor, cache_dir, fp, batch_size=bs, prune=False))
     state.wait_for_everyone()
     shard = manifest.iloc[state.process_index :: state.num_processes]
     log.info("process %d/%d: %d of %d images", state.process_index, state.num_processes, len(shard), len(manifest))
-    for _ in cached_predictions(shard, predictor, cache_dir, fp, batch_size=bs,
+    for _ in cached_predictions(shard, predictor, cache_dir, fp, batch_size=bs, prune=False,
                                 progress=progress if state.is_main_process else None):  # fmt: skip
         pass
     state.wait_for_everyone()
@@ -146,7 +146,9 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
         raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
     predictor, base, adapter = open_predictor(params, base, adapter)
     items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
-    if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache
+    del predictor  # free the model before a baseline loads its own
+    baseline_items = _baseline_predictions(df, params, cache_dir)  # every process: the shards are collective
+    if items is None:  # a non-main process of `accelerate launch`: its shards are in the caches
         return {}
     cfg = params.evaluate
     taus = resolve_taus(params.localization, thresholds)
@@ -157,8 +159,7 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
-    del predictor  # free the model before a baseline loads its own
-    _add_comparison(metrics, results, df, params, cache_dir)
+    _add_comparison(metrics, results, df, params, baseline_items)
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)
@@ -170,10 +171,31 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     return metrics
 
 
-def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Params, cache_dir: Path) -> None:
-    """Bootstrap intervals of the model's AUROCs and the ``evaluate.baselines`` (readl.evaluation.comparison), in
-    ``metrics``. Model baselines cache their predictions in ``<cache_dir>/baselines/<name>/``."""
+def _baseline_models(params: Params) -> dict[str, str]:
+    """The model baselines of ``evaluate.baselines``: name -> base model (``warmup`` only when there is one)."""
     from readl.config import pipeline_base
+
+    models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
+    return {n: b for n, b in models.items() if n in params.evaluate.baselines
+            and not (n == "warmup" and b == params.model.base)}  # fmt: skip
+
+
+def _baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path) -> dict:
+    """Predictions of each model baseline (no adapter), cached in ``<cache_dir>/baselines/<name>/``; run by every
+    process of a multi-process evaluate (each predicts its shard); the non-main processes get ``None`` values."""
+    out = {}
+    for name, model in _baseline_models(params).items():
+        t0 = time.perf_counter()
+        predictor, base, _ = open_predictor(params, model, None)
+        out[name] = (base, _predictions(df, predictor, base, None, Path(cache_dir) / "baselines" / name, params, None))
+        del predictor
+        log.info("baseline %s predictions: %.1f s", name, time.perf_counter() - t0)
+    return out
+
+
+def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Params, baseline_items: dict) -> None:
+    """Bootstrap intervals of the model's AUROCs and the ``evaluate.baselines`` (readl.evaluation.comparison), in
+    ``metrics``; ``baseline_items`` from :func:`_baseline_predictions`."""
     from readl.evaluation import comparison as cmp
     from readl.evaluation.evaluate import score_images
     from readl.predict import resolve_taus
@@ -182,20 +204,14 @@ def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Para
     boot = cmp.Bootstrap(cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.bootstrap_ci)
     groups = cmp.image_groups(df)
     cmp.add_intervals(metrics, results, groups, loc.mode, boot)
-    models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
     baselines = {}
     for name in cfg.baselines:
-        t0 = time.perf_counter()
         if name == "contrast":
             baselines[name] = cmp.contrast_entry(cmp.contrast_results(results, loc.mode), groups, boot)
-        elif name == "warmup" and models["warmup"] == params.model.base:
-            log.info("baseline warmup skipped: warmup disabled or models/warmup absent")
-            continue
+        elif name not in baseline_items:
+            log.info("baseline %s skipped: warmup disabled or models/warmup absent", name)
         else:
-            predictor, base, _ = open_predictor(params, models[name], None)
-            items = _predictions(df, predictor, base, None, Path(cache_dir) / "baselines" / name, params, None)
-            del predictor
+            base, items = baseline_items[name]
             scored = score_images(items, loc, resolve_taus(loc, None), malformed="score")  # floor: keep every map
             baselines[name] = cmp.baseline_entry(scored, groups, loc.mode, boot, base=str(base), adapter=None)
-        log.info("baseline %s: %.1f s", name, time.perf_counter() - t0)
     metrics["baselines"] = baselines
