@@ -42,7 +42,7 @@ RESULTS = REPO / "benchmarks" / "results"
 ARMS = {"R1": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": [1.0, 1.0, 0.0]},
         "CGRO": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": None}}  # fmt: skip
 CURVES = {"format": "rewards/format/mean", "accuracy": "rewards/accuracy/mean", "J": "consistency/J_mean",
-          "zero_std": "frac_reward_zero_std"}  # fmt: skip
+          "consistency": "rewards/consistency/mean", "zero_std": "frac_reward_zero_std"}  # fmt: skip
 
 
 @contextmanager
@@ -62,6 +62,8 @@ def scratch_params(work: Path, a) -> dict:
         params["warmup"]["max_steps"] = a.warmup_steps
     if a.train_steps is not None:
         params["train"]["max_steps"] = a.train_steps
+    if a.train_lr is not None:
+        params["train"]["learning_rate"] = a.train_lr
     params["train"]["logging_steps"] = 1  # one MLflow point per step
     if a.max_new_tokens is not None:
         params["model"]["max_new_tokens"] = a.max_new_tokens
@@ -97,7 +99,7 @@ def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
             [curve[name][s] for s in chunk if s in curve[name]])
         zero = [curve["zero_std"][s] for s in chunk if s in curve["zero_std"]]
         rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", "format": mean("format"), "accuracy": mean("accuracy"),
-                     "J": mean("J"), "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})
+                     "J": mean("J"), "consistency": mean("consistency"), "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})
     return rows
 
 
@@ -119,7 +121,8 @@ def run_arm(name: str, params_dict: dict, work: Path) -> dict:
     run_calibrate(params, Path("data/curated/calib.parquet"), out / "adapter", out / "thresholds.json",
                   out / "predictions" / "calib")  # fmt: skip
     metrics = run_evaluate(params, Path("data/curated/eval.parquet"), out / "adapter", out / "thresholds.json",
-                           out / "metrics.json", out / "plots", out / "reports", out / "predictions" / "eval")  # fmt: skip
+                           out / "metrics.json", out / "plots", out / "reports", out / "predictions" / "eval",
+                           calib_manifest=Path("data/curated/calib.parquet"))  # fmt: skip
     return {"record": record, "curves": curves(record["run_id"]), "metrics": metrics,
             "seconds": {"train": t_train, "calibrate+evaluate": time.perf_counter() - t0 - t_train}}
 
@@ -131,12 +134,13 @@ def print_tables(arms: dict, block: int) -> None:
     from readl.evaluation.comparison import comparison_table
 
     console = Console(width=150)
-    t = Table("arm", "steps", "format", "accuracy", "J", "steps w/ reward var.",
+    t = Table("arm", "steps", "format", "accuracy", "J", "R_cons", "steps w/ reward var.",
               title=f"per-block means of the train rollouts (block = {block} steps)")  # fmt: skip
     f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
     for name, arm in arms.items():
         for row in block_means(arm["curves"], block):
-            t.add_row(name, row["steps"], f(row["format"]), f(row["accuracy"]), f(row["J"]), f(row["learning"]))
+            t.add_row(name, row["steps"], f(row["format"]), f(row["accuracy"]), f(row["J"]), f(row["consistency"]),
+                      f(row["learning"]))  # fmt: skip
     console.print(t)
     s = Table("arm", "steps", "steps w/ reward var.", "mean J", "max |lora_B|", "train s", "cal+eval s",
               title="train_run.json summary")  # fmt: skip
@@ -198,6 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warmup-steps", type=int, default=None, help="warmup.max_steps (default: params.yaml)")
     ap.add_argument("--train-steps", type=int, default=None, help="train.max_steps (default: params.yaml)")
+    ap.add_argument("--train-lr", type=float, default=None, help="train.learning_rate (default: params.yaml)")
     ap.add_argument("--eval-per-image", type=int, default=None,
                     help="synthetic eval variants per normal image (default: params.yaml)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="model.max_new_tokens at evaluation")

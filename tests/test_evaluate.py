@@ -343,6 +343,16 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
         assert 0.0 <= b["format_rate"] <= 1.0
     assert metrics["baselines"]["warmup"]["base"] == str(Path("models") / "warmup")
     assert metrics["baselines"]["untrained"]["base"] == "tiny"
+    # each model baseline's tau_t / tau_i are its own, fitted on the calibration split as `readl calibrate` fits them
+    own = tmp_path / "untrained_thresholds.json"
+    assert runner.invoke(app, ["calibrate", "--model", "tiny", "--adapter", "none", "--out", str(own),
+                               "--cache", str(tmp_path / "own_cache")]).exit_code == 0  # fmt: skip
+    own = json.loads(own.read_text())
+    taus = metrics["baselines"]["untrained"]["thresholds"]
+    assert taus["source"].startswith("calibrated on") and "calib.parquet" in taus["source"]
+    assert (taus["tau_t"], taus["tau_i"]) == (own["tau_t"]["value"], own["tau_i"]["value"])
+    assert len(list((cache_dir := tmp_path / "reports/predictions/eval/baselines/untrained.calib").glob("*.npz"))) \
+        == len(pd.read_parquet(tmp_path / "data/curated/calib.parquet")), cache_dir
     contrast = metrics["baselines"]["contrast"]["datasets"]["synthetic"]
     check(contrast["image"], varies=False)  # procedural DRAEM textures: the contrast score may separate all 12
     check(contrast["pixel"])

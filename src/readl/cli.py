@@ -311,6 +311,8 @@ def evaluate(
     cache: Annotated[Path, typer.Option(help="Per-image prediction cache.")] = Path("reports/predictions/eval"),
     model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
+    calib_manifest: Annotated[Path, typer.Option(help="Calibration split: the model baselines' own tau_t / tau_i "
+                                                 "(evaluate.baseline_thresholds).")] = Path("data/curated/calib.parquet"),
 ) -> None:
     """Image / pixel / reasoning metrics per dataset and category, curves, tables and a heat-map gallery."""
     from readl.config import load_params
@@ -320,7 +322,7 @@ def evaluate(
     with _progress() as bar:
         task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
         result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
-                              progress=lambda n: bar.advance(task, n))  # fmt: skip
+                              progress=lambda n: bar.advance(task, n), calib_manifest=calib_manifest)  # fmt: skip
     if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`
         return
     from readl.evaluation.report import metrics_table

@@ -249,6 +249,10 @@ class EvaluateConfig(_Section):
     # model.base without adapter, warmup = models/warmup before CGRO (skipped when warmup is off), contrast =
     # a training-free colour-contrast map. Each model baseline runs the model over the eval split once (cached).
     baselines: list[Literal["untrained", "warmup", "contrast"]] = ["untrained", "warmup", "contrast"]
+    # tau_t / tau_i of the model baselines: `calibrated` = fitted on the calibration split exactly as `readl
+    # calibrate` fits the model's (a threshold belongs to one model's attention: comparing a calibrated model with
+    # per-image rules would credit calibration to training); `per_image` = the localization rules on each image.
+    baseline_thresholds: Literal["calibrated", "per_image"] = "calibrated"
     bootstrap_resamples: int = Field(1000, ge=0)  # percentile bootstrap of the AUROCs, resampling images; 0 = none
     bootstrap_seed: int = 0  # numpy Generator seed of the resampling
     bootstrap_ci: float = Field(0.95, gt=0, lt=1)  # interval mass

@@ -133,8 +133,13 @@ def run_calibrate(params: Params, manifest: Path, adapter: Path | None, out: Pat
 
 def run_evaluate(params: Params, manifest: Path, adapter: Path | None, thresholds: Path | None,
                  metrics_path: Path, plots_dir: Path, reports_dir: Path, cache_dir: Path,
-                 base: str | None = None, progress: Callable | None = None) -> dict:  # fmt: skip
-    """Predict the evaluation split and write metrics.json, curves, per-category tables and the gallery."""
+                 base: str | None = None, progress: Callable | None = None,
+                 calib_manifest: Path | None = None) -> dict:  # fmt: skip
+    """Predict the evaluation split and write metrics.json, curves, per-category tables and the gallery.
+
+    ``calib_manifest`` (the calibration split) is where the model baselines get their own calibrated tau_t / tau_i
+    when ``evaluate.baseline_thresholds`` is ``calibrated``; without it they fall back to the per-image rules (a
+    warning, and ``baselines.<name>.thresholds.source`` says so)."""
     from readl.evaluation.decision import read_decision
     from readl.evaluation.evaluate import evaluate, score_images
     from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
@@ -147,7 +152,7 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     predictor, base, adapter = open_predictor(params, base, adapter)
     items = _predictions(df, predictor, base, adapter, cache_dir, params, progress)
     del predictor  # free the model before a baseline loads its own
-    baseline_items = _baseline_predictions(df, params, cache_dir)  # every process: the shards are collective
+    baseline_items = _baseline_predictions(df, params, cache_dir, calib_manifest)  # every process: collective
     if items is None:  # a non-main process of `accelerate launch`: its shards are in the caches
         return {}
     cfg = params.evaluate
@@ -180,14 +185,36 @@ def _baseline_models(params: Params) -> dict[str, str]:
             and not (n == "warmup" and b == params.model.base)}  # fmt: skip
 
 
-def _baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path) -> dict:
-    """Predictions of each model baseline (no adapter), cached in ``<cache_dir>/baselines/<name>/``; run by every
-    process of a multi-process evaluate (each predicts its shard); the non-main processes get ``None`` values."""
+def _baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, calib_manifest: Path | None) -> dict:
+    """Each model baseline (no adapter): ``name -> (base, eval predictions, taus)``, predictions cached in
+    ``<cache_dir>/baselines/<name>/`` (its calibration-split predictions in ``<name>.calib/``). ``taus`` are
+    calibrated on ``calib_manifest`` like the model's (:func:`run_calibrate`'s rule) under
+    ``evaluate.baseline_thresholds: calibrated``, else the per-image rules. Run by every process of a
+    multi-process evaluate (each predicts its shard); the non-main processes get ``None`` predictions."""
+    from readl.localization.calibrate import calibrate_thresholds
+    from readl.predict import resolve_taus
+
+    calib = None
+    if params.evaluate.baseline_thresholds == "calibrated":
+        if calib_manifest is not None and Path(calib_manifest).is_file():
+            calib = read_manifest(calib_manifest)
+        else:
+            log.warning("baselines: no calibration split at %s: per-image threshold rules", calib_manifest)
     out = {}
     for name, model in _baseline_models(params).items():
         t0 = time.perf_counter()
         predictor, base, _ = open_predictor(params, model, None)
-        out[name] = (base, _predictions(df, predictor, base, None, Path(cache_dir) / "baselines" / name, params, None))
+        items = _predictions(df, predictor, base, None, Path(cache_dir) / "baselines" / name, params, None)
+        taus = {"tau_t": None, "tau_i": None, "source": "per-image"}
+        taus["tau_t"], taus["tau_i"] = resolve_taus(params.localization, None)
+        if calib is not None:
+            c_items = _predictions(calib, predictor, base, None, Path(cache_dir) / "baselines" / f"{name}.calib",
+                                   params, None)  # fmt: skip
+            if c_items is not None:  # main process: fit exactly as `readl calibrate` does for the model
+                record, _, _ = calibrate_thresholds([p for _, p in c_items], params.localization)
+                taus = {"tau_t": record["tau_t"]["value"], "tau_i": record["tau_i"]["value"],
+                        "source": f"calibrated on {calib_manifest}"}  # fmt: skip
+        out[name] = (base, items, taus)
         del predictor
         log.info("baseline %s predictions: %.1f s", name, time.perf_counter() - t0)
     return out
@@ -198,7 +225,6 @@ def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Para
     ``metrics``; ``baseline_items`` from :func:`_baseline_predictions`."""
     from readl.evaluation import comparison as cmp
     from readl.evaluation.evaluate import score_images
-    from readl.predict import resolve_taus
 
     cfg, loc = params.evaluate, params.localization
     boot = cmp.Bootstrap(cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.bootstrap_ci)
@@ -211,7 +237,8 @@ def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Para
         elif name not in baseline_items:
             log.info("baseline %s skipped: warmup disabled or models/warmup absent", name)
         else:
-            base, items = baseline_items[name]
-            scored = score_images(items, loc, resolve_taus(loc, None), malformed="score")  # floor: keep every map
+            base, items, taus = baseline_items[name]
+            scored = score_images(items, loc, (taus["tau_t"], taus["tau_i"]), malformed="score")  # floor: every map
             baselines[name] = cmp.baseline_entry(scored, groups, loc.mode, boot, base=str(base), adapter=None)
+            baselines[name]["thresholds"] = taus
     metrics["baselines"] = baselines
