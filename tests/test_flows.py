@@ -268,3 +268,56 @@ def test_train_stage_is_run_cacheable():
     bad = [o for o in stage.get("outs", []) if isinstance(o, dict) and any(
         (v or {}).get("cache") is False or (v or {}).get("persist") for v in o.values())]  # fmt: skip
     assert not bad, f"dvc.yaml stage train: make these outputs cached (drop `cache: false` / `persist`): {bad}"
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_workdir_is_a_persistent_checkout_of_the_clone(tmp_path, monkeypatch):
+    """A process worker's clone is deleted after the run: the stages run in `workdir`, kept up to date with the
+    clone's commit, keeping what git does not track (checkpoints, DVC cache, config.local); `dvc_remote` becomes
+    the checkout's default remote."""
+    import flows.stages as stages
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    _git(["init", "-q"], clone)
+    _dvc(["init", "-q"], clone)
+    _dvc(["remote", "add", "s3", "s3://readl-data/raw"], clone)
+    (clone / "dvc.yaml").write_text("stages: {}\n")
+    (clone / "params.yaml").write_text("a: 1\n")
+    _git(["add", "-A"], clone)
+    _git(["commit", "-qm", "one"], clone)
+    monkeypatch.setattr(stages, "code_checkout", lambda: clone)
+    monkeypatch.delenv("READL_DVC_REMOTE", raising=False)
+
+    wd = stages.prepare_workdir(str(tmp_path / "work"), dvc_remote="s3")
+    assert wd == (tmp_path / "work").resolve() and (wd / "params.yaml").read_text() == "a: 1\n"
+    assert "remote = s3" in (wd / ".dvc/config.local").read_text()
+    (wd / "models/checkpoints/checkpoint-2").mkdir(parents=True)
+    (wd / "params.yaml").write_text("a: 99\n")  # a stray local edit of a tracked file is reset
+    (clone / "params.yaml").write_text("a: 2\n")
+    _git(["commit", "-qam", "two"], clone)
+
+    assert stages.prepare_workdir(str(tmp_path / "work")) == wd
+    assert (wd / "params.yaml").read_text() == "a: 2\n" and _git(["rev-parse", "HEAD"], wd) == _git(["rev-parse", "HEAD"], clone)
+    assert (wd / "models/checkpoints/checkpoint-2").is_dir() and "remote = s3" in (wd / ".dvc/config.local").read_text()
+    with pytest.raises(stages.StageError, match="default remote must be present"):
+        stages.prepare_workdir(str(wd), dvc_remote="nosuch")
+    monkeypatch.setattr(stages, "code_checkout", lambda: tmp_path / "not-git")
+    with pytest.raises(stages.StageError, match="not a git checkout"):
+        stages.prepare_workdir(str(tmp_path / "other"))
+
+
+def test_summary_links_to_the_prefect_ui(tmp_path):
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from flows.retrain import _summary
+
+    gpu = {"flow_run_id": "0b6f3a52-0000-4000-8000-000000000001", "flow_run_name": "brave-fox", "state": "Completed"}
+    with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.example:4200"}):
+        md, _ = _summary(tmp_path, [], gpu, None, 1.0)
+    assert f"[brave-fox](http://prefect.example:4200/runs/flow-run/{gpu['flow_run_id']})" in md, md
