@@ -70,7 +70,8 @@ def fewer_steps(params: str) -> str:
 
 def user_env(work: Path, **extra: str) -> dict[str, str]:
     """The environment of a user in ``work`` with the venv activated (its bin first on PATH, its code = ``src``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "READL_DVC"))}
+    own = ("MLFLOW_", "PREFECT_", "AWS_", "READL_DVC", "READL_GIT")  # the user's settings: the blocks set them
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     env.update(PATH=f"{work / '.venv' / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=str(work / "src"), READL_DEVICE="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                DVC_NO_ANALYTICS="1", **GIT_ID, **extra)  # fmt: skip
