@@ -34,9 +34,9 @@ from flows.stages import (
     StageError,
     TransientStageError,
     dvc,
+    prepare_workdir,
     repro,
     retry_if_transient,
-    workdir_of,
 )
 
 __all__ = ["STAGES", "GPU_STAGES", "GPU_DEPLOYMENT", "retrain", "train_remote", "promote_task", "tracking_uri_for"]
@@ -58,7 +58,8 @@ def tracking_uri_for(workdir: Path) -> str:
 
 @task(name="train-on-gpu", retries=2, retry_delay_seconds=RETRY_DELAYS[1:], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient)  # fmt: skip
-def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5.0, stage: str = "train") -> dict:
+def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5.0, stage: str = "train",
+                 dvc_remote: str | None = None) -> dict:  # fmt: skip
     """Run one training stage (``warmup`` or ``train``) as ``deployment`` (work pool ``gpu``) and wait for it.
 
     A crashed run (worker or infrastructure died, e.g. preemption / OOM kill) is transient and retried (training
@@ -70,7 +71,8 @@ def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5
     """
     from prefect.deployments import run_deployment
 
-    fr = run_deployment(deployment, parameters={"lock": lock, "stage": stage}, timeout=timeout_s, poll_interval=poll_s)
+    params = {"lock": lock, "stage": stage, **({"dvc_remote": dvc_remote} if dvc_remote else {})}
+    fr = run_deployment(deployment, parameters=params, timeout=timeout_s, poll_interval=poll_s)
     state = fr.state
     what = f"GPU flow run {fr.name!r} ({fr.id}) of {deployment!r}"
     if state is None or not state.is_final():
@@ -152,22 +154,35 @@ def _summary(wd: Path, stages: list[dict], gpu: dict | None, decision: dict | No
     if decision and decision.get("url"):
         links.append(f"- MLflow model version: {decision['url']}")
     if gpu:
-        ui = os.environ.get("PREFECT_UI_URL")
-        target = f"{ui.rstrip('/')}/runs/flow-run/{gpu['flow_run_id']}" if ui else gpu["flow_run_id"]
-        links.append(f"- GPU training flow run `{gpu['flow_run_name']}`: {target}")
+        links.append(f"- GPU training flow run: {_flow_run_link(gpu['flow_run_id'], gpu['flow_run_name'])}")
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        links.append(f"- this retrain flow run: {_flow_run_link(flow_run.id, flow_run.name)}")
     if links:
         md += ["", "## Links", "", *links]
     return "\n".join(md) + "\n", rows
 
 
+def _flow_run_link(flow_run_id: str, name: str) -> str:
+    """A Markdown link to the flow run's page in the Prefect UI (``PREFECT_UI_URL``, by default derived from
+    ``PREFECT_API_URL``); the name and id in code spans when neither is set (ephemeral mode)."""
+    from prefect.utilities.urls import url_for
+
+    url = url_for("flow-run", obj_id=flow_run_id)
+    return f"[{name}]({url})" if url else f"`{name}` (`{flow_run_id}`)"
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull: bool = True,
             push: bool | None = None, promote: bool = True, stages: list[str] = list(STAGES),
-            train_timeout_s: float = 24 * 3600, poll_s: float = 5.0) -> dict:  # fmt: skip
+            train_timeout_s: float = 24 * 3600, poll_s: float = 5.0, dvc_remote: str | None = None) -> dict:  # fmt: skip
     """Retrain end to end through DVC, register the model, run the promotion gate, publish a summary.
 
     Args:
-        workdir: the checkout (default ``$READL_WORKDIR`` or the current directory).
+        workdir: where the stages run. None: ``$READL_WORKDIR`` or the current directory, as it is. Another
+            folder (prefect.yaml: ``~/.cache/readl/retrain``) is kept as a persistent git checkout of this code's
+            commit (``flows.stages.sync_checkout``): a process worker's own clone is deleted after each run.
         gpu_deployment: run the train stage as this deployment (``train-on-gpu/train-on-gpu`` on work pool
             ``gpu``); None trains here.
         pull: ``dvc pull --allow-missing`` first (the raw data and anything already computed).
@@ -177,6 +192,8 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
         stages: the DVC stages, in order.
         train_timeout_s: how long to wait for the GPU flow run, seconds.
         poll_s: how often to poll it, seconds.
+        dvc_remote: the DVC remote the workers share, made the default here and on the GPU worker (None:
+            ``$READL_DVC_REMOTE``, else the checkout's default); see ``flows.stages.prepare_workdir``.
 
     Returns:
         ``{"workdir", "stages": [...], "gpu": ..., "promotion": ..., "registered": ...}``.
@@ -186,7 +203,8 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
     """
     log = get_run_logger()
     t0 = time.monotonic()
-    wd = workdir_of(workdir)
+    wd = prepare_workdir(workdir, dvc_remote, log)
+    dvc_remote = dvc_remote or os.environ.get("READL_DVC_REMOTE")
     push = bool(gpu_deployment) if push is None else push
     done: list[dict] = []
     gpu = None
@@ -198,7 +216,7 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
                 dvc(["push", "--run-cache"], str(wd))  # the GPU worker pulls the curated data from the remote
             lock = (wd / "dvc.lock").read_text() if (wd / "dvc.lock").is_file() else ""
             t1 = time.monotonic()
-            gpu = train_remote(gpu_deployment, lock, train_timeout_s, poll_s, stage=stage)
+            gpu = train_remote(gpu_deployment, lock, train_timeout_s, poll_s, stage=stage, dvc_remote=dvc_remote)
             restored = repro(stage, str(wd), restore_only=True)
             done.append({**restored, "status": f"{restored['status']} (ran on GPU worker)",
                          "seconds": round(time.monotonic() - t1, 1)})  # fmt: skip
@@ -235,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pull", action="store_true")
     ap.add_argument("--push", action="store_true", help="dvc push --run-cache (default only with --gpu-deployment)")
     ap.add_argument("--no-promote", action="store_true")
+    ap.add_argument("--dvc-remote", help="make this DVC remote the default first (e.g. s3)")
     a = ap.parse_args(argv)
     result = retrain(workdir=a.workdir, gpu_deployment=a.gpu_deployment, pull=not a.no_pull,
-                     push=True if a.push else None, promote=not a.no_promote)  # fmt: skip
+                     push=True if a.push else None, promote=not a.no_promote, dvc_remote=a.dvc_remote)  # fmt: skip
     print(json.dumps({k: result[k] for k in ("stages", "promotion", "registered")}, indent=2, default=str))
     return 0
 

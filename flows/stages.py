@@ -32,7 +32,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 __all__ = ["StageError", "TransientStageError", "RETRIES", "RETRY_DELAYS", "retry_if_transient", "dvc_bin",
-           "workdir_of", "run_dvc", "dvc", "repro"]  # fmt: skip
+           "workdir_of", "code_checkout", "sync_checkout", "prepare_workdir", "run_dvc", "dvc", "repro"]  # fmt: skip
 
 RETRIES = 3
 RETRY_DELAYS = [10, 60, 300]  # seconds (x0.5-1.5 jitter): a remote or a server that hiccups / restarts
@@ -79,6 +79,75 @@ def workdir_of(workdir: str | None) -> Path:
     wd = Path(workdir or os.environ.get("READL_WORKDIR") or ".").resolve()
     if not (wd / "dvc.yaml").is_file():
         raise StageError(f"{wd}: no dvc.yaml; run the flow in a checkout of the readl repository (or pass workdir)")
+    return wd
+
+
+def code_checkout() -> Path:
+    """The checkout this flow's code was loaded from (a worker's clone: prefect.yaml's pull step)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageError(f"`git {' '.join(args)}` in {cwd} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout.strip()
+
+
+def sync_checkout(workdir: Path, source: Path) -> str:
+    """Make ``workdir`` a git checkout of ``source``'s HEAD commit, keeping everything git does not track.
+
+    A process worker clones the repository into a temporary folder that it deletes after the run; the stages run
+    in ``workdir`` instead, which persists, so ``models/checkpoints`` (a training run killed part-way resumes),
+    ``.dvc/cache`` and ``.dvc/config.local`` survive from one run to the next. The commit is fetched from the
+    clone itself (no second clone, no credentials); tracked files are reset to it (``checkout --force``), files git
+    ignores or does not track stay.
+
+    Returns:
+        The commit checked out (40 hex digits).
+
+    Raises:
+        StageError: ``source`` is not a git checkout, or git failed.
+    """
+    if not (source / ".git").exists():
+        raise StageError(f"{source} is not a git checkout, so it cannot be copied into the work directory {workdir}; "
+                         f"run the flow with workdir=None (stages run in the checkout itself)")  # fmt: skip
+    commit = _git(["rev-parse", "HEAD"], source)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / ".git").exists():
+        _git(["init", "-q"], workdir)
+    _git(["fetch", "-q", "--no-tags", str(source), "HEAD"], workdir)
+    _git(["checkout", "-q", "--force", "--detach", "FETCH_HEAD"], workdir)
+    return commit
+
+
+def prepare_workdir(workdir: str | None, dvc_remote: str | None = None, log=None) -> Path:
+    """The folder the stages run in, ready: see :func:`workdir_of`, :func:`sync_checkout`.
+
+    Args:
+        workdir: None = ``$READL_WORKDIR`` or the current directory, used as it is. A folder other than this
+            code's checkout (``~`` expanded; prefect.yaml's deployments use ``~/.cache/readl/<deployment>``) is
+            made a persistent checkout of this code's commit first.
+        dvc_remote: make this DVC remote the checkout's default (``dvc remote default --local``); None =
+            ``$READL_DVC_REMOTE``, else leave the checkout's default. A worker's clone has no
+            ``.dvc/config.local``: its endpoint and keys come from the environment (``AWS_ENDPOINT_URL``,
+            ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``).
+
+    Raises:
+        StageError: no dvc.yaml there, git failed, or the remote is not defined in ``.dvc/config``.
+    """
+    if workdir is not None:
+        wd, source = Path(workdir).expanduser().resolve(), code_checkout()
+        if wd != source:
+            commit = sync_checkout(wd, source)
+            if log is not None:
+                log.info("work directory %s at commit %s (persistent: checkpoints and DVC cache kept)", wd, commit[:12])
+    wd = workdir_of(None if workdir is None else str(Path(workdir).expanduser()))
+    remote = dvc_remote or os.environ.get("READL_DVC_REMOTE")
+    if remote:
+        run_dvc(["remote", "default", "--local", remote], wd)
+        if log is not None:
+            log.info("DVC default remote: %s", remote)
     return wd
 
 

@@ -4,8 +4,8 @@ The worker is stateless: it starts from a checkout of the repository (prefect.ya
 takes the caller's ``dvc.lock`` (so it knows the exact curated inputs), ``dvc pull``s them from the DVC
 remote, runs ``dvc repro -s train`` and ``dvc push --run-cache``es the adapter, the run record and DVC's
 run-cache entry; the caller restores the stage from there (see ``flows/stages.py``). A crashed or preempted
-run is simply re-run: ``readl train`` resumes from the last complete checkpoint under ``models/checkpoints``
-when the checkout persists (a process worker's folder, or a volume mounted there).
+run is simply re-run: ``readl train`` resumes from the last complete checkpoint under ``models/checkpoints`` of
+the persistent ``workdir`` (prefect.yaml: ``~/.cache/readl/train-on-gpu``; in containers, a volume mounted there).
 """
 
 from __future__ import annotations
@@ -20,28 +20,31 @@ if __package__ in (None, ""):  # loaded by file path (Prefect entrypoint `flows/
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.stages import dvc, repro, workdir_of
+from flows.stages import dvc, prepare_workdir, repro
 
 __all__ = ["train_on_gpu"]
 
 
 @flow(name="train-on-gpu", log_prints=True)
 def train_on_gpu(lock: str | None = None, stage: str = "train", workdir: str | None = None, pull: bool = True,
-                 push: bool = True) -> dict:  # fmt: skip
+                 push: bool = True, dvc_remote: str | None = None) -> dict:  # fmt: skip
     """Run one DVC stage (``train``) on this worker and publish its outputs through the DVC remote.
 
     Args:
         lock: the caller's ``dvc.lock`` text (written here before pulling); None keeps the checkout's own.
         stage: the DVC stage to run.
-        workdir: the checkout (default ``$READL_WORKDIR`` or the current directory).
+        workdir: where the stage runs (``flows.stages.prepare_workdir``; prefect.yaml:
+            ``~/.cache/readl/train-on-gpu``, a persistent checkout, so a killed run resumes from
+            ``models/checkpoints`` when run again).
         pull: ``dvc pull --allow-missing`` first (the stage's inputs).
         push: ``dvc push --run-cache`` after (required for the caller to restore the stage).
+        dvc_remote: the shared DVC remote, made the default here (None: ``$READL_DVC_REMOTE`` or the checkout's).
 
     Returns:
         ``{"stage", "status", "seconds", "workdir"}``.
     """
     log = get_run_logger()
-    wd = workdir_of(workdir)
+    wd = prepare_workdir(workdir, dvc_remote, log)
     t0 = time.monotonic()
     if lock is not None:
         (wd / "dvc.lock").write_text(lock)

@@ -1,7 +1,6 @@
-"""Prefect flows: `retrain` end to end under `prefect_test_harness` on the bundled real sample (tiny settings), the
-train stage as deployment `train-on-gpu` on work pool `gpu` served by a real `prefect worker start --type process`
-subprocess in a separate checkout (stateless workers exchanging data through a DVC remote), and prefect.yaml's
-schedule = params.yaml's."""
+"""Prefect flows: prefect.yaml's deployments and schedule (= params.yaml's), DVC failure classes, the persistent work
+directory of process workers, UI links in the summary; the tiny settings `TINY` of the end-to-end run with real
+process workers (tests/test_readme_prefect.py: the README's Prefect sequence)."""
 
 from __future__ import annotations
 
@@ -14,10 +13,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import copy  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -49,24 +44,6 @@ TINY = {
     "register": {"model_name": "readl-flow"},
 }  # fmt: skip
 
-# Used only for stages the repository's dvc.yaml does not define yet (same commands and files as README "The pipeline").
-FALLBACK_STAGES = {
-    "train": {"cmd": "readl train", "deps": ["data/curated/train.parquet", "data/curated/images"],
-              "params": ["model", "train"], "outs": ["models/adapter", "models/train_run.json"]},
-    "calibrate": {"cmd": "readl calibrate", "deps": ["models/adapter", "data/curated/calib.parquet", "data/curated/images"],
-                  "params": ["model", "localization"], "outs": ["models/thresholds.json"]},
-    "evaluate": {"cmd": "readl evaluate",
-                 "deps": ["models/adapter", "models/thresholds.json", "data/curated/eval.parquet", "data/curated/images",
-                          "data/curated/masks"],
-                 "params": ["model", "localization", "evaluate"], "metrics": [{"metrics.json": {"cache": False}}]},
-    "register": {"cmd": "readl register --promote",
-                 "deps": ["models/adapter", "models/thresholds.json", "models/train_run.json", "metrics.json",
-                          "data/curated/train.parquet", "data/curated/calib.parquet", "data/curated/eval.parquet",
-                          "src/readl/registry"],
-                 "params": ["model", "localization", "register"],
-                 "outs": [{"models/registered.json": {"cache": False}}]},
-}  # fmt: skip
-
 
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
@@ -75,147 +52,8 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _cached(out):
-    """An out entry without ``cache: false`` (DVC keeps no run cache for a stage with an uncached out, and the
-    GPU worker's train stage comes back through the run cache: test_train_stage_is_run_cacheable)."""
-    if isinstance(out, dict):
-        ((path, opts),) = out.items()
-        opts = {k: v for k, v in (opts or {}).items() if k != "cache"}
-        return {path: opts} if opts else path
-    return out
-
-
 def _dvc(args: list[str], cwd: Path) -> None:
     subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, check=True, capture_output=True, text=True)
-
-
-def _checkout(root: Path, remote: Path) -> Path:
-    """A working copy like a fresh clone: params.yaml (tiny), dvc.yaml, data.dvc, src/, flows/, DVC (no git)
-    with the default remote = ``remote``."""
-    root.mkdir(parents=True)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()) or {}, TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    for name, stage in FALLBACK_STAGES.items():
-        dvc_yaml["stages"].setdefault(name, stage)
-    dvc_yaml["stages"]["train"]["outs"] = [_cached(o) for o in dvc_yaml["stages"]["train"]["outs"]]  # see below
-    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    for f in ("data.dvc", ".dvcignore"):
-        shutil.copy2(REPO / f, root / f)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "src", root / "src", ignore=ignore)
-    shutil.copytree(REPO / "flows", root / "flows", ignore=ignore)
-    _dvc(["init", "--no-scm", "-q"], root)
-    _dvc(["config", "core.analytics", "false"], root)
-    _dvc(["remote", "add", "-d", "shared", str(remote)], root)
-    return root
-
-
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + f.read_bytes())
-    return h.hexdigest()
-
-
-def _deploy_train_on_gpu(gpu_checkout: Path) -> str:
-    """Create work pool 'gpu' (process) and deployment 'train-on-gpu' as prefect.yaml declares them, except the
-    pull step: a clone here is the folder ``gpu_checkout`` (prefect.yaml clones READL_GIT_REPOSITORY)."""
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.utilities.callables import parameter_schema
-    from prefect.workers.process import ProcessWorker
-
-    from flows.train_on_gpu import train_on_gpu
-
-    spec = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"] if d["name"] == "train-on-gpu")
-    pool = spec["work_pool"]["name"]
-
-    async def go():
-        async with get_client() as client:
-            await client.create_work_pool(WorkPoolCreate(
-                name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
-            flow_id = await client.create_flow_from_name(train_on_gpu.name)
-            await client.create_deployment(
-                flow_id=flow_id, name=spec["name"], work_pool_name=pool, work_queue_name="default",
-                entrypoint=spec["entrypoint"], path=str(gpu_checkout),
-                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(gpu_checkout)}}],
-                parameter_openapi_schema=parameter_schema(train_on_gpu).model_dump_for_openapi(),
-            )  # fmt: skip
-
-    anyio.run(go)
-    return pool
-
-
-def _read_artifact(key: str):
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def go():
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-
-    return anyio.run(go)
-
-
-@pytest.mark.slow
-def test_retrain_flow_end_to_end_with_a_gpu_worker(tiny_dir, tmp_path, monkeypatch):
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.retrain import retrain
-
-    remote = tmp_path / "remote"
-    shutil.copytree(REPO / ".dvc" / "sample-data", remote)  # the bundled raw data, as on a shared S3 remote
-    cpu = _checkout(tmp_path / "cpu", remote)
-    gpu = tmp_path / "gpu"
-    shutil.copytree(cpu, gpu)  # the GPU host's own clone
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # shared tracking store
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    with prefect_test_harness(server_startup_timeout=90):
-        pool = _deploy_train_on_gpu(gpu)
-        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1",
-               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
-        log = tmp_path / "worker.log"
-        with open(log, "wb") as fh:
-            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
-                                       "--limit", "1"], cwd=gpu, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                      start_new_session=True)  # fmt: skip
-        try:
-            result = retrain(workdir=str(cpu), gpu_deployment="train-on-gpu/train-on-gpu", poll_s=1, train_timeout_s=400)
-        except BaseException:
-            print(log.read_text()[-6000:])
-            raise
-        finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
-                    worker.wait()
-        summary = _read_artifact("retrain-summary")
-        table = _read_artifact("retrain-metrics")
-
-    stages = {s["stage"]: s["status"] for s in result["stages"]}
-    assert stages == {"curate": "ran", "warmup": "restored (ran on GPU worker)", "train": "restored (ran on GPU worker)", "calibrate": "ran",
-                      "evaluate": "ran", "register": "ran"}, result["stages"]  # fmt: skip
-    assert result["gpu"]["state"] == "Completed"
-    # the adapter was trained on the GPU checkout and came to the CPU checkout through the DVC remote
-    assert (gpu / "models/adapter/adapter_config.json").is_file()
-    assert _tree_digest(gpu / "models/adapter") == _tree_digest(cpu / "models/adapter")
-    train_run = json.loads((cpu / "models/train_run.json").read_text())
-    registered = result["registered"]
-    assert registered["name"] == "readl-flow" and registered["run_id"] == train_run["run_id"]
-    promotion = result["promotion"]
-    assert promotion["promoted"] and promotion["champion_after"] == registered["version"] == "1"
-    assert "first model" in promotion["reason"]
-    md = summary[0].data
-    assert "promoted to champion" in md and "| train | restored (ran on GPU worker) |" in md and "mvtec_ad" in md
-    assert json.loads(table[0].data)[0]["dataset"] == "mvtec_ad"
 
 
 def test_prefect_yaml_matches_params_and_flows():
@@ -233,6 +71,8 @@ def test_prefect_yaml_matches_params_and_flows():
     assert (sched["cron"], sched["timezone"]) == (schedule.cron, schedule.timezone)
     assert deps["retrain"]["work_pool"]["name"] == "cpu" and deps["train-on-gpu"]["work_pool"]["name"] == "gpu"
     assert deps["retrain"]["parameters"]["gpu_deployment"] == "train-on-gpu/train-on-gpu"
+    # process workers delete their clone after each run: the stages run in a persistent folder (checkpoints kept)
+    assert {d: deps[d]["parameters"]["workdir"] for d in deps} == {d: f"~/.cache/readl/{d}" for d in deps}
     names = {}
     for d in deps.values():
         path, fn = d["entrypoint"].split(":")
@@ -268,3 +108,56 @@ def test_train_stage_is_run_cacheable():
     bad = [o for o in stage.get("outs", []) if isinstance(o, dict) and any(
         (v or {}).get("cache") is False or (v or {}).get("persist") for v in o.values())]  # fmt: skip
     assert not bad, f"dvc.yaml stage train: make these outputs cached (drop `cache: false` / `persist`): {bad}"
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_workdir_is_a_persistent_checkout_of_the_clone(tmp_path, monkeypatch):
+    """A process worker's clone is deleted after the run: the stages run in `workdir`, kept up to date with the
+    clone's commit, keeping what git does not track (checkpoints, DVC cache, config.local); `dvc_remote` becomes
+    the checkout's default remote."""
+    import flows.stages as stages
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    _git(["init", "-q"], clone)
+    _dvc(["init", "-q"], clone)
+    _dvc(["remote", "add", "s3", "s3://readl-data/raw"], clone)
+    (clone / "dvc.yaml").write_text("stages: {}\n")
+    (clone / "params.yaml").write_text("a: 1\n")
+    _git(["add", "-A"], clone)
+    _git(["commit", "-qm", "one"], clone)
+    monkeypatch.setattr(stages, "code_checkout", lambda: clone)
+    monkeypatch.delenv("READL_DVC_REMOTE", raising=False)
+
+    wd = stages.prepare_workdir(str(tmp_path / "work"), dvc_remote="s3")
+    assert wd == (tmp_path / "work").resolve() and (wd / "params.yaml").read_text() == "a: 1\n"
+    assert "remote = s3" in (wd / ".dvc/config.local").read_text()
+    (wd / "models/checkpoints/checkpoint-2").mkdir(parents=True)
+    (wd / "params.yaml").write_text("a: 99\n")  # a stray local edit of a tracked file is reset
+    (clone / "params.yaml").write_text("a: 2\n")
+    _git(["commit", "-qam", "two"], clone)
+
+    assert stages.prepare_workdir(str(tmp_path / "work")) == wd
+    assert (wd / "params.yaml").read_text() == "a: 2\n" and _git(["rev-parse", "HEAD"], wd) == _git(["rev-parse", "HEAD"], clone)
+    assert (wd / "models/checkpoints/checkpoint-2").is_dir() and "remote = s3" in (wd / ".dvc/config.local").read_text()
+    with pytest.raises(stages.StageError, match="default remote must be present"):
+        stages.prepare_workdir(str(wd), dvc_remote="nosuch")
+    monkeypatch.setattr(stages, "code_checkout", lambda: tmp_path / "not-git")
+    with pytest.raises(stages.StageError, match="not a git checkout"):
+        stages.prepare_workdir(str(tmp_path / "other"))
+
+
+def test_summary_links_to_the_prefect_ui(tmp_path):
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from flows.retrain import _summary
+
+    gpu = {"flow_run_id": "0b6f3a52-0000-4000-8000-000000000001", "flow_run_name": "brave-fox", "state": "Completed"}
+    with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.example:4200"}):
+        md, _ = _summary(tmp_path, [], gpu, None, 1.0)
+    assert f"[brave-fox](http://prefect.example:4200/runs/flow-run/{gpu['flow_run_id']})" in md, md

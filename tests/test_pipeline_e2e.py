@@ -1,27 +1,18 @@
-"""The whole pipeline, as a new user runs it: `dvc pull` + `dvc repro` on a fresh copy of the repository
+"""The whole pipeline, as a new user runs it: the README's `make repro` on a fresh copy of the repository
 (tiny model, bundled real sample, no network), ending with a champion in the local MLflow registry."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from readme_blocks import reproduced_copy, user_env
+
 STAGES = ["curate", "warmup", "train", "calibrate", "evaluate", "register"]
-# The suite runs the default pipeline with fewer steps and images (`make repro` keeps the defaults); each
-# replacement must hit params.yaml exactly once, so a changed default fails here rather than going unnoticed.
-FEWER = {
-    "  max_steps: 600             # optimizer steps": "  max_steps: 40              # optimizer steps",
-    "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
-    "per_image: 40, seed: 0": "per_image: 2, seed: 0",
-}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -36,35 +27,17 @@ def _dry_run_stages(cwd: Path, env: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh_copy(tmp_path_factory, tiny_dir) -> tuple[Path, dict]:
-    """The repository's files (tracked and untracked, not ignored) in a new git repo, data not pulled."""
-    dst = tmp_path_factory.mktemp("clone") / "readl"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if (REPO / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default: sqlite:///mlruns.db in the working copy
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
-                                                                  "commit", "-qm", "copy"]):  # fmt: skip
-        _run(cmd, dst, env)
-    assert not (dst / "data/raw").exists()
-    params = (dst / "params.yaml").read_text()
-    for old, new in FEWER.items():
-        assert params.count(old) == 1, old
-        params = params.replace(old, new)
-    (dst / "params.yaml").write_text(params)
-    return dst, env
+def reproduced(tmp_path_factory, tiny_dir) -> tuple[Path, dict, str]:
+    """A fresh copy of the repository (data not pulled) after the README's `make repro` block, run verbatim with
+    fewer steps in params.yaml (tests/readme_blocks.py: shared with tests/test_readme.py, run once)."""
+    work, ran = reproduced_copy(tmp_path_factory)
+    return work, user_env(work), ran.stdout + ran.stderr
 
 
 @pytest.mark.slow
-def test_dvc_repro_from_a_fresh_copy(fresh_copy):
-    work, env = fresh_copy
-    _run(["dvc", "pull", "-q", "data.dvc"], work, env)  # the bundled sample, from the DVC remote inside the repository
+def test_dvc_repro_from_a_fresh_copy(reproduced):
+    work, env, out = reproduced  # `make repro`: the bundled sample pulled from the DVC remote inside the repository
     assert (work / "data/raw/SOURCES.md").is_file()
-    out = _run(["dvc", "repro"], work, env)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
 
