@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="train steps per block of the learning table")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_check.png", help="the plot")
+    ap.add_argument("--reuse-warmup", action="store_true",
+                    help="keep <workdir>/models/warmup of an earlier run with the same warmup params (probes of train)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -237,7 +239,8 @@ def main() -> None:
                 raise SystemExit(f"curate failed:\n{res.output}")
             seconds["curate"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            warmup(Params.model_validate(params_dict), output_dir="models")  # ONE warm start for both arms
+            if not (a.reuse_warmup and (work / "models" / "warmup" / "config.json").is_file()):
+                warmup(Params.model_validate(params_dict), output_dir="models")  # ONE warm start for both arms
             seconds["warmup"] = time.perf_counter() - t0
             arms = {name: run_arm(name, params_dict, work) for name in ARMS}
         print_tables(arms, a.block)
