@@ -248,3 +248,36 @@ def test_two_cgro_steps_train_lora_with_the_consistency_reward(loaded, sample_di
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed and all("lora_" in n for n in changed)
     assert any("merger" in n for n in changed) and not [n for n in changed if "visual.blocks" in n]
+
+
+@pytest.mark.parametrize("kit", ALL)
+def test_training_grid_equals_the_prediction_grid(loaded, kit):
+    """train/warmup pin the image processor (readl.training.data.fit_processor); at model.image_size = 420 the
+    token grid must be the one predict/evaluate see. Pinning both pixel bounds at 420^2 (as before the families
+    seam) gives Qwen3-VL a 448 px, 14x14 grid instead of the 416 px, 13x13 one of prediction."""
+    from readl.training.data import fit_processor
+
+    model, processor = loaded[kit]
+    family = family_of(model)
+    image = [Image.new("RGB", (420, 420))]
+    fitted = fit_processor(processor, 420).image_processor
+    assert family.token_grids(fitted(images=image, return_tensors="pt"), fitted) == [GRID_420[kit]]
+    assert family.token_grids(processor.image_processor(images=image, return_tensors="pt"), fitted) == [GRID_420[kit]]
+    old = type(processor.image_processor)(**{**processor.image_processor.to_dict(),
+                                             "size": {"shortest_edge": 420 * 420, "longest_edge": 420 * 420}})  # fmt: skip
+    old_grid = family.token_grids(old(images=image, return_tensors="pt"), old)
+    assert (old_grid == [GRID_420[kit]]) == (kit != "tiny-qwen3-vl")
+
+
+def test_a_kit_folder_of_another_kit_or_size_is_rebuilt(kits, tmp_path):
+    from readl.model.tiny import ensure_tiny_model
+
+    path = tmp_path / "kit"
+    ensure_tiny_model(path, kit="tiny-qwen2-vl")
+    assert family_for_path(str(path)).model_type == "qwen2_vl"
+    ensure_tiny_model(path, kit="tiny-qwen3-vl")  # same folder, another kit: rebuilt, not reused
+    assert family_for_path(str(path)).model_type == "qwen3_vl"
+    record = json.loads((path / "readl_tiny.json").read_text())
+    (path / "readl_tiny.json").write_text(json.dumps({**record, "text_layers": 5}))
+    ensure_tiny_model(path, kit="tiny-qwen3-vl")
+    assert json.loads((path / "readl_tiny.json").read_text()) == record
