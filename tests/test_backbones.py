@@ -1,5 +1,5 @@
-"""Every backbone family through the one seam (readl.model.families): the tiny kits of Qwen2-VL, Qwen2.5-VL and
-Qwen3-VL build offline, the attention capture equals eager attention, the token grid keeps raster order on
+"""Every backbone family through the one seam (readl.model.families): the tiny kits of Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL and InternVL build offline, the attention capture equals eager attention, the token grid keeps raster order on
 non-square grids, ``readl predict`` runs end to end, and two CGRO steps train LoRA with the consistency reward."""
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from readl.localization.attention import CAPTURE_IMPLEMENTATION, capture_attenti
 from readl.model.families import FAMILIES, family_for_path, family_of, family_of_processor, fit_image_processor
 from readl.model.inference import Predictor, anomaly_token_positions, image_token_positions
 from readl.model.loading import load_model
-from readl.model.prompting import build_messages
+from readl.model.prompting import QUESTION, build_messages
 from readl.model.tiny import KITS, TinySpec, kit_config, kit_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-ALL = ["tiny", "tiny-qwen2-vl", "tiny-qwen3-vl"]
-GRID_420 = {"tiny": (15, 15), "tiny-qwen2-vl": (15, 15), "tiny-qwen3-vl": (13, 13)}  # 420 px; Qwen3-VL: 416 px
+QWEN = ["tiny", "tiny-qwen2-vl", "tiny-qwen3-vl"]
+ALL = [*QWEN, "tiny-internvl"]
+# 420 px; Qwen3-VL: 416 px; InternVL: one 448 px tile
+GRID_420 = {"tiny": (15, 15), "tiny-qwen2-vl": (15, 15), "tiny-qwen3-vl": (13, 13), "tiny-internvl": (16, 16)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,11 +65,11 @@ def test_kit_is_the_familys_real_architecture_with_its_tokens_and_template(kits,
     assert family_of_processor(processor) is family and not hasattr(processor, "video_processor")
     assert json.loads((kits[kit] / "readl_tiny.json").read_text())["kit"] == kit
     tok = processor.tokenizer
-    for t in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|endoftext|>"):
+    for t in ("<|im_start|>", "<|im_end|>", family.image_token, "<|endoftext|>"):
         assert len(tok.tokenize(t)) == 1, t
     prompt = _prompt(processor)
-    assert prompt.endswith("<|vision_start|><|image_pad|><|vision_end|>Are there any defects or anomalies in the "
-                           "image?<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    image_item = {"<|image_pad|>": "<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>": "<IMG_CONTEXT>\n"}
+    assert prompt.endswith(image_item[family.image_token] + QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
     assert prompt.startswith("<|im_start|>system\nYou are an industrial visual inspection assistant.")
     # Qwen3-VL writes <think> / </think> as single, non-special tokens (decoded as text)
     think = tok.encode("<think>", add_special_tokens=False)
@@ -131,7 +133,7 @@ def _free_size(processor):
     return out
 
 
-@pytest.mark.parametrize("kit", ALL)
+@pytest.mark.parametrize("kit", QWEN)
 def test_token_grid_of_a_non_square_image_keeps_raster_order(loaded, kit):
     """A 16 x 12 token image (W x H, in pixels 16f x 12f with f = patch x merge): the grid is (12, 16), and the
     token k that a white cell (i, j) changes is i * 16 + j (rows first)."""
@@ -156,17 +158,24 @@ def test_token_grid_of_a_non_square_image_keeps_raster_order(loaded, kit):
 @pytest.mark.parametrize("kit", ALL)
 def test_a_token_attending_one_cell_lights_that_block(loaded, kit, monkeypatch):
     """Predictor.capture reshapes the image columns with the family's grid: a completion token whose attention is all
-    on image token k gets a map peaked at cell (k // w, k % w) of the non-square (12, 16) grid, and the upsampled map
-    lights that block of the image."""
+    on image token k gets a map peaked at cell (k // w, k % w) (Qwen: of a non-square (12, 16) grid; InternVL: its
+    16x16 tile grid), and the upsampled map lights that block of the image."""
     from readl.localization import attention as attention_mod
     from readl.localization.anomaly_map import upsample
 
     model, processor = loaded[kit]
-    processor = _free_size(processor)
-    ip = processor.image_processor
-    f = ip.patch_size * ip.merge_size
+    family = family_of(model)
+    if kit in QWEN:  # any size: a 16 x 12 token image
+        processor = _free_size(processor)
+        f = processor.image_processor.patch_size * processor.image_processor.merge_size
+        size = (16 * f, 12 * f)
+    else:  # InternVL: its one 448 px tile
+        size = (448, 448)
     predictor = Predictor(model, processor)
-    inputs = processor(images=[Image.new("RGB", (16 * f, 12 * f))], text=[predictor.prompt], return_tensors="pt")
+    inputs = processor(images=[Image.new("RGB", size)], text=[predictor.prompt], return_tensors="pt")
+    ((h, w),) = family.token_grids(inputs, processor.image_processor)
+    assert (h, w) == ((12, 16) if kit in QWEN else (16, 16))
+    f = size[0] // w  # pixels per token side
     completion = processor.tokenizer.encode("<think>a crack</think><answer>Yes</answer>", add_special_tokens=False)
     cells = [(3, 14), (10, 1)]  # (row, column) on the (12, 16) grid; rows alternate between the two
     real_result = attention_mod.AttentionCapture.result
@@ -176,15 +185,15 @@ def test_a_token_attending_one_cell_lights_that_block(loaded, kit, monkeypatch):
         out = torch.zeros_like(got)
         for r in range(out.shape[1]):
             i, j = cells[r % 2]
-            out[:, r, i * 16 + j] = 1.0
+            out[:, r, i * w + j] = 1.0
         return out
 
     monkeypatch.setattr(attention_mod.AttentionCapture, "result", one_hot)
     (tok,) = predictor.capture(inputs, [completion])
-    assert tok.image_attn.shape == (len(completion), 12, 16)
+    assert tok.image_attn.shape == (len(completion), h, w)
     for r, m in enumerate(tok.image_attn):
         assert np.unravel_index(m.argmax(), m.shape) == cells[r % 2] and m.sum() == 1.0
-    big = upsample(tok.image_attn[0], (12 * f, 16 * f))
+    big = upsample(tok.image_attn[0], (h * f, w * f))
     i, j = cells[0]
     block = big[f * i : f * (i + 1), f * j : f * (j + 1)]
     assert block.mean() > 0.5 and big.sum() - block.sum() < block.sum()
@@ -242,12 +251,14 @@ def test_two_cgro_steps_train_lora_with_the_consistency_reward(loaded, sample_di
     assert trainer.state.global_step == 2
     logged = [h for h in trainer.state.log_history if "rewards/consistency/mean" in h]
     assert len(logged) == 2 and all(np.isfinite(h["consistency/J_mean"]) for h in logged)
-    side = 4  # 112 px: 4 tokens of 28 px; Qwen3-VL 32 px tokens: round(112 / 32) = 4 (128 px)
+    # 112 px: 4 tokens of 28 px; Qwen3-VL 32 px tokens: round(112 / 32) = 4 (128 px); InternVL: its 448 px tile
+    side = 16 if kit == "tiny-internvl" else 4
     maps = trainer.last_consistency["maps"]
     assert len(maps) == 8 and all(m.shape[1:] == (side, side) for m in maps)
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed and all("lora_" in n for n in changed)
-    assert any("merger" in n for n in changed) and not [n for n in changed if "visual.blocks" in n]
+    prefix = family_of(model[0]).vision_prefix
+    assert any("merger" in n or "multi_modal_projector" in n for n in changed) and not [n for n in changed if prefix in n]
 
 
 @pytest.mark.parametrize("kit", ALL)
@@ -263,6 +274,8 @@ def test_training_grid_equals_the_prediction_grid(loaded, kit):
     fitted = fit_processor(processor, 420).image_processor
     assert family.token_grids(fitted(images=image, return_tensors="pt"), fitted) == [GRID_420[kit]]
     assert family.token_grids(processor.image_processor(images=image, return_tensors="pt"), fitted) == [GRID_420[kit]]
+    if kit not in QWEN:
+        return
     old = type(processor.image_processor)(**{**processor.image_processor.to_dict(),
                                              "size": {"shortest_edge": 420 * 420, "longest_edge": 420 * 420}})  # fmt: skip
     old_grid = family.token_grids(old(images=image, return_tensors="pt"), old)
@@ -281,3 +294,28 @@ def test_a_kit_folder_of_another_kit_or_size_is_rebuilt(kits, tmp_path):
     (path / "readl_tiny.json").write_text(json.dumps({**record, "text_layers": 5}))
     ensure_tiny_model(path, kit="tiny-qwen3-vl")
     assert json.loads((path / "readl_tiny.json").read_text()) == record
+
+
+def test_internvl_image_tokens_keep_raster_order_through_pixel_shuffle(loaded):
+    """InternVL's pixel values are whole tiles, so the order is checked in the model: with no ViT layers (patch
+    embedding + position embedding only, per patch), a white 28x28 cell (i, j) of the 448 px tile changes exactly
+    image feature i * 16 + j after pixel shuffle and the projector (the token that cell's map value lands on)."""
+    model, processor = loaded["tiny-internvl"]
+    cfg = kit_config("tiny-internvl", processor.tokenizer, type("NoViT", (TinySpec,), {"vision_depth": 0}))
+    torch.manual_seed(0)
+    local = family_of(model).load_class()(cfg).eval()
+    ip = processor.image_processor
+
+    def features(arr):
+        px = ip(images=[Image.fromarray(arr)], return_tensors="pt")["pixel_values"]  # (1, 3, 448, 448)
+        with torch.no_grad():
+            out = local.model.get_image_features(px, vision_feature_layer=-1, vision_feature_select_strategy="default")
+        return out.pooler_output[0]  # (256, hidden)
+
+    base = features(np.zeros((448, 448, 3), np.uint8))
+    assert base.shape[0] == 256 and family_of(model).token_grids({"pixel_values": torch.zeros(1, 3, 448, 448)}, ip) == [(16, 16)]
+    for i, j in [(0, 0), (2, 11), (15, 3)]:
+        arr = np.zeros((448, 448, 3), np.uint8)
+        arr[28 * i : 28 * (i + 1), 28 * j : 28 * (j + 1)] = 255
+        changed = (features(arr) - base).abs().sum(-1).nonzero()[:, 0]
+        assert changed.tolist() == [i * 16 + j]

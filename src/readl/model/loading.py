@@ -1,8 +1,8 @@
 """Load the base model (a tiny kit name, local folder or HF id), its processor, and a LoRA adapter.
 
-Supported families (:mod:`readl.model.families`): Qwen2-VL, Qwen2.5-VL, Qwen3-VL, detected from the
-checkpoint's ``config.model_type``; ``tiny`` (Qwen2.5-VL), ``tiny-qwen2-vl`` and ``tiny-qwen3-vl`` are the
-random-weight kits built offline (:mod:`readl.model.tiny`).
+Supported families (:mod:`readl.model.families`): Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, detected from the
+checkpoint's ``config.model_type``; ``tiny`` (Qwen2.5-VL), ``tiny-qwen2-vl``, ``tiny-qwen3-vl`` and
+``tiny-internvl`` are the random-weight kits built offline (:mod:`readl.model.tiny`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import torch
 from transformers import AutoTokenizer
 
 from readl.localization.attention import CAPTURE_IMPLEMENTATION
-from readl.model.families import FAMILIES, family_for_path
-from readl.model.processor import Qwen2VLImageProcessorPil
+from readl.model.families import FAMILIES, family_for_path, family_of
 from readl.model.tiny import KITS, ensure_tiny_model
 
 __all__ = ["TINY", "KITS", "is_kit", "resolve_base", "pick_device_dtype", "load_processor", "load_model",
@@ -27,7 +26,8 @@ _SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
 
 
 def is_kit(base: str | Path) -> bool:
-    """True for the names of the random-weight tiny kits (``tiny``, ``tiny-qwen2-vl``, ``tiny-qwen3-vl``)."""
+    """True for the names of the random-weight tiny kits (``tiny``, ``tiny-qwen2-vl``, ``tiny-qwen3-vl``,
+    ``tiny-internvl``)."""
     return str(base) in KITS
 
 
@@ -75,8 +75,11 @@ def load_processor(base: str | Path):
     tokens = sorted({f.image_token for f in FAMILIES.values()})
     if all(tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id) for t in tokens):
         raise ValueError(f"{path}: tokenizer has no {'/'.join(tokens)} token; readl needs a {_SUPPORTED} model")
-    family = family_for_path(path)
-    return family.processor(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    family = family_of(config)
+    return family.processor(tokenizer, family.image_processor_class.from_pretrained(path), config=config)
 
 
 def load_model(
@@ -126,4 +129,4 @@ def load_error_message(base: str | Path, exc: OSError) -> str:
         return f"{base}: cannot load a {_SUPPORTED} model from this folder ({str(exc).splitlines()[0]})"
     return (f"{base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached (offline?). "
             f"Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME at a cache "
-            f"that has it), pass a local model folder, or use --model tiny (or tiny-qwen2-vl, tiny-qwen3-vl)")
+            f"that has it), pass a local model folder, or use --model tiny (or tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl)")

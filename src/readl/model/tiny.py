@@ -1,4 +1,4 @@
-"""The tiny model kits: real Qwen2-VL / Qwen2.5-VL / Qwen3-VL architectures with random weights, built locally.
+"""The tiny model kits: real Qwen2-VL / Qwen2.5-VL / Qwen3-VL / InternVL architectures, random weights, built locally.
 
 Tests, CI and the embedded default pipeline (`model.base: tiny`) run on them: no network, no hub, no
 torchvision. Each is the family's real ``...ForConditionalGeneration`` class (vision tower, patch merger,
@@ -9,6 +9,7 @@ M-RoPE, GQA decoder; Qwen3-VL with DeepStack and interleaved M-RoPE), just small
 | ``tiny`` | Qwen2.5-VL (windowed + full vision attention) | 14 px | 420 px, 15x15 = 225 tokens |
 | ``tiny-qwen2-vl`` | Qwen2-VL | 14 px | 420 px, 15x15 |
 | ``tiny-qwen3-vl`` | Qwen3-VL | 16 px | 416 px, 13x13 = 169 tokens |
+| ``tiny-internvl`` | InternVL (InternViT + Qwen2 decoder, pixel shuffle 0.5) | 14 px | one 448 px tile, 16x16 = 256 tokens |
 
 Each kit has:
 
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
+from transformers import InternVLConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 from readl.atomic import atomic_dir
 from readl.model.families import FAMILIES, QWEN2_CHAT_TEMPLATE, fit_image_processor, pil_image_processor
@@ -55,6 +57,10 @@ QWEN3_ADDED_TOKENS = [
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
 ]  # fmt: skip
+
+# InternVL3-hf's image tokens: special, and named on the tokenizer (the processor reads tokenizer.start_image_token ...)
+INTERNVL_IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                         "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}  # fmt: skip
 
 CHAT_TEMPLATE = QWEN2_CHAT_TEMPLATE  # the Qwen2.5-VL kit's (kept under its old name)
 
@@ -88,14 +94,15 @@ class TinySpec:
     seed = 0
 
 
-def _build_tokenizer(vocab_size: int, chat_template: str, added: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+def _build_tokenizer(vocab_size: int, chat_template: str, added: tuple[str, ...] = (),
+                     named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:  # fmt: skip
     corpus = [SYSTEM_PROMPT, QUESTION, " ".join(ANOMALY_WORDS), _LEXICON] * 20
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIAL_TOKENS,
+        special_tokens=QWEN_SPECIAL_TOKENS + list((named or {}).values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -107,6 +114,7 @@ def _build_tokenizer(vocab_size: int, chat_template: str, added: tuple[str, ...]
         padding_side="left",
         model_max_length=32768,
         chat_template=chat_template,
+        **({"extra_special_tokens": named} if named else {}),
     )
     if added:
         tok.add_tokens(list(added))  # plain added tokens (special=False): decoded as text, like Qwen3's <think>
@@ -184,6 +192,18 @@ def _qwen3_config(spec, ids: dict[str, int], vocab: int) -> Qwen3VLConfig:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_token_ids(ids))
 
 
+def _internvl_config(spec, ids: dict[str, int], vocab: int) -> InternVLConfig:
+    """InternVL3-style: InternViT (448 px tile, 14 px patches, CLS token) + pixel shuffle 0.5 + MLP projector + a
+    Qwen2 decoder (1-D RoPE)."""
+    text = _text(spec, ids, vocab, [], 1e6)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6}
+    text.update(model_type="qwen2", bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    vision = dict(hidden_size=spec.vision_hidden, num_hidden_layers=spec.vision_depth, num_attention_heads=spec.vision_heads,
+                  intermediate_size=spec.vision_intermediate, image_size=[448, 448], patch_size=[14, 14])  # fmt: skip
+    return InternVLConfig(text_config=text, vision_config=vision, image_token_id=ids["<IMG_CONTEXT>"],
+                          image_seq_length=256, downsample_ratio=0.5)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _Kit:
     """How one family's kit is built: its config, patch size, normalisation and extra tokens."""
@@ -194,6 +214,8 @@ class _Kit:
     image_mean: tuple[float, ...] | None = None  # None: the image processor's default (OpenAI CLIP)
     image_std: tuple[float, ...] | None = None
     added_tokens: tuple[str, ...] = ()
+    named_tokens: dict | None = None  # named special tokens (InternVL's image tokens)
+    image_processor: Callable | None = None  # () -> image processor; None = the Qwen PIL one, pinned to image_size
 
     @property
     def folder(self) -> str:
@@ -205,6 +227,9 @@ KITS: dict[str, _Kit] = {
     FAMILIES["qwen2_vl"].kit: _Kit("qwen2_vl", _qwen2_config),
     FAMILIES["qwen3_vl"].kit: _Kit("qwen3_vl", _qwen3_config, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
                                    tuple(QWEN3_ADDED_TOKENS)),
+    FAMILIES["internvl"].kit: _Kit("internvl", _internvl_config, named_tokens=INTERNVL_IMAGE_TOKENS,
+                                   image_processor=lambda: GotOcr2ImageProcessorPil(
+                                       size={"height": 448, "width": 448}, crop_to_patches=False)),
 }  # fmt: skip
 
 
@@ -222,7 +247,7 @@ def _record(kit: str, spec) -> dict:
 def kit_tokenizer(kit: str = "tiny", spec: type[TinySpec] = TinySpec) -> PreTrainedTokenizerFast:
     """The kit's tokenizer (trained here, deterministic) with its family's special tokens and chat template."""
     k = _kit(kit)
-    return _build_tokenizer(spec.vocab_size, FAMILIES[k.model_type].chat_template, k.added_tokens)
+    return _build_tokenizer(spec.vocab_size, FAMILIES[k.model_type].chat_template, k.added_tokens, k.named_tokens)
 
 
 def kit_config(kit: str, tokenizer, spec: type[TinySpec] = TinySpec):
@@ -233,7 +258,7 @@ def kit_config(kit: str, tokenizer, spec: type[TinySpec] = TinySpec):
         ValueError: an unknown kit name.
     """
     build = _kit(kit).config
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS + list(INTERNVL_IMAGE_TOKENS.values())}
     return build(spec, ids, len(tokenizer))
 
 
@@ -248,7 +273,7 @@ def build_tiny_model(out_dir: str | Path, spec: type[TinySpec] = TinySpec, kit: 
     Args:
         out_dir: target folder; created (its parent too) if missing, replaced if it exists.
         spec: the sizes (see :class:`TinySpec`).
-        kit: ``"tiny"`` (Qwen2.5-VL), ``"tiny-qwen2-vl"`` or ``"tiny-qwen3-vl"`` (:data:`KITS`).
+        kit: ``"tiny"`` (Qwen2.5-VL), ``"tiny-qwen2-vl"``, ``"tiny-qwen3-vl"`` or ``"tiny-internvl"`` (:data:`KITS`).
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -266,8 +291,11 @@ def build_tiny_model(out_dir: str | Path, spec: type[TinySpec] = TinySpec, kit: 
     model = family.load_class()(config).eval()
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tok.convert_tokens_to_ids("<|endoftext|>")
-    image_processor = fit_image_processor(pil_image_processor(k.patch_size, k.image_mean, k.image_std), spec.image_size)
-    processor = family.processor(tok, image_processor)
+    if k.image_processor is not None:
+        image_processor = k.image_processor()
+    else:
+        image_processor = fit_image_processor(pil_image_processor(k.patch_size, k.image_mean, k.image_std), spec.image_size)
+    processor = family.processor(tok, image_processor, config=config)
 
     with atomic_dir(out_dir) as tmp:  # the mode of a plain mkdir (umask), replaces an older kit
         model.save_pretrained(tmp)

@@ -93,18 +93,18 @@ def build_dataset(manifest: pd.DataFrame, image_size: int) -> Dataset:
 
 def fit_processor(processor, image_size: int):
     """A copy of ``processor`` whose image processor keeps ``image_size``^2 images at the nearest size the
-    model's patch grid allows (:func:`readl.model.families.fit_image_processor`).
+    model's patch grid allows (the family's :meth:`readl.model.families.Family.fit_image_processor`).
 
     Qwen's image processors resize to ``min_pixels <= h*w <= max_pixels`` (multiples of patch x merge: 28 px,
     32 px for Qwen3-VL); the tiny kits' are pinned to 420x420, so a 112x112 image would be upscaled. Pinning
     both bounds makes the token map the same for every image and every model of a family (7B included:
-    420 -> 15x15 on Qwen2.5-VL, 13x13 on Qwen3-VL).
+    420 -> 15x15 on Qwen2.5-VL, 13x13 on Qwen3-VL; InternVL: its fixed 448 px tile, 16x16).
 
     Raises:
         ValueError: ``image_size`` is smaller than one image token's side.
     """
-    from readl.model.families import fit_image_processor
+    from readl.model.families import family_of_processor
 
     out = copy.copy(processor)
-    out.image_processor = fit_image_processor(processor.image_processor, image_size)
+    out.image_processor = family_of_processor(processor).fit_image_processor(processor.image_processor, image_size)
     return out

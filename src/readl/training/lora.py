@@ -12,7 +12,8 @@ Each backbone family names its targets (:attr:`readl.model.families.Family.lora_
 
 Qwen2-VL has the same decoder and merger names (its vision blocks use ``mlp.fc1/fc2``). Qwen3-VL's merger and
 its DeepStack mergers (``visual.deepstack_merger_list.N``, which feed vision features into the first decoder
-layers: cross-modal layers too) are ``linear_fc1`` / ``linear_fc2``.
+layers: cross-modal layers too) are ``linear_fc1`` / ``linear_fc2``. InternVL: the decoder (Qwen2) as above and
+``multi_modal_projector.linear_{1,2}``; its vision encoder is ``vision_tower`` (``mlp.fc1/fc2`` there).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def lora_targets(model, target_regex: str | None = None) -> list[str]:
     ``None`` = the family's default (:func:`default_target_regex`).
 
     Raises:
-        ValueError: nothing matches, or a vision-block module (``visual.blocks``) would be adapted.
+        ValueError: nothing matches, or a vision-encoder module (``visual.blocks``, InternVL ``vision_tower``)
+            would be adapted.
     """
     import torch
 
@@ -72,7 +74,8 @@ def lora_targets(model, target_regex: str | None = None) -> list[str]:
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n)]
     if not names:
         raise ValueError(f"LoRA target regex {target_regex!r} matches no linear layer of this model")
-    vision = [n for n in names if ".visual.blocks." in f".{n}"]
+    prefix = family_of(model).vision_prefix  # "visual.blocks." (Qwen), "vision_tower." (InternVL)
+    vision = [n for n in names if f".{prefix}" in f".{n}"]
     if vision:
         raise ValueError(f"LoRA target regex would adapt the frozen vision encoder: {vision[:3]} ...")
     return names

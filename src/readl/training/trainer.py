@@ -110,7 +110,7 @@ def capture_completion_attention(
     offset = query_row_offset(query_row)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    family = family_of(model)  # the backbone seam (readl.model.families): token grids
+    family = family_of(model)  # the backbone seam (readl.model.families): vision inputs, token grids
     n = len(images)
     batch_size = batch_size or n
     out: list[tuple[np.ndarray, np.ndarray]] = []
@@ -132,13 +132,12 @@ def capture_completion_attention(
         img_pos = image_token_positions(ids[:, :p_len], image_token_id)  # (b, n_img)
         anom_pos = anomaly_token_positions(ids[:, :p_len], tokenizer, question)  # (b, E)
         key_index = torch.cat([img_pos, anom_pos], dim=1)  # (b, n_img + E)
+        vision = {k: v.to(device) for k, v in vis.items()}  # the vision tower casts pixel_values to its dtype
         with capture_attention(key_index, query_start=p_len - 1, layers=layers) as cap:
             model(
                 input_ids=ids,
                 attention_mask=mask,
-                pixel_values=vis["pixel_values"].to(device),  # the vision tower casts to its dtype
-                image_grid_thw=vis["image_grid_thw"].to(device),
-                mm_token_type_ids=(ids == image_token_id).long(),
+                **family.vision_inputs(vision, ids, image_token_id),  # the backbone seam: pixels (+ grid, M-RoPE types)
                 use_cache=False,
                 logits_to_keep=1,
             )
