@@ -1,8 +1,9 @@
 """Cost of the ReAL attention capture vs a plain SDPA forward vs eager ``output_attentions`` (CPU), per family.
 
-A mid-size model of the chosen backbone family (``--family``: qwen2_5_vl (default), qwen2_vl, qwen3_vl; text
+A mid-size model of the chosen backbone family (``--family``: qwen2_5_vl (default), qwen2_vl, qwen3_vl, internvl; text
 hidden 512, 8 layers, 8 heads, 2 KV heads; small vision tower, random weights; the tiny kit's architecture at
-these sizes) runs one teacher-forced forward over the image tokens of a 420x420 image (225; 169 for Qwen3-VL)
+these sizes) runs one teacher-forced forward over the image tokens of a 420x420 image (225; 169 for Qwen3-VL,
+256 for InternVL's 448 px tile)
 + ~60 prompt tokens + 256 generated tokens:
 
   (a) plain SDPA forward              (what generation/training costs anyway)
@@ -71,7 +72,8 @@ def _build(tmp: Path, family: str):
     gen = torch.randint(20, cfg.text_config.vocab_size, (1, N_GEN + max(0, N_PROMPT - n_text)))  # filler + "generated" tokens
     ids = torch.cat([inputs["input_ids"], gen], 1)
     batch = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
-    batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], 1)
+    if "mm_token_type_ids" in inputs:  # Qwen's M-RoPE token types (InternVL has none)
+        batch["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(gen)], 1)
     key_index = torch.cat([img_pos, anomaly_token_positions(inputs["input_ids"], processor.tokenizer)], 1)
     return model, batch, key_index, ids.shape[1] - N_GEN - 1
 
@@ -127,7 +129,7 @@ def run_variant(variant: str, repeats: int, what: str, family: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--family", default="qwen2_5_vl", help="backbone family (model_type): qwen2_vl, qwen2_5_vl, qwen3_vl")
+    ap.add_argument("--family", default="qwen2_5_vl", help="backbone family (model_type): qwen2_vl, qwen2_5_vl, qwen3_vl, internvl")
     ap.add_argument("--variant", choices=["a", "b", "c"], help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=["time", "memory", "diff"], help=argparse.SUPPRESS)
     args = ap.parse_args()
