@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """``model:`` the base model and how it is prompted and decoded."""
 
-    base: str = "tiny"  # "tiny" (local random Qwen2.5-VL kit) | "tiny-qwen2-vl" | "tiny-qwen3-vl" | HF id | local folder
+    base: str = "tiny"  # a random tiny kit (tiny = Qwen2.5-VL, tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl) | HF id | folder
     image_size: int = Field(420, gt=0, multiple_of=28)  # paper Sec. 5.1: images resized to 420x420
     max_new_tokens: int = Field(256, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
