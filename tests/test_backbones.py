@@ -319,3 +319,21 @@ def test_internvl_image_tokens_keep_raster_order_through_pixel_shuffle(loaded):
         arr[28 * i : 28 * (i + 1), 28 * j : 28 * (j + 1)] = 255
         changed = (features(arr) - base).abs().sum(-1).nonzero()[:, 0]
         assert changed.tolist() == [i * 16 + j]
+
+
+def test_internvl_keeps_one_tile_per_image_even_if_the_checkpoint_tiles(loaded):
+    """A checkpoint whose image processor has dynamic tiling on (crop_to_patches) still gives one 448 px tile, one
+    16x16 grid of 256 image tokens, per image: in the processor and in the image processor alone (training)."""
+    import copy
+
+    model, processor = loaded["tiny-internvl"]
+    family = family_of(model)
+    ip = copy.deepcopy(processor.image_processor)
+    ip.crop_to_patches = True
+    proc = family.processor(processor.tokenizer, ip, config=model.config)
+    wide = [Image.new("RGB", (900, 300), (30, 90, 200))]
+    out = proc(images=wide, text=[_prompt(proc)], return_tensors="pt")
+    assert out["pixel_values"].shape[0] == 1
+    assert int((out["input_ids"] == family.image_token_id(model.config)).sum()) == 256
+    assert family.token_grids(out, proc.image_processor) == [(16, 16)]
+    assert proc.image_processor(images=wide, return_tensors="pt")["pixel_values"].shape[0] == 1

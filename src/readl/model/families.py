@@ -113,7 +113,7 @@ INTERNVL_TARGET_REGEX = _DECODER + r"|(?:.*\.)?multi_modal_projector\.linear_(?:
 
 
 class _ImagesOnly:
-    """Mixin: a stock Qwen processor with attributes ``image_processor`` and ``tokenizer`` only (no video
+    """Mixin: a stock transformers processor with attributes ``image_processor`` and ``tokenizer`` only (no video
     processor, so no torchvision); ``videos=`` raises ``ValueError``."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -138,6 +138,11 @@ class ReadlInternVLProcessor(_ImagesOnly, InternVLProcessor):
     """``InternVLProcessor`` for images only, one tile per image (``crop_to_patches`` off: one token grid)."""
 
     images_kwargs = {"crop_to_patches": False}
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        if image_processor is not None:
+            image_processor.crop_to_patches = False  # also when the image processor is called alone (training)
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
 
 
 def _qwen_grids(family: Family, features: Mapping, image_processor) -> list[tuple[int, int]]:
@@ -178,8 +183,10 @@ def _pin_pixels(image_processor, image_size: int):
 
 def _fixed_tile(image_processor, image_size: int):
     """InternVL: every image is resized to the one tile size of the checkpoint (448 px); ``image_size`` only
-    sets what readl resizes to first."""
-    return copy.deepcopy(image_processor)
+    sets what readl resizes to first. Dynamic tiling stays off (one grid per image)."""
+    ip = copy.deepcopy(image_processor)
+    ip.crop_to_patches = False
+    return ip
 
 
 @dataclass(frozen=True)
