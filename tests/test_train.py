@@ -99,7 +99,7 @@ def test_lora_targets_language_and_merger_never_vision_blocks(tiny):
 
 def test_trainer_requires_a_qwen_processor(tiny):
     model, processor = tiny
-    with pytest.raises(ValueError, match="Qwen2.5-VL processor"):
+    with pytest.raises(ValueError, match="image-only .*Qwen2.5-VL.* processor"):
         CGROTrainer(model=model, reward_funcs=[], processing_class=processor.tokenizer, localization=LocalizationConfig())
 
 

@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """``model:`` the base model and how it is prompted and decoded."""
 
-    base: str = "tiny"  # "tiny" (local random Qwen2.5-VL kit) | HF id | local folder
+    base: str = "tiny"  # a random tiny kit (tiny = Qwen2.5-VL, tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl) | HF id | folder
     image_size: int = Field(420, gt=0, multiple_of=28)  # paper Sec. 5.1: images resized to 420x420
     max_new_tokens: int = Field(256, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -75,8 +75,8 @@ class TrainLoraConfig(_Section):
     r: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)  # scale = alpha / r
     dropout: float = Field(0.05, ge=0, lt=1)
-    # PEFT full-match regex over module names; null = decoder q/k/v/o/gate/up/down_proj + visual.merger.mlp.{0,2}
-    # (readl.training.lora.DEFAULT_TARGET_REGEX; the vision blocks' qkv/proj/mlp are never matched).
+    # PEFT full-match regex over module names; null = the backbone family's: decoder q/k/v/o/gate/up/down_proj +
+    # the vision-language merger(s) (readl.model.families; the vision blocks' qkv/proj/mlp are never matched).
     target_modules: str | None = None
 
 

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from readl.localization.attention import capture_attention, enable_capture
+from readl.model.families import family_of
 from readl.model.generation import HFGenerator
 from readl.model.offsets import char_offsets
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
@@ -281,9 +282,8 @@ class Predictor:
             build_messages(system_prompt, question), tokenize=False, add_generation_prompt=True
         )
         self._variants = {"": answer_variant_ids(self.tokenizer)}  # pending -> (yes_ids, no_ids)
-        cfg = getattr(model, "config", None)
-        self.image_token_id = cfg.image_token_id
-        self.merge = processor.image_processor.merge_size
+        self.family = family_of(model)  # the backbone seam (readl.model.families): token ids and grids
+        self.image_token_id = self.family.image_token_id(model.config)
 
     def variant_ids(self, pending: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
         """:func:`answer_variant_ids` for this tokenizer, cached per ``pending``."""
@@ -362,7 +362,7 @@ class Predictor:
         attn = cap.result().float().cpu()  # (B, T + 1, n_img + E): row j = query at P - 1 + j, which produces token j
         variants = [self.variant_ids(pending) for _, _, pending in reads]
         answer_logits = out.logits[:, 0]  # (B, V), on the device
-        grid = inputs["image_grid_thw"].cpu()
+        grids = self.family.token_grids(inputs, self.processor.image_processor)  # (h, w) per row
         n_img = img_pos.shape[1]
         results = []
         for i, (c, (mask, _, _)) in enumerate(zip(completions, reads)):
@@ -370,7 +370,7 @@ class Predictor:
             row = answer_logits[i, list(yes) + list(no)].double().cpu()  # (n_yes + n_no,): the spellings' logits only
             # P(Yes) = p(yes) / (p(yes) + p(no)) = sigmoid(log p(yes) - log p(no)), p pooled over the spellings
             p_yes = float(torch.sigmoid(torch.logsumexp(row[: len(yes)], 0) - torch.logsumexp(row[len(yes) :], 0)))
-            h, w = int(grid[i, 1]) // self.merge, int(grid[i, 2]) // self.merge
+            h, w = grids[i]
             rows = attn[i, self.row_offset : self.row_offset + len(c)]  # (T, n_img + E)
             results.append(TokenAttention(
                 image_attn=rows[:, :n_img].reshape(len(c), h, w).numpy(),

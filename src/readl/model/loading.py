@@ -1,4 +1,9 @@
-"""Load the base Qwen2.5-VL (by HF id, local folder, or ``"tiny"``), its processor, and a LoRA adapter."""
+"""Load the base model (a tiny kit name, local folder or HF id), its processor, and a LoRA adapter.
+
+Supported families (:mod:`readl.model.families`): Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, detected from the
+checkpoint's ``config.model_type``; ``tiny`` (Qwen2.5-VL), ``tiny-qwen2-vl``, ``tiny-qwen3-vl`` and
+``tiny-internvl`` are the random-weight kits built offline (:mod:`readl.model.tiny`).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,34 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoTokenizer
 
 from readl.localization.attention import CAPTURE_IMPLEMENTATION
-from readl.model.processor import Qwen2VLImageProcessorPil, ReadlQwenProcessor
-from readl.model.tiny import CHAT_TEMPLATE, ensure_tiny_model
+from readl.model.families import FAMILIES, family_for_path, family_of
+from readl.model.tiny import KITS, ensure_tiny_model
 
-__all__ = ["TINY", "resolve_base", "pick_device_dtype", "load_processor", "load_model", "load_error_message"]
+__all__ = ["TINY", "KITS", "is_kit", "resolve_base", "pick_device_dtype", "load_processor", "load_model",
+           "load_error_message"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 TINY = "tiny"
+_SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
+
+
+def is_kit(base: str | Path) -> bool:
+    """True for the names of the random-weight tiny kits (``tiny``, ``tiny-qwen2-vl``, ``tiny-qwen3-vl``,
+    ``tiny-internvl``)."""
+    return str(base) in KITS
+
+
 def resolve_base(base: str | Path) -> str:
-    """``"tiny"`` -> the tiny kit's folder (built on first use); anything else is returned as a string.
+    """A kit name -> the kit's folder (built on first use); anything else is returned as a string.
 
     Args:
-        base: ``"tiny"``, a local folder, or a Hugging Face model id such as
-            ``"Qwen/Qwen2.5-VL-7B-Instruct"``.
+        base: ``"tiny"`` / ``"tiny-qwen2-vl"`` / ``"tiny-qwen3-vl"``, a local folder, or a Hugging Face model
+            id such as ``"Qwen/Qwen3-VL-8B-Instruct"``.
     """
-    return str(ensure_tiny_model()) if str(base) == TINY else str(base)
+    return str(ensure_tiny_model(kit=str(base))) if is_kit(base) else str(base)
 
 
 def pick_device_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -45,19 +60,26 @@ def pick_device_dtype(device: str | None = None, dtype: str | None = None) -> tu
         raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto") from None
 
 
-def load_processor(base: str | Path) -> ReadlQwenProcessor:
-    """The image-only processor for ``base`` (tokenizer + PIL image processor; no torchvision).
+def load_processor(base: str | Path):
+    """The family's image-only processor for ``base`` (tokenizer + PIL image processor; no torchvision).
+
+    The chat template is the tokenizer's own, else the family's (:mod:`readl.model.families`).
 
     Raises:
-        ValueError: the tokenizer has no ``<|image_pad|>`` token, i.e. it is not a Qwen2.5-VL tokenizer.
+        ValueError: the tokenizer has no image token (``<|image_pad|>``), or the checkpoint's ``model_type`` is
+            not a supported family.
+        OSError: no config can be read for ``base`` (from transformers).
     """
     path = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    if tokenizer.convert_tokens_to_ids("<|image_pad|>") in (None, tokenizer.unk_token_id):
-        raise ValueError(f"{path}: tokenizer has no <|image_pad|> token; readl needs a Qwen2.5-VL model")
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
-    return ReadlQwenProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    tokens = sorted({f.image_token for f in FAMILIES.values()})
+    if all(tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id) for t in tokens):
+        raise ValueError(f"{path}: tokenizer has no {'/'.join(tokens)} token; readl needs a {_SUPPORTED} model")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    family = family_of(config)
+    return family.processor(tokenizer, family.image_processor_class.from_pretrained(path), config=config)
 
 
 def load_model(
@@ -65,29 +87,28 @@ def load_model(
     adapter: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
-) -> tuple[torch.nn.Module, ReadlQwenProcessor]:
+) -> tuple[torch.nn.Module, object]:
     """Load the model (in eval mode, attention = SDPA with ReAL capture) and its processor.
 
     Args:
-        base: ``"tiny"`` (local tiny kit), a local folder, or an HF id (``Qwen/Qwen2.5-VL-7B-Instruct``).
+        base: a tiny kit name (:func:`is_kit`), a local folder, or an HF id (``Qwen/Qwen2.5-VL-7B-Instruct``,
+            ``Qwen/Qwen3-VL-8B-Instruct`` ...) of a supported family.
         adapter: folder of a PEFT LoRA adapter (``adapter_config.json`` inside) or ``None``.
         device, dtype: see :func:`pick_device_dtype` (default bf16 on GPU, fp32 on CPU).
 
     Returns:
-        ``(model, processor)``; the model is a ``PeftModel`` when an adapter is given.
+        ``(model, processor)``; the model is a ``PeftModel`` when an adapter is given; the processor is the
+        family's image-only one.
 
     Raises:
-        ValueError: the checkpoint is not a Qwen2.5-VL model.
+        ValueError: the checkpoint's ``model_type`` is not a supported family.
         FileNotFoundError: ``adapter`` is not a folder with ``adapter_config.json``.
     """
     path = resolve_base(base)
     dev, torch_dtype = pick_device_dtype(device, dtype)
+    family = family_for_path(path)
     processor = load_processor(path)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=torch_dtype, attn_implementation=CAPTURE_IMPLEMENTATION
-    )
-    if model.config.model_type != "qwen2_5_vl":
-        raise ValueError(f"{path}: model_type is {model.config.model_type!r}; readl needs a Qwen2.5-VL model")
+    model = family.load_class().from_pretrained(path, dtype=torch_dtype, attn_implementation=CAPTURE_IMPLEMENTATION)
     if adapter is not None:
         adapter = Path(adapter)
         if not (adapter / "adapter_config.json").is_file():
@@ -105,7 +126,7 @@ def load_error_message(base: str | Path, exc: OSError) -> str:
     """One line for a base model that :func:`load_model` could not open (``OSError`` from transformers / the hub):
     the folder or HF id, what is wrong and the fix (commands print it instead of a traceback)."""
     if Path(base).exists():
-        return f"{base}: cannot load a Qwen2.5-VL model from this folder ({str(exc).splitlines()[0]})"
+        return f"{base}: cannot load a {_SUPPORTED} model from this folder ({str(exc).splitlines()[0]})"
     return (f"{base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached (offline?). "
             f"Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME at a cache "
-            f"that has it), pass a local model folder, or use --model tiny")
+            f"that has it), pass a local model folder, or use --model tiny (or tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl)")

@@ -92,25 +92,19 @@ def build_dataset(manifest: pd.DataFrame, image_size: int) -> Dataset:
 
 
 def fit_processor(processor, image_size: int):
-    """A copy of ``processor`` whose image processor keeps ``image_size``^2 images at that size.
+    """A copy of ``processor`` whose image processor keeps ``image_size``^2 images at the nearest size the
+    model's patch grid allows (the family's :meth:`readl.model.families.Family.fit_image_processor`).
 
-    Qwen2.5-VL's image processor resizes to ``min_pixels <= h*w <= max_pixels`` (multiples of 28); the tiny
-    kit's is pinned to 420x420, so a 112x112 image would be upscaled. Setting both bounds to
-    ``image_size**2`` makes the grid exactly ``(1, image_size/14, image_size/14)`` -> an
-    ``(image_size/28)^2`` token map for every model (7B included: 420 -> 15x15).
+    Qwen's image processors resize to ``min_pixels <= h*w <= max_pixels`` (multiples of patch x merge: 28 px,
+    32 px for Qwen3-VL); the tiny kits' are pinned to 420x420, so a 112x112 image would be upscaled. Pinning
+    both bounds makes the token map the same for every image and every model of a family (7B included:
+    420 -> 15x15 on Qwen2.5-VL, 13x13 on Qwen3-VL; InternVL: its fixed 448 px tile, 16x16).
 
     Raises:
-        ValueError: ``image_size`` is not a positive multiple of 28.
+        ValueError: ``image_size`` is smaller than one image token's side.
     """
-    if image_size <= 0 or image_size % 28:
-        raise ValueError(f"image_size must be a positive multiple of 28, got {image_size}")
+    from readl.model.families import family_of_processor
+
     out = copy.copy(processor)
-    ip = copy.deepcopy(processor.image_processor)
-    pixels = image_size * image_size
-    ip.size = type(ip.size)(shortest_edge=pixels, longest_edge=pixels) if hasattr(ip.size, "shortest_edge") else {
-        "shortest_edge": pixels, "longest_edge": pixels}  # fmt: skip
-    for attr in ("min_pixels", "max_pixels"):
-        if getattr(ip, attr, None) is not None:
-            setattr(ip, attr, pixels)
-    out.image_processor = ip
+    out.image_processor = family_of_processor(processor).fit_image_processor(processor.image_processor, image_size)
     return out

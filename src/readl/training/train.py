@@ -34,7 +34,7 @@ from readl.training.checkpoints import (
 )
 from readl.training.data import build_dataset, fit_processor, load_manifest
 from readl.training.progress import StepProgress
-from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config, lora_targets
+from readl.training.lora import default_target_regex, lora_config, lora_targets
 from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
 from readl.training.summary import train_summary
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
@@ -128,7 +128,7 @@ def build_trainer(
         model_and_processor = load_model(pipeline_base(params), device=device, dtype=params.model.dtype)
     model, processor = model_and_processor
     processor = fit_processor(processor, params.model.image_size)
-    target = t.lora.target_modules or DEFAULT_TARGET_REGEX
+    target = t.lora.target_modules or default_target_regex(model)  # the backbone family's (readl.model.families)
     log.info("LoRA on %d modules (decoder + merger)", len(lora_targets(model, target)))
     return CGROTrainer(
         model=model,

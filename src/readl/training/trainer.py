@@ -29,7 +29,6 @@ import time
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
@@ -37,6 +36,7 @@ from readl.localization.anomaly_map import token_weights
 from readl.localization.attention import capture_attention, enable_capture
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
 from readl.localization.thresholds import find_threshold
+from readl.model.families import family_of, family_of_processor
 from readl.model.inference import (
     anomaly_token_positions,
     image_token_positions,
@@ -110,7 +110,7 @@ def capture_completion_attention(
     offset = query_row_offset(query_row)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    merge = image_processor.merge_size
+    family = family_of(model)  # the backbone seam (readl.model.families): vision inputs, token grids
     n = len(images)
     batch_size = batch_size or n
     out: list[tuple[np.ndarray, np.ndarray]] = []
@@ -132,22 +132,21 @@ def capture_completion_attention(
         img_pos = image_token_positions(ids[:, :p_len], image_token_id)  # (b, n_img)
         anom_pos = anomaly_token_positions(ids[:, :p_len], tokenizer, question)  # (b, E)
         key_index = torch.cat([img_pos, anom_pos], dim=1)  # (b, n_img + E)
+        vision = {k: v.to(device) for k, v in vis.items()}  # the vision tower casts pixel_values to its dtype
         with capture_attention(key_index, query_start=p_len - 1, layers=layers) as cap:
             model(
                 input_ids=ids,
                 attention_mask=mask,
-                pixel_values=vis["pixel_values"].to(device),  # the vision tower casts to its dtype
-                image_grid_thw=vis["image_grid_thw"].to(device),
-                mm_token_type_ids=(ids == image_token_id).long(),
+                **family.vision_inputs(vision, ids, image_token_id),  # the backbone seam: pixels (+ grid, M-RoPE types)
                 use_cache=False,
                 logits_to_keep=1,
             )
         attn = cap.result().float().cpu()  # (b, T + 1, n_img + E): row j = query at position P - 1 + j
-        grid = vis["image_grid_thw"]
+        grids = family.token_grids(vis, image_processor)  # (h, w) per row
         n_img = img_pos.shape[1]
         for r in range(b):
             t = len(completion_ids[lo + r])
-            h, w = int(grid[r, 1]) // merge, int(grid[r, 2]) // merge
+            h, w = grids[r]
             rows = attn[r, offset : offset + t]  # (T_b, n_img + E)
             out.append((rows[:, :n_img].reshape(t, h, w).numpy(), rows[:, n_img:].numpy()))
     return out
@@ -201,16 +200,14 @@ class CGROTrainer(GRPOTrainer):
             ``(R, h, w)``), ``weights`` (ranking key, list of ``(R,)``), ``w`` (Eq. 4), ``j`` (J or NaN).
 
     Raises:
-        ValueError: ``processing_class`` is not a Qwen2.5-VL processor.
+        ValueError: ``processing_class`` is not a readl image-only processor (:mod:`readl.model.families`).
     """
 
     def __init__(self, *args, localization, question: str = QUESTION, **kwargs):
-        processor = kwargs.get("processing_class")
-        if not isinstance(processor, Qwen2_5_VLProcessor):
-            raise ValueError(
-                f"CGROTrainer needs processing_class= a Qwen2.5-VL processor (ReadlQwenProcessor), got "
-                f"{type(processor).__name__}; without it TRL trains text-only"
-            )
+        try:
+            family_of_processor(kwargs.get("processing_class"))
+        except ValueError as exc:
+            raise ValueError(f"CGROTrainer needs processing_class= {exc}; without it TRL trains text-only") from None
         super().__init__(*args, **kwargs)
         self.localization = localization
         self.question = question

@@ -35,10 +35,10 @@ from trl import SFTConfig, SFTTrainer
 
 from readl.atomic import write_json
 from readl.config import Params
-from readl.model.loading import TINY, load_model
+from readl.model.loading import is_kit, load_model
 from readl.training.checkpoints import fingerprint, last_complete_checkpoint, prepare_checkpoint_dir, replace_dir, save_run_info
 from readl.training.data import fit_processor, load_manifest, prompt_messages
-from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config
+from readl.training.lora import default_target_regex, lora_config
 from readl.training.progress import StepProgress
 from readl.training.reasoning_targets import targets_for
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
@@ -245,11 +245,11 @@ def warmup(params: Params, manifest: str | Path = "data/curated/train.parquet", 
     targets = targets_for(raw, seed=w.seed)
     model, processor = load_model(params.model.base, device=device or str(state.device), dtype=params.model.dtype)
     processor = fit_processor(processor, params.model.image_size)
-    trainable = w.trainable if w.trainable != "auto" else ("full" if params.model.base == TINY else "lora")
+    trainable = w.trainable if w.trainable != "auto" else ("full" if is_kit(params.model.base) else "lora")
     peft = None
     if trainable == "lora":
         lcfg = params.train.lora
-        peft = lora_config(lcfg.r, lcfg.alpha, lcfg.dropout, lcfg.target_modules or DEFAULT_TARGET_REGEX)
+        peft = lora_config(lcfg.r, lcfg.alpha, lcfg.dropout, lcfg.target_modules or default_target_regex(model))
     model.train()
     ckpt_dir = output_dir / "warmup_checkpoints"
     trainer = WeightedSFTTrainer(
