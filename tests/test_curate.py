@@ -15,7 +15,7 @@ from PIL import Image
 
 from readl.config import CurateConfig, CurateSource, load_params
 from readl.data import curate as C
-from readl.data.images import decode_resize_hash, hamming
+from readl.data.phash import decode_resize_hash, hamming
 from readl.data.schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
