@@ -10,6 +10,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing import get_context
 from collections.abc import Iterable, Sequence
 from typing import Any

@@ -21,6 +21,7 @@ Mask binarisation (``binarise_mask``), chosen to get every published convention 
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
