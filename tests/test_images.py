@@ -356,6 +356,17 @@ def test_labelme_and_coco_masks(tmp_path):
         M.load_mask(c, None)
 
 
+def test_labelme_circle_mask_is_the_disc(tmp_path):
+    import json
+    lm = {"shapes": [{"label": "dent", "shape_type": "circle", "points": [[32, 24], [32, 34]]}],  # radius 10 px
+          "imageWidth": 64, "imageHeight": 48}
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(lm))
+    m = M.load_mask(p, None)
+    assert m.shape == (48, 64) and m[24, 32] and m[24, 41] and not m[24, 44] and not m[0, 0]
+    assert abs(int(m.sum()) - round(np.pi * 10 ** 2)) < 40  # the disc's area, give or take its rim
+
+
 def test_mask_resize_is_nearest_and_shape_is_h_w(tmp_path):
     p = save(square_mask(), tmp_path / "m.png")
     m = M.load_mask(p, (32, 24))
