@@ -56,7 +56,7 @@ def make_images(folder: Path, n: int = N_IMAGES) -> list[Path]:
 
 
 def _decode(path: str) -> str:
-    from readl.data.images import decode_resize_hash
+    from readl.data.phash import decode_resize_hash
 
     return decode_resize_hash(path)[1]
 

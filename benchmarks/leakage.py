@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from readl.config import CurateConfig
-from readl.data.images import hamming, load_rgb, phash
+from readl.data.images import load_rgb
+from readl.data.phash import hamming, phash
 from readl.data.leakage import ssim, thumbnail
 
 ROOT = Path(__file__).resolve().parents[1] / "data/raw/hazelnut_toy/hazelnut"

@@ -106,8 +106,9 @@ def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
 def run_arm(name: str, params_dict: dict, work: Path) -> dict:
     """train -> calibrate -> evaluate of one arm under ``work/runs/<name>``; returns its numbers."""
     from readl.config import Params
-    from readl.evaluation.run import run_calibrate, run_evaluate
-    from readl.training.train import train
+    from readl.stages.calibrate import run as run_calibrate
+    from readl.stages.evaluate import run as run_evaluate
+    from readl.stages.train import run as train
 
     out = work / "runs" / name
     p = json.loads(json.dumps(params_dict))
@@ -230,7 +231,7 @@ def main() -> None:
 
             from readl.cli import app
             from readl.config import Params
-            from readl.training.warmup import warmup
+            from readl.stages.warmup import run as warmup
 
             seconds = {}
             t0 = time.perf_counter()

@@ -80,7 +80,7 @@ def _child(args) -> None:
     """One predict run; prints JSON with peak RSS and the time split."""
     import torch
 
-    import readl.predict as pm
+    import readl.predictor as pm
     from readl.config import LocalizationConfig, ModelConfig
     from readl.model.inference import GenerationSettings, Predictor
     from readl.model.loading import load_model

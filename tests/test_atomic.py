@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from readl.atomic import atomic_dir, atomic_write, write_json, write_text
-from readl.training.checkpoints import replace_dir
 
 
 def _mode(p: Path) -> int:
@@ -45,11 +44,13 @@ def test_atomic_outputs_respect_the_umask(tmp_path, umask):
         (d / "index.html").write_text("x")
     assert _mode(tmp_path / "gallery") == dir_mode and _mode(tmp_path / "gallery/index.html") == file_mode
 
-    def save(tmp: Path) -> None:  # like PEFT's save_pretrained
-        (tmp / "adapter_config.json").write_text("{}")
+    def replace_dir(dest: Path) -> Path:  # how `readl train` / `readl warmup` write models/adapter, models/warmup
+        with atomic_dir(dest) as tmp:
+            (tmp / "adapter_config.json").write_text("{}")  # like PEFT's save_pretrained
+        return dest
 
-    adapter = replace_dir(save, tmp_path / "models" / "adapter")
+    adapter = replace_dir(tmp_path / "models" / "adapter")
     assert _mode(adapter) == dir_mode and _mode(adapter / "adapter_config.json") == file_mode
-    adapter = replace_dir(save, adapter)  # replacing an existing folder
+    adapter = replace_dir(adapter)  # replacing an existing folder
     assert _mode(adapter) == dir_mode
     assert sorted(p.name for p in adapter.parent.iterdir()) == ["adapter"]  # no temp folders left

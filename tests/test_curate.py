@@ -15,7 +15,8 @@ from PIL import Image
 
 from readl.config import CurateConfig, CurateSource, load_params
 from readl.data import curate as C
-from readl.data.images import decode_resize_hash, hamming
+from readl.data import curate_workers
+from readl.data.phash import decode_resize_hash, hamming
 from readl.data.schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_sample_images_and_masks_are_420_png(sample_run):
 
 def test_same_params_give_byte_identical_outputs(sample_run, sample_dir, monkeypatch):
     first = snapshot(sample_run.out_dir)
-    monkeypatch.setattr(C, "POOL_MIN_TASKS", 0)  # second run on a 2-process pool, same out_dir
+    monkeypatch.setattr(curate_workers, "POOL_MIN_TASKS", 0)  # second run on a 2-process pool, same out_dir
     C.curate(CurateConfig(workers=2), sample_dir, sample_run.out_dir)
     second = snapshot(sample_run.out_dir)
     assert first.keys() == second.keys()

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from readl.data import images as I
+from readl.data import masks as M
+from readl.data import phash as H
 from readl.data.images import BadImageError
 
 SAMPLE = Path(__file__).parents[1] / "data/raw"
@@ -50,13 +52,13 @@ def test_load_rgb_real_grayscale_png_is_rgb_420():
 
 
 def test_load_pair_real_hazelnut_jpeg_and_mask():
-    img, mask = I.load_pair(HAZEL_JPG, HAZEL_MASK, (112, 96))
+    img, mask = M.load_pair(HAZEL_JPG, HAZEL_MASK, (112, 96))
     assert img.size == (112, 96) and mask.shape == (96, 112) and mask.dtype == bool
     assert 0.005 < mask.mean() < 0.1  # MANIFEST.csv: fg fraction 0.02184
 
 
 def test_load_mask_real_mvtec_fraction_matches_manifest():
-    mask = I.load_mask(GRID_MASK, None)
+    mask = M.load_mask(GRID_MASK, None)
     assert mask.shape == (1024, 1024)
     assert mask.mean() == pytest.approx(0.00521, abs=1e-4)  # MANIFEST.csv mask_fg_frac
 
@@ -97,7 +99,7 @@ def test_lfs_pointer_is_not_an_image(tmp_path):
     p = tmp_path / "000.png"
     p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n")
     with pytest.raises(BadImageError, match="LFS"):
-        I.load_mask(p)
+        M.load_mask(p)
 
 
 @pytest.mark.parametrize("src", [HAZEL_JPG, GRID_PNG], ids=["jpeg", "png"])
@@ -109,7 +111,7 @@ def test_truncated_file_is_an_error_not_grey(tmp_path, src):
         I.load_rgb(p)
     assert p.name in str(e.value)
     with pytest.raises(BadImageError, match="truncated"):
-        I.decode_resize_hash(p)
+        H.decode_resize_hash(p)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -118,7 +120,7 @@ def test_truncated_mask_is_an_error(tmp_path):
     p = tmp_path / "000_mask.png"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(BadImageError, match="truncated"):
-        I.load_mask(p)
+        M.load_mask(p)
 
 
 def test_refuses_when_someone_sets_load_truncated_images(monkeypatch):
@@ -129,7 +131,7 @@ def test_refuses_when_someone_sets_load_truncated_images(monkeypatch):
 
 def test_missing_mask_in_pair(tmp_path):
     with pytest.raises(BadImageError, match="does not exist") as e:
-        I.load_pair(GRID_PNG, tmp_path / "000_mask.png")
+        M.load_pair(GRID_PNG, tmp_path / "000_mask.png")
     assert "000_mask.png" in str(e.value)
 
 
@@ -137,7 +139,7 @@ def test_mismatched_mask_size(tmp_path):
     img = save(Image.new("RGB", (64, 48)), tmp_path / "img.png")
     mask = save(square_mask(60, 48, box=(1, 1, 5, 5)), tmp_path / "mask.png")
     with pytest.raises(BadImageError, match="does not match") as e:
-        I.load_pair(img, mask)
+        M.load_pair(img, mask)
     msg = str(e.value)
     assert "mask.png" in msg and "60x48" in msg and "64x48" in msg and "img.png" in msg
 
@@ -229,13 +231,13 @@ def test_exif_rotated_image_and_mask_stay_aligned(tmp_path, orientation):
     img_p = save(Image.fromarray(stored), tmp_path / "img.jpg", quality=95,
                  exif=_exif(orientation))
     mask_p = save(square_mask(w, h, box), tmp_path / "mask.png")
-    img, mask = I.load_pair(img_p, mask_p, None)
+    img, mask = M.load_pair(img_p, mask_p, None)
     upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     assert img.size == upright and mask.shape == (upright[1], upright[0])
     bright = np.asarray(img)[..., 0] > 128
     assert (bright == mask).mean() > 0.99 and mask.sum() == 16 * 12
     # the model-size path too
-    img2, mask2 = I.load_pair(img_p, mask_p, (32, 32))
+    img2, mask2 = M.load_pair(img_p, mask_p, (32, 32))
     assert ((np.asarray(img2)[..., 0] > 128) == mask2).mean() > 0.97
     # load_rgb alone applies the same orientation
     assert I.load_rgb(img_p, None).size == upright
@@ -248,7 +250,7 @@ def test_mask_already_upright_is_used_as_stored(tmp_path):
     img_p = save(Image.fromarray(stored), tmp_path / "img.jpg", quality=95, exif=_exif(6))
     upright = np.asarray(I.load_rgb(img_p, None))[..., 0] > 128  # (64, 48) array
     mask_p = save(Image.fromarray(upright.astype(np.uint8) * 255), tmp_path / "mask.png")
-    _, mask = I.load_pair(img_p, mask_p, None)
+    _, mask = M.load_pair(img_p, mask_p, None)
     assert np.array_equal(mask, upright)
 
 
@@ -259,7 +261,7 @@ def test_mask_already_upright_is_used_as_stored(tmp_path):
                          ids=["0-1", "0-255", "loco-238", "mvtec3d-253", "visa-index-2"])
 def test_mask_value_conventions(tmp_path, fg, bg):
     p = save(square_mask(fg=fg, bg=bg), tmp_path / "m.png")
-    assert np.array_equal(I.load_mask(p, None), expected_box())
+    assert np.array_equal(M.load_mask(p, None), expected_box())
 
 
 @pytest.mark.parametrize("values", [(238, 250, 255), (1, 2, 3)], ids=["loco", "visa"])
@@ -269,30 +271,30 @@ def test_mask_with_several_defect_values(tmp_path, values):
     arr[10:20, 10:20] = values[1]
     arr[30:40, 30:40] = values[2]
     p = save(Image.fromarray(arr), tmp_path / "m.png")
-    assert I.load_mask(p, None).sum() == 25 + 100 + 100
+    assert M.load_mask(p, None).sum() == 25 + 100 + 100
 
 
 def test_rgb_and_palette_masks(tmp_path):
     red = np.zeros((48, 64, 3), dtype=np.uint8)
     red[8:24, 10:30] = (255, 0, 0)
     p = save(Image.fromarray(red), tmp_path / "rgb.png")
-    assert np.array_equal(I.load_mask(p, None), expected_box())
+    assert np.array_equal(M.load_mask(p, None), expected_box())
     pal = square_mask(fg=1).convert("P")  # index image
     pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # VOC-like colours
     p2 = save(pal, tmp_path / "pal.png")
     assert Image.open(p2).mode == "P"
-    assert np.array_equal(I.load_mask(p2, None), expected_box())
+    assert np.array_equal(M.load_mask(p2, None), expected_box())
     rgba = Image.fromarray(np.dstack([red, np.full((48, 64), 255, np.uint8)]), mode="RGBA")
-    assert np.array_equal(I.binarise_mask(rgba), expected_box())
+    assert np.array_equal(M.binarise_mask(rgba), expected_box())
 
 
 def test_16bit_and_1bit_masks(tmp_path):
     arr = expected_box().astype(np.uint16)
     for scale in (1, 65535):
         p = save(Image.fromarray(arr * scale), tmp_path / f"m{scale}.png")
-        assert np.array_equal(I.load_mask(p, None), expected_box())
+        assert np.array_equal(M.load_mask(p, None), expected_box())
     p = save(square_mask().convert("1"), tmp_path / "m1.png")
-    assert np.array_equal(I.load_mask(p, None), expected_box())
+    assert np.array_equal(M.load_mask(p, None), expected_box())
 
 
 def _disk(w=128, h=96, cx=50.3, cy=41.7, r=21.4) -> np.ndarray:
@@ -308,7 +310,7 @@ def test_jpeg_compressed_mask(tmp_path, shape, quality):
     raw = np.asarray(Image.open(p))
     assert ((raw > 0) & (raw < 128) & ~truth).any()  # JPEG noise near 0 is really there
     assert ((raw > 128) & (raw < 255) & truth).any()  # and near 255
-    got = I.load_mask(p, None)
+    got = M.load_mask(p, None)
     if shape == "disk":  # a curved edge: allow a JPEG-blurred one-pixel rim, nothing else
         assert (got != truth).sum() <= 0.02 * truth.sum()
         assert not (got & ~_disk(r=23)).any() and (got | ~_disk(r=20)).all()
@@ -316,7 +318,7 @@ def test_jpeg_compressed_mask(tmp_path, shape, quality):
         assert np.array_equal(got, truth)
     # the same noisy pixels saved losslessly (PNG of a JPEG-decoded mask) give the same answer
     p2 = save(Image.fromarray(raw), tmp_path / "m_from_jpeg.png")
-    assert np.array_equal(I.load_mask(p2, None), got)
+    assert np.array_equal(M.load_mask(p2, None), got)
 
 
 def test_mask_folder_union_loco(tmp_path):
@@ -328,11 +330,11 @@ def test_mask_folder_union_loco(tmp_path):
     b[40:48, 60:64] = 255
     save(Image.fromarray(a), d / "000.png")
     save(Image.fromarray(b), d / "001.png")
-    m = I.load_mask(d, None)
+    m = M.load_mask(d, None)
     assert m.sum() == 16 + 32 and m[0, 0] and m[47, 63]
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadImageError, match="no mask images"):
-        I.load_mask(tmp_path / "empty")
+        M.load_mask(tmp_path / "empty")
 
 
 def test_labelme_and_coco_masks(tmp_path):
@@ -342,71 +344,82 @@ def test_labelme_and_coco_masks(tmp_path):
           "imageWidth": 64, "imageHeight": 48}
     p = tmp_path / "a.json"
     p.write_text(json.dumps(lm))
-    assert np.array_equal(I.load_mask(p, None), expected_box())
+    assert np.array_equal(M.load_mask(p, None), expected_box())
     coco = {"images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48}],
             "annotations": [{"id": 1, "image_id": 7, "category_id": 1,
                              "segmentation": [[10, 8, 29, 8, 29, 23, 10, 23]]}],
             "categories": [{"id": 1, "name": "scratch"}]}
     c = tmp_path / "_annotations.coco.json"
     c.write_text(json.dumps(coco))
-    assert np.array_equal(I.load_mask(c, None, coco_image_id="7"), expected_box())
+    assert np.array_equal(M.load_mask(c, None, coco_image_id="7"), expected_box())
     with pytest.raises(BadImageError, match="image id"):
-        I.load_mask(c, None)
+        M.load_mask(c, None)
+
+
+def test_labelme_circle_mask_is_the_disc(tmp_path):
+    import json
+    lm = {"shapes": [{"label": "dent", "shape_type": "circle", "points": [[32, 24], [32, 34]]}],  # radius 10 px
+          "imageWidth": 64, "imageHeight": 48}
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(lm))
+    m = M.load_mask(p, None)
+    assert m.shape == (48, 64) and m[24, 32] and m[24, 41] and not m[24, 44] and not m[0, 0]
+    assert abs(int(m.sum()) - round(np.pi * 10 ** 2)) < 40  # the disc's area, give or take its rim
 
 
 def test_mask_resize_is_nearest_and_shape_is_h_w(tmp_path):
     p = save(square_mask(), tmp_path / "m.png")
-    m = I.load_mask(p, (32, 24))
+    m = M.load_mask(p, (32, 24))
     assert m.shape == (24, 32) and m.dtype == bool
     assert m.sum() == 10 * 8  # exactly half in both directions
-    assert I.mask_is_empty(save(square_mask(fg=0), tmp_path / "e.png"))
-    assert not I.mask_is_empty(p)
+    assert M.mask_is_empty(save(square_mask(fg=0), tmp_path / "e.png"))
+    assert not M.mask_is_empty(p)
 
 
 # ------------------------------------------------------------------ pHash
 
 
 def test_phash_known_answer_and_format():
-    assert I.phash(Image.new("L", (50, 50), 128)) == "8000000000000000"  # only DC > median
-    h = I.phash(I.load_rgb(GRID_PNG))
+    assert H.phash(Image.new("L", (50, 50), 128)) == "8000000000000000"  # only DC > median
+    h = H.phash(I.load_rgb(GRID_PNG))
     assert len(h) == 16 and int(h, 16) >= 0 and h == h.lower()
 
 
 @pytest.mark.parametrize("src", [HAZEL_JPG, GRID_PNG, PLATE_PNG], ids=["hazelnut", "grid", "plate"])
 def test_phash_stable_under_resize_and_jpeg(src):
     img = I.load_rgb(src, None)
-    h = I.phash(img)
+    h = H.phash(img)
     smaller = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=60)
     buf.seek(0)
     jpeg = Image.open(buf).convert("RGB")
-    assert I.hamming(h, I.phash(smaller)) <= 6
-    assert I.hamming(h, I.phash(jpeg)) <= 6
-    _, h420 = I.decode_resize_hash(src)
-    assert I.hamming(h, h420) <= 6
+    assert H.hamming(h, H.phash(smaller)) <= 6
+    assert H.hamming(h, H.phash(jpeg)) <= 6
+    _, h420 = H.decode_resize_hash(src)
+    assert H.hamming(h, h420) <= 6
 
 
 def test_phash_differs_for_different_images():
-    hashes = [I.decode_resize_hash(p)[1] for p in (HAZEL_JPG, GRID_PNG, PLATE_PNG)]
+    hashes = [H.decode_resize_hash(p)[1] for p in (HAZEL_JPG, GRID_PNG, PLATE_PNG)]
     for i in range(3):
         for j in range(i + 1, 3):
-            assert I.hamming(hashes[i], hashes[j]) > 12
+            assert H.hamming(hashes[i], hashes[j]) > 12
 
 
 def test_hamming():
-    assert I.hamming("0" * 16, "f" * 16) == 64
-    assert I.hamming("8000000000000000", "0000000000000001") == 2
+    assert H.hamming("0" * 16, "f" * 16) == 64
+    assert H.hamming("8000000000000000", "0000000000000001") == 2
     with pytest.raises(ValueError):
-        I.hamming("abc", "0" * 16)
+        H.hamming("abc", "0" * 16)
     with pytest.raises(ValueError):
-        I.hamming("g" * 16, "0" * 16)
+        H.hamming("g" * 16, "0" * 16)
 
 
 def test_decode_resize_hash_shapes():
-    arr, h = I.decode_resize_hash(HAZEL_JPG, (112, 80))
+    arr, h = H.decode_resize_hash(HAZEL_JPG, (112, 80))
     assert arr.shape == (80, 112, 3) and arr.dtype == np.uint8 and len(h) == 16
-    assert I.phash(arr) == h
+    assert H.phash(arr) == h
 
 
 # ------------------------------------------------------------------ degenerate and huge images
@@ -416,8 +429,8 @@ def test_decode_resize_hash_shapes():
 def test_image_below_one_merged_patch_is_rejected(tmp_path, size):
     p = save(Image.new("RGB", size, (200, 10, 10)), tmp_path / "tiny.png")
     for decode in (lambda: I.load_rgb(p, min_side=I.MIN_SIDE),
-                   lambda: I.decode_resize_hash(p, min_side=I.MIN_SIDE),
-                   lambda: I.load_pair(p, None, min_side=I.MIN_SIDE),
+                   lambda: H.decode_resize_hash(p, min_side=I.MIN_SIDE),
+                   lambda: M.load_pair(p, None, min_side=I.MIN_SIDE),
                    lambda: I.load_rgb_fit(p, 2048, min_side=I.MIN_SIDE)):
         with pytest.raises(BadImageError, match=rf"tiny.png: image is {size[0]}x{size[1]} px, "
                                                 rf"smaller than the 28x28"):

@@ -8,7 +8,7 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-import readl.predict as predict_mod
+import readl.predictor as predict_mod
 from readl.config import LocalizationConfig
 from readl.evaluation.report import overlay
 from readl.model.inference import GenerationSettings, Predictor

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from readl.data.images import decode_resize_hash
+from readl.data.phash import decode_resize_hash
 from readl.data.schema import MANIFEST_COLUMNS, OPTIONAL_COLUMNS, ManifestError, manifest_schema, validate_manifest
 from readl.data.sources import read_source, records_to_frame
 

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from readl.data import images as I
+from readl.data import masks as M
+from readl.data import phash as H
 from readl.data.sources import (ADAPTERS, LayoutError, Record, get_adapter, read_source,
                                 records_to_frame)
 from readl.data.sources.real_iad import parse_real_iad_json
@@ -117,7 +119,7 @@ def test_hazelnut_toy_masks_without_suffix():
     assert all(r.mask_path.name == r.image_path.stem + ".png" for r in anomalous)
     assert Counter((r.split, r.label) for r in recs) == {("train", 0): 28, ("test", 0): 6,
                                                           ("test", 1): 17}
-    img, mask = I.load_pair(anomalous[0].image_path, anomalous[0].mask_path, (64, 64))
+    img, mask = M.load_pair(anomalous[0].image_path, anomalous[0].mask_path, (64, 64))
     assert mask.any()
 
 
@@ -234,7 +236,7 @@ def test_mvtec_loco_mask_folders(tmp_path):
     assert Counter(r.split for r in recs) == {"test": 3, "train": 1, "validation": 1}
     logical = next(r for r in recs if r.defect_type == "logical_anomalies")
     assert logical.mask_kind == "dir_union" and logical.mask_path.is_dir()
-    assert I.load_mask(logical.mask_path, None).sum() == 4 + 9
+    assert M.load_mask(logical.mask_path, None).sum() == 4 + 9
     structural = next(r for r in recs if r.defect_type == "structural_anomalies")
     assert structural.mask_path is None and structural.label == 1
 
@@ -309,7 +311,7 @@ def test_vision_coco(tmp_path):
         ("Cable", "train", 0, "good"), ("Cable", "train", 1, "break+thunderbolt")]
     ng = recs[1]
     assert ng.mask_kind == "coco" and ng.mask_ref == "1"
-    _, mask = I.load_pair(ng.image_path, ng.mask_path, None, coco_image_id=ng.mask_ref)
+    _, mask = M.load_pair(ng.image_path, ng.mask_path, None, coco_image_id=ng.mask_ref)
     assert mask.shape == (12, 16) and mask[3, 3] and mask[9, 9] and not mask[0, 0]
     coco["annotations"][0]["image_id"] = 99
     (split / "_annotations.coco.json").write_text(json.dumps(coco))
@@ -330,7 +332,7 @@ def test_bsdata_labelme(tmp_path):
     recs = list(read_source("bsdata", root))
     assert [(r.split, r.label, r.defect_type, r.mask_kind) for r in recs] == [
         ("all", 0, "good", "none"), ("all", 1, "pitting", "labelme")]
-    _, mask = I.load_pair(recs[1].image_path, recs[1].mask_path, None)
+    _, mask = M.load_pair(recs[1].image_path, recs[1].mask_path, None)
     assert mask[4, 5] and not mask[9, 19]
     (root / "label/01_zzz.json").write_text(json.dumps(lm))
     with pytest.raises(LayoutError, match="without an image"):
@@ -454,7 +456,7 @@ def test_folder_masks_paired_within_their_own_folder(tmp_path, mask_layout):
                                    abnormal_dir=["cut", "hole"], mask_dir=mask_dir) if r.label]
     assert len(recs) == 5 and all(r.mask_path is not None for r in recs)
     for r in recs:  # the mask's box width identifies the mask file it came from
-        got = int(I.load_mask(r.mask_path, None).sum())
+        got = int(M.load_mask(r.mask_path, None).sum())
         assert got == widths[f"{r.defect_type}/{r.image_path.stem}"], (r.image_path, r.mask_path)
 
 

@@ -98,7 +98,7 @@ def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, mo
 
     from readl.model.inference import GenerationSettings, Predictor
     from readl.model.loading import load_model
-    from readl.training.warmup import warmup
+    from readl.stages.warmup import run as warmup
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:6]

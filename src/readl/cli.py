@@ -1,10 +1,33 @@
-"""The ``readl`` command: one sub-command per pipeline stage, plus predict."""
+"""The ``readl`` command: one sub-command per pipeline stage (each runs :mod:`readl.stages`), plus predict.
+
+This module only parses arguments, prints results and maps errors to exit codes; each stage's code is in
+``readl/stages/<stage>.py`` (one ``run`` entry each).
+
+Exit codes (every command):
+
+=====  ==========================================================================================================
+0      success (``readl register --promote`` also when the gate refuses: the refusal is reported)
+1      runtime failure: something the command needs is absent or unavailable (an upstream stage's output, a raw
+       data folder, a model that cannot be loaded, the MLflow registry or artifact store, a download), or it
+       failed while running; ``readl predict`` when some input files could not be read (the others have
+       results); ``readl promote`` when the gate refuses
+2      bad input or usage: invalid options or arguments, an explicit ``--params`` that does not exist, an invalid
+       params.yaml, an input file with invalid content (manifest columns, thresholds.json, metrics.json, an
+       adapter without weights), an unknown ``readl fetch`` source, or a step the user must do by hand
+       (``readl fetch`` of a benchmark without a public download)
+=====  ==========================================================================================================
+
+Errors print one ``error:`` line naming the file and the fix, without a traceback; the global ``--debug``
+option (``readl --debug evaluate``) prints the traceback too.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -14,14 +37,19 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 app = typer.Typer(help="readl: reasoning-driven industrial anomaly detection (ReAL + CGRO).", no_args_is_help=True)
 console = Console(stderr=True)
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_options = {"debug": False}
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an error.")] = False,
+) -> None:
+    _options["debug"] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -34,18 +62,42 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of an error (module docstring): an ``exit_code`` attribute of the exception
+    class, else 2 for a ``ValueError`` (bad input: pydantic's ValidationError, BadImageError, ManifestError,
+    LayoutError ... are ValueErrors), else 1."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
+
+
+def _handled(command):
+    """Run a command; an exception becomes one ``error:`` line (traceback only with ``--debug``) and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error ends as a message and an exit code
+            if _options["debug"]:
+                console.print("".join(traceback.format_exception(exc)), markup=False, highlight=False, soft_wrap=True)
+            known = isinstance(exc, (ValueError, OSError, RuntimeError, KeyError))
+            message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            if not known and not _options["debug"]:
+                message += " (run `readl --debug ...` for the traceback)"
+            console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+            raise typer.Exit(exit_code(exc)) from None
+
+    return wrapper
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
-
-
-DEFAULT_ADAPTER, DEFAULT_THRESHOLDS = Path("models/adapter"), Path("models/thresholds.json")
-
-
-def _error(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(code)
 
 
 def _params(params: Path | None):
@@ -53,28 +105,13 @@ def _params(params: Path | None):
     from readl.config import load_params
 
     if params is not None and not params.is_file():
-        _error(f"--params {params}: file not found; pass an existing params.yaml, or omit --params for "
-               f"./params.yaml (built-in defaults when it is absent)")  # fmt: skip
-    try:
-        return load_params(params or Path("params.yaml"))
-    except ValueError as exc:
-        _error(str(exc))
-
-
-def _load_base(base: str, adapter: Path | None, device: str | None, dtype: str):
-    """load_model with one-line errors: an HF id that is neither cached nor reachable says so and how to fix it."""
-    from readl.model.loading import load_error_message, load_model
-
-    try:
-        return load_model(base, adapter=adapter, device=device, dtype=dtype)
-    except OSError as exc:
-        logging.getLogger(__name__).debug("load_model failed", exc_info=True)
-        _error(f"--model {load_error_message(base, exc)}", 1)
-    except ValueError as exc:
-        _error(str(exc), 1)
+        raise ValueError(f"--params {params}: file not found; pass an existing params.yaml, or omit --params for "
+                         f"./params.yaml (built-in defaults when it is absent)")  # fmt: skip
+    return load_params(params or Path("params.yaml"))
 
 
 @app.command()
+@_handled
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id; or a registered "
@@ -94,75 +131,20 @@ def predict(
                                            "colour bar on the overlay PNG; off = the bare overlay at the image's size.")] = True,
 ) -> None:
     """Reasoning, Yes/No answer, P(Yes) score, OK/NG decision and ReAL anomaly map for each image."""
-    from readl.config import pipeline_base
-    from readl.model.inference import GenerationSettings, Predictor
-    from readl.predict import adapter_digest, predict_files
-    from readl.model.generation import make_generator
-    from readl.model.loading import resolve_base
+    from readl.predictor import outcomes_table
+    from readl.stages.predict import run
 
-    cfg = _params(params)
-    mcfg = cfg.model
-    loc, batch_size = cfg.localization, mcfg.batch_size
-    no_thresholds = thresholds is not None and str(thresholds).lower() == "none"
-    if thresholds is not None and not no_thresholds and not thresholds.is_file():
-        _error(f"--thresholds {thresholds}: file not found; run `readl calibrate` (models/thresholds.json) or pass "
-               f"--thresholds none for per-image rules")  # fmt: skip
-    if model and model.startswith(("models:/", "runs:/")):  # registered: its own adapter, thresholds and params
-        from readl.registry import RegistryError
-        from readl.registry.load import load_registered
+    def started(provenance: dict, used: Path | None) -> None:
+        console.print(f"predict: model {provenance['base']}, adapter {provenance['adapter'] or 'none'}"
+                      f"{', ' + provenance['registered'] if provenance['registered'] else ''}; thresholds "
+                      f"{used or 'per-image rules'}", soft_wrap=True, highlight=False)  # fmt: skip
 
-        if adapter is not None:
-            _error("--adapter cannot be combined with a registered model (it carries its adapter)")
-        try:
-            registered = load_registered(model, device=device, max_new_tokens=max_new_tokens)
-        except RegistryError as exc:
-            _error(str(exc), 1)
-        predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
-        if thresholds is None:
-            thresholds = Path(registered.thresholds_path) if registered.thresholds_path else None
-        provenance = {"base": registered.params.model.base, "adapter": adapter_digest(registered.adapter),
-                      "registered": registered.registered}  # fmt: skip
-    else:
-        project = model is None and adapter is None  # the project's own model: params model.base + models/adapter
-        if adapter is not None and str(adapter).lower() == "none":
-            adapter = None
-        elif project and (DEFAULT_ADAPTER / "adapter_config.json").is_file():
-            adapter = DEFAULT_ADAPTER
-        elif adapter is not None and not (adapter / "adapter_config.json").is_file():
-            _error(f"--adapter {adapter}: no adapter_config.json; pass the folder written by `readl train` "
-                   f"(models/adapter), or --adapter none for the base model")  # fmt: skip
-        if project and thresholds is None and DEFAULT_THRESHOLDS.is_file():
-            thresholds = DEFAULT_THRESHOLDS  # calibrate's thresholds belong to that model
-        base = model or pipeline_base(cfg)  # models/warmup after `readl warmup`
-        net, processor = _load_base(base, adapter, device, mcfg.dtype)
-        predictor = Predictor(
-            net, processor, image_size=mcfg.image_size, layers=cfg.localization.layers,
-            query_row=cfg.localization.query_row,
-            generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
-            generator=make_generator(mcfg.generation_backend, resolve_base(base), adapter),
-        )  # fmt: skip
-        provenance = {"base": base, "adapter": adapter_digest(adapter), "registered": None}
-    if no_thresholds:
-        thresholds = None
-    console.print(f"predict: model {provenance['base']}, adapter {provenance['adapter'] or 'none'}"
-                  f"{', ' + provenance['registered'] if provenance['registered'] else ''}; thresholds "
-                  f"{thresholds or 'per-image rules'}", soft_wrap=True, highlight=False)  # fmt: skip
     with _progress() as bar:
         task = bar.add_task("predict", total=len(images))
-        outcomes = predict_files(
-            images, predictor, loc, out, thresholds_file=thresholds, batch_size=batch_size,
-            progress=lambda n: bar.advance(task, n), provenance=provenance, annotate=annotate,
-        )  # fmt: skip
-    table = Table("image", "answer", "format", "score", "decision", "tokens kept", "overlay")
-    for o in outcomes:
-        if o.record is not None:
-            r = o.record
-            table.add_row(
-                o.path.name, str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
-                f"{r['decision']} (t={r['threshold']['value']:.3f})",
-                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", str(o.png_path),
-            )  # fmt: skip
-    Console().print(table)
+        outcomes = run(_params(params), images, out, model=model, adapter=adapter, thresholds=thresholds,
+                       max_new_tokens=max_new_tokens, device=device, annotate=annotate,
+                       progress=lambda n: bar.advance(task, n), on_start=started).outcomes  # fmt: skip
+    Console().print(outcomes_table(outcomes))
     failed = [o for o in outcomes if o.error]
     for o in failed:
         console.print(f"[red]error:[/red] {escape(o.error)}", soft_wrap=True, highlight=False)
@@ -172,6 +154,7 @@ def predict(
 
 
 @app.command()
+@_handled
 def warmup(
     params: Annotated[Path, typer.Option(help="params.yaml (sections model, warmup, train.lora).")] = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
@@ -180,20 +163,16 @@ def warmup(
 ) -> None:
     """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself."""
     from readl.config import load_params
-    from readl.training.warmup import warmup as run_warmup
+    from readl.stages.warmup import run
 
-    try:
-        record = run_warmup(load_params(params), manifest=manifest, output_dir=output, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        logging.getLogger(__name__).debug("warmup failed", exc_info=True)
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from None
+    record = run(load_params(params), manifest=manifest, output_dir=output, device=device)
     if record:
         done = f"steps: {record['global_step']}  MLflow run: {record['run_id']}" if record["enabled"] else "disabled"
         console.print(f"warm-started model: {record['model']}  {done}")
 
 
 @app.command()
+@_handled
 def train(
     params: Annotated[Path, typer.Option(help="params.yaml (sections model, train).")] = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
@@ -202,19 +181,15 @@ def train(
 ) -> None:
     """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself."""
     from readl.config import load_params
-    from readl.training.train import train as run_training
+    from readl.stages.train import run
 
-    try:
-        record = run_training(load_params(params), manifest=manifest, output_dir=output, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        logging.getLogger(__name__).debug("train failed", exc_info=True)
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from None
+    record = run(load_params(params), manifest=manifest, output_dir=output, device=device)
     if record:
         console.print(f"adapter: {record['adapter']}  MLflow run: {record['run_id']}  steps: {record['global_step']}")
 
 
 @app.command()
+@_handled
 def curate(
     params: Annotated[Path, typer.Option(help="params.yaml (curate section).")] = Path("params.yaml"),
     raw: Annotated[Path, typer.Option(help="Folder holding the sources' root folders.")] = Path("data/raw"),
@@ -222,20 +197,17 @@ def curate(
 ) -> None:
     """Build the curated train / calib / eval manifests and 420x420 images (the first DVC stage)."""
     from readl.config import load_params
-    from readl.data.curate import curate as run_curate
+    from readl.stages.curate import run
 
-    cfg = load_params(params).curate
-    try:
-        with _progress() as bar:
-            task = bar.add_task("curate", total=None)
-            result = run_curate(cfg, raw, out, progress=lambda n, total: bar.update(task, advance=n, total=total))
-    except (FileNotFoundError, ValueError) as exc:  # missing source folder, layout error
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from None
+    cfg = load_params(params)
+    with _progress() as bar:
+        task = bar.add_task("curate", total=None)
+        result = run(cfg, raw, out, progress=lambda n, total: bar.update(task, advance=n, total=total))
     typer.echo(result.one_line())
 
 
 @app.command()
+@_handled
 def fetch(
     source: Annotated[str, typer.Argument(help="Benchmark: visa, mvtec_ad, mvtec_loco, sdd, btad, bsdata, ... (readl.data.fetch.SOURCES).")],
     dest: Annotated[Path, typer.Option(help="Raw-data folder; the benchmark lands in DEST/SOURCE.")] = Path("data/raw"),
@@ -249,9 +221,8 @@ def fetch(
     """Download a public benchmark archive (resumable, checksummed) and extract it into DEST/SOURCE."""
     from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    from readl.data.fetch import FetchError, ManualDownloadRequired
+    from readl.data.fetch import ManualDownloadRequired
     from readl.data.fetch import fetch as run_fetch
-    from readl.storage import StorageError
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console)
     tasks: list = []
@@ -267,13 +238,9 @@ def fetch(
             source, dest, url=url, sha256=sha256, endpoint_url=endpoint_url, unsigned=unsigned, force=force,
             keep_archive=keep_archive, progress=progress,
         )  # fmt: skip
-    except ManualDownloadRequired as exc:
+    except ManualDownloadRequired as exc:  # instructions, not an error line
         console.print(escape(str(exc)), soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from None
-    except (FetchError, StorageError, FileExistsError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exit_code(exc)) from None
     finally:
         bar.stop()
     check = "verified" if result.verified else "no known checksum: pass it as --sha256 to pin it"
@@ -281,6 +248,7 @@ def fetch(
 
 
 @app.command()
+@_handled
 def calibrate(
     manifest: Annotated[Path, typer.Option(help="Calibration manifest.")] = Path("data/curated/calib.parquet"),
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
@@ -292,15 +260,17 @@ def calibrate(
     """Find tau_t (median) and tau_i (maximum curvature) (supplement Table 5) and the OK/NG decision threshold on
     P(Yes) (params calibrate:) on the calibration split."""
     from readl.config import load_params
-    from readl.evaluation.run import read_manifest, run_calibrate
+    from readl.data.manifest import read_manifest
+    from readl.stages.calibrate import run
 
     cfg = load_params(params)
     with _progress() as bar:
         task = bar.add_task("calibrate", total=len(read_manifest(manifest)))
-        run_calibrate(cfg, manifest, adapter, out, cache, base=model, progress=lambda n: bar.advance(task, n))
+        run(cfg, manifest, adapter, out, cache, base=model, progress=lambda n: bar.advance(task, n))
 
 
 @app.command()
+@_handled
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="Evaluation manifest (with masks).")] = Path("data/curated/eval.parquet"),
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
@@ -316,13 +286,14 @@ def evaluate(
 ) -> None:
     """Image / pixel / reasoning metrics per dataset and category, curves, tables and a heat-map gallery."""
     from readl.config import load_params
-    from readl.evaluation.run import read_manifest, run_evaluate
+    from readl.data.manifest import read_manifest
+    from readl.stages.evaluate import run
 
     cfg = load_params(params)
     with _progress() as bar:
         task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
-        result = run_evaluate(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
-                              progress=lambda n: bar.advance(task, n), calib_manifest=calib_manifest)  # fmt: skip
+        result = run(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
+                     progress=lambda n: bar.advance(task, n), calib_manifest=calib_manifest)  # fmt: skip
     if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`
         return
     from readl.evaluation.report import metrics_table
@@ -334,22 +305,8 @@ def evaluate(
         Console().print(comparison_table(result))
 
 
-def _registry_error(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2) from None
-
-
-def _gate_table(decision) -> Table:
-    pct = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    table = Table("scope", "metric", "champion", "challenger", "rule", "ok", "note",
-                  title=f"{decision.name}: challenger v{decision.challenger} vs champion v{decision.champion_before}")  # fmt: skip
-    for c in decision.checks:
-        table.add_row(c.scope, c.metric, pct(c.champion), pct(c.challenger), c.rule,
-                      "[green]yes[/green]" if c.passed else "[red]NO[/red]", c.note)  # fmt: skip
-    return table
-
-
 @app.command()
+@_handled
 def register(
     params: Annotated[Path, typer.Option(help="params.yaml (register.model_name; logged with the model).")] = Path("params.yaml"),
     adapter: Annotated[Path, typer.Option(help="LoRA adapter (absent: the base model alone).")] = Path("models/adapter"),
@@ -362,30 +319,15 @@ def register(
                                            "(a refusal is reported, exit status 0).")] = False,
 ) -> None:
     """Log the model (pyfunc) into the training run, register it, tag it, alias it 'challenger' (idempotent)."""
-    from readl.config import load_params
-    from readl.registry import RegistryError
-    from readl.registry.registration import register as run_register
+    from readl.registry.gate import gate_table
+    from readl.stages.register import run
 
-    try:
-        result = run_register(params_file=params, adapter=adapter, thresholds=thresholds, metrics=metrics,
-                              train_run=train_run, out=out, name=name)  # fmt: skip
-        decision = None
-        if promote_:
-            from readl.atomic import write_json
-            from readl.registry.gate import promote as run_promote
-
-            decision = run_promote(load_params(params).register, name=result.name)
-            record = json.loads(out.read_text())
-            if decision.champion_after == result.version:
-                record["aliases"] = sorted({*record["aliases"], "champion"})
-            write_json(out, {**record, "promotion": decision.as_dict()})
-    except (RegistryError, FileNotFoundError, ValueError) as exc:
-        _registry_error(exc)
+    result, decision = run(params, adapter, thresholds, metrics, train_run, out, name=name, promote=promote_)
     typer.echo(f"register: {result.name} version {result.version} (run {result.run_id}){' reused' if result.reused else ''}; "
                f"aliases: {', '.join(result.aliases)}")  # fmt: skip
     if decision is not None:
         if decision.checks:
-            Console().print(_gate_table(decision))
+            Console().print(gate_table(decision))
         typer.echo(f"promote: {decision.reason}")
     if metrics.is_file():  # the last stage of `dvc repro`: end with the evaluation numbers
         from readl.evaluation.report import metrics_table
@@ -394,22 +336,20 @@ def register(
 
 
 @app.command()
+@_handled
 def promote(
     params: Annotated[Path, typer.Option(help="params.yaml (register: model_name, primary_metric, max_drop).")] = Path("params.yaml"),
     name: Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Decide, but do not move 'champion'.")] = False,
 ) -> None:
-    """Move 'champion' to 'challenger' if the gate passes; exit 1 (with the table of why) if it refuses, 2 on errors."""
+    """Move 'champion' to 'challenger' if the gate passes; exit 1 (with the table of why) if it refuses."""
     from readl.config import load_params
-    from readl.registry import RegistryError
+    from readl.registry.gate import gate_table
     from readl.registry.gate import promote as run_promote
 
-    try:
-        decision = run_promote(load_params(params).register, name=name, dry_run=dry_run)
-    except (RegistryError, ValueError) as exc:
-        _registry_error(exc)
+    decision = run_promote(load_params(params).register, name=name, dry_run=dry_run)
     if decision.checks:
-        Console().print(_gate_table(decision))
+        Console().print(gate_table(decision))
     verdict = "[green]promoted[/green]" if decision.promoted else "[red]refused[/red]"
     Console().print(f"{verdict}{' (dry run)' if dry_run else ''}: {escape(decision.reason)}; champion is v{decision.champion_after}")
     if not decision.promoted:
@@ -417,6 +357,7 @@ def promote(
 
 
 @app.command()
+@_handled
 def serve(
     model_uri: Annotated[str | None, typer.Option("--model-uri", "-m", help="Registered model (default "
                                                   "models:/<register.model_name>@champion).")] = None,
@@ -430,14 +371,10 @@ def serve(
     The store is the one `readl register` wrote: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here (made
     absolute for the server). POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}.
     """
-    from readl.registry import RegistryError
     from readl.registry.serve import serve_command
 
     model_uri = model_uri or f"models:/{_params(params).register.model_name}@champion"
-    try:
-        argv, env = serve_command(model_uri, host=host, port=port, workers=workers)
-    except RegistryError as exc:
-        _error(str(exc), 1)
+    argv, env = serve_command(model_uri, host=host, port=port, workers=workers)
     console.print(f"serve: {model_uri} from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}/invocations",
                   soft_wrap=True, highlight=False)  # fmt: skip
     os.execve(argv[0], argv, env)  # the server replaces this process

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from readl.localization.anomaly_map import SelectionMode
+
 __all__ = [
     "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
@@ -57,7 +59,7 @@ class LocalizationConfig(_Section):
     binarize: Literal["mean"] | float = "mean"  # S_I binarisation (Eq. 3): above the map mean, or a quantile
     alpha: float = 1.0  # Eq. 4 weight of S_T^
     beta: float = 1.0  # Eq. 4 weight of S_I^
-    mode: Literal["all", "s_i", "s_t", "both"] = "both"  # token selection (paper Table 3)
+    mode: SelectionMode = "both"  # token selection (paper Table 3; the one list: readl.localization.anomaly_map)
     tau_t: ThresholdConfig = ThresholdConfig(rule="median")  # supplement Table 5: median for tau_t
     tau_i: ThresholdConfig = ThresholdConfig(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
     # (ours) a rule whose tau keeps no token: re-applied below the block tied at the max (localization.thresholds)

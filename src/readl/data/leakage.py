@@ -4,7 +4,7 @@ The zero-shot protocol of the paper (Sec. 5.1) needs the evaluation images to be
 A copy of an eval image may reach a training source exact, re-encoded (JPEG) or resized, so bytes
 and file names are no guide. The guard is two-stage:
 
-1. **Candidates** by the 64-bit DCT pHash (:func:`readl.data.images.phash`) of the curated 420x420
+1. **Candidates** by the 64-bit DCT pHash (:func:`readl.data.phash.phash`) of the curated 420x420
    image: every eval image within ``leakage_max_distance`` bits. Fast (one XOR + popcount per
    eval image), but coarse: distinct photos of one object under one camera set-up share their
    low-frequency layout: on some real categories several percent of distinct pairs lie within

@@ -14,7 +14,7 @@ defect_type  str          non-empty; ``"good"`` exactly on rows with label 0
 image_path   str          non-empty, unique over the manifest
 mask_path    str or null  when required (eval manifests): present and non-empty on every
                           anomalous row
-phash        str          16 lower-case hex characters (``readl.data.images.phash``)
+phash        str          16 lower-case hex characters (``readl.data.phash.phash``)
 width        int64        > 0 (pixels, of the curated image)
 height       int64        > 0
 reference    str or null  optional column; null or non-empty (reasoning reference,

@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -49,13 +50,13 @@ from readl.evaluation.metrics import (
     f1_max,
 )
 from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
-from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, real_map, upsample
+from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, SelectionMode, real_map, upsample
 from readl.localization.thresholds import Threshold
 from readl.model.inference import Prediction
 
 __all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
 
-MODES = ("all", "s_i", "s_t", "both")
+MODES = get_args(SelectionMode)  # the one selection-mode list (readl.localization.anomaly_map)
 IMAGE_KEYS = ["AUROC", "AUPR", "ACC", "ACC_at_threshold", "F1_max"]
 
 
@@ -95,7 +96,7 @@ def score_images(
         items: rows with ``source``, ``category``, ``label``, ``image_path``, ``mask_path`` (and
             optionally ``reference``) with their predictions.
         cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``, fallback, ties).
-        taus: calibrated (float) or per-image rule (str) thresholds, see ``readl.predict.resolve_taus``.
+        taus: calibrated (float) or per-image rule (str) thresholds, see ``readl.predictor.resolve_taus``.
         malformed: ``"fallback"`` (score 0.5, empty map) or ``"score"`` (keep P(Yes) read after the
             answer prefix and the ReAL map).
     """
@@ -244,11 +245,25 @@ def _macro(per: dict[str, dict], keys: Iterable[str]) -> dict:
 
 def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("."),
              category_bins: int = 1 << 16, decision_threshold: float = DEFAULT_THRESHOLD) -> tuple[dict, pd.DataFrame]:  # fmt: skip
-    """All metrics: ``(metrics dict for metrics.json, per-category table)``.
+    """All metrics of the evaluate stage: image, pixel and reasoning, per dataset and category (paper Sec. 5).
 
-    ``decision_threshold``: the OK/NG threshold on the image score (``image.ACC_at_threshold``).
+    Args:
+        results: one :class:`ImageResult` per evaluation image (:func:`score_images`): image score in [0, 1],
+            label, the ReAL maps of every selection mode, mask path, reasoning.
+        headline_mode: the token-selection mode (``localization.mode``) whose pixel metrics are the headline.
+        root: folder the mask paths are relative to.
+        category_bins: histogram bins of the per-category pixel metrics (coarser, cheaper; error ~1e-4).
+        decision_threshold: the OK/NG threshold on the image score, in [0, 1] (``image.ACC_at_threshold``).
 
-    Per-category pixel metrics use ``category_bins`` histogram bins (coarser, cheaper; error ~1e-4).
+    Returns:
+        ``(metrics, table)``: ``metrics`` for ``metrics.json`` (``image``: AUROC, AUPR, F1_max, ACC in [0, 1];
+        ``pixel``: AUROC, AUPR, AUPRO (FPR <= 0.3) in [0, 1]; ``n_images``, ``n_malformed``, ``datasets``:
+        the same per dataset and category; ``_curves``: the pixel ROC / PR points for :func:`write_curves`);
+        a value is ``None`` / NaN where undefined (e.g. a dataset with one class). ``table``: one row per
+        (dataset, category) with the same metrics (``reports/per_category.{csv,md}``).
+
+    Raises:
+        FileNotFoundError: a mask file (or, for an image without a mask, the image) is missing.
     """
     from readl.evaluation.reasoning import rouge_l, sbert_cosine
 

@@ -26,16 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
 import readl.model
 from readl.atomic import atomic_write, write_json
+from readl.data.images import load_rgb
 from readl.digest import file_digest
 from readl.model.inference import SCORE_RULE, Prediction, Predictor
 from readl.model.prompting import parse_completion
 
 __all__ = ["fingerprint", "entry_key", "image_id", "save_prediction", "load_prediction", "cached_predictions",
-           "BASE_HASH_MAX_BYTES"]  # fmt: skip
+           "predict_manifest", "process_state", "BASE_HASH_MAX_BYTES"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 BASE_HASH_MAX_BYTES = 64 << 20  # local base model files above 64 MiB (weight shards) are hashed by name + size
@@ -162,8 +161,7 @@ def cached_predictions(
         batch = todo[start : start + batch_size]
         images = []
         for i in batch:
-            with Image.open(root / rows[i]["image_path"]) as im:
-                images.append(im.convert("RGB"))
+            images.append(load_rgb(root / rows[i]["image_path"], None))  # the project decoder
         for i, pred in zip(batch, predictor.predict(images)):
             save_prediction(files[i], pred)
         if progress is not None:
@@ -178,3 +176,55 @@ def cached_predictions(
     for old in cache_dir.glob("*.npz"):
         if old not in keep:
             old.unlink(missing_ok=True)
+
+
+def process_state():
+    """This process's accelerate state: one process unless started by ``accelerate launch`` (GPUs) or
+    ``torchrun --nproc_per_node N`` (also on CPU: gloo, as accelerate's own CPU launcher needs MPI)."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=cpu)
+
+
+def predict_manifest(manifest: pd.DataFrame, predictor: Predictor, base: str, adapter: Path | None, cache_dir: Path,
+                     batch_size: int, progress: Callable[[int], None] | None = None
+                     ) -> list[tuple[pd.Series, Prediction]] | None:  # fmt: skip
+    """Every manifest row's prediction through the per-image cache (:func:`cached_predictions`), across processes
+    when launched with ``accelerate launch --num_processes N``: the main process checks the cache's fingerprint
+    first, then process r predicts rows r, r + N, ... into the shared cache, and the main process reads them all
+    back in manifest order.
+
+    Args:
+        manifest: the split's rows (``image_path`` relative to the working directory).
+        predictor: the loaded model; base, adapter: what it was built from (the cache fingerprint).
+        cache_dir: the per-image cache folder.
+        batch_size: images per model call.
+        progress: called with the number of images finished (main process only).
+
+    Returns:
+        ``[(row, prediction), ...]`` in manifest order on the main process; ``None`` on the other processes.
+
+    Raises:
+        FileNotFoundError: a manifest image is missing (re-run ``readl curate``).
+    """
+    fp = fingerprint(predictor, base, adapter)
+    state = process_state()
+    bs = batch_size
+    if state.num_processes == 1:
+        return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=bs, progress=progress))
+    if state.is_main_process:  # fingerprint check (may empty the cache) before anyone writes into it
+        list(cached_predictions(manifest.iloc[:0], predictor, cache_dir, fp, batch_size=bs, prune=False))
+    state.wait_for_everyone()
+    shard = manifest.iloc[state.process_index :: state.num_processes]
+    log.info("process %d/%d: %d of %d images", state.process_index, state.num_processes, len(shard), len(manifest))
+    for _ in cached_predictions(shard, predictor, cache_dir, fp, batch_size=bs, prune=False,
+                                progress=progress if state.is_main_process else None):  # fmt: skip
+        pass
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return list(cached_predictions(manifest, predictor, cache_dir, fp, batch_size=bs))

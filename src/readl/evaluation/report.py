@@ -55,12 +55,12 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5, cma
 # ---- stage outputs: metrics.json, curves for `dvc plots`, per-category tables, heat-map gallery ----
 
 
-def _clean(obj):
+def clean_json(obj):
     """NaN/inf -> None (valid JSON for DVC and browsers), numpy scalars -> Python, 6 decimals."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return round(float(obj), 6) if np.isfinite(obj) else None
     if isinstance(obj, np.integer):
@@ -72,11 +72,22 @@ def write_metrics(path, metrics: dict):
     """``metrics.json`` (DVC metrics): everything but the curves, NaN as null."""
     from readl.atomic import write_json
 
-    return write_json(path, _clean({k: v for k, v in metrics.items() if not k.startswith("_")}))
+    return write_json(path, clean_json({k: v for k, v in metrics.items() if not k.startswith("_")}))
 
 
 def write_curves(plots_dir, results, pixel_curves: dict) -> list:
-    """ROC / PR curves as JSON rows for ``dvc plots``: ``<plots_dir>/{image,pixel}_{roc,pr}/<dataset>.json``."""
+    """ROC / PR curves as JSON rows for ``dvc plots``: ``<plots_dir>/{image,pixel}_{roc,pr}/<dataset>.json``.
+
+    Args:
+        plots_dir: the plots folder (``plots/``); sub-folders are created.
+        results: the :class:`~readl.evaluation.evaluate.ImageResult` list (image scores in [0, 1] and labels).
+        pixel_curves: ``dataset -> {"fpr", "tpr", "recall", "precision"}`` point lists (``metrics["_curves"]``
+            of :func:`readl.evaluation.evaluate.evaluate`), each value in [0, 1].
+
+    Returns:
+        The paths written (atomic JSON files, rows ``{"fpr", "tpr"}`` or ``{"recall", "precision"}``, 6
+        decimals). A dataset with a single class has no image curves (ROC is undefined).
+    """
     from pathlib import Path
 
     from sklearn.metrics import precision_recall_curve, roc_curve
@@ -93,9 +104,9 @@ def write_curves(plots_dir, results, pixel_curves: dict) -> list:
             fpr, tpr, _ = roc_curve(y, s)
             prec, rec, _ = precision_recall_curve(y, s)
             written.append(write_json(plots_dir / "image_roc" / f"{ds}.json",
-                                      _clean([{"fpr": a, "tpr": b} for a, b in zip(fpr, tpr)])))  # fmt: skip
+                                      clean_json([{"fpr": a, "tpr": b} for a, b in zip(fpr, tpr)])))  # fmt: skip
             written.append(write_json(plots_dir / "image_pr" / f"{ds}.json",
-                                      _clean([{"recall": a, "precision": b} for a, b in zip(rec, prec)])))  # fmt: skip
+                                      clean_json([{"recall": a, "precision": b} for a, b in zip(rec, prec)])))  # fmt: skip
         c = pixel_curves.get(ds) or {}
         if c.get("fpr"):
             written.append(write_json(plots_dir / "pixel_roc" / f"{ds}.json",

@@ -40,6 +40,7 @@ from PIL import Image
 from readl.localization.attention import capture_attention, enable_capture
 from readl.model.families import family_of
 from readl.model.generation import HFGenerator
+from readl.model.image_input import model_image
 from readl.model.offsets import char_offsets
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT, Parsed, answer_prefix_for, build_messages, parse_completion
 
@@ -297,7 +298,7 @@ class Predictor:
 
     def resize(self, images: list[Image.Image]) -> list[Image.Image]:
         """RGB, ``image_size`` x ``image_size`` (bicubic): what the model sees."""
-        return [im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC) for im in images]
+        return [model_image(im, self.image_size) for im in images]  # the one image-size rule
 
     def encode(self, images: list[Image.Image], resized: bool = False):
         """Processor inputs for ``images`` (RGB, resized to ``image_size`` unless ``resized``), prompts left-padded."""
@@ -381,7 +382,21 @@ class Predictor:
         return results
 
     def predict(self, images: list[Image.Image]) -> list[Prediction]:
-        """Full prediction for a batch of PIL images (any mode/size; resized internally)."""
+        """Generate and capture one batch: reasoning, answer, P(Yes) and per-token attention (paper Sec. 4.1).
+
+        Args:
+            images: B PIL images of any mode and size (decoded by :func:`readl.predictor.open_image`); each is
+                resized to ``image_size`` x ``image_size`` RGB (:func:`readl.model.image_input.model_image`).
+
+        Returns:
+            B :class:`Prediction` in input order: ``score`` = P(Yes) in [0, 1]; for the R reasoning tokens
+            ``image_attn`` ``(R, h, w)`` and ``anomaly_attn`` ``(R, E)`` float32 (h = w = image_size / 28, the
+            attention of the configured ``layers`` averaged over heads and layers); ``image_size`` = the input's
+            ``(H, W)`` in pixels. An empty list for no images.
+
+        Raises:
+            RuntimeError: a CUDA / model error during generation or the teacher-forced capture pass.
+        """
         if not images:
             return []
         sized = self.resize(images)

@@ -14,6 +14,8 @@ from transformers import AutoProcessor, Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from readl.model.image_input import check_image_size
+
 __all__ = ["ReadlQwenProcessor", "Qwen2VLImageProcessorPil", "image_processor_for"]
 
 
@@ -46,9 +48,7 @@ def image_processor_for(image_size: int) -> Qwen2VLImageProcessorPil:
     Raises:
         ValueError: ``image_size`` is not a positive multiple of 28.
     """
-    if image_size <= 0 or image_size % 28:
-        raise ValueError(f"image_size must be a positive multiple of 28 (patch 14 x merge 2), got {image_size}")
-    pixels = image_size * image_size
+    pixels = check_image_size(image_size) ** 2
     return Qwen2VLImageProcessorPil(size={"shortest_edge": pixels, "longest_edge": pixels})
 
 

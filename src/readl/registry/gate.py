@@ -25,9 +25,10 @@ from datetime import datetime, timezone
 
 from readl.config import RegisterConfig
 from readl.registry.client import call, connect, tracking_uri
-from readl.registry.registration import METRIC_TAG_PREFIX, require_alias
+from readl.registry.fingerprints import METRIC_TAG_PREFIX
+from readl.registry.versions import require_alias
 
-__all__ = ["TIE_TOLERANCE", "Check", "Decision", "compare", "promote"]
+__all__ = ["TIE_TOLERANCE", "Check", "Decision", "compare", "gate_table", "promote"]
 
 log = logging.getLogger(__name__)
 TIE_TOLERANCE = 1e-9  # |challenger - (champion + min_improvement)| below this is a tie (metrics are floats in [0, 1])
@@ -140,7 +141,7 @@ def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False,
     name = name or cfg.model_name
     client = connect(uri)
     new_v = require_alias(client, name, challenger_alias)
-    from readl.registry.registration import _alias_version
+    from readl.registry.versions import _alias_version
 
     old_v = _alias_version(client, name, champion_alias)
     new = call(lambda: client.get_model_version(name, new_v), "read challenger")
@@ -174,3 +175,16 @@ def model_version_url(name: str, version: str, uri: str | None = None) -> str | 
     if not uri.startswith(("http://", "https://")):
         return None
     return f"{uri.rstrip('/')}/#/models/{name}/versions/{version}"
+
+
+def gate_table(decision: Decision):
+    """The gate's checks as a ``rich`` table (scope, metric, champion, challenger, rule, ok, note)."""
+    from rich.table import Table
+
+    pct = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    table = Table("scope", "metric", "champion", "challenger", "rule", "ok", "note",
+                  title=f"{decision.name}: challenger v{decision.challenger} vs champion v{decision.champion_before}")  # fmt: skip
+    for c in decision.checks:
+        table.add_row(c.scope, c.metric, pct(c.champion), pct(c.challenger), c.rule,
+                      "[green]yes[/green]" if c.passed else "[red]NO[/red]", c.note)  # fmt: skip
+    return table

@@ -107,20 +107,11 @@ def decode_map(png_b64: str, map_max: float) -> np.ndarray:
     return (q / 65535.0 * float(map_max)).astype(np.float32)
 
 
-def _open_bytes(data: Any):
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if isinstance(data, str):  # base64 sent for a string column, or a data: URL
+def _image_bytes(data: Any) -> bytes:
+    """The bytes of the ``image`` column: raw bytes, or base64 text (a string column, or a ``data:`` URL)."""
+    if isinstance(data, str):
         data = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=False)
-    data = bytes(data)
-    if not data:
-        raise ValueError("empty image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from exc
+    return bytes(data)
 
 
 def _present(v: Any) -> bool:
@@ -145,10 +136,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from readl.config import Params
-        from readl.model.inference import GenerationSettings, Predictor
-        from readl.model.loading import load_model
         from readl.evaluation.decision import read_decision
-        from readl.predict import resolve_taus
+        from readl.predictor import build_predictor, resolve_taus
 
         arts = context.artifacts
         raw = json.loads(Path(arts["params"]).read_text())
@@ -161,19 +150,14 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.decision = read_decision(self.thresholds_path)
         cfg = dict(getattr(context, "model_config", None) or {})
         device = cfg.get("device") or os.environ.get("READL_DEVICE") or None
-        mcfg = self.params.model
-        base = arts.get("base_model") or mcfg.base  # the warm-started model (readl warmup) when logged
-        model, processor = load_model(base, adapter=self.adapter, device=device, dtype=mcfg.dtype)
-        self.batch_size = mcfg.batch_size
-        self.predictor = Predictor(
-            model, processor, image_size=mcfg.image_size, layers=self.localization.layers,
-            query_row=self.localization.query_row,
-            generation=GenerationSettings(max_new_tokens=int(cfg.get("max_new_tokens") or mcfg.max_new_tokens)),
-        )  # fmt: skip
+        base = arts.get("base_model") or self.params.model.base  # the warm-started model (readl warmup) when logged
+        self.batch_size = self.params.model.batch_size
+        self.predictor = build_predictor(self.params, base, self.adapter, device=device,
+                                         max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)  # fmt: skip
 
     def _images(self, frame):
         from readl.data.images import BadImageError
-        from readl.predict import open_image
+        from readl.predictor import open_image
 
         images, errors = [], []
         for i in range(len(frame)):
@@ -181,8 +165,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
             img = row.get("image") if "image" in frame.columns else None
             path = row.get("path") if "path" in frame.columns else None
             try:
-                if _present(img):
-                    images.append(_open_bytes(img))
+                if _present(img):  # the project decoder, as `readl predict` (16-bit, truncation guard ...)
+                    images.append(open_image(f"row {i}", data=_image_bytes(img)))
                 elif _present(path):
                     images.append(open_image(str(path)))
                 else:
@@ -190,14 +174,14 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 errors.append("")
             except (BadImageError, ValueError, TypeError) as exc:
                 images.append(None)
-                errors.append(f"row {i}: {exc}")
+                errors.append(str(exc) if isinstance(exc, BadImageError) else f"row {i}: {exc}")
         return images, errors
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS."""
         from readl.evaluation.decision import decide, image_score
         from readl.localization.anomaly_map import upsample
-        from readl.predict import localize
+        from readl.predictor import localize
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         images, errors = self._images(frame)

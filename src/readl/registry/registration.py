@@ -13,13 +13,10 @@ registrations converge on the same alias and an older model registered late neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,14 +26,23 @@ from readl.config import Params, load_params, pipeline_base
 from readl.config import RegisterConfig
 from readl.digest import file_digest  # re-exported: the registry's content hashes
 from readl.registry.client import (
-    AliasNotFoundError,
     RegistryError,
     artifact_errors,
     call,
     connect,
     tracking_uri,
 )
+from readl.registry.fingerprints import (
+    FINGERPRINT_TAG,
+    METRIC_TAG_PREFIX,
+    flatten_metrics,
+    git_commit,
+    manifest_digest,
+    model_fingerprint,
+    params_digest,
+)
 from readl.registry.inputs import check_adapter, check_metrics, check_thresholds, check_train_run
+from readl.registry.versions import _matching, readl_versions, sync_challenger
 
 __all__ = [
     "FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "RegisterResult", "register", "flatten_metrics", "file_digest",
@@ -44,8 +50,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-FINGERPRINT_TAG = "readl.fingerprint"
-METRIC_TAG_PREFIX = "metrics."
 MODEL_CODE = str(Path(__file__).with_name("model_code.py"))  # MLflow models-from-code (no pickle)
 DEFAULT_MANIFESTS = ("data/curated/train.parquet", "data/curated/calib.parquet", "data/curated/eval.parquet")
 
@@ -78,60 +82,6 @@ def register_config(params: Params) -> RegisterConfig:
     return section if isinstance(section, RegisterConfig) else RegisterConfig.model_validate(section or {})
 
 
-# --- hashes and tags ---------------------------------------------------------------------------------------------
-def manifest_digest(manifests: Sequence[str | Path]) -> str:
-    """SHA-256 of the curated manifests that exist (``"none"`` when none does)."""
-    present = [Path(m) for m in manifests if Path(m).is_file()]
-    if not present:
-        return "none"
-    return file_digest(present, root=Path(present[0]).parent)
-
-
-def params_digest(params: Mapping) -> str:
-    """SHA-256 of the params as canonical JSON (sorted keys)."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def git_commit(cwd: str | Path = ".") -> str:
-    """``git rev-parse HEAD`` in ``cwd``; ``"unknown"`` outside a git checkout or without git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float | None]:
-    """Numeric leaves of metrics.json with dotted keys: ``{"image": {"AUROC": .9}}`` -> ``{"image.AUROC": .9}``.
-
-    ``null`` / NaN become ``None``; strings, lists and booleans are skipped.
-    """
-    out: dict[str, float | None] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_metrics(v, key + "."))
-        elif v is None:
-            out[key] = None
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = None if (isinstance(v, float) and not math.isfinite(v)) else float(v)
-    return out
-
-
-def model_fingerprint(adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping,
-                      base_dir: Path | None = None) -> str:
-    """SHA-256 identifying the registered content: adapter files, thresholds, metrics, params and the
-    warm-started base model's files (``base_dir``, when the pipeline has one)."""
-    h = hashlib.sha256()
-    if base_dir is not None:
-        h.update(b"base:" + file_digest([base_dir]).encode())
-    h.update(b"adapter:" + (file_digest([adapter]) if adapter else "none").encode())
-    h.update(b"thresholds:" + file_digest([thresholds]).encode())
-    h.update(b"metrics:" + file_digest([metrics]).encode())
-    h.update(b"params:" + params_digest(params).encode())
-    return h.hexdigest()
-
-
 def _requirements() -> list[str]:
     reqs = []
     for dist in ("mlflow", "torch", "transformers", "peft", "accelerate", "pillow", "numpy", "pandas", "pydantic", "readl"):
@@ -140,60 +90,6 @@ def _requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             reqs.append(dist)
     return reqs
-
-
-# --- registry queries --------------------------------------------------------------------------------------------
-def readl_versions(client, name: str) -> list:
-    """All versions of ``name`` registered by readl (with a fingerprint tag), lowest version first."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = call(lambda: client.search_model_versions(f"name='{name}'"), f"search versions of {name!r}")
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return []
-        raise
-    return sorted((v for v in versions if FINGERPRINT_TAG in (v.tags or {})), key=lambda v: int(v.version))
-
-
-def _matching(client, name: str, run_id: str, fp: str) -> list:
-    return [v for v in readl_versions(client, name) if v.run_id == run_id and v.tags.get(FINGERPRINT_TAG) == fp]
-
-
-def _alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(call(lambda: client.get_model_version_by_alias(name, alias), f"read alias {alias!r}").version)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-
-
-def sync_challenger(client, name: str, alias: str = "challenger", rounds: int = 10) -> str | None:
-    """Point ``alias`` at the newest readl version of ``name`` and re-check until it holds.
-
-    Returns:
-        The version the alias points at (None when the model has no readl version).
-    """
-    from mlflow.exceptions import MlflowException
-
-    current = None
-    for _ in range(rounds):
-        versions = readl_versions(client, name)
-        if not versions:
-            return None
-        newest = versions[-1].version
-        current = _alias_version(client, name, alias)
-        if current == str(newest):
-            return current
-        try:
-            call(lambda: client.set_registered_model_alias(name, alias, newest), f"set alias {alias!r} -> {newest}")
-        except MlflowException as exc:  # a concurrent twin deleted its duplicate version meanwhile: look again
-            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    return current
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -447,19 +343,3 @@ def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: 
 
 class _Race(RuntimeError):
     pass
-
-
-def require_alias(client, name: str, alias: str) -> str:
-    """The version ``alias`` points at.
-
-    Raises:
-        AliasNotFoundError: the model or the alias does not exist (message lists the versions).
-    """
-    version = _alias_version(client, name, alias)
-    if version is None:
-        versions = [v.version for v in readl_versions(client, name)]
-        what = f"versions {', '.join(map(str, versions))}" if versions else "no readl versions"
-        raise AliasNotFoundError(
-            f"registered model {name!r} has no alias {alias!r} at {tracking_uri()} ({what}); "
-            f"run `readl register` first" + (" (it sets 'challenger')" if alias == "challenger" else ""))
-    return version

@@ -18,11 +18,12 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from readl.atomic import atomic_dir, write_json
+from readl.atomic import write_json
 
-__all__ = ["fingerprint", "last_complete_checkpoint", "prepare_checkpoint_dir", "save_run_info", "replace_dir"]
+__all__ = ["fingerprint", "last_complete_checkpoint", "prepare_checkpoint_dir", "save_run_info", "train_resumable"]
 
 log = logging.getLogger(__name__)
 _CKPT = re.compile(r"checkpoint-(\d+)")
@@ -92,13 +93,38 @@ def save_run_info(ckpt_dir: str | Path, fp: str, run_id: str | None) -> None:
     write_json(Path(ckpt_dir) / RUN_FILE, {"fingerprint": fp, "mlflow_run_id": run_id})
 
 
-def replace_dir(write, dest: str | Path) -> Path:
-    """Write a folder atomically: ``write(tmp)`` into a temporary sibling, then rename it onto ``dest``.
+def train_resumable(trainer, ckpt_dir: str | Path, fp: str, start: Callable[[str | None], str],
+                    describe: Callable[[str, Path | None], None] | None = None) -> tuple[Path | None, str | None, bool]:  # fmt: skip
+    """Train ``trainer``, resuming the last complete checkpoint of ``ckpt_dir`` when it has the same fingerprint,
+    with one MLflow run across restarts and processes (``readl train`` and ``readl warmup``).
 
-    An existing ``dest`` is first renamed aside and deleted after the swap, so ``dest`` never holds a partial
-    folder (for an instant it may be absent). The folder gets the mode of a plain ``mkdir`` (process umask),
-    see :func:`readl.atomic.atomic_dir`.
+    Args:
+        trainer: an HF / TRL ``Trainer`` whose ``args.output_dir`` is ``ckpt_dir``.
+        ckpt_dir: the checkpoint folder (emptied when its fingerprint differs: :func:`prepare_checkpoint_dir`).
+        fp: the run's fingerprint (:func:`fingerprint`).
+        start: called on the main process with the run id to resume (None: a new run); returns the run id.
+        describe: called on the main process with ``(run_id, resume)`` before training (a log line).
+
+    Returns:
+        ``(resume, run_id, is_main)``: the checkpoint resumed from (or None), the MLflow run id (None on the
+        other processes) and whether this is the main process.
     """
-    with atomic_dir(dest) as tmp:
-        write(tmp)
-    return Path(dest)
+    from accelerate import PartialState
+
+    from readl.training.tracking import MlflowMetricsCallback
+
+    state = PartialState()
+    resume, run_id = None, None
+    if state.is_main_process:
+        resume, run_id = prepare_checkpoint_dir(ckpt_dir, fp)
+        run_id = start(run_id)
+        save_run_info(ckpt_dir, fp, run_id)
+        trainer.add_callback(MlflowMetricsCallback(run_id))
+        if describe is not None:
+            describe(run_id, resume)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        resume = last_complete_checkpoint(ckpt_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state.wait_for_everyone()
+    return resume, run_id, state.is_main_process

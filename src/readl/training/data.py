@@ -18,12 +18,14 @@ import pandas as pd
 from datasets import Dataset
 from PIL import Image
 
+from readl.data.manifest import CURATE_HINT as _HINT
+from readl.data.manifest import read_manifest
+from readl.model.image_input import check_image_size, model_image
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT
 
 __all__ = ["REQUIRED_COLUMNS", "load_manifest", "build_dataset", "fit_processor", "prompt_messages"]
 
 REQUIRED_COLUMNS = ("image_path", "label")
-_HINT = "run `readl curate` (or `dvc repro curate`) first"
 
 
 def load_manifest(path: str | Path, root: str | Path = ".") -> pd.DataFrame:
@@ -41,14 +43,7 @@ def load_manifest(path: str | Path, root: str | Path = ".") -> pd.DataFrame:
         ValueError: the manifest is empty, lacks a required column, or has labels other than 0/1.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training manifest {path} not found; {_HINT}")
-    df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"training manifest {path} lacks column(s) {missing}; {_HINT}")
-    if len(df) == 0:
-        raise ValueError(f"training manifest {path} is empty (no images); {_HINT}")
+    df = read_manifest(path, REQUIRED_COLUMNS, what="training manifest")
     bad = sorted(set(df["label"].tolist()) - {0, 1})
     if bad:
         raise ValueError(f"training manifest {path}: label must be 0 or 1, found {bad}")
@@ -85,7 +80,7 @@ def build_dataset(manifest: pd.DataFrame, image_size: int) -> Dataset:
         images = []
         for p in batch["image_path"]:
             with Image.open(p) as im:
-                images.append(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC))
+                images.append(model_image(im, image_size))
         return {**batch, "prompt": [prompt_messages() for _ in images], "image": images}
 
     return ds.with_transform(transform)

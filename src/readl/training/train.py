@@ -1,46 +1,26 @@
-"""``readl train``: CGRO (GRPO + consistency reward) fine-tuning of Qwen2.5-VL with LoRA (paper Sec. 4.2, 5.1).
+"""The CGRO trainer of ``readl train`` (paper Sec. 4.2, 5.1): GRPO arguments, model + LoRA + rewards -> trainer.
 
-Linear on purpose (like open-r1's ``grpo.py``): manifest -> model + processor -> dataset -> rewards ->
-trainer -> train (resuming the last complete checkpoint) -> adapter + run record.
-
-Outputs (under ``output_dir``, default ``models/``): ``adapter/`` (PEFT LoRA, written atomically),
-``train_run.json`` (MLflow run id, and ``summary``: steps, share of steps with non-zero reward std
-within a group, mean J and rewards, max |lora_B|; :mod:`readl.training.summary`), ``checkpoints/`` while running (removed after success unless
-``train.keep_checkpoints``). Multi-GPU: ``accelerate launch --config_file
-src/readl/training/accelerate_multi_gpu.yaml -m readl.cli train``.
+The stage itself (manifest -> trainer -> train -> adapter + run record) is :func:`readl.stages.train.run`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig
 
-from readl.atomic import write_json
 from readl.config import Params, pipeline_base
 from readl.model.loading import load_model
-from readl.training.checkpoints import (
-    fingerprint,
-    last_complete_checkpoint,
-    prepare_checkpoint_dir,
-    replace_dir,
-    save_run_info,
-)
-from readl.training.data import build_dataset, fit_processor, load_manifest
-from readl.training.progress import StepProgress
+from readl.training.data import build_dataset, fit_processor
 from readl.training.lora import default_target_regex, lora_config, lora_targets
 from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
-from readl.training.summary import train_summary
-from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 from readl.training.trainer import CGROTrainer
 
-__all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "run_params", "train"]
+__all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "run_params"]
 
 log = logging.getLogger(__name__)
 DEFAULT_MANIFEST = Path("data/curated/train.parquet")
@@ -107,7 +87,7 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
 def build_trainer(
     params: Params, frame, output_dir: str | Path, device: str | None = None, callbacks=(), model_and_processor=None
 ) -> CGROTrainer:
-    """The CGRO trainer for ``params`` on the manifest rows ``frame`` (from :func:`load_manifest`).
+    """The CGRO trainer for ``params`` on the manifest rows ``frame`` (from :func:`readl.training.data.load_manifest`).
 
     Loads the base model (``params.model``), pins the processor to ``model.image_size``, builds the dataset,
     the reward functions (``train.rewards``), the LoRA config and the ``GRPOConfig``.
@@ -140,80 +120,3 @@ def build_trainer(
         callbacks=list(callbacks),
         localization=t.localization,
     )
-
-
-def train(
-    params: Params,
-    manifest: str | Path = DEFAULT_MANIFEST,
-    output_dir: str | Path = "models",
-    device: str | None = None,
-    root: str | Path = ".",
-) -> dict:
-    """Run (or resume) CGRO training and write the adapter and the run record.
-
-    Args:
-        params: validated ``params.yaml`` (sections ``model`` and ``train``, token selection in ``train.localization``).
-        manifest: curated training manifest (``image_path``, ``label`` ...).
-        output_dir: where ``adapter/``, ``train_run.json`` and ``checkpoints/`` go.
-        device: ``cpu`` / ``cuda`` ...; default: this process's accelerate device.
-        root: folder that relative image paths are resolved against (the repository root).
-
-    Returns:
-        The record written to ``train_run.json`` (on the main process; other ranks get ``{}``).
-
-    Raises:
-        FileNotFoundError / ValueError: a missing or empty manifest (says to run ``readl curate``), an unknown
-            reward, or a model/processor that is not Qwen2.5-VL.
-    """
-    t, state = params.train, PartialState()
-    names = reward_names(t.rewards)
-    manifest, output_dir = Path(manifest), Path(output_dir)
-    frame = load_manifest(manifest, root)
-    ckpt_dir = output_dir / "checkpoints"
-    trainer = build_trainer(params, frame, ckpt_dir, device=device)  # fails early on a bad model/processor
-    trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
-    trainer.add_callback(StepProgress())
-
-    fp = fingerprint(run_params(params), manifest)
-    resume, run_id = None, None
-    if state.is_main_process:
-        resume, run_id = prepare_checkpoint_dir(ckpt_dir, fp)
-        run_id = start_run(
-            t.experiment,
-            run_id,
-            params={**run_params(params), "data": {
-                "manifest": str(manifest), "n_images": len(frame), "n_anomalous": int(frame["label"].sum())}},
-            tags={"readl.stage": "train", "readl.rewards": ",".join(names)},
-        ).info.run_id  # fmt: skip
-        save_run_info(ckpt_dir, fp, run_id)
-        trainer.add_callback(MlflowMetricsCallback(run_id))
-        log.info("MLflow run %s (%s); %s", run_id, tracking_uri(), f"resuming {resume}" if resume else "fresh start")
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        resume = last_complete_checkpoint(ckpt_dir)
-
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return {}
-    import mlflow
-
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    adapter = replace_dir(lambda tmp: policy.save_pretrained(tmp), output_dir / "adapter")
-    record = {
-        "run_id": run_id,
-        "experiment": t.experiment,
-        "tracking_uri": tracking_uri(),
-        "adapter": str(adapter),
-        "base": pipeline_base(params),
-        "rewards": names,
-        "global_step": int(trainer.state.global_step),
-        "resumed_from": str(resume) if resume else None,
-        "summary": train_summary(trainer.state.log_history, adapter),  # readl.training.summary
-    }
-    write_json(output_dir / "train_run.json", record)
-    mlflow.end_run()
-    if not t.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return record

@@ -1,8 +1,6 @@
-"""``readl warmup``: the supervised cold start before CGRO (R1-style, as in Vision-R1).
+"""The supervised cold start of ``readl warmup`` (R1-style, as in Vision-R1): SFT dataset, augmentation, weighted loss.
 
-Linear on purpose: manifest -> targets -> model + processor -> SFT dataset -> TRL ``SFTTrainer`` (weighted
-token loss) -> train (resuming the last complete checkpoint) -> ``models/warmup`` (a full model folder that
-``train``, ``calibrate``, ``evaluate``, ``register`` and ``predict`` use as the base model).
+The stage itself (manifest -> targets -> model -> SFT -> ``models/warmup``) is :func:`readl.stages.warmup.run`.
 
 The paper starts GRPO from Qwen2.5-VL-Instruct, which already writes the format (paper Sec. 5.1), so its
 recipe sets ``warmup.enabled: false``. The embedded default's random tiny model writes nothing readable
@@ -22,28 +20,19 @@ into the base after training: HF checkpoints); ``auto`` = full for ``tiny``, LoR
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from PIL import Image
-from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from readl.atomic import write_json
 from readl.config import Params
-from readl.model.loading import is_kit, load_model
-from readl.training.checkpoints import fingerprint, last_complete_checkpoint, prepare_checkpoint_dir, replace_dir, save_run_info
-from readl.training.data import fit_processor, load_manifest, prompt_messages
-from readl.training.lora import default_target_regex, lora_config
-from readl.training.progress import StepProgress
-from readl.training.reasoning_targets import targets_for
-from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
+from readl.model.image_input import model_image
+from readl.training.data import prompt_messages
 
-__all__ = ["WARMUP_DIR", "augment", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "warmup"]
+__all__ = ["WARMUP_DIR", "augment", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "sft_args"]
 
 log = logging.getLogger(__name__)
 WARMUP_DIR = Path("models/warmup")
@@ -93,7 +82,7 @@ def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | 
         images = []
         for p, row in zip(batch["image_path"], batch["row"]):
             with Image.open(p) as im:
-                img = im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+                img = model_image(im, image_size)
             if augment_seed is not None:
                 reads[row] = reads.get(row, -1) + 1
                 img = augment(img, np.random.default_rng([augment_seed, row, reads[row]]))
@@ -176,7 +165,7 @@ class WeightedSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
+def sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
     w = params.warmup
     dtype = next(model.parameters()).dtype
     return SFTConfig(
@@ -206,101 +195,3 @@ def _sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
         disable_tqdm=True,
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are built on access (images decoded per batch)
     )
-
-
-def warmup(params: Params, manifest: str | Path = "data/curated/train.parquet", output_dir: str | Path = "models",
-           device: str | None = None, root: str | Path = ".") -> dict:  # fmt: skip
-    """Run (or resume) the cold start and write ``output_dir/warmup`` (model + processor) and ``warmup_run.json``.
-
-    With ``warmup.enabled: false`` nothing is trained: the folder records the base model reference only
-    (``warmup_run.json`` with ``"enabled": false``) and the later stages use ``model.base``.
-
-    Args:
-        params: validated ``params.yaml`` (sections ``model``, ``warmup``, ``train.lora``).
-        manifest: curated training manifest (``image_path``, ``label``, ``category``, ``defect_type`` ...).
-        output_dir: where ``warmup/``, ``warmup_run.json`` and ``warmup_checkpoints/`` go.
-        device: ``cpu`` / ``cuda`` ...; default: this process's accelerate device.
-        root: folder that relative image paths are resolved against.
-
-    Returns:
-        The record written to ``warmup_run.json`` (``{}`` on non-main processes).
-
-    Raises:
-        FileNotFoundError / ValueError: a missing or empty manifest (says to run ``readl curate``).
-    """
-    w, state = params.warmup, PartialState()
-    manifest, output_dir = Path(manifest), Path(output_dir)
-    out = output_dir / "warmup"
-    if not w.enabled:
-        if state.is_main_process:
-            replace_dir(lambda tmp: write_json(tmp / "readl_base.json", {"base": params.model.base}), out)
-            record = {"enabled": False, "base": params.model.base, "model": str(out)}
-            write_json(output_dir / "warmup_run.json", record)
-            return record
-        return {}
-    frame = load_manifest(manifest, root)
-    raw = frame.copy()
-    raw["image_path"] = [str(Path(p).relative_to(Path(root).resolve())) if Path(p).is_relative_to(Path(root).resolve())
-                         else p for p in frame["image_path"]]  # stable template keys, whatever the clone path  # fmt: skip
-    targets = targets_for(raw, seed=w.seed)
-    model, processor = load_model(params.model.base, device=device or str(state.device), dtype=params.model.dtype)
-    processor = fit_processor(processor, params.model.image_size)
-    trainable = w.trainable if w.trainable != "auto" else ("full" if is_kit(params.model.base) else "lora")
-    peft = None
-    if trainable == "lora":
-        lcfg = params.train.lora
-        peft = lora_config(lcfg.r, lcfg.alpha, lcfg.dropout, lcfg.target_modules or default_target_regex(model))
-    model.train()
-    ckpt_dir = output_dir / "warmup_checkpoints"
-    trainer = WeightedSFTTrainer(
-        model=model,
-        args=_sft_args(params, ckpt_dir, model),
-        train_dataset=sft_dataset(frame, params.model.image_size, targets, w.seed if w.augment else None),
-        processing_class=processor,
-        peft_config=peft,
-        decision_tokens=w.decision_tokens, decision_weight=w.decision_weight, answer_weight=w.answer_weight,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(StepProgress("warmup"))
-
-    fp = fingerprint(params.model_dump(include={"model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest)
-    resume, run_id = None, None
-    if state.is_main_process:
-        resume, run_id = prepare_checkpoint_dir(ckpt_dir, fp)
-        run_id = start_run(
-            params.train.experiment, run_id,
-            params={"model": params.model.model_dump(), "warmup": w.model_dump(),
-                    "data": {"manifest": str(manifest), "n_images": len(frame)}},
-            tags={"readl.stage": "warmup"},
-        ).info.run_id  # fmt: skip
-        save_run_info(ckpt_dir, fp, run_id)
-        trainer.add_callback(MlflowMetricsCallback(run_id))
-        log.info("warmup: %d images, %s weights, MLflow run %s; %s", len(frame), trainable, run_id,
-                 f"resuming {resume}" if resume else "fresh start")  # fmt: skip
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        resume = last_complete_checkpoint(ckpt_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return {}
-    import mlflow
-
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    if trainable == "lora":
-        policy = policy.merge_and_unload()
-    policy.eval()
-
-    def save(tmp: Path) -> None:
-        policy.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        write_json(tmp / "readl_base.json", {"base": params.model.base, "warmup_run": run_id})
-
-    replace_dir(save, out)
-    record = {"enabled": True, "base": params.model.base, "model": str(out), "run_id": run_id,
-              "global_step": int(trainer.state.global_step), "trainable": trainable,
-              "resumed_from": str(resume) if resume else None}  # fmt: skip
-    write_json(output_dir / "warmup_run.json", record)
-    mlflow.end_run()
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return record

@@ -33,7 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 """File suffixes (lower-case) taken as images when listing folders."""
 
 MASK_KINDS = ("none", "file", "dir_union", "coco", "labelme")
-"""How ``Record.mask_path`` is read (all handled by ``readl.data.images.load_mask``):
+"""How ``Record.mask_path`` is read (all handled by ``readl.data.masks.load_mask``):
 ``none`` no mask; ``file`` one mask image; ``dir_union`` a folder of mask images to OR (MVTec LOCO);
 ``coco`` a COCO JSON plus ``mask_ref`` = image id (VISION); ``labelme`` a labelme JSON (BSData)."""
 
@@ -249,7 +249,8 @@ def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) 
         One Record per item; a mask that cannot be decoded raises ``BadImageError`` or, inside
         :func:`report_bad_masks`, is reported and skipped.
     """
-    from ..images import BadImageError, mask_is_empty
+    from ..images import BadImageError
+    from ..masks import mask_is_empty
 
     for img, mask, category, split in items:
         try:

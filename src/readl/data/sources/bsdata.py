@@ -8,7 +8,7 @@ Documented at https://github.com/2Obe/BSData (README "BSData - dataset for Insta
 
 An image with a label JSON holding at least one shape is anomalous (``defect_type`` = its sorted,
 ``+``-joined, lower-cased shape labels, e.g. ``"pitting"``; ``mask_kind="labelme"``, rasterised by
-``readl.data.images.load_mask``); an image without one is normal. The dataset publishes no split
+``readl.data.masks.load_mask``); an image without one is normal. The dataset publishes no split
 folders (a script in the repository derives splits), so ``split="all"``; ``category="ball_screw"``.
 A label JSON without a matching image is a LayoutError.
 """

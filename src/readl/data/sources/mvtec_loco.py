@@ -10,7 +10,7 @@ and read the same way by anomalib's ``MVTecLOCODataset``::
 
 Each anomalous image has a FOLDER of masks, one per defect region/type, each with a per-defect grey
 value (238-255, listed in the category's ``defects_config.json``). The record keeps the folder
-(``mask_kind="dir_union"``); ``readl.data.images.load_mask`` ORs the binarised masks.
+(``mask_kind="dir_union"``); ``readl.data.masks.load_mask`` ORs the binarised masks.
 Split names are kept as published (``validation``, not ``val``).
 """
 

@@ -9,7 +9,7 @@ anomalib's ``KolektorDataset``: 50 physical parts, 8 views each::
     <root>/kos50/...
 
 Every image has a mask; defect-free images have an all-zero mask, so the label comes from whether
-the mask is empty (``readl.data.images.mask_is_empty``, anomalib's ``is_mask_anomalous``). No split
+the mask is empty (``readl.data.masks.mask_is_empty``, anomalib's ``is_mask_anomalous``). No split
 is published (the paper uses 3-fold cross-validation over parts): ``split="all"``;
 ``category="kolektorsdd"``; ``defect_type="unknown"`` for anomalies (no defect classes published).
 Views of one part are near-duplicates: keep them in one subset when splitting (the kos folder is

@@ -14,7 +14,7 @@ folders without one (the card's unlabelled ``inference`` images) are skipped, si
 label. An image with at least one annotation is anomalous, with ``defect_type`` the sorted,
 ``+``-joined names of its annotation categories; an image without annotations is normal. Masks are
 not files: the record keeps the JSON (``mask_kind="coco"``) and the COCO image id
-(``mask_ref``); ``readl.data.images.load_mask(path, coco_image_id=...)`` rasterises the polygons.
+(``mask_ref``); ``readl.data.masks.load_mask(path, coco_image_id=...)`` rasterises the polygons.
 Strictness: a JSON without ``images``/``annotations``/``categories`` lists, an annotation whose
 image id or category id is unknown, or an image entry without ``id``/``file_name`` raises
 LayoutError.

@@ -1,4 +1,11 @@
-"""``readl predict``: reasoning, answer, score, OK/NG decision and ReAL anomaly map for image files.
+"""The prediction library: one predictor factory, one image decoder, the ReAL map and the JSON record of an image.
+
+Used by ``readl predict`` (:mod:`readl.stages.predict`), the calibrate and evaluate stages and the served model
+(:mod:`readl.registry.pyfunc`), so all four build the model, decode images and compute maps the same way:
+:func:`build_predictor` (model + adapter + generation settings), :func:`open_image` (files and bytes),
+:func:`localize` (paper Eq. 2-5) and :func:`prediction_record`.
+
+``readl predict`` (:func:`predict_files`): reasoning, answer, score, OK/NG decision and ReAL anomaly map for image files.
 
 For each image it writes ``<out>/<stem>.json`` and ``<out>/<stem>.png`` (the image with its anomaly map
 overlaid; by default with a colour bar on the right and a caption under it, the image's pixels staying at the
@@ -24,14 +31,16 @@ import numpy as np
 from PIL import Image
 
 from readl.atomic import atomic_write, write_json
-from readl.config import LocalizationConfig
+from readl.config import LocalizationConfig, Params
 from readl.data.images import MIN_SIDE, BadImageError, load_rgb_fit
+from readl.digest import file_digest
 from readl.evaluation.decision import decide, image_score, read_decision
 from readl.evaluation.report import annotated_overlay, overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "predict_files"]
+__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "predict_files",
+           "outcomes_table"]
 
 log = logging.getLogger(__name__)
 # zlib level of the overlay PNGs (lossless either way): at 1024^2, 1 encodes in ~0.11 s vs ~0.57 s for PIL's
@@ -45,10 +54,95 @@ decoded downscaled (JPEG draft / box reduce), so memory is bounded whatever the 
 JPEG peaked at 5 GB at full size). The model sees 420x420 either way (paper Sec. 5.1)."""
 
 
-def open_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
-    """Decode ``path`` as RGB, EXIF orientation applied, at its own size up to ``max_side`` pixels
-    on the longest side (aspect kept; readl's robust decoder: 16-bit, CMYK, palette ... handled as
-    in ``readl curate``).
+class ModelLoadError(RuntimeError):
+    """The base model or adapter could not be loaded (the message names it and the fix)."""
+
+
+def build_predictor(params: Params, base: str, adapter: str | Path | None = None, device: str | None = None,
+                    max_new_tokens: int | None = None) -> Predictor:  # fmt: skip
+    """The one predictor factory: load ``base`` (+ LoRA ``adapter``) and wrap it in a greedy-decoding Predictor.
+
+    ``readl predict``, the calibrate and evaluate stages and the served model all build their model here, so
+    they share image size, attention layers, query row, generation settings and generation backend.
+
+    Args:
+        params: validated params (``model``: dtype, image_size, max_new_tokens, generation_backend;
+            ``localization``: layers, query_row).
+        base: ``"tiny"``, a local model folder (e.g. ``models/warmup``) or a Hugging Face id.
+        adapter: a PEFT LoRA folder (``adapter_config.json`` inside) or ``None`` (the base model alone).
+        device: ``cpu``, ``cuda``, ``cuda:1`` ... (default: CUDA when available).
+        max_new_tokens: overrides ``model.max_new_tokens`` when given (> 0).
+
+    Returns:
+        A :class:`~readl.model.inference.Predictor` (model in eval mode, ReAL attention capture on).
+
+    Raises:
+        ModelLoadError: the model cannot be opened (not cached and offline, not a Qwen2.5-VL folder ...); the
+            message names the model and the fix.
+    """
+    from readl.model.generation import make_generator
+    from readl.model.inference import GenerationSettings
+    from readl.model.loading import load_error_message, load_model, resolve_base
+
+    mcfg, loc = params.model, params.localization
+    try:
+        model, processor = load_model(base, adapter=adapter, device=device, dtype=mcfg.dtype)
+    except OSError as exc:
+        log.debug("load_model failed", exc_info=True)
+        raise ModelLoadError(load_error_message(base, exc)) from exc
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return Predictor(
+        model, processor, image_size=mcfg.image_size, layers=loc.layers, query_row=loc.query_row,
+        generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
+        generator=make_generator(mcfg.generation_backend, resolve_base(base), adapter),
+    )  # fmt: skip
+
+
+def pipeline_predictor(params: Params, base: str | None, adapter: str | Path | None,
+                       device: str | None = None) -> tuple[Predictor, str, Path | None]:  # fmt: skip
+    """The calibrate / evaluate stages' model: :func:`build_predictor` on the pipeline's base and adapter.
+
+    Args:
+        params: validated params.
+        base: the base model; ``None`` = :func:`readl.config.pipeline_base` (``models/warmup`` after warmup).
+        adapter: the LoRA folder; ``none`` or a folder without ``adapter_config.json`` = the base model alone
+            (the latter with a warning).
+        device: default this process's accelerate device under ``accelerate launch``, else CUDA when available.
+
+    Returns:
+        ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was used.
+
+    Raises:
+        ModelLoadError: as :func:`build_predictor`.
+    """
+    from readl.config import pipeline_base
+    from readl.evaluation.predictions import process_state
+
+    base = base or pipeline_base(params)
+    if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
+        adapter = None
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        log.warning("no adapter at %s: evaluating the base model", adapter)
+        adapter = None
+    if device is None and process_state().num_processes > 1:  # accelerate launch: this process's own device
+        device = str(process_state().device)
+    return build_predictor(params, base, adapter, device=device), base, adapter
+
+
+def open_image(path: str | Path, max_side: int = MAX_SIDE, data: bytes | None = None) -> Image.Image:
+    """Decode ``path`` (or the encoded file ``data``, named ``path`` in errors) as RGB, EXIF orientation applied,
+    at its own size up to ``max_side`` pixels on the longest side (aspect kept; readl's robust decoder: 16-bit,
+    CMYK, palette ... handled as in ``readl curate``, truncated files refused). The one decoder of
+    ``readl predict``, the stages and the served model.
+
+    Args:
+        path: the image file; with ``data``, only the name used in error messages (e.g. ``"row 3"``).
+        max_side: longest side kept, pixels (larger images are decoded downscaled, aspect kept).
+        data: the bytes of an encoded image file (PNG, JPEG, TIFF ...) instead of reading ``path``.
+
+    Returns:
+        PIL image, mode ``"RGB"``, values 0-255, upright.
 
     Raises:
         BadImageError: missing, empty, truncated or not an image file, or a side under
@@ -56,7 +150,7 @@ def open_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
             about manifests, curate and fetch is left out: it is for ``readl curate``).
     """
     try:
-        return load_rgb_fit(path, max_side, min_side=MIN_SIDE)
+        return load_rgb_fit(path, max_side, min_side=MIN_SIDE, data=data)
     except BadImageError as exc:
         parts = [p for p in exc.reason.split("; ") if not any(w in p for w in ("manifest", "curate", "readl fetch"))]
         if len(parts) < len(exc.reason.split("; ")):
@@ -128,8 +222,6 @@ def adapter_digest(adapter: str | Path | None) -> str | None:
     """``"sha256:<hex>"`` over the adapter folder's file names and bytes (``None`` without an adapter)."""
     if adapter is None:
         return None
-    from readl.registry.registration import file_digest
-
     return f"sha256:{file_digest([Path(adapter)])}"
 
 
@@ -244,3 +336,20 @@ def _finish(in_flight: tuple[int, list[tuple[Outcome, Future]]], progress) -> No
         o.png_path = future.result()
     if progress is not None and n_seen:
         progress(n_seen)
+
+
+def outcomes_table(outcomes: list[Outcome]):
+    """``readl predict``'s summary as a ``rich`` table: one row per file with a result (answer, format, score,
+    decision with its threshold, tokens kept of the reasoning tokens, overlay PNG)."""
+    from rich.table import Table
+
+    table = Table("image", "answer", "format", "score", "decision", "tokens kept", "overlay")
+    for o in outcomes:
+        if o.record is not None:
+            r = o.record
+            table.add_row(
+                o.path.name, str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
+                f"{r['decision']} (t={r['threshold']['value']:.3f})",
+                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", str(o.png_path),
+            )  # fmt: skip
+    return table

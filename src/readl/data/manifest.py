@@ -1,0 +1,50 @@
+"""The one reader of curated split manifests (``data/curated/{train,calib,eval}.parquet``).
+
+Every stage reads its split through :func:`read_manifest`: the same file check, column check and error
+messages (each names the file and the command that writes it). Stage-specific checks (training labels,
+image files present) are added by the callers on top (:func:`readl.training.data.load_manifest`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["CURATE_HINT", "SPLIT_COLUMNS", "read_manifest"]
+
+CURATE_HINT = "run `readl curate` (or `dvc repro curate`) first"
+SPLIT_COLUMNS = ("image_path", "label", "source", "category")
+"""Columns every curated split has (the full list: readl.data.schema)."""
+
+
+def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS, *,
+                  allow_empty: bool = False, what: str = "manifest") -> pd.DataFrame:  # fmt: skip
+    """Read the Parquet (or ``.csv``) manifest ``path`` and check it has ``columns`` and at least one row.
+
+    Args:
+        path: the manifest file.
+        columns: required column names.
+        allow_empty: accept a manifest without rows (curate's calib split may be empty).
+        what: how the messages name the file (``"manifest"``, ``"training manifest"``).
+
+    Returns:
+        The manifest as written (one row per image; ``image_path`` relative to the repository root).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message says to run ``readl curate``).
+        ValueError: a required column is missing, or the manifest is empty and ``allow_empty`` is False.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; {CURATE_HINT}")
+    df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} {path} lacks column(s) {missing}; re-run `readl curate` (or `dvc repro curate`)")
+    if df.empty and not allow_empty:
+        raise ValueError(f"{what} {path} is empty (no images); {CURATE_HINT}, and check the `curate:` section "
+                         f"of params.yaml")  # fmt: skip
+    return df

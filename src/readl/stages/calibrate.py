@@ -1,0 +1,70 @@
+"""``readl calibrate`` (DVC stage ``calibrate``): tau_t, tau_i and the OK/NG decision threshold of one trained model.
+
+One linear entry, :func:`run`: read the calibration split -> build the predictor -> predict every image through
+the per-image cache -> fit tau_t (median rule) and tau_i (maximum-curvature rule) on the pooled token scores
+(supplement Table 5, :mod:`readl.evaluation.calibration`) and the decision threshold on the image score P(Yes)
+(``calibrate:`` params, :mod:`readl.evaluation.decision`) -> write ``thresholds.json`` and its plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from readl.atomic import write_json
+from readl.config import Params
+from readl.data.manifest import read_manifest
+from readl.evaluation.decision import fit_decision_threshold, image_score
+from readl.evaluation.predictions import predict_manifest
+from readl.evaluation.report import clean_json
+from readl.evaluation.calibration import calibrate_thresholds, plot_curves
+from readl.predictor import pipeline_predictor
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_dir: Path,
+        base: str | None = None, progress: Callable[[int], None] | None = None) -> dict:  # fmt: skip
+    """Calibrate the thresholds on the calibration split and write ``out`` and ``out.with_suffix(".png")``.
+
+    Args:
+        params: validated params (``model``, ``localization`` rules, ``calibrate``, ``evaluate.malformed``).
+        manifest: the calibration split (``data/curated/calib.parquet``).
+        adapter: the LoRA folder (``models/adapter``; absent or ``none``: the base model alone).
+        out: the ``thresholds.json`` to write (atomically): ``tau_t`` / ``tau_i`` (``value``, ``rule``, counts),
+            ``decision`` (``value`` on P(Yes) in [0, 1], ``rule``, ``score``, ``malformed``), ``model``.
+        cache_dir: the per-image prediction cache (``reports/predictions/calib``; an interrupted run resumes).
+        base: the base model (default :func:`readl.config.pipeline_base`).
+        progress: called with the number of images finished.
+
+    Returns:
+        The record written to ``out`` (``{}`` on a non-main process of ``accelerate launch``).
+
+    Raises:
+        FileNotFoundError: the manifest or one of its images is missing (run ``readl curate``).
+        ValueError: the manifest is empty or lacks columns; a cached prediction is unreadable.
+        readl.predictor.ModelLoadError: the model cannot be loaded.
+    """
+    t0 = time.perf_counter()
+    df = read_manifest(manifest)
+    predictor, base, adapter = pipeline_predictor(params, base, adapter)
+    items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
+    if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache
+        return {}
+    record, s_t_hat, s_i_hat = calibrate_thresholds([p for _, p in items], params.localization)
+    policy, ccfg = params.evaluate.malformed, params.calibrate
+    scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
+    decision = fit_decision_threshold(scores, [int(r["label"]) for r, _ in items], ccfg.decision, ccfg.false_alarm_rate)
+    record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
+    record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
+    write_json(out, clean_json(record))
+    plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
+    log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; decision P(Yes) >= %.4f "
+             "(%s%s); %.1f s -> %s", record["tau_t"]["value"], record["tau_t"]["rule"], record["tau_i"]["value"],
+             record["tau_i"]["rule"], record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
+             f", {decision['fallback']}: default" if decision["fallback"] else "", time.perf_counter() - t0, out)  # fmt: skip
+    return record

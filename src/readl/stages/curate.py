@@ -1,0 +1,37 @@
+"""``readl curate`` (DVC stage ``curate``): the curated train / calib / eval manifests and 420x420 images.
+
+One linear entry, :func:`run`: the ``curate:`` params -> check every source folder -> read, filter, decode,
+resize, de-duplicate (leakage guard) and synthesise (:mod:`readl.data.curate`) -> replace ``data/curated``
+atomically (manifests, images, masks, ``rejected.csv``, ``leakage.csv``, ``summary.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from readl.config import Params
+from readl.data.curate import CurateResult, curate
+
+__all__ = ["run"]
+
+
+def run(params: Params, raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
+        progress: Callable[[int, int | None], None] | None = None) -> CurateResult:  # fmt: skip
+    """Curate ``raw`` into ``out`` with ``params.curate``.
+
+    Args:
+        params: validated params (the ``curate:`` section: sources, sizes, splits, leakage guard, synthesis).
+        raw: folder holding the sources' root folders (``data/raw``).
+        out: the curated folder, replaced as a whole (readers see the old or the new content, never a mix).
+        progress: called as ``progress(advance, total)`` per decoded image.
+
+    Returns:
+        :class:`~readl.data.curate.CurateResult` (images per split, rejected, leaked, seconds, summary).
+
+    Raises:
+        readl.data.curate.SourceMissingError (a FileNotFoundError): a configured source folder is absent (the
+            message says ``readl fetch SOURCE``); nothing is written.
+        ValueError: a source does not follow its layout, a references CSV is bad, an unknown layout or option.
+    """
+    return curate(params.curate, raw, out, progress=progress)

@@ -1,0 +1,56 @@
+"""``readl register [--promote]`` (DVC stage ``register``): the trained model into the MLflow registry.
+
+One linear entry, :func:`run`: check every input (:mod:`readl.registry.inputs`) -> log the pyfunc model into the
+training run and register it as a new version aliased ``challenger`` (idempotent,
+:func:`readl.registry.registration.register`) -> with ``promote``, run the promotion gate
+(:func:`readl.registry.gate.promote`) -> write ``models/registered.json`` (name, version, run, aliases, promotion).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from readl.atomic import write_json
+from readl.config import load_params
+from readl.registry.gate import Decision
+from readl.registry.gate import promote as run_promote
+from readl.registry.registration import RegisterResult, register
+
+__all__ = ["run"]
+
+
+def run(params_file: Path, adapter: Path, thresholds: Path, metrics: Path, train_run: Path, out: Path,
+        name: str | None = None, promote: bool = False) -> tuple[RegisterResult, Decision | None]:  # fmt: skip
+    """Register the model (and, with ``promote``, decide whether it becomes ``champion``).
+
+    Args:
+        params_file: ``params.yaml`` (``register.model_name``, the gate's rules; logged with the model).
+        adapter: the LoRA folder (absent: the base model alone, with a warning).
+        thresholds: ``thresholds.json`` from ``readl calibrate``.
+        metrics: ``metrics.json`` from ``readl evaluate`` (its numbers become version tags ``metrics.*``).
+        train_run: ``train_run.json`` (the MLflow run the model is logged into).
+        out: the record for DVC (``models/registered.json``), written atomically; with ``promote`` it also holds
+            ``promotion`` (the gate's decision) and ``champion`` among the aliases when the gate moved it.
+        name: registered model name (default ``register.model_name``).
+        promote: run the promotion gate after registering (a refusal is a result, not an error).
+
+    Returns:
+        ``(result, decision)``: the :class:`~readl.registry.registration.RegisterResult` and the gate's
+        :class:`~readl.registry.gate.Decision` (``None`` without ``promote``).
+
+    Raises:
+        FileNotFoundError: an input file is missing (the message names the stage to run).
+        ValueError: an input is incomplete or malformed, or params.yaml is invalid (nothing is registered).
+        readl.registry.RegistryError: the tracking server or artifact store failed (after retries).
+    """
+    result = register(params_file=params_file, adapter=adapter, thresholds=thresholds, metrics=metrics,
+                      train_run=train_run, out=out, name=name)  # fmt: skip
+    if not promote:
+        return result, None
+    decision = run_promote(load_params(params_file).register, name=result.name)
+    record = json.loads(Path(out).read_text())
+    if decision.champion_after == result.version:
+        record["aliases"] = sorted({*record["aliases"], "champion"})
+    write_json(out, {**record, "promotion": decision.as_dict()})
+    return result, decision

@@ -1,0 +1,103 @@
+"""``readl train`` (DVC stage ``train``): CGRO (GRPO + consistency reward) fine-tuning with LoRA (paper Sec. 4.2, 5.1).
+
+One linear entry, :func:`run` (like open-r1's ``grpo.py``): manifest -> model + processor -> dataset -> rewards
+-> trainer (:func:`readl.training.train.build_trainer`) -> train (resuming the last complete checkpoint) ->
+adapter + run record.
+
+Outputs (under ``output_dir``, default ``models/``): ``adapter/`` (PEFT LoRA, written atomically),
+``train_run.json`` (MLflow run id, and ``summary``: steps, share of steps with non-zero reward std
+within a group, mean J and rewards, max |lora_B|; :mod:`readl.training.summary`), ``checkpoints/`` while running
+(removed after success unless ``train.keep_checkpoints``). Multi-GPU: ``accelerate launch --config_file
+src/readl/training/accelerate_multi_gpu.yaml -m readl.cli train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from transformers.trainer_callback import PrinterCallback
+
+from readl.atomic import atomic_dir, write_json
+from readl.config import Params, pipeline_base
+from readl.training.checkpoints import fingerprint, train_resumable
+from readl.training.data import load_manifest
+from readl.training.progress import StepProgress
+from readl.training.rewards import reward_names
+from readl.training.summary import train_summary
+from readl.training.tracking import start_run, tracking_uri
+from readl.training.train import DEFAULT_MANIFEST, build_trainer, run_params
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    params: Params,
+    manifest: str | Path = DEFAULT_MANIFEST,
+    output_dir: str | Path = "models",
+    device: str | None = None,
+    root: str | Path = ".",
+) -> dict:
+    """Run (or resume) CGRO training and write the adapter and the run record.
+
+    Args:
+        params: validated ``params.yaml`` (sections ``model`` and ``train``, token selection in ``train.localization``).
+        manifest: curated training manifest (``image_path``, ``label`` ...).
+        output_dir: where ``adapter/``, ``train_run.json`` and ``checkpoints/`` go.
+        device: ``cpu`` / ``cuda`` ...; default: this process's accelerate device.
+        root: folder that relative image paths are resolved against (the repository root).
+
+    Returns:
+        The record written to ``train_run.json`` (on the main process; other ranks get ``{}``).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or empty manifest (says to run ``readl curate``), an unknown
+            reward, or a model/processor that is not Qwen2.5-VL.
+    """
+    t = params.train
+    names = reward_names(t.rewards)
+    manifest, output_dir = Path(manifest), Path(output_dir)
+    frame = load_manifest(manifest, root)
+    ckpt_dir = output_dir / "checkpoints"
+    trainer = build_trainer(params, frame, ckpt_dir, device=device)  # fails early on a bad model/processor
+    trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
+    trainer.add_callback(StepProgress())
+
+    fp = fingerprint(run_params(params), manifest)
+    data = {"manifest": str(manifest), "n_images": len(frame), "n_anomalous": int(frame["label"].sum())}
+
+    def start(run_id: str | None) -> str:
+        return start_run(t.experiment, run_id, params={**run_params(params), "data": data},
+                         tags={"readl.stage": "train", "readl.rewards": ",".join(names)}).info.run_id  # fmt: skip
+
+    def describe(run_id: str, resume: Path | None) -> None:
+        log.info("MLflow run %s (%s); %s", run_id, tracking_uri(), f"resuming {resume}" if resume else "fresh start")
+
+    resume, run_id, main = train_resumable(trainer, ckpt_dir, fp, start, describe)
+    if not main:
+        return {}
+    import mlflow
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = output_dir / "adapter"
+    with atomic_dir(adapter) as tmp:  # never a half-written adapter
+        policy.save_pretrained(tmp)
+    record = {
+        "run_id": run_id,
+        "experiment": t.experiment,
+        "tracking_uri": tracking_uri(),
+        "adapter": str(adapter),
+        "base": pipeline_base(params),
+        "rewards": names,
+        "global_step": int(trainer.state.global_step),
+        "resumed_from": str(resume) if resume else None,
+        "summary": train_summary(trainer.state.log_history, adapter),  # readl.training.summary
+    }
+    write_json(output_dir / "train_run.json", record)
+    mlflow.end_run()
+    if not t.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return record

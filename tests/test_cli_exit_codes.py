@@ -1,0 +1,68 @@
+"""One set of exit codes for every command (readl.cli's docstring): 2 for bad input, 1 for a runtime failure, an
+``error:`` line without a traceback, and the traceback with the global ``--debug``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from readl.cli import EXIT_FAILURE, EXIT_USAGE, app, exit_code
+
+
+def _bad_manifest(tmp_path):
+    path = tmp_path / "split.parquet"
+    pd.DataFrame({"image_path": ["a.png"], "label": [0]}).to_parquet(path)  # no source / category columns
+    return path
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+def test_bad_manifest_is_usage_error_without_traceback(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = _bad_manifest(tmp_path)
+    out = CliRunner().invoke(app, [command, "--manifest", str(bad)])
+    assert out.exit_code == EXIT_USAGE == 2, out.output
+    assert "split.parquet" in out.output and "lacks column(s) ['source', 'category']" in " ".join(out.output.split())
+    assert "Traceback" not in out.output and out.output.lstrip().startswith("error:")
+
+    debug = CliRunner().invoke(app, ["--debug", command, "--manifest", str(bad)])
+    assert debug.exit_code == 2 and "Traceback (most recent call last)" in debug.output
+    assert "read_manifest" in debug.output  # the frames of the failing call
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+def test_bad_params_is_usage_error(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("model:\n  image_size: 100\n")  # not a multiple of 28
+    out = CliRunner().invoke(app, [command])
+    assert out.exit_code == 2 and "image_size" in out.output and "Traceback" not in out.output
+
+
+def test_register_bad_input_exit_code_and_debug_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "thresholds.json").write_text(json.dumps({"tau_t": {"value": 0.4}}))  # no tau_i
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    out = CliRunner().invoke(app, ["register"])
+    assert out.exit_code == 2 and "thresholds.json" in out.output and "Traceback" not in out.output
+    debug = CliRunner().invoke(app, ["--debug", "register"])
+    assert debug.exit_code == 2 and "Traceback (most recent call last)" in debug.output
+    assert not (tmp_path / "mlruns.db").exists()  # checked before anything is written
+
+
+def test_missing_upstream_output_is_a_runtime_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["calibrate"])  # no data/curated/calib.parquet
+    assert out.exit_code == EXIT_FAILURE == 1 and "readl curate" in out.output and "Traceback" not in out.output
+
+
+def test_exit_code_rule():
+    from readl.data.fetch import ManualDownloadRequired, UnknownSourceError
+    from readl.registry import RegistryError
+
+    assert exit_code(ValueError("x")) == 2 and exit_code(UnknownSourceError("nope")) == 2
+    assert exit_code(ManualDownloadRequired("download by hand")) == 2
+    assert exit_code(FileNotFoundError("x")) == 1 and exit_code(RegistryError("x")) == 1
+    assert exit_code(TypeError("a bug")) == 1

@@ -1,0 +1,91 @@
+"""No import cycle between readl's sub-packages (readl.data, readl.model, readl.localization, readl.training,
+readl.evaluation, readl.registry, readl.stages) and top-level modules (readl.config, readl.predictor, readl.cli ...),
+counting every import of the source (module level and inside functions, read from the AST), so a cycle cannot hide
+behind a function-level import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# The one cycle left, to be removed with issue 13's CGRO-contract item: params validation (readl.config) checks
+# train.rewards against the reward registry of readl.training.rewards. Any other edge closing a cycle fails.
+KNOWN = {("readl.config", "readl.training")}
+
+
+def _node(module: str) -> str:
+    """``readl.data.images`` -> ``readl.data`` (a sub-package); ``readl.config`` -> itself (a top-level module)."""
+    return ".".join(module.split(".")[:2])
+
+
+def import_edges(src: Path = SRC) -> dict[tuple[str, str], list[str]]:
+    """``(from node, to node) -> ["module -> imported module", ...]`` over every import in readl's source."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for f in sorted((src / "readl").rglob("*.py")):
+        parts = f.relative_to(src).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if f.name == "__init__.py" else module.rpartition(".")[0]
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Import):
+                targets = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                base = package.rsplit(".", n.level - 1)[0] if n.level > 1 else package
+                targets = [(f"{base}.{n.module}" if n.module else base) if n.level else (n.module or "")]
+            else:
+                continue
+            for t in targets:
+                if t.startswith("readl.") and _node(module) != _node(t) and _node(module) != "readl":
+                    edges.setdefault((_node(module), _node(t)), []).append(f"{module} -> {t}")
+    return edges
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_between_subpackages():
+    edges = import_edges()
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        if (a, b) not in KNOWN:
+            graph.setdefault(a, set()).add(b)
+    cycles = _cycles(graph)
+    detail = {str(c): sorted(x for (a, b), xs in edges.items() if a in c and b in c for x in xs[:2]) for c in cycles}
+    assert not cycles, f"import cycles between readl's sub-packages: {detail}"
+
+
+def test_the_check_sees_function_level_imports_and_the_known_edge_is_real():
+    edges = import_edges()
+    assert ("readl.config", "readl.training") in edges  # a function-level import in a pydantic validator
+    assert ("readl.stages", "readl.predictor") in edges and ("readl.cli", "readl.stages") in edges
+    assert not any(a == "readl.model" and b == "readl.evaluation" for a, b in edges)

@@ -1,0 +1,54 @@
+"""The served model decodes image bytes with the project decoder: a 16-bit PNG sent as bytes gives the same
+answer, score and anomaly map as the same file given by path, and the same score as ``readl predict``."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+PARAMS = {"model": {"base": "tiny", "image_size": 112, "max_new_tokens": 8, "batch_size": 1}}
+
+
+def _png16(sample_dir, path):
+    """A 16-bit grayscale PNG (values 0..65535) made from a bundled 8-bit image: clipping it to 8 bits gives a
+    nearly white image, the project decoder scales it back to the original."""
+    grey = np.asarray(Image.open(sample_dir / "mvtec_ad/grid/test/bent/000.png").convert("L"), dtype=np.uint16)
+    Image.fromarray(grey * 257).save(path)  # mode I;16
+    assert Image.open(path).mode.startswith("I")
+    return path
+
+
+def test_served_16bit_png_bytes_match_readl_predict(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    from readl.cli import app
+    from readl.registry.pyfunc import ReadlModel
+
+    monkeypatch.chdir(tmp_path)
+    png = _png16(sample_dir, tmp_path / "deep.png")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5},
+                                      "decision": {"value": 0.25, "rule": "f1_max"}}))  # fmt: skip
+    served = ReadlModel()
+    served.load_context(SimpleNamespace(artifacts={"params": str(tmp_path / "params.json"),
+                                                   "thresholds": str(thresholds)},
+                                        model_config={"device": "cpu"}))  # fmt: skip
+    by_bytes = served.predict(None, pd.DataFrame({"image": [png.read_bytes()]})).iloc[0]
+    by_path = served.predict(None, pd.DataFrame({"path": [str(png)]})).iloc[0]
+    assert by_bytes["error"] == "" and by_path["error"] == ""
+    assert by_bytes["answer"] == by_path["answer"] and by_bytes["score"] == by_path["score"]
+    np.testing.assert_array_equal(np.asarray(by_bytes["map_grid"]), np.asarray(by_path["map_grid"]))
+    assert by_bytes["anomaly_map"] == by_path["anomaly_map"]
+
+    out = CliRunner().invoke(app, ["predict", str(png), "--model", "tiny", "--adapter", "none", "--thresholds",
+                                   str(thresholds), "--params", "params.yaml", "--out", "out", "--no-annotate"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    record = json.loads((tmp_path / "out" / "deep.json").read_text())
+    assert record["score"] == round(float(by_bytes["score"]), 6) and record["answer"] == by_bytes["answer"]
+    assert record["decision"] == by_bytes["decision"]
