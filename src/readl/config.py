@@ -295,23 +295,24 @@ class RegisterConfig(_Section):
         return v
 
 
-# `register` is also ABCMeta.register (a class method); as an instance field it is harmless: silence pydantic's note
-warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+# `register` is also ABCMeta.register (a class method); as an instance field it is harmless. Pydantic notes the
+# shadowing once, when the class is created: silenced for that moment only (no process-wide warnings filter).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
 
+    class Params(BaseModel):
+        """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
 
-class Params(BaseModel):
-    """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
+        model_config = ConfigDict(extra="allow", frozen=True)
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    model: ModelConfig = ModelConfig()
-    localization: LocalizationConfig = LocalizationConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    warmup: WarmupConfig = WarmupConfig()
-    calibrate: CalibrateConfig = CalibrateConfig()
-    train: TrainConfig = TrainConfig()
-    curate: CurateConfig = CurateConfig()
-    register: RegisterConfig = RegisterConfig()
+        model: ModelConfig = ModelConfig()
+        localization: LocalizationConfig = LocalizationConfig()
+        evaluate: EvaluateConfig = EvaluateConfig()
+        warmup: WarmupConfig = WarmupConfig()
+        calibrate: CalibrateConfig = CalibrateConfig()
+        train: TrainConfig = TrainConfig()
+        curate: CurateConfig = CurateConfig()
+        register: RegisterConfig = RegisterConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from readl.localization.attention import CAPTURE_IMPLEMENTATION
-from readl.model.processor import Qwen2VLImageProcessorPil, ReadlQwenProcessor
+from readl.localization.attention import CAPTURE_IMPLEMENTATION, register_capture
+from readl.model.processor import Qwen2VLImageProcessorPil, ReadlQwenProcessor, register_auto_processor
 from readl.model.tiny import CHAT_TEMPLATE, ensure_tiny_model
 
 __all__ = ["TINY", "resolve_base", "pick_device_dtype", "load_processor", "load_model", "load_error_message"]
@@ -51,6 +51,7 @@ def load_processor(base: str | Path) -> ReadlQwenProcessor:
     Raises:
         ValueError: the tokenizer has no ``<|image_pad|>`` token, i.e. it is not a Qwen2.5-VL tokenizer.
     """
+    register_auto_processor()  # AutoProcessor.from_pretrained on a readl folder gives this processor back
     path = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.convert_tokens_to_ids("<|image_pad|>") in (None, tokenizer.unk_token_id):
@@ -83,6 +84,7 @@ def load_model(
     path = resolve_base(base)
     dev, torch_dtype = pick_device_dtype(device, dtype)
     processor = load_processor(path)
+    register_capture()  # importing readl registers nothing: the capture attention is registered here
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         path, dtype=torch_dtype, attn_implementation=CAPTURE_IMPLEMENTATION
     )
