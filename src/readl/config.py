@@ -13,8 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from readl.localization.thresholds import ThresholdSpec
+
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
 ]  # fmt: skip
 
@@ -36,17 +38,9 @@ class ModelConfig(_Section):
     generation_backend: Literal["hf", "vllm"] = "hf"
 
 
-class ThresholdConfig(_Section):
-    """One ReAL threshold: a rule applied to normalised token scores, or a fixed value."""
-
-    rule: Literal["max_curvature", "median", "fixed"]
-    value: float | None = None
-
-    @model_validator(mode="after")
-    def _fixed_needs_value(self):
-        if self.rule == "fixed" and self.value is None:
-            raise ValueError("rule 'fixed' needs a value")
-        return self
+# One ReAL threshold (a rule applied to normalised token scores, or a fixed value): the dataclass of
+# readl.localization.thresholds, validated by pydantic (unknown keys are errors there too). One type, two names.
+ThresholdConfig = ThresholdSpec
 
 
 class LocalizationConfig(_Section):
@@ -58,8 +52,8 @@ class LocalizationConfig(_Section):
     alpha: float = 1.0  # Eq. 4 weight of S_T^
     beta: float = 1.0  # Eq. 4 weight of S_I^
     mode: Literal["all", "s_i", "s_t", "both"] = "both"  # token selection (paper Table 3)
-    tau_t: ThresholdConfig = ThresholdConfig(rule="median")  # supplement Table 5: median for tau_t
-    tau_i: ThresholdConfig = ThresholdConfig(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
+    tau_t: ThresholdSpec = ThresholdSpec(rule="median")  # supplement Table 5: median for tau_t
+    tau_i: ThresholdSpec = ThresholdSpec(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
     # (ours) a rule whose tau keeps no token: re-applied below the block tied at the max (localization.thresholds)
     ties: Literal["set_aside", "strict"] = "set_aside"
     # (ours) no token passed the thresholds: the plain mean over all reasoning tokens (mode `all`) or an empty map

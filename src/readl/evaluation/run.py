@@ -156,7 +156,7 @@ def run_evaluate(params: Params, manifest: Path, adapter: Path | None, threshold
     decision = read_decision(thresholds)
     metrics, table = evaluate(results, params.localization.mode, decision_threshold=decision["value"])
     metrics["decision"] = {k: decision[k] for k in ("value", "rule", "source")}
-    metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
+    metrics["thresholds"] = {"tau_t": taus.tau_t.label, "tau_i": taus.tau_i.label, "source": str(thresholds) if thresholds else "per-image"}
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     _add_comparison(metrics, results, df, params, baseline_items)

@@ -36,7 +36,7 @@ from trl.trainer.utils import RepeatSampler
 from readl.localization.anomaly_map import token_weights
 from readl.localization.attention import capture_attention, enable_capture
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
-from readl.localization.thresholds import find_threshold
+from readl.localization.thresholds import resolve_threshold
 from readl.model.inference import (
     anomaly_token_positions,
     image_token_positions,
@@ -153,13 +153,6 @@ def capture_completion_attention(
     return out
 
 
-def _resolve_tau(cfg, scores: np.ndarray, ties: str) -> float:
-    """A ThresholdConfig applied to one image's normalised scores (0.0 when there are none)."""
-    if cfg.rule == "fixed":
-        return float(cfg.value)
-    return find_threshold(scores, cfg.rule, ties=ties).value if scores.size else 0.0
-
-
 def group_rank_weights(
     s_t: list[np.ndarray], s_i: list[np.ndarray], localization
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -179,7 +172,8 @@ def group_rank_weights(
     flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
     t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
     loc = localization
-    tau_t, tau_i = _resolve_tau(loc.tau_t, t_hat, loc.ties), _resolve_tau(loc.tau_i, i_hat, loc.ties)
+    tau_t = resolve_threshold(loc.tau_t, t_hat, loc.ties).value  # over all rollouts of the image
+    tau_i = resolve_threshold(loc.tau_i, i_hat, loc.ties).value
     w, keep = token_weights(t_hat, i_hat, tau_t, tau_i, loc.alpha, loc.beta, loc.mode)  # (sum R_g,) each
     composite = loc.alpha * t_hat + loc.beta * i_hat
     rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
