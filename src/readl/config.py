@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from readl.localization.thresholds import ThresholdSpec
+from readl.training.rewards import ConsistencySettings, reward_names
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
 ]  # fmt: skip
 
@@ -98,14 +99,9 @@ class WarmupConfig(_Section):
     logging_steps: int = Field(10, gt=0)
 
 
-class ConsistencyConfig(_Section):
-    """``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1)."""
-
-    k: int = Field(3, ge=1)  # top-k reasoning tokens by ReAL weight w
-    delta1: float = 0.3  # anomalous images rewarded when J > delta1
-    delta2: float = 0.1  # normal images rewarded when J < delta2
-    quantile: float = Field(0.95, gt=0, lt=1)  # support = cells strictly above this quantile of the token's map
-    require_format: bool = True  # broken format -> 0 (paper figure 2); false only for diagnostics
+# ``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1): the
+# dataclass of readl.training.rewards, validated by pydantic (unknown keys are errors). One type, two names.
+ConsistencyConfig = ConsistencySettings
 
 
 class TrainConfig(_Section):
@@ -124,7 +120,7 @@ class TrainConfig(_Section):
     # one weight per reward in the sum (TRL GRPOConfig.reward_weights); null = all 1 (paper Eq. 8). A weight of 0
     # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
     reward_weights: list[float] | None = None
-    consistency: ConsistencyConfig = ConsistencyConfig()
+    consistency: ConsistencySettings = ConsistencySettings()  # k, delta1, delta2, quantile, require_format
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
     # luspo / vespo are other objectives than Eq. 9)
@@ -164,9 +160,7 @@ class TrainConfig(_Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, v: list[str]) -> list[str]:
-        from readl.training.rewards import reward_names  # the registry is the single source of names
-
-        return reward_names(v)
+        return reward_names(v)  # the registry (readl.training.rewards.REWARDS) is the single source of names
 
     @model_validator(mode="after")
     def _one_weight_per_reward(self):

@@ -51,7 +51,7 @@ from readl.evaluation.metrics import (
 from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
 from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, real_map, upsample
 from readl.localization.thresholds import Threshold, ThresholdPair
-from readl.model.inference import Prediction
+from readl.model.types import Prediction
 
 __all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
 

@@ -236,18 +236,3 @@ def real_map(
         reason = NO_TOKEN_KEPT
         w = mean_w if fallback == "all_mean" else np.zeros(r)
     return ReALResult(aggregate(a, w), s_t, s_i, s_t_hat, s_i_hat, w, keep, reason, tau_t, tau_i, fit_t, fit_i)
-
-
-def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest weights, descending; ties keep token order (stable sort).
-
-    Used by the CGRO consistency reward (paper Eq. 6). k > R returns all R indices.
-
-    Args: w: (R,) finite weights. k: >= 0.
-    Returns: (min(k, R),) int64 indices.
-    Raises: ValueError if ``w`` is not 1-D, has NaN/inf, or k < 0.
-    """
-    wt = _checked("w", w, 1)  # (R,)
-    if int(k) != k or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    return np.argsort(-wt, kind="stable")[: int(k)].astype(np.int64)

@@ -35,7 +35,7 @@ from readl.training.checkpoints import (
 from readl.training.data import build_dataset, fit_processor, load_manifest
 from readl.training.progress import StepProgress
 from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config, lora_targets
-from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
+from readl.training.rewards import make_reward_funcs, reward_names
 from readl.training.summary import train_summary
 from readl.training.tracking import MlflowMetricsCallback, start_run, tracking_uri
 from readl.training.trainer import CGROTrainer
@@ -132,7 +132,7 @@ def build_trainer(
     log.info("LoRA on %d modules (decoder + merger)", len(lora_targets(model, target)))
     return CGROTrainer(
         model=model,
-        reward_funcs=make_reward_funcs(names, ConsistencySettings(**t.consistency.model_dump())),
+        reward_funcs=make_reward_funcs(names, t.consistency),
         args=grpo_args(params, output_dir, model),
         train_dataset=build_dataset(frame, params.model.image_size),
         processing_class=processor,
