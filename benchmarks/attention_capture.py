@@ -44,8 +44,8 @@ def _build(tmp: Path):
     from PIL import Image
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from readl.localization.attention import CAPTURE_IMPLEMENTATION
-    from readl.model.inference import anomaly_token_positions, image_token_positions
+    from readl.localization.attention import enable_capture
+    from readl.model.tokens import anomaly_token_positions, image_token_positions
     from readl.model.loading import load_processor
     from readl.model.prompting import QUESTION
     from readl.model.tiny import build_tiny_model
@@ -65,8 +65,7 @@ def _build(tmp: Path):
         vision_start_token_id=base.vision_start_token_id, vision_end_token_id=base.vision_end_token_id,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
+    model = enable_capture(Qwen2_5_VLForConditionalGeneration(cfg).eval())  # registers readl_capture, switches to it
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(images=[Image.new("RGB", (420, 420), (90, 120, 60))], text=[prompt], return_tensors="pt")

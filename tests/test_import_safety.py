@@ -95,3 +95,14 @@ def test_registration_happens_when_asked_and_is_idempotent():
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_numpy_only_modules_import_without_torch():
+    """The result/settings types and the numerical core import without torch or transformers (issue 13, item 3)."""
+    modules = ["readl.model.types", "readl.config", "readl.training.rewards", "readl.localization.thresholds",
+               "readl.localization.anomaly_map", "readl.localization.calibrate", "readl.evaluation.evaluate"]  # fmt: skip
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
