@@ -47,9 +47,9 @@ def _rss_mib() -> float:
 def _build(tmp: Path, family: str):
     from PIL import Image
 
-    from readl.localization.attention import CAPTURE_IMPLEMENTATION
+    from readl.localization.attention import enable_capture
     from readl.model.families import FAMILIES
-    from readl.model.inference import anomaly_token_positions, image_token_positions
+    from readl.model.tokens import anomaly_token_positions, image_token_positions
     from readl.model.loading import load_processor
     from readl.model.prompting import QUESTION
     from readl.model.tiny import TinySpec, build_tiny_model, kit_config
@@ -62,8 +62,7 @@ def _build(tmp: Path, family: str):
                                          vision_depth=4))  # fmt: skip
     cfg = kit_config(fam.kit, processor.tokenizer, spec)
     torch.manual_seed(0)
-    model = fam.load_class()(cfg).eval()
-    model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
+    model = enable_capture(fam.load_class()(cfg).eval())  # registers readl_capture, switches to it
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(images=[Image.new("RGB", (420, 420), (90, 120, 60))], text=[prompt], return_tensors="pt")

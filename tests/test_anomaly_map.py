@@ -9,10 +9,10 @@ from readl.localization.anomaly_map import (
     aggregate,
     real_map,
     token_weights,
-    top_k_tokens,
     upsample,
 )
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
+from readl.training.rewards import top_k_tokens  # with the consistency reward it serves (paper Eq. 6)
 
 # token:        0     1     2     3
 S_T_HAT = np.array([0.9, 0.9, 0.1, 0.5])

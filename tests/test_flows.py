@@ -15,7 +15,6 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import copy  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -95,10 +94,9 @@ def test_dvc_failures_are_classified(tmp_path):
     with pytest.raises(TransientStageError):
         run_dvc(["repro", "-s", "flaky"], tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python -c \"import time; time.sleep(60)\"\n")
-    t0 = time.monotonic()
+    # stopped, not finished: a stage that ran its 60 s would exit 0 and raise nothing
     with pytest.raises(StageError, match="started \"Running stage 'slow'\" on this worker and was stopped"):
         run_dvc(["repro", "-s", "slow"], tmp_path, stop_on="Running stage 'slow'")
-    assert time.monotonic() - t0 < 30
 
 
 def test_train_stage_is_run_cacheable():

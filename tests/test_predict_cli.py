@@ -10,6 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from readl.cli import app
+from readl.evaluation.decision import decide, image_score, read_decision
+from readl.model.prompting import parse_completion
 
 
 def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_dir, tmp_path, monkeypatch):
@@ -30,7 +32,12 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
     for path in good:
         record = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
         assert set(record) >= {"reasoning", "answer", "format_ok", "score", "selected_tokens"}
-        assert 0.0 <= record["score"] <= 1.0 and record["format_ok"] in (True, False)
+        parsed = parse_completion(record["completion"])  # the record's fields agree with its own completion
+        assert (record["format_ok"], record["answer"], record["reasoning"]) == (parsed.format_ok, parsed.answer,
+                                                                                parsed.reasoning)  # fmt: skip
+        d = read_decision(None)  # no thresholds file: the default decision threshold
+        assert record["threshold"]["value"] == d["value"]
+        assert record["decision"] == decide(image_score(record["score"], parsed.answer is None, d["malformed"]), d["value"])
         assert record["selected_tokens"], "at least one token carries the map (fallback: all tokens)"
         for tok in record["selected_tokens"]:
             assert {"token", "s_t_hat", "s_i_hat", "w"} <= set(tok) and tok["w"] > 0

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from readl.localization.thresholds import ThresholdPair, ThresholdSpec
 from readl.registry.client import (
     AliasNotFoundError,
     ArtifactStoreError,
@@ -241,7 +242,7 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     from readl.registry.load import load_registered
 
     model = load_registered("models:/readl-e2e@champion", device="cpu")
-    assert model.adapter is not None and model.taus == (0.4, 0.5) and model.params.model.image_size == 112
+    assert model.adapter is not None and model.taus == ThresholdPair(ThresholdSpec("fixed", 0.4), ThresholdSpec("fixed", 0.5)) and model.params.model.image_size == 112
     img = sample_dir / IMAGE
     out = model.predict(None, pd.DataFrame({"image": [img.read_bytes(), None, b"not an image"],
                                             "path": [None, str(img), None]}))  # fmt: skip
@@ -250,7 +251,9 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
         hw = (im.height, im.width)
     for i in (0, 1):
         row = out.iloc[i]
-        assert row.error == "" and 0.0 <= row.score <= 1.0 and row.answer in ("Yes", "No", None)  # null: no answer
+        assert row.error == "" and row.answer in ("Yes", "No", None)  # null: no answer
+        image_score = 0.5 if row.answer is None else row.score  # a malformed answer: evaluate's fallback score
+        assert row.decision == ("anomalous" if image_score >= row.threshold else "normal")
         m = decode_map(row.anomaly_map, row.map_max)
         assert m.shape == hw and m.dtype == np.float32 and abs(float(m.max()) - row.map_max) <= row.map_max / 65535 + 1e-9
         assert np.asarray(row.map_grid).ndim == 2 and np.asarray(row.map_grid).size > 1  # the token grid
@@ -269,7 +272,9 @@ def test_cli_predict_from_registry(champion, sample_dir, tmp_path, monkeypatch):
                                       "--device", "cpu", "--no-annotate"])  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
-    assert 0.0 <= record["score"] <= 1.0 and record["tau"] == {"t": 0.4, "i": 0.5}  # the registered thresholds
+    assert record["tau"] == {"t": 0.4, "i": 0.5}  # the registered thresholds
+    image_score = 0.5 if record["answer"] is None else record["score"]  # a malformed answer: the fallback score
+    assert record["decision"] == ("anomalous" if image_score >= record["threshold"]["value"] else "normal")
     assert record["model"]["registered"] == "models:/readl-e2e@champion (version 1)" and record["model"]["adapter"]
     with Image.open(img) as src, Image.open(tmp_path / "out" / "000.png") as png:
         assert png.size == src.size
@@ -361,22 +366,30 @@ def test_mlflow_models_serve(champion, mlflow_server, sample_dir, tmp_path):
             pred = json.loads(resp.read())["predictions"][0]
     finally:
         _stop(proc)
-    assert set(pred) == set(OUTPUT_COLUMNS) and pred["error"] == "" and 0 <= pred["score"] <= 1
+    assert set(pred) == set(OUTPUT_COLUMNS) and pred["error"] == ""
+    image_score = 0.5 if pred["answer"] is None else pred["score"]  # a malformed answer: the fallback score
+    assert pred["decision"] == ("anomalous" if image_score >= pred["threshold"] else "normal")
     with Image.open(img) as im:
         assert decode_map(pred["anomaly_map"], pred["map_max"]).shape == (im.height, im.width)
     assert np.asarray(pred["map_grid"]).ndim == 2
 
 
 # --- errors ------------------------------------------------------------------------------------------------------
-def test_unreachable_tracking_server_is_a_clear_error(adapter, tmp_path):
+def test_unreachable_tracking_server_is_a_clear_error(adapter, tmp_path, monkeypatch):
+    import readl.registry.client as client_module
+
     dead = f"http://127.0.0.1:{_free_port()}"
-    t0 = time.monotonic()
+    probes = []
+    real_probe = client_module._probe_http
+    monkeypatch.setattr(client_module, "_probe_http", lambda uri, timeout: probes.append(uri) or real_probe(uri, timeout))
+    monkeypatch.setattr(client_module.time, "sleep", lambda s: None)
     with pytest.raises(TrackingUnavailableError, match=rf"{dead} is unreachable after 2 attempts"):
         connect(dead, attempts=2, base_delay=0.05)
+    assert probes == [dead, dead]  # bounded: exactly `attempts` probes, then the error (no MLflow retry loop)
     work = _workdir(tmp_path / "w", adapter, _metrics(0.8, 0.9), None)
     with pytest.raises(TrackingUnavailableError, match=dead):
         _register(work, uri=dead)
-    assert time.monotonic() - t0 < 30
+    assert probes == [dead] * 5  # register probed 3 times (connect's default) before anything else
 
 
 def test_missing_alias_is_a_clear_error(mlflow_server):

@@ -197,7 +197,9 @@ def test_trl_adapters_read_conversational_completions_and_dataset_columns():
     with pytest.raises(RuntimeError, match="CGROTrainer"):
         cons(**kw)
     assert cons(**kw, **{MAPS_KEY: [FOCUSED, SCATTERED], WEIGHTS_KEY: [W, W]}) == [1.0, 0.0]
-    assert cons.last_j == [1.0, 0.0]
+    rewards, js = cons.score(**kw, **{MAPS_KEY: [FOCUSED, SCATTERED], WEIGHTS_KEY: [W, W]})  # J explicit, no state
+    assert (rewards, js) == ([1.0, 0.0], [1.0, 0.0])
+    assert not hasattr(cons, "last_j")
 
 
 def test_train_config_rejects_unknown_rewards(tmp_path):

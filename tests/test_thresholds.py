@@ -163,3 +163,65 @@ def test_tie_rule_leaves_working_rules_alone():
     assert t.value == 0.0 and t.top_tied == 0
     with pytest.raises(ValueError, match="ties"):
         find_threshold(s, "median", ties="loose")
+
+
+# --- one spec, one resolver (issue 13, item 2) -------------------------------------------------------------------
+def test_threshold_spec_validates_and_coerces():
+    from readl.localization.thresholds import ThresholdSpec
+
+    assert ThresholdSpec.of(0.25) == ThresholdSpec("fixed", 0.25) and ThresholdSpec.of(1) == ThresholdSpec("fixed", 1.0)
+    assert ThresholdSpec.of("median") == ThresholdSpec("median")
+    assert ThresholdSpec("fixed", 0.25).label == 0.25 and ThresholdSpec("max_curvature").label == "max_curvature"
+    with pytest.raises(ValueError, match="needs a value"):
+        ThresholdSpec("fixed")
+    with pytest.raises(ValueError, match="finite"):
+        ThresholdSpec("fixed", float("nan"))
+    with pytest.raises(ValueError, match="takes no value"):
+        ThresholdSpec("median", 0.3)
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        ThresholdSpec.of("mean")
+
+
+def test_resolve_threshold_is_the_one_rule_for_every_caller():
+    from readl.localization.thresholds import ThresholdSpec, resolve_threshold
+
+    s = np.array([0.1, 0.2, 0.4, 0.9])
+    assert resolve_threshold(ThresholdSpec("median"), s) == find_threshold(s, "median")
+    assert resolve_threshold("max_curvature", s, ties="strict") == find_threshold(s, "max_curvature", ties="strict")
+    got = resolve_threshold(ThresholdSpec("fixed", 0.3), s)
+    assert (got.value, got.rule, got.n) == (0.3, "fixed", 4)
+    assert resolve_threshold(0.3, None).value == 0.3  # a fixed value needs no scores
+    for rule in ("median", "max_curvature"):  # no tokens: 0.0, said so (not the rule's own n < 3 fallback)
+        assert resolve_threshold(rule, np.zeros(0)) == Threshold(0.0, rule, None, 0, "no scores")
+    with pytest.raises(ValueError, match="needs scores"):
+        resolve_threshold("median", None)
+    with pytest.raises(ValueError, match="ties"):
+        resolve_threshold("median", np.zeros(0), ties="loose")
+
+
+def test_resolve_taus_reads_calibrated_values_or_the_configured_specs(tmp_path):
+    from readl.config import LocalizationConfig
+    from readl.localization.thresholds import ThresholdPair, ThresholdSpec, resolve_taus
+
+    cfg = LocalizationConfig()
+    assert resolve_taus(cfg, None) == ThresholdPair(ThresholdSpec("median"), ThresholdSpec("max_curvature"))
+    f = tmp_path / "thresholds.json"
+    f.write_text('{"tau_t": {"value": 0.4, "rule": "median"}, "tau_i": {"value": 0.7}}')
+    taus = resolve_taus(cfg, f)
+    assert taus.tau_t == ThresholdSpec("fixed", 0.4) and taus.tau_i == ThresholdSpec("fixed", 0.7)
+    for bad in ('{"tau_t": {"value": 0.4}}', '{"tau_t": {"value": NaN}, "tau_i": {"value": 0.7}}'):
+        f.write_text(bad)
+        with pytest.raises(ValueError, match=rf"{f.name}: needs finite tau_t.value and tau_i.value"):
+            resolve_taus(cfg, f)
+
+
+def test_params_threshold_is_the_spec_type_and_rejects_bad_keys():
+    from readl.config import Params
+    from readl.localization.thresholds import ThresholdSpec
+
+    p = Params.model_validate({"localization": {"tau_t": {"rule": "fixed", "value": 0.2}}})
+    assert p.localization.tau_t == ThresholdSpec("fixed", 0.2) and p.train.localization.tau_i == ThresholdSpec("max_curvature")
+    for bad, match in [({"rule": "median", "vaule": 1}, "vaule"), ({"rule": "fixed"}, "needs a value"),
+                       ({"rule": "median", "value": 0.3}, "takes no value")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            Params.model_validate({"localization": {"tau_t": bad}})

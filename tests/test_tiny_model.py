@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from readl.model.loading import load_model, load_processor
-from readl.model.processor import ReadlQwenProcessor, image_processor_for
+from readl.model.processor import ReadlQwenProcessor, image_processor_for, register_auto_processor
 from readl.model.prompting import ANOMALY_WORDS, QUESTION, SYSTEM_PROMPT, build_messages
 from readl.model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_model
 
@@ -23,6 +23,7 @@ def test_roundtrip_and_determinism(tiny_dir, tmp_path):
     assert a.config.model_type == "qwen2_5_vl"
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name  # fixed seed: same weights every build
+    register_auto_processor()  # importing readl registers nothing; load_processor calls this
     proc = AutoProcessor.from_pretrained(tiny_dir)  # registered: not just the tokenizer
     assert isinstance(proc, ReadlQwenProcessor)
     assert type(proc.image_processor).__name__ == "Qwen2VLImageProcessorPil"

@@ -3,6 +3,7 @@ policy's own attention, kill-and-resume through the CLI, MLflow logging."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -22,10 +23,11 @@ from readl.config import LocalizationConfig, Params, load_params
 from readl.model.loading import load_model
 from readl.training.checkpoints import last_complete_checkpoint
 from readl.training.data import load_manifest
-from readl.training.lora import DEFAULT_TARGET_REGEX, lora_targets
+from readl.training.lora import DEFAULT_TARGET_REGEX, lora_config, lora_targets
 from readl.training.tracking import MlflowMetricsCallback
 from readl.training.train import build_trainer, grpo_args, run_params
 from readl.training.trainer import CGROTrainer, capture_completion_attention, group_rank_weights
+from readl.training.trl_adapter import PROMPT_IDS_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = [  # (path relative to the repo root, label): 4 hazelnut_toy + 4 MVTec grid, mixed labels
@@ -94,7 +96,12 @@ def test_lora_targets_language_and_merger_never_vision_blocks(tiny):
     assert any(n.endswith("visual.merger.mlp.0") for n in names)
     with pytest.raises(ValueError, match="vision encoder"):
         lora_targets(model, r".*mlp\.(gate|up|down)_proj")  # the naive pattern also hits visual.blocks.N.mlp
-    assert DEFAULT_TARGET_REGEX  # the default is what build_trainer uses
+    # the default LoRA config (what build_trainer uses when train.lora.target_modules is null) adapts exactly these
+    from peft import get_peft_model
+
+    adapted = get_peft_model(copy.deepcopy(model), lora_config(4, 8.0, 0.0))
+    lora_modules = {n.removeprefix("base_model.model.") for n, m in adapted.named_modules() if hasattr(m, "lora_A")}
+    assert lora_modules == set(names)
 
 
 def test_trainer_requires_a_qwen_processor(tiny):
@@ -223,7 +230,7 @@ def stepped(tiny_dir, manifest, tmp_path_factory):
 
     def policy_attention(inputs, completion_ids_list):
         seen["captured"] = orig_capture(inputs, completion_ids_list)
-        seen["prompt_ids"] = trainer._last_prompt_ids
+        seen["prompt_ids"] = [x[PROMPT_IDS_KEY] for x in inputs]  # per row, from TRL's _generate (trl_adapter)
         seen["reference"] = _predictor_capture(trainer, inputs, completion_ids_list)
         return seen["captured"]
 

@@ -14,9 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from readl.localization.anomaly_map import SelectionMode
+from readl.localization.thresholds import ThresholdSpec
+from readl.training.rewards import ConsistencySettings, reward_names
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
 ]  # fmt: skip
 
@@ -38,17 +40,9 @@ class ModelConfig(_Section):
     generation_backend: Literal["hf", "vllm"] = "hf"
 
 
-class ThresholdConfig(_Section):
-    """One ReAL threshold: a rule applied to normalised token scores, or a fixed value."""
-
-    rule: Literal["max_curvature", "median", "fixed"]
-    value: float | None = None
-
-    @model_validator(mode="after")
-    def _fixed_needs_value(self):
-        if self.rule == "fixed" and self.value is None:
-            raise ValueError("rule 'fixed' needs a value")
-        return self
+# One ReAL threshold (a rule applied to normalised token scores, or a fixed value): the dataclass of
+# readl.localization.thresholds, validated by pydantic (unknown keys are errors there too). One type, two names.
+ThresholdConfig = ThresholdSpec
 
 
 class LocalizationConfig(_Section):
@@ -60,8 +54,8 @@ class LocalizationConfig(_Section):
     alpha: float = 1.0  # Eq. 4 weight of S_T^
     beta: float = 1.0  # Eq. 4 weight of S_I^
     mode: SelectionMode = "both"  # token selection (paper Table 3; the one list: readl.localization.anomaly_map)
-    tau_t: ThresholdConfig = ThresholdConfig(rule="median")  # supplement Table 5: median for tau_t
-    tau_i: ThresholdConfig = ThresholdConfig(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
+    tau_t: ThresholdSpec = ThresholdSpec(rule="median")  # supplement Table 5: median for tau_t
+    tau_i: ThresholdSpec = ThresholdSpec(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
     # (ours) a rule whose tau keeps no token: re-applied below the block tied at the max (localization.thresholds)
     ties: Literal["set_aside", "strict"] = "set_aside"
     # (ours) no token passed the thresholds: the plain mean over all reasoning tokens (mode `all`) or an empty map
@@ -106,14 +100,9 @@ class WarmupConfig(_Section):
     logging_steps: int = Field(10, gt=0)
 
 
-class ConsistencyConfig(_Section):
-    """``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1)."""
-
-    k: int = Field(3, ge=1)  # top-k reasoning tokens by ReAL weight w
-    delta1: float = 0.3  # anomalous images rewarded when J > delta1
-    delta2: float = 0.1  # normal images rewarded when J < delta2
-    quantile: float = Field(0.95, gt=0, lt=1)  # support = cells strictly above this quantile of the token's map
-    require_format: bool = True  # broken format -> 0 (paper figure 2); false only for diagnostics
+# ``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1): the
+# dataclass of readl.training.rewards, validated by pydantic (unknown keys are errors). One type, two names.
+ConsistencyConfig = ConsistencySettings
 
 
 class TrainConfig(_Section):
@@ -132,7 +121,7 @@ class TrainConfig(_Section):
     # one weight per reward in the sum (TRL GRPOConfig.reward_weights); null = all 1 (paper Eq. 8). A weight of 0
     # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
     reward_weights: list[float] | None = None
-    consistency: ConsistencyConfig = ConsistencyConfig()
+    consistency: ConsistencySettings = ConsistencySettings()  # k, delta1, delta2, quantile, require_format
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
     # luspo / vespo are other objectives than Eq. 9)
@@ -172,9 +161,7 @@ class TrainConfig(_Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, v: list[str]) -> list[str]:
-        from readl.training.rewards import reward_names  # the registry is the single source of names
-
-        return reward_names(v)
+        return reward_names(v)  # the registry (readl.training.rewards.REWARDS) is the single source of names
 
     @model_validator(mode="after")
     def _one_weight_per_reward(self):
@@ -301,23 +288,24 @@ class RegisterConfig(_Section):
         return v
 
 
-# `register` is also ABCMeta.register (a class method); as an instance field it is harmless: silence pydantic's note
-warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+# `register` is also ABCMeta.register (a class method); as an instance field it is harmless. Pydantic notes the
+# shadowing once, when the class is created: silenced for that moment only (no process-wide warnings filter).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
 
+    class Params(BaseModel):
+        """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
 
-class Params(BaseModel):
-    """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
+        model_config = ConfigDict(extra="allow", frozen=True)
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    model: ModelConfig = ModelConfig()
-    localization: LocalizationConfig = LocalizationConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    warmup: WarmupConfig = WarmupConfig()
-    calibrate: CalibrateConfig = CalibrateConfig()
-    train: TrainConfig = TrainConfig()
-    curate: CurateConfig = CurateConfig()
-    register: RegisterConfig = RegisterConfig()
+        model: ModelConfig = ModelConfig()
+        localization: LocalizationConfig = LocalizationConfig()
+        evaluate: EvaluateConfig = EvaluateConfig()
+        warmup: WarmupConfig = WarmupConfig()
+        calibrate: CalibrateConfig = CalibrateConfig()
+        train: TrainConfig = TrainConfig()
+        curate: CurateConfig = CurateConfig()
+        register: RegisterConfig = RegisterConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

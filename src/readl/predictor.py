@@ -21,7 +21,6 @@ image is reported with its path and reason; the others still get their results.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from readl.digest import file_digest
 from readl.evaluation.decision import decide, image_score, read_decision
 from readl.evaluation.report import annotated_overlay, overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
+from readl.localization.thresholds import ThresholdPair, resolve_taus
 from readl.model.inference import Prediction, Predictor
 
 __all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "predict_files",
@@ -158,34 +158,11 @@ def open_image(path: str | Path, max_side: int = MAX_SIDE, data: bytes | None = 
         raise BadImageError(exc.path, "; ".join(parts)) from None
 
 
-def resolve_taus(cfg: LocalizationConfig, thresholds_file: str | Path | None) -> tuple[float | str, float | str]:
-    """tau_t and tau_i for :func:`real_map`: calibrated values if a thresholds file is given, else the rules.
-
-    Args:
-        cfg: the ``localization`` params (rules ``median`` / ``max_curvature`` applied per image, or fixed).
-        thresholds_file: ``models/thresholds.json`` written by ``readl calibrate`` (keys ``tau_t``, ``tau_i``
-            each with a ``value``), or ``None``.
-
-    Raises:
-        ValueError: the thresholds file lacks ``tau_t``/``tau_i`` values.
-    """
-    if thresholds_file is not None:
-        data = json.loads(Path(thresholds_file).read_text())
-        try:
-            return float(data["tau_t"]["value"]), float(data["tau_i"]["value"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{thresholds_file}: needs tau_t.value and tau_i.value; re-run `readl calibrate`") from exc
-
-    def one(t):
-        return float(t.value) if t.rule == "fixed" else t.rule
-
-    return one(cfg.tau_t), one(cfg.tau_i)
-
-
-def localize(pred: Prediction, cfg: LocalizationConfig, taus: tuple[float | str, float | str]) -> ReALResult:
-    """ReAL for one prediction (paper Eq. 2-5) with the configured mode, weights and thresholds."""
+def localize(pred: Prediction, cfg: LocalizationConfig, taus: ThresholdPair) -> ReALResult:
+    """ReAL for one prediction (paper Eq. 2-5) with the configured mode, weights and thresholds
+    (``taus``: :func:`~readl.localization.thresholds.resolve_taus`)."""
     return real_map(
-        pred.image_attn, pred.anomaly_attn, tau_t=taus[0], tau_i=taus[1],
+        pred.image_attn, pred.anomaly_attn, tau_t=taus.tau_t, tau_i=taus.tau_i,
         alpha=cfg.alpha, beta=cfg.beta, mode=cfg.mode, binarize=cfg.binarize, fallback=cfg.fallback, ties=cfg.ties,
     )  # fmt: skip
 

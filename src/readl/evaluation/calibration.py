@@ -21,7 +21,7 @@ from readl.atomic import atomic_write
 from readl.config import LocalizationConfig
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
 from readl.localization.thresholds import find_threshold
-from readl.model.inference import Prediction
+from readl.model.types import Prediction
 
 __all__ = ["pooled_token_scores", "calibrate_thresholds", "plot_curves"]
 

@@ -51,8 +51,8 @@ from readl.evaluation.metrics import (
 )
 from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
 from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, SelectionMode, real_map, upsample
-from readl.localization.thresholds import Threshold
-from readl.model.inference import Prediction
+from readl.localization.thresholds import Threshold, ThresholdPair
+from readl.model.types import Prediction
 
 __all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
 
@@ -87,7 +87,7 @@ class ImageResult:
 def score_images(
     items: Iterable[tuple[pd.Series, Prediction]],
     cfg: LocalizationConfig,
-    taus: tuple[float | str, float | str],
+    taus: ThresholdPair,
     malformed: str = "fallback",
 ) -> list[ImageResult]:
     """ReAL maps in all four modes and the image score for each ``(manifest row, prediction)``.
@@ -96,7 +96,7 @@ def score_images(
         items: rows with ``source``, ``category``, ``label``, ``image_path``, ``mask_path`` (and
             optionally ``reference``) with their predictions.
         cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``, fallback, ties).
-        taus: calibrated (float) or per-image rule (str) thresholds, see ``readl.predictor.resolve_taus``.
+        taus: tau_t / tau_i specs, calibrated values or per-image rules (``readl.localization.thresholds.resolve_taus``).
         malformed: ``"fallback"`` (score 0.5, empty map) or ``"score"`` (keep P(Yes) read after the
             answer prefix and the ReAL map).
     """

@@ -21,7 +21,7 @@ from readl.localization.scores import (
     semantic_relevance,
     spatial_entropy,
 )
-from readl.localization.thresholds import Rule, Threshold, Ties, find_threshold
+from readl.localization.thresholds import Rule, Threshold, ThresholdSpec, Ties, resolve_threshold
 
 # Paper Table 3: no filter; S_I^ > tau_i only; S_T^ > tau_t only; both (the full method).
 SelectionMode = Literal["all", "s_i", "s_t", "both"]
@@ -174,8 +174,8 @@ class ReALResult:
 def real_map(
     image_attn: np.ndarray,
     anomaly_attn: np.ndarray,
-    tau_t: float | Rule,
-    tau_i: float | Rule,
+    tau_t: ThresholdSpec | float | Rule,
+    tau_i: ThresholdSpec | float | Rule,
     alpha: float = 1.0,
     beta: float = 1.0,
     mode: SelectionMode = "both",
@@ -194,9 +194,10 @@ def real_map(
     Args:
         image_attn: (R, h, w) non-negative attention to the image-token grid, raster order.
         anomaly_attn: (R, E) attention to the prompt's anomaly-word tokens.
-        tau_t, tau_i: fixed thresholds (e.g. calibrated, ``models/thresholds.json``), or a rule name
-            ("max_curvature", "median") applied per image to that image's normalised scores
-            (supplement Table 5: tau_i by maximum curvature, tau_t by median).
+        tau_t, tau_i: :class:`~readl.localization.thresholds.ThresholdSpec` each (a number = fixed, e.g.
+            calibrated, ``models/thresholds.json``; a rule name = that rule): a rule ("max_curvature",
+            "median") is applied per image to that image's normalised scores (supplement Table 5: tau_i by
+            maximum curvature, tau_t by median), by :func:`~readl.localization.thresholds.resolve_threshold`.
         alpha, beta, mode: see :func:`token_weights`.
         binarize: see :func:`~readl.localization.scores.spatial_entropy`.
         fallback: "all_mean" or "empty", see above (``localization.fallback``).
@@ -218,9 +219,11 @@ def real_map(
     s_t = semantic_relevance(e)  # (R,)
     s_i = spatial_entropy(a, binarize=binarize)  # (R,)
     s_t_hat, s_i_hat = normalize_scores(s_t, s_i)  # (R,), (R,)
-    fit_t, fit_i = _resolve(tau_t, s_t_hat, ties), _resolve(tau_i, s_i_hat, ties)
-    tau_t = fit_t.value if fit_t is not None else float(tau_t)
-    tau_i = fit_i.value if fit_i is not None else float(tau_i)
+    spec_t, spec_i = ThresholdSpec.of(tau_t), ThresholdSpec.of(tau_i)
+    got_t, got_i = resolve_threshold(spec_t, s_t_hat, ties), resolve_threshold(spec_i, s_i_hat, ties)
+    tau_t, tau_i = got_t.value, got_i.value
+    fit_t = got_t if spec_t.rule != "fixed" else None  # how a per-image rule found it; None for given values
+    fit_i = got_i if spec_i.rule != "fixed" else None
     w, keep = token_weights(s_t_hat, s_i_hat, tau_t, tau_i, alpha, beta, mode)  # (R,), (R,)
     r = a.shape[0]
     mean_w = np.full(r, 1.0 / max(r, 1))  # (R,) the plain mean over all tokens
@@ -233,27 +236,3 @@ def real_map(
         reason = NO_TOKEN_KEPT
         w = mean_w if fallback == "all_mean" else np.zeros(r)
     return ReALResult(aggregate(a, w), s_t, s_i, s_t_hat, s_i_hat, w, keep, reason, tau_t, tau_i, fit_t, fit_i)
-
-
-def _resolve(tau: float | Rule, scores: np.ndarray, ties: Ties) -> Threshold | None:
-    """A per-image rule applied to ``scores`` (value 0.0 if there are none), or None for a fixed value."""
-    if not isinstance(tau, str):
-        return None
-    if not scores.size:
-        return Threshold(0.0, tau, None, 0, "no scores")
-    return find_threshold(scores, tau, ties=ties)
-
-
-def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest weights, descending; ties keep token order (stable sort).
-
-    Used by the CGRO consistency reward (paper Eq. 6). k > R returns all R indices.
-
-    Args: w: (R,) finite weights. k: >= 0.
-    Returns: (min(k, R),) int64 indices.
-    Raises: ValueError if ``w`` is not 1-D, has NaN/inf, or k < 0.
-    """
-    wt = _checked("w", w, 1)  # (R,)
-    if int(k) != k or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    return np.argsort(-wt, kind="stable")[: int(k)].astype(np.int64)

@@ -18,7 +18,7 @@ completion, ``query_start = P - 1``) and the capture during generation give the 
 
 Usage::
 
-    enable_capture(model)  # once: switches the text attention to "readl_capture"
+    enable_capture(model)  # registers "readl_capture" (importing readl registers nothing) and switches to it
     with capture_attention(key_index=cols, query_start=P - 1) as cap:
         model(**inputs)
     maps = cap.result()  # (B, Q, K) mean over heads and layers
@@ -36,7 +36,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-__all__ = ["CAPTURE_IMPLEMENTATION", "AttentionCapture", "capture_attention", "enable_capture"]
+__all__ = ["CAPTURE_IMPLEMENTATION", "AttentionCapture", "capture_attention", "enable_capture", "register_capture"]
 
 CAPTURE_IMPLEMENTATION = "readl_capture"
 _ROW_CHUNK = 64  # query rows per softmax chunk: bounds the transient (B, H, rows, N) logits
@@ -222,18 +222,29 @@ def readl_capture_attention(
     return out, None
 
 
-AttentionInterface.register(CAPTURE_IMPLEMENTATION, readl_capture_attention)
-AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
+def register_capture() -> None:
+    """Register ``"readl_capture"`` with transformers' attention and attention-mask interfaces. Idempotent.
+
+    Importing readl registers nothing; this runs when a model is loaded for capture
+    (:func:`readl.model.loading.load_model`, which passes ``attn_implementation="readl_capture"``) or switched
+    to it (:func:`enable_capture`).
+    """
+    if AttentionInterface._global_mapping.get(CAPTURE_IMPLEMENTATION) is not readl_capture_attention:
+        AttentionInterface.register(CAPTURE_IMPLEMENTATION, readl_capture_attention)
+    if AttentionMaskInterface._global_mapping.get(CAPTURE_IMPLEMENTATION) is not sdpa_mask:
+        AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
 def enable_capture(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch ``model``'s attention to ``"readl_capture"`` (SDPA + optional capture). Idempotent.
+    """Register the capture attention (:func:`register_capture`) and switch ``model``'s attention to
+    ``"readl_capture"`` (SDPA + optional capture). Idempotent.
 
     Outside a :func:`capture_attention` block the model computes exactly what SDPA computes.
 
     Returns:
         The same model.
     """
+    register_capture()
     if getattr(model.config, "_attn_implementation", None) != CAPTURE_IMPLEMENTATION:
         model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
     return model

@@ -13,19 +13,28 @@ the block; its value is the threshold, so the untied tokens it separates are kep
 tied, all are kept (value = the largest float below them), as ``normalize_scores`` does for a constant
 vector. ``Threshold.top_tied`` is the size of the block set aside (0 = the rule's own value was used).
 ``ties="strict"`` applies the rules as written.
+
+Where a threshold comes from is ONE typed value, :class:`ThresholdSpec` (a rule, or a fixed / calibrated
+number; ``params.yaml`` ``localization.tau_t`` / ``tau_i`` are this type), and ONE resolver turns a spec and
+the scores it applies to into a :class:`Threshold`: :func:`resolve_threshold`. Predict, evaluate, the served
+model (one image's scores), the CGRO trainer (one image's rollouts) and ReAL (:func:`~readl.localization.anomaly_map.real_map`)
+all use it; :func:`resolve_taus` picks the pair of specs (calibrated file or the configured rules).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
 from readl.localization.scores import _checked
 
 Rule = Literal["max_curvature", "median", "fixed"]
+_RULES = get_args(Rule)
 Ties = Literal["set_aside", "strict"]
 _TIES = ("set_aside", "strict")
 
@@ -53,6 +62,114 @@ class Threshold:
     n: int
     fallback: str | None
     top_tied: int = 0
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """How one ReAL threshold (tau_t or tau_i) is found: a rule applied to the scores it thresholds, or a value.
+
+    ``params.yaml`` ``localization.tau_t`` / ``tau_i`` (and ``train.localization``) are this type: pydantic
+    validates it as a dataclass (unknown keys are errors), ``{"rule": "median"}`` or
+    ``{"rule": "fixed", "value": 0.4}``.
+
+    Attributes:
+        rule: "max_curvature" or "median" (data-driven: applied per image, or per image group in CGRO, to the
+            normalised scores; supplement Table 5), or "fixed" (a given value, e.g. calibrated by ``readl
+            calibrate``).
+        value: the threshold for "fixed" (finite); None for the data-driven rules.
+
+    Raises:
+        ValueError: unknown rule, "fixed" without a finite value, or a value given with a data-driven rule.
+    """
+
+    rule: Rule
+    value: float | None = None
+
+    def __post_init__(self):
+        if self.rule not in _RULES:
+            raise ValueError(f"unknown threshold rule {self.rule!r}; expected one of {_RULES}")
+        if self.rule == "fixed":
+            if self.value is None:
+                raise ValueError("rule 'fixed' needs a value")
+            if not math.isfinite(float(self.value)):
+                raise ValueError(f"rule 'fixed' needs a finite value, got {self.value!r}")
+            object.__setattr__(self, "value", float(self.value))
+        elif self.value is not None:
+            raise ValueError(f"rule {self.rule!r} takes no value (got {self.value!r}); use rule='fixed'")
+
+    @classmethod
+    def of(cls, tau: ThresholdSpec | float | str) -> ThresholdSpec:
+        """A spec from a spec, a number (fixed) or a rule name ("median", "max_curvature")."""
+        if isinstance(tau, ThresholdSpec):
+            return tau
+        if isinstance(tau, str):
+            return cls(tau)  # type: ignore[arg-type]
+        return cls("fixed", float(tau))
+
+    @property
+    def label(self) -> float | str:
+        """JSON form used in reports (``metrics.json`` ``thresholds``): the value if fixed, else the rule name."""
+        return self.value if self.rule == "fixed" else self.rule
+
+
+class ThresholdPair(NamedTuple):
+    """The two ReAL thresholds of one run: tau_t (on S_T^) and tau_i (on S_I^), paper Eq. 4."""
+
+    tau_t: ThresholdSpec
+    tau_i: ThresholdSpec
+
+
+def resolve_threshold(spec: ThresholdSpec | float | str, scores: np.ndarray | None, ties: Ties = "set_aside") -> Threshold:
+    """THE resolver: the threshold ``spec`` gives for ``scores`` (paper Eq. 4; supplement Table 5).
+
+    Args:
+        spec: a :class:`ThresholdSpec` (or what :meth:`ThresholdSpec.of` accepts).
+        scores: (n,) finite normalised scores the threshold applies to (one image's S_T^ or S_I^, or an image's
+            rollouts together in CGRO); may be None for "fixed".
+        ties: the tie rule of the data-driven rules (module docstring).
+
+    Returns:
+        A :class:`Threshold`. "fixed": ``value`` = the spec's (``n`` = number of scores). A data-driven rule
+        with no scores (n == 0): value 0.0, ``fallback="no scores"`` (every token of an empty set is kept
+        trivially). Otherwise :func:`find_threshold`.
+
+    Raises:
+        ValueError: bad spec or ``ties``; scores not 1-D, NaN/inf, or missing for a data-driven rule.
+    """
+    spec = ThresholdSpec.of(spec)
+    if spec.rule == "fixed":
+        return find_threshold(scores, "fixed", spec.value, ties=ties)
+    if scores is not None and not np.asarray(scores).size:
+        if ties not in _TIES:
+            raise ValueError(f"unknown ties rule {ties!r}; expected one of {_TIES}")
+        return Threshold(0.0, spec.rule, None, 0, "no scores")
+    return find_threshold(scores, spec.rule, ties=ties)
+
+
+def resolve_taus(cfg, thresholds_file: str | Path | None) -> ThresholdPair:
+    """tau_t and tau_i for ReAL: the calibrated values when a thresholds file is given, else ``cfg``'s specs.
+
+    Args:
+        cfg: an object with ``tau_t`` and ``tau_i`` :class:`ThresholdSpec` (``LocalizationConfig``): the rules
+            (``median`` / ``max_curvature``, applied per image) or fixed values.
+        thresholds_file: ``models/thresholds.json`` written by ``readl calibrate`` (keys ``tau_t``, ``tau_i``
+            each with a ``value``), or None.
+
+    Returns:
+        :class:`ThresholdPair`; from a file both specs are "fixed".
+
+    Raises:
+        ValueError: the thresholds file lacks ``tau_t`` / ``tau_i`` values (the message names the file and
+            the fix).
+    """
+    if thresholds_file is None:
+        return ThresholdPair(ThresholdSpec.of(cfg.tau_t), ThresholdSpec.of(cfg.tau_i))
+    data = json.loads(Path(thresholds_file).read_text())
+    try:
+        return ThresholdPair(ThresholdSpec("fixed", float(data["tau_t"]["value"])),
+                             ThresholdSpec("fixed", float(data["tau_i"]["value"])))  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{thresholds_file}: needs finite tau_t.value and tau_i.value; re-run `readl calibrate`") from exc
 
 
 def _scores(scores: object) -> np.ndarray:

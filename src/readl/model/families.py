@@ -363,8 +363,10 @@ def pil_image_processor(patch_size: int = 14, image_mean=None, image_std=None) -
     return Qwen2VLImageProcessorPil(patch_size=patch_size, **kw)
 
 
-# ``AutoProcessor.from_pretrained`` on a saved kit gives the image-only processor back (processor.py does the
-# same for Qwen2.5-VL).
-AutoProcessor.register(Qwen2VLConfig, ReadlQwen2VLProcessor, exist_ok=True)
-AutoProcessor.register(Qwen3VLConfig, ReadlQwen3VLProcessor, exist_ok=True)
-AutoProcessor.register(InternVLConfig, ReadlInternVLProcessor, exist_ok=True)
+def register_family_processors() -> None:
+    """Make ``AutoProcessor.from_pretrained`` on a saved folder of each family give its image-only processor back
+    (:func:`readl.model.processor.register_auto_processor` calls this; importing readl registers nothing).
+    Idempotent."""
+    AutoProcessor.register(Qwen2VLConfig, ReadlQwen2VLProcessor, exist_ok=True)
+    AutoProcessor.register(Qwen3VLConfig, ReadlQwen3VLProcessor, exist_ok=True)
+    AutoProcessor.register(InternVLConfig, ReadlInternVLProcessor, exist_ok=True)

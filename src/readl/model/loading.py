@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from readl.localization.attention import CAPTURE_IMPLEMENTATION
+from readl.localization.attention import CAPTURE_IMPLEMENTATION, register_capture
 from readl.model.families import FAMILIES, family_for_path, family_of
+from readl.model.processor import register_auto_processor
 from readl.model.tiny import KITS, ensure_tiny_model
 
 __all__ = ["TINY", "KITS", "is_kit", "resolve_base", "pick_device_dtype", "load_processor", "load_model",
@@ -70,6 +71,7 @@ def load_processor(base: str | Path):
             not a supported family.
         OSError: no config can be read for ``base`` (from transformers).
     """
+    register_auto_processor()  # AutoProcessor.from_pretrained on a readl folder gives this processor back
     path = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     tokens = sorted({f.image_token for f in FAMILIES.values()})
@@ -108,6 +110,7 @@ def load_model(
     dev, torch_dtype = pick_device_dtype(device, dtype)
     family = family_for_path(path)
     processor = load_processor(path)
+    register_capture()  # importing readl registers nothing: the capture attention is registered here
     model = family.load_class().from_pretrained(path, dtype=torch_dtype, attn_implementation=CAPTURE_IMPLEMENTATION)
     if adapter is not None:
         adapter = Path(adapter)

@@ -3,9 +3,10 @@
 transformers' stock ``Qwen2_5_VLProcessor`` wants a video processor, and the default Qwen2-VL
 video/image processors import torchvision (a CUDA build on PyPI that does not import here). readl only
 ever feeds still images, so this subclass carries the PIL image processor and the tokenizer and
-nothing else. It is registered with ``AutoProcessor`` so ``from_pretrained`` on a saved folder gives
-the full processor back instead of silently returning only the tokenizer (transformers falls back to
-the tokenizer alone when the processor class cannot be resolved).
+nothing else. :func:`register_auto_processor` (called when readl loads or builds a processor; importing
+this module registers nothing) registers it with ``AutoProcessor`` so ``from_pretrained`` on a saved
+folder gives the full processor back instead of silently returning only the tokenizer (transformers
+falls back to the tokenizer alone when the processor class cannot be resolved).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from readl.model.image_input import check_image_size
 
-__all__ = ["ReadlQwenProcessor", "Qwen2VLImageProcessorPil", "image_processor_for"]
+__all__ = ["ReadlQwenProcessor", "Qwen2VLImageProcessorPil", "image_processor_for", "register_auto_processor"]
 
 
 class ReadlQwenProcessor(Qwen2_5_VLProcessor):
@@ -52,4 +53,10 @@ def image_processor_for(image_size: int) -> Qwen2VLImageProcessorPil:
     return Qwen2VLImageProcessorPil(size={"shortest_edge": pixels, "longest_edge": pixels})
 
 
-AutoProcessor.register(Qwen2_5_VLConfig, ReadlQwenProcessor, exist_ok=True)
+def register_auto_processor() -> None:
+    """Make ``AutoProcessor`` resolve a Qwen2.5-VL folder to :class:`ReadlQwenProcessor` (and each other family's
+    folder to its image-only processor, :func:`readl.model.families.register_family_processors`). Idempotent."""
+    from readl.model.families import register_family_processors  # families builds on this module
+
+    AutoProcessor.register(Qwen2_5_VLConfig, ReadlQwenProcessor, exist_ok=True)
+    register_family_processors()

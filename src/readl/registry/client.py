@@ -13,6 +13,9 @@ opens it first, without a lock between processes, so concurrent first users coll
 "_alembic_tmp_runs already exists"). :func:`ensure_store` creates the store once, under an exclusive ``fcntl``
 lock on ``<database>.lock`` beside it, before anything else touches it; :func:`connect` calls it.
 
+Process state: :func:`connect` returns a client and changes nothing else; :func:`mlflow_session` sets MLflow's
+global URIs and the HTTP retry defaults for one block (MLflow's fluent API needs them) and restores them.
+
 Transient = the server or the database is briefly unavailable: connection refused/reset, timeouts, HTTP
 5xx/429, sqlite "database is locked", a unique-constraint race on the next model version number (MLflow
 picks MAX+1), S3 throttling / 5xx. Those are retried with jittered exponential backoff; everything else
@@ -21,19 +24,20 @@ picks MAX+1), S3 throttling / 5xx. Those are retried with jittered exponential b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
     "DEFAULT_TRACKING_URI", "RegistryError", "TrackingUnavailableError", "AliasNotFoundError", "ArtifactStoreError",
-    "tracking_uri", "ensure_store", "connect", "is_transient", "with_retries", "artifact_errors", "call", "describe",
+    "HTTP_ENV_DEFAULTS", "tracking_uri", "ensure_store", "connect", "mlflow_session", "is_transient", "with_retries", "artifact_errors", "call", "describe",
 ]  # fmt: skip
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -124,13 +128,22 @@ def _probe_http(uri: str, timeout: float) -> None:
         resp.read()
 
 
+# MLflow's HTTP retries lowered (3 tries, backoff factor 1) so that a server that goes away mid-way fails in
+# seconds, not minutes; no artifact progress bars. Applied by :func:`mlflow_session` where not set by the user.
+HTTP_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, timeout: float = 5.0):
-    """Point MLflow at the tracking server and check that it answers.
+    """Check that the tracking server answers and return a client for it. Changes no process-wide state.
 
     For ``http(s)://`` URIs, ``GET <uri>/health`` is tried ``attempts`` times (delays ``base_delay * 2**i``
-    seconds, jittered). MLflow's own HTTP retries are lowered to 3 (backoff factor 1) unless
-    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` are set, so that a server that
-    goes away mid-way fails in seconds, not minutes.
+    seconds, jittered); a sqlite store is created once (:func:`ensure_store`). ``os.environ`` and MLflow's
+    global tracking / registry URIs are left as they are: code that needs them (MLflow's fluent API such as
+    ``mlflow.start_run`` or ``mlflow.pyfunc.load_model("models:/...")``) runs inside :func:`mlflow_session`.
 
     Args:
         uri: tracking URI; default :func:`tracking_uri`.
@@ -139,7 +152,7 @@ def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, 
         timeout: per-probe timeout, seconds.
 
     Returns:
-        An ``mlflow.MlflowClient`` for ``uri`` (also set as the process's tracking and registry URI).
+        An ``mlflow.MlflowClient`` for ``uri`` (tracking and registry).
 
     Raises:
         TrackingUnavailableError: the server did not answer; the message names the URI.
@@ -147,9 +160,6 @@ def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, 
     import mlflow
 
     uri = uri or tracking_uri()
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         last: Exception | None = None
         for i in range(max(1, attempts)):
@@ -173,9 +183,49 @@ def connect(uri: str | None = None, attempts: int = 3, base_delay: float = 1.0, 
                 f"MLFLOW_TRACKING_URI to a reachable server (default {DEFAULT_TRACKING_URI})."
             )
     ensure_store(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def mlflow_session(uri: str | None = None, **probe: Any) -> Iterator[Any]:
+    """:func:`connect`, then for the duration of the block: MLflow's global tracking and registry URI = ``uri``
+    and :data:`HTTP_ENV_DEFAULTS` in ``os.environ`` (each only where the variable is unset). Both are restored
+    on exit, also on an error, so the caller's process state is what it was before.
+
+    Args:
+        uri: tracking URI; default :func:`tracking_uri`.
+        **probe: ``attempts``, ``base_delay``, ``timeout`` of :func:`connect`.
+
+    Yields:
+        The ``mlflow.MlflowClient`` of :func:`connect`.
+
+    Raises:
+        TrackingUnavailableError: the server did not answer.
+    """
+    import mlflow
+    from mlflow.tracking import _tracking_service
+    from mlflow.tracking._model_registry import utils as _registry_utils
+
+    uri = uri or tracking_uri()
+    client = connect(uri, **probe)
+    # MLflow's set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (for subprocesses): saved too
+    saved_env = {k: os.environ.get(k) for k in (*HTTP_ENV_DEFAULTS, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    # the URIs set by mlflow.set_*_uri before (None = never set: MLflow reads the environment / its default)
+    old_tracking = getattr(_tracking_service.utils, "_tracking_uri", None)
+    old_registry = getattr(_registry_utils, "_registry_uri", None)
+    try:
+        os.environ.update({k: v for k, v in HTTP_ENV_DEFAULTS.items() if k not in os.environ})
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield client
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        mlflow.set_registry_uri(old_registry)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def is_transient(exc: BaseException) -> bool:

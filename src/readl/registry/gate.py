@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from readl.config import RegisterConfig
-from readl.registry.client import call, connect, tracking_uri
+from readl.registry.client import call, mlflow_session, tracking_uri
 from readl.registry.fingerprints import METRIC_TAG_PREFIX
 from readl.registry.versions import require_alias
 
@@ -139,34 +139,34 @@ def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False,
     """
     uri = uri or tracking_uri()
     name = name or cfg.model_name
-    client = connect(uri)
-    new_v = require_alias(client, name, challenger_alias)
-    from readl.registry.versions import _alias_version
+    with mlflow_session(uri) as client:
+        new_v = require_alias(client, name, challenger_alias)
+        from readl.registry.versions import _alias_version
 
-    old_v = _alias_version(client, name, champion_alias)
-    new = call(lambda: client.get_model_version(name, new_v), "read challenger")
-    if old_v is None:
-        decision = Decision(name, new_v, None, True, "first model: no champion yet")
-    elif old_v == new_v:
-        return Decision(name, new_v, old_v, True, f"version {new_v} is already {champion_alias}", dry_run=dry_run)
-    else:
-        old = call(lambda: client.get_model_version(name, old_v), "read champion")
-        checks = compare(dict(new.tags or {}), dict(old.tags or {}), cfg)
-        failed = [c for c in checks if not c.passed]
-        reason = (f"passes: {cfg.primary_metric} and no dataset regression beyond max_drop" if not failed else
-                  "refused: " + "; ".join(f"{c.scope} {c.metric} {c.note or c.rule}" for c in failed))  # fmt: skip
-        decision = Decision(name, new_v, old_v, not failed, reason, checks)
-    decision.dry_run = dry_run
-    if decision.promoted and not dry_run:
-        call(lambda: client.set_registered_model_alias(name, champion_alias, new_v), "set champion alias")
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        call(lambda: client.set_model_version_tag(name, new_v, "readl.promoted_at", now), "tag version")
-        if old_v is not None:
-            call(lambda: client.set_model_version_tag(name, new_v, "readl.previous_champion", old_v), "tag version")
-        log.info("promote: %s version %s is now %s (was %s)", name, new_v, champion_alias, old_v)
-    else:
-        log.info("promote: %s version %s: %s", name, new_v, decision.reason)
-    return decision
+        old_v = _alias_version(client, name, champion_alias)
+        new = call(lambda: client.get_model_version(name, new_v), "read challenger")
+        if old_v is None:
+            decision = Decision(name, new_v, None, True, "first model: no champion yet")
+        elif old_v == new_v:
+            return Decision(name, new_v, old_v, True, f"version {new_v} is already {champion_alias}", dry_run=dry_run)
+        else:
+            old = call(lambda: client.get_model_version(name, old_v), "read champion")
+            checks = compare(dict(new.tags or {}), dict(old.tags or {}), cfg)
+            failed = [c for c in checks if not c.passed]
+            reason = (f"passes: {cfg.primary_metric} and no dataset regression beyond max_drop" if not failed else
+                      "refused: " + "; ".join(f"{c.scope} {c.metric} {c.note or c.rule}" for c in failed))  # fmt: skip
+            decision = Decision(name, new_v, old_v, not failed, reason, checks)
+        decision.dry_run = dry_run
+        if decision.promoted and not dry_run:
+            call(lambda: client.set_registered_model_alias(name, champion_alias, new_v), "set champion alias")
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            call(lambda: client.set_model_version_tag(name, new_v, "readl.promoted_at", now), "tag version")
+            if old_v is not None:
+                call(lambda: client.set_model_version_tag(name, new_v, "readl.previous_champion", old_v), "tag version")
+            log.info("promote: %s version %s is now %s (was %s)", name, new_v, champion_alias, old_v)
+        else:
+            log.info("promote: %s version %s: %s", name, new_v, decision.reason)
+        return decision
 
 
 def model_version_url(name: str, version: str, uri: str | None = None) -> str | None:

@@ -10,7 +10,7 @@ from readl.registry.client import (
     RegistryError,
     artifact_errors,
     call,
-    connect,
+    mlflow_session,
     tracking_uri,
 )
 
@@ -74,24 +74,24 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
 
     uri = uri or tracking_uri()
     require_store(uri)
-    connect(uri)
-    config = {k: v for k, v in {"device": device, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    with mlflow_session(uri):
+        config = {k: v for k, v in {"device": device, "max_new_tokens": max_new_tokens}.items() if v is not None}
 
-    def load():
-        with artifact_errors(f"download {model_uri}", uri):
-            return mlflow.pyfunc.load_model(model_uri, model_config=config or None)
+        def load():
+            with artifact_errors(f"download {model_uri}", uri):
+                return mlflow.pyfunc.load_model(model_uri, model_config=config or None)
 
-    try:
-        pyfunc = call(load, f"load {model_uri}", uri, attempts=3)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            raise AliasNotFoundError(f"{model_uri}: not found at {uri} ({str(exc).splitlines()[0]}); check the "
-                                     f"name and alias (`readl register` sets 'challenger', `readl promote` "
-                                     f"'champion')") from exc  # fmt: skip
-        raise
-    model = pyfunc.unwrap_python_model()
-    if not hasattr(model, "predictor"):
-        raise ArtifactStoreError(f"{model_uri} is not a readl model (python model {type(model).__name__})")
-    version = registered_version(model_uri, uri)
-    model.registered = f"{model_uri} (version {version})" if version else model_uri
-    return model
+        try:
+            pyfunc = call(load, f"load {model_uri}", uri, attempts=3)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                raise AliasNotFoundError(f"{model_uri}: not found at {uri} ({str(exc).splitlines()[0]}); check the "
+                                         f"name and alias (`readl register` sets 'challenger', `readl promote` "
+                                         f"'champion')") from exc  # fmt: skip
+            raise
+        model = pyfunc.unwrap_python_model()
+        if not hasattr(model, "predictor"):
+            raise ArtifactStoreError(f"{model_uri} is not a readl model (python model {type(model).__name__})")
+        version = registered_version(model_uri, uri)
+        model.registered = f"{model_uri} (version {version})" if version else model_uri
+        return model

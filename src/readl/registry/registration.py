@@ -29,7 +29,7 @@ from readl.registry.client import (
     RegistryError,
     artifact_errors,
     call,
-    connect,
+    mlflow_session,
     tracking_uri,
 )
 from readl.registry.fingerprints import (
@@ -240,48 +240,48 @@ def register(
         **{f"{METRIC_TAG_PREFIX}{k}": "null" if v is None else repr(v) for k, v in eval_metrics.items()},
     }
 
-    client = connect(uri)
-    call(lambda: _ensure_registered_model(client, name), f"create registered model {name!r}", uri)
-    run_id = _training_run(client, train_run, train_run_id)
-    if run_id is None:  # no training run: reuse a version of the same content, else log into a new run
-        same = [v for v in readl_versions(client, name) if v.tags.get(FINGERPRINT_TAG) == fp]
-        run_id = same[0].run_id if same else _new_run(client, cfg.train.experiment)
-    tags["train_run_id"] = run_id
+    with mlflow_session(uri) as client:
+        call(lambda: _ensure_registered_model(client, name), f"create registered model {name!r}", uri)
+        run_id = _training_run(client, train_run, train_run_id)
+        if run_id is None:  # no training run: reuse a version of the same content, else log into a new run
+            same = [v for v in readl_versions(client, name) if v.tags.get(FINGERPRINT_TAG) == fp]
+            run_id = same[0].run_id if same else _new_run(client, cfg.train.experiment)
+        tags["train_run_id"] = run_id
 
-    existing = _matching(client, name, run_id, fp)
-    reused = bool(existing)
-    if existing:
-        mv = existing[0]
-        log.info("register: version %s of %r already holds this model (run %s); reusing it", mv.version, name, run_id)
-    else:
-        logged = _find_logged_model(client, run_id, fp)
-        if logged is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                pj = Path(tmp) / "params.json"
-                pj.write_text(json.dumps(params_json, indent=2, sort_keys=True))
-                artifacts = {"params": str(pj), "thresholds": str(thresholds), "metrics": str(metrics)}
-                if adapter_dir:
-                    artifacts["adapter"] = str(adapter_dir)
-                if base_dir is not None:
-                    artifacts["base_model"] = str(base_dir)
-                logged = _log_model(run_id, artifacts, fp, uri, eval_metrics)
-        source = f"models:/{logged.model_id}"
-        mv = _create_version(client, name, source, run_id, fp, tags, logged.model_id, uri)
-        reused = mv.source != source  # a concurrent registration of the same content won
-    sync_challenger(client, name, alias)
-    mv = call(lambda: client.get_model_version(name, mv.version), "read version")
-    result = RegisterResult(
-        name=name, version=str(mv.version), run_id=run_id, aliases=sorted(mv.aliases or []),
-        model_uri=f"models:/{name}/{mv.version}", source=mv.source, fingerprint=fp, reused=reused,
-        tracking_uri=uri, tags=dict(mv.tags or {}),
-    )  # fmt: skip
-    if out is not None:
-        record = asdict(result)
-        record.pop("tags")
-        write_json(out, record)
-    log.info("register: %s version %s (run %s)%s, aliases %s", name, result.version, run_id,
-             " reused" if reused else "", result.aliases)  # fmt: skip
-    return result
+        existing = _matching(client, name, run_id, fp)
+        reused = bool(existing)
+        if existing:
+            mv = existing[0]
+            log.info("register: version %s of %r already holds this model (run %s); reusing it", mv.version, name, run_id)
+        else:
+            logged = _find_logged_model(client, run_id, fp)
+            if logged is None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    pj = Path(tmp) / "params.json"
+                    pj.write_text(json.dumps(params_json, indent=2, sort_keys=True))
+                    artifacts = {"params": str(pj), "thresholds": str(thresholds), "metrics": str(metrics)}
+                    if adapter_dir:
+                        artifacts["adapter"] = str(adapter_dir)
+                    if base_dir is not None:
+                        artifacts["base_model"] = str(base_dir)
+                    logged = _log_model(run_id, artifacts, fp, uri, eval_metrics)
+            source = f"models:/{logged.model_id}"
+            mv = _create_version(client, name, source, run_id, fp, tags, logged.model_id, uri)
+            reused = mv.source != source  # a concurrent registration of the same content won
+        sync_challenger(client, name, alias)
+        mv = call(lambda: client.get_model_version(name, mv.version), "read version")
+        result = RegisterResult(
+            name=name, version=str(mv.version), run_id=run_id, aliases=sorted(mv.aliases or []),
+            model_uri=f"models:/{name}/{mv.version}", source=mv.source, fingerprint=fp, reused=reused,
+            tracking_uri=uri, tags=dict(mv.tags or {}),
+        )  # fmt: skip
+        if out is not None:
+            record = asdict(result)
+            record.pop("tags")
+            write_json(out, record)
+        log.info("register: %s version %s (run %s)%s, aliases %s", name, result.version, run_id,
+                 " reused" if reused else "", result.aliases)  # fmt: skip
+        return result
 
 
 def _ensure_registered_model(client, name: str) -> None:

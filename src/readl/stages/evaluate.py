@@ -25,6 +25,7 @@ from readl.evaluation.decision import read_decision
 from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
+from readl.localization.thresholds import ThresholdPair, ThresholdSpec
 from readl.predictor import pipeline_predictor, resolve_taus
 
 __all__ = ["run"]
@@ -78,7 +79,8 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     decision = read_decision(thresholds)
     metrics, table = evaluate(results, params.localization.mode, decision_threshold=decision["value"])
     metrics["decision"] = {k: decision[k] for k in ("value", "rule", "source")}
-    metrics["thresholds"] = {"tau_t": taus[0], "tau_i": taus[1], "source": str(thresholds) if thresholds else "per-image"}
+    metrics["thresholds"] = {"tau_t": taus.tau_t.label, "tau_i": taus.tau_i.label,
+                             "source": str(thresholds) if thresholds else "per-image"}  # fmt: skip
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     _add_comparison(metrics, results, df, params, baseline_items)
@@ -101,7 +103,7 @@ def _baseline_models(params: Params) -> dict[str, str]:
 
 
 def _baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, calib_manifest: Path | None) -> dict:
-    """Each model baseline (no adapter): ``name -> (base, eval predictions, taus)``, predictions cached in
+    """Each model baseline (no adapter): ``name -> (base, eval predictions, taus, source)``, predictions cached in
     ``<cache_dir>/baselines/<name>/`` (its calibration-split predictions in ``<name>.calib/``). ``taus`` are
     calibrated on ``calib_manifest`` exactly as ``readl calibrate`` fits the model's under
     ``evaluate.baseline_thresholds: calibrated`` (a threshold belongs to one model's attention: per-image rules
@@ -119,15 +121,15 @@ def _baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, cal
         predictor, base, _ = pipeline_predictor(params, model, None)
         cache = Path(cache_dir) / "baselines"
         items = predict_manifest(df, predictor, base, None, cache / name, params.model.batch_size)
-        rules = resolve_taus(params.localization, None)
-        taus = {"tau_t": rules[0], "tau_i": rules[1], "source": "per-image"}
+        taus, source = resolve_taus(params.localization, None), "per-image"
         if calib is not None:
             c_items = predict_manifest(calib, predictor, base, None, cache / f"{name}.calib", params.model.batch_size)
             if c_items is not None:  # main process: fitted exactly as `readl calibrate` fits the model's
                 record, _, _ = calibrate_thresholds([p for _, p in c_items], params.localization)
-                taus = {"tau_t": record["tau_t"]["value"], "tau_i": record["tau_i"]["value"],
-                        "source": f"calibrated on {calib_manifest}"}  # fmt: skip
-        out[name] = (base, items, taus)
+                taus = ThresholdPair(ThresholdSpec("fixed", record["tau_t"]["value"]),
+                                     ThresholdSpec("fixed", record["tau_i"]["value"]))  # fmt: skip
+                source = f"calibrated on {calib_manifest}"
+        out[name] = (base, items, taus, source)
         del predictor
         log.info("baseline %s predictions: %.1f s", name, time.perf_counter() - t0)
     return out
@@ -147,8 +149,8 @@ def _add_comparison(metrics: dict, results: list, df: pd.DataFrame, params: Para
         elif name not in baseline_items:
             log.info("baseline %s skipped: warmup disabled or models/warmup absent", name)
         else:
-            base, items, taus = baseline_items[name]
-            scored = score_images(items, loc, (taus["tau_t"], taus["tau_i"]), malformed="score")  # floor: every map
+            base, items, taus, source = baseline_items[name]
+            scored = score_images(items, loc, taus, malformed="score")  # floor: keep every map
             baselines[name] = cmp.baseline_entry(scored, groups, loc.mode, boot, base=str(base), adapter=None)
-            baselines[name]["thresholds"] = taus
+            baselines[name]["thresholds"] = {"tau_t": taus.tau_t.label, "tau_i": taus.tau_i.label, "source": source}
     metrics["baselines"] = baselines

@@ -7,6 +7,12 @@ weights, so it can be tested without a model. :data:`REWARDS` maps the names use
 
 Conventions shared by the three rewards (paper project page, figure 2): a rollout whose format is broken
 gets 0 from every reward, so format failures are never rewarded for a lucky answer or attention pattern.
+
+The CGRO contract (paper Eq. 6-7), all here: :class:`ConsistencySettings` (the one type; ``params.yaml``
+``train.consistency`` is validated as it), :func:`top_k_tokens` (which tokens), :func:`supports` (their
+regions), :func:`jaccard` (their agreement), :func:`consistency_j` (J per completion), :func:`consistency_reward`
+(R_cons and J as explicit return values). The trainer supplies each completion's ``(R, h, w)`` maps and ``(R,)``
+ranking weights as the dataset columns :data:`MAPS_KEY` / :data:`WEIGHTS_KEY`.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from readl.localization.anomaly_map import top_k_tokens
+from readl.localization.scores import _checked
 from readl.model.prompting import parse_completion
 
 __all__ = [
     "REWARDS",
     "ConsistencySettings",
+    "ConsistencyReward",
     "format_reward",
     "accuracy_reward",
     "consistency_reward",
+    "top_k_tokens",
     "supports",
     "jaccard",
+    "consistency_j",
     "reward_names",
     "make_reward_funcs",
     "completion_text",
@@ -57,10 +66,25 @@ class ConsistencySettings:
     require_format: bool = True
 
     def __post_init__(self):
-        if int(self.k) != self.k or self.k < 1:
+        if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
             raise ValueError(f"consistency k must be a positive integer, got {self.k!r}")
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"consistency quantile must lie in (0, 1), got {self.quantile!r}")
+
+
+def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest weights, descending; ties keep token order (stable sort).
+
+    The tokens whose supports the consistency reward intersects (paper Eq. 6). k > R returns all R indices.
+
+    Args: w: (R,) finite weights. k: >= 0.
+    Returns: (min(k, R),) int64 indices.
+    Raises: ValueError if ``w`` is not 1-D, has NaN/inf, or k < 0.
+    """
+    wt = _checked("w", w, 1)  # (R,)
+    if int(k) != k or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    return np.argsort(-wt, kind="stable")[: int(k)].astype(np.int64)
 
 
 def completion_text(completion) -> str:
@@ -174,6 +198,41 @@ def jaccard(omega: np.ndarray) -> float:
     return 0.0 if union == 0 else float(s.all(axis=0).sum()) / union
 
 
+def consistency_j(
+    maps: Sequence[np.ndarray], weights: Sequence[np.ndarray], settings: ConsistencySettings = ConsistencySettings()
+) -> list[float]:
+    """J per completion (paper Eq. 6): the Jaccard index of the supports of its top-k reasoning tokens.
+
+    For each completion: the top ``settings.k`` tokens by weight (:func:`top_k_tokens`: descending, ties in
+    token order), each one's map binarised by :func:`supports` at ``settings.quantile``, then :func:`jaccard`.
+
+    Args:
+        maps: per completion, ``(R, h, w)`` attention maps of its R reasoning tokens (Eq. 1).
+        weights: per completion, ``(R,)`` ranking weights of the same tokens (larger = more relevant).
+        settings: k and quantile.
+
+    Returns:
+        One J in [0, 1] per completion; NaN where R < k (no k tokens to agree).
+
+    Raises:
+        ValueError: lengths differ, a map is not 3-D, or a weight vector does not match its maps.
+    """
+    if len(maps) != len(weights):
+        raise ValueError(f"got {len(maps)} map sets and {len(weights)} weight vectors")
+    js = []
+    for m, w in zip(maps, weights):
+        m = np.asarray(m)
+        w = np.asarray(w, dtype=np.float64)
+        if m.ndim != 3 or w.shape != (m.shape[0],):
+            raise ValueError(f"maps must be (R, h, w) and weights (R,), got {m.shape} and {w.shape}")
+        if m.shape[0] < settings.k:
+            js.append(float("nan"))
+            continue
+        top = top_k_tokens(w, settings.k)  # (k,)
+        js.append(jaccard(supports(m[top], settings.quantile)))
+    return js
+
+
 def consistency_reward(
     completions: Sequence[str],
     labels: Sequence[int],
@@ -181,11 +240,7 @@ def consistency_reward(
     weights: Sequence[np.ndarray],
     settings: ConsistencySettings = ConsistencySettings(),
 ) -> tuple[list[float], list[float]]:
-    """R_cons = y * 1[J > delta1] + (1 - y) * 1[J < delta2] (paper Eq. 6-7).
-
-    For each completion: take the top-k reasoning tokens by weight (descending, ties in token order,
-    :func:`readl.localization.anomaly_map.top_k_tokens`), binarise each one's map with :func:`supports`,
-    and compute J with :func:`jaccard`.
+    """R_cons = y * 1[J > delta1] + (1 - y) * 1[J < delta2] (paper Eq. 6-7), J from :func:`consistency_j`.
 
     J is computed whenever there are at least k reasoning tokens (also for broken formats, for logging);
     the reward is 0.0 when the format is broken (unless ``settings.require_format`` is False) or fewer
@@ -208,20 +263,10 @@ def consistency_reward(
     ys = _check_labels(labels, n)
     if len(maps) != n or len(weights) != n:
         raise ValueError(f"got {len(maps)} map sets and {len(weights)} weight vectors for {n} completions")
-    rewards, js = [], []
-    for text, y, m, w in zip(completions, ys, maps, weights):
-        m = np.asarray(m)
-        w = np.asarray(w, dtype=np.float64)
-        if m.ndim != 3 or w.shape != (m.shape[0],):
-            raise ValueError(f"maps must be (R, h, w) and weights (R,), got {m.shape} and {w.shape}")
-        if m.shape[0] < settings.k:
-            rewards.append(0.0)
-            js.append(float("nan"))
-            continue
-        top = top_k_tokens(w, settings.k)  # (k,)
-        j = jaccard(supports(m[top], settings.quantile))
-        js.append(j)
-        if settings.require_format and not parse_completion(text).format_ok:
+    js = consistency_j(maps, weights, settings)
+    rewards = []
+    for text, y, j in zip(completions, ys, js):
+        if np.isnan(j) or (settings.require_format and not parse_completion(text).format_ok):
             rewards.append(0.0)
         else:
             rewards.append(float(j > settings.delta1) if y == 1 else float(j < settings.delta2))
@@ -261,7 +306,8 @@ def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = C
 
     TRL passes every dataset column as a keyword list; these read ``label`` and, for ``consistency``, the
     per-completion ``readl_maps`` / ``readl_weights`` that :class:`~readl.training.trainer.CGROTrainer` adds
-    after its attention-capture pass. The consistency callable keeps the last J values in ``.last_j``.
+    after its attention-capture pass. The consistency callable is a :class:`ConsistencyReward` (its
+    ``settings`` are the trainer's k / quantile for logging J; it keeps no state between calls).
 
     Raises:
         ValueError: an unknown name (see :func:`reward_names`).
@@ -269,28 +315,41 @@ def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = C
     return [_trl_reward(name, consistency) for name in reward_names(names)]
 
 
+@dataclass(frozen=True)
+class ConsistencyReward:
+    """The TRL callable of the consistency reward: ``f(prompts=, completions=, label=, readl_maps=,
+    readl_weights=, **columns) -> list[float]`` (:func:`consistency_reward` with ``settings``).
+
+    Raises (when called):
+        RuntimeError: the maps columns are missing (the model was not trained with ``CGROTrainer``).
+    """
+
+    settings: ConsistencySettings = ConsistencySettings()
+    __name__ = "consistency"
+
+    def score(self, completions=(), label=None, **kw) -> tuple[list[float], list[float]]:
+        """``(rewards, J)`` for one batch of TRL completions (J explicit, for logging)."""
+        if MAPS_KEY not in kw or WEIGHTS_KEY not in kw:
+            raise RuntimeError("the consistency reward needs the rollouts' attention maps; train with CGROTrainer")
+        texts = [completion_text(c) for c in completions]
+        return consistency_reward(texts, label, kw[MAPS_KEY], kw[WEIGHTS_KEY], self.settings)
+
+    def __call__(self, prompts=None, completions=(), label=None, **kw) -> list[float]:
+        return self.score(completions, label, **kw)[0]
+
+
 def _trl_reward(name: str, consistency: ConsistencySettings) -> Callable:
+    if name == "consistency":
+        return ConsistencyReward(consistency)
     if name == "format":
 
         def fn(prompts=None, completions=(), **kw):
             return format_reward([completion_text(c) for c in completions])
 
-    elif name == "accuracy":
+    else:
 
         def fn(prompts=None, completions=(), label=None, **kw):
             return accuracy_reward([completion_text(c) for c in completions], label)
 
-    else:
-
-        def fn(prompts=None, completions=(), label=None, **kw):
-            if MAPS_KEY not in kw:
-                raise RuntimeError("the consistency reward needs the rollouts' attention maps; train with CGROTrainer")
-            rewards, js = consistency_reward(
-                [completion_text(c) for c in completions], label, kw[MAPS_KEY], kw[WEIGHTS_KEY], consistency
-            )
-            fn.last_j = js
-            return rewards
-
-        fn.last_j = []
     fn.__name__ = fn.__qualname__ = name
     return fn

@@ -17,7 +17,7 @@ from readl.config import Params, pipeline_base
 from readl.model.loading import load_model
 from readl.training.data import build_dataset, fit_processor
 from readl.training.lora import default_target_regex, lora_config, lora_targets
-from readl.training.rewards import ConsistencySettings, make_reward_funcs, reward_names
+from readl.training.rewards import make_reward_funcs, reward_names
 from readl.training.trainer import CGROTrainer
 
 __all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "run_params"]
@@ -112,7 +112,7 @@ def build_trainer(
     log.info("LoRA on %d modules (decoder + merger)", len(lora_targets(model, target)))
     return CGROTrainer(
         model=model,
-        reward_funcs=make_reward_funcs(names, ConsistencySettings(**t.consistency.model_dump())),
+        reward_funcs=make_reward_funcs(names, t.consistency),
         args=grpo_args(params, output_dir, model),
         train_dataset=build_dataset(frame, params.model.image_size),
         processing_class=processor,

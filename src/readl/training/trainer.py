@@ -1,6 +1,6 @@
 """CGRO: TRL's GRPOTrainer plus one attention-capture pass that feeds the consistency reward (paper Sec. 4.2).
 
-After TRL samples the G rollouts of each image (``_generate``), :class:`CGROTrainer` runs ONE no-grad,
+After TRL samples the G rollouts of each image, :class:`CGROTrainer` runs ONE no-grad,
 teacher-forced forward of the CURRENT policy over prompt + completion with the ReAL capture on
 (:mod:`readl.localization.attention`; no eager ``output_attentions``), in eval mode (dropout, LoRA dropout
 included, off during it), then per rollout:
@@ -18,7 +18,10 @@ included, off during it), then per rollout:
    their scores are low);
 5. the rows get ``readl_maps`` / ``readl_weights`` columns, which TRL passes to the reward functions.
 
-The R1 baseline (no ``consistency`` reward) skips the capture pass entirely.
+The R1 baseline (no ``consistency`` reward) skips the capture pass entirely. The hooks into TRL (the rollouts'
+prompt ids, the pass before the rewards) come from :class:`readl.training.trl_adapter.GRPOAdapter`, the only
+module that overrides TRL's private methods; the batch of the pass is built by
+:func:`readl.model.teacher_forcing.teacher_forced_batch`, the same builder as inference's.
 """
 
 from __future__ import annotations
@@ -29,39 +32,21 @@ import time
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
 
 from readl.localization.anomaly_map import token_weights
 from readl.localization.attention import capture_attention, enable_capture
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
-from readl.localization.thresholds import find_threshold
+from readl.localization.thresholds import resolve_threshold
 from readl.model.families import family_of, family_of_processor
-from readl.model.inference import (
-    anomaly_token_positions,
-    image_token_positions,
-    query_row_offset,
-    reasoning_token_mask,
-)
 from readl.model.prompting import QUESTION
-from readl.training.rewards import MAPS_KEY, WEIGHTS_KEY
+from readl.model.teacher_forcing import left_pad, split_token_maps, teacher_forced_batch
+from readl.model.tokens import anomaly_token_positions, image_token_positions, query_row_offset, reasoning_token_mask
+from readl.training.rewards import MAPS_KEY, WEIGHTS_KEY, ConsistencyReward, consistency_j
+from readl.training.trl_adapter import PROMPT_IDS_KEY, EpochSeededRepeatSampler, GRPOAdapter
 
 __all__ = ["CGROTrainer", "EpochSeededRepeatSampler", "capture_completion_attention", "group_rank_weights"]
 
 log = logging.getLogger(__name__)
-
-
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's ``RepeatSampler`` whose shuffle order is a function of (seed, epoch) only.
-
-    The stock sampler draws every epoch from one generator seeded once, so a run resumed in epoch e > 0
-    (fresh process) would replay epoch 0's order. ``Trainer`` calls ``set_epoch(e)`` before each epoch;
-    reseeding with ``seed + e`` there makes a resumed run see exactly the uninterrupted run's data order.
-    """
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.shuffle:
-            self.generator.manual_seed((self.seed or 0) + int(epoch))
 
 
 @torch.no_grad()
@@ -116,47 +101,26 @@ def capture_completion_attention(
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
-        b = hi - lo
         vis = image_processor(images=images[lo:hi], return_tensors="pt")
-        p_len = max(len(p) for p in prompt_ids[lo:hi])
-        t_len = max(1, max(len(c) for c in completion_ids[lo:hi]))
-        # (b, P + T): prompts left-padded, completions right-padded, as in TRL's forward passes
-        ids = torch.full((b, p_len + t_len), pad, dtype=torch.long)
-        mask = torch.zeros((b, p_len + t_len), dtype=torch.long)
-        for r in range(b):
-            p, c = prompt_ids[lo + r], completion_ids[lo + r]
-            ids[r, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
-            ids[r, p_len : p_len + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[r, p_len - len(p) : p_len + len(c)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        img_pos = image_token_positions(ids[:, :p_len], image_token_id)  # (b, n_img)
-        anom_pos = anomaly_token_positions(ids[:, :p_len], tokenizer, question)  # (b, E)
-        key_index = torch.cat([img_pos, anom_pos], dim=1)  # (b, n_img + E)
+        p_ids, p_mask = left_pad(prompt_ids[lo:hi], pad)  # (b, P) each, as in TRL's forward passes
+        p_len = p_ids.shape[1]
+        completions = completion_ids[lo:hi]
+        batch = teacher_forced_batch(p_ids.to(device), p_mask.to(device), completions, pad)  # (b, P + T)
+        img_pos = image_token_positions(p_ids, image_token_id)  # (b, n_img)
+        anom_pos = anomaly_token_positions(p_ids, tokenizer, question)  # (b, E)
+        key_index = torch.cat([img_pos, anom_pos], dim=1).to(device)  # (b, n_img + E)
         vision = {k: v.to(device) for k, v in vis.items()}  # the vision tower casts pixel_values to its dtype
         with capture_attention(key_index, query_start=p_len - 1, layers=layers) as cap:
             model(
-                input_ids=ids,
-                attention_mask=mask,
-                **family.vision_inputs(vision, ids, image_token_id),  # the backbone seam: pixels (+ grid, M-RoPE types)
+                **batch,
+                **family.vision_inputs(vision, batch["input_ids"], image_token_id),  # the backbone seam
                 use_cache=False,
                 logits_to_keep=1,
             )
         attn = cap.result().float().cpu()  # (b, T + 1, n_img + E): row j = query at position P - 1 + j
         grids = family.token_grids(vis, image_processor)  # (h, w) per row
-        n_img = img_pos.shape[1]
-        for r in range(b):
-            t = len(completion_ids[lo + r])
-            h, w = grids[r]
-            rows = attn[r, offset : offset + t]  # (T_b, n_img + E)
-            out.append((rows[:, :n_img].reshape(t, h, w).numpy(), rows[:, n_img:].numpy()))
+        out.extend(split_token_maps(attn, grids, img_pos.shape[1], [len(c) for c in completions], offset))
     return out
-
-
-def _resolve_tau(cfg, scores: np.ndarray, ties: str) -> float:
-    """A ThresholdConfig applied to one image's normalised scores (0.0 when there are none)."""
-    if cfg.rule == "fixed":
-        return float(cfg.value)
-    return find_threshold(scores, cfg.rule, ties=ties).value if scores.size else 0.0
 
 
 def group_rank_weights(
@@ -178,7 +142,8 @@ def group_rank_weights(
     flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
     t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
     loc = localization
-    tau_t, tau_i = _resolve_tau(loc.tau_t, t_hat, loc.ties), _resolve_tau(loc.tau_i, i_hat, loc.ties)
+    tau_t = resolve_threshold(loc.tau_t, t_hat, loc.ties).value  # over all rollouts of the image
+    tau_i = resolve_threshold(loc.tau_i, i_hat, loc.ties).value
     w, keep = token_weights(t_hat, i_hat, tau_t, tau_i, loc.alpha, loc.beta, loc.mode)  # (sum R_g,) each
     composite = loc.alpha * t_hat + loc.beta * i_hat
     rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
@@ -186,7 +151,7 @@ def group_rank_weights(
     return np.split(w, cuts), np.split(rank, cuts)
 
 
-class CGROTrainer(GRPOTrainer):
+class CGROTrainer(GRPOAdapter):
     """``GRPOTrainer`` whose consistency reward sees the current policy's own ReAL attention.
 
     Args (besides ``GRPOTrainer``'s; pass ``processing_class=`` the ReadlQwenProcessor explicitly, else TRL
@@ -197,10 +162,12 @@ class CGROTrainer(GRPOTrainer):
 
     Attributes:
         last_consistency: after each scored batch, a dict with this process's rows: ``maps`` (list of
-            ``(R, h, w)``), ``weights`` (ranking key, list of ``(R,)``), ``w`` (Eq. 4), ``j`` (J or NaN).
+            ``(R, h, w)``), ``weights`` (ranking key, list of ``(R,)``), ``w`` (Eq. 4), ``s_t``, ``s_i``,
+            ``j`` (J per row, NaN where R < k: :func:`readl.training.rewards.consistency_j`).
 
     Raises:
-        ValueError: ``processing_class`` is not a readl image-only processor (:mod:`readl.model.families`).
+        ValueError: ``processing_class`` is not a readl image-only processor (:mod:`readl.model.families`), or
+            the ``consistency`` reward function is not a :class:`~readl.training.rewards.ConsistencyReward`.
     """
 
     def __init__(self, *args, localization, question: str = QUESTION, **kwargs):
@@ -212,33 +179,21 @@ class CGROTrainer(GRPOTrainer):
         self.localization = localization
         self.question = question
         self._needs_maps = "consistency" in self.reward_func_names
-        self._last_prompt_ids: list[list[int]] | None = None
+        if self._needs_maps:
+            fn = self.reward_funcs[self.reward_func_names.index("consistency")]
+            if not isinstance(fn, ConsistencyReward):
+                raise ValueError(f"the consistency reward must be a ConsistencyReward (make_reward_funcs), got {fn!r}")
+            self.consistency = fn.settings
         self.last_consistency: dict | None = None
         enable_capture(self.model)
 
-    def _get_train_sampler(self, dataset=None):
-        dataset = self.train_dataset if dataset is None else dataset
-        return EpochSeededRepeatSampler(
-            data_source=dataset,
-            mini_repeat_count=self.num_generations,
-            batch_size=self.args.generation_batch_size // self.num_generations,
-            repeat_count=self.num_iterations * self.args.steps_per_generation,
-            shuffle=self.shuffle_dataset,
-            seed=self.args.seed,
-        )
+    def reward_inputs(self, inputs, completion_ids_list):
+        """The rows with the ``readl_maps`` / ``readl_weights`` columns of the capture pass (module docstring)."""
+        return self._attach_maps(inputs, completion_ids_list) if self._needs_maps else inputs
 
-    def _generate(self, prompts):
-        out = super()._generate(prompts)
-        self._last_prompt_ids = [list(p) for p in out[0]]  # the exact prompt ids the rollouts came from
-        return out
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+    def rewards_done(self, inputs):
         if self._needs_maps:
-            inputs = self._attach_maps(inputs, completion_ids_list)
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self._needs_maps:
-            self._log_consistency()
-        return rewards
+            self._log_consistency(inputs)
 
     def _policy_attention(self, inputs, completion_ids_list) -> list[tuple[np.ndarray, np.ndarray]]:
         """Capture pass of the current policy, eval mode (dropout off), no grad."""
@@ -250,9 +205,9 @@ class CGROTrainer(GRPOTrainer):
                 return capture_completion_attention(
                     model,
                     self.processing_class.image_processor,
-                    self._tokenizer,
+                    self.trl_tokenizer,
                     [x["image"] for x in inputs],
-                    self._last_prompt_ids,
+                    [x[PROMPT_IDS_KEY] for x in inputs],  # the exact prompt ids each rollout was sampled from
                     [list(c) for c in completion_ids_list],
                     image_token_id=model.config.image_token_id,
                     question=self.question,
@@ -268,7 +223,7 @@ class CGROTrainer(GRPOTrainer):
         captured = self._policy_attention(inputs, completion_ids_list)
         maps, anomaly = [], []
         for ids, (img, anom) in zip(completion_ids_list, captured):
-            keep, _ = reasoning_token_mask(self._tokenizer, list(ids))  # (T,) bool
+            keep, _ = reasoning_token_mask(self.trl_tokenizer, list(ids))  # (T,) bool
             maps.append(img[keep])  # (R, h, w)
             anomaly.append(anom[keep])  # (R, E)
         s_t = [semantic_relevance(a) for a in anomaly]  # (R,) each
@@ -276,7 +231,7 @@ class CGROTrainer(GRPOTrainer):
 
         # Normalise per image over its G rollouts; a group may span processes, so gather the scores first.
         all_t, all_i = gather_object(s_t), gather_object(s_i)
-        g = self.num_generations if self.model.training else self.num_generations_eval
+        g = self.group_size()
         offset = self.accelerator.process_index * len(inputs)
         w_local, rank_local = [None] * len(inputs), [None] * len(inputs)
         for start in range(0, len(all_t), g):
@@ -288,21 +243,19 @@ class CGROTrainer(GRPOTrainer):
                 if offset <= m < offset + len(inputs):
                     w_local[m - offset], rank_local[m - offset] = wm, rm
         self.last_consistency = {"maps": maps, "weights": rank_local, "w": w_local, "s_t": s_t, "s_i": s_i}
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["consistency/capture_s"].append(time.perf_counter() - t0)
-        self._metrics[mode]["consistency/reasoning_tokens"].append(float(np.mean([len(m) for m in maps])))
+        self.record_metric("consistency/capture_s", time.perf_counter() - t0)
+        self.record_metric("consistency/reasoning_tokens", float(np.mean([len(m) for m in maps])))
         return [{**x, MAPS_KEY: m, WEIGHTS_KEY: r} for x, m, r in zip(inputs, maps, rank_local)]
 
-    def _log_consistency(self):
-        fn = self.reward_funcs[self.reward_func_names.index("consistency")]
-        js = list(getattr(fn, "last_j", []))
+    def _log_consistency(self, inputs):
+        """J of this process's rows (the values the consistency reward thresholded), gathered and logged."""
+        js = consistency_j([x[MAPS_KEY] for x in inputs], [x[WEIGHTS_KEY] for x in inputs], self.consistency)
         if self.last_consistency is not None:
             self.last_consistency["j"] = js
         all_j = np.asarray(gather_object(js), dtype=np.float64)  # (B_global,), NaN where R < k
         ok = all_j[np.isfinite(all_j)]
-        metrics = self._metrics["train" if self.model.training else "eval"]
-        metrics["consistency/valid_frac"].append(float(ok.size / max(1, all_j.size)))
+        self.record_metric("consistency/valid_frac", float(ok.size / max(1, all_j.size)))
         if ok.size:
-            metrics["consistency/J_mean"].append(float(ok.mean()))
-            metrics["consistency/J_min"].append(float(ok.min()))
-            metrics["consistency/J_max"].append(float(ok.max()))
+            self.record_metric("consistency/J_mean", float(ok.mean()))
+            self.record_metric("consistency/J_min", float(ok.min()))
+            self.record_metric("consistency/J_max", float(ok.max()))
