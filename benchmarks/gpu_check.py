@@ -14,7 +14,7 @@ download), and prints three tables:
    accuracy): time and peak memory.
 
 Needs only torch, transformers, peft, trl and accelerate (plus readl itself); must finish within 8 minutes
-on one H200. CI never runs it on a GPU; tests/test_gpu_check.py runs the small CPU mode
+on one H200. CI never runs it on a GPU; tests/integration/test_gpu_check.py runs the small CPU mode
 (``--layers 2 --device cpu``: a 64-wide decoder, tiny sequences) so the script keeps working.
 
 Run: ``python benchmarks/gpu_check.py`` (CUDA) or ``python benchmarks/gpu_check.py --layers 2 --device cpu``

@@ -2,7 +2,7 @@
 before a ```bash fence, at any indent), make a fresh project copy, run a block with bash in its own process group
 (servers it starts in the background are stopped after, with the group), substitute a port number only.
 
-Used by tests/test_readme.py, tests/test_readme_prefect.py and tests/test_pipeline_e2e.py.
+Used by tests/integration/test_readme.py, tests/integration/test_readme_prefect.py and tests/integration/test_pipeline_e2e.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from support import free_port  # noqa: F401  (re-exported: the README tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,12 +49,6 @@ def readme_blocks(readme: Path = REPO / "README.md") -> dict[str, str]:
     return {name: textwrap.dedent("\n".join(line[len(indent):] if line.startswith(indent) else line
                                             for line in body.split("\n"))) + "\n"
             for indent, name, body in found}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def with_port(block: str, readme_port: int, port: int) -> str:
@@ -179,7 +175,7 @@ _REPRODUCED: dict[str, tuple[Path, Ran]] = {}
 
 def reproduced_copy(tmp_path_factory) -> tuple[Path, Ran]:
     """A fresh copy (params.yaml with :data:`FEWER` steps) after the README's ``repro`` block (``make repro``),
-    once per test session (tests/test_pipeline_e2e.py and tests/test_readme.py share it)."""
+    once per test session (tests/integration/test_pipeline_e2e.py and tests/integration/test_readme.py share it)."""
     if "copy" not in _REPRODUCED:
         work = fresh_copy(tmp_path_factory.mktemp("readme") / "readl", fewer_steps)
         assert not (work / "data/raw").exists()

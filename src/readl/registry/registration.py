@@ -156,7 +156,7 @@ def _log_model(run_id: str, artifacts: dict[str, str], fp: str, uri: str, eval_m
             # = mlflow.pyfunc.log_model (which forwards all of these to Model.log) plus validate_serving_input=False
             # (as MLflow's transformers flavor passes it): with an input example MLflow would otherwise load the
             # model and generate on the example while logging (minutes and the full base weights for a 7B model);
-            # serving is tested end to end instead (tests/test_serve.py)
+            # serving is tested end to end instead (tests/integration/test_serve.py)
             info = mlflow.models.Model.log(
                 artifact_path=None, name="readl", flavor=_PyfuncFlavor, python_model=MODEL_CODE, artifacts=artifacts,
                 signature=signature(), input_example=input_example(), pip_requirements=_requirements(),

@@ -30,7 +30,7 @@ def _dry_run_stages(cwd: Path, env: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory, tiny_dir) -> tuple[Path, dict, str]:
     """A fresh copy of the repository (data not pulled) after the README's `make repro` block, run verbatim with
-    fewer steps in params.yaml (tests/readme_blocks.py: shared with tests/test_readme.py, run once)."""
+    fewer steps in params.yaml (tests/readme_blocks.py: shared with tests/integration/test_readme.py, run once)."""
     work, ran = reproduced_copy(tmp_path_factory)
     return work, user_env(work), ran.stdout + ran.stderr
 

@@ -11,7 +11,7 @@ from readl.data.phash import decode_resize_hash
 from readl.data.schema import MANIFEST_COLUMNS, OPTIONAL_COLUMNS, ManifestError, manifest_schema, validate_manifest
 from readl.data.sources import read_source, records_to_frame
 
-SAMPLE = Path(__file__).parents[1] / "data/raw"
+SAMPLE = Path(__file__).parents[3] / "data/raw"
 
 
 def row(**kw) -> dict:

@@ -16,7 +16,7 @@ from readl.model.prompting import parse_completion
 from readl.training.reasoning_targets import OPENING, target_completion, targets_for, template_reasoning
 from readl.training.warmup import sft_dataset, token_weights_from_labels
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_templates_use_image_level_information_only():

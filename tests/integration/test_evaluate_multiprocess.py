@@ -18,13 +18,10 @@ from typer.testing import CliRunner
 
 from readl.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
+from support import free_port as _free_port
 
+REPO = Path(__file__).resolve().parents[2]
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

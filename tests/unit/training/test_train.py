@@ -29,7 +29,7 @@ from readl.training.train import build_trainer, grpo_args, run_params
 from readl.training.trainer import CGROTrainer, capture_completion_attention, group_rank_weights
 from readl.training.trl_adapter import PROMPT_IDS_KEY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 IMAGES = [  # (path relative to the repo root, label): 4 hazelnut_toy + 4 MVTec grid, mixed labels
     ("data/raw/hazelnut_toy/hazelnut/test/colour/00.jpg", 1),
     ("data/raw/hazelnut_toy/hazelnut/test/colour/01.jpg", 1),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 # The one cycle left, to be removed with issue 13's CGRO-contract item: params validation (readl.config) checks
 # train.rewards against the reward registry of readl.training.rewards. Any other edge closing a cycle fails.

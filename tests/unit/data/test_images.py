@@ -15,7 +15,7 @@ from readl.data import masks as M
 from readl.data import phash as H
 from readl.data.images import BadImageError
 
-SAMPLE = Path(__file__).parents[1] / "data/raw"
+SAMPLE = Path(__file__).parents[3] / "data/raw"
 GRID_PNG = SAMPLE / "mvtec_ad/grid/test/bent/000.png"
 GRID_MASK = SAMPLE / "mvtec_ad/grid/ground_truth/bent/000_mask.png"
 HAZEL_JPG = SAMPLE / "hazelnut_toy/hazelnut/test/colour/00.jpg"

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 PROBE = r"""
 import ast, importlib, json, os, pkgutil, sys, warnings

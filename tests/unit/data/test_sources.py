@@ -19,7 +19,7 @@ from readl.data.sources import (ADAPTERS, LayoutError, Record, get_adapter, read
 from readl.data.sources.real_iad import parse_real_iad_json
 from readl.data.sources.visa import read_split_csv
 
-SAMPLE = Path(__file__).parents[1] / "data/raw"
+SAMPLE = Path(__file__).parents[3] / "data/raw"
 
 
 # ------------------------------------------------------------------ helpers

@@ -20,7 +20,7 @@ from readl.model.loading import load_model
 from readl.model.prompting import QUESTION, build_messages
 from readl.model.tiny import KITS, TinySpec, kit_config, kit_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 QWEN = ["tiny", "tiny-qwen2-vl", "tiny-qwen3-vl"]
 ALL = [*QWEN, "tiny-internvl"]
 # 420 px; Qwen3-VL: 416 px; InternVL: one 448 px tile

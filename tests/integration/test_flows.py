@@ -1,6 +1,6 @@
 """Prefect flows: prefect.yaml's deployments and schedule (= params.yaml's), DVC failure classes, the persistent work
 directory of process workers, UI links in the summary; the tiny settings `TINY` of the end-to-end run with real
-process workers (tests/test_readme_prefect.py: the README's Prefect sequence)."""
+process workers (tests/integration/test_readme_prefect.py: the README's Prefect sequence)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `flows` is a folder at the repository root

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_registry import IMAGE, PARAMS, _free_port, _stop, _wait_http
+from support import IMAGE, PARAMS
+from support import free_port as _free_port
+from support import stop as _stop
+from support import wait_http as _wait_http
 
 BIN = Path(sys.executable).parent
 MLFLOW_NOISE = ("type hint", "input example", "input_example", "signature")

@@ -19,7 +19,7 @@ from readl.data import curate_workers
 from readl.data.phash import decode_resize_hash, hamming
 from readl.data.schema import validate_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 OUTPUT_FILES = ("train.parquet", "calib.parquet", "eval.parquet", "rejected.csv", "leakage.csv",
                 "summary.json")
 

@@ -2,7 +2,7 @@
 (`make repro`, with fewer steps in the copy's params.yaml: tests/readme_blocks.py FEWER): `test`, `predict`,
 `serve` + one request, `mlflow` (server + the registry over REST), `s3-push` / `s3-pull` (another machine, a real
 local S3 server). Ports are the only substitution; servers are stopped with the block's process group. The
-Prefect blocks: tests/test_readme_prefect.py; the pipeline's outputs after `repro`: tests/test_pipeline_e2e.py."""
+Prefect blocks: tests/integration/test_readme_prefect.py; the pipeline's outputs after `repro`: tests/integration/test_pipeline_e2e.py."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def project(tmp_path_factory, tiny_dir):
 def test_test_block_runs_the_suite(project):
     """`make test` as written, with the suite narrowed by PYTEST_ADDOPTS to one quick test (the whole suite
     inside the suite would run it twice)."""
-    env = user_env(project, PYTEST_ADDOPTS="tests/test_readme.py::test_readme_marks_the_blocks_a_user_runs")
+    env = user_env(project, PYTEST_ADDOPTS="tests/integration/test_readme.py::test_readme_marks_the_blocks_a_user_runs")
     ran = run_block(readme_blocks()["test"], project, env, 600, project.parent / "logs-test").check("test")
     assert "1 passed" in ran.stdout + ran.stderr
 
