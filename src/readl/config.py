@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from readl.localization.anomaly_map import SelectionMode
 from readl.localization.thresholds import ThresholdSpec
-from readl.training.rewards import ConsistencySettings, reward_names
 
 __all__ = [
     "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
@@ -100,8 +101,58 @@ class WarmupConfig(_Section):
     logging_steps: int = Field(10, gt=0)
 
 
-# ``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1): the
-# dataclass of readl.training.rewards, validated by pydantic (unknown keys are errors). One type, two names.
+# ``train.consistency``: the consistency reward (paper Eq. 6-7; supplement: k=3, delta1=0.3, delta2=0.1): one
+# dataclass, validated by pydantic (unknown keys are errors); readl.training.rewards computes the reward with it.
+# It lives here, not in readl.training, so that params validation imports nothing of the training package.
+SUPPORT_QUANTILE = 0.95  # paper Sec. 4.2: each selected token's map is thresholded at its 95th percentile
+REWARD_NAMES = ("format", "accuracy", "consistency")  # paper Eq. 8: R_fmt, R_acc, R_cons (readl.training.rewards)
+
+
+@dataclass(frozen=True)
+class ConsistencySettings:
+    """Parameters of the consistency reward, ``train.consistency`` (paper Eq. 6-7; supplement ablation: k=3,
+    delta1=0.3, delta2=0.1); the one type, used by :mod:`readl.training.rewards`.
+
+    Attributes:
+        k: number of top-weighted reasoning tokens whose supports are intersected (>= 1).
+        delta1: anomalous images (y=1) are rewarded when J > delta1.
+        delta2: normal images (y=0) are rewarded when J < delta2.
+        quantile: per-map support threshold (0.95 = the paper's 95th percentile), in (0, 1).
+        require_format: a broken format gets reward 0 (paper figure 2). ``False`` only for diagnostics such
+            as ``benchmarks/learning_check.py`` on the untrained tiny model, which never writes the format.
+    """
+
+    k: int = 3
+    delta1: float = 0.3
+    delta2: float = 0.1
+    quantile: float = SUPPORT_QUANTILE
+    require_format: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
+            raise ValueError(f"consistency k must be a positive integer, got {self.k!r}")
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"consistency quantile must lie in (0, 1), got {self.quantile!r}")
+
+
+def reward_names(names: Sequence[str]) -> list[str]:
+    """Validate ``train.rewards`` names against :data:`REWARD_NAMES` (the keys of ``readl.training.rewards.REWARDS``).
+
+    Raises:
+        ValueError: an unknown or repeated name, or an empty list; the message lists the known names.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError(f"train.rewards is empty; choose from {sorted(REWARD_NAMES)}")
+    unknown = [n for n in names if n not in REWARD_NAMES]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; known rewards: {sorted(REWARD_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"train.rewards lists a reward twice: {names}")
+    return names
+
+
+
 ConsistencyConfig = ConsistencySettings
 
 
@@ -161,7 +212,7 @@ class TrainConfig(_Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, v: list[str]) -> list[str]:
-        return reward_names(v)  # the registry (readl.training.rewards.REWARDS) is the single source of names
+        return reward_names(v)  # REWARD_NAMES: the keys of readl.training.rewards.REWARDS
 
     @model_validator(mode="after")
     def _one_weight_per_reward(self):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from readl.config import REWARD_NAMES, SUPPORT_QUANTILE, ConsistencySettings, reward_names
 from readl.localization.scores import _checked
 from readl.model.prompting import parse_completion
 
@@ -43,33 +44,6 @@ __all__ = [
     "WEIGHTS_KEY",
 ]
 
-SUPPORT_QUANTILE = 0.95  # paper Sec. 4.2: each selected token's map is thresholded at its 95th percentile
-
-
-@dataclass(frozen=True)
-class ConsistencySettings:
-    """Parameters of the consistency reward (paper Eq. 6-7; supplement ablation: k=3, delta1=0.3, delta2=0.1).
-
-    Attributes:
-        k: number of top-weighted reasoning tokens whose supports are intersected (>= 1).
-        delta1: anomalous images (y=1) are rewarded when J > delta1.
-        delta2: normal images (y=0) are rewarded when J < delta2.
-        quantile: per-map support threshold (0.95 = the paper's 95th percentile), in (0, 1).
-        require_format: a broken format gets reward 0 (paper figure 2). ``False`` only for diagnostics such
-            as ``benchmarks/learning_check.py`` on the untrained tiny model, which never writes the format.
-    """
-
-    k: int = 3
-    delta1: float = 0.3
-    delta2: float = 0.1
-    quantile: float = SUPPORT_QUANTILE
-    require_format: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
-            raise ValueError(f"consistency k must be a positive integer, got {self.k!r}")
-        if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"consistency quantile must lie in (0, 1), got {self.quantile!r}")
 
 
 def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
@@ -277,28 +251,11 @@ REWARDS: dict[str, Callable] = {
     "format": format_reward,
     "accuracy": accuracy_reward,
     "consistency": consistency_reward,
-}
+}  # keys = readl.config.REWARD_NAMES (the names params.yaml may list; a test keeps the two equal)
 
 # Dataset columns the trainer adds for the consistency reward (see readl.training.trainer.CGROTrainer).
 MAPS_KEY = "readl_maps"
 WEIGHTS_KEY = "readl_weights"
-
-
-def reward_names(names: Sequence[str]) -> list[str]:
-    """Validate reward names against :data:`REWARDS`.
-
-    Raises:
-        ValueError: an unknown or repeated name, or an empty list; the message lists the known names.
-    """
-    names = list(names)
-    if not names:
-        raise ValueError(f"train.rewards is empty; choose from {sorted(REWARDS)}")
-    unknown = [n for n in names if n not in REWARDS]
-    if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; known rewards: {sorted(REWARDS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"train.rewards lists a reward twice: {names}")
-    return names
 
 
 def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = ConsistencySettings()) -> list[Callable]:

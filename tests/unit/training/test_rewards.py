@@ -210,3 +210,15 @@ def test_train_config_rejects_unknown_rewards(tmp_path):
         load_params(tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text("train:\n  rewards: [format, accuracy]\n")
     assert load_params(tmp_path / "params.yaml").train.rewards == ["format", "accuracy"]
+
+
+def test_reward_registry_matches_the_names_params_may_list():
+    """params.yaml's train.rewards is validated against readl.config.REWARD_NAMES (config imports nothing of
+    readl.training); every such name has a reward function here and vice versa."""
+    from readl.config import REWARD_NAMES, reward_names
+    from readl.training.rewards import REWARDS
+
+    assert tuple(REWARDS) == REWARD_NAMES
+    assert reward_names(["consistency", "format"]) == ["consistency", "format"]
+    with pytest.raises(ValueError, match="unknown reward"):
+        reward_names(["format", "jaccard"])
