@@ -27,12 +27,7 @@ ALL = [*QWEN, "tiny-internvl"]
 GRID_420 = {"tiny": (15, 15), "tiny-qwen2-vl": (15, 15), "tiny-qwen3-vl": (13, 13), "tiny-internvl": (16, 16)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
