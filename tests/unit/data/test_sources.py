@@ -512,3 +512,12 @@ def test_mvtec_ad2_unlabelled_listing_and_layout_error(tmp_path):
         "test_private/000_regular.png", "test_private_mixed/000_overexposed.png"]
     with pytest.raises(LayoutError, match="no category folder with train/ or test_public/"):
         list(read_source("mvtec_ad2", root / "can" / "test_public"))
+
+
+def test_mvtec_loco_skips_dot_folders(tmp_path):
+    """A hidden folder (an editor's or a notebook's cache) is neither a split nor a defect type."""
+    cat = tmp_path / "loco/juice_bottle"
+    _tree(cat, ["train/good/000.png", "test/good/000.png", "test/.ipynb_checkpoints/000.png",
+                ".cache/good/000.png"])
+    recs = list(read_source("mvtec_loco", tmp_path / "loco"))
+    assert [(r.split, r.defect_type) for r in recs] == [("test", "good"), ("train", "good")]
