@@ -13,7 +13,6 @@ from PIL import Image
 
 from readl.data import images as I
 from readl.data import masks as M
-from readl.data import phash as H
 from readl.data.sources import (ADAPTERS, LayoutError, Record, get_adapter, read_source,
                                 records_to_frame)
 from readl.data.sources.real_iad import parse_real_iad_json

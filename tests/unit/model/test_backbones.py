@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from readl.localization.attention import CAPTURE_IMPLEMENTATION, capture_attention, enable_capture
-from readl.model.families import FAMILIES, family_for_path, family_of, family_of_processor, fit_image_processor
+from readl.model.families import family_for_path, family_of, family_of_processor, fit_image_processor
 from readl.model.inference import Predictor, anomaly_token_positions, image_token_positions
 from readl.model.loading import load_model
 from readl.model.prompting import QUESTION, build_messages
