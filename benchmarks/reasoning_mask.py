@@ -1,7 +1,9 @@
 """Time of the reasoning-token mask (``readl.model.inference.reasoning_token_mask``) before/after issue 15.
 
-Before: the offsets of every token came from decoding every prefix (O(T^2) characters decoded). After:
-one pass over the tokens' bytes with an incremental UTF-8 decoder (O(T)). Both run here, side by side,
+Before: the offsets of every token came from decoding every prefix (O(T^2) characters decoded), as the
+reference :func:`readl.model.tokens_reference.reference_reasoning_and_answer` still does (the one the unit
+test checks the fast path against). After: one pass over the tokens' bytes with an incremental UTF-8
+decoder (O(T)). Both run here, side by side,
 on the same completions of the tiny kit's byte-level BPE tokenizer: ``<think>`` + an inspection sentence
 repeated (with multi-byte characters) + ``</think><answer>Yes</answer>``, cut to T tokens. The masks are
 checked equal. Target (issue 15): >= 20x at T = 1024.
@@ -16,25 +18,6 @@ import statistics
 import time
 
 import numpy as np
-
-
-def _old_reasoning_token_mask(tokenizer, ids):
-    """The implementation before issue 15 (prefix decoding), for the comparison."""
-    offsets = [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    start = text.find("<think>")
-    start = 0 if start < 0 else start + len("<think>")
-    ends = [i for i in (text.find("</think>", start), text.find("<answer>", start)) if i >= 0]
-    end = min(ends) if ends else len(text)
-    lo, hi = np.array(offsets[:-1]), np.array(offsets[1:])
-    mask = (lo >= start) & (hi <= end) & (hi > lo)
-    answer_index = None
-    a = text.find("<answer>")
-    if a >= 0:
-        after = a + len("<answer>")
-        word = len(text) - len(text[after:].lstrip())
-        answer_index = next((j for j in range(len(ids)) if offsets[j + 1] > word), len(ids))
-    return mask, answer_index
 
 
 def _completion(tok, t: int) -> list[int]:
@@ -63,14 +46,15 @@ def main() -> None:
 
     from readl.model.inference import reasoning_token_mask
     from readl.model.tiny import ensure_tiny_model
+    from readl.model.tokens_reference import reference_reasoning_and_answer
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
     print(f"{'T':>6} {'before ms':>10} {'after ms':>9} {'speed-up':>9}  equal")
     for t in args.lengths:
         ids = _completion(tok, t)
-        old, new = _old_reasoning_token_mask(tok, ids), reasoning_token_mask(tok, ids)
+        old, new = reference_reasoning_and_answer(tok, ids), reasoning_token_mask(tok, ids)
         equal = np.array_equal(old[0], new[0]) and old[1] == new[1]
-        before = _median_ms(lambda: _old_reasoning_token_mask(tok, ids), args.repeats)
+        before = _median_ms(lambda: reference_reasoning_and_answer(tok, ids), args.repeats)
         after = _median_ms(lambda: reasoning_token_mask(tok, ids), args.repeats)
         print(f"{len(ids):>6} {before:>10.2f} {after:>9.3f} {before / after:>8.1f}x  {equal}")
 

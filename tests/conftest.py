@@ -50,6 +50,18 @@ def tiny(tiny_dir):
     return load_model("tiny", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the
+    tiny model gains nothing from threads; on a shared 2-core machine they cost 10-100x."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def sample_images(sample_dir):
     """Four real images: MVTec grid (L mode, 1024^2) bent + good, hazelnut_toy colour + good (JPEG)."""

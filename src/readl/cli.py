@@ -23,6 +23,7 @@ option (``readl --debug evaluate``) prints the traceback too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -100,6 +101,24 @@ def _progress() -> Progress:
     )
 
 
+@contextlib.contextmanager
+def _bar(name: str, total: int):
+    """A progress bar of ``total`` items; yields ``advance(n)``."""
+    with _progress() as bar:
+        task = bar.add_task(name, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+# options that several commands share (each command keeps its own default)
+Manifest = Annotated[Path, typer.Option(help="Curated training manifest.")]
+TrainDevice = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")]
+Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")]
+Cache = Annotated[Path, typer.Option(help="Per-image prediction cache.")]
+BaseModel = Annotated[str | None, typer.Option(help="Base model (default: params model.base).")]
+ParamsFile = Annotated[Path, typer.Option(help="params.yaml.")]
+ModelName = Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")]
+
+
 def _params(params: Path | None):
     """params.yaml: an explicit ``--params`` must exist; the default ``params.yaml`` may be absent (defaults)."""
     from readl.config import load_params
@@ -139,11 +158,10 @@ def predict(
                       f"{', ' + provenance['registered'] if provenance['registered'] else ''}; thresholds "
                       f"{used or 'per-image rules'}", soft_wrap=True, highlight=False)  # fmt: skip
 
-    with _progress() as bar:
-        task = bar.add_task("predict", total=len(images))
+    with _bar("predict", len(images)) as advance:
         outcomes = run(_params(params), images, out, model=model, adapter=adapter, thresholds=thresholds,
-                       max_new_tokens=max_new_tokens, device=device, annotate=annotate,
-                       progress=lambda n: bar.advance(task, n), on_start=started).outcomes  # fmt: skip
+                       max_new_tokens=max_new_tokens, device=device, annotate=annotate, progress=advance,
+                       on_start=started).outcomes  # fmt: skip
     Console().print(outcomes_table(outcomes))
     failed = [o for o in outcomes if o.error]
     for o in failed:
@@ -157,9 +175,9 @@ def predict(
 @_handled
 def warmup(
     params: Annotated[Path, typer.Option(help="params.yaml (sections model, warmup, train.lora).")] = Path("params.yaml"),
-    manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
+    manifest: Manifest = Path("data/curated/train.parquet"),
     output: Annotated[Path, typer.Option(help="Folder for warmup/, warmup_run.json, warmup_checkpoints/.")] = Path("models"),
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")] = None,
+    device: TrainDevice = None,
 ) -> None:
     """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself."""
     from readl.config import load_params
@@ -175,9 +193,9 @@ def warmup(
 @_handled
 def train(
     params: Annotated[Path, typer.Option(help="params.yaml (sections model, train).")] = Path("params.yaml"),
-    manifest: Annotated[Path, typer.Option(help="Curated training manifest.")] = Path("data/curated/train.parquet"),
+    manifest: Manifest = Path("data/curated/train.parquet"),
     output: Annotated[Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")] = Path("models"),
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")] = None,
+    device: TrainDevice = None,
 ) -> None:
     """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself."""
     from readl.config import load_params
@@ -251,11 +269,11 @@ def fetch(
 @_handled
 def calibrate(
     manifest: Annotated[Path, typer.Option(help="Calibration manifest.")] = Path("data/curated/calib.parquet"),
-    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
+    adapter: Adapter = Path("models/adapter"),
     out: Annotated[Path, typer.Option(help="thresholds.json to write (plot beside it).")] = Path("models/thresholds.json"),
-    cache: Annotated[Path, typer.Option(help="Per-image prediction cache.")] = Path("reports/predictions/calib"),
-    model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
+    cache: Cache = Path("reports/predictions/calib"),
+    model: BaseModel = None,
+    params: ParamsFile = Path("params.yaml"),
 ) -> None:
     """Find tau_t (median) and tau_i (maximum curvature) (supplement Table 5) and the OK/NG decision threshold on
     P(Yes) (params calibrate:) on the calibration split."""
@@ -264,23 +282,22 @@ def calibrate(
     from readl.stages.calibrate import run
 
     cfg = load_params(params)
-    with _progress() as bar:
-        task = bar.add_task("calibrate", total=len(read_manifest(manifest)))
-        run(cfg, manifest, adapter, out, cache, base=model, progress=lambda n: bar.advance(task, n))
+    with _bar("calibrate", len(read_manifest(manifest))) as advance:
+        run(cfg, manifest, adapter, out, cache, base=model, progress=advance)
 
 
 @app.command()
 @_handled
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="Evaluation manifest (with masks).")] = Path("data/curated/eval.parquet"),
-    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")] = Path("models/adapter"),
+    adapter: Adapter = Path("models/adapter"),
     thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json.")] = Path("models/thresholds.json"),
     metrics: Annotated[Path, typer.Option(help="metrics.json to write.")] = Path("metrics.json"),
     plots: Annotated[Path, typer.Option(help="Folder for ROC/PR curve JSON (dvc plots).")] = Path("plots"),
     reports: Annotated[Path, typer.Option(help="Folder for tables and the heat-map gallery.")] = Path("reports"),
-    cache: Annotated[Path, typer.Option(help="Per-image prediction cache.")] = Path("reports/predictions/eval"),
-    model: Annotated[str | None, typer.Option(help="Base model (default: params model.base).")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml.")] = Path("params.yaml"),
+    cache: Cache = Path("reports/predictions/eval"),
+    model: BaseModel = None,
+    params: ParamsFile = Path("params.yaml"),
     calib_manifest: Annotated[Path, typer.Option(help="Calibration split: the model baselines' own tau_t / tau_i "
                                                  "(evaluate.baseline_thresholds).")] = Path("data/curated/calib.parquet"),
 ) -> None:
@@ -290,10 +307,9 @@ def evaluate(
     from readl.stages.evaluate import run
 
     cfg = load_params(params)
-    with _progress() as bar:
-        task = bar.add_task("evaluate", total=len(read_manifest(manifest)))
+    with _bar("evaluate", len(read_manifest(manifest))) as advance:
         result = run(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
-                     progress=lambda n: bar.advance(task, n), calib_manifest=calib_manifest)  # fmt: skip
+                     progress=advance, calib_manifest=calib_manifest)  # fmt: skip
     if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`
         return
     from readl.evaluation.report import metrics_table
@@ -314,7 +330,7 @@ def register(
     metrics: Annotated[Path, typer.Option(help="metrics.json from `readl evaluate` (version tags).")] = Path("metrics.json"),
     train_run: Annotated[Path, typer.Option(help="train_run.json: the MLflow run to log the model into.")] = Path("models/train_run.json"),
     out: Annotated[Path, typer.Option(help="Record for DVC: name, version, run_id, aliases.")] = Path("models/registered.json"),
-    name: Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")] = None,
+    name: ModelName = None,
     promote_: Annotated[bool, typer.Option("--promote/--no-promote", help="Run the promotion gate after registering "
                                            "(a refusal is reported, exit status 0).")] = False,
 ) -> None:
@@ -339,7 +355,7 @@ def register(
 @_handled
 def promote(
     params: Annotated[Path, typer.Option(help="params.yaml (register: model_name, primary_metric, max_drop).")] = Path("params.yaml"),
-    name: Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")] = None,
+    name: ModelName = None,
     dry_run: Annotated[bool, typer.Option(help="Decide, but do not move 'champion'.")] = False,
 ) -> None:
     """Move 'champion' to 'challenger' if the gate passes; exit 1 (with the table of why) if it refuses."""

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from readme_blocks import readme_blocks, reproduced_copy, run_block, stop_group, user_env, wait_http, free_port, with_port
+from readme_blocks import readme_blocks, reproduced_copy, run_block, stop_group, user_env, free_port, with_port
 
 BLOCKS = {"repro", "test", "mlflow", "predict", "serve", "s3-push", "s3-pull", "prefect-deploy", "prefect-workers"}
 

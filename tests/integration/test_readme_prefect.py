@@ -29,7 +29,6 @@ from readme_blocks import (
     run_block,
     stop_group,
     user_env,
-    wait_http,
     with_port,
 )
 from test_flows import TINY, _merge

@@ -9,7 +9,8 @@ reports, next to the model under evaluation and on the same images (``evaluate.b
 - ``contrast``: :func:`readl.evaluation.baselines.contrast_map` of the curated image on the model's token grid,
   upsampled like ReAL maps; image score = its largest cell.
 
-Model baselines use the per-image threshold rules of ``localization`` (``tau_t`` / ``tau_i``; a calibrated
+Model baselines get their own tau_t / tau_i (``evaluate.baseline_thresholds``: ``calibrated`` on the calibration
+split exactly as ``readl calibrate`` fits the model's, else the per-image rules of ``localization``; a calibrated
 threshold belongs to one model's attention) and keep the map and P(Yes) of a malformed answer (``malformed:
 score``): a baseline is a floor to beat, and emptying the maps of a model that never writes the format would
 flatter the model under evaluation (their ``format_rate`` is reported). Points are computed with the evaluate stage's own metrics
@@ -17,12 +18,17 @@ flatter the model under evaluation (their ``format_rate`` is reported). Points a
 intervals are percentile-bootstrap intervals over images (:mod:`readl.evaluation.baselines`), resampling whole
 groups of images that share a raw image (``raw_image_path``: the synthetic anomalies of one normal image and that
 image itself), so correlated variants do not shrink the interval.
+
+The evaluate stage (:func:`readl.stages.evaluate.run`) calls :func:`baseline_predictions` (every process) and
+:func:`add_comparison` (main process).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,12 +36,19 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from readl.config import Params, pipeline_base
+from readl.data.manifest import read_manifest
 from readl.evaluation.baselines import bootstrap_image_auroc, bootstrap_pixel_auroc, contrast_map
-from readl.evaluation.evaluate import MODES, ImageResult, _mask, _mask_size, image_metrics, pixel_metrics
+from readl.evaluation.calibration import calibrate_thresholds
+from readl.evaluation.evaluate import MODES, ImageResult, _mask, _mask_size, image_metrics, pixel_metrics, score_images
+from readl.evaluation.predictions import predict_manifest
+from readl.localization.thresholds import ThresholdPair, ThresholdSpec, resolve_taus
 
 __all__ = ["BASELINES", "Bootstrap", "image_groups", "intervals", "contrast_results", "contrast_entry",
-           "baseline_entry", "add_intervals", "comparison_table"]  # fmt: skip
+           "baseline_entry", "add_intervals", "baseline_models", "baseline_predictions", "add_comparison",
+           "comparison_table"]  # fmt: skip
 
+log = logging.getLogger(__name__)
 BASELINES = ("untrained", "warmup", "contrast")
 
 
@@ -140,6 +153,81 @@ def contrast_entry(results: Sequence[ImageResult], groups: Sequence[str], boot: 
     """The ``contrast`` baseline for metrics.json: ``{"datasets": {ds: {"image": {..}, "pixel": {AUROC, AUROC_ci}}}}``."""
     return {"datasets": {ds: {"image": e["image"], "pixel": e["modes"]["map"]}
                          for ds, e in intervals(results, groups, ["map"], boot, root).items()}}  # fmt: skip
+
+
+# --- the evaluate stage's baselines --------------------------------------------------------------------------
+def baseline_models(params: Params) -> dict[str, str]:
+    """The model baselines of ``evaluate.baselines``: name -> base model (``warmup`` only when there is one, i.e.
+    :func:`readl.config.pipeline_base` is not ``model.base``)."""
+    models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
+    return {n: b for n, b in models.items() if n in params.evaluate.baselines
+            and not (n == "warmup" and b == params.model.base)}  # fmt: skip
+
+
+def baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, calib_manifest: Path | None,
+                         load_predictor: Callable[[str], tuple[object, str]]) -> dict:  # fmt: skip
+    """Each model baseline (no adapter): ``name -> (base, eval predictions, taus, source)``.
+
+    Predictions are cached in ``<cache_dir>/baselines/<name>/`` (its calibration-split predictions in
+    ``<name>.calib/``). ``taus`` are calibrated on ``calib_manifest`` exactly as ``readl calibrate`` fits the
+    model's under ``evaluate.baseline_thresholds: calibrated`` (a threshold belongs to one model's attention:
+    per-image rules for the baselines would credit calibration to training), else the per-image rules (also,
+    with a warning, when ``calib_manifest`` is missing). Run by every process of a multi-process evaluate (each
+    predicts its shard); the non-main processes get ``None`` predictions.
+
+    Args:
+        df: the evaluation manifest.
+        load_predictor: ``base -> (predictor, resolved base)`` for a base model without adapter (the stage
+            passes :func:`readl.predictor.pipeline_predictor`).
+    """
+    calib = None
+    if params.evaluate.baseline_thresholds == "calibrated":
+        if calib_manifest is not None and Path(calib_manifest).is_file():
+            calib = read_manifest(calib_manifest)
+        else:
+            log.warning("baselines: no calibration split at %s: per-image threshold rules", calib_manifest)
+    out = {}
+    for name, model in baseline_models(params).items():
+        t0 = time.perf_counter()
+        predictor, base = load_predictor(model)
+        cache = Path(cache_dir) / "baselines"
+        items = predict_manifest(df, predictor, base, None, cache / name, params.model.batch_size)
+        taus, source = resolve_taus(params.localization, None), "per-image"
+        if calib is not None:
+            c_items = predict_manifest(calib, predictor, base, None, cache / f"{name}.calib", params.model.batch_size)
+            if c_items is not None:  # main process: fitted exactly as `readl calibrate` fits the model's
+                record, _, _ = calibrate_thresholds([p for _, p in c_items], params.localization)
+                taus = ThresholdPair(ThresholdSpec("fixed", record["tau_t"]["value"]),
+                                     ThresholdSpec("fixed", record["tau_i"]["value"]))  # fmt: skip
+                source = f"calibrated on {calib_manifest}"
+        out[name] = (base, items, taus, source)
+        del predictor
+        log.info("baseline %s predictions: %.1f s", name, time.perf_counter() - t0)
+    return out
+
+
+def add_comparison(metrics: dict, results: Sequence[ImageResult], df: pd.DataFrame, params: Params,
+                   baseline_items: dict) -> None:  # fmt: skip
+    """Bootstrap intervals of the model's AUROCs (:func:`add_intervals`) and ``metrics["baselines"]``: each of
+    ``evaluate.baselines`` (:func:`contrast_entry`, or :func:`baseline_entry` of ``baseline_items`` from
+    :func:`baseline_predictions`, scored with ``malformed: score``; a model baseline without predictions, i.e.
+    ``warmup`` with no warm start, is skipped). In place."""
+    cfg, loc = params.evaluate, params.localization
+    boot = Bootstrap(cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.bootstrap_ci)
+    groups = image_groups(df)
+    add_intervals(metrics, results, groups, loc.mode, boot)
+    baselines = {}
+    for name in cfg.baselines:
+        if name == "contrast":
+            baselines[name] = contrast_entry(contrast_results(results, loc.mode), groups, boot)
+        elif name not in baseline_items:
+            log.info("baseline %s skipped: warmup disabled or models/warmup absent", name)
+        else:
+            base, items, taus, source = baseline_items[name]
+            scored = score_images(items, loc, taus, malformed="score")  # floor: keep every map
+            baselines[name] = baseline_entry(scored, groups, loc.mode, boot, base=str(base), adapter=None)
+            baselines[name]["thresholds"] = {"tau_t": taus.tau_t.label, "tau_i": taus.tau_i.label, "source": source}
+    metrics["baselines"] = baselines
 
 
 def _fmt(d: dict | None) -> str:

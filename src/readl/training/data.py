@@ -20,7 +20,7 @@ from PIL import Image
 
 from readl.data.manifest import CURATE_HINT as _HINT
 from readl.data.manifest import read_manifest
-from readl.model.image_input import check_image_size, model_image
+from readl.model.image_input import model_image
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT
 
 __all__ = ["REQUIRED_COLUMNS", "load_manifest", "build_dataset", "fit_processor", "prompt_messages"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from readl.config import REWARD_NAMES, SUPPORT_QUANTILE, ConsistencySettings, reward_names
+from readl.config import SUPPORT_QUANTILE, ConsistencySettings, reward_names
 from readl.localization.scores import _checked
 from readl.model.prompting import parse_completion
 

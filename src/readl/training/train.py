@@ -19,6 +19,7 @@ from readl.training.data import build_dataset, fit_processor
 from readl.training.lora import default_target_regex, lora_config, lora_targets
 from readl.training.rewards import make_reward_funcs, reward_names
 from readl.training.trainer import CGROTrainer
+from readl.training.trl_adapter import run_args
 
 __all__ = ["DEFAULT_MANIFEST", "grpo_args", "build_trainer", "run_params"]
 
@@ -42,12 +43,7 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
     if t.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ValueError("train.use_vllm is true but vllm is not installed: `pip install 'readl[vllm]'` on a CUDA "
                          "machine, or set train.use_vllm: false in params.yaml")  # fmt: skip
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    dtype = next(model.parameters()).dtype
     return GRPOConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_generations=t.num_generations,
         reward_weights=t.reward_weights,
         max_completion_length=t.max_completion_length,
@@ -58,29 +54,17 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
         num_iterations=t.num_iterations,
         scale_rewards=t.scale_rewards,
         importance_sampling_level=t.importance_sampling_level,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps,
         max_steps=t.max_steps if t.max_steps > 0 else -1,
         num_train_epochs=t.num_train_epochs,
         max_grad_norm=t.max_grad_norm,
         activation_checkpointing=t.gradient_checkpointing,
-        seed=t.seed,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=on_cpu,
-        save_strategy="steps",
-        save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps,
-        report_to="none",  # MLflow through MlflowMetricsCallback (one run, resumable, system metrics)
-        remove_unused_columns=False,  # the rewards read `label`
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         use_vllm=t.use_vllm,
         vllm_mode=t.vllm_mode,
         vllm_server_base_url=t.vllm_server_base_url,
         vllm_gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+        **run_args(model, t, output_dir),  # shared with the warm start (readl.training.trl_adapter)
     )
 
 

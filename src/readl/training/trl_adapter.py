@@ -15,14 +15,22 @@ three private methods and turns them into readl's hooks:
 It also names the private TRL state the hooks read (:attr:`GRPOAdapter.trl_tokenizer`,
 :meth:`GRPOAdapter.group_size`, :meth:`GRPOAdapter.record_metric`). ``tests/unit/training/test_trl_adapter.py`` pins the TRL
 version and these methods' signatures: a TRL upgrade fails there first, with what to re-check.
+
+:func:`run_args` holds the ``TrainingArguments`` that readl's two TRL trainers (GRPO in
+:mod:`readl.training.train`, SFT in :mod:`readl.training.warmup`) set alike.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-__all__ = ["TRL_VERSION", "PROMPT_IDS_KEY", "PRIVATE_OVERRIDES", "EpochSeededRepeatSampler", "GRPOAdapter"]
+from readl.config import TrainConfig, WarmupConfig
+
+__all__ = ["TRL_VERSION", "PROMPT_IDS_KEY", "PRIVATE_OVERRIDES", "EpochSeededRepeatSampler", "GRPOAdapter", "run_args"]
 
 TRL_VERSION = "1.16.0"  # the TRL release these overrides were written against (constraints.txt pins it)
 PROMPT_IDS_KEY = "readl_prompt_ids"  # per-row column: the unpadded prompt token ids the rollout was sampled from
@@ -32,6 +40,38 @@ PRIVATE_OVERRIDES = {
     "_generate": ("prompts",),
     "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
 }
+
+
+def run_args(model, section: WarmupConfig | TrainConfig, output_dir: str | Path) -> dict:
+    """``TrainingArguments`` keywords both readl trainers (``GRPOConfig``, ``SFTConfig``) set alike.
+
+    From ``section`` (``params.warmup`` or ``params.train``, same-named fields): the batch size per device,
+    gradient accumulation, learning rate and schedule, seed, checkpoint and logging intervals. Precision and
+    device follow the loaded ``model`` (bf16 / fp16 from its parameters' dtype, never the TRL default
+    ``bf16=True``; ``use_cpu`` when it is on the CPU). Fixed: checkpoints every ``save_steps``; no
+    ``report_to`` (MLflow goes through :class:`readl.training.tracking.MlflowMetricsCallback`: one run,
+    resumable); dataset columns kept (the rewards read ``label``; rows are built on access) and read in the
+    main process; no tqdm bar (readl's own progress).
+    """
+    first = next(model.parameters())
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate,
+        lr_scheduler_type=section.lr_scheduler_type,
+        seed=section.seed,
+        save_steps=section.save_steps,
+        logging_steps=section.logging_steps,
+        bf16=first.dtype == torch.bfloat16,
+        fp16=first.dtype == torch.float16,
+        use_cpu=first.device.type == "cpu",
+        save_strategy="steps",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
 
 
 class EpochSeededRepeatSampler(RepeatSampler):

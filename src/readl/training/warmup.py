@@ -31,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 from readl.config import Params
 from readl.model.image_input import model_image
 from readl.training.data import prompt_messages
+from readl.training.trl_adapter import run_args
 
 __all__ = ["WARMUP_DIR", "augment", "sft_dataset", "token_weights_from_labels", "WeightedSFTTrainer", "sft_args"]
 
@@ -166,32 +167,18 @@ class WeightedSFTTrainer(SFTTrainer):
 
 
 def sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
+    """``SFTConfig`` from ``params.warmup``; precision and the shared run settings from
+    :func:`readl.training.trl_adapter.run_args`."""
     w = params.warmup
-    dtype = next(model.parameters()).dtype
     return SFTConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=w.per_device_train_batch_size,
-        gradient_accumulation_steps=w.gradient_accumulation_steps,
-        learning_rate=w.learning_rate,
-        lr_scheduler_type=w.lr_scheduler_type,
         warmup_steps=w.lr_warmup_steps,
         max_steps=w.max_steps,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        seed=w.seed,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=next(model.parameters()).device.type == "cpu",
         completion_only_loss=True,
         activation_checkpointing=False,  # TRL's SFT default is on: a second forward per step
         max_length=None,  # never cut the image tokens
-        save_strategy="steps",
-        save_steps=w.save_steps,
         save_total_limit=2,
-        logging_steps=w.logging_steps,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are built on access (images decoded per batch)
+        **run_args(model, w, output_dir),  # shared with CGRO (readl.training.trl_adapter)
     )

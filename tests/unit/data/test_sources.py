@@ -13,7 +13,6 @@ from PIL import Image
 
 from readl.data import images as I
 from readl.data import masks as M
-from readl.data import phash as H
 from readl.data.sources import (ADAPTERS, LayoutError, Record, get_adapter, read_source,
                                 records_to_frame)
 from readl.data.sources.real_iad import parse_real_iad_json
@@ -36,6 +35,17 @@ def png(path: Path, value: int = 0, size=(8, 6), box=None, mode="L") -> Path:
         img = img.convert(mode)
     img.save(path)
     return path
+
+
+BOX = (0, 0, 2, 2)  # a defect region: a non-empty mask
+
+
+def _tree(root: Path, files) -> Path:
+    """Write ``files`` under ``root``: each a path (a blank image) or ``(path, box)`` (a mask with that box)."""
+    for f in files:
+        path, box = (f, None) if isinstance(f, str) else f
+        png(root / path, box=box)
+    return root
 
 
 def manifest_rows(folder: str) -> list[dict]:
@@ -181,21 +191,6 @@ def test_visa_defect_names_from_image_anno(tmp_path):
 # ------------------------------------------------------------------ constructed trees
 
 
-def test_btad_ok_ko_bmp_png(tmp_path):
-    root = tmp_path / "BTAD"
-    png(root / "01/train/ok/0000.bmp")
-    png(root / "01/test/ok/0001.bmp")
-    png(root / "01/test/ko/0002.bmp")
-    png(root / "01/ground_truth/ko/0002.png", box=(1, 1, 3, 3))
-    png(root / "03/test/ko/0005.bmp")
-    png(root / "03/ground_truth/ko/0005.bmp", box=(1, 1, 3, 3))
-    recs = list(read_source("btad", root))
-    assert [(r.category, r.split, r.label, r.defect_type) for r in recs] == [
-        ("01", "test", 1, "ko"), ("01", "test", 0, "good"), ("01", "train", 0, "good"),
-        ("03", "test", 1, "ko")]
-    assert recs[0].mask_path.name == "0002.png" and recs[3].mask_path.name == "0005.bmp"
-
-
 def test_mvtec_missing_mask_and_nested_layout(tmp_path):
     root = tmp_path / "wfdd"
     png(root / "grey_cloth/train/good/000.png")
@@ -209,29 +204,12 @@ def test_mvtec_missing_mask_and_nested_layout(tmp_path):
         read_source("mvtec", tmp_path / "wfdd" / "grey_cloth" / "test")
 
 
-def test_goodsad_and_pr_real(tmp_path):
-    root = tmp_path / "GoodsAD"
-    png(root / "drink_can/train/good/001001.jpg")
-    png(root / "drink_can/test/good/001002.jpg")
-    png(root / "drink_can/test/damaged/001003.jpg")
-    png(root / "drink_can/ground_truth/damaged/001003.png", box=(0, 0, 2, 2))
-    recs = list(read_source("goodsad", root))
-    assert Counter((r.split, r.label) for r in recs) == {("train", 0): 1, ("test", 0): 1,
-                                                          ("test", 1): 1}
-    ng = next(r for r in recs if r.label)
-    assert ng.source == "goodsad" and ng.mask_path.name == "001003.png"
-    assert {r.source for r in read_source("pr_real", root)} == {"pr_real"}
-
-
 def test_mvtec_loco_mask_folders(tmp_path):
     cat = tmp_path / "loco/juice_bottle"
-    png(cat / "train/good/000.png")
-    png(cat / "validation/good/000.png")
-    png(cat / "test/good/000.png")
-    png(cat / "test/logical_anomalies/000.png")
-    png(cat / "test/structural_anomalies/003.png")
-    png(cat / "ground_truth/logical_anomalies/000/000.png", box=(0, 0, 2, 2))
-    png(cat / "ground_truth/logical_anomalies/000/001.png", box=(5, 3, 8, 6))
+    _tree(cat, ["train/good/000.png", "validation/good/000.png", "test/good/000.png",
+                "test/logical_anomalies/000.png", "test/structural_anomalies/003.png",
+                ("ground_truth/logical_anomalies/000/000.png", BOX),
+                ("ground_truth/logical_anomalies/000/001.png", (5, 3, 8, 6))])
     recs = list(read_source("mvtec_loco", tmp_path / "loco"))
     assert Counter(r.split for r in recs) == {"test": 3, "train": 1, "validation": 1}
     logical = next(r for r in recs if r.defect_type == "logical_anomalies")
@@ -359,25 +337,10 @@ def test_kolektorsdd_label_from_mask(tmp_path):
         read_source("sdd", root)
 
 
-def test_ksdd2(tmp_path):
-    root = tmp_path / "KSDD2"
-    png(root / "train/10000.png")
-    png(root / "train/10000_GT.png")
-    png(root / "test/20000.png")
-    png(root / "test/20000_GT.png", box=(0, 0, 2, 2))
-    recs = list(read_source("sdd", root))  # auto-detected
-    assert [(r.split, r.label) for r in recs] == [("train", 0), ("test", 1)]
-
-
 def test_anomalib_folder_format(tmp_path):
     root = tmp_path / "custom"
-    png(root / "good/a.png")
-    png(root / "good/b.png")
-    png(root / "crack/c.png")
-    png(root / "crack/d.png")
-    png(root / "good_test/e.png")
-    png(root / "mask/c_mask.png", box=(0, 0, 2, 2))
-    png(root / "mask/d.png", box=(0, 0, 2, 2))
+    _tree(root, ["good/a.png", "good/b.png", "crack/c.png", "crack/d.png", "good_test/e.png",
+                 ("mask/c_mask.png", BOX), ("mask/d.png", BOX)])
     recs = list(read_source("folder", root, normal_dir="good", abnormal_dir=["crack"],
                             normal_test_dir="good_test", mask_dir="mask"))
     assert [(r.split, r.label, r.defect_type, r.mask_path and r.mask_path.name) for r in recs] == [
@@ -499,24 +462,61 @@ def test_mvtec_3d_rgb_images_and_gt_masks(tmp_path):
         list(read_source("mvtec_3d", mvtec_ad))
 
 
-def test_mvtec_ad2_labelled_splits_only(tmp_path):
+# layout -> (the tree's top folder, its files: a path, or (mask path, box); the records read, in order:
+# (category, split, label, defect_type, mask file name))
+TREES = {
+    "btad": ("BTAD", [
+        "01/train/ok/0000.bmp", "01/test/ok/0001.bmp", "01/test/ko/0002.bmp", ("01/ground_truth/ko/0002.png", BOX),
+        "03/test/ko/0005.bmp", ("03/ground_truth/ko/0005.bmp", BOX)], [
+        ("01", "test", 1, "ko", "0002.png"), ("01", "test", 0, "good", None), ("01", "train", 0, "good", None),
+        ("03", "test", 1, "ko", "0005.bmp")]),
+    "goodsad": ("GoodsAD", [
+        "drink_can/train/good/001001.jpg", "drink_can/test/good/001002.jpg", "drink_can/test/damaged/001003.jpg",
+        ("drink_can/ground_truth/damaged/001003.png", BOX)], [
+        ("drink_can", "test", 1, "damaged", "001003.png"), ("drink_can", "test", 0, "good", None),
+        ("drink_can", "train", 0, "good", None)]),
+    "sdd": ("KSDD2", [  # KolektorSDD2, auto-detected by the sdd adapter: the *_GT.png mask gives the label
+        "train/10000.png", "train/10000_GT.png", "test/20000.png", ("test/20000_GT.png", BOX)], [
+        ("kolektorsdd2", "train", 0, "good", "10000_GT.png"), ("kolektorsdd2", "test", 1, "unknown", "20000_GT.png")]),
+    "mvtec_ad2": ("mvtec_ad2", [  # test_private*: no labels, never a Record
+        "can/train/good/000_regular.png", "can/validation/good/000_regular.png", "can/test_public/good/000_regular.png",
+        "can/test_public/bad/001_regular.png", ("can/test_public/ground_truth/bad/001_regular_mask.png", BOX),
+        "can/test_private/000_regular.png", "can/test_private_mixed/000_overexposed.png"], [
+        ("can", "train", 0, "good", None), ("can", "validation", 0, "good", None),
+        ("can", "test_public", 1, "bad", "001_regular_mask.png"), ("can", "test_public", 0, "good", None)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", sorted(TREES))
+def test_constructed_tree_records(tmp_path, layout):
+    top, files, expected = TREES[layout]
+    recs = list(read_source(layout, _tree(tmp_path / top, files)))
+    assert [(r.category, r.split, r.label, r.defect_type, r.mask_path and r.mask_path.name) for r in recs] == expected
+    assert all(r.image_path.is_file() and (r.mask_path is None or r.mask_path.is_file()) for r in recs)
+    assert {r.source for r in recs} == {layout}
+
+
+def test_pr_real_reads_the_goodsad_layout(tmp_path):
+    top, files, expected = TREES["goodsad"]
+    recs = list(read_source("pr_real", _tree(tmp_path / top, files)))
+    assert {r.source for r in recs} == {"pr_real"} and len(recs) == len(expected)
+
+
+def test_mvtec_ad2_unlabelled_listing_and_layout_error(tmp_path):
     from readl.data.sources.mvtec_ad2 import mvtec_ad2_unlabelled
 
-    root = tmp_path / "mvtec_ad2"
-    can = root / "can"
-    png(can / "train/good/000_regular.png")
-    png(can / "validation/good/000_regular.png")
-    png(can / "test_public/good/000_regular.png")
-    png(can / "test_public/bad/001_regular.png")
-    png(can / "test_public/ground_truth/bad/001_regular_mask.png", value=255)
-    png(can / "test_private/000_regular.png")
-    png(can / "test_private_mixed/000_overexposed.png")
-    recs = list(read_source("mvtec_ad2", root))
-    assert [(r.split, r.label, r.defect_type, r.mask_path and r.mask_path.name) for r in recs] == [
-        ("train", 0, "good", None), ("validation", 0, "good", None),
-        ("test_public", 1, "bad", "001_regular_mask.png"), ("test_public", 0, "good", None)]
-    assert not any("test_private" in str(r.image_path) for r in recs)  # no label: never a Record
-    assert [p.relative_to(can).as_posix() for p in mvtec_ad2_unlabelled(root)] == [
+    top, files, _ = TREES["mvtec_ad2"]
+    root = _tree(tmp_path / top, files)
+    assert [p.relative_to(root / "can").as_posix() for p in mvtec_ad2_unlabelled(root)] == [
         "test_private/000_regular.png", "test_private_mixed/000_overexposed.png"]
     with pytest.raises(LayoutError, match="no category folder with train/ or test_public/"):
-        list(read_source("mvtec_ad2", tmp_path / "mvtec_ad2" / "can" / "test_public"))
+        list(read_source("mvtec_ad2", root / "can" / "test_public"))
+
+
+def test_mvtec_loco_skips_dot_folders(tmp_path):
+    """A hidden folder (an editor's or a notebook's cache) is neither a split nor a defect type."""
+    cat = tmp_path / "loco/juice_bottle"
+    _tree(cat, ["train/good/000.png", "test/good/000.png", "test/.ipynb_checkpoints/000.png",
+                ".cache/good/000.png"])
+    recs = list(read_source("mvtec_loco", tmp_path / "loco"))
+    assert [(r.split, r.defect_type) for r in recs] == [("test", "good"), ("train", "good")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,3 +156,22 @@ def test_bootstrap_groups_are_the_raw_image_and_the_table_shows_every_system():
     text = console.export_text()
     assert all(name in text for name in ("model", "untrained", "contrast")) and "75.0 [60-90]" in text
     assert "n/a" in text  # the contrast map has no token-selection modes
+
+
+def test_baseline_models_are_the_listed_ones_and_warmup_only_with_a_warm_start(tmp_path, monkeypatch, tiny_dir):
+    """``warmup`` is a baseline only when the warm-started model exists (else it would be ``untrained`` again);
+    ``contrast`` needs no model."""
+    import shutil
+
+    from readl.config import Params
+    from readl.evaluation.comparison import baseline_models
+
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate({"model": {"base": "tiny"}, "warmup": {"enabled": True}})
+    assert baseline_models(params) == {"untrained": "tiny"}  # no models/warmup yet
+    shutil.copytree(tiny_dir, tmp_path / "models" / "warmup")
+    assert baseline_models(params) == {"untrained": "tiny", "warmup": str(Path("models") / "warmup")}
+    only = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"baselines": ["warmup", "contrast"]})})
+    assert baseline_models(only) == {"warmup": str(Path("models") / "warmup")}
+    off = params.model_copy(update={"warmup": params.warmup.model_copy(update={"enabled": False})})
+    assert baseline_models(off) == {"untrained": "tiny"}

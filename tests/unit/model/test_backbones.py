@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from readl.localization.attention import CAPTURE_IMPLEMENTATION, capture_attention, enable_capture
-from readl.model.families import FAMILIES, family_for_path, family_of, family_of_processor, fit_image_processor
+from readl.model.families import family_for_path, family_of, family_of_processor, fit_image_processor
 from readl.model.inference import Predictor, anomaly_token_positions, image_token_positions
 from readl.model.loading import load_model
 from readl.model.prompting import QUESTION, build_messages
@@ -27,12 +27,7 @@ ALL = [*QWEN, "tiny-internvl"]
 GRID_420 = {"tiny": (15, 15), "tiny-qwen2-vl": (15, 15), "tiny-qwen3-vl": (13, 13), "tiny-internvl": (16, 16)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

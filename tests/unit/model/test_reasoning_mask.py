@@ -1,7 +1,8 @@
-"""The O(T) reasoning mask / answer position equal the previous prefix-decoding implementation (issue 15).
+"""The O(T) reasoning mask / answer position equal the prefix-decoding reference (issue 15).
 
-The reference below is the implementation before the change (it decodes every prefix: O(T^2)), copied
-verbatim; the fast one must give identical masks, answer indices and pending strings on random completions:
+The reference (:func:`readl.model.tokens_reference.reference_reasoning_and_answer`) decodes every prefix
+and walks the text character by character (O(T^2)), sharing no code with the fast path; the fast one must
+give identical masks, answer indices and pending strings on random completions:
 tags split across tokens, multi-byte UTF-8 split across byte tokens (also cut in the middle), special tokens
 (skipped by the decode) and added non-special tokens (decoded from their own UTF-8 bytes).
 """
@@ -13,31 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from readl.model.inference import answer_read_position, reasoning_token_mask
-
-
-def _ref_char_offsets(tokenizer, ids):
-    return [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
-
-
-def _ref_reasoning_and_answer(tokenizer, ids):
-    offsets = _ref_char_offsets(tokenizer, ids)
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    start = text.find("<think>")
-    start = 0 if start < 0 else start + len("<think>")
-    ends = [i for i in (text.find("</think>", start), text.find("<answer>", start)) if i >= 0]
-    end = min(ends) if ends else len(text)
-    lo, hi = np.array(offsets[:-1]), np.array(offsets[1:])
-    mask = (lo >= start) & (hi <= end) & (hi > lo)
-    answer_index, pending = None, ""
-    a = text.find("<answer>")
-    if a >= 0:
-        after = a + len("<answer>")
-        word = len(text) - len(text[after:].lstrip())
-        answer_index = next((j for j in range(len(ids)) if offsets[j + 1] > word), len(ids))
-        if answer_index < len(ids) and offsets[answer_index] < after:
-            pending = text[offsets[answer_index] : after]
-    return mask, answer_index, pending
-
+from readl.model.tokens_reference import reference_reasoning_and_answer
 
 PIECES = ["<think>", "</think>", "<answer>", "</answer>", "Yes", " Yes", "No", "\nNo\n", " ", "\n", "A crack",
           " on the left edge.", "é", "漢字", "🙂", "Ünïcödé ", "<thi", "nk>", "</ans", "wer>", "<", ">"]
@@ -82,7 +59,7 @@ def test_masks_equal_the_prefix_decoding_reference(tokenizer):
     for _ in range(400):
         ids = _random_completion(tok, rng, extra)
         mask, a = reasoning_token_mask(tok, ids)
-        ref_mask, ref_a, ref_pending = _ref_reasoning_and_answer(tok, ids)
+        ref_mask, ref_a, ref_pending = reference_reasoning_and_answer(tok, ids)
         assert np.array_equal(mask, ref_mask), tok.decode(ids)
         assert a == ref_a and answer_read_position(tok, ids) == (ref_a, ref_pending), tok.decode(ids)
         n_multibyte_cut += "\ufffd" in tok.decode(ids, skip_special_tokens=True)
@@ -94,6 +71,6 @@ def test_tags_split_across_tokens(tokenizer):
     ids = sum((tok.encode(p, add_special_tokens=False) for p in
                ["<thi", "nk>", "漢 a", "🙂", "</th", "ink>", "<ans", "wer>", "\n", "Yes"]), [])  # fmt: skip
     mask, a = reasoning_token_mask(tok, ids)
-    ref_mask, ref_a, _ = _ref_reasoning_and_answer(tok, ids)
+    ref_mask, ref_a, _ = reference_reasoning_and_answer(tok, ids)
     assert np.array_equal(mask, ref_mask) and a == ref_a
     assert tok.decode([i for i, m in zip(ids, mask) if m]).endswith(" a\ufffd")  # one token per character kept

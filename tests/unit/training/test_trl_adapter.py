@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+import torch
 import trl
 from trl import GRPOTrainer
 
+from readl.config import Params
+from readl.training.train import grpo_args
 from readl.training.trainer import CGROTrainer
-from readl.training.trl_adapter import PRIVATE_OVERRIDES, TRL_VERSION, GRPOAdapter
+from readl.training.trl_adapter import PRIVATE_OVERRIDES, TRL_VERSION, GRPOAdapter, run_args
+from readl.training.warmup import sft_args
 
 
 def test_trl_is_the_version_the_adapter_was_written_against():
@@ -37,3 +42,19 @@ def test_only_the_adapter_overrides_trl_private_methods():
     assert set(PRIVATE_OVERRIDES) <= private
     assert private & set(vars(GRPOAdapter)) == set(PRIVATE_OVERRIDES)
     assert not private & set(vars(CGROTrainer)), sorted(private & set(vars(CGROTrainer)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grpo_and_sft_configs_share_the_run_args(tmp_path, dtype):
+    """Precision follows the loaded model (never TRL's default bf16=True) in both trainers' configs."""
+    model = torch.nn.Linear(2, 2).to(dtype)
+    params = Params.model_validate({"warmup": {"learning_rate": 3e-5, "seed": 7}, "train": {"logging_steps": 3}})
+    shared = run_args(model, params.train, tmp_path)
+    assert shared["bf16"] == (dtype == torch.bfloat16) and not shared["fp16"] and shared["use_cpu"]
+    for section, args in ((params.train, grpo_args(params, tmp_path, model)),
+                          (params.warmup, sft_args(params, tmp_path, model))):
+        assert (args.bf16, args.fp16, args.use_cpu) == (shared["bf16"], False, True)
+        assert (args.learning_rate, args.seed, args.logging_steps, args.save_steps) == (
+            section.learning_rate, section.seed, section.logging_steps, section.save_steps)
+        assert args.save_strategy == "steps" and args.report_to == []
+        assert not args.remove_unused_columns and args.dataloader_num_workers == 0 and args.disable_tqdm

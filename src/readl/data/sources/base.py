@@ -27,6 +27,7 @@ __all__ = [
     "records_to_frame",
     "require_dir",
     "require_root",
+    "subdirs",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -188,6 +189,11 @@ def image_files(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> l
     exts = {e.lower() for e in extensions}
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def subdirs(folder: Path) -> list[Path]:
+    """Sorted sub-folders of ``folder`` (dot-folders skipped: caches, not splits or defect types)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 

@@ -20,17 +20,12 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import LayoutError, Record, image_files, require_root
+from .base import LayoutError, Record, image_files, require_root, subdirs
 from .mvtec import _mask_index, category_dirs, find_mask
 
-__all__ = ["mvtec_3d", "subdirs"]
+__all__ = ["mvtec_3d"]
 
 _3D_SPLITS = ("train", "validation", "test")
-
-
-def subdirs(folder: Path) -> list[Path]:
-    """Sorted sub-folders of ``folder`` (dot-folders skipped)."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def mvtec_3d(root: str | os.PathLike[str], *, source: str = "mvtec_3d",

@@ -21,9 +21,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import Record, image_files, require_root
+from .base import Record, image_files, require_root, subdirs
 from .mvtec import _mask_index, category_dirs, find_mask
-from .mvtec_3d import subdirs
 
 __all__ = ["LABELLED_SPLITS", "PRIVATE_SPLITS", "mvtec_ad2", "mvtec_ad2_unlabelled"]
 

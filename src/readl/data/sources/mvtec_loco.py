@@ -11,7 +11,7 @@ and read the same way by anomalib's ``MVTecLOCODataset``::
 Each anomalous image has a FOLDER of masks, one per defect region/type, each with a per-defect grey
 value (238-255, listed in the category's ``defects_config.json``). The record keeps the folder
 (``mask_kind="dir_union"``); ``readl.data.masks.load_mask`` ORs the binarised masks.
-Split names are kept as published (``validation``, not ``val``).
+Split names are kept as published (``validation``, not ``val``); hidden (dot) folders are skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import Record, image_files, require_root
+from .base import Record, image_files, require_root, subdirs
 from .mvtec import category_dirs
 
 __all__ = ["CATEGORIES", "mvtec_loco"]
@@ -49,10 +49,8 @@ def mvtec_loco(root: str | os.PathLike[str], *, source: str = "mvtec_loco",
 
 def _iter(cats: list[Path], source: str) -> Iterator[Record]:
     for cat in cats:
-        for split_dir in sorted(p for p in cat.iterdir()
-                                if p.is_dir() and p.name != "ground_truth"
-                                and not p.name.startswith(".")):
-            for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for split_dir in (d for d in subdirs(cat) if d.name != "ground_truth"):
+            for defect_dir in subdirs(split_dir):
                 normal = defect_dir.name == "good"
                 for f in image_files(defect_dir):
                     mask_dir = cat / "ground_truth" / defect_dir.name / f.stem

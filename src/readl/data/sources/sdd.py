@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 from .base import LayoutError, Record, image_files, labelled_by_mask, require_root
 
