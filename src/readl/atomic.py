@@ -2,7 +2,8 @@
 
 Permissions: the temporary file / folder (``mkstemp`` / ``mkdtemp`` create them 0600 / 0700) is given the
 mode a plain ``open`` / ``mkdir`` would give under the process umask before it is renamed into place, so
-outputs are 0644 / 0755 under the usual umask 0022 and can be shared (metrics, adapter, gallery).
+outputs are 0644 / 0755 under the usual umask 0022 and can be shared (metrics, adapter, gallery). Everything
+written into an :func:`atomic_dir` gets those modes too, also files their writer created 0600 (safetensors).
 """
 
 from __future__ import annotations
@@ -76,6 +77,24 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def _apply_umask(root: Path) -> None:
+    """Give every file and folder below ``root`` the mode a plain ``open`` / ``mkdir`` would (0666 / 0777, 0777
+    for a file with any executable bit, then the umask). Writers that create their files 0600 (safetensors' ``save_file``,
+    so PEFT's and transformers' ``save_pretrained``; anything through ``mkstemp``) would otherwise leave model
+    weights unreadable to a worker or server running as another user."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            f = os.path.join(dirpath, name)
+            if not os.path.islink(f):
+                executable = os.lstat(f).st_mode & 0o111
+                os.chmod(f, (0o777 if executable else 0o666) & ~mask)
+        for name in dirnames:
+            d = os.path.join(dirpath, name)
+            if not os.path.islink(d):
+                os.chmod(d, 0o777 & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new empty folder beside ``path``; on success it replaces ``path`` as a whole.
@@ -94,6 +113,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = make_dir_temp(path)
     try:
         yield tmp
+        _apply_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

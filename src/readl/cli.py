@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -40,7 +41,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(help="readl: reasoning-driven industrial anomaly detection (ReAL + CGRO).", no_args_is_help=True)
-console = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr). Outside a terminal (a pipe, a Prefect worker, CI logs) it is 200
+    columns wide instead of rich's 80, so summary tables and log lines are not cut; ``COLUMNS`` still wins."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=200 if wide else None)
+
+
+console = _console(stderr=True)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _options = {"debug": False}
 
@@ -114,7 +125,8 @@ Manifest = Annotated[Path, typer.Option(help="Curated training manifest.")]
 TrainDevice = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")]
 Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")]
 Cache = Annotated[Path, typer.Option(help="Per-image prediction cache.")]
-BaseModel = Annotated[str | None, typer.Option(help="Base model (default: params model.base).")]
+BaseModel = Annotated[str | None, typer.Option(help="Base model (default: models/warmup after the cold start, else "
+                                                     "params model.base).")]
 ParamsFile = Annotated[Path, typer.Option(help="params.yaml.")]
 ModelName = Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")]
 
@@ -132,10 +144,11 @@ def _params(params: Path | None):
 @app.command()
 @_handled
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files.")],
     model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id; or a registered "
                                               "model, e.g. models:/readl@champion (base + adapter + thresholds + params). "
-                                              "Default: params model.base + models/adapter.")] = None,
+                                              "Default: the pipeline's model: models/warmup (after the cold start, else "
+                                              "params model.base) + models/adapter.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder; default models/adapter when it exists and "
                                                  "--model is not given; 'none' = the base model alone.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for <stem>.json and <stem>.png.")] = Path("predictions"),
@@ -162,12 +175,14 @@ def predict(
         outcomes = run(_params(params), images, out, model=model, adapter=adapter, thresholds=thresholds,
                        max_new_tokens=max_new_tokens, device=device, annotate=annotate, progress=advance,
                        on_start=started).outcomes  # fmt: skip
-    Console().print(outcomes_table(outcomes))
     failed = [o for o in outcomes if o.error]
+    if len(failed) < len(outcomes):
+        _console().print(outcomes_table(outcomes))
     for o in failed:
         console.print(f"[red]error:[/red] {escape(o.error)}", soft_wrap=True, highlight=False)
     if failed:
-        console.print(f"[red]{len(failed)} of {len(outcomes)} file(s) could not be read; the others have results.")
+        rest = "; the others have results" if len(failed) < len(outcomes) else ""
+        console.print(f"[red]{len(failed)} of {len(outcomes)} file(s) could not be read{rest}.", highlight=False)
         raise typer.Exit(1)
 
 
@@ -314,11 +329,11 @@ def evaluate(
         return
     from readl.evaluation.report import metrics_table
 
-    Console().print(metrics_table(result))
+    _console().print(metrics_table(result))
     if result.get("baselines") or result.get("bootstrap"):
         from readl.evaluation.comparison import comparison_table
 
-        Console().print(comparison_table(result))
+        _console().print(comparison_table(result))
 
 
 @app.command()
@@ -343,12 +358,12 @@ def register(
                f"aliases: {', '.join(result.aliases)}")  # fmt: skip
     if decision is not None:
         if decision.checks:
-            Console().print(gate_table(decision))
+            _console().print(gate_table(decision))
         typer.echo(f"promote: {decision.reason}")
     if metrics.is_file():  # the last stage of `dvc repro`: end with the evaluation numbers
         from readl.evaluation.report import metrics_table
 
-        Console().print(metrics_table(json.loads(metrics.read_text()), title=f"{result.name} v{result.version}"))
+        _console().print(metrics_table(json.loads(metrics.read_text()), title=f"{result.name} v{result.version}"))
 
 
 @app.command()
@@ -365,9 +380,9 @@ def promote(
 
     decision = run_promote(load_params(params).register, name=name, dry_run=dry_run)
     if decision.checks:
-        Console().print(gate_table(decision))
+        _console().print(gate_table(decision))
     verdict = "[green]promoted[/green]" if decision.promoted else "[red]refused[/red]"
-    Console().print(f"{verdict}{' (dry run)' if dry_run else ''}: {escape(decision.reason)}; champion is v{decision.champion_after}")
+    _console().print(f"{verdict}{' (dry run)' if dry_run else ''}: {escape(decision.reason)}; champion is v{decision.champion_after}")
     if not decision.promoted:
         raise typer.Exit(1)
 

@@ -269,8 +269,8 @@ def predict_files(
                 try:
                     batch.append((p, open_image(p)))
                 except BadImageError as exc:
-                    outcomes[p].error = str(exc)
-                    log.error("%s", exc)
+                    outcomes[p].error = str(exc)  # reported by the caller (`readl predict` lists them at the end)
+                    log.debug("%s", exc)
                 if len(batch) == batch_size:
                     break
             if not n_seen:

@@ -159,3 +159,24 @@ def test_summary_links_to_the_prefect_ui(tmp_path):
     with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.example:4200"}):
         md, _ = _summary(tmp_path, [], gpu, None, 1.0)
     assert f"[brave-fox](http://prefect.example:4200/runs/flow-run/{gpu['flow_run_id']})" in md, md
+
+
+def test_local_run_sends_no_telemetry_unless_asked(monkeypatch, capsys):
+    """`python -m flows.retrain --local` starts Prefect's ephemeral server, whose telemetry service logged
+    "ERROR ... Failed to send telemetry" on every offline run: the run has analytics off unless
+    PREFECT_SERVER_ANALYTICS_ENABLED says otherwise."""
+    import flows.retrain as retrain_mod
+    from prefect.settings import get_current_settings
+
+    seen = []
+
+    def fake_retrain(**kw):
+        seen.append(get_current_settings().server.analytics_enabled)
+        return {"stages": [], "promotion": None, "registered": None}
+
+    monkeypatch.setattr(retrain_mod, "retrain", fake_retrain)
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED")
+    assert retrain_mod.main(["--no-pull"]) == 0
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # asked for
+    assert retrain_mod.main(["--no-pull"]) == 0
+    assert seen == [False, True]

@@ -47,6 +47,18 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
     assert not list((tmp_path / "out").glob(".*")), "no temporary files left behind"
 
 
+def test_one_corrupt_file_is_one_error_line(tiny_dir, tmp_path, monkeypatch):
+    """A single unreadable file: its error once, the count, no empty results table, no "the others have results"."""
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 92)  # `head -c 100 some.png`
+    result = CliRunner().invoke(app, ["predict", str(bad), "--out", "out", "--max-new-tokens", "4"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("bad.png") == 1, result.output
+    assert "1 of 1 file(s) could not be read" in result.output and "others" not in result.output
+    assert "overlay" not in result.output  # the header of the results table
+
+
 @pytest.fixture(scope="module")
 def project(tiny_dir, tmp_path_factory):
     """A project folder after train + calibrate: models/adapter (tiny LoRA) and models/thresholds.json."""

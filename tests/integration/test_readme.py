@@ -56,7 +56,8 @@ def test_serve_block_answers_with_valid_json_and_a_decision(project):
     block = with_port(readme_blocks()["serve"], 5001, port)
     ran = run_block(block, project, user_env(project), 600, project.parent / "logs-serve").check("serve")
     row = json.loads(ran.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    row = row["predictions"][0]
+    served = json.loads((project / "response.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert served["predictions"][0]["anomaly_map"] and "anomaly_map" not in row
     thresholds = json.loads((project / "models/thresholds.json").read_text())
     assert row["error"] == "" and row["decision"] in ("anomalous", "normal")
     assert row["threshold"] == pytest.approx(thresholds["decision"]["value"])

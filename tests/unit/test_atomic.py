@@ -54,3 +54,22 @@ def test_atomic_outputs_respect_the_umask(tmp_path, umask):
     adapter = replace_dir(adapter)  # replacing an existing folder
     assert _mode(adapter) == dir_mode
     assert sorted(p.name for p in adapter.parent.iterdir()) == ["adapter"]  # no temp folders left
+
+
+def test_weights_written_0600_by_safetensors_come_out_with_the_umask(tmp_path, umask):
+    """safetensors' ``save_file`` (PEFT's and transformers' ``save_pretrained``) creates its file 0600 whatever the
+    umask: a worker or server running as another user could not read the adapter. ``atomic_dir`` gives every file
+    and folder in it the mode of a plain ``open`` / ``mkdir`` before it moves into place (executable bits kept)."""
+    import torch
+    from safetensors.torch import save_file
+
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    with atomic_dir(tmp_path / "adapter") as d:
+        save_file({"w": torch.zeros(2)}, str(d / "adapter_model.safetensors"))
+        (d / "sub").mkdir(mode=0o700)
+        (d / "sub" / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(d / "sub" / "run.sh", 0o700)
+    out = tmp_path / "adapter"
+    assert _mode(out / "adapter_model.safetensors") == file_mode
+    assert _mode(out / "sub") == dir_mode
+    assert _mode(out / "sub" / "run.sh") == 0o777 & ~umask

@@ -66,3 +66,23 @@ def test_exit_code_rule():
     assert exit_code(ManualDownloadRequired("download by hand")) == 2
     assert exit_code(FileNotFoundError("x")) == 1 and exit_code(RegistryError("x")) == 1
     assert exit_code(TypeError("a bug")) == 1
+
+
+def test_tables_and_log_lines_are_not_cut_outside_a_terminal(monkeypatch):
+    """Piped or under a Prefect worker, rich assumes 80 columns and cut the summary tables ("mvtec…") and wrapped
+    log lines; outside a terminal the CLI's consoles are 200 columns wide (COLUMNS still wins)."""
+    import io
+
+    from rich.table import Table
+
+    from readl import cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    buf = io.StringIO()  # not a terminal
+    monkeypatch.setattr("sys.stdout", buf)
+    table = Table("dataset", "image.AUROC", "pixel.AUROC", "pixel.AUPR", "AUPRO", "decision ACC", "malformed answers")
+    table.add_row("mvtec_ad_grid_and_hazelnut", "0.8123", "0.6751", "0.3012", "0.1500", "0.5000", "0 of 260")
+    cli._console().print(table)
+    assert "mvtec_ad_grid_and_hazelnut" in buf.getvalue() and "malformed answers" in buf.getvalue(), buf.getvalue()
+    monkeypatch.setenv("COLUMNS", "60")
+    assert cli._console().width == 60

@@ -61,7 +61,8 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
 
     Returns:
         The loaded :class:`readl.registry.pyfunc.ReadlModel` (``.predictor``, ``.localization``,
-        ``.thresholds_path``, ``.batch_size``, ``.predict(dataframe)``, ``.registered`` = ``"URI (version V)"``).
+        ``.thresholds_path``, ``.batch_size``, ``.predict(dataframe)``, ``.registered`` = ``"URI (version V)"``,
+        ``.base`` = the version's ``base_model`` tag, e.g. ``"tiny + warmup"``).
 
     Raises:
         RegistryError: the default sqlite store (``mlruns.db``) does not exist here (nothing is created).

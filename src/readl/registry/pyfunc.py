@@ -151,6 +151,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         cfg = dict(getattr(context, "model_config", None) or {})
         device = cfg.get("device") or os.environ.get("READL_DEVICE") or None
         base = arts.get("base_model") or self.params.model.base  # the warm-started model (readl warmup) when logged
+        # what the records name: the version's `base_model` tag ("tiny + warmup"), not a download folder
+        self.base = f"{self.params.model.base} + warmup" if arts.get("base_model") else self.params.model.base
         self.batch_size = self.params.model.batch_size
         self.predictor = build_predictor(self.params, base, self.adapter, device=device,
                                          max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)  # fmt: skip

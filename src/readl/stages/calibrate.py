@@ -63,8 +63,11 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
     record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
     write_json(out, clean_json(record))
     plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
+    def rule(tau: dict) -> str:  # a threshold at the floor of [0, 1] (the curve's knee at 0) filters almost nothing
+        return tau["rule"] + (": at the floor, drops only tokens scored 0" if tau["value"] <= 0 else "")
+
     log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; decision P(Yes) >= %.4f "
-             "(%s%s); %.1f s -> %s", record["tau_t"]["value"], record["tau_t"]["rule"], record["tau_i"]["value"],
-             record["tau_i"]["rule"], record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
+             "(%s%s); %.1f s -> %s", record["tau_t"]["value"], rule(record["tau_t"]), record["tau_i"]["value"],
+             rule(record["tau_i"]), record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
              f", {decision['fallback']}: default" if decision["fallback"] else "", time.perf_counter() - t0, out)  # fmt: skip
     return record

@@ -86,8 +86,10 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     write_tables(reports_dir, table)
     write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset, threshold=decision["value"],
                   threshold_source=f"{decision['rule']}, {decision['source']}")  # fmt: skip
-    log.info("evaluate: %d images (%d malformed), image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f; %.1f s",
-             metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], metrics["pixel"]["AUROC"],
-             metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip
+    per = "; ".join(f"{name} {d['image']['AUROC']:.3f}" for name, d in metrics["datasets"].items()
+                    if (d.get("image") or {}).get("AUROC") is not None)  # fmt: skip
+    log.info("evaluate: %d images (%d malformed), mean over datasets: image AUROC %.3f (%s), pixel AUROC %.3f, "
+             "AUPRO %.3f; %.1f s", metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], per,
+             metrics["pixel"]["AUROC"], metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip
     return metrics
 

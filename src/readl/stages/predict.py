@@ -80,7 +80,7 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
         if thresholds is None:
             thresholds = Path(registered.thresholds_path) if registered.thresholds_path else None
-        provenance = {"base": registered.params.model.base, "adapter": adapter_digest(registered.adapter),
+        provenance = {"base": registered.base, "adapter": adapter_digest(registered.adapter),
                       "registered": registered.registered}  # fmt: skip
     else:
         project = model is None and adapter is None  # the project's own model: params model.base + models/adapter

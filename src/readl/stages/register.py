@@ -4,16 +4,24 @@ One linear entry, :func:`run`: check every input (:mod:`readl.registry.inputs`) 
 training run and register it as a new version aliased ``challenger`` (idempotent,
 :func:`readl.registry.registration.register`) -> with ``promote``, run the promotion gate
 (:func:`readl.registry.gate.promote`) -> write ``models/registered.json`` (name, version, run, aliases, promotion).
+
+Under ``dvc exp run`` (DVC puts ``DVC_EXP_NAME`` in the stages' environment) an experiment is registered, tagged
+``readl.dvc_experiment``, and becomes the ``challenger``, but the gate only reports (dry run): an ablation such as
+``-S 'train.rewards=[format,accuracy]'`` never replaces the served ``champion``; ``readl promote`` does that
+on purpose.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 from readl.atomic import write_json
 from readl.config import load_params
 from readl.registry.gate import Decision
+from readl.registry.client import call, mlflow_session
 from readl.registry.gate import promote as run_promote
 from readl.registry.registration import RegisterResult, register
 
@@ -33,7 +41,8 @@ def run(params_file: Path, adapter: Path, thresholds: Path, metrics: Path, train
         out: the record for DVC (``models/registered.json``), written atomically; with ``promote`` it also holds
             ``promotion`` (the gate's decision) and ``champion`` among the aliases when the gate moved it.
         name: registered model name (default ``register.model_name``).
-        promote: run the promotion gate after registering (a refusal is a result, not an error).
+        promote: run the promotion gate after registering (a refusal is a result, not an error); a dry run
+            inside ``dvc exp run`` (module docstring).
 
     Returns:
         ``(result, decision)``: the :class:`~readl.registry.registration.RegisterResult` and the gate's
@@ -46,9 +55,17 @@ def run(params_file: Path, adapter: Path, thresholds: Path, metrics: Path, train
     """
     result = register(params_file=params_file, adapter=adapter, thresholds=thresholds, metrics=metrics,
                       train_run=train_run, out=out, name=name)  # fmt: skip
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        with mlflow_session() as client:
+            call(lambda: client.set_model_version_tag(result.name, result.version, "readl.dvc_experiment", experiment),
+                 "tag the experiment's model version")  # fmt: skip
     if not promote:
         return result, None
-    decision = run_promote(load_params(params_file).register, name=result.name)
+    decision = run_promote(load_params(params_file).register, name=result.name, dry_run=bool(experiment))
+    if experiment:
+        decision = dataclasses.replace(decision, reason=f"dvc experiment {experiment}: dry run, champion unchanged "
+                                       f"(`readl promote` moves it): {decision.reason}")  # fmt: skip
     record = json.loads(Path(out).read_text())
     if decision.champion_after == result.version:
         record["aliases"] = sorted({*record["aliases"], "champion"})

@@ -37,7 +37,9 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
 def start_run(experiment: str, run_id: str | None = None, params: Mapping | None = None, tags: Mapping | None = None):
     """Start (or, with ``run_id``, resume) the active MLflow run with system-metrics logging.
 
-    A ``run_id`` the tracking server does not know (database reset) starts a new run, with a warning.
+    A new run is named ``<tags["readl.stage"]>-<UTC start time>`` (e.g. ``train-20261202-031500``); a resumed
+    one keeps its name. A ``run_id`` the tracking server does not know (database reset) starts a new run, with
+    a warning.
     Params already on a resumed run are not logged again (MLflow forbids changing a param; equal values
     are the expected case because the checkpoint fingerprint matched).
 
@@ -61,7 +63,11 @@ def start_run(experiment: str, run_id: str | None = None, params: Mapping | None
         except mlflow.exceptions.MlflowException:
             log.warning("MLflow run %s not found at %s; starting a new run", run_id, tracking_uri())
             run_id = None
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp.experiment_id, log_system_metrics=True)
+    # a new run is named "<readl.stage>-<UTC start time>": MLflow's generated names follow the (seeded) global
+    # RNG, so every warmup and train run would share one name
+    name = None if run_id else f"{(tags or {}).get('readl.stage', 'run')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp.experiment_id, run_name=name,
+                           log_system_metrics=True)  # fmt: skip
     if params:
         have = run.data.params if run_id else {}
         new = {k: v for k, v in flatten(params).items() if k not in have}

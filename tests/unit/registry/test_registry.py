@@ -529,3 +529,56 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     if (tmp_path / "mlruns.db").exists():
         assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
     assert not (work / "models/registered.json").exists()
+
+
+def test_a_dvc_experiment_registers_but_never_moves_the_champion(mlflow_server, adapter, tmp_path, monkeypatch):
+    """`dvc exp run -S ...` (an ablation) re-runs `readl register --promote`: its model is registered as the
+    challenger, but the gate only reports (dry run); champion moves only by `readl promote` or a plain `dvc repro`."""
+    import mlflow
+
+    from readl.stages.register import run as register_stage
+
+    name, client = "readl-exp", mlflow.MlflowClient(mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+
+    def stage(work: Path):
+        return register_stage(work / "params.yaml", work / "models/adapter", work / "models/thresholds.json",
+                              work / "metrics.json", work / "models/train_run.json", work / "models/registered.json",
+                              name=name, promote=True)  # fmt: skip
+
+    first, _ = stage(_workdir(tmp_path / "v1", adapter, _metrics(0.80, 0.90), mlflow_server.uri))
+    monkeypatch.setenv("DVC_EXP_NAME", "gusty-lobe")  # what `dvc exp run` puts in the stages' environment
+    work = _workdir(tmp_path / "v2", adapter, _metrics(0.90, 0.95), mlflow_server.uri)  # better everywhere
+    result, decision = stage(work)
+    assert result.version == "2" and client.get_model_version_by_alias(name, "challenger").version == "2"
+    assert decision.dry_run and decision.champion_after == first.version == "1"
+    assert "gusty-lobe" in decision.reason and "readl promote" in decision.reason
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    record = json.loads((work / "models/registered.json").read_text())
+    assert "champion" not in record["aliases"] and record["promotion"]["champion_after"] == "1"
+    assert client.get_model_version(name, "2").tags["readl.dvc_experiment"] == "gusty-lobe"
+
+
+def test_predict_from_a_warm_started_version_names_its_base(mlflow_server, adapter, tiny_dir, sample_dir, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    """A version logged with its warm-started model (the `base_model` artifact) predicts with it, and the record
+    says so ("tiny + warmup", as the version's `base_model` tag), not the bare `model.base` it was started from."""
+    import shutil
+
+    import mlflow
+    from typer.testing import CliRunner
+
+    from readl.cli import app
+
+    work = _workdir(tmp_path / "w", adapter, _metrics(0.8, 0.9), mlflow_server.uri)
+    shutil.copytree(tiny_dir, work / "models" / "warmup")  # what `readl warmup` leaves: a full model folder
+    result = _register(work, name="readl-warm")
+    assert mlflow.MlflowClient(mlflow_server.uri).get_model_version("readl-warm", result.version).tags["base_model"] \
+        == "tiny + warmup"  # fmt: skip
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["predict", str(sample_dir / IMAGE), "--model", "models:/readl-warm@challenger",
+                                   "--out", "out", "--device", "cpu", "--no-annotate"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    record = json.loads((tmp_path / "out" / "000.json").read_text())
+    assert record["model"]["base"] == "tiny + warmup", record["model"]

@@ -41,3 +41,23 @@ def test_resume_logs_each_step_once(tmp_path, monkeypatch):
         values = {m.step: m.value for m in history}
         assert values[8] == 8.0 * scale and values[9] == 9.5 * scale  # re-run steps keep the first run's point
     assert "note" not in client.get_run(run_id).data.metrics  # non-numbers are not metrics
+
+
+def test_runs_are_named_by_their_stage_and_keep_the_name_on_resume(tmp_path, monkeypatch):
+    """MLflow's generated names follow the seeded global RNG, so warmup and train (same seed) got the same name
+    on every machine; a run's name says its stage and start time instead, and a resumed run keeps it."""
+    import random
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    names = []
+    for stage in ("warmup", "train"):
+        random.seed(42)  # what transformers' set_seed does before each stage
+        run = start_run("readl-test", tags={"readl.stage": stage})
+        names.append(run.info.run_name)
+        mlflow.end_run()
+    assert names[0] != names[1] and names[0].startswith("warmup-") and names[1].startswith("train-"), names
+    resumed = start_run("readl-test", run_id=run.info.run_id, tags={"readl.stage": "train"})
+    assert resumed.info.run_name == names[1]
+    mlflow.end_run()
