@@ -255,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-promote", action="store_true")
     ap.add_argument("--dvc-remote", help="make this DVC remote the default first (e.g. s3)")
     a = ap.parse_args(argv)
+    import contextlib
+
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     # the ephemeral server of a run without PREFECT_API_URL would report telemetry (an ERROR line offline);
-    # an explicit PREFECT_SERVER_ANALYTICS_ENABLED wins
-    analytics = os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false").lower() in ("1", "true", "yes")
-    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: analytics}):
+    # an explicit PREFECT_SERVER_ANALYTICS_ENABLED wins (Prefect reads it itself)
+    explicit = "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ
+    with contextlib.nullcontext() if explicit else temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         result = retrain(workdir=a.workdir, gpu_deployment=a.gpu_deployment, pull=not a.no_pull,
                          push=True if a.push else None, promote=not a.no_promote, dvc_remote=a.dvc_remote)  # fmt: skip
     print(json.dumps({k: result[k] for k in ("stages", "promotion", "registered")}, indent=2, default=str))

@@ -174,9 +174,12 @@ def test_local_run_sends_no_telemetry_unless_asked(monkeypatch, capsys):
         seen.append(get_current_settings().server.analytics_enabled)
         return {"stages": [], "promotion": None, "registered": None}
 
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
     monkeypatch.setattr(retrain_mod, "retrain", fake_retrain)
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED")
-    assert retrain_mod.main(["--no-pull"]) == 0
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # asked for
-    assert retrain_mod.main(["--no-pull"]) == 0
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: True}):  # Prefect's default for a user
+        assert retrain_mod.main(["--no-pull"]) == 0
+        monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # asked for: left to Prefect
+        assert retrain_mod.main(["--no-pull"]) == 0
     assert seen == [False, True]
