@@ -67,10 +67,7 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
     frame = load_manifest(manifest, root)
     if w.balance:  # class-balanced rows: the minority label repeated (each read augmented afresh)
         frame = frame.iloc[balanced_rows(frame["label"], w.seed)].reset_index(drop=True)
-    raw = frame.copy()
-    raw["image_path"] = [str(Path(p).relative_to(Path(root).resolve())) if Path(p).is_relative_to(Path(root).resolve())
-                         else p for p in frame["image_path"]]  # stable template keys, whatever the clone path  # fmt: skip
-    targets = targets_for(raw, seed=w.seed)
+    targets = targets_for(frame, seed=w.seed)  # phrases keyed by image content (reasoning_targets.row_key)
     model, processor = load_model(params.model.base, device=device or str(state.device), dtype=params.model.dtype)
     processor = fit_processor(processor, params.model.image_size)
     trainable = w.trainable if w.trainable != "auto" else ("full" if is_kit(params.model.base) else "lora")

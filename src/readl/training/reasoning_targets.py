@@ -18,6 +18,7 @@ Template design (a choice the paper does not make; it starts GRPO from an instru
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 
@@ -61,7 +62,7 @@ def template_reasoning(label: int, category: str, defect_type: str | None, key: 
         label: 1 = anomalous, 0 = normal.
         category: the object / texture category (e.g. ``hazelnut``); ``_`` becomes a space.
         defect_type: the published defect-type name (``colour``, ``cutpaste`` ...) or None / ``good``.
-        key: a stable per-row key (the image path) that picks the phrase.
+        key: a stable per-row key that picks the phrase (:func:`row_key`: the image's content, not its path).
         seed: varies the choice of phrases between runs.
 
     Returns:
@@ -83,6 +84,12 @@ def target_completion(reasoning: str, label: int) -> str:
     return f"<think>{reasoning.strip()}</think><answer>{'Yes' if label == 1 else 'No'}</answer>"
 
 
+def row_key(row) -> str:
+    """The key that picks a row's template phrase: the curated image's pHash (``phash``, its content) and file name,
+    never its folder, so a clone in another place, or data reached through a symlink, gets the same targets."""
+    return f"{getattr(row, 'phash', '')}|{Path(str(row.image_path)).name}"
+
+
 def targets_for(frame: pd.DataFrame, seed: int = 0) -> list[str]:
     """The target completion of every manifest row.
 
@@ -102,6 +109,6 @@ def targets_for(frame: pd.DataFrame, seed: int = 0) -> list[str]:
         text = getattr(row, "reasoning", None) if has_reasoning else None
         if not isinstance(text, str) or not text.strip():
             text = template_reasoning(int(row.label), getattr(row, "category", ""), getattr(row, "defect_type", None),
-                                      key=str(row.image_path), seed=seed)  # fmt: skip
+                                      key=row_key(row), seed=seed)  # fmt: skip
         out.append(target_completion(text, int(row.label)))
     return out

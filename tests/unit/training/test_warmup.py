@@ -36,6 +36,18 @@ def test_templates_use_image_level_information_only():
     assert targets_for(frame, seed=0) == with_masks  # stable
 
 
+def test_targets_do_not_depend_on_where_the_repository_is():
+    """The phrase of each row is keyed by the image's content (pHash) and name, not its folder: a clone elsewhere
+    (or data reached through a symlink, as in benchmarks/robustness.py) trains on the same targets."""
+    names = [f"{i:03d}.png" for i in range(40)]
+    frame = pd.DataFrame({"image_path": [f"/home/a/readl/data/curated/images/train/s/c/{n}" for n in names],
+                          "label": [i % 2 for i in range(40)], "category": "bottle",
+                          "defect_type": ["good", "draem"] * 20, "phash": [f"{i:016x}" for i in range(40)]})  # fmt: skip
+    moved = frame.assign(image_path=[f"/tmp/x/y/data/curated/images/train/s/c/{n}" for n in names])
+    assert targets_for(moved, seed=0) == targets_for(frame, seed=0)
+    assert targets_for(frame, seed=1) != targets_for(frame, seed=0)  # the phrase seed still matters
+
+
 def test_reasoning_column_is_used_when_present():
     frame = pd.DataFrame({"image_path": ["a.png", "b.png"], "label": [1, 0], "category": ["pill", "pill"],
                           "reasoning": ["A crack runs across the pill.", None]})  # fmt: skip
