@@ -173,6 +173,8 @@ class TrainConfig(_Section):
     # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
     reward_weights: list[float] | None = None
     consistency: ConsistencySettings = ConsistencySettings()  # k, delta1, delta2, quantile, require_format
+    # (ours, not Eq. 8) a broken format earns no accuracy reward either (the paper's figure 2 rollout gets all 0)
+    accuracy_requires_format: bool = True
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
     # luspo / vespo are other objectives than Eq. 9)

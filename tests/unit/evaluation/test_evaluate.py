@@ -43,9 +43,11 @@ def test_calibration_finds_the_knee_and_the_median():
     cfg = LocalizationConfig()
     record, s_t_hat, s_i_hat = calibrate_thresholds(preds, cfg)
     assert record["n_tokens"] == 39 and record["n_images"] == 3
-    # sorted S_I^: 3 x 0, 30 x 0.5, 6 x 1: the curve bends at the end of the 0.5 plateau
+    # sorted S_I^: 3 x 0, 30 x 0.5, 6 x 1: the curve lies farther above its chord (0.42 at the plateau's start) than
+    # below it (0.34 at its end), so it is concave and bends where the 0.5 plateau starts (Kneedle)
     assert record["tau_i"]["value"] == pytest.approx(0.5)
-    assert record["tau_i"]["index"] == 32 and record["tau_i"]["fallback"] is None
+    assert record["tau_i"]["index"] == 3 and record["tau_i"]["fallback"] is None
+    assert record["tau_i"]["curve"] == "concave"
     assert record["tau_t"]["value"] == pytest.approx(0.5)  # median of 3 x linspace(0, 1, 13)
     fixed = LocalizationConfig(tau_t=ThresholdConfig(rule="fixed", value=0.2), tau_i=ThresholdConfig(rule="median"))
     rec2, _, _ = calibrate_thresholds(preds, fixed)
