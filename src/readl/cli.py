@@ -188,6 +188,33 @@ def predict(
 
 @app.command()
 @_handled
+def preset(
+    name: Annotated[str, typer.Argument(help="Preset: paper (readl.presets.PRESETS).")],
+    params: ParamsFile = Path("params.yaml"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the overrides; write nothing.")] = False,
+) -> None:
+    """Write a named set of overrides into params.yaml (e.g. `readl preset paper`: the paper's recipe, warm-up off),
+    printing each key, its value and its source (paper or ours). Comments are dropped, as `dvc exp run -S` does."""
+    import yaml
+    from rich.table import Table
+
+    from readl.atomic import write_text
+    from readl.presets import PRESETS, apply_preset
+
+    raw = yaml.safe_load(params.read_text()) if params.is_file() else {}
+    new, _ = apply_preset(raw or {}, name)  # validated before anything is written
+    table = Table("key", "value", "source", title=f"preset {name}")
+    for key, (value, source) in PRESETS[name].items():
+        shown = value if not isinstance(value, list) or len(str(value)) < 60 else f"[{len(value)} entries]"
+        table.add_row(key, escape(str(shown)), escape(source))
+    _console().print(table)
+    if not dry_run:
+        write_text(params, yaml.safe_dump(new, sort_keys=False, width=120))
+        console.print(f"{params}: preset {name} written (`git diff {params}` shows it; `git checkout {params}` undoes it)")
+
+
+@app.command()
+@_handled
 def warmup(
     params: Annotated[Path, typer.Option(help="params.yaml (sections model, warmup, train.lora).")] = Path("params.yaml"),
     manifest: Manifest = Path("data/curated/train.parquet"),

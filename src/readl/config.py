@@ -19,13 +19,26 @@ from readl.localization.anomaly_map import SelectionMode
 from readl.localization.thresholds import ThresholdSpec
 
 __all__ = [
-    "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
+    "RuntimeConfig", "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
     "load_params", "pipeline_base",
 ]  # fmt: skip
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeConfig(_Section):
+    """``runtime:`` the floating-point path of every stage that runs the model (ours; applied by
+    :func:`readl.runtime.configure`, recorded with the seeds in MLflow and metrics.json).
+
+    One machine, thread count and library build give bit-identical results; another thread count changes the
+    order of floating-point sums, so it is a parameter, not a property of the machine.
+    """
+
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads (torch.set_num_threads); null = torch's
+    # default, which depends on the machine (params.yaml sets 2)
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only) + cuDNN/cuBLAS deterministic settings
 
 
 class ModelConfig(_Section):
@@ -95,6 +108,7 @@ class WarmupConfig(_Section):
     decision_tokens: int = Field(2, ge=0)  # reasoning tokens after <think> weighted by decision_weight
     decision_weight: float = Field(20.0, ge=0)  # loss weight of those tokens (the per-label opening decides)
     answer_weight: float = Field(5.0, ge=0)  # loss weight of the answer word after <answer>
+    balance: bool = True  # class-balanced rows: the minority label's images repeated (readl.training.data.balanced_rows)
     augment: bool = True  # random flips / 90-degree rotations / grey conversion of each read (labels kept)
     seed: int = 0
     save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
@@ -198,6 +212,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     seed: int = 0
+    balance: bool = True  # class-balanced rows (readl.training.data.balanced_rows; ours: the paper's 4K set is balanced)
     save_steps: int = Field(10, gt=0)  # checkpoint every N optimizer steps (models/checkpoints)
     save_total_limit: int | None = Field(2, gt=0)
     logging_steps: int = Field(1, gt=0)
@@ -351,6 +366,7 @@ with warnings.catch_warnings():
 
         model_config = ConfigDict(extra="allow", frozen=True)
 
+        runtime: RuntimeConfig = RuntimeConfig()
         model: ModelConfig = ModelConfig()
         localization: LocalizationConfig = LocalizationConfig()
         evaluate: EvaluateConfig = EvaluateConfig()

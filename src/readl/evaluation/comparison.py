@@ -87,7 +87,7 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
         points: compute the pixel AUROC points (:func:`pixel_metrics`); False: ``AUROC: None`` (intervals only).
 
     Returns:
-        ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi]}, "modes": {mode: {"AUROC", "AUROC_ci"}}}}``, AUROC in
+        ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi], "n_units", "n_normal", "n_anomalous"}, "modes": {mode: {"AUROC", "AUROC_ci"}}}}``, AUROC in
         [0, 1] (NaN when a class is absent; an interval bound NaN when no resample has both classes).
     """
     if len(groups) != len(results):
@@ -98,7 +98,9 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
         rs, g = [results[i] for i in idx], [groups[i] for i in idx]
         scores, labels = [r.score for r in rs], [r.label for r in rs]
         image = {"AUROC": image_metrics(rs)["AUROC"],
-                 "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g)}  # fmt: skip
+                 "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g),
+                 "n_units": len(set(g)),  # independent units the interval resamples (base photos)
+                 "n_normal": labels.count(0), "n_anomalous": labels.count(1)}  # fmt: skip
         masks = [_mask(r.mask_path, _mask_size(r, root), root) for r in rs]  # (H, W) bool each
         per_mode = {}
         for mode in modes:
@@ -115,7 +117,7 @@ def add_intervals(metrics: dict, results: Sequence[ImageResult], groups: Sequenc
     ``metrics["datasets"][ds]`` (the model under evaluation); the points stay those of ``evaluate``. In place."""
     for ds, entry in intervals(results, groups, MODES, boot, root, points=False).items():
         d = metrics["datasets"][ds]
-        d["image"]["AUROC_ci"] = entry["image"]["AUROC_ci"]
+        d["image"].update({k: entry["image"][k] for k in ("AUROC_ci", "n_units", "n_normal", "n_anomalous")})
         for mode in MODES:
             d["modes"][mode]["AUROC_ci"] = entry["modes"][mode]["AUROC_ci"]
         d["pixel"]["AUROC_ci"] = entry["modes"][headline_mode]["AUROC_ci"]

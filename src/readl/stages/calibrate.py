@@ -20,6 +20,7 @@ from readl.evaluation.decision import fit_decision_threshold, image_score
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import clean_json
 from readl.evaluation.calibration import calibrate_thresholds, plot_curves
+from readl.runtime import configure
 from readl.predictor import pipeline_predictor
 
 __all__ = ["run"]
@@ -50,6 +51,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
         readl.predictor.ModelLoadError: the model cannot be loaded.
     """
     t0 = time.perf_counter()
+    runtime = configure(params.runtime)
     df = read_manifest(manifest)
     predictor, base, adapter = pipeline_predictor(params, base, adapter)
     items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
@@ -61,6 +63,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
     decision = fit_decision_threshold(scores, [int(r["label"]) for r, _ in items], ccfg.decision, ccfg.false_alarm_rate)
     record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
     record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
+    record["runtime"] = runtime
     write_json(out, clean_json(record))
     plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
     def rule(tau: dict) -> str:  # a threshold at the floor of [0, 1] (the curve's knee at 0) filters almost nothing

@@ -22,6 +22,7 @@ from readl.evaluation.decision import read_decision
 from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
+from readl.runtime import configure
 from readl.predictor import pipeline_predictor, resolve_taus
 
 __all__ = ["run"]
@@ -60,6 +61,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
         readl.predictor.ModelLoadError: a model cannot be loaded.
     """
     t0 = time.perf_counter()
+    runtime = configure(params.runtime)
     df = read_manifest(manifest)
     if thresholds is not None and not Path(thresholds).is_file():
         raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
@@ -81,6 +83,8 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     cmp.add_comparison(metrics, results, df, params, baseline_items)
+    metrics["runtime"] = {**runtime, "seeds": {"curate": params.curate.seed, "warmup": params.warmup.seed,
+                                               "train": params.train.seed, "bootstrap": cfg.bootstrap_seed}}
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)

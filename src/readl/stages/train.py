@@ -22,7 +22,8 @@ from transformers.trainer_callback import PrinterCallback
 from readl.atomic import atomic_dir, write_json
 from readl.config import Params, pipeline_base
 from readl.training.checkpoints import fingerprint, train_resumable
-from readl.training.data import load_manifest
+from readl.runtime import configure
+from readl.training.data import balanced_rows, load_manifest
 from readl.training.progress import StepProgress
 from readl.training.rewards import reward_names
 from readl.training.summary import train_summary
@@ -58,19 +59,22 @@ def run(
             reward, or a model/processor that is not Qwen2.5-VL.
     """
     t = params.train
+    runtime = configure(params.runtime)
     names = reward_names(t.rewards)
     manifest, output_dir = Path(manifest), Path(output_dir)
     frame = load_manifest(manifest, root)
+    if t.balance:  # class-balanced rows: the minority label repeated
+        frame = frame.iloc[balanced_rows(frame["label"], t.seed)].reset_index(drop=True)
     ckpt_dir = output_dir / "checkpoints"
     trainer = build_trainer(params, frame, ckpt_dir, device=device)  # fails early on a bad model/processor
     trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
     trainer.add_callback(StepProgress())
 
     fp = fingerprint(run_params(params), manifest)
-    data = {"manifest": str(manifest), "n_images": len(frame), "n_anomalous": int(frame["label"].sum())}
+    data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:
-        return start_run(t.experiment, run_id, params={**run_params(params), "data": data},
+        return start_run(t.experiment, run_id, params={**run_params(params), "data": data, "runtime": runtime},
                          tags={"readl.stage": "train", "readl.rewards": ",".join(names)}).info.run_id  # fmt: skip
 
     def describe(run_id: str, resume: Path | None) -> None:
@@ -94,6 +98,8 @@ def run(
         "rewards": names,
         "global_step": int(trainer.state.global_step),
         "resumed_from": str(resume) if resume else None,
+        "runtime": runtime,
+        "seed": t.seed,
         "summary": train_summary(trainer.state.log_history, adapter),  # readl.training.summary
     }
     write_json(output_dir / "train_run.json", record)

@@ -19,7 +19,8 @@ from readl.atomic import atomic_dir, write_json
 from readl.config import Params
 from readl.model.loading import is_kit, load_model
 from readl.training.checkpoints import fingerprint, train_resumable
-from readl.training.data import fit_processor, load_manifest
+from readl.runtime import configure
+from readl.training.data import balanced_rows, fit_processor, load_manifest
 from readl.training.lora import default_target_regex, lora_config
 from readl.training.progress import StepProgress
 from readl.training.reasoning_targets import targets_for
@@ -52,6 +53,7 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
         FileNotFoundError / ValueError: a missing or empty manifest (says to run ``readl curate``).
     """
     w, state = params.warmup, PartialState()
+    runtime = configure(params.runtime)
     manifest, output_dir = Path(manifest), Path(output_dir)
     out = output_dir / "warmup"
     if not w.enabled:
@@ -63,6 +65,8 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
             return record
         return {}
     frame = load_manifest(manifest, root)
+    if w.balance:  # class-balanced rows: the minority label repeated (each read augmented afresh)
+        frame = frame.iloc[balanced_rows(frame["label"], w.seed)].reset_index(drop=True)
     raw = frame.copy()
     raw["image_path"] = [str(Path(p).relative_to(Path(root).resolve())) if Path(p).is_relative_to(Path(root).resolve())
                          else p for p in frame["image_path"]]  # stable template keys, whatever the clone path  # fmt: skip
@@ -87,12 +91,13 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(StepProgress("warmup"))
 
-    fp = fingerprint(params.model_dump(include={"model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest)
-    data = {"manifest": str(manifest), "n_images": len(frame)}
+    fp = fingerprint(params.model_dump(include={"runtime", "model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest)
+    data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:
         return start_run(params.train.experiment, run_id, tags={"readl.stage": "warmup"},
-                         params={"model": params.model.model_dump(), "warmup": w.model_dump(), "data": data}).info.run_id
+                         params={"model": params.model.model_dump(), "warmup": w.model_dump(), "data": data,
+                                 "runtime": runtime}).info.run_id
 
     def describe(run_id: str, resume: Path | None) -> None:
         log.info("warmup: %d images, %s weights, MLflow run %s; %s", len(frame), trainable, run_id,
@@ -114,7 +119,7 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
         write_json(tmp / "readl_base.json", {"base": params.model.base, "warmup_run": run_id})
     record = {"enabled": True, "base": params.model.base, "model": str(out), "run_id": run_id,
               "global_step": int(trainer.state.global_step), "trainable": trainable,
-              "resumed_from": str(resume) if resume else None}  # fmt: skip
+              "resumed_from": str(resume) if resume else None, "runtime": runtime, "seed": w.seed}  # fmt: skip
     write_json(output_dir / "warmup_run.json", record)
     mlflow.end_run()
     shutil.rmtree(ckpt_dir, ignore_errors=True)

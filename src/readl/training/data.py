@@ -23,7 +23,7 @@ from readl.data.manifest import read_manifest
 from readl.model.image_input import model_image
 from readl.model.prompting import QUESTION, SYSTEM_PROMPT
 
-__all__ = ["REQUIRED_COLUMNS", "load_manifest", "build_dataset", "fit_processor", "prompt_messages"]
+__all__ = ["REQUIRED_COLUMNS", "load_manifest", "balanced_rows", "build_dataset", "fit_processor", "prompt_messages"]
 
 REQUIRED_COLUMNS = ("image_path", "label")
 
@@ -55,6 +55,32 @@ def load_manifest(path: str | Path, root: str | Path = ".") -> pd.DataFrame:
     if absent:
         raise FileNotFoundError(f"{len(absent)} image(s) of {path} not found, e.g. {absent[:3]}; {_HINT}")
     return df.reset_index(drop=True)
+
+
+def balanced_rows(labels, seed: int) -> list[int]:
+    """Row indices in which label 0 and label 1 occur equally often (class-balanced sampling; ours).
+
+    Every row appears once; the minority label's rows are added again, in a permutation seeded by ``seed``
+    (cycled when the majority is more than twice the minority), until both labels count as many rows as the
+    majority. A manifest with one label only is returned unchanged (``list(range(n))``).
+
+    Args:
+        labels: ``(N,)`` ints in {0, 1}. seed: numpy Generator seed (``warmup.seed`` / ``train.seed``).
+
+    Returns:
+        Row indices into ``labels``, length ``2 * max(n_0, n_1)`` (or ``N``), in row order then the extras.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels).astype(int)  # (N,)
+    rows = list(range(len(labels)))
+    n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
+    if n0 == 0 or n1 == 0 or n0 == n1:
+        return rows
+    minority = np.flatnonzero(labels == (0 if n0 < n1 else 1))
+    order = np.random.default_rng(seed).permutation(minority)
+    extra = [int(order[i % len(order)]) for i in range(abs(n1 - n0))]
+    return rows + extra
 
 
 def prompt_messages(system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION) -> list[dict]:

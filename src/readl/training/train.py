@@ -28,10 +28,10 @@ DEFAULT_MANIFEST = Path("data/curated/train.parquet")
 
 
 def run_params(params: Params) -> dict:
-    """The parameters a training run depends on (``model`` and ``train``, nested dicts): the checkpoint
-    fingerprint and the MLflow run's params. The top-level ``localization:`` is evaluation-side and not in it
+    """The parameters a training run depends on (``runtime``, ``model`` and ``train``, nested dicts): the
+    checkpoint fingerprint and the MLflow run's params. The top-level ``localization:`` is evaluation-side and not in it
     (the trainer reads ``train.localization``)."""
-    return params.model_dump(include={"model", "train"})
+    return params.model_dump(include={"runtime", "model", "train"})
 
 
 def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) -> GRPOConfig:

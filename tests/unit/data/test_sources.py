@@ -98,8 +98,17 @@ def test_record_validation():
 # ------------------------------------------------------------------ real samples
 
 
+def test_mvtec_bottle_normals_real_sample():
+    recs = list(read_source("mvtec", SAMPLE / "mvtec_ad", categories=["bottle"]))
+    assert Counter((r.split, r.label) for r in recs) == {("train", 0): 40, ("test", 0): 20}
+    assert {r.category for r in recs} == {"bottle"} and all(r.mask_path is None for r in recs)
+    assert {r.image_path.relative_to(SAMPLE).as_posix() for r in recs} == {
+        r["image"] for r in manifest_rows("mvtec_ad/bottle")}
+    assert {r.category for r in read_source("mvtec", SAMPLE / "mvtec_ad")} == {"bottle", "grid"}
+
+
 def test_mvtec_grid_real_sample():
-    recs = list(read_source("mvtec", SAMPLE / "mvtec_ad"))
+    recs = list(read_source("mvtec", SAMPLE / "mvtec_ad", categories=["grid"]))
     assert len(recs) == 24
     anomalous = [r for r in recs if r.label == 1]
     assert len(anomalous) == 11
@@ -114,7 +123,7 @@ def test_mvtec_grid_real_sample():
     # the same when pointed at the category folder itself
     assert len(list(read_source("mvtec", SAMPLE / "mvtec_ad/grid"))) == 24
     # agrees with the bundled MANIFEST.csv
-    truth = {r["image"]: r for r in manifest_rows("mvtec_ad")}
+    truth = {r["image"]: r for r in manifest_rows("mvtec_ad/grid")}
     for r in recs:
         row = truth[r.image_path.relative_to(SAMPLE).as_posix()]
         assert (row["label"] == "anomalous") == bool(r.label)

@@ -310,8 +310,13 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     (tmp_path / "data" / "raw").symlink_to(sample_dir)
     params = yaml.safe_load((sample_dir.parents[1] / "params.yaml").read_text())
     params["model"]["max_new_tokens"] = 8
-    params["curate"]["eval"] = [s for s in params["curate"]["eval"] if s["layout"] == "synthetic"]  # 6 + 6 images
-    params["curate"]["eval"][0]["options"]["per_image"] = 1
+    params["curate"]["eval"] = [{"name": "synthetic", "layout": "synthetic", "root": "hazelnut_toy",  # 6 + 6 images
+                                 "published_splits": ["test"], "options": {
+                                     "base_layout": "mvtec", "recipes": ["draem"], "texture": "procedural",
+                                     "per_image": 1, "seed": 0, "normals": True}}]  # fmt: skip
+    for split in ("train", "calib"):  # the 6 hazelnut_toy test/good images are eval's
+        params["curate"][split] = [dict(s, published_splits=["train"]) if s["name"] == "hazelnut_toy" else s
+                                   for s in params["curate"][split]]  # fmt: skip
     params["evaluate"].update(bootstrap_resamples=200, gallery_per_dataset=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_dir, tmp_path / "models" / "warmup")  # a warm-started model folder (here: the tiny kit)
@@ -326,6 +331,10 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     ds = metrics["datasets"]["synthetic"]
     assert metrics["bootstrap"]["n_resamples"] == 200
+    # the interval resamples base photos (a photo and its variants): 6 units behind 6 normal + 6 anomalous images
+    assert (ds["image"]["n_units"], ds["image"]["n_normal"], ds["image"]["n_anomalous"]) == (6, 6, 6)
+    assert metrics["runtime"]["threads"] == params["runtime"]["threads"] and metrics["runtime"]["deterministic"]
+    assert metrics["runtime"]["seeds"] == {"curate": 0, "warmup": 0, "train": 0, "bootstrap": 0}
 
     def check(entry, varies=True):
         lo, hi = entry["AUROC_ci"]

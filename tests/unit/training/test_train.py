@@ -480,8 +480,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
     run = client.get_run(run_id)
     assert run.data.params["train.rewards"] == "['format', 'accuracy', 'consistency']"
     for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "reward",
-                "consistency/J_mean", "consistency/J_min", "consistency/J_max", "kl", "learning_rate",
-                "completions/mean_length", "reward_std", "frac_reward_zero_std"):  # fmt: skip
+                "consistency/valid_frac", "kl", "learning_rate", "completions/mean_length", "reward_std",
+                "frac_reward_zero_std"):  # fmt: skip
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, 7)), (key, steps)  # each step once: re-run steps are not logged twice
+    # J exists only at steps where some rollout had >= k reasoning tokens (valid_frac > 0): which steps those are
+    # depends on the sampled completions, i.e. on the machine's floating-point path, never on the kill
+    valid = sorted(m.step for m in client.get_metric_history(run_id, "consistency/valid_frac") if m.value > 0)
+    for key in ("consistency/J_mean", "consistency/J_min", "consistency/J_max"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == valid, key
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)

@@ -1,0 +1,159 @@
+"""Does the default recipe's result survive a change of seed or thread count?
+
+Runs the pipeline (curate once; then per run warmup -> train -> calibrate -> evaluate, model baselines off) for
+every (seed, threads, isa) triple in a scratch folder, with ``warmup.seed = train.seed = seed`` and
+``runtime.threads = threads``, and prints per run the image AUROC, the pixel AUROC (modes ``both`` and ``all``)
+and the format rate per eval dataset, then min / median / max over the runs. ``--isa avx2`` runs a stage with
+the CPU kernels another machine would use (``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``,
+``ONEDNN_MAX_CPU_ISA`` capped at AVX2): a stand-in for "a fresh clone on another machine", whose different
+floating-point path is what the seed cannot fix. ``-S key=value`` overrides
+params.yaml as ``dvc exp run -S`` does (a lever to try); the curated data never changes between runs.
+
+    python benchmarks/robustness.py                       # 3 seeds x 2 thread counts, params.yaml as is
+    python benchmarks/robustness.py -S warmup.balance=false --label no-balance
+    python benchmarks/robustness.py --seeds 0 --threads 2 --repeat 2   # determinism: identical bytes?
+    python benchmarks/robustness.py --threads 2 --isa native avx2      # the other-machine axis
+
+Targets (README "Robustness"): no image AUROC < 0.5 on any dataset, synthetic image AUROC min >= 0.75 and
+max - min <= 0.10. About 4-5 min per run on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = (["warmup"], ["train"], ["calibrate"], ["evaluate"])
+
+
+def override(params: dict, assignments: list[str]) -> dict:
+    """Apply ``key.sub=value`` assignments (value parsed as YAML) to a nested params dict, in place."""
+    for a in assignments:
+        key, _, value = a.partition("=")
+        *path, last = key.split(".")
+        node = params
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    return params
+
+
+ISA = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                              "ONEDNN_MAX_CPU_ISA": "AVX2"}}  # fmt: skip
+
+
+def digest(folder: Path) -> str:
+    """SHA-256 over the relative names and bytes of every file under ``folder`` (first 12 hex digits), but
+    ``readl_base.json`` (it names the MLflow run, a new id per run)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "readl_base.json":
+            h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def readl(args: list[str], cwd: Path, log, isa: str = "native") -> None:
+    """Run ``readl ARGS`` in ``cwd`` (MLflow in the run's own sqlite file, CPU kernels ``ISA[isa]``); its output
+    goes to ``log``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns.db'}", "COLUMNS": "200", **ISA[isa]}
+    exe = Path(sys.executable).with_name("readl")
+    done = subprocess.run([str(exe), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"readl {' '.join(args)} failed in {cwd} (exit {done.returncode}); see {log.name}")
+
+
+def one_run(work: Path, base: dict, seed: int, threads: int, isa: str, tag: str) -> dict:
+    run = work / f"run-s{seed}-t{threads}-{isa}{tag}"
+    run.mkdir()
+    (run / "data").symlink_to(work / "data")
+    params = override(json.loads(json.dumps(base)), [f"warmup.seed={seed}", f"train.seed={seed}",
+                                                      f"runtime.threads={threads}", "evaluate.baselines=[]"])
+    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    t0 = time.perf_counter()
+    with open(run / "log.txt", "w") as log:
+        for stage in STAGES:
+            readl(stage, run, log, isa)
+    m = json.loads((run / "metrics.json").read_text())
+    numbers = json.dumps({k: v for k, v in m.items() if k != "runtime"}, sort_keys=True)  # runtime names threads
+    row = {"seed": seed, "threads": threads, "isa": isa, "minutes": round((time.perf_counter() - t0) / 60, 1),
+           "adapter": digest(run / "models/adapter"), "warmup": digest(run / "models/warmup"),
+           "metrics": hashlib.sha256(numbers.encode()).hexdigest()[:12]}  # fmt: skip
+    for ds, d in m["datasets"].items():
+        row[f"{ds}.image_AUROC"] = d["image"]["AUROC"]
+        row[f"{ds}.image_AUROC_ci"] = d["image"].get("AUROC_ci")
+        row[f"{ds}.pixel_AUROC_both"] = d["modes"]["both"]["AUROC"]
+        row[f"{ds}.pixel_AUROC_all"] = d["modes"]["all"]["AUROC"]
+        row[f"{ds}.format_rate"] = d["format_rate"]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--isa", nargs="+", default=["native"], choices=sorted(ISA), help="CPU kernel sets (see above)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per (seed, threads): >1 checks byte-identity")
+    ap.add_argument("-S", dest="set", action="append", default=[], help="params override key=value (a lever)")
+    ap.add_argument("--label", default="default", help="name of this configuration in the table and CSV")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
+    ap.add_argument("--csv", type=Path, default=None, help="append the rows to this CSV")
+    args = ap.parse_args()
+
+    base = override(yaml.safe_load(args.params.read_text()), args.set)
+    work = args.work or Path(tempfile.mkdtemp(prefix="readl-robustness-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    print(f"robustness [{args.label}]: {' '.join(args.set) or 'params.yaml as is'}; scratch {work}", flush=True)
+    with open(work / "curate.log", "w") as log:
+        readl(["curate", "--raw", str(ROOT / "data/raw"), "--out", "data/curated"], work, log)
+
+    rows = []
+    for seed in args.seeds:
+        for threads in args.threads:
+            for isa in args.isa:
+                for r in range(args.repeat):
+                    tag = f"-r{r}" if args.repeat > 1 else ""
+                    rows.append({"label": args.label, **one_run(work, base, seed, threads, isa, tag)})
+                    print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    if args.csv:
+        new = not args.csv.exists()
+        with open(args.csv, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    from tabulate import tabulate
+
+    metrics = [k for k in rows[0] if "." in k and not k.endswith("_ci")]
+    body = [[r["label"], r["seed"], r["threads"], r["isa"], *(f"{r[k]:.3f}" for k in metrics), r["warmup"],
+             r["adapter"], r["metrics"], r["minutes"]] for r in rows]  # fmt: skip
+    for name, fn in (("min", min), ("median", statistics.median), ("max", max)):
+        body.append([name, "", "", "", *(f"{fn(r[k] for r in rows):.3f}" for k in metrics), "", "", "", ""])
+    print(tabulate(body, headers=["config", "seed", "threads", "isa", *metrics, "warm start sha", "adapter sha",
+                                  "metrics sha", "min"]))  # fmt: skip
+    syn = [r["synthetic.image_AUROC"] for r in rows if "synthetic.image_AUROC" in r]
+    inverted = sum(any(r[k] < 0.5 for k in metrics if k.endswith("image_AUROC")) for r in rows)
+    if syn:
+        print(f"targets: runs with an image AUROC < 0.5: {inverted} (target 0); synthetic image AUROC min "
+              f"{min(syn):.3f} (>= 0.75), max - min {max(syn) - min(syn):.3f} (<= 0.10)")
+
+
+if __name__ == "__main__":
+    main()
