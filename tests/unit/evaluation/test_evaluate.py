@@ -103,8 +103,8 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     (work / "data" / "raw").symlink_to(sample_dir)
     params = (sample_dir.parents[1] / "params.yaml").read_text()
     params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
-    assert "per_image: 40" in params  # the synthetic eval dataset, kept small here: 6 + 6 images
-    (work / "params.yaml").write_text(params.replace("per_image: 40", "per_image: 1"))
+    assert "per_image: 6" in params and "normal: 40," in params  # the synthetic eval dataset, here 6 + 6 images
+    (work / "params.yaml").write_text(params.replace("per_image: 6", "per_image: 1").replace("normal: 40,", "normal: 6,"))
     return work
 
 
@@ -147,6 +147,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     # curate's template references (readl.data.references) -> the reasoning metrics of paper Table 1 are produced
     reasoning = metrics["reasoning"]
     assert reasoning["n"] == n_eval and 0.0 <= reasoning["ROUGE_L"] <= 1.0 and -1.0 <= reasoning["SBERT"] <= 1.0
+    assert reasoning["reference_source"] == {"mvtec_ad": "template", "synthetic": "template"}
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
