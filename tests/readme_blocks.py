@@ -32,7 +32,8 @@ GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME
 FEWER = {
     "  max_steps: 600             # optimizer steps": "  max_steps: 40              # optimizer steps",
     "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
-    "per_image: 40, seed: 0": "per_image: 2, seed: 0",
+    "per_image: 6, seed: 0": "per_image: 2, seed: 0",
+    "root: mvtec_ad, normal: 40,": "root: mvtec_ad, normal: 6,",
 }
 
 

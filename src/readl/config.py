@@ -187,6 +187,8 @@ class TrainConfig(_Section):
     # keeps a reward computed and logged but out of the advantage: [1, 1, 0] = R1 with J monitored
     reward_weights: list[float] | None = None
     consistency: ConsistencySettings = ConsistencySettings()  # k, delta1, delta2, quantile, require_format
+    # (ours, not Eq. 8) a broken format earns no accuracy reward either (the paper's figure 2 rollout gets all 0)
+    accuracy_requires_format: bool = True
     localization: LocalizationConfig = LocalizationConfig()  # ReAL selection feeding R_cons (Eq. 4 -> Eq. 6)
     # Eq. 9 token aggregation, TRL GRPOConfig.loss_type; only TRL's clipped-surrogate variants (its cispo / sapo /
     # luspo / vespo are other objectives than Eq. 9)
@@ -258,6 +260,10 @@ def _src(name: str, layout: str, **kw: Any) -> CurateSource:
     return CurateSource(name=name, layout=layout, root=name, **kw)
 
 
+def _bottle(**kw: Any) -> CurateSource:
+    return CurateSource(name="bottle", layout="mvtec", root="mvtec_ad", options={"categories": ["bottle"]}, **kw)
+
+
 class CurateConfig(_Section):
     """``curate:`` the curate stage (paper Sec. 5.1); defaults = the bundled sample (params.yaml)."""
 
@@ -269,21 +275,23 @@ class CurateConfig(_Section):
     # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
     # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none
     references: Literal["template", "none"] = "template"
-    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=22, anomalous=12),
+    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=26, anomalous=12),
                                  _src("mpdd_derived", "images_masks", normal=6, anomalous=8),
+                                 _bottle(normal=14),
                                  # synthetic anomalies of the normal train images (no masks in train)
                                  CurateSource(name="synthetic", layout="synthetic", root=".", options={
-                                     "base": ["hazelnut_toy", "mpdd_derived"], "recipes": ["draem"],
-                                     "texture": "procedural", "per_image": 2, "seed": 0})]  # fmt: skip
-    calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=6, anomalous=5),
-                                 _src("mpdd_derived", "images_masks", normal=2, anomalous=4)]
-    eval: list[CurateSource] = [_src("mvtec_ad", "mvtec", published_splits=["test"]),
-                                # synthetic anomalies (+ the normals) of the held-out hazelnut_toy test/good images
-                                CurateSource(name="synthetic", layout="synthetic", root="hazelnut_toy",
-                                             published_splits=["test"], options={
-                                                 "base_layout": "mvtec", "recipes": ["draem"],
-                                                 "texture": "procedural", "per_image": 40, "seed": 0,
-                                                 "normals": True})]  # fmt: skip
+                                     "base": ["hazelnut_toy", "mpdd_derived", "bottle"], "recipes": ["draem"],
+                                     "texture": "procedural", "per_image": 1, "seed": 0})]  # fmt: skip
+    calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=8, anomalous=5),
+                                 _src("mpdd_derived", "images_masks", normal=2, anomalous=4),
+                                 _bottle(normal=6)]
+    eval: list[CurateSource] = [_src("mvtec_ad", "mvtec", options={"categories": ["grid"]}),
+                                # synthetic anomalies (+ the normals) of 40 held-out MVTec AD bottle photos
+                                CurateSource(name="synthetic", layout="synthetic", root="mvtec_ad", normal=40,
+                                             options={
+                                                 "base_layout": "mvtec", "base_options": {"categories": ["bottle"]},
+                                                 "recipes": ["draem"], "texture": "procedural", "per_image": 6,
+                                                 "seed": 0, "normals": True})]  # fmt: skip
 
     @model_validator(mode="after")
     def _unique_names(self):

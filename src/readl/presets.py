@@ -35,6 +35,8 @@ PAPER: dict[str, tuple[Any, str]] = {
     "train.consistency.delta1": (0.3, "paper supplement Table 4"),
     "train.consistency.delta2": (0.1, "paper supplement Table 4"),
     "train.consistency.quantile": (0.95, "paper Sec. 4.2: 95th-percentile support"),
+    "train.consistency.require_format": (True, "ours: a broken format earns no R_cons (figure 2; not in Eq. 6-7)"),
+    "train.accuracy_requires_format": (True, "ours: a broken format earns no R_acc (figure 2; not in Eq. 8)"),
     "localization.tau_i": ({"rule": "max_curvature"}, "paper supplement Table 5"),
     "localization.tau_t": ({"rule": "median"}, "paper supplement Table 5"),
     "train.localization.tau_i": ({"rule": "max_curvature"}, "paper supplement Table 5"),

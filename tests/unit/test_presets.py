@@ -39,7 +39,8 @@ def test_every_preset_value_names_its_source():
     for key, (_, source) in PAPER.items():
         assert source.startswith(("paper ", "ours")), (key, source)
     ours = {k for k, (_, s) in PAPER.items() if s.startswith("ours")}
-    assert {"train.learning_rate", "train.lora.r", "train.beta", "train.epsilon", "train.max_completion_length"} <= ours
+    assert {"train.learning_rate", "train.lora.r", "train.beta", "train.epsilon", "train.max_completion_length",
+            "train.accuracy_requires_format", "train.consistency.require_format"} <= ours
 
 
 def test_lora_of_the_preset_covers_language_and_merger_never_vision(tiny):

@@ -43,11 +43,12 @@ def token_weights(
     beta: float = 1.0,
     mode: SelectionMode = "both",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token weights w_r = 1{kept} * (alpha S_T^ + beta S_I^) (paper Eq. 4).
+    """Token weights w_r = 1{kept} * (alpha S_T^ + beta S_I^) (paper Eq. 4), per selection mode (paper Table 3).
 
-    Kept (strict comparisons): "both": S_T^ > tau_t and S_I^ > tau_i (paper); "s_t": S_T^ > tau_t;
-    "s_i": S_I^ > tau_i; "all": every token, with its Eq. 4 weight (the CGRO ranking of Eq. 6 uses
-    these; the "all" MAP of :func:`real_map` is the plain mean instead, paper Table 2).
+    Kept and weighted (strict comparisons): "both": S_T^ > tau_t and S_I^ > tau_i, weight alpha S_T^ + beta S_I^
+    (Eq. 4); "s_t": S_T^ > tau_t, weight alpha S_T^ (the single-criterion row: S_T only); "s_i": S_I^ > tau_i,
+    weight beta S_I^ (S_I only); "all": every token, weight alpha S_T^ + beta S_I^ (the CGRO ranking of Eq. 6
+    uses these; the "all" MAP of :func:`real_map` is the plain mean instead, paper Table 2).
 
     Args:
         s_t_hat, s_i_hat: (R,) normalised scores (see ``normalize_scores``), same length.
@@ -73,7 +74,8 @@ def token_weights(
         keep &= t > tau_t
     if mode in ("s_i", "both"):
         keep &= i > tau_i
-    w = np.where(keep, alpha * t + beta * i, 0.0)  # (R,)
+    score = {"s_t": alpha * t, "s_i": beta * i}.get(mode, alpha * t + beta * i)  # (R,)
+    w = np.where(keep, score, 0.0)  # (R,)
     return w, keep
 
 

@@ -62,6 +62,7 @@ class Threshold:
     n: int
     fallback: str | None
     top_tied: int = 0
+    curve: str | None = None  # "max_curvature": the shape the knee was found on ("convex" / "concave")
 
 
 @dataclass(frozen=True)
@@ -199,23 +200,24 @@ def fixed(value: float) -> Threshold:
 def max_curvature(scores: np.ndarray) -> Threshold:
     """Threshold at the point of maximum curvature of the sorted score curve (deterministic Kneedle).
 
-    Specification (Kneedle, Satopaa et al. 2011, with sensitivity S -> 0, for a convex increasing
-    curve; the order of ``scores`` does not matter):
+    Specification (Kneedle, Satopaa et al. 2011, with sensitivity S -> 0; the order of ``scores`` does not
+    matter):
 
     1. s_(0) <= ... <= s_(n-1): the scores sorted ascending (ties allowed).
     2. x_i = i / (n - 1); y_i = (s_(i) - s_(0)) / (s_(n-1) - s_(0)), both in [0, 1].
-    3. d_i = x_i - y_i: how far the normalised curve lies below the chord y = x (the perpendicular
+    3. The curve's shape (Kneedle's ``curve`` for ``direction="increasing"``): convex when it lies farther below
+       the chord y = x than above it (max(x - y) >= max(y - x)), else concave.
+    4. d_i = x_i - y_i (convex) or y_i - x_i (concave): how far the curve lies from the chord (the perpendicular
        distance is d_i / sqrt(2), so the argmax is the same).
-    4. knee k = the FIRST i with d_i >= max(d) - 1e-12 (the tolerance only absorbs rounding, so
+    5. knee k = the FIRST i with d_i >= max(d) - 1e-12 (the tolerance only absorbs rounding, so
        that scaling or shifting the scores cannot move the knee between equal-distance points).
-    5. value = s_(k); index = k.
+    6. value = s_(k); index = k; ``curve`` = "convex" / "concave".
 
     Because y is normalised, the result is invariant to scaling by a positive factor and shifting
     (value transforms with the scores, index is unchanged).
 
     Fallbacks (rule stays "max_curvature", value from :func:`median`, reason in ``fallback``):
-    n < 3; a flat curve (max == min); no knee stands out (max d <= 1e-6, e.g. a straight line or a
-    concave curve, whose points lie on or above the chord).
+    n < 3; a flat curve (max == min); no knee stands out (max d <= 1e-6: a straight line).
 
     Args:
         scores: (n,) finite values, any order.
@@ -239,12 +241,13 @@ def max_curvature(scores: np.ndarray) -> Threshold:
         return fallback("flat curve (all scores equal)")
     x = np.arange(n) / (n - 1)  # (n,)
     y = (s - lo) / (hi - lo)  # (n,)
-    d = x - y  # (n,)
+    below, above = x - y, y - x  # (n,) each
+    curve, d = ("convex", below) if below.max() >= above.max() else ("concave", above)
     d_max = d.max()
     if d_max <= KNEE_MIN_DISTANCE:
-        return fallback(f"no knee stands out (max distance below chord {d_max:.3g} <= 1e-6)")
+        return fallback(f"no knee stands out (max distance from the chord {d_max:.3g} <= 1e-6)")
     k = int(np.flatnonzero(d >= d_max - _TIE_TOL)[0])
-    return Threshold(float(s[k]), "max_curvature", k, n, None)
+    return Threshold(float(s[k]), "max_curvature", k, n, None, curve=curve)
 
 
 def find_threshold(
@@ -294,4 +297,4 @@ def _below_tied_top(s: np.ndarray, apply, first: Threshold) -> Threshold:
     if below.size == 0:  # every score tied: keep them all
         return Threshold(float(np.nextafter(top, -np.inf)), first.rule, None, int(s.size), first.fallback, n_tied)
     t = apply(below)
-    return Threshold(t.value, first.rule, t.index, int(s.size), t.fallback, n_tied)
+    return Threshold(t.value, first.rule, t.index, int(s.size), t.fallback, n_tied, t.curve)

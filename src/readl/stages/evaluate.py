@@ -83,6 +83,9 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
         metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
     cmp.add_comparison(metrics, results, df, params, baseline_items)
+    if metrics.get("reasoning"):  # what the reasoning was scored against, per eval source (README "Metrics")
+        metrics["reasoning"]["reference_source"] = {s.name: s.references or params.curate.references
+                                                    for s in params.curate.eval}  # fmt: skip
     metrics["runtime"] = {**runtime, "seeds": {"curate": params.curate.seed, "warmup": params.warmup.seed,
                                                "train": params.train.seed, "bootstrap": cfg.bootstrap_seed}}
     write_metrics(metrics_path, metrics)

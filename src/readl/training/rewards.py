@@ -98,15 +98,17 @@ def _check_labels(labels: Sequence[int], n: int) -> list[int]:
     return out
 
 
-def accuracy_reward(completions: Sequence[str], labels: Sequence[int]) -> list[float]:
+def accuracy_reward(completions: Sequence[str], labels: Sequence[int], require_format: bool = True) -> list[float]:
     """R_acc: 1.0 iff the answer matches the image label (label 1 -> "Yes", 0 -> "No") (paper Eq. 8).
 
-    A completion with a broken format gets 0.0 even if an answer can be read from it (paper figure 2: the
-    format-broken rollout gets all three rewards 0).
+    ``require_format`` (ours, ``train.accuracy_requires_format``; Eq. 8 does not say it): a completion with a
+    broken format gets 0.0 even if an answer can be read from it, as the format-broken rollout of the paper's
+    figure 2 gets all three rewards 0. ``False``: the answer read by :func:`parse_completion` is scored as is.
 
     Args:
         completions: decoded completions.
         labels: image-level labels, 0 (normal) or 1 (anomalous), one per completion.
+        require_format: the format gate above.
 
     Returns:
         One value in {0.0, 1.0} per completion.
@@ -118,7 +120,8 @@ def accuracy_reward(completions: Sequence[str], labels: Sequence[int]) -> list[f
     out = []
     for c, y in zip(completions, ys):
         p = parse_completion(c)
-        out.append(1.0 if p.format_ok and p.answer == ("Yes" if y == 1 else "No") else 0.0)
+        gated = require_format and not p.format_ok
+        out.append(1.0 if not gated and p.answer == ("Yes" if y == 1 else "No") else 0.0)
     return out
 
 
@@ -258,7 +261,8 @@ MAPS_KEY = "readl_maps"
 WEIGHTS_KEY = "readl_weights"
 
 
-def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = ConsistencySettings()) -> list[Callable]:
+def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = ConsistencySettings(),
+                      accuracy_requires_format: bool = True) -> list[Callable]:
     """TRL reward callables for ``names`` (``__name__`` = the reward name, so TRL logs ``rewards/<name>/mean``).
 
     TRL passes every dataset column as a keyword list; these read ``label`` and, for ``consistency``, the
@@ -269,7 +273,7 @@ def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = C
     Raises:
         ValueError: an unknown name (see :func:`reward_names`).
     """
-    return [_trl_reward(name, consistency) for name in reward_names(names)]
+    return [_trl_reward(name, consistency, accuracy_requires_format) for name in reward_names(names)]
 
 
 @dataclass(frozen=True)
@@ -295,7 +299,7 @@ class ConsistencyReward:
         return self.score(completions, label, **kw)[0]
 
 
-def _trl_reward(name: str, consistency: ConsistencySettings) -> Callable:
+def _trl_reward(name: str, consistency: ConsistencySettings, accuracy_requires_format: bool = True) -> Callable:
     if name == "consistency":
         return ConsistencyReward(consistency)
     if name == "format":
@@ -306,7 +310,7 @@ def _trl_reward(name: str, consistency: ConsistencySettings) -> Callable:
     else:
 
         def fn(prompts=None, completions=(), label=None, **kw):
-            return accuracy_reward([completion_text(c) for c in completions], label)
+            return accuracy_reward([completion_text(c) for c in completions], label, accuracy_requires_format)
 
     fn.__name__ = fn.__qualname__ = name
     return fn

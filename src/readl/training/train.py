@@ -96,7 +96,7 @@ def build_trainer(
     log.info("LoRA on %d modules (decoder + merger)", len(lora_targets(model, target)))
     return CGROTrainer(
         model=model,
-        reward_funcs=make_reward_funcs(names, t.consistency),
+        reward_funcs=make_reward_funcs(names, t.consistency, t.accuracy_requires_format),
         args=grpo_args(params, output_dir, model),
         train_dataset=build_dataset(frame, params.model.image_size),
         processing_class=processor,

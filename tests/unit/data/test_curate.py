@@ -80,20 +80,22 @@ def test_sample_counts_match_params(sample_run):
             for label, want in ((0, entry.normal), (1, entry.anomalous)):
                 if want is not None:
                     assert got.get((entry.name, label), 0) == want, (split, entry.name, label)
-    # eval = every MVTec grid *test* image (3 good + 11 anomalous): null counts mean "all"
+    # eval = every MVTec grid image (3 + 10 good, 11 anomalous): null counts mean "all"
     ev = C.read_manifest("eval", sample_run.out_dir)
     real = ev[ev["source"] == "mvtec_ad"]
-    assert set(real["split"]) == {"test"} and len(real) == 14 and real["label"].sum() == 11
-    # + the synthetic eval dataset: 40 DRAEM anomalies of each of the 6 held-out hazelnut_toy test/good images
+    assert set(real["category"]) == {"grid"} and len(real) == 24 and real["label"].sum() == 11
+    # + the synthetic eval dataset: 6 DRAEM anomalies of each of 40 held-out MVTec AD bottle photos
     syn = ev[ev["source"] == "synthetic"]
-    assert set(syn["split"]) == {"test"} and (syn["label"] == 0).sum() == 6
-    assert syn.groupby("defect_type").size().to_dict() == {"good": 6, "draem": 240}
-    assert not set(syn["raw_image_path"]) & set(C.read_manifest("train", sample_run.out_dir)["raw_image_path"])
+    assert set(syn["category"]) == {"bottle"} and (syn["label"] == 0).sum() == 40
+    assert syn.groupby("defect_type").size().to_dict() == {"good": 40, "draem": 240}
+    assert syn["raw_image_path"].nunique() == 40  # the bootstrap's independent units
+    train = C.read_manifest("train", sample_run.out_dir)
+    assert not set(syn["raw_image_path"]) & set(train["raw_image_path"])
     summary = sample_run.summary["splits"]
-    # train: 48 real images + two synthetic anomalies of each of the 22 + 6 normal train images
-    assert summary["train"]["images"] == 48 + 56 and summary["calib"]["images"] == 17
+    # train: 66 real images (26 + 6 + 14 normal, 12 + 8 anomalous) + one synthetic anomaly per normal train image
+    assert summary["train"]["images"] == 66 + 46 and summary["calib"]["images"] == 25
     assert summary["train"]["sources"]["hazelnut_toy"]["categories"]["hazelnut"] == \
-        {"normal": 22, "anomalous": 12}
+        {"normal": 26, "anomalous": 12}
     # train and calib are disjoint; all three image columns unique
     tr, ca = (C.read_manifest(s, sample_run.out_dir) for s in ("train", "calib"))
     assert not set(tr["raw_image_path"]) & set(ca["raw_image_path"])
@@ -109,9 +111,9 @@ def test_sample_images_and_masks_are_420_png(sample_run):
         assert img.size == (420, 420) and img.mode == "RGB" and img.format == "PNG"
         assert m.shape == (420, 420) and set(np.unique(m)) <= {0, 255}
         assert (m.max() == 255) == bool(row.label)
-        where = "grid" if row.source == "mvtec_ad" else "hazelnut"  # synthetic: the held-out hazelnut_toy images
+        where = "grid" if row.source == "mvtec_ad" else "bottle"  # synthetic: the held-out MVTec AD bottle photos
         assert row.image_path.startswith(f"{out}/images/eval/{row.source}/{where}/")
-        assert row.raw_image_path.startswith(("mvtec_ad/grid/test/", "hazelnut_toy/hazelnut/test/good/"))
+        assert row.raw_image_path.startswith(("mvtec_ad/grid/", "mvtec_ad/bottle/"))
         assert (REPO / "data/raw" / row.raw_image_path).is_file()
     tr = C.read_manifest("train", out)
     hz = tr[tr["source"] == "hazelnut_toy"]
@@ -135,14 +137,14 @@ def test_load_split_as_hf_dataset(sample_run):
     import datasets
 
     ds = C.load_split("eval", sample_run.out_dir)
-    assert isinstance(ds, datasets.Dataset) and len(ds) == 14 + 246
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 24 + 280
     assert isinstance(ds.features["image"], datasets.Image)
     row = ds[0]
     assert row["image"].size == (420, 420) and row["image"].mode == "RGB"
     assert row["mask"].size == (420, 420)
     train = C.load_split("train", sample_run.out_dir)
-    # hazelnut normals have no mask, nor have the 56 synthetic train anomalies
-    assert sum(r is None for r in train["mask"]) == 22 + 56
+    # hazelnut and bottle normals have no mask, nor have the 46 synthetic train anomalies
+    assert sum(r is None for r in train["mask"]) == 26 + 14 + 46
     with pytest.raises(ValueError, match="unknown split"):
         C.load_split("test", sample_run.out_dir)
 

@@ -43,9 +43,11 @@ def test_calibration_finds_the_knee_and_the_median():
     cfg = LocalizationConfig()
     record, s_t_hat, s_i_hat = calibrate_thresholds(preds, cfg)
     assert record["n_tokens"] == 39 and record["n_images"] == 3
-    # sorted S_I^: 3 x 0, 30 x 0.5, 6 x 1: the curve bends at the end of the 0.5 plateau
+    # sorted S_I^: 3 x 0, 30 x 0.5, 6 x 1: the curve lies farther above its chord (0.42 at the plateau's start) than
+    # below it (0.34 at its end), so it is concave and bends where the 0.5 plateau starts (Kneedle)
     assert record["tau_i"]["value"] == pytest.approx(0.5)
-    assert record["tau_i"]["index"] == 32 and record["tau_i"]["fallback"] is None
+    assert record["tau_i"]["index"] == 3 and record["tau_i"]["fallback"] is None
+    assert record["tau_i"]["curve"] == "concave"
     assert record["tau_t"]["value"] == pytest.approx(0.5)  # median of 3 x linspace(0, 1, 13)
     fixed = LocalizationConfig(tau_t=ThresholdConfig(rule="fixed", value=0.2), tau_i=ThresholdConfig(rule="median"))
     rec2, _, _ = calibrate_thresholds(preds, fixed)
@@ -101,8 +103,8 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     (work / "data" / "raw").symlink_to(sample_dir)
     params = (sample_dir.parents[1] / "params.yaml").read_text()
     params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
-    assert "per_image: 40" in params  # the synthetic eval dataset, kept small here: 6 + 6 images
-    (work / "params.yaml").write_text(params.replace("per_image: 40", "per_image: 1"))
+    assert "per_image: 6" in params and "normal: 40," in params  # the synthetic eval dataset, here 6 + 6 images
+    (work / "params.yaml").write_text(params.replace("per_image: 6", "per_image: 1").replace("normal: 40,", "normal: 6,"))
     return work
 
 
@@ -145,6 +147,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     # curate's template references (readl.data.references) -> the reasoning metrics of paper Table 1 are produced
     reasoning = metrics["reasoning"]
     assert reasoning["n"] == n_eval and 0.0 <= reasoning["ROUGE_L"] <= 1.0 and -1.0 <= reasoning["SBERT"] <= 1.0
+    assert reasoning["reference_source"] == {"mvtec_ad": "template", "synthetic": "template"}
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})

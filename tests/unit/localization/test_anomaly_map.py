@@ -26,8 +26,9 @@ S_I_HAT = np.array([0.9, 0.1, 0.9, 0.5])  # token 3 sits exactly on both thresho
 def test_selection_modes_keep_different_sets(mode, kept):
     w, keep = token_weights(S_T_HAT, S_I_HAT, tau_t=0.5, tau_i=0.5, alpha=2.0, beta=0.5, mode=mode)
     assert np.flatnonzero(keep).tolist() == kept
-    expected = np.where(keep, 2.0 * S_T_HAT + 0.5 * S_I_HAT, 0.0)
-    np.testing.assert_allclose(w, expected)
+    # Table 3's single-criterion rows weight by their own criterion only; "both" and "all" by Eq. 4
+    score = {"s_t": 2.0 * S_T_HAT, "s_i": 0.5 * S_I_HAT}.get(mode, 2.0 * S_T_HAT + 0.5 * S_I_HAT)
+    np.testing.assert_allclose(w, np.where(keep, score, 0.0))
     assert w.dtype == np.float64 and keep.dtype == bool
 
 
@@ -172,11 +173,11 @@ def test_tied_concentrated_tokens_do_not_empty_the_selection():
     image_attn = _blob_maps(list(n_blobs))
     anomaly_attn = np.ones((20, 1), np.float32)
     res = real_map(image_attn, anomaly_attn, tau_t=0.0, tau_i="max_curvature", mode="s_i")
-    # S_I^ below the tied block: 0.81 (2 blobs), 0.70 (3), 0.62 (4), 0.56 (5), 0.44 (8), 0 (40): no knee
-    # there either, so its median (0.66) is tau_i: the tied tokens and the 2- and 3-blob tokens are kept
+    # S_I^ below the tied block, ascending: 0 (40 blobs), 0.44 (8), 0.56 (5), 0.62 (4), 0.70 (3), 0.81 (2): a concave
+    # curve whose knee is 0.56 (the 5-blob token): the tied tokens and the 2- to 4-blob tokens are kept
     assert res.fallback is None
-    assert res.keep.tolist() == (n_blobs <= 3).tolist()
-    assert res.tau_i == pytest.approx((res.s_i_hat[14] + res.s_i_hat[16]) / 2)
+    assert res.keep.tolist() == (n_blobs <= 4).tolist()
+    assert res.tau_i == pytest.approx(res.s_i_hat[17]) and res.tau_i_fit.curve == "concave"
     assert res.tau_i_fit is not None and res.tau_i_fit.top_tied == 12
     strict = real_map(image_attn, anomaly_attn, tau_t=0.0, tau_i="max_curvature", mode="s_i", ties="strict")
     assert strict.fallback == NO_TOKEN_KEPT  # the rule as written: tau_i = 1.0, nothing is > 1

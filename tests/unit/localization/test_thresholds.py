@@ -60,10 +60,9 @@ def test_falls_back_when_too_few_scores(s):
     [
         (np.full(10, 0.4), "flat curve"),
         (np.linspace(0.0, 3.0, 50), "no knee stands out"),
-        (np.sqrt(np.linspace(0.0, 1.0, 50)), "no knee stands out"),  # concave
     ],
 )
-def test_falls_back_on_flat_straight_and_concave(s, reason):
+def test_falls_back_on_flat_and_straight(s, reason):
     t = max_curvature(np.random.default_rng(0).permutation(s))
     assert t.fallback is not None and t.fallback.startswith(reason)
     assert t.value == pytest.approx(np.median(s)) and t.index is None
@@ -87,6 +86,18 @@ def test_agrees_with_kneed(s):
     ref = kneed.KneeLocator(np.arange(n), np.sort(s), curve="convex", direction="increasing").knee
     assert ref is not None
     assert abs(max_curvature(s).index - ref) <= 0.01 * n
+
+
+@pytest.mark.parametrize("s", [np.sqrt(np.linspace(0.0, 1.0, 200)), np.log1p(np.linspace(0, 50, 300)),
+                               1.0 - np.exp(-np.linspace(0, 6, 200))], ids=["sqrt", "log", "1-exp"])
+def test_a_concave_curve_gets_its_knee_as_kneed_finds_it(s):
+    """Kneedle's concave increasing case (sorted scores rising fast, then flat): a knee, not the median fallback."""
+    t = max_curvature(np.random.default_rng(0).permutation(s))
+    assert t.fallback is None and t.curve == "concave" and t.value == s[t.index]
+    kneed = pytest.importorskip("kneed")
+    ref = kneed.KneeLocator(np.arange(len(s)), np.sort(s), curve="concave", direction="increasing").knee
+    assert ref is not None and abs(t.index - ref) <= 0.01 * len(s)
+    assert max_curvature(np.exp(np.linspace(0, 5, 200))).curve == "convex"
 
 
 def test_median_and_fixed():
@@ -129,8 +140,8 @@ def test_find_threshold_errors(args, match):
 
 def _tied_at_one(seed=0):
     """100 normalised S_I^ of one image: 60 tied at 1 (one-region maps), the most diffuse token at 0, 29 diffuse
-    in [0.4, 0.5), 10 concentrated in [0.85, 0.95). Sorted, the curve lies above its chord: no knee, and the
-    median fallback is 1.0."""
+    in [0.4, 0.5), 10 concentrated in [0.85, 0.95). Sorted, the curve lies above its chord (concave): its knee,
+    like the median, is 1.0, and no score is strictly above it."""
     rng = np.random.default_rng(seed)
     return rng.permutation(np.r_[np.ones(60), 0.0, rng.uniform(0.4, 0.5, 29), rng.uniform(0.85, 0.95, 10)])
 
@@ -142,8 +153,10 @@ def test_a_tied_top_block_keeps_the_untied_concentrated_tokens(rule):
     kept = s > t.value
     assert kept[s == 1.0].all() and t.top_tied == 60
     assert kept[(s >= 0.85) & (s < 1.0)].all()  # the untied concentrated tokens
-    if rule == "max_curvature":  # the knee of the 40 untied scores: the end of the diffuse block
-        assert t.fallback is None and kept.sum() == 70 and t.value == np.sort(s)[29] and t.index == 29
+    if rule == "max_curvature":  # the 40 untied scores (0, then the diffuse block from 0.4) are concave: the
+        # knee is where the curve flattens, right after the lone 0 (Kneedle, concave increasing)
+        assert t.fallback is None and t.curve == "concave" and t.index == 1 and t.value == np.sort(s)[1]
+        assert kept.sum() == 98
     # the rule as written (ties="strict"): tau = 1.0 and no score is strictly above it
     strict = find_threshold(s, rule, ties="strict")
     assert strict.value == 1.0 and not (s > strict.value).any() and strict.top_tied == 0

@@ -55,6 +55,8 @@ def test_accuracy_reward_matches_label():
 def test_accuracy_reward_is_zero_for_broken_format_even_with_right_answer():
     # paper figure 2: a format-broken rollout gets all rewards 0
     assert accuracy_reward(["<answer>Yes</answer>", YES + " trailing"], [1, 1]) == [0.0, 0.0]
+    # the gate is ours (train.accuracy_requires_format), not Eq. 8: off, the readable answer is scored
+    assert accuracy_reward(["<answer>Yes</answer>", YES + " trailing"], [1, 1], require_format=False) == [1.0, 1.0]
 
 
 def test_accuracy_reward_checks_labels():
