@@ -100,7 +100,7 @@ class WarmupConfig(_Section):
     enabled: bool = True
     trainable: Literal["auto", "full", "lora"] = "auto"  # auto: full for `tiny`, LoRA (train.lora, merged) otherwise
     learning_rate: float = Field(1e-3, gt=0)
-    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"  # decays to 0
     lr_warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up (HF `warmup_steps`)
     max_steps: int = Field(600, gt=0)  # optimizer steps
     per_device_train_batch_size: int = Field(8, gt=0)

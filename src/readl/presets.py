@@ -41,6 +41,11 @@ PAPER: dict[str, tuple[Any, str]] = {
     "localization.tau_t": ({"rule": "median"}, "paper supplement Table 5"),
     "train.localization.tau_i": ({"rule": "max_curvature"}, "paper supplement Table 5"),
     "train.localization.tau_t": ({"rule": "median"}, "paper supplement Table 5"),
+    "localization.ties": ("set_aside", "ours: the paper leaves ties at the top open (README 'How ReAL works here')"),
+    "localization.fallback": ("all_mean", "ours: the map when no token passes (the paper does not say)"),
+    "localization.query_row": ("producing", "ours: the attention row that produced each token"),
+    "train.localization.ties": ("set_aside", "ours"),
+    "train.localization.query_row": ("producing", "ours"),
     "train.lora.target_modules": (None, "paper Sec. 5.1: LoRA on the language and cross-modal (merger) layers, "
                                         "vision encoder frozen"),
     "train.lora.r": (16, "ours: the paper gives no rank"),

@@ -23,16 +23,16 @@ def configure(cfg: RuntimeConfig) -> dict:
     """Apply ``runtime:`` to this process and return :func:`record`.
 
     ``threads`` -> ``torch.set_num_threads`` (``None`` leaves torch's default, which depends on the machine);
-    ``deterministic`` -> ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an op without a
-    deterministic kernel warns instead of failing), cuDNN benchmarking off, and ``CUBLAS_WORKSPACE_CONFIG``
-    set for CUDA when the environment does not set it.
+    ``deterministic`` -> ``torch.use_deterministic_algorithms(deterministic, warn_only=True)`` (an op without a
+    deterministic kernel warns instead of failing) and, when true, cuDNN benchmarking off and
+    ``CUBLAS_WORKSPACE_CONFIG`` set for CUDA when the environment does not set it.
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     return record()
 
 

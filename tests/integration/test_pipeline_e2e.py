@@ -53,6 +53,10 @@ def test_dvc_repro_from_a_fresh_copy(reproduced):
     assert {"tau_t", "tau_i"} <= set(thresholds)
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["n_images"] == len(pd.read_parquet(work / "data/curated/eval.parquet"))
+    # what the numbers depend on besides the data: the seeds and the floating-point path of each learning stage
+    rt = metrics["runtime"]
+    assert rt["threads"] == 2 and rt["deterministic"] and rt["bootstrap_seed"] == 0
+    assert rt["train"] == {"seed": 0, "runtime": run["runtime"]} and rt["warmup"]["runtime"]["threads"] == 2
     assert (work / "reports/gallery/index.html").is_file() and list((work / "reports/gallery").glob("*.png"))
     # the final metrics table is printed at the end of `dvc repro`, its AVG row with metrics.json's image AUROC
     auroc = metrics["image"]["AUROC"]

@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from readl.model.loading import load_model
 from readl.presets import PAPER, apply_preset
 from readl.training.lora import default_target_regex, lora_targets
 
@@ -45,7 +43,8 @@ def test_every_preset_value_names_its_source():
 
 def test_lora_of_the_preset_covers_language_and_merger_never_vision(tiny):
     model, _ = tiny
-    names = lora_targets(model, default_target_regex(model))  # target_modules null = the family's default
+    _, p = apply_preset({}, "paper")
+    names = lora_targets(model, p.train.lora.target_modules or default_target_regex(model))  # null = the family's
     assert any(".visual.merger" in n or "merger" in n for n in names)
     assert any("language_model" in n or ".layers." in n for n in names)
     assert not any(".visual.blocks." in n for n in names)

@@ -49,7 +49,7 @@ def calibrate_thresholds(preds: Iterable[Prediction], cfg: LocalizationConfig) -
 
     Returns:
         ``(record, s_t_hat, s_i_hat)``: ``record`` is the content of ``thresholds.json``:
-        ``{"tau_t": {value, rule, index, n, fallback, top_tied}, "tau_i": {...}, "rule_fallbacks",
+        ``{"tau_t": {value, rule, index, n, fallback, top_tied, curve}, "tau_i": {...}, "rule_fallbacks",
         "n_tokens", "n_images", "binarize", "ties"}``; ``rule_fallbacks`` counts, per threshold, whether its
         rule fell back (``fallback``: maximum curvature used the median; ``top_tied``: the tie rule set a
         tied top block aside), 0 or 1 each; the arrays are the pooled scores (for the plot).

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import readl.model
+from readl.runtime import record as runtime_record
 from readl.atomic import atomic_write, write_json
 from readl.data.images import load_rgb
 from readl.digest import file_digest
@@ -72,6 +73,7 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
         "generation": {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
                        "temperature": g.temperature, "top_p": g.top_p},
         "code_sha256": file_digest(code, root=code[0].parent),
+        "runtime": runtime_record(),  # threads, deterministic mode, torch build: the floating-point path
     }  # fmt: skip
 
 

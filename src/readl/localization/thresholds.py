@@ -4,9 +4,9 @@ maximum curvature, tau_t by the median of the sorted scores; a fixed value is al
 Ties at the top (``ties="set_aside"``, the default; our rule, the paper leaves ties open). Tokens are
 kept when their score is STRICTLY above the threshold. The normalised S_I^ of a 15x15 map takes few
 distinct values, and every token whose map is one connected region gets S_I = 0, i.e. S_I^ = 1 exactly:
-often more than half of an image's tokens tie at the maximum. Then the median is 1.0, and when maximum
-curvature finds no knee (the curve lies above its chord) it falls back to that median: tau = 1.0 and NO
-token passes, so ``s_i`` and ``both`` silently become the fallback map. The rule: when a data-driven
+often more than half of an image's tokens tie at the maximum. Then the median is 1.0, and so is maximum
+curvature's knee of that concave curve: tau = 1.0 and NO token passes, so ``s_i`` and ``both`` silently
+become the fallback map. The rule: when a data-driven
 rule's value keeps no score (value >= max), the block of scores tied at the maximum is set aside (all of
 its tokens are kept: they are the most extreme ones) and the same rule is applied to the scores below
 the block; its value is the threshold, so the untied tokens it separates are kept too. If every score is
@@ -38,7 +38,7 @@ _RULES = get_args(Rule)
 Ties = Literal["set_aside", "strict"]
 _TIES = ("set_aside", "strict")
 
-KNEE_MIN_DISTANCE = 1e-6  # below this no knee "stands out" (straight line, concave curve)
+KNEE_MIN_DISTANCE = 1e-6  # below this no knee "stands out" (a straight line)
 _TIE_TOL = 1e-12  # distances within this of the maximum count as ties (scaling/shift rounding)
 
 

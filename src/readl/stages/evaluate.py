@@ -30,6 +30,19 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
+def trained_with(adapter: Path | None, base: str) -> dict:
+    """``{"train": {seed, runtime}, "warmup": {seed, runtime}}`` from the run records beside the adapter and the
+    warm-started base (``train_run.json`` / ``warmup_run.json``; a stage that is absent is left out)."""
+    out = {}
+    for stage, record in (("train", Path(adapter).parent / "train_run.json" if adapter else None),
+                          ("warmup", Path(base).parent / "warmup_run.json")):  # fmt: skip
+        if record is not None and record.is_file():
+            r = json.loads(record.read_text())
+            if "seed" in r:
+                out[stage] = {"seed": r["seed"], "runtime": r.get("runtime")}
+    return out
+
+
 def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path | None, metrics_path: Path,
         plots_dir: Path, reports_dir: Path, cache_dir: Path, base: str | None = None,
         progress: Callable[[int], None] | None = None, calib_manifest: Path | None = None) -> dict:  # fmt: skip
@@ -86,8 +99,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     if metrics.get("reasoning"):  # what the reasoning was scored against, per eval source (README "Metrics")
         metrics["reasoning"]["reference_source"] = {s.name: s.references or params.curate.references
                                                     for s in params.curate.eval}  # fmt: skip
-    metrics["runtime"] = {**runtime, "seeds": {"curate": params.curate.seed, "warmup": params.warmup.seed,
-                                               "train": params.train.seed, "bootstrap": cfg.bootstrap_seed}}
+    metrics["runtime"] = {**runtime, "bootstrap_seed": cfg.bootstrap_seed, **trained_with(adapter, base)}
     write_metrics(metrics_path, metrics)
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)

@@ -97,8 +97,8 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
                                  "runtime": runtime}).info.run_id
 
     def describe(run_id: str, resume: Path | None) -> None:
-        log.info("warmup: %d images, %s weights, MLflow run %s; %s", len(frame), trainable, run_id,
-                 f"resuming {resume}" if resume else "fresh start")  # fmt: skip
+        log.info("warmup: %d rows (class-balanced: %s), %s weights, MLflow run %s; %s", len(frame), w.balance,
+                 trainable, run_id, f"resuming {resume}" if resume else "fresh start")  # fmt: skip
 
     resume, run_id, main = train_resumable(trainer, ckpt_dir, fp, start, describe)
     if not main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +23,27 @@ def test_balanced_rows_repeat_the_minority_until_both_labels_count_alike():
     assert rows[:8] == list(range(8))  # every row once, in order
     picked = np.asarray(labels)[rows]
     assert (picked == 0).sum() == (picked == 1).sum() == 6
-    assert set(rows[8:]) == {5, 6}  # only normal rows are repeated, each twice (cycled permutation)
+    assert Counter(rows[8:]) == {5: 2, 6: 2}  # only normal rows are repeated, each twice (cycled permutation)
     assert balanced_rows(labels, seed=0) == rows  # seeded
     assert balanced_rows([0, 0, 0], seed=0) == [0, 1, 2] and balanced_rows([0, 1], seed=3) == [0, 1]
 
 
-def test_runtime_pins_threads_and_deterministic_algorithms():
+@pytest.fixture
+def restore_runtime():
+    """The stages set torch's threads and deterministic mode for the process: put them back after a test."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        record = configure(RuntimeConfig(threads=1, deterministic=True))
-        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
-        assert record["threads"] == 1 and record["deterministic"] is True and record["torch"] == torch.__version__
-        with pytest.raises(ValueError):
-            RuntimeConfig(threads=0)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def test_runtime_pins_threads_and_deterministic_algorithms(restore_runtime):
+    torch.use_deterministic_algorithms(False)
+    record = configure(RuntimeConfig(threads=1, deterministic=True))
+    assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert record["threads"] == 1 and record["deterministic"] is True and record["torch"] == torch.__version__
+    with pytest.raises(ValueError):
+        RuntimeConfig(threads=0)
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -47,7 +53,8 @@ def _files(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_warmup_then_train_twice_gives_identical_weights_and_completions(tiny_dir, sample_dir, tmp_path, monkeypatch):
+def test_warmup_then_train_twice_gives_identical_weights_and_completions(tiny_dir, sample_dir, tmp_path, monkeypatch,
+                                                                         restore_runtime):
     """The pipeline's two learning stages, run twice with the same params on one machine: byte-identical warm
     start and adapter files, and the same sampled GRPO completions (token ids) at every step."""
     from readl.stages.train import run as train
