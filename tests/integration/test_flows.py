@@ -38,7 +38,8 @@ TINY = {
     "train": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 8,
               "save_steps": 100, "lora": {"r": 4, "alpha": 8},
               "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False}},
-    "warmup": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100, "logging_steps": 1},
+    "warmup": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100, "logging_steps": 1,
+               "lr_scheduler_type": "constant"},  # 2 cosine steps would halve the little it learns
     "evaluate": {"gallery_per_dataset": 1, "bootstrap_resamples": 20},
     "register": {"model_name": "readl-flow"},
 }  # fmt: skip
