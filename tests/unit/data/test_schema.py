@@ -25,7 +25,7 @@ def row(**kw) -> dict:
 @pytest.fixture(scope="module")
 def grid_manifest() -> pd.DataFrame:
     """A real manifest: the bundled MVTec grid through the adapter and the decode fast path."""
-    frame = records_to_frame(read_source("mvtec", SAMPLE / "mvtec_ad"))
+    frame = records_to_frame(read_source("mvtec", SAMPLE / "mvtec_ad", categories=["grid"]))
     hashes, sizes = [], []
     for p in frame["image_path"]:
         arr, h = decode_resize_hash(p, (112, 112))

@@ -152,7 +152,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
     table = pd.read_csv(stage_dir / "reports/per_category.csv")
-    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "hazelnut")]
+    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "bottle")]
     assert table["n"].sum() == n_eval
     assert "| grid" in (stage_dir / "reports/per_category.md").read_text()
     html = (stage_dir / "reports/gallery/index.html").read_text()

@@ -121,7 +121,8 @@ def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, mo
     frame.to_parquet(manifest)
     params = Params.model_validate({
         "model": {"base": "tiny", "image_size": 112},
-        "warmup": {"max_steps": 120, "per_device_train_batch_size": 4, "logging_steps": 40, "save_steps": 60},
+        "warmup": {"max_steps": 200, "per_device_train_batch_size": 4, "logging_steps": 40, "save_steps": 100,
+                   "lr_scheduler_type": "constant"},  # at full rate (the default decays to 0)
     })  # fmt: skip
     images = [Image.open(p).convert("RGB") for p in paths[::2]]
 
@@ -133,7 +134,7 @@ def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, mo
     before = format_rate("tiny")
     torch.manual_seed(0)
     record = warmup(params, manifest=manifest, output_dir=tmp_path / "models", device="cpu", root="/")
-    assert record["enabled"] and record["global_step"] == 120
+    assert record["enabled"] and record["global_step"] == 200
     out = Path(record["model"])
     assert json.loads((out / "readl_base.json").read_text())["base"] == "tiny"
     assert not (tmp_path / "models" / "warmup_checkpoints").exists()
