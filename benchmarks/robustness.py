@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from readl.presets import set_dotted
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (["warmup"], ["train"], ["calibrate"], ["evaluate"])
 
@@ -42,11 +44,7 @@ def override(params: dict, assignments: list[str]) -> dict:
     """Apply ``key.sub=value`` assignments (value parsed as YAML) to a nested params dict, in place."""
     for a in assignments:
         key, _, value = a.partition("=")
-        *path, last = key.split(".")
-        node = params
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(value)
+        set_dotted(params, key, yaml.safe_load(value))
     return params
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from readl.config import Params
 
-__all__ = ["PAPER", "PRESETS", "apply_preset"]
+__all__ = ["PAPER", "PRESETS", "apply_preset", "set_dotted"]
 
 _REAL_DATA = "paper Sec. 5.1 sources (image-level labels); per-source counts ours (README 'Using real data')"
 
@@ -72,6 +72,17 @@ PAPER: dict[str, tuple[Any, str]] = {
 PRESETS: dict[str, dict[str, tuple[Any, str]]] = {"paper": PAPER}
 
 
+def set_dotted(raw: dict, key: str, value: Any) -> dict:
+    """Set ``raw["a"]["b"]["c"] = value`` for ``key`` ``"a.b.c"`` (missing levels created), in place, as
+    ``dvc exp run -S`` does; returns ``raw``."""
+    *path, last = key.split(".")
+    node = raw
+    for k in path:
+        node = node.setdefault(k, {})
+    node[last] = value
+    return raw
+
+
 def apply_preset(raw: dict, name: str) -> tuple[dict, Params]:
     """``raw`` params (a parsed params.yaml) with preset ``name``'s overrides set; the result validated.
 
@@ -85,9 +96,5 @@ def apply_preset(raw: dict, name: str) -> tuple[dict, Params]:
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
     out = copy.deepcopy(raw)
     for key, (value, _) in PRESETS[name].items():
-        *path, last = key.split(".")
-        node = out
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = copy.deepcopy(value)
+        set_dotted(out, key, copy.deepcopy(value))
     return out, Params.model_validate(out)
