@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +38,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the tiny model gains nothing fr
 
 import yaml  # noqa: E402
 
+from readl.presets import set_dotted  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ARMS = {"R1": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": [1.0, 1.0, 0.0]},
         "CGRO": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": None}}  # fmt: skip
 CURVES = {"format": "rewards/format/mean", "accuracy": "rewards/accuracy/mean", "J": "consistency/J_mean",
-          "consistency": "rewards/consistency/mean", "zero_std": "frac_reward_zero_std"}  # fmt: skip
+          "consistency": "rewards/consistency/mean", "zero_std": "frac_reward_zero_std",
+          "J_anomalous": "consistency/J_anomalous", "J_normal": "consistency/J_normal",
+          "R_cons_anomalous": "consistency/R_cons_anomalous", "R_cons_normal": "consistency/R_cons_normal",
+          "reward_std": "reward_std"}  # fmt: skip
+BLOCK_KEYS = ("format", "accuracy", "J", "consistency", "J_anomalous", "J_normal", "R_cons_anomalous",
+              "R_cons_normal", "reward_std")
 
 
 @contextmanager
@@ -73,6 +81,9 @@ def scratch_params(work: Path, a) -> dict:
                 s["options"]["per_image"] = a.eval_per_image
     if a.bootstrap is not None:
         params["evaluate"]["bootstrap_resamples"] = a.bootstrap
+    for item in a.set:
+        key, _, value = item.partition("=")
+        set_dotted(params, key, yaml.safe_load(value))
     params["evaluate"]["gallery_per_dataset"] = 0
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -90,16 +101,21 @@ def curves(run_id: str) -> dict[str, dict[int, float]]:
 
 def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
     """Means of each curve over steps ``1..block``, ``block+1..2*block`` ...; ``learning`` = share of those steps
-    with ``frac_reward_zero_std < 1`` (some group had reward variance)."""
+    with ``frac_reward_zero_std < 1`` (some group had reward variance); ``*_anomalous`` / ``*_normal``: J and
+    R_cons of the rollouts of anomalous / normal images; ``*_sd``: the standard deviation of the per-step values
+    within the block (the block-to-block noise to compare differences against)."""
     steps = sorted(set().union(*(c.keys() for c in curve.values())))
     rows = []
     for lo in range(0, len(steps), block):
         chunk = steps[lo : lo + block]
         mean = lambda name: (lambda v: sum(v) / len(v) if v else float("nan"))(  # noqa: E731
-            [curve[name][s] for s in chunk if s in curve[name]])
+            [curve[name][s] for s in chunk if s in curve.get(name, {})])
         zero = [curve["zero_std"][s] for s in chunk if s in curve["zero_std"]]
-        rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", "format": mean("format"), "accuracy": mean("accuracy"),
-                     "J": mean("J"), "consistency": mean("consistency"), "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})
+        sd = lambda name: (lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))(  # noqa: E731
+            [curve[name][s] for s in chunk if s in curve.get(name, {})])
+        rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", **{k: mean(k) for k in BLOCK_KEYS},
+                     "J_anomalous_sd": sd("J_anomalous"), "J_normal_sd": sd("J_normal"),
+                     "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})  # fmt: skip
     return rows
 
 
@@ -135,13 +151,16 @@ def print_tables(arms: dict, block: int) -> None:
     from readl.evaluation.comparison import comparison_table
 
     console = Console(width=150)
-    t = Table("arm", "steps", "format", "accuracy", "J", "R_cons", "steps w/ reward var.",
-              title=f"per-block means of the train rollouts (block = {block} steps)")  # fmt: skip
+    t = Table("arm", "steps", "format", "accuracy", "J", "R_cons", "J anom. (sd)", "J normal (sd)", "R_cons anom.",
+              "R_cons normal", "reward std", "steps w/ reward var.",
+              title=f"per-block means of the train rollouts (block = {block} steps; sd: of the per-step values)")  # fmt: skip
     f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
     for name, arm in arms.items():
         for row in block_means(arm["curves"], block):
             t.add_row(name, row["steps"], f(row["format"]), f(row["accuracy"]), f(row["J"]), f(row["consistency"]),
-                      f(row["learning"]))  # fmt: skip
+                      f"{f(row['J_anomalous'])} ({f(row['J_anomalous_sd'])})",
+                      f"{f(row['J_normal'])} ({f(row['J_normal_sd'])})", f(row["R_cons_anomalous"]),
+                      f(row["R_cons_normal"]), f(row["reward_std"]), f(row["learning"]))  # fmt: skip
     console.print(t)
     s = Table("arm", "steps", "steps w/ reward var.", "mean J", "max |lora_B|", "train s", "cal+eval s",
               title="train_run.json summary")  # fmt: skip
@@ -167,13 +186,16 @@ def plot(arms: dict, path: Path) -> None:
 
     datasets = list(arms["CGRO"]["metrics"]["datasets"])
     fig, axes = plt.subplots(1, 3 + len(datasets), figsize=(4.2 * (3 + len(datasets)), 3.6))
-    for ax, name in zip(axes, ("format", "accuracy", "J")):
-        for arm, d in arms.items():
-            pts = sorted(d["curves"][name].items())
-            if pts:
-                ax.plot(*zip(*pts), label=arm, marker=".")
-        ax.set(title=f"{name} (train rollouts)", xlabel="step")
-        ax.legend()
+    panels = {"format": ("format",), "accuracy": ("accuracy",), "J (solid: anomalous, dashed: normal)":
+              ("J_anomalous", "J_normal")}  # fmt: skip
+    for ax, (title, names) in zip(axes, panels.items()):
+        for (arm, d), color in zip(arms.items(), ("tab:blue", "tab:orange")):
+            for name, style in zip(names, ("-", "--")):
+                pts = sorted(d["curves"].get(name, {}).items())
+                if pts:
+                    ax.plot(*zip(*pts), style, color=color, label=f"{arm} {name}", lw=0.8)
+        ax.set(title=f"{title} (train rollouts)", xlabel="step")
+        ax.legend(fontsize=7)
     for ax, ds in zip(axes[3:], datasets):
         systems = {"R1": arms["R1"]["metrics"], "CGRO": arms["CGRO"]["metrics"]}
         systems.update(arms["CGRO"]["metrics"].get("baselines", {}))
@@ -211,6 +233,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="train steps per block of the learning table")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_check.png", help="the plot")
+    ap.add_argument("-S", dest="set", action="append", default=[],
+                    help="params override key=value, e.g. -S train.num_generations=8 (applied to both arms)")
     ap.add_argument("--reuse-warmup", action="store_true",
                     help="keep <workdir>/models/warmup of an earlier run with the same warmup params (probes of train)")
     a = ap.parse_args()

@@ -48,7 +48,7 @@ GPU_DEPLOYMENT = "train-on-gpu/train-on-gpu"
 
 def tracking_uri_for(workdir: Path) -> str:
     """The MLflow tracking URI as the stages in ``workdir`` see it (a relative sqlite path made absolute)."""
-    from readl.registry.client import tracking_uri
+    from readl.tracking import tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -102,7 +102,7 @@ def promote_task(workdir: str) -> dict:
 
 
 def _transient_registry_error(state) -> bool:
-    from readl.registry.client import is_transient
+    from readl.tracking import is_transient
 
     exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
     return exc is not None and is_transient(exc)

@@ -319,6 +319,9 @@ class EvaluateConfig(_Section):
     bootstrap_resamples: int = Field(1000, ge=0)  # percentile bootstrap of the AUROCs, resampling images; 0 = none
     bootstrap_seed: int = 0  # numpy Generator seed of the resampling
     bootstrap_ci: float = Field(0.95, gt=0, lt=1)  # interval mass
+    # the datasets whose reasoning ROUGE-L / SBERT make metrics.json `reasoning` (paper Table 1: MVTec AD only);
+    # per-dataset numbers are under datasets.<name>.reasoning
+    reasoning_datasets: list[str] = ["mvtec_ad"]
 
     @field_validator("baselines")
     @classmethod
@@ -334,6 +337,9 @@ class CalibrateConfig(_Section):
 
     decision: Literal["f1_max", "false_alarm_rate"] = "f1_max"  # F1-max threshold, or a false-alarm budget
     false_alarm_rate: float = Field(0.05, gt=0, lt=1)  # rule false_alarm_rate: share of normal images flagged
+    # pixel.ACC's threshold t_pixel (ours; the paper does not say): this share of the normal calibration images'
+    # pixels is flagged (readl.evaluation.calibration.pixel_thresholds); image-level labels only, no mask.
+    pixel_false_alarm_rate: float = Field(0.01, gt=0, lt=1)
 
 
 class ScheduleConfig(_Section):

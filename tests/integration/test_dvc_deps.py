@@ -118,11 +118,46 @@ def test_every_readl_stage_is_checked():
     assert {"curate", "train", "calibrate", "evaluate", "register"} <= set(READL_STAGES)
 
 
-@pytest.mark.parametrize("stage", READL_STAGES)
-def test_stage_deps_cover_the_code_it_runs(stage):
-    spec = STAGES[stage]
-    deps = [str(d) if not isinstance(d, dict) else next(iter(d)) for d in spec.get("deps", [])]
-    files = stage_sources(spec["cmd"])
-    assert SRC / "readl" / "cli.py" in files and len(files) > 3
+def _deps(spec: dict) -> list[str]:
+    return [str(d) if not isinstance(d, dict) else next(iter(d)) for d in spec.get("deps", [])]
+
+
+def dep_problems(cmd: str, deps: list[str]) -> tuple[list[str], list[str]]:
+    """``(missing, extra)``: files the command runs that no dep covers, and src deps covering a file it does not
+    run (a folder dep must be run entirely: else editing an unused file would re-run the stage)."""
+    files = stage_sources(cmd)
     missing = sorted(f.relative_to(REPO).as_posix() for f in files if not _covered(f, deps))
+    extra = []
+    for d in (d for d in deps if d.startswith("src/")):
+        path = REPO / d
+        covered = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        if not covered or any(f not in files for f in covered):
+            extra.append(d)
+    return missing, extra
+
+
+@pytest.mark.parametrize("stage", READL_STAGES)
+def test_stage_deps_are_exactly_the_code_it_runs(stage):
+    spec = STAGES[stage]
+    assert SRC / "readl" / "cli.py" in stage_sources(spec["cmd"])
+    missing, extra = dep_problems(spec["cmd"], _deps(spec))
     assert not missing, f"dvc.yaml stage {stage!r} runs these files but does not depend on them: {missing}"
+    assert not extra, f"dvc.yaml stage {stage!r} depends on code it never runs (drop or narrow them): {extra}"
+
+
+def test_an_extra_or_missing_dependency_is_caught():
+    """The check above fails both ways: a dep the stage never imports, and a file it runs without a dep."""
+    spec = STAGES["train"]
+    deps = _deps(spec)
+    assert dep_problems(spec["cmd"], deps + ["src/readl/registry/gate.py"])[1] == ["src/readl/registry/gate.py"]
+    assert dep_problems(spec["cmd"], deps + ["src/readl/model"])[1] == ["src/readl/model"]  # inference.py unused
+    assert dep_problems(spec["cmd"], [d for d in deps if d != "src/readl/training/trainer.py"])[0] == [
+        "src/readl/training/trainer.py"]
+
+
+@pytest.mark.parametrize("stage", ["warmup", "train"])
+def test_training_never_imports_the_registry_or_evaluation(stage):
+    """Editing the promotion gate, a report or the metrics must not invalidate a trained model (a GPU run)."""
+    files = {f.relative_to(SRC).as_posix() for f in stage_sources(STAGES[stage]["cmd"])}
+    assert not [f for f in files if f.startswith(("readl/registry/", "readl/evaluation/", "readl/predictor"))]
+    assert "readl/tracking.py" in files  # the MLflow connection is a base service below both

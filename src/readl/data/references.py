@@ -5,10 +5,16 @@ descriptions synthesised from MMAD annotations and verified by people), which is
 substitute built here needs only what every benchmark publishes, the category and defect-type names and the
 label (:func:`template_reference`)::
 
-    label 1, hazelnut / colour          -> "The hazelnut shows a colour defect."
-    label 1, metal_nut / scratch+bent   -> "The metal nut shows a scratch and bent defect."
+    label 1, hazelnut / colour          -> "The hazelnut shows a discoloured patch."
+    label 1, metal_nut / scratch+bent   -> "The metal nut shows a scratch and a bent part."
+    label 1, bottle / draem (synthetic) -> "The bottle shows a patch of foreign texture."
     label 1, kolektorsdd / unknown      -> "The kolektorsdd shows a defect."
     label 0, grid                       -> "The grid looks normal, no defect."
+
+Defects are named as an inspector would (:data:`DEFECT_WORDS`: "a discoloured patch", not "a colour defect"; a
+synthetic recipe by what it looks like, never by its name "draem"). The warm-up's target texts
+(:mod:`readl.training.reasoning_targets`) use the same defect words in OTHER sentences: a model that copies
+its training targets does not score as if it had copied the references (:data:`REFERENCE_SENTENCES`).
 
 Numbers against these references measure whether the reasoning names the object and the kind of defect; they
 are NOT comparable to the paper's MVTec-COT numbers (README "Metrics"). Users with real references bring them
@@ -24,10 +30,61 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["GENERIC_DEFECT_TYPES", "ReferenceFileError", "References", "read_references", "template_reference"]
+__all__ = ["DEFECT_WORDS", "GENERIC_DEFECT_TYPES", "REFERENCE_SENTENCES", "ReferenceFileError", "References",
+           "defect_words", "read_references", "template_reference"]
 
 GENERIC_DEFECT_TYPES = frozenset({"unknown", "ko", "bad", "defect", "defective", "anomaly", "abnormal", "ng"})
 """Defect-type names that name no kind of defect (adapters use them where the source publishes none)."""
+
+
+DEFECT_WORDS = {
+    "draem": "a patch of foreign texture",  # DRAEM: a texture pasted through a Perlin-noise mask
+    "cutpaste": "a displaced patch",  # CutPaste: a patch of the image pasted elsewhere
+    "colour": "a discoloured patch",
+    "color": "a discoloured patch",
+    "bent": "a bent part",
+    "broken": "a broken part",
+    "glue": "a glue stain",
+    "thread": "a stray thread",
+    "metal_contamination": "metal contamination",
+    "contamination": "contamination",
+    "liquid": "a liquid stain",
+    "oil": "an oil stain",
+    "print": "a printed mark",
+    "poke": "a puncture",
+    "rough": "a rough patch",
+    "fold": "a fold",
+    "squeeze": "a squeezed part",
+    "faulty_imprint": "a faulty imprint",
+    "crack": "a crack",
+    "cut": "a cut",
+    "hole": "a hole",
+    "scratch": "a scratch",
+}
+"""Published or synthetic defect-type names -> how an inspector names what is seen (ours). Names not listed read
+"a <name> defect"; names in :data:`GENERIC_DEFECT_TYPES` (and ``good``) name no kind (None)."""
+
+REFERENCE_SENTENCES = {1: "The {obj} shows {what}.", 0: "The {obj} looks normal, no defect.",
+                       "unnamed": "The {obj} shows a defect."}  # fmt: skip
+"""The template references' sentences; the warm-up's targets must share no 4-word sequence with them (a test)."""
+
+
+def defect_words(defect_type: str | None) -> str | None:
+    """An inspector's words for a defect type (:data:`DEFECT_WORDS`), ``+``-joined names joined by "and".
+
+    Returns:
+        e.g. ``"a scratch and a bent part"``; None when no name says what kind of defect it is (``good``,
+        empty, :data:`GENERIC_DEFECT_TYPES`, ``synthetic``).
+    """
+    kinds = []
+    for part in str(defect_type or "").split("+"):
+        key = re.sub(r"[\s-]+", "_", part.strip().lower())
+        if not key or key in GENERIC_DEFECT_TYPES or key in ("good", "synthetic", "anomalous"):
+            continue
+        words = DEFECT_WORDS.get(key) or f"{'an' if key[0] in 'aeiou' else 'a'} {_words(key)} defect"
+        if words not in kinds:
+            kinds.append(words)
+    return " and ".join(kinds) or None
 
 
 class ReferenceFileError(ValueError):
@@ -44,8 +101,9 @@ def template_reference(category: str, defect_type: str, label: int) -> str:
     Args:
         category: the source's category name (underscores read as spaces; a trailing ``_NNN`` index, as in
             DTD-Synthetic's ``Woven_001``, is dropped).
-        defect_type: the published defect name; ``+``-joined names (BSData, VISION) become "a and b";
-            names in :data:`GENERIC_DEFECT_TYPES` give "shows a defect".
+        defect_type: the published defect name, in an inspector's words (:func:`defect_words`; ``+``-joined
+            names, as in BSData and VISION, become "a and b"); names in :data:`GENERIC_DEFECT_TYPES` give
+            "shows a defect".
         label: 0 (normal) or 1 (anomalous).
 
     Returns:
@@ -58,13 +116,9 @@ def template_reference(category: str, defect_type: str, label: int) -> str:
         raise ValueError(f"label must be 0 or 1, got {label!r}")
     obj = _words(re.sub(r"[_\s-]*\d+$", "", category)) or _words(category) or "object"
     if label == 0:
-        return f"The {obj} looks normal, no defect."
-    kinds = [_words(d) for d in defect_type.split("+") if _words(d) and _words(d) not in GENERIC_DEFECT_TYPES]
-    if not kinds:
-        return f"The {obj} shows a defect."
-    what = " and ".join(kinds)
-    article = "an" if what[0] in "aeiou" else "a"
-    return f"The {obj} shows {article} {what} defect."
+        return REFERENCE_SENTENCES[0].format(obj=obj)
+    what = defect_words(defect_type)
+    return REFERENCE_SENTENCES[1].format(obj=obj, what=what) if what else REFERENCE_SENTENCES["unnamed"].format(obj=obj)
 
 
 def read_references(path: str | Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ value keeps no token is re-applied below the block tied at the maximum, see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from readl.localization.scores import normalize_scores, semantic_relevance, spat
 from readl.localization.thresholds import find_threshold
 from readl.model.types import Prediction
 
-__all__ = ["pooled_token_scores", "calibrate_thresholds", "plot_curves"]
+__all__ = ["pooled_token_scores", "calibrate_thresholds", "pixel_thresholds", "plot_curves"]
 
 
 def pooled_token_scores(preds: Iterable[Prediction], binarize="mean") -> tuple[np.ndarray, np.ndarray, int]:
@@ -73,6 +74,39 @@ def calibrate_thresholds(preds: Iterable[Prediction], cfg: LocalizationConfig) -
         "ties": cfg.ties,
     }
     return record, s_t_hat, s_i_hat
+
+
+def pixel_thresholds(results, false_alarm_rate: float, root: Path = Path(".")) -> dict:
+    """t_pixel per selection mode: the pixel decision ``map > t_pixel`` of ``pixel.ACC``, fitted without masks (ours).
+
+    The paper reports a pixel ACC without saying where its threshold comes from; fitting it on the evaluated
+    masks (F1-max) is an oracle (kept as ``pixel.ACC_oracle``). Here it needs image-level labels only: t_pixel
+    is the ``1 - false_alarm_rate`` quantile (numpy ``"higher"``) of every pixel of the NORMAL calibration
+    images' ReAL maps (bilinearly resized to the image, as at evaluation), so at most that share of their
+    pixels is flagged.
+
+    Args:
+        results: :class:`readl.evaluation.evaluate.ImageResult` of the calibration split, scored with the
+            calibrated tau_t / tau_i (malformed answers as the ``evaluate.malformed`` policy maps them).
+        false_alarm_rate: ``calibrate.pixel_false_alarm_rate``, in (0, 1).
+        root: folder the image paths are relative to.
+
+    Returns:
+        ``{"rule": "false_alarm_rate", "false_alarm_rate", "n_images", "n_pixels", "value": {mode: t_pixel}}``;
+        ``value`` is ``{}`` when the split has no normal image (``pixel.ACC`` is then NaN).
+    """
+    from readl.evaluation.evaluate import MODES, _mask_size
+    from readl.localization.anomaly_map import upsample
+
+    normal = [r for r in results if r.label == 0]
+    values = {}
+    for mode in MODES:
+        pooled = [upsample(r.maps[mode], _mask_size(r, root)).ravel() for r in normal]  # (H * W,) float32 each
+        if pooled:
+            values[mode] = float(np.quantile(np.concatenate(pooled), 1.0 - false_alarm_rate, method="higher"))
+    n_pixels = sum(math.prod(_mask_size(r, root)) for r in normal)
+    return {"rule": "false_alarm_rate", "false_alarm_rate": false_alarm_rate, "n_images": len(normal),
+            "n_pixels": n_pixels, "value": values}  # fmt: skip
 
 
 def plot_curves(path: Path, s_t_hat: np.ndarray, s_i_hat: np.ndarray, record: dict) -> Path:

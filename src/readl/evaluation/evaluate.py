@@ -6,8 +6,11 @@ Paper Sec. 5 / Tables 1-3. Definitions (README "Metrics"):
   answer (label 1 = "Yes"), ACC_at_threshold of the OK/NG decision ``score >= t`` (t from ``readl calibrate``,
   readl.evaluation.decision), F1-max of the score;
 - pixel level, per dataset: AUROC and AUPR over all pixels of the dataset pooled (normal images
-  included), AUPRO up to FPR 0.3, and ACC of ``map >= t`` with t the pooled F1-max threshold; maps
-  are the ReAL maps bilinearly resized to each mask (420x420 after curate), never normalised;
+  included), AUPRO up to FPR 0.3, ACC of ``map > t_pixel`` with t_pixel fitted WITHOUT masks on the normal
+  calibration images (``readl calibrate``, :func:`readl.evaluation.calibration.pixel_thresholds`; NaN without
+  it), and ``ACC_oracle``: ACC of ``map >= t`` at the F1-max threshold fitted on the evaluated masks themselves
+  (an upper bound, not a deployable number); maps are the ReAL maps bilinearly resized to each mask (420x420
+  after curate), never normalised;
 - malformed answers (no ``<answer>Yes|No``): with the ``fallback`` policy the image is scored 0.5
   with an empty map and counts as a wrong answer; the count is reported;
 - each token-selection mode (``all`` = the plain mean over all reasoning tokens, ``s_i``, ``s_t``,
@@ -19,7 +22,9 @@ Paper Sec. 5 / Tables 1-3. Definitions (README "Metrics"):
   ``n_fallback`` = maximum curvature used the median, ``n_top_tied`` = the tie rule set a tied top block
   aside; zero with calibrated thresholds, whose record is ``metrics.thresholds``). All images count,
   malformed ones included;
-- reasoning: ROUGE-L and SBERT cosine against the manifest's ``reference`` column when present;
+- reasoning: ROUGE-L and SBERT cosine against the manifest's ``reference`` column when present, per dataset;
+  the top-level ``reasoning`` is the macro mean over ``evaluate.reasoning_datasets`` (paper Table 1: MVTec AD)
+  present in the run, else over all datasets with references; ``reasoning.averaged_over`` names them;
 - averages over datasets are macro means (the paper's "AVG").
 
 Pixel metrics stream: a first pass profiles each (dataset, mode) score range, a second fills
@@ -31,7 +36,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -54,10 +59,11 @@ from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, SelectionMo
 from readl.localization.thresholds import Threshold, ThresholdPair
 from readl.model.types import Prediction
 
-__all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
+__all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "PIXEL_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
 
 MODES = get_args(SelectionMode)  # the one selection-mode list (readl.localization.anomaly_map)
 IMAGE_KEYS = ["AUROC", "AUPR", "ACC", "ACC_at_threshold", "F1_max"]
+PIXEL_KEYS = ["AUROC", "AUPR", "AUPRO", "ACC", "ACC_oracle"]
 
 
 @dataclass
@@ -186,31 +192,42 @@ def _mask(path: str | None, size: tuple[int, int], root: Path) -> np.ndarray:
         return np.asarray(m.convert("L")) > 127  # curate writes {0, 255}
 
 
-def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."), n_bins: int = 1 << 20) -> dict:
-    """Pooled pixel AUROC, AUPR, AUPRO (FPR <= 0.3), ACC at the F1-max threshold for one mode.
+def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."), n_bins: int = 1 << 20,
+                  threshold: float | None = None) -> dict:  # fmt: skip
+    """Pooled pixel AUROC, AUPR, AUPRO (FPR <= 0.3), ACC and ACC_oracle for one mode (module docstring).
 
     Two streaming passes over the images; each map is upsampled to its mask's size on the fly.
 
+    Args:
+        threshold: t_pixel of ``ACC`` (``map > t_pixel``; ``thresholds.json`` ``pixel``), fitted without the
+            evaluated masks; None: ``ACC`` is NaN.
+
     Returns:
-        ``{"AUROC", "AUPR", "AUPRO", "ACC", "curve": (fpr, tpr, recall, precision) subsampled}``.
+        ``{"AUROC", "AUPR", "AUPRO", "ACC", "ACC_oracle", "curve": (fpr, tpr, recall, precision) subsampled}``,
+        values in [0, 1] or NaN.
     """
     profile = ScoreProfile()
     for r in results:
         size = _mask_size(r, root)
         profile.update(upsample(r.maps[mode], size))
     if not results:
-        return {"AUROC": math.nan, "AUPR": math.nan, "AUPRO": math.nan, "ACC": math.nan}
+        return dict.fromkeys(PIXEL_KEYS, math.nan)
     curve = BinaryCurveAccumulator.from_profile(profile, n_bins=n_bins)
     pro = ProCurveAccumulator.from_profile(profile, n_bins=n_bins)
+    correct = total = 0
     for r in results:
         mask = _mask(r.mask_path, _mask_size(r, root), root)  # (H, W) bool
         m = upsample(r.maps[mode], mask.shape)  # (H, W) float32
         curve.update(m, mask)
         pro.update(m[None], mask[None])
+        if threshold is not None:
+            correct += int(np.count_nonzero((m > threshold) == mask))
+            total += mask.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricUndefinedWarning)
         cm = curve.compute()
-        return {"AUROC": cm.auroc, "AUPR": cm.aupr, "AUPRO": pro.compute(0.3), "ACC": curve.accuracy_at_f1_max(),
+        return {"AUROC": cm.auroc, "AUPR": cm.aupr, "AUPRO": pro.compute(0.3),
+                "ACC": correct / total if total else math.nan, "ACC_oracle": curve.accuracy_at_f1_max(),
                 "curve": _curve_points(*curve.counts())}  # fmt: skip
 
 
@@ -244,7 +261,9 @@ def _macro(per: dict[str, dict], keys: Iterable[str]) -> dict:
 
 
 def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("."),
-             category_bins: int = 1 << 16, decision_threshold: float = DEFAULT_THRESHOLD) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+             category_bins: int = 1 << 16, decision_threshold: float = DEFAULT_THRESHOLD,
+             pixel_thresholds: dict[str, float] | None = None,
+             reasoning_datasets: Sequence[str] = ("mvtec_ad",)) -> tuple[dict, pd.DataFrame]:  # fmt: skip
     """All metrics of the evaluate stage: image, pixel and reasoning, per dataset and category (paper Sec. 5).
 
     Args:
@@ -254,10 +273,13 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         root: folder the mask paths are relative to.
         category_bins: histogram bins of the per-category pixel metrics (coarser, cheaper; error ~1e-4).
         decision_threshold: the OK/NG threshold on the image score, in [0, 1] (``image.ACC_at_threshold``).
+        pixel_thresholds: mode -> t_pixel of ``pixel.ACC`` (``thresholds.json`` ``pixel.value``); None or a
+            missing mode: that ACC is NaN (``ACC_oracle`` is always computed).
+        reasoning_datasets: the datasets whose reasoning scores make the top-level ``reasoning`` (module docstring).
 
     Returns:
         ``(metrics, table)``: ``metrics`` for ``metrics.json`` (``image``: AUROC, AUPR, F1_max, ACC in [0, 1];
-        ``pixel``: AUROC, AUPR, AUPRO (FPR <= 0.3) in [0, 1]; ``n_images``, ``n_malformed``, ``datasets``:
+        ``pixel``: AUROC, AUPR, AUPRO (FPR <= 0.3), ACC, ACC_oracle in [0, 1]; ``n_images``, ``n_malformed``, ``datasets``:
         the same per dataset and category; ``_curves``: the pixel ROC / PR points for :func:`write_curves`);
         a value is ``None`` / NaN where undefined (e.g. a dataset with one class). ``table``: one row per
         (dataset, category) with the same metrics (``reports/per_category.{csv,md}``).
@@ -271,8 +293,9 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
     for r in results:
         by_ds[r.dataset].append(r)
     datasets, curves = {}, {}
+    t_pixel = pixel_thresholds or {}
     for ds, rs in sorted(by_ds.items()):
-        pix = {mode: pixel_metrics(rs, mode, root) for mode in MODES}
+        pix = {mode: pixel_metrics(rs, mode, root, threshold=t_pixel.get(mode)) for mode in MODES}
         curves[ds] = pix[headline_mode].pop("curve", {})
         for p in pix.values():
             p.pop("curve", None)
@@ -288,24 +311,30 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         "n_fallback": sum(d["n_fallback"] for d in datasets.values()),
         "format_rate": float(np.mean([r.format_ok for r in results])) if results else math.nan,
         "image": _macro({d: v["image"] for d, v in datasets.items()}, IMAGE_KEYS),
-        "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"]),
-        "modes": {m: _macro({d: v["modes"][m] for d, v in datasets.items()}, ["AUROC", "AUPR", "AUPRO", "ACC"])
-                  for m in MODES},
+        "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, PIXEL_KEYS),
+        "modes": {m: _macro({d: v["modes"][m] for d, v in datasets.items()}, PIXEL_KEYS) for m in MODES},
         "datasets": datasets,
     }  # fmt: skip
     with_ref = [r for r in results if r.reference]
     if with_ref:
         preds, refs = [r.reasoning for r in with_ref], [r.reference for r in with_ref]
-        metrics["reasoning"] = {"ROUGE_L": float(rouge_l(preds, refs).mean()),
-                                "SBERT": float(sbert_cosine(preds, refs).mean()), "n": len(with_ref)}  # fmt: skip
+        rouge, sbert = rouge_l(preds, refs), sbert_cosine(preds, refs)  # (n,) each
+        per = {}
+        for ds in sorted({r.dataset for r in with_ref}):
+            sel = np.array([r.dataset == ds for r in with_ref])
+            per[ds] = datasets[ds]["reasoning"] = {"ROUGE_L": float(rouge[sel].mean()), "SBERT": float(sbert[sel].mean()),
+                                                   "n": int(sel.sum())}  # fmt: skip
+        over = [d for d in reasoning_datasets if d in per] or sorted(per)
+        metrics["reasoning"] = {**_macro({d: per[d] for d in over}, ["ROUGE_L", "SBERT"]),
+                                "n": sum(per[d]["n"] for d in over), "averaged_over": over}  # fmt: skip
     rows = []
     for (ds, cat), rs in sorted(_group(results, lambda r: (r.dataset, r.category)).items()):
         img = image_metrics(rs, decision_threshold)
-        pix = pixel_metrics(rs, headline_mode, root, n_bins=category_bins)
+        pix = pixel_metrics(rs, headline_mode, root, n_bins=category_bins, threshold=t_pixel.get(headline_mode))
         rows.append({"dataset": ds, "category": cat, "n": len(rs), "anomalous": sum(r.label for r in rs),
                      "malformed": sum(r.malformed for r in rs),
                      **{f"image_{k}": img[k] for k in IMAGE_KEYS},
-                     **{f"pixel_{k}": pix[k] for k in ("AUROC", "AUPR", "AUPRO", "ACC")}})  # fmt: skip
+                     **{f"pixel_{k}": pix[k] for k in PIXEL_KEYS}})  # fmt: skip
     metrics["_curves"] = curves
     return metrics, pd.DataFrame(rows)
 

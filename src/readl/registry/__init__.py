@@ -1,6 +1,6 @@
 """MLflow registry for readl: the pyfunc model, registration, aliases and the promotion gate.
 
-Submodules: :mod:`~readl.registry.client` (tracking URI, reachability, retries, errors),
+Submodules (the MLflow connection itself is the base service :mod:`readl.tracking`, which training uses too):
 :mod:`~readl.registry.pyfunc` (the model: input/output contract), :mod:`~readl.registry.registration`
 (``readl register``), :mod:`~readl.registry.gate` (``readl promote``), :mod:`~readl.registry.load`
 (``readl predict --model models:/readl@champion``). Importing this package does not import MLflow or torch.
@@ -8,7 +8,7 @@ Submodules: :mod:`~readl.registry.client` (tracking URI, reachability, retries, 
 
 from __future__ import annotations
 
-from readl.registry.client import (
+from readl.tracking import (
     DEFAULT_TRACKING_URI,
     AliasNotFoundError,
     ArtifactStoreError,

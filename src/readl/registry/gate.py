@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from readl.config import RegisterConfig
-from readl.registry.client import call, mlflow_session, tracking_uri
+from readl.tracking import call, mlflow_session, tracking_uri
 from readl.registry.fingerprints import METRIC_TAG_PREFIX
 from readl.registry.versions import require_alias
 

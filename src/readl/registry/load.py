@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readl.registry.client import (
+from readl.tracking import (
     AliasNotFoundError,
     ArtifactStoreError,
     RegistryError,
@@ -57,7 +57,7 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
         model_uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/readl``.
         device: ``cpu``, ``cuda`` ... (default ``$READL_DEVICE``, else CUDA when available).
         max_new_tokens: override the logged ``model.max_new_tokens``.
-        uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+        uri: tracking URI (default :func:`readl.tracking.tracking_uri`).
 
     Returns:
         The loaded :class:`readl.registry.pyfunc.ReadlModel` (``.predictor``, ``.localization``,

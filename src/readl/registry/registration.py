@@ -25,7 +25,7 @@ from readl.atomic import write_json
 from readl.config import Params, load_params, pipeline_base
 from readl.config import RegisterConfig
 from readl.digest import file_digest  # re-exported: the registry's content hashes
-from readl.registry.client import (
+from readl.tracking import (
     RegistryError,
     artifact_errors,
     call,
@@ -199,7 +199,7 @@ def register(
         out: where to write the :class:`RegisterResult` JSON (``None``: do not write).
         name: registered model name (default ``register.model_name``).
         alias: alias set on the newest readl version (see the module docstring).
-        uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+        uri: tracking URI (default :func:`readl.tracking.tracking_uri`).
         models_dir: the pipeline's model folder (default: the folder of ``train_run``, i.e. ``models/``); with
             ``warmup.enabled`` its ``warmup/`` (the warm-started
             base model, :func:`readl.model.loading.pipeline_base`) is logged as the ``base_model`` artifact.
@@ -220,7 +220,9 @@ def register(
     thresholds, metrics, train_run = Path(thresholds), Path(metrics), Path(train_run)
     # every input is read and checked before anything is written to the registry (readl.registry.inputs)
     check_thresholds(thresholds)
-    eval_metrics = flatten_metrics(check_metrics(metrics, register_config(cfg).primary_metric))
+    metrics_json = check_metrics(metrics, register_config(cfg).primary_metric)
+    eval_metrics = flatten_metrics(metrics_json)
+    reference_source = (metrics_json.get("reasoning") or {}).get("reference_source")  # what ROUGE-L / SBERT mean
     train_run_id = check_train_run(train_run)
     adapter_dir = check_adapter(Path(adapter) if adapter is not None else None)
     if adapter is not None and adapter_dir is None:
@@ -239,6 +241,8 @@ def register(
         "adapter": "yes" if adapter_dir else "none",
         **{f"{METRIC_TAG_PREFIX}{k}": "null" if v is None else repr(v) for k, v in eval_metrics.items()},
     }
+    if reference_source:
+        tags["reasoning_reference_source"] = json.dumps(reference_source, sort_keys=True)
 
     with mlflow_session(uri) as client:
         call(lambda: _ensure_registered_model(client, name), f"create registered model {name!r}", uri)
@@ -299,7 +303,7 @@ def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: 
     """Create the version (retried on races), verify it is ours, and drop a same-content duplicate."""
     from mlflow.exceptions import MlflowException
 
-    from readl.registry.client import is_transient, with_retries
+    from readl.tracking import is_transient, with_retries
 
     description = (f"readl model {tags.get('base_model')} + adapter {tags.get('adapter')}; run {run_id}; "
                    f"image AUROC {tags.get('metrics.image.AUROC', 'n/a')}, pixel AUROC {tags.get('metrics.pixel.AUROC', 'n/a')}")  # fmt: skip

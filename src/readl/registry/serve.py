@@ -1,7 +1,7 @@
 """``readl serve``: MLflow's model server (``mlflow models serve --env-manager local``) on readl's tracking store.
 
 MLflow's own default store is ``mlflow.db``; readl writes ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``
-in the working directory (:func:`readl.registry.client.tracking_uri`). The command resolves that store, makes a
+in the working directory (:func:`readl.tracking.tracking_uri`). The command resolves that store, makes a
 relative sqlite path absolute (the server's workers may run elsewhere) and hands it to the server in
 ``MLFLOW_TRACKING_URI``, so ``models:/readl@champion`` resolves and no stray ``mlflow.db`` appears.
 """
@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from readl.registry.client import RegistryError, tracking_uri
+from readl.tracking import RegistryError, tracking_uri
 from readl.registry.load import require_store
 
 __all__ = ["serve_command"]
@@ -26,7 +26,7 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, wor
     Args:
         model_uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/ID/readl``.
         host, port: where the server listens; workers: uvicorn worker processes (each loads the model).
-        uri: tracking URI (default :func:`readl.registry.client.tracking_uri`).
+        uri: tracking URI (default :func:`readl.tracking.tracking_uri`).
 
     Returns:
         ``(argv, env)``: argv[0] is the ``mlflow`` executable of this environment; env is ``os.environ`` with

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from readl.registry.client import AliasNotFoundError, call, tracking_uri
+from readl.tracking import AliasNotFoundError, call, tracking_uri
 from readl.registry.fingerprints import FINGERPRINT_TAG
 
 __all__ = ["readl_versions", "require_alias", "sync_challenger"]

@@ -3,7 +3,8 @@
 One linear entry, :func:`run`: read the calibration split -> build the predictor -> predict every image through
 the per-image cache -> fit tau_t (median rule) and tau_i (maximum-curvature rule) on the pooled token scores
 (supplement Table 5, :mod:`readl.evaluation.calibration`) and the decision threshold on the image score P(Yes)
-(``calibrate:`` params, :mod:`readl.evaluation.decision`) -> write ``thresholds.json`` and its plot.
+(``calibrate:`` params, :mod:`readl.evaluation.decision`) and t_pixel of ``pixel.ACC`` on the normal images' maps
+(:func:`readl.evaluation.calibration.pixel_thresholds`) -> write ``thresholds.json`` and its plot.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from readl.data.manifest import read_manifest
 from readl.evaluation.decision import fit_decision_threshold, image_score
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import clean_json
-from readl.evaluation.calibration import calibrate_thresholds, plot_curves
+from readl.evaluation.calibration import calibrate_thresholds, pixel_thresholds, plot_curves
+from readl.evaluation.evaluate import score_images
+from readl.localization.thresholds import ThresholdPair, ThresholdSpec
 from readl.runtime import configure
 from readl.predictor import pipeline_predictor
 
@@ -37,7 +40,8 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
         manifest: the calibration split (``data/curated/calib.parquet``).
         adapter: the LoRA folder (``models/adapter``; absent or ``none``: the base model alone).
         out: the ``thresholds.json`` to write (atomically): ``tau_t`` / ``tau_i`` (``value``, ``rule``, counts),
-            ``decision`` (``value`` on P(Yes) in [0, 1], ``rule``, ``score``, ``malformed``), ``model``.
+            ``decision`` (``value`` on P(Yes) in [0, 1], ``rule``, ``score``, ``malformed``), ``pixel`` (t_pixel per
+            selection mode), ``model``.
         cache_dir: the per-image prediction cache (``reports/predictions/calib``; an interrupted run resumes).
         base: the base model (default :func:`readl.config.pipeline_base`).
         progress: called with the number of images finished.
@@ -62,15 +66,23 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
     scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
     decision = fit_decision_threshold(scores, [int(r["label"]) for r, _ in items], ccfg.decision, ccfg.false_alarm_rate)
     record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
+    taus = ThresholdPair(*(ThresholdSpec("fixed", record[k]["value"]) for k in ("tau_t", "tau_i")))
+    record["pixel"] = pixel_thresholds(score_images(items, params.localization, taus, malformed=policy),
+                                       ccfg.pixel_false_alarm_rate)  # fmt: skip
     record["model"] = {"base": base, "adapter": str(adapter) if adapter else None}
     record["runtime"] = runtime
     write_json(out, clean_json(record))
     plot_curves(out.with_suffix(".png"), s_t_hat, s_i_hat, record)
     def rule(tau: dict) -> str:  # a threshold at the floor of [0, 1] (the curve's knee at 0) filters almost nothing
-        return tau["rule"] + (": at the floor, drops only tokens scored 0" if tau["value"] <= 0 else "")
+        fell = f", fell back: {tau['fallback']}" if tau.get("fallback") else ""
+        return tau["rule"] + fell + (": at the floor, drops only tokens scored 0" if tau["value"] <= 0 else "")
 
+    t_pix = record["pixel"]["value"].get(params.localization.mode)
     log.info("calibrate: tau_t %.4f (%s), tau_i %.4f (%s) from %d tokens of %d images; decision P(Yes) >= %.4f "
-             "(%s%s); %.1f s -> %s", record["tau_t"]["value"], rule(record["tau_t"]), record["tau_i"]["value"],
-             rule(record["tau_i"]), record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
-             f", {decision['fallback']}: default" if decision["fallback"] else "", time.perf_counter() - t0, out)  # fmt: skip
+             "(%s%s); t_pixel %s (%s pixel false-alarm rate, %d normal images); %.1f s -> %s",
+             record["tau_t"]["value"], rule(record["tau_t"]), record["tau_i"]["value"], rule(record["tau_i"]),
+             record["n_tokens"], record["n_images"], decision["value"], decision["rule"],
+             f", {decision['fallback']}: default" if decision["fallback"] else "",
+             "none" if t_pix is None else f"{t_pix:.4f}", ccfg.pixel_false_alarm_rate, record["pixel"]["n_images"],
+             time.perf_counter() - t0, out)  # fmt: skip
     return record

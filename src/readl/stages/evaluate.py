@@ -89,12 +89,22 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     taus = resolve_taus(params.localization, thresholds)
     results = score_images(items, params.localization, taus, malformed=cfg.malformed)
     decision = read_decision(thresholds)
-    metrics, table = evaluate(results, params.localization.mode, decision_threshold=decision["value"])
+    calibrated = json.loads(Path(thresholds).read_text()) if thresholds is not None else {}  # thresholds.json
+    pixel = calibrated.get("pixel") or {}
+    if not pixel.get("value"):
+        log.warning("evaluate: no t_pixel in %s (re-run `readl calibrate`): pixel.ACC is NaN; ACC_oracle is fitted "
+                    "on the evaluated masks", thresholds or "the per-image run")  # fmt: skip
+    metrics, table = evaluate(results, params.localization.mode, decision_threshold=decision["value"],
+                              pixel_thresholds=pixel.get("value"), reasoning_datasets=cfg.reasoning_datasets)  # fmt: skip
+    metrics["pixel_threshold"] = {"value": (pixel.get("value") or {}).get(params.localization.mode),
+                                  "mode": params.localization.mode,
+                                  **{k: pixel.get(k) for k in ("rule", "false_alarm_rate", "n_images")},
+                                  "source": str(thresholds) if pixel.get("value") else None}  # fmt: skip
     metrics["decision"] = {k: decision[k] for k in ("value", "rule", "source")}
     metrics["thresholds"] = {"tau_t": taus.tau_t.label, "tau_i": taus.tau_i.label,
                              "source": str(thresholds) if thresholds else "per-image"}  # fmt: skip
     if thresholds is not None:  # how the calibrated rules fell back (per-image counts are in datasets.*.thresholds)
-        metrics["thresholds"]["rule_fallbacks"] = json.loads(Path(thresholds).read_text()).get("rule_fallbacks")
+        metrics["thresholds"]["rule_fallbacks"] = calibrated.get("rule_fallbacks")
     cmp.add_comparison(metrics, results, df, params, baseline_items)
     if metrics.get("reasoning"):  # what the reasoning was scored against, per eval source (README "Metrics")
         metrics["reasoning"]["reference_source"] = {s.name: s.references or params.curate.references
@@ -107,8 +117,12 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
                   threshold_source=f"{decision['rule']}, {decision['source']}")  # fmt: skip
     per = "; ".join(f"{name} {d['image']['AUROC']:.3f}" for name, d in metrics["datasets"].items()
                     if (d.get("image") or {}).get("AUROC") is not None)  # fmt: skip
+    fell = "; ".join(f"{name} {key} {c['rule']} fell back on {c['n_fallback']}/{d['n_images']}"
+                     for name, d in metrics["datasets"].items() for key, c in (d.get("thresholds") or {}).items())
     log.info("evaluate: %d images (%d malformed), mean over datasets: image AUROC %.3f (%s), pixel AUROC %.3f, "
-             "AUPRO %.3f; %.1f s", metrics["n_images"], metrics["n_malformed"], metrics["image"]["AUROC"], per,
-             metrics["pixel"]["AUROC"], metrics["pixel"]["AUPRO"], time.perf_counter() - t0)  # fmt: skip
+             "AUPRO %.3f; thresholds %s (%s); %.1f s", metrics["n_images"], metrics["n_malformed"],
+             metrics["image"]["AUROC"], per, metrics["pixel"]["AUROC"], metrics["pixel"]["AUPRO"],
+             "per-image" if thresholds is None else "calibrated", fell or "no per-image rule fell back",
+             time.perf_counter() - t0)  # fmt: skip
     return metrics
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import load_params
 from readl.registry.gate import Decision
-from readl.registry.client import call, mlflow_session
+from readl.tracking import call, mlflow_session
 from readl.registry.gate import promote as run_promote
 from readl.registry.registration import RegisterResult, register
 

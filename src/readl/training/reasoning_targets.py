@@ -11,8 +11,10 @@ Template design (a choice the paper does not make; it starts GRPO from an instru
 - the FIRST sentence is fixed per label (:data:`OPENING`), so the detection decision is taken at the first
   reasoning tokens, where it is weighted in the loss (:mod:`readl.training.warmup`); with a varied first
   sentence the decision would be spread over many tokens and drowned by text the image cannot predict;
-- the rest varies, seeded per row (category, defect-type name, a phrase from a small list), so the model does
-  not learn one string per label and the reasoning metrics (ROUGE-L, SBERT) measure more than a constant.
+- the rest varies, seeded per row (the image's own category, its defect type in an inspector's words, a phrase
+  from a small pool, :data:`POOLS`), so the model does not learn one string per label and the reasoning metrics
+  (ROUGE-L, SBERT) measure more than a constant; the pools are kept apart from the references' sentences.
+  The prompt does not name the category: on a category it never trained on, a model can only guess its name.
 """
 
 from __future__ import annotations
@@ -22,37 +24,34 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["OPENING", "template_reasoning", "target_completion", "targets_for"]
+from readl.data.references import defect_words
+
+__all__ = ["OPENING", "POOLS", "template_reasoning", "target_completion", "targets_for", "row_key"]
 
 # The decision sentence per label: label 1 (anomalous) and label 0 (normal). Both name the anomaly words
 # of the question ("defect", "anomaly"), so S_T (paper Eq. 2) has tokens that refer back to them.
 OPENING = {1: "A defect is visible.", 0: "No defect is visible."}
 
-_ANOMALOUS = (
-    "The {category} shows {defect}, an anomaly that deviates from its typical appearance.",
-    "There is {defect} on the {category}; this region is abnormal.",
-    "The surface of the {category} has {defect}, which indicates an anomaly.",
-    "Part of the {category} looks damaged: {defect}.",
+_ANOMALOUS = (  # the defect before the category: a different word order from the references (ROUGE-L is an LCS)
+    "I see {defect}, which makes this {category} deviate from its typical appearance.",
+    "There is {defect}; this region of the {category} is abnormal.",
+    "{Defect} on its surface indicates an anomaly in this {category}.",
+    "{Defect} affects part of this {category}.",
 )
 _NORMAL = (
-    "The {category} looks uniform and intact, with no anomaly.",
-    "The surface of the {category} appears regular and clean; it is normal.",
+    "The {category} is uniform and intact, with no anomaly.",
+    "The surface of the {category} appears regular and clean.",
     "Every region of the {category} is consistent with its typical appearance.",
-    "The {category} appears smooth and undamaged, so it is normal.",
+    "The {category} appears smooth and undamaged.",
 )
-_GENERIC_DEFECTS = {"", "good", "anomalous", "bad", "defect", "ko", "ng", "synthetic"}
+POOLS = {1: _ANOMALOUS, 0: _NORMAL}
+"""The warm-up's phrase pools per label; they share no 4-word sequence with the reference sentences
+(:data:`readl.data.references.REFERENCE_SENTENCES`), so copying the targets is not copying the references."""
 
 
 def _pick(key: str, n: int, seed: int) -> int:
     """A stable choice in [0, n) from ``key`` and ``seed`` (sha256; no global RNG state)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") % n
-
-
-def _phrase(defect_type: str) -> str:
-    name = str(defect_type or "").strip().lower()
-    if name in _GENERIC_DEFECTS:
-        return "a defect"
-    return f"a {name.replace('_', ' ')} defect"
 
 
 def template_reasoning(label: int, category: str, defect_type: str | None, key: str, seed: int = 0) -> str:
@@ -61,7 +60,8 @@ def template_reasoning(label: int, category: str, defect_type: str | None, key: 
     Args:
         label: 1 = anomalous, 0 = normal.
         category: the object / texture category (e.g. ``hazelnut``); ``_`` becomes a space.
-        defect_type: the published defect-type name (``colour``, ``cutpaste`` ...) or None / ``good``.
+        defect_type: the published defect-type name (``colour``, ``cutpaste`` ...) or None / ``good``, written in
+            an inspector's words (:func:`readl.data.references.defect_words`: "a discoloured patch").
         key: a stable per-row key that picks the phrase (:func:`row_key`: the image's content, not its path).
         seed: varies the choice of phrases between runs.
 
@@ -74,8 +74,9 @@ def template_reasoning(label: int, category: str, defect_type: str | None, key: 
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, got {label!r}")
     cat = str(category or "object").replace("_", " ")
-    pool = _ANOMALOUS if label == 1 else _NORMAL
-    body = pool[_pick(key, len(pool), seed)].format(category=cat, defect=_phrase(defect_type or ""))
+    pool = POOLS[label]
+    defect = defect_words(defect_type) or "a defect"
+    body = pool[_pick(key, len(pool), seed)].format(category=cat, defect=defect, Defect=defect[0].upper() + defect[1:])
     return f"{OPENING[label]} {body}"
 
 

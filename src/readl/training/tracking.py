@@ -3,7 +3,7 @@
 system metrics (CPU/GPU/memory, sampled by MLflow's monitor thread).
 
 Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on GPUs"). A new sqlite
-store is created once under a file lock (:func:`readl.registry.client.ensure_store`).
+store is created once under a file lock (:func:`readl.tracking.ensure_store`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from transformers import TrainerCallback
 
-from readl.registry.client import DEFAULT_TRACKING_URI, ensure_store, tracking_uri  # one definition for all stages
+from readl.tracking import DEFAULT_TRACKING_URI, ensure_store, tracking_uri  # one definition for all stages
 
 __all__ = ["DEFAULT_TRACKING_URI", "tracking_uri", "start_run", "flatten", "MlflowMetricsCallback"]
 

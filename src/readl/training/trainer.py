@@ -125,7 +125,7 @@ def capture_completion_attention(
 
 def group_rank_weights(
     s_t: list[np.ndarray], s_i: list[np.ndarray], localization
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Threshold]]:
     """Eq. 4 weights of the rollouts of ONE image, normalised together, and the consistency ranking key.
 
     Args:
@@ -133,22 +133,24 @@ def group_rank_weights(
         localization: ``LocalizationConfig`` (alpha, beta, mode, tau_t, tau_i, ties).
 
     Returns:
-        ``(w, rank)``: per rollout ``(R_g,)`` float64. ``w`` = Eq. 4 (0 for tokens not kept, >= 0);
+        ``(w, rank, fits)``: per rollout ``(R_g,)`` float64. ``w`` = Eq. 4 (0 for tokens not kept, >= 0);
         ``rank`` = ``w`` for kept tokens and ``alpha S_T^ + beta S_I^ - (|alpha| + |beta|) - 1`` (< 0, below
-        any kept token) for the others.
+        any kept token) for the others; ``fits``: ``{"tau_t", "tau_i"}`` -> the image's
+        :class:`~readl.localization.thresholds.Threshold` (its ``fallback`` says whether the rule fell back).
     """
     sizes = [len(x) for x in s_t]
     flat_t = np.concatenate(s_t) if s_t else np.zeros(0)  # (sum R_g,)
     flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
     t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
     loc = localization
-    tau_t = resolve_threshold(loc.tau_t, t_hat, loc.ties).value  # over all rollouts of the image
-    tau_i = resolve_threshold(loc.tau_i, i_hat, loc.ties).value
-    w, keep = token_weights(t_hat, i_hat, tau_t, tau_i, loc.alpha, loc.beta, loc.mode)  # (sum R_g,) each
+    fits = {"tau_t": resolve_threshold(loc.tau_t, t_hat, loc.ties),  # over all rollouts of the image
+            "tau_i": resolve_threshold(loc.tau_i, i_hat, loc.ties)}  # fmt: skip
+    w, keep = token_weights(t_hat, i_hat, fits["tau_t"].value, fits["tau_i"].value, loc.alpha, loc.beta,
+                            loc.mode)  # (sum R_g,) each  # fmt: skip
     composite = loc.alpha * t_hat + loc.beta * i_hat
     rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
     cuts = np.cumsum(sizes)[:-1]
-    return np.split(w, cuts), np.split(rank, cuts)
+    return np.split(w, cuts), np.split(rank, cuts), fits
 
 
 class CGROTrainer(GRPOAdapter):
@@ -191,9 +193,9 @@ class CGROTrainer(GRPOAdapter):
         """The rows with the ``readl_maps`` / ``readl_weights`` columns of the capture pass (module docstring)."""
         return self._attach_maps(inputs, completion_ids_list) if self._needs_maps else inputs
 
-    def rewards_done(self, inputs):
+    def rewards_done(self, inputs, rewards):
         if self._needs_maps:
-            self._log_consistency(inputs)
+            self._log_consistency(inputs, rewards[:, self.reward_func_names.index("consistency")])
 
     def _policy_attention(self, inputs, completion_ids_list) -> list[tuple[np.ndarray, np.ndarray]]:
         """Capture pass of the current policy, eval mode (dropout off), no grad."""
@@ -234,28 +236,45 @@ class CGROTrainer(GRPOAdapter):
         g = self.group_size()
         offset = self.accelerator.process_index * len(inputs)
         w_local, rank_local = [None] * len(inputs), [None] * len(inputs)
+        fell_back = {"tau_t": [], "tau_i": []}  # per image group with tokens: did its rule fall back?
         for start in range(0, len(all_t), g):
             members = range(start, min(start + g, len(all_t)))
             if not any(offset <= m < offset + len(inputs) for m in members):
                 continue
-            w, rank = group_rank_weights([all_t[m] for m in members], [all_i[m] for m in members], self.localization)
+            w, rank, fits = group_rank_weights([all_t[m] for m in members], [all_i[m] for m in members],
+                                               self.localization)  # fmt: skip
+            for key, fit in fits.items():
+                if fit.n > 0:
+                    fell_back[key].append(fit.fallback is not None)
             for m, wm, rm in zip(members, w, rank):
                 if offset <= m < offset + len(inputs):
                     w_local[m - offset], rank_local[m - offset] = wm, rm
         self.last_consistency = {"maps": maps, "weights": rank_local, "w": w_local, "s_t": s_t, "s_i": s_i}
         self.record_metric("consistency/capture_s", time.perf_counter() - t0)
         self.record_metric("consistency/reasoning_tokens", float(np.mean([len(m) for m in maps])))
+        for key, flags in fell_back.items():  # share of image groups whose per-image rule fell back (max curv. -> median)
+            if flags:
+                self.record_metric(f"consistency/{key}_fallback_frac", float(np.mean(flags)))
         return [{**x, MAPS_KEY: m, WEIGHTS_KEY: r} for x, m, r in zip(inputs, maps, rank_local)]
 
-    def _log_consistency(self, inputs):
-        """J of this process's rows (the values the consistency reward thresholded), gathered and logged."""
+    def _log_consistency(self, inputs, r_cons):
+        """J of this process's rows (the values the consistency reward thresholded), gathered and logged; J and
+        R_cons (``r_cons``: the gathered ``(B_global,)`` consistency rewards) also per image label."""
         js = consistency_j([x[MAPS_KEY] for x in inputs], [x[WEIGHTS_KEY] for x in inputs], self.consistency)
         if self.last_consistency is not None:
             self.last_consistency["j"] = js
         all_j = np.asarray(gather_object(js), dtype=np.float64)  # (B_global,), NaN where R < k
+        labels = np.asarray(gather_object([int(x["label"]) for x in inputs]), dtype=np.int64)  # (B_global,)
         ok = all_j[np.isfinite(all_j)]
         self.record_metric("consistency/valid_frac", float(ok.size / max(1, all_j.size)))
         if ok.size:
             self.record_metric("consistency/J_mean", float(ok.mean()))
             self.record_metric("consistency/J_min", float(ok.min()))
             self.record_metric("consistency/J_max", float(ok.max()))
+        r_cons = r_cons.detach().float().cpu().numpy()  # (B_global,)
+        for label, name in ((1, "anomalous"), (0, "normal")):  # CGRO raises J on the one, lowers it on the other
+            sel = all_j[(labels == label) & np.isfinite(all_j)]
+            if sel.size:
+                self.record_metric(f"consistency/J_{name}", float(sel.mean()))
+            if (labels == label).any():
+                self.record_metric(f"consistency/R_cons_{name}", float(np.nanmean(r_cons[labels == label])))

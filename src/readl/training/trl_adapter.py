@@ -10,7 +10,7 @@ three private methods and turns them into readl's hooks:
   ``extra_fields`` column :data:`PROMPT_IDS_KEY` (TRL merges ``extra_fields`` into each row's inputs before
   scoring): an explicit per-row value, no state kept on the trainer between calls;
 - ``_calculate_rewards``: ``inputs = self.reward_inputs(inputs, completion_ids)`` before TRL's reward loop
-  (add columns the reward functions read) and ``self.rewards_done(inputs)`` after it.
+  (add columns the reward functions read) and ``self.rewards_done(inputs, rewards)`` after it.
 
 It also names the private TRL state the hooks read (:attr:`GRPOAdapter.trl_tokenizer`,
 :meth:`GRPOAdapter.group_size`, :meth:`GRPOAdapter.record_metric`). ``tests/unit/training/test_trl_adapter.py`` pins the TRL
@@ -99,8 +99,9 @@ class GRPOAdapter(GRPOTrainer):
         columns and :data:`PROMPT_IDS_KEY`; ``completion_ids_list`` the rollouts' token ids, one per row."""
         return inputs
 
-    def rewards_done(self, inputs: list[dict]) -> None:
-        """Called after every reward function ran, with the rows :meth:`reward_inputs` returned."""
+    def rewards_done(self, inputs: list[dict], rewards) -> None:
+        """Called after every reward function ran, with the rows :meth:`reward_inputs` returned and TRL's
+        gathered ``(B_global, n_reward_funcs)`` float32 tensor of rewards (columns in ``reward_func_names`` order)."""
 
     # --- named access to TRL state ----------------------------------------------------------------------------
     @property
@@ -138,5 +139,5 @@ class GRPOAdapter(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         inputs = self.reward_inputs(inputs, completion_ids_list)
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self.rewards_done(inputs)
+        self.rewards_done(inputs, rewards)
         return rewards

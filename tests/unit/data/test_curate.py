@@ -369,19 +369,21 @@ def test_sample_manifests_carry_template_references(sample_run):
     ev = C.read_manifest("eval", sample_run.out_dir)
     assert ev["reference"].notna().all() and sample_run.summary["with_reference"]["eval"] == len(ev) > 14
     refs = dict(zip(ev["raw_image_path"], ev["reference"]))
-    assert refs["mvtec_ad/grid/test/bent/000.png"] == "The grid shows a bent defect."
-    assert refs["mvtec_ad/grid/test/metal_contamination/000.png"] == "The grid shows a metal contamination defect."
+    assert refs["mvtec_ad/grid/test/bent/000.png"] == "The grid shows a bent part."
+    assert refs["mvtec_ad/grid/test/metal_contamination/000.png"] == "The grid shows metal contamination."
     assert refs["mvtec_ad/grid/test/good/000.png"] == "The grid looks normal, no defect."
 
 
 def test_template_reference_sentences():
     from readl.data.references import template_reference
 
-    assert template_reference("hazelnut", "colour", 1) == "The hazelnut shows a colour defect."
-    assert template_reference("metal_nut", "scratch+bent", 1) == "The metal nut shows a scratch and bent defect."
+    assert template_reference("hazelnut", "colour", 1) == "The hazelnut shows a discoloured patch."
+    assert template_reference("metal_nut", "scratch+bent", 1) == "The metal nut shows a scratch and a bent part."
+    assert template_reference("bottle", "draem", 1) == "The bottle shows a patch of foreign texture."  # not "draem"
+    assert template_reference("pill", "pill_type", 1) == "The pill shows a pill type defect."  # unlisted name
     assert template_reference("Woven_001", "good", 0) == "The woven looks normal, no defect."
     assert template_reference("kolektorsdd", "unknown", 1) == "The kolektorsdd shows a defect."
-    assert template_reference("pill", "oil", 1) == "The pill shows an oil defect."
+    assert template_reference("pill", "oil", 1) == "The pill shows an oil stain."
     with pytest.raises(ValueError, match="label"):
         template_reference("pill", "oil", 2)
 

@@ -133,9 +133,14 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     for d in per.values():  # the share of strictly formatted answers, per dataset: a malformed one is never strict
         assert 0.0 <= d["format_rate"] <= 1 - d["n_malformed"] / d["n_images"] + 1e-12
     ds = metrics["datasets"]["mvtec_ad"]
-    for key in ("AUROC", "AUPR", "AUPRO", "ACC"):
+    for key in ("AUROC", "AUPR", "AUPRO", "ACC", "ACC_oracle"):
         v = ds["pixel"][key]
         assert v is None or 0.0 <= v <= 1.0
+    # pixel.ACC's threshold comes from the normal calibration images (no mask), not from the evaluated masks
+    t_pixel = thresholds["pixel"]["value"]
+    assert set(t_pixel) == set(MODES) and thresholds["pixel"]["rule"] == "false_alarm_rate"
+    assert metrics["pixel_threshold"]["value"] == t_pixel[metrics["pixel_threshold"]["mode"]]
+    assert ds["pixel"]["ACC"] is not None
     assert metrics["thresholds"]["tau_i"] == pytest.approx(thresholds["tau_i"]["value"])
     assert metrics["decision"]["value"] == decision["value"] and metrics["decision"]["rule"] == "f1_max"
     for image in (ds["image"], metrics["image"]):  # the decision's ACC next to the answer's
@@ -146,7 +151,10 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert ds["kept_fraction"] is None or 0.0 <= ds["kept_fraction"] <= 1.0
     # curate's template references (readl.data.references) -> the reasoning metrics of paper Table 1 are produced
     reasoning = metrics["reasoning"]
-    assert reasoning["n"] == n_eval and 0.0 <= reasoning["ROUGE_L"] <= 1.0 and -1.0 <= reasoning["SBERT"] <= 1.0
+    assert reasoning["averaged_over"] == ["mvtec_ad"]  # evaluate.reasoning_datasets: the paper averages MVTec AD
+    assert reasoning["n"] == per["mvtec_ad"]["n_images"] and 0.0 <= reasoning["ROUGE_L"] <= 1.0
+    assert reasoning["ROUGE_L"] == per["mvtec_ad"]["reasoning"]["ROUGE_L"] and -1.0 <= reasoning["SBERT"] <= 1.0
+    assert per["synthetic"]["reasoning"]["n"] == per["synthetic"]["n_images"]  # each dataset's own numbers too
     assert reasoning["reference_source"] == {"mvtec_ad": "template", "synthetic": "template"}
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
@@ -197,9 +205,59 @@ def test_evaluate_reports_reasoning_against_references(tmp_path):
              (_row(0, reference="The surface is clean."), _pred([4, 2, 1], [0.1, 0.5, 0.9], score=0.2))]
     results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
     metrics, table = evaluate(results, "both", root=tmp_path)
-    assert metrics["reasoning"]["n"] == 2
+    assert metrics["reasoning"]["n"] == 2 and metrics["reasoning"]["averaged_over"] == ["ds"]  # no mvtec_ad: all
     assert 0.0 < metrics["reasoning"]["ROUGE_L"] < 1.0 and 0.0 < metrics["reasoning"]["SBERT"] < 1.0
     assert metrics["image"]["AUROC"] == 1.0 and len(table) == 1
+    # two datasets: the top level averages only those of reasoning_datasets
+    other = [(_row(1, source="other", mask="m.png", reference="A scratch."), _pred([1, 2, 4], [0.9, 0.5, 0.1],
+                                                                                  completion=text))]  # fmt: skip
+    results += score_images(other, LocalizationConfig(), ("median", "max_curvature"))
+    metrics, _ = evaluate(results, "both", root=tmp_path, reasoning_datasets=["ds"])
+    assert metrics["reasoning"]["averaged_over"] == ["ds"] and metrics["reasoning"]["n"] == 2
+    assert metrics["reasoning"]["ROUGE_L"] == metrics["datasets"]["ds"]["reasoning"]["ROUGE_L"]
+    assert metrics["datasets"]["other"]["reasoning"]["n"] == 1
+
+
+def test_pixel_acc_uses_the_given_threshold_and_the_oracle_the_masks(tmp_path):
+    """pixel.ACC = share of pixels where ``map > t_pixel`` agrees with the mask, t_pixel given (fitted on normal
+    calibration images); ACC_oracle = ACC at the F1-max threshold of the evaluated masks (an upper bound)."""
+    from PIL import Image
+
+    from readl.evaluation.evaluate import pixel_metrics
+    from readl.localization.anomaly_map import upsample
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2, :2] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    items = [(_row(1, mask="m.png"), _pred([1, 2, 4], [0.9, 0.5, 0.1])), (_row(0), _pred([4, 2, 1], [0.1, 0.5, 0.9]))]
+    results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
+    masks = [mask > 127, np.zeros((8, 8), bool)]
+    maps = [upsample(r.maps["all"], (8, 8)) for r in results]
+    for t in (0.0, float(np.median(np.concatenate([m.ravel() for m in maps]))), 10.0):
+        got = pixel_metrics(results, "all", tmp_path, threshold=t)
+        want = np.mean(np.concatenate([((m > t) == k).ravel() for m, k in zip(maps, masks)]))
+        assert got["ACC"] == pytest.approx(want)
+    assert math.isnan(pixel_metrics(results, "all", tmp_path)["ACC"])  # no t_pixel: no ACC
+    oracle = pixel_metrics(results, "all", tmp_path)["ACC_oracle"]
+    assert oracle >= max(pixel_metrics(results, "all", tmp_path, threshold=t)["ACC"] for t in (0.0, 10.0)) - 1e-9
+
+
+def test_pixel_threshold_flags_the_false_alarm_share_of_normal_pixels(tmp_path):
+    from PIL import Image
+
+    from readl.evaluation.calibration import pixel_thresholds
+    from readl.localization.anomaly_map import upsample
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    items = [(_row(0), _pred([1, 2, 4], [0.9, 0.5, 0.1])), (_row(0), _pred([4, 2, 1], [0.1, 0.5, 0.9])),
+             (_row(1), _pred([1, 1, 1], [0.9, 0.9, 0.9]))]  # the anomalous image is never read  # fmt: skip
+    results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
+    rec = pixel_thresholds(results, 0.1, tmp_path)
+    assert rec["n_images"] == 2 and rec["n_pixels"] == 128 and set(rec["value"]) == set(MODES)
+    normal = np.concatenate([upsample(r.maps["both"], (8, 8)).ravel() for r in results[:2]])
+    assert np.mean(normal > rec["value"]["both"]) <= 0.1  # at most the false-alarm rate is flagged
+    assert pixel_thresholds(results[2:], 0.1, tmp_path)["value"] == {}  # no normal image: no t_pixel
 
 
 def test_calibration_reports_a_tied_top_block():

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec
-from readl.registry.client import (
+from readl.tracking import (
     AliasNotFoundError,
     ArtifactStoreError,
     TrackingUnavailableError,
@@ -123,7 +123,8 @@ def _metrics(image_auroc: float, pixel_auroc: float, ds: dict[str, tuple[float, 
            for n, (a, p) in ds.items()}  # fmt: skip
     return {"image": {"AUROC": image_auroc, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
             "pixel": {"AUROC": pixel_auroc, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None},
-            "datasets": per, "n_images": 14, "n_malformed": 0, "thresholds": {"tau_t": 0.4, "source": "x"}}  # fmt: skip
+            "datasets": per, "n_images": 14, "n_malformed": 0, "thresholds": {"tau_t": 0.4, "source": "x"},
+            "reasoning": {"ROUGE_L": 0.3, "SBERT": 0.7, "n": 14, "reference_source": {"mvtec_ad": "template"}}}  # fmt: skip
 
 
 def _workdir(root: Path, adapter: Path, metrics: dict, uri: str | None, experiment: str = "readl-test") -> Path:
@@ -191,6 +192,7 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     tags = mv.tags
     assert tags["metrics.image.AUROC"] == "0.8" and tags["metrics.datasets.mvtec_ad.pixel.AUROC"] == "0.9"
     assert tags["metrics.pixel.ACC"] == "null"
+    assert json.loads(tags["reasoning_reference_source"]) == {"mvtec_ad": "template"}  # what ROUGE-L / SBERT mean
     assert tags["data_manifest_sha256"] == manifest_digest([work / f"data/curated/{s}.parquet" for s in ("train", "calib", "eval")])
     assert len(tags["params_sha256"]) == 64 and tags[FINGERPRINT_TAG] == first.fingerprint
     assert tags["git_commit"] == "unknown"  # the stage folder is outside git
@@ -344,7 +346,7 @@ def test_mlflow_models_serve(champion, mlflow_server, sample_dir, tmp_path):
 
 # --- errors ------------------------------------------------------------------------------------------------------
 def test_unreachable_tracking_server_is_a_clear_error(adapter, tmp_path, monkeypatch):
-    import readl.registry.client as client_module
+    import readl.tracking as client_module
 
     dead = f"http://127.0.0.1:{_free_port()}"
     probes = []

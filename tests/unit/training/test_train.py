@@ -108,7 +108,8 @@ def test_group_weights_normalise_over_all_rollouts_of_an_image():
     loc = LocalizationConfig(tau_t={"rule": "fixed", "value": 0.5}, tau_i={"rule": "fixed", "value": 0.5})
     s_t = [np.array([0.0, 1.0]), np.array([2.0, 4.0])]  # min 0, max 4 over BOTH rollouts
     s_i = [np.array([1.0, 3.0]), np.array([0.0, 1.0])]  # inverted: (3 - s) / 3
-    w, rank = group_rank_weights(s_t, s_i, loc)
+    w, rank, fits = group_rank_weights(s_t, s_i, loc)
+    assert fits["tau_t"].value == 0.5 and fits["tau_t"].fallback is None  # fixed: never falls back
     t_hat = np.array([0.0, 0.25, 0.5, 1.0])
     i_hat = np.array([2 / 3, 0.0, 1.0, 2 / 3])
     keep = (t_hat > 0.5) & (i_hat > 0.5)  # only token 1 of rollout 2
@@ -116,8 +117,9 @@ def test_group_weights_normalise_over_all_rollouts_of_an_image():
     r = np.concatenate(rank)
     assert r[3] > 0 and (r[:3] < 0).all()  # kept first, then the others by alpha S_T^ + beta S_I^
     assert np.argsort(-r).tolist() == [3, 2, 0, 1]
-    w, _ = group_rank_weights([np.zeros(0), np.zeros(0)], [np.zeros(0), np.zeros(0)], LocalizationConfig())
+    w, _, fits = group_rank_weights([np.zeros(0), np.zeros(0)], [np.zeros(0), np.zeros(0)], LocalizationConfig())
     assert [len(x) for x in w] == [0, 0]
+    assert fits["tau_i"].n == 0 and fits["tau_i"].fallback == "no scores"  # the trainer counts groups with n > 0 only
 
 
 # --- the GRPO objective (paper Eq. 9-10) -------------------------------------------------------------------------
@@ -220,7 +222,8 @@ def stepped(tiny_dir, manifest, tmp_path_factory):
 
     def calculate_rewards(inputs, prompts, completions, completion_ids_list):
         seen.update(inputs=inputs, prompts=prompts, completions=completions, ids=completion_ids_list)
-        return orig_rewards(inputs, prompts, completions, completion_ids_list)
+        seen["rewards"] = orig_rewards(inputs, prompts, completions, completion_ids_list)
+        return seen["rewards"]
 
     def policy_attention(inputs, completion_ids_list):
         seen["captured"] = orig_capture(inputs, completion_ids_list)
@@ -264,6 +267,25 @@ def test_run_summary_counts_steps_with_reward_variance_and_reads_lora_b(stepped,
     assert max_abs_lora_b(tmp_path / "fresh") == 0.0
     with pytest.raises(FileNotFoundError, match="readl train"):
         max_abs_lora_b(tmp_path)
+
+
+def test_j_and_r_cons_are_logged_per_image_label(stepped):
+    """The learning check reads J and R_cons of anomalous and normal rollouts apart (CGRO should raise J on the
+    one and lower it on the other): the logged values are the means over exactly the rows of that label."""
+    trainer, _, seen = stepped
+    hist = trainer.state.log_history[0]
+    labels = np.array([int(x["label"]) for x in seen["inputs"]])
+    js = np.array(seen["consistency"]["j"], dtype=np.float64)
+    r_cons = seen["rewards"][:, trainer.reward_func_names.index("consistency")].numpy()
+    for label, name in ((1, "anomalous"), (0, "normal")):
+        rows = labels == label
+        if not rows.any():  # the one-step batch may hold one label: then that label logs nothing
+            assert f"consistency/R_cons_{name}" not in hist and f"consistency/J_{name}" not in hist
+            continue
+        assert hist[f"consistency/R_cons_{name}"] == pytest.approx(float(r_cons[rows].mean()))
+        if np.isfinite(js[rows]).any():
+            assert hist[f"consistency/J_{name}"] == pytest.approx(float(np.nanmean(js[rows])))
+    assert 0.0 <= hist["consistency/tau_i_fallback_frac"] <= 1.0  # the per-image rule: share of groups that fell back
 
 
 def _predictor_capture(trainer, inputs, completion_ids_list):

@@ -4,6 +4,7 @@ loss, and a seeded warm start that teaches the tiny random model the answer form
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from readl.config import Params, WarmupConfig, load_params, pipeline_base
 from readl.model.prompting import parse_completion
-from readl.training.reasoning_targets import OPENING, target_completion, targets_for, template_reasoning
+from readl.training.reasoning_targets import OPENING, POOLS, target_completion, targets_for, template_reasoning
 from readl.training.warmup import sft_dataset, token_weights_from_labels
 
 REPO = Path(__file__).resolve().parents[3]
@@ -32,7 +33,9 @@ def test_templates_use_image_level_information_only():
         parsed = parse_completion(text)
         assert parsed.format_ok and parsed.answer == ("Yes" if label else "No")
         assert parsed.reasoning.startswith(OPENING[label])  # the decision opens the reasoning
-    assert "colour defect" in with_masks[0] and "metal plate" in with_masks[1] and "cutpaste defect" in with_masks[2]
+    # the image's own category; defects in an inspector's words, a synthetic recipe never by its name
+    assert "discoloured patch" in with_masks[0] and "metal plate" in with_masks[1] and "grid" in with_masks[2]
+    assert "displaced patch" in with_masks[2].lower() and "cutpaste" not in with_masks[2].lower()
     assert targets_for(frame, seed=0) == with_masks  # stable
 
 
@@ -46,6 +49,43 @@ def test_targets_do_not_depend_on_where_the_repository_is():
     moved = frame.assign(image_path=[f"/tmp/x/y/data/curated/images/train/s/c/{n}" for n in names])
     assert targets_for(moved, seed=0) == targets_for(frame, seed=0)
     assert targets_for(frame, seed=1) != targets_for(frame, seed=0)  # the phrase seed still matters
+
+
+def _four_grams(sentence: str) -> set[tuple[str, ...]]:
+    """Word 4-grams of a template sentence, its placeholders read as one word each ({category} == {obj})."""
+    text = re.sub(r"\{(category|obj)\}", " OBJ ", sentence)
+    text = re.sub(r"\{(defect|Defect|what)\}", " WHAT ", text).lower()
+    words = re.findall(r"[a-z]+", text)
+    return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+
+def test_warmup_phrases_share_no_sentence_with_the_references():
+    """Separate phrase pools (issue: ROUGE-L / SBERT rewarded copying the warm-up's targets, near-copies of the
+    references): no 4-word sequence of a warm-up sentence is in a reference sentence."""
+    from readl.data.references import REFERENCE_SENTENCES
+
+    refs = set().union(*(_four_grams(r) for r in REFERENCE_SENTENCES.values()))
+    for label, pool in POOLS.items():
+        for sentence in (OPENING[label], *pool):
+            assert not _four_grams(sentence) & refs, sentence
+
+
+def test_reasoning_metrics_do_not_reward_copying_the_warmup_targets():
+    """The issue's examples, scored: a copy of the reference scores 1, every warm-up target far less (ROUGE-L
+    <= 0.4, SBERT < 0.9: it is not the reference), and the wrong-label targets less than the right-label ones."""
+    from readl.data.references import template_reference
+    from readl.evaluation.reasoning import rouge_l, sbert_cosine
+
+    ref = template_reference("grid", "bent", 1)
+    right = [f"{OPENING[1]} " + p.format(category="grid", defect="a bent part", Defect="A bent part") for p in POOLS[1]]
+    wrong = [f"{OPENING[0]} " + p.format(category="grid") for p in POOLS[0]]
+    texts = [ref, *right, *wrong]
+    rouge, sbert = rouge_l(texts, [ref] * len(texts)), sbert_cosine(texts, [ref] * len(texts))
+    n = len(right)
+    assert rouge[0] == pytest.approx(1.0) and sbert[0] == pytest.approx(1.0, abs=1e-5)
+    assert rouge[1 : n + 1].max() <= 0.4 and sbert[1 : n + 1].max() < 0.9
+    # SBERT ranks every wrong-label text below every right-label one; ROUGE-L (word overlap) only on average
+    assert sbert[n + 1 :].max() < sbert[1 : n + 1].min() and rouge[n + 1 :].mean() < rouge[1 : n + 1].mean()
 
 
 def test_reasoning_column_is_used_when_present():

@@ -1,4 +1,4 @@
-"""readl.registry.client: connect() changes no process state; mlflow_session() scopes it (issue 13, item 3)."""
+"""readl.tracking: connect() changes no process state; mlflow_session() scopes it (issue 13, item 3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from readl.registry.client import HTTP_ENV_DEFAULTS, connect, mlflow_session
+from readl.tracking import HTTP_ENV_DEFAULTS, connect, mlflow_session
 
 MLFLOW_VARS = (*HTTP_ENV_DEFAULTS, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
