@@ -127,18 +127,28 @@ Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if abs
 Cache = Annotated[Path, typer.Option(help="Per-image prediction cache.")]
 BaseModel = Annotated[str | None, typer.Option(help="Base model (default: models/warmup after the cold start, else "
                                                      "params model.base).")]
-ParamsFile = Annotated[Path, typer.Option(help="params.yaml.")]
+ParamsFile = Annotated[Path | None, typer.Option(help="params.yaml (default ./params.yaml; built-in defaults, with a "
+                                                  "warning, when it is absent; a given file must exist).")]
 ModelName = Annotated[str | None, typer.Option(help="Registered model name (default register.model_name).")]
 
 
-def _params(params: Path | None):
-    """params.yaml: an explicit ``--params`` must exist; the default ``params.yaml`` may be absent (defaults)."""
-    from readl.config import load_params
-
+def _params_path(params: Path | None) -> Path:
+    """params.yaml: an explicit ``--params`` must exist (exit 2); the default ``./params.yaml`` may be absent (the
+    built-in defaults, with a warning)."""
     if params is not None and not params.is_file():
         raise ValueError(f"--params {params}: file not found; pass an existing params.yaml, or omit --params for "
                          f"./params.yaml (built-in defaults when it is absent)")  # fmt: skip
-    return load_params(params or Path("params.yaml"))
+    path = params or Path("params.yaml")
+    if not path.is_file():
+        logging.getLogger("readl.cli").warning("no ./params.yaml here: running with the built-in defaults")
+    return path
+
+
+def _params(params: Path | None):
+    """The validated params of ``--params`` (:func:`_params_path`)."""
+    from readl.config import load_params
+
+    return load_params(_params_path(params))
 
 
 @app.command()
@@ -190,7 +200,7 @@ def predict(
 @_handled
 def preset(
     name: Annotated[str, typer.Argument(help="Preset: paper (readl.presets.PRESETS).")],
-    params: ParamsFile = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml to write (created when absent).")] = Path("params.yaml"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the overrides; write nothing.")] = False,
 ) -> None:
     """Write a named set of overrides into params.yaml (e.g. `readl preset paper`: the paper's recipe, warm-up off),
@@ -216,16 +226,15 @@ def preset(
 @app.command()
 @_handled
 def warmup(
-    params: Annotated[Path, typer.Option(help="params.yaml (sections model, warmup, train.lora).")] = Path("params.yaml"),
+    params: ParamsFile = None,
     manifest: Manifest = Path("data/curated/train.parquet"),
     output: Annotated[Path, typer.Option(help="Folder for warmup/, warmup_run.json, warmup_checkpoints/.")] = Path("models"),
     device: TrainDevice = None,
 ) -> None:
     """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself."""
-    from readl.config import load_params
     from readl.stages.warmup import run
 
-    record = run(load_params(params), manifest=manifest, output_dir=output, device=device)
+    record = run(_params(params), manifest=manifest, output_dir=output, device=device)
     if record:
         done = f"steps: {record['global_step']}  MLflow run: {record['run_id']}" if record["enabled"] else "disabled"
         console.print(f"warm-started model: {record['model']}  {done}")
@@ -234,16 +243,15 @@ def warmup(
 @app.command()
 @_handled
 def train(
-    params: Annotated[Path, typer.Option(help="params.yaml (sections model, train).")] = Path("params.yaml"),
+    params: ParamsFile = None,
     manifest: Manifest = Path("data/curated/train.parquet"),
     output: Annotated[Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")] = Path("models"),
     device: TrainDevice = None,
 ) -> None:
     """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself."""
-    from readl.config import load_params
     from readl.stages.train import run
 
-    record = run(load_params(params), manifest=manifest, output_dir=output, device=device)
+    record = run(_params(params), manifest=manifest, output_dir=output, device=device)
     if record:
         console.print(f"adapter: {record['adapter']}  MLflow run: {record['run_id']}  steps: {record['global_step']}")
 
@@ -251,15 +259,14 @@ def train(
 @app.command()
 @_handled
 def curate(
-    params: Annotated[Path, typer.Option(help="params.yaml (curate section).")] = Path("params.yaml"),
+    params: ParamsFile = None,
     raw: Annotated[Path, typer.Option(help="Folder holding the sources' root folders.")] = Path("data/raw"),
     out: Annotated[Path, typer.Option(help="Curated folder, replaced atomically.")] = Path("data/curated"),
 ) -> None:
     """Build the curated train / calib / eval manifests and 420x420 images (the first DVC stage)."""
-    from readl.config import load_params
     from readl.stages.curate import run
 
-    cfg = load_params(params)
+    cfg = _params(params)
     with _progress() as bar:
         task = bar.add_task("curate", total=None)
         result = run(cfg, raw, out, progress=lambda n, total: bar.update(task, advance=n, total=total))
@@ -315,15 +322,14 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="thresholds.json to write (plot beside it).")] = Path("models/thresholds.json"),
     cache: Cache = Path("reports/predictions/calib"),
     model: BaseModel = None,
-    params: ParamsFile = Path("params.yaml"),
+    params: ParamsFile = None,
 ) -> None:
     """Find tau_t (median) and tau_i (maximum curvature) (supplement Table 5) and the OK/NG decision threshold on
     P(Yes) (params calibrate:) on the calibration split."""
-    from readl.config import load_params
     from readl.data.manifest import read_manifest
     from readl.stages.calibrate import run
 
-    cfg = load_params(params)
+    cfg = _params(params)
     with _bar("calibrate", len(read_manifest(manifest))) as advance:
         run(cfg, manifest, adapter, out, cache, base=model, progress=advance)
 
@@ -339,16 +345,15 @@ def evaluate(
     reports: Annotated[Path, typer.Option(help="Folder for tables and the heat-map gallery.")] = Path("reports"),
     cache: Cache = Path("reports/predictions/eval"),
     model: BaseModel = None,
-    params: ParamsFile = Path("params.yaml"),
+    params: ParamsFile = None,
     calib_manifest: Annotated[Path, typer.Option(help="Calibration split: the model baselines' own tau_t / tau_i "
                                                  "(evaluate.baseline_thresholds).")] = Path("data/curated/calib.parquet"),
 ) -> None:
     """Image / pixel / reasoning metrics per dataset and category, curves, tables and a heat-map gallery."""
-    from readl.config import load_params
     from readl.data.manifest import read_manifest
     from readl.stages.evaluate import run
 
-    cfg = load_params(params)
+    cfg = _params(params)
     with _bar("evaluate", len(read_manifest(manifest))) as advance:
         result = run(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
                      progress=advance, calib_manifest=calib_manifest)  # fmt: skip
@@ -366,7 +371,7 @@ def evaluate(
 @app.command()
 @_handled
 def register(
-    params: Annotated[Path, typer.Option(help="params.yaml (register.model_name; logged with the model).")] = Path("params.yaml"),
+    params: ParamsFile = None,
     adapter: Annotated[Path, typer.Option(help="LoRA adapter (absent: the base model alone).")] = Path("models/adapter"),
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from `readl calibrate`.")] = Path("models/thresholds.json"),
     metrics: Annotated[Path, typer.Option(help="metrics.json from `readl evaluate` (version tags).")] = Path("metrics.json"),
@@ -380,7 +385,8 @@ def register(
     from readl.registry.gate import gate_table
     from readl.stages.register import run
 
-    result, decision = run(params, adapter, thresholds, metrics, train_run, out, name=name, promote=promote_)
+    result, decision = run(_params_path(params), adapter, thresholds, metrics, train_run, out, name=name,
+                           promote=promote_)  # fmt: skip
     typer.echo(f"register: {result.name} version {result.version} (run {result.run_id}){' reused' if result.reused else ''}; "
                f"aliases: {', '.join(result.aliases)}")  # fmt: skip
     if decision is not None:
@@ -396,16 +402,15 @@ def register(
 @app.command()
 @_handled
 def promote(
-    params: Annotated[Path, typer.Option(help="params.yaml (register: model_name, primary_metric, max_drop).")] = Path("params.yaml"),
+    params: ParamsFile = None,
     name: ModelName = None,
     dry_run: Annotated[bool, typer.Option(help="Decide, but do not move 'champion'.")] = False,
 ) -> None:
     """Move 'champion' to 'challenger' if the gate passes; exit 1 (with the table of why) if it refuses."""
-    from readl.config import load_params
     from readl.registry.gate import gate_table
     from readl.registry.gate import promote as run_promote
 
-    decision = run_promote(load_params(params).register, name=name, dry_run=dry_run)
+    decision = run_promote(_params(params).register, name=name, dry_run=dry_run)
     if decision.checks:
         _console().print(gate_table(decision))
     verdict = "[green]promoted[/green]" if decision.promoted else "[red]refused[/red]"

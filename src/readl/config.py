@@ -374,9 +374,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
 
     class Params(BaseModel):
-        """All of ``params.yaml``; sections not yet modelled here are kept as plain dicts."""
+        """All of ``params.yaml``; an unknown top-level section is an error (not silently the defaults)."""
 
-        model_config = ConfigDict(extra="allow", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True)  # a misspelt section (`localisation:`) is an error
 
         runtime: RuntimeConfig = RuntimeConfig()
         model: ModelConfig = ModelConfig()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.localization.thresholds import ThresholdPair, resolve_taus
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "predict_files",
+__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "output_names", "check_outputs", "predict_files",
            "outcomes_table"]
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,47 @@ class Outcome:
     error: str | None = None
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """The output name (no suffix) of each distinct input: its stem when the stems are unique, else its path relative
+    to the inputs' common folder with ``/`` as ``__`` (``a/000.png``, ``b/000.png`` -> ``a__000``, ``b__000``); a
+    name still taken gets ``_2``, ``_3`` ... Never two inputs on one name (issue: ``b/same`` was overwritten by
+    ``c/same_1``)."""
+    distinct = list(dict.fromkeys(paths))
+    stems = [p.stem for p in distinct]
+    if len(set(stems)) == len(stems):
+        return dict(zip(distinct, stems))
+    resolved = [Path(os.path.abspath(p)) for p in distinct]
+    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    names, used = {}, set()
+    for p, r in zip(distinct, resolved):
+        base = "__".join(r.relative_to(root).with_suffix("").parts)
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        names[p] = name
+    return names
+
+
+def check_outputs(paths: list[Path], out_dir: Path) -> dict[Path, str]:
+    """:func:`output_names`, after checking that no output (``<out_dir>/<name>.json`` / ``.png``) is an input file.
+
+    Raises:
+        ValueError: an output would replace an input image (e.g. ``--out`` is the images' folder); the message
+            names both and the fix.
+    """
+    names = output_names(paths)
+    inputs = {Path(os.path.abspath(p)): p for p in names}
+    for p, name in names.items():
+        for suffix in (".json", ".png"):
+            target = Path(os.path.abspath(Path(out_dir) / f"{name}{suffix}"))
+            if target in inputs:
+                raise ValueError(f"--out {out_dir}: writing {target.name} would replace the input image "
+                                 f"{inputs[target]}; choose an output folder that holds no input images")  # fmt: skip
+    return names
+
+
 def predict_files(
     paths: list[Path],
     predictor: Predictor,
@@ -232,7 +274,8 @@ def predict_files(
     provenance: dict | None = None,
     annotate: bool = True,
 ) -> list[Outcome]:
-    """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir``.
+    """Predict every file in ``paths`` and write its JSON and overlay PNG into ``out_dir`` (named by
+    :func:`output_names`; :func:`check_outputs` refuses an output that would replace an input).
 
     Unreadable files become ``Outcome(error=...)``; they never stop the others. Inputs are decoded one batch
     at a time (``batch_size`` readable images), so memory does not grow with ``len(paths)``; a batch's overlay
@@ -255,7 +298,7 @@ def predict_files(
     taus = resolve_taus(cfg, thresholds_file)
     decision = read_decision(thresholds_file)
     outcomes = {p: Outcome(p) for p in paths}
-    stems: dict[str, int] = {}
+    names = check_outputs(paths, out_dir)
     pending = iter(dict.fromkeys(paths))  # each distinct path once, in order
     # The overlay PNGs of one batch are drawn and encoded in a background thread while the next batch
     # generates (zlib and PIL release the GIL); at most one batch is in flight, so memory stays bounded.
@@ -281,9 +324,7 @@ def predict_files(
             for (p, im), pred in zip(batch, preds):
                 real = localize(pred, cfg, taus)
                 record = prediction_record(p, pred, real, decision)
-                n = stems.get(p.stem, 0)
-                stems[p.stem] = n + 1
-                name = p.stem if n == 0 else f"{p.stem}_{n}"
+                name = names[p]
                 o = outcomes[p]
                 png = out_dir / f"{name}.png"
                 record.update(model=provenance or {}, thresholds=str(thresholds_file) if thresholds_file else

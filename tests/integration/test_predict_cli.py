@@ -118,3 +118,32 @@ def test_predict_errors_fit_the_command(tiny_dir, sample_dir, tmp_path, monkeypa
     out = run(img, "--model", "models:/readl@champion")
     assert out.exit_code == 1 and "no MLflow registry" in out.output and "MLFLOW_TRACKING_URI" in out.output
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_outputs_never_replace_an_input_or_each_other(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    """Issue (data lost): `--out` = the images' folder replaced the input with its overlay; a/same.png, b/same.png and
+    c/same_1.png wrote b's and c's results to one name. Refused before the model loads; names unique."""
+    from readl.predictor import check_outputs, output_names
+
+    monkeypatch.chdir(tmp_path)
+    src = sample_dir / "mvtec_ad/grid/test/broken/000.png"
+    files = [tmp_path / "in" / d / n for d, n in (("a", "same.png"), ("b", "same.png"), ("c", "same_1.png"))]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(src.read_bytes())
+    names = output_names(files)
+    assert sorted(names.values()) == ["a__same", "b__same", "c__same_1"]
+    assert output_names([files[0], files[0]]) == {files[0]: "same"}  # one file given twice: one output
+    img = tmp_path / "in" / "a" / "same.png"
+    before = img.read_bytes()
+    result = CliRunner().invoke(app, ["predict", str(img), "--out", str(img.parent), "--max-new-tokens", "4"])
+    assert result.exit_code == 2 and "would replace the input image" in result.output, result.output
+    assert img.read_bytes() == before and not (img.parent / "same.json").exists()
+    with pytest.raises(ValueError, match="would replace"):
+        check_outputs([tmp_path / "x.json"], tmp_path)  # a .json input counts too
+    result = CliRunner().invoke(app, ["predict", *map(str, files), "--out", "out", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    assert written == ["a__same.json", "b__same.json", "c__same_1.json"]
+    for f, name in names.items():
+        assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["image"] == str(f)

@@ -40,6 +40,27 @@ def test_bad_params_is_usage_error(command, tmp_path, monkeypatch):
     assert out.exit_code == 2 and "image_size" in out.output and "Traceback" not in out.output
 
 
+COMMANDS_WITH_PARAMS = ["curate", "warmup", "train", "calibrate", "evaluate", "register", "promote"]
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_PARAMS)
+def test_a_missing_params_file_is_a_usage_error(command, tmp_path, monkeypatch):
+    """Issue: `--params FILE` that does not exist ran the built-in defaults and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, [command, "--params", "nope.yaml"])
+    assert out.exit_code == 2 and "nope.yaml" in out.output and "file not found" in out.output, out.output
+    assert "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("command", ["curate", "train", "evaluate", "promote"])
+def test_a_misspelt_section_is_a_usage_error(command, tmp_path, monkeypatch):
+    """Issue: `localisation:` / `modle:` were accepted and the defaults used."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("localisation:\n  alpha: 2.0\n")
+    out = CliRunner().invoke(app, [command])
+    assert out.exit_code == 2 and "localisation" in out.output and "Traceback" not in out.output, out.output
+
+
 def test_register_bad_input_exit_code_and_debug_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()

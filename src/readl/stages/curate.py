@@ -32,6 +32,14 @@ def run(params: Params, raw: Path = Path("data/raw"), out: Path = Path("data/cur
     Raises:
         readl.data.curate.SourceMissingError (a FileNotFoundError): a configured source folder is absent (the
             message says ``readl fetch SOURCE``); nothing is written.
-        ValueError: a source does not follow its layout, a references CSV is bad, an unknown layout or option.
+        ValueError: ``out`` is, or holds, ``raw`` (replacing it would delete the raw data); a source does not follow
+            its layout, a references CSV is bad, an unknown layout or option.
     """
+    r, o = Path(raw).resolve(), Path(out).resolve()
+    if r == o or o in r.parents:
+        raise ValueError(f"--out {out}: it holds the raw data {raw}, which replacing it would delete; curate into a "
+                         f"folder of its own (default data/curated)")  # fmt: skip
+    if r in o.parents:
+        raise ValueError(f"--out {out}: it lies inside the raw data {raw}; curate into a folder of its own "
+                         f"(default data/curated)")  # fmt: skip
     return curate(params.curate, raw, out, progress=progress)

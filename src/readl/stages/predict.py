@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from readl.config import LocalizationConfig, Params, pipeline_base
-from readl.predictor import Outcome, adapter_digest, build_predictor, predict_files
+from readl.predictor import Outcome, adapter_digest, build_predictor, check_outputs, predict_files
 
 __all__ = ["DEFAULT_ADAPTER", "DEFAULT_THRESHOLDS", "PredictRun", "run"]
 
@@ -60,11 +60,12 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         :class:`PredictRun`.
 
     Raises:
-        ValueError: a bad argument (``--thresholds`` file missing, ``--adapter`` folder without
+        ValueError: a bad argument (an output that would replace an input image, ``--thresholds`` file missing, ``--adapter`` folder without
             ``adapter_config.json``, ``--adapter`` with a registered model).
         readl.predictor.ModelLoadError: the base model cannot be loaded.
         readl.registry.RegistryError: the registered model cannot be resolved or loaded.
     """
+    check_outputs(images, out)  # before the model loads: no output may replace an input
     no_thresholds = _is_none(thresholds)
     if thresholds is not None and not no_thresholds and not Path(thresholds).is_file():
         raise ValueError(f"--thresholds {thresholds}: file not found; run `readl calibrate` (models/thresholds.json) "

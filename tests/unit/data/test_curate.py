@@ -506,3 +506,19 @@ def test_image_below_one_merged_patch_is_rejected_with_the_reason(tmp_path):
     assert [r["image_path"] for r in rows] == ["toy/widget/train/good/dot.png"]
     assert rows[0]["reason"].startswith("bad_image: image is 1x1 px, smaller than the 28x28")
     assert res.counts["train"] == 2
+
+
+@pytest.mark.parametrize("out", ["data", "data/raw", "data/raw/curated"])
+def test_curate_refuses_an_out_that_holds_or_lies_in_the_raw_data(out, tmp_path, monkeypatch):
+    """Issue (data lost): `readl curate --out data` swapped `data/` aside and deleted it, raw data included, exit 0."""
+    from typer.testing import CliRunner
+
+    from readl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "data" / "raw" / "mysource"
+    raw.mkdir(parents=True)
+    (raw / "fetched.png").write_bytes(b"not yet dvc-added")
+    result = CliRunner().invoke(app, ["curate", "--out", out])
+    assert result.exit_code == 2 and "raw data" in result.output, result.output
+    assert (raw / "fetched.png").read_bytes() == b"not yet dvc-added"
