@@ -94,7 +94,8 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
-        body = {"dataframe_split": {"columns": ["image"], "data": [[img], [base64.b64encode(b"not an image").decode()]]}}
+        body = {"dataframe_split": {"columns": ["image", "path"], "data": [
+            [img, None], [base64.b64encode(b"not an image").decode(), None], [None, "/etc/passwd"]]}}  # fmt: skip
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})  # fmt: skip
         with urllib.request.urlopen(req, timeout=180) as resp:
@@ -105,7 +106,8 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
     def no_nan(const):
         raise AssertionError(f"invalid JSON constant {const} in the response")
 
-    good, bad = json.loads(text, parse_constant=no_nan)["predictions"]
+    good, bad, passwd = json.loads(text, parse_constant=no_nan)["predictions"]
+    assert "'path' column is off" in passwd["error"] and "root:" not in passwd["error"]  # no server file is read
     assert good["error"] == "" and good["answer"] in ("Yes", "No", None)
     image_score = 0.5 if good["answer"] is None else good["score"]  # a malformed answer: evaluate's fallback score
     assert good["threshold"] == 0.25 and good["decision"] == ("anomalous" if image_score >= 0.25 else "normal")

@@ -38,7 +38,7 @@ def test_served_16bit_png_bytes_match_readl_predict(tiny_dir, sample_dir, tmp_pa
     served = ReadlModel()
     served.load_context(SimpleNamespace(artifacts={"params": str(tmp_path / "params.json"),
                                                    "thresholds": str(thresholds)},
-                                        model_config={"device": "cpu"}))  # fmt: skip
+                                        model_config={"device": "cpu", "path_root": str(tmp_path)}))  # fmt: skip
     by_bytes = served.predict(None, pd.DataFrame({"image": [png.read_bytes()]})).iloc[0]
     by_path = served.predict(None, pd.DataFrame({"path": [str(png)]})).iloc[0]
     assert by_bytes["error"] == "" and by_path["error"] == ""
@@ -52,3 +52,28 @@ def test_served_16bit_png_bytes_match_readl_predict(tiny_dir, sample_dir, tmp_pa
     record = json.loads((tmp_path / "out" / "deep.json").read_text())
     assert record["score"] == round(float(by_bytes["score"]), 6) and record["answer"] == by_bytes["answer"]
     assert record["decision"] == by_bytes["decision"]
+
+
+def test_served_paths_are_off_by_default_and_never_leave_their_root(tmp_path, monkeypatch):
+    """Issue (read what should not be read): a `path` row read ANY server file and echoed its first bytes."""
+    from readl.registry.pyfunc import ReadlModel
+
+    monkeypatch.delenv("READL_SERVE_PATH_ROOT", raising=False)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash")
+    allowed = tmp_path / "images"
+    allowed.mkdir()
+    (allowed / "link.png").symlink_to(secret)  # a link out of the root is outside it
+    served = ReadlModel()  # the input step only: no model is needed to refuse
+    frame = pd.DataFrame({"path": ["/etc/passwd", str(secret), str(tmp_path / "missing.png"), str(allowed / "link.png"),
+                                   str(allowed / ".." / "secret.txt")]})  # fmt: skip
+    images, errors = served._images(frame)
+    assert images == [None] * 5 and all("'path' column is off" in e for e in errors)
+    served.path_root = allowed.resolve()
+    images, errors = served._images(frame)
+    assert images == [None] * 5
+    assert len({e.split(": ", 1)[1] for e in errors}) == 1 and "outside the folder" in errors[0], errors  # one message
+    assert not any("root:" in e or "secret" in e for e in errors)  # no content, no name echoed
+    (allowed / "notes.png").write_text("root:x:0:0")
+    _, errors = served._images(pd.DataFrame({"path": [str(allowed / "notes.png")]}))
+    assert "not a readable image" in errors[0] and "root:" not in errors[0]

@@ -16,7 +16,7 @@ Input (one row per image; JSON over ``mlflow models serve``: ``{"dataframe_split
 | column | type | meaning |
 |---|---|---|
 | ``image`` | binary, optional | the encoded image file (PNG, JPEG ...); base64 in JSON requests |
-| ``path`` | string, optional | a path to an image file readable by the serving process |
+| ``path`` | string, optional | an image file on the server, only under the folder the operator allows (``$READL_SERVE_PATH_ROOT`` or ``model_config={"path_root": ...}``); refused otherwise (the default), without saying whether it exists |
 
 Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
 
@@ -131,8 +131,11 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
 
     ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``cpu``, ``cuda``
     ...; default ``$READL_DEVICE``, else CUDA when available), ``max_new_tokens`` (default the logged
-    ``model.max_new_tokens``).
+    ``model.max_new_tokens``), ``path_root`` (default ``$READL_SERVE_PATH_ROOT``; unset: the ``path`` column is
+    refused, so a client can read no file of the server).
     """
+
+    path_root: Path | None = None  # the one folder `path` rows may read (symlinks resolved); None = paths off
 
     def load_context(self, context) -> None:
         from readl.config import Params
@@ -154,6 +157,8 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         # what the records name: the version's `base_model` tag ("tiny + warmup"), not a download folder
         self.base = f"{self.params.model.base} + warmup" if arts.get("base_model") else self.params.model.base
         self.batch_size = self.params.model.batch_size
+        root = cfg.get("path_root") or os.environ.get("READL_SERVE_PATH_ROOT")
+        self.path_root = Path(os.path.realpath(root)) if root else None
         self.predictor = build_predictor(self.params, base, self.adapter, device=device,
                                          max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)  # fmt: skip
 
@@ -170,7 +175,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 if _present(img):  # the project decoder, as `readl predict` (16-bit, truncation guard ...)
                     images.append(open_image(f"row {i}", data=_image_bytes(img)))
                 elif _present(path):
-                    images.append(open_image(str(path)))
+                    images.append(self._open_path(i, str(path)))
                 else:
                     raise ValueError("row has neither 'image' (bytes) nor 'path'")
                 errors.append("")
@@ -178,6 +183,27 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 images.append(None)
                 errors.append(str(exc) if isinstance(exc, BadImageError) else f"row {i}: {exc}")
         return images, errors
+
+    def _open_path(self, i: int, path: str):
+        """The image at ``path`` if it lies under :attr:`path_root`; every refusal says nothing about the file (its
+        existence, type or first bytes).
+
+        Raises:
+            ValueError: paths are off, ``path`` is outside the root, or not a readable image there.
+        """
+        from readl.data.images import BadImageError
+        from readl.predictor import open_image
+
+        if self.path_root is None:
+            raise ValueError("the 'path' column is off on this server: send the image file's bytes in 'image' (the "
+                             "operator may allow one folder with READL_SERVE_PATH_ROOT)")  # fmt: skip
+        real = Path(os.path.realpath(path))
+        if real != self.path_root and self.path_root not in real.parents:
+            raise ValueError("'path' is outside the folder this server may read")
+        try:
+            return open_image(str(real))
+        except BadImageError:
+            raise ValueError("'path' is not a readable image in the folder this server may read") from None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS."""
