@@ -40,6 +40,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from readl.redact import RedactingFilter, redact
+
 app = typer.Typer(help="readl: reasoning-driven industrial anomaly detection (ReAL + CGRO).", no_args_is_help=True)
 
 
@@ -67,6 +69,8 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    for handler in logging.getLogger().handlers:  # no password of a URL in any log line (readl.redact)
+        handler.addFilter(RedactingFilter())
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # One progress bar per long step: no per-file "Loading weights" bars, no deprecation noise from deps.
@@ -95,9 +99,10 @@ def _handled(command):
             raise
         except Exception as exc:  # noqa: BLE001 - every error ends as a message and an exit code
             if _options["debug"]:
-                console.print("".join(traceback.format_exception(exc)), markup=False, highlight=False, soft_wrap=True)
+                console.print(redact("".join(traceback.format_exception(exc))), markup=False, highlight=False,
+                              soft_wrap=True)  # fmt: skip
             known = isinstance(exc, (ValueError, OSError, RuntimeError, KeyError))
-            message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            message = redact(str(exc) if known else f"{type(exc).__name__}: {exc}")
             if not known and not _options["debug"]:
                 message += " (run `readl --debug ...` for the traceback)"
             console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)

@@ -3,7 +3,7 @@
 One download = resume + checksum + atomic extraction:
 
 * The archive is downloaded to ``<dest>/.fetch/<archive>.part``, with its URL recorded beside it
-  in ``<archive>.part.url``. An interrupted download of the SAME URL resumes from the bytes
+  in ``<archive>.part.url`` (as a SHA-256 digest: a URL may hold credentials). An interrupted download of the SAME URL resumes from the bytes
   already there (a ``.part`` with no record, or a record of another URL, is deleted and the
   download starts over): ``Range: bytes=N-`` for http(s) (via ``urllib``; a server that
   ignores ranges restarts the file), ``get_object(Range="bytes=N-")`` for ``s3://`` URLs (boto3,
@@ -44,6 +44,7 @@ from pathlib import Path
 from readl.atomic import atomic_dir, write_json, write_text
 from readl.data.archives import extract
 from readl.data.fetch_errors import ChecksumError, FetchError, ManualDownloadRequired, UnknownSourceError
+from readl.redact import redact
 from readl.data.fetch_catalogue import BUNDLED, SOURCES, RemoteSource
 
 __all__ = ["ChecksumError", "FetchError", "FetchResult", "ManualDownloadRequired", "SOURCES", "UnknownSourceError",
@@ -120,16 +121,16 @@ def _download_http(url: str, part: Path, progress: ByteProgress | None, timeout:
         if exc.code == 416 and offset:  # nothing left after `offset`: the file is complete
             return
         if exc.code >= 500 or exc.code in (408, 429):
-            raise _Interrupted(f"HTTP {exc.code} {exc.reason} for {url}") from None
-        raise FetchError(f"HTTP {exc.code} {exc.reason} for {url}") from None
+            raise _Interrupted(f"HTTP {exc.code} {exc.reason} for {redact(url)}") from None
+        raise FetchError(f"HTTP {exc.code} {exc.reason} for {redact(url)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Interrupted(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+        raise _Interrupted(f"cannot reach {redact(url)}: {getattr(exc, 'reason', exc)}") from None
     with resp:
         start = _range_start(resp.headers.get("Content-Range"))
         if start is None:  # no Content-Range: the whole file (range ignored) -> start over
             offset = 0
         elif start != offset:
-            raise FetchError(f"{url}: asked for bytes {offset}- but the server sent "
+            raise FetchError(f"{redact(url)}: asked for bytes {offset}- but the server sent "
                              f"{resp.headers.get('Content-Range')!r}; delete {part} and retry")
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
@@ -181,7 +182,7 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
         url: ``https://``/``http://`` (urllib, HTTP Range) or ``s3://bucket/key`` (boto3 ranged
             ``get_object``).
         dest: final file path; data goes to ``<dest>.part`` and is renamed when complete.
-            ``<dest>.part.url`` records the URL of the partial file: a ``.part`` is resumed
+            ``<dest>.part.url`` records the URL's SHA-256 of the partial file: a ``.part`` is resumed
             only for the same URL, otherwise deleted first.
         progress: ``progress(done_bytes, total_bytes_or_None)``.
         endpoint_url, unsigned: S3 only (see :func:`readl.storage.s3_client`).
@@ -201,14 +202,14 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
     dest.parent.mkdir(parents=True, exist_ok=True)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("http", "https", "s3"):
-        raise FetchError(f"unsupported URL {url!r}: expected https://, http:// or s3://")
+        raise FetchError(f"unsupported URL {redact(url)!r}: expected https://, http:// or s3://")
     recorded = record.read_text() if record.is_file() else None
-    if part.exists() and recorded != url:  # another URL's bytes (or unknown): never resume them
-        log.warning("%s: partial download of %s, not of %s; starting over", part,
-                    recorded or "an unrecorded URL", url)
+    digest = "sha256:" + _url_digest(url)  # the record never holds the URL (it may carry credentials)
+    if part.exists() and recorded != digest:  # another URL's bytes (or unknown): never resume them
+        log.warning("%s: partial download of another URL than %s; starting over", part, redact(url))
         part.unlink()
-    if recorded != url:
-        write_text(record, url)
+    if recorded != digest:
+        write_text(record, digest)
     for attempt in range(1, attempts + 1):
         try:
             if scheme == "s3":
@@ -254,6 +255,11 @@ def _sidecar(archive: Path) -> Path:
     return archive.with_name(archive.name + ".json")
 
 
+def _url_digest(url: str) -> str:
+    """SHA-256 of a URL: how the download records name it (never the URL itself: it may carry credentials)."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
 def _reusable(archive: Path, url: str, expected: str | None) -> str | None:
     """The archive's SHA-256 when its sidecar record matches ``url``, its size and its content
     (and ``expected``); None otherwise (the stale archive and sidecar are deleted)."""
@@ -266,13 +272,13 @@ def _reusable(archive: Path, url: str, expected: str | None) -> str | None:
     except (OSError, ValueError):
         rec = None
     digest = None
-    if (isinstance(rec, dict) and rec.get("url") == url
+    if (isinstance(rec, dict) and rec.get("url_sha256") == _url_digest(url)
             and rec.get("size") == archive.stat().st_size):
         digest = sha256_file(archive)
         if digest != rec.get("sha256") or (expected is not None and digest != expected):
             digest = None
     if digest is None:
-        log.warning("%s: not a verified download of %s; downloading again", archive, url)
+        log.warning("%s: not a verified download of %s; downloading again", archive, redact(url))
         _drop(archive)
     return digest
 
@@ -343,8 +349,8 @@ def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | No
                                 f"{expected}; the download was deleted. A changed upstream file "
                                 f"or a corrupt transfer: run again, or pass --sha256 after "
                                 f"checking it.")
-        write_json(_sidecar(archive), {"url": source_url, "size": archive.stat().st_size,
-                                       "sha256": digest})
+        write_json(_sidecar(archive), {"url": redact(source_url), "url_sha256": _url_digest(source_url),
+                                       "size": archive.stat().st_size, "sha256": digest})  # fmt: skip
     try:
         with atomic_dir(target) as tmp:
             extract(archive, tmp)

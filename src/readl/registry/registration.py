@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from readl.atomic import write_json
+from readl.redact import redact
 from readl.config import Params, load_params, pipeline_base
 from readl.config import RegisterConfig
 from readl.digest import file_digest  # re-exported: the registry's content hashes
@@ -277,7 +278,7 @@ def register(
         result = RegisterResult(
             name=name, version=str(mv.version), run_id=run_id, aliases=sorted(mv.aliases or []),
             model_uri=f"models:/{name}/{mv.version}", source=mv.source, fingerprint=fp, reused=reused,
-            tracking_uri=uri, tags=dict(mv.tags or {}),
+            tracking_uri=redact(uri), tags=dict(mv.tags or {}),
         )  # fmt: skip
         if out is not None:
             record = asdict(result)

@@ -21,6 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from readl.atomic import atomic_dir, write_json
 from readl.config import Params, pipeline_base
+from readl.redact import redact
 from readl.training.checkpoints import fingerprint, train_resumable
 from readl.runtime import configure
 from readl.training.data import balanced_rows, load_manifest
@@ -92,7 +93,7 @@ def run(
     record = {
         "run_id": run_id,
         "experiment": t.experiment,
-        "tracking_uri": tracking_uri(),
+        "tracking_uri": redact(tracking_uri()),  # the record names the store, never its credentials
         "adapter": str(adapter),
         "base": pipeline_base(params),
         "rewards": names,
