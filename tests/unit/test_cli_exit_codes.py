@@ -107,3 +107,20 @@ def test_tables_and_log_lines_are_not_cut_outside_a_terminal(monkeypatch):
     assert "mvtec_ad_grid_and_hazelnut" in buf.getvalue() and "malformed answers" in buf.getvalue(), buf.getvalue()
     monkeypatch.setenv("COLUMNS", "60")
     assert cli._console().width == 60
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_a_manifest_path_outside_the_project_is_refused(command, where, tmp_path, monkeypatch):
+    """Issue (read what should not be read): an absolute path outside the repository was evaluated silently."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"x")
+    path = str(outside) if where == "absolute" else "../elsewhere.png"
+    manifest = project / "split.parquet"
+    pd.DataFrame({"source": ["s"], "category": ["c"], "label": [0], "image_path": [path],
+                  "mask_path": [None]}).to_parquet(manifest)  # fmt: skip
+    out = CliRunner().invoke(app, [command, "--manifest", str(manifest)])
+    assert out.exit_code == 2 and "lies outside the project" in out.output and "row 0" in out.output, out.output

@@ -21,7 +21,7 @@ SPLIT_COLUMNS = ("image_path", "label", "source", "category")
 
 
 def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS, *,
-                  allow_empty: bool = False, what: str = "manifest") -> pd.DataFrame:  # fmt: skip
+                  allow_empty: bool = False, what: str = "manifest", inside: Path | None = None) -> pd.DataFrame:  # fmt: skip
     """Read the Parquet (or ``.csv``) manifest ``path`` and check it has ``columns`` and at least one row.
 
     Args:
@@ -29,13 +29,16 @@ def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_C
         columns: required column names.
         allow_empty: accept a manifest without rows (curate's calib split may be empty).
         what: how the messages name the file (``"manifest"``, ``"training manifest"``).
+        inside: when given, every ``image_path`` / ``mask_path`` (relative to it, or absolute) must lie inside
+            this folder (the project: the pipeline's splits never point elsewhere).
 
     Returns:
         The manifest as written (one row per image; ``image_path`` relative to the repository root).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says to run ``readl curate``).
-        ValueError: a required column is missing, or the manifest is empty and ``allow_empty`` is False.
+        ValueError: a required column is missing, the manifest is empty and ``allow_empty`` is False, or a path
+            lies outside ``inside`` (the message names the row, the path and the fix).
     """
     path = Path(path)
     if not path.is_file():
@@ -47,4 +50,11 @@ def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_C
     if df.empty and not allow_empty:
         raise ValueError(f"{what} {path} is empty (no images); {CURATE_HINT}, and check the `curate:` section "
                          f"of params.yaml")  # fmt: skip
+    if inside is not None:
+        root = Path(os.path.abspath(inside))  # by the paths' text: a data/ folder linked to another disk is fine
+        for column in ("image_path", "mask_path"):
+            for row, value in zip(df.index, df[column] if column in df.columns else []):
+                if isinstance(value, str) and value and root not in Path(os.path.abspath(root / value)).parents:
+                    raise ValueError(f"{what} {path}, row {row}: {column} {value!r} lies outside the project {root}; "
+                                     f"its splits hold paths inside it ({CURATE_HINT})")  # fmt: skip
     return df
