@@ -6,7 +6,9 @@ first and stops with an error naming the file and the stage that writes it. Chec
 - ``metrics.json`` (``readl evaluate``): a JSON object with the macro averages ``image`` / ``pixel``, the
   count ``n_malformed`` and, per evaluation dataset under ``datasets``, the same three (the fields the
   version tags, the promotion gate and the CLI's table read: :data:`METRIC_FIELDS`); the gate's
-  ``primary_metric`` must be present (its value may be ``null``: the gate then refuses).
+  ``primary_metric`` must be present (its value may be ``null``: the gate then refuses). Every such value is
+  ``null`` or a finite number in [0, 1] (never NaN or 5.0), and each top-level average equals the macro mean of the
+  datasets' values (``null`` ones skipped), as ``readl evaluate`` writes it: a hand-edited number never registers.
 - ``thresholds.json`` (``readl calibrate``): numeric ``tau_t.value`` and ``tau_i.value``.
 - ``train_run.json`` (``readl train``), when present: a JSON object with a string ``run_id``.
 - the adapter folder (``readl train``), when it holds ``adapter_config.json``: that file is JSON and the
@@ -16,6 +18,7 @@ first and stops with an error naming the file and the stage that writes it. Chec
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,10 +89,32 @@ def check_metrics(path: Path, primary_metric: str) -> dict:
                 problems += _section_problems(d, f"datasets.{name}.")
         if not _present(metrics, primary_metric):
             problems.append(f"{primary_metric} (register.primary_metric)")
+        if not problems:
+            problems += _value_problems(metrics, datasets)
     if problems:
-        raise ValueError(f"{path}: not a complete metrics file of `readl evaluate`: missing or non-numeric "
+        raise ValueError(f"{path}: not a complete metrics file of `readl evaluate`: missing, non-numeric or wrong "
                          f"{', '.join(dict.fromkeys(problems))}; re-run `readl evaluate` (dvc repro evaluate)")  # fmt: skip
     return dict(metrics)
+
+
+def _value_problems(metrics: Mapping, datasets: Mapping) -> list[str]:
+    """Values outside [0, 1] or non-finite, and top-level averages that are not the mean over the datasets."""
+    out = []
+    for where, d in [("", metrics), *((f"datasets.{n}.", v) for n, v in datasets.items())]:
+        for section, keys in METRIC_FIELDS.items():
+            for k in keys:
+                v = d[section][k]
+                if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                    out.append(f"{where}{section}.{k} = {v!r} (not in [0, 1])")
+    if out:
+        return out
+    for section, keys in METRIC_FIELDS.items():
+        for k in keys:
+            vals = [v[section][k] for v in datasets.values() if v[section][k] is not None]
+            mean, top = (sum(vals) / len(vals) if vals else None), metrics[section][k]
+            if (mean is None) != (top is None) or (mean is not None and abs(mean - top) > 1e-6):
+                out.append(f"{section}.{k} = {top!r} (the mean over datasets is {mean!r})")
+    return out
 
 
 def _present(d: Mapping, dotted: str) -> bool:

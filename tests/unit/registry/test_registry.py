@@ -214,6 +214,7 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     model = load_registered("models:/readl-e2e@champion", device="cpu")
     assert model.adapter is not None and model.taus == ThresholdPair(ThresholdSpec("fixed", 0.4), ThresholdSpec("fixed", 0.5)) and model.params.model.image_size == 112
     img = sample_dir / IMAGE
+    model.path_root = sample_dir.resolve()  # `path` rows: off unless the operator allows one folder
     out = model.predict(None, pd.DataFrame({"image": [img.read_bytes(), None, b"not an image"],
                                             "path": [None, str(img), None]}))  # fmt: skip
     assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 3
@@ -493,8 +494,8 @@ def test_first_use_of_a_sqlite_store_under_concurrency(adapter, tmp_path):
     assert recorded == {"1", "2", "3", "4"}
 
 
-@pytest.mark.parametrize("case", ["metrics_field", "metrics_json", "primary_metric", "thresholds", "train_run",
-                                  "adapter_weights"])  # fmt: skip
+@pytest.mark.parametrize("case", ["metrics_field", "metrics_json", "primary_metric", "metrics_nan", "metrics_range",
+                                  "metrics_inconsistent", "thresholds", "train_run", "adapter_weights"])  # fmt: skip
 def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch, case):
     """A bad input of `readl register` is an error naming the file, and nothing reaches the registry."""
     import mlflow
@@ -506,6 +507,7 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     metrics = _metrics(0.8, 0.9)
     work = _workdir(tmp_path / "w", adapter, metrics, None)
     bad = {"metrics_field": "metrics.json", "metrics_json": "metrics.json", "primary_metric": "metrics.json",
+           "metrics_nan": "metrics.json", "metrics_range": "metrics.json", "metrics_inconsistent": "metrics.json",
            "thresholds": "models/thresholds.json", "train_run": "models/train_run.json",
            "adapter_weights": "models/adapter"}[case]  # fmt: skip
     if case == "metrics_field":  # the field the CLI's table needs, as in the issue
@@ -516,6 +518,12 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     elif case == "primary_metric":
         del metrics["image"]["AUROC"]
         (work / bad).write_text(json.dumps(metrics))
+    elif case in ("metrics_nan", "metrics_range", "metrics_inconsistent"):  # issue: NaN / 5.0 became champion
+        value = {"metrics_nan": float("nan"), "metrics_range": 5.0, "metrics_inconsistent": 0.95}[case]
+        metrics["image"]["AUROC"] = value  # the datasets say 0.8
+        if case == "metrics_range":
+            metrics["datasets"]["mvtec_ad"]["image"]["AUROC"] = 5.0  # consistent, still out of range
+        (work / bad).write_text(json.dumps(metrics))  # NaN is written as the JSON extension `NaN`
     elif case == "thresholds":
         (work / bad).write_text(json.dumps({"tau_t": {"value": 0.4}}))
     elif case == "train_run":
