@@ -172,7 +172,7 @@ def predict(
                                                     "per-image rules.")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml (model, localization; default ./params.yaml, "
                                                 "built-in defaults when absent).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Override model.max_new_tokens.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Override model.max_new_tokens.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = None,
     annotate: Annotated[bool, typer.Option("--annotate/--no-annotate", help="Caption (answer, score, decision) and "
                                            "colour bar on the overlay PNG; off = the bare overlay at the image's size.")] = True,

@@ -6,11 +6,12 @@ Unknown keys are errors (a typo in params.yaml must not silently fall back to a 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,7 +26,25 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A params section: unknown keys, NaN / inf, and a string or boolean where a number belongs are errors (a YAML
+    ``"12"`` or ``true`` is never silently converted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data):
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if name in data and _numeric(field.annotation) and isinstance(data[name], (bool, str)):
+                    raise ValueError(f"{name}: {data[name]!r} is not a number")
+        return data
+
+
+def _numeric(annotation) -> bool:
+    """``int``, ``float`` or an optional / union of them only."""
+    args = set(get_args(annotation)) - {type(None)} if get_args(annotation) else {annotation}
+    return bool(args) and args <= {int, float}
 
 
 class RuntimeConfig(_Section):
@@ -65,8 +84,8 @@ class LocalizationConfig(_Section):
 
     layers: list[int] | None = None  # decoder layers averaged (Eq. 1); null = all
     binarize: Literal["mean"] | float = "mean"  # S_I binarisation (Eq. 3): above the map mean, or a quantile
-    alpha: float = 1.0  # Eq. 4 weight of S_T^
-    beta: float = 1.0  # Eq. 4 weight of S_I^
+    alpha: float = Field(1.0, ge=0)  # Eq. 4 weight of S_T^
+    beta: float = Field(1.0, ge=0)  # Eq. 4 weight of S_I^
     mode: SelectionMode = "both"  # token selection (paper Table 3; the one list: readl.localization.anomaly_map)
     tau_t: ThresholdSpec = ThresholdSpec(rule="median")  # supplement Table 5: median for tau_t
     tau_i: ThresholdSpec = ThresholdSpec(rule="max_curvature")  # supplement Table 5: max curvature for tau_i
@@ -347,6 +366,25 @@ class ScheduleConfig(_Section):
 
     cron: str = "0 3 * * 1"  # 5-field cron: Mondays 03:00
     timezone: str = "UTC"  # IANA time zone of the cron
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,?-]+", f) for f in fields):
+            raise ValueError(f"cron {v!r}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. '0 3 * * 1'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {v!r}: not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return v
 
 
 class RegisterConfig(_Section):
