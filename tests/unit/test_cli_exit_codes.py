@@ -124,3 +124,12 @@ def test_a_manifest_path_outside_the_project_is_refused(command, where, tmp_path
                   "mask_path": [None]}).to_parquet(manifest)  # fmt: skip
     out = CliRunner().invoke(app, [command, "--manifest", str(manifest)])
     assert out.exit_code == 2 and "lies outside the project" in out.output and "row 0" in out.output, out.output
+
+
+def test_promote_without_a_registry_creates_none(tmp_path, monkeypatch):
+    """Issue: `readl promote` against a missing registry created an empty mlruns.db as a side effect."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = CliRunner().invoke(app, ["promote"])
+    assert out.exit_code == 1 and "no MLflow registry" in out.output, out.output
+    assert not list(tmp_path.iterdir()), "neither mlruns.db nor its lock is created"

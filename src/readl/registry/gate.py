@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from readl.config import RegisterConfig
+from readl.registry.load import require_store
 from readl.tracking import call, mlflow_session, tracking_uri
 from readl.registry.fingerprints import METRIC_TAG_PREFIX
 from readl.registry.versions import require_alias
@@ -138,6 +139,7 @@ def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False,
         TrackingUnavailableError: the tracking server is unreachable.
     """
     uri = uri or tracking_uri()
+    require_store(uri)  # promoting reads a registry: it never creates an empty one
     name = name or cfg.model_name
     with mlflow_session(uri) as client:
         new_v = require_alias(client, name, challenger_alias)
