@@ -34,7 +34,7 @@ from readl.atomic import atomic_write, write_json
 from readl.config import LocalizationConfig, Params
 from readl.data.images import MIN_SIDE, BadImageError, load_rgb_fit
 from readl.digest import file_digest
-from readl.evaluation.decision import decide, image_score, read_decision
+from readl.evaluation.decision import decide, decision_basis, image_score, read_decision
 from readl.evaluation.report import annotated_overlay, overlay
 from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.localization.thresholds import ThresholdPair, resolve_taus
@@ -187,6 +187,8 @@ def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: 
         "format_ok": pred.parsed.format_ok,
         "score": round(pred.score, 6),
         "decision": decide(score, decision["value"]),
+        "decision_basis": decision_basis(pred.score, pred.parsed.answer is None, decision["malformed"],
+                                         decision["value"], decision["rule"]),  # fmt: skip
         "threshold": {k: decision[k] for k in ("value", "rule", "source")},
         "completion": pred.completion,
         "n_reasoning_tokens": len(pred.tokens),

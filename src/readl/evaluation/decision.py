@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FALLBACK_SCORE", "DEFAULT_THRESHOLD", "image_score", "decide", "fit_decision_threshold", "read_decision"]
+__all__ = ["FALLBACK_SCORE", "DEFAULT_THRESHOLD", "image_score", "decide", "decision_basis", "degenerate_decision",
+           "fit_decision_threshold", "read_decision"]
 
 FALLBACK_SCORE = 0.5  # image score of a malformed answer under evaluate.malformed = fallback
 DEFAULT_THRESHOLD = 0.5  # without a calibrated threshold: P(Yes) >= 0.5, the answer's own boundary
@@ -35,6 +36,29 @@ def image_score(score: float, malformed: bool, policy: str = "fallback") -> floa
 def decide(score: float, threshold: float) -> str:
     """``"anomalous"`` when ``score >= threshold``, else ``"normal"``."""
     return "anomalous" if float(score) >= float(threshold) else "normal"
+
+
+def decision_basis(score: float, malformed: bool, policy: str, threshold: float, rule: str) -> str:
+    """One sentence saying why the decision is what it is (an answer "Yes" with the decision "normal" is not a
+    contradiction: the decision thresholds the score, and a malformed answer's score is the fallback 0.5)."""
+    used = image_score(score, malformed, policy)
+    what = (f"no parsable answer: the fallback score {used:.3f} (evaluate.malformed: fallback), not P(Yes) "
+            f"{score:.3f}," if used != float(score) else f"P(Yes) {used:.3f}")  # fmt: skip
+    return f"{what} {'>=' if used >= threshold else '<'} the threshold {threshold:.3f} ({rule})"
+
+
+def degenerate_decision(record: dict) -> str | None:
+    """A warning when a fitted threshold decides every calibration image alike (TPR = FPR = 1: everything
+    anomalous; TPR = FPR = 0: nothing), else None; ``record`` is :func:`fit_decision_threshold`'s result."""
+    c = record.get("calib") or {}
+    tpr, fpr = c.get("TPR"), c.get("FPR")
+    if tpr == 1.0 and fpr == 1.0:
+        return (f"the decision threshold {record['value']:.4f} ({record['rule']}) flags EVERY calibration image as "
+                f"anomalous (TPR = FPR = 1): the model's P(Yes) does not separate the classes on the calibration split")
+    if tpr == 0.0 and fpr == 0.0:
+        return (f"the decision threshold {record['value']:.4f} ({record['rule']}) flags NO calibration image "
+                f"(TPR = FPR = 0): the model's P(Yes) does not separate the classes on the calibration split")
+    return None
 
 
 def _rates(scores: np.ndarray, labels: np.ndarray, t: float) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import Params
 from readl.data.manifest import read_manifest
-from readl.evaluation.decision import fit_decision_threshold, image_score
+from readl.evaluation.decision import degenerate_decision, fit_decision_threshold, image_score
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import clean_json
 from readl.evaluation.calibration import calibrate_thresholds, pixel_thresholds, plot_curves
@@ -66,6 +66,9 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
     scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
     decision = fit_decision_threshold(scores, [int(r["label"]) for r, _ in items], ccfg.decision, ccfg.false_alarm_rate)
     record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
+    if (warning := degenerate_decision(decision)) is not None:
+        log.warning("calibrate: %s", warning)
+        record["decision"]["warning"] = warning
     taus = ThresholdPair(*(ThresholdSpec("fixed", record[k]["value"]) for k in ("tau_t", "tau_i")))
     record["pixel"] = pixel_thresholds(score_images(items, params.localization, taus, malformed=policy),
                                        ccfg.pixel_false_alarm_rate)  # fmt: skip

@@ -64,3 +64,23 @@ def test_read_decision_names_its_source(tmp_path):
     bad.write_text(json.dumps({"decision": {"value": "high"}}))
     with pytest.raises(ValueError, match="decision.value"):
         read_decision(bad)
+
+
+def test_a_threshold_that_flags_every_calibration_image_is_called_out():
+    """Issue: a calibrated threshold with TPR = FPR = 1.0 (every image anomalous) passed without a word."""
+    from readl.evaluation.decision import degenerate_decision
+
+    inverted = fit_decision_threshold([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], "f1_max")  # P(Yes) higher on normals
+    assert (inverted["calib"]["TPR"], inverted["calib"]["FPR"]) == (1.0, 1.0)
+    assert "EVERY calibration image" in degenerate_decision(inverted)
+    assert degenerate_decision(fit_decision_threshold(SCORES, LABELS, "f1_max")) is None
+
+
+def test_the_decision_basis_explains_an_answer_that_disagrees_with_the_decision():
+    """Issue: answer "Yes" with decision "normal", and a malformed answer with P(Yes) 0.997 decided "normal", had no
+    explanation in the record."""
+    from readl.evaluation.decision import decision_basis
+
+    assert decision_basis(0.964, False, "fallback", 0.993, "f1_max") == "P(Yes) 0.964 < the threshold 0.993 (f1_max)"
+    text = decision_basis(0.997, True, "fallback", 0.7, "f1_max")
+    assert "fallback score 0.500" in text and "not P(Yes) 0.997" in text and "< the threshold 0.700" in text
