@@ -31,22 +31,14 @@ from readl.runtime import record as runtime_record
 from readl.atomic import atomic_write, write_json
 from readl.data.images import load_rgb
 from readl.digest import file_digest
+from readl.model.loading import base_digest
 from readl.model.inference import SCORE_RULE, Prediction, Predictor
 from readl.model.prompting import parse_completion
 
 __all__ = ["fingerprint", "entry_key", "image_id", "save_prediction", "load_prediction", "cached_predictions",
-           "predict_manifest", "process_state", "BASE_HASH_MAX_BYTES"]  # fmt: skip
+           "predict_manifest", "process_state"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-BASE_HASH_MAX_BYTES = 64 << 20  # local base model files above 64 MiB (weight shards) are hashed by name + size
-
-
-def _base_digest(base: str) -> str | None:
-    """Content hash of a local base model folder (``"tiny"`` resolves to one); None for a hub id."""
-    from readl.model.loading import resolve_base
-
-    folder = Path(resolve_base(base))
-    return file_digest([folder], max_bytes=BASE_HASH_MAX_BYTES) if folder.is_dir() else None
 
 
 def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
@@ -61,7 +53,7 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
     code = sorted(Path(readl.model.__file__).parent.glob("*.py"))
     return {
         "base": str(base),
-        "base_sha256": _base_digest(str(base)),
+        "base_sha256": base_digest(str(base)),
         "adapter_sha256": file_digest([adapter]) if adapter is not None else None,
         "dtype": dtype,
         "prompt": predictor.prompt,

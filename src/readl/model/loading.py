@@ -18,7 +18,7 @@ from readl.model.families import FAMILIES, family_for_path, family_of
 from readl.model.processor import register_auto_processor
 from readl.model.tiny import KITS, ensure_tiny_model
 
-__all__ = ["TINY", "KITS", "is_kit", "resolve_base", "pick_device_dtype", "load_processor", "load_model",
+__all__ = ["TINY", "KITS", "is_kit", "resolve_base", "base_digest", "BASE_HASH_MAX_BYTES", "pick_device_dtype", "load_processor", "load_model",
            "load_error_message"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,18 @@ def resolve_base(base: str | Path) -> str:
             id such as ``"Qwen/Qwen3-VL-8B-Instruct"``.
     """
     return str(ensure_tiny_model(kit=str(base))) if is_kit(base) else str(base)
+
+
+BASE_HASH_MAX_BYTES = 64 << 20  # local base model files above 64 MiB (weight shards) are hashed by name + size
+
+
+def base_digest(base: str | Path) -> str | None:
+    """Content hash of a local base model folder (a kit name resolves to one; files over
+    :data:`BASE_HASH_MAX_BYTES` by name and size); None for a hub id (its name identifies it)."""
+    from readl.digest import file_digest
+
+    folder = Path(resolve_base(base))
+    return file_digest([folder], max_bytes=BASE_HASH_MAX_BYTES) if folder.is_dir() else None
 
 
 def pick_device_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:

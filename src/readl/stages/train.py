@@ -21,6 +21,8 @@ from transformers.trainer_callback import PrinterCallback
 
 from readl.atomic import atomic_dir, write_json
 from readl.config import Params, pipeline_base
+from readl.digest import file_digest
+from readl.model.loading import base_digest
 from readl.redact import redact
 from readl.training.checkpoints import fingerprint, train_resumable
 from readl.runtime import configure
@@ -31,9 +33,18 @@ from readl.training.summary import train_summary
 from readl.training.tracking import start_run, tracking_uri
 from readl.training.train import DEFAULT_MANIFEST, build_trainer, run_params
 
-__all__ = ["run"]
+__all__ = ["resume_key", "run"]
 
 log = logging.getLogger(__name__)
+
+
+def resume_key(params: Params, manifest: Path) -> str:
+    """The key a checkpoint must carry to be resumed: the training params, the manifest's bytes, the starting weights
+    (``models/warmup``, re-made by a changed warm-up, or ``model.base``) and the training code's bytes: a crashed run
+    resumes, a run whose start or code changed starts over (sha256 hex)."""
+    code = sorted((Path(__file__).parents[1] / "training").glob("*.py"))
+    return fingerprint({**run_params(params), "base_sha256": base_digest(pipeline_base(params)),
+                        "training_code_sha256": file_digest(code, root=code[0].parent)}, manifest)  # fmt: skip
 
 
 def run(
@@ -71,7 +82,7 @@ def run(
     trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
     trainer.add_callback(StepProgress())
 
-    fp = fingerprint(run_params(params), manifest)
+    fp = resume_key(params, manifest)
     data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:

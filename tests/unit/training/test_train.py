@@ -512,3 +512,20 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
     for key in ("consistency/J_mean", "consistency/J_min", "consistency/J_max"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == valid, key
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+
+
+def test_a_changed_warm_start_is_never_resumed_onto(tmp_path, monkeypatch, manifest):
+    """A checkpoint of a run that began from other starting weights (a warm-up re-made after a code or params change)
+    must not be resumed: the resume key holds the warm-started model's bytes, not only params and data."""
+    from readl.stages.train import resume_key
+
+    monkeypatch.chdir(tmp_path)
+    params = Params()
+    warm = tmp_path / "models" / "warmup"
+    warm.mkdir(parents=True)
+    (warm / "config.json").write_text("{}")
+    (warm / "model.safetensors").write_bytes(b"weights v1")
+    first = resume_key(params, manifest)
+    assert resume_key(params, manifest) == first  # a crashed run resumes
+    (warm / "model.safetensors").write_bytes(b"weights v2")  # `dvc repro` re-made the warm start
+    assert resume_key(params, manifest) != first
