@@ -86,10 +86,11 @@ class MlflowMetricsCallback(TrainerCallback):
     of completion tokens whose ratio the Eq. 9 clip cut: ``clip_ratio/region_mean`` (``low_mean`` for a < 0,
     ``high_mean`` for a > 0); all 0 when ``train.num_iterations`` is 1 (the ratio is 1).
 
-    Each (metric, step) is logged once: a run resumed from a checkpoint re-runs the steps after it, and
-    those already in the run (up to the last step logged before the interruption) are skipped, so the
-    run keeps one point per step (the first one; a resumed run recomputes the same values). The last
-    logged step of each metric is read from the run when the callback is created.
+    Each (metric, step) is logged once, and a kill at any instant loses none: a run resumed from a checkpoint
+    first logs what the checkpoint's ``log_history`` holds and the run lacks (the steps whose points MLflow had not
+    written when the kill landed), then re-runs the steps after the checkpoint, skipping those already in the run
+    (the first point of a step is kept; a resumed run recomputes the same values). The steps already in the run are
+    read when the callback is created.
     """
 
     def __init__(self, run_id: str):
@@ -97,24 +98,32 @@ class MlflowMetricsCallback(TrainerCallback):
 
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri())
-        self.last_step: dict[str, int] = {}  # metric -> highest step already in the run
+        self.logged: dict[str, set[int]] = {}  # metric -> steps already in the run
         for key in self.client.get_run(run_id).data.metrics:  # empty for a new run
             if not key.startswith("system/"):  # MLflow's system monitor numbers its own steps
-                steps = [m.step for m in self.client.get_metric_history(run_id, key)]
-                self.last_step[key] = max(steps, default=-1)
+                self.logged[key] = {m.step for m in self.client.get_metric_history(run_id, key)}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Log the restored checkpoint's history that the run lacks (empty for a fresh start)."""
+        for record in state.log_history if state.is_world_process_zero else []:
+            if "step" in record:
+                self._log(record, int(record["step"]))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
+        if state.is_world_process_zero and logs:
+            self._log(logs, int(state.global_step))
+
+    def _log(self, logs: Mapping, step: int) -> None:
         from mlflow.entities import Metric
 
-        now, step = int(time.time() * 1000), int(state.global_step)
+        now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, step)
             for k, v in logs.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and step > self.last_step.get(k, -1)
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and step not in self.logged.get(k, ())
         ]  # fmt: skip
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
-            self.last_step.update({m.key: step for m in metrics})
+            for m in metrics:
+                self.logged.setdefault(m.key, set()).add(step)
