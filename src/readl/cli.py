@@ -47,10 +47,12 @@ app = typer.Typer(help="readl: reasoning-driven industrial anomaly detection (Re
 
 def _console(stderr: bool = False) -> Console:
     """A rich console on stdout (or stderr). Outside a terminal (a pipe, a Prefect worker, CI logs) it is 200
-    columns wide instead of rich's 80, so summary tables and log lines are not cut; ``COLUMNS`` still wins."""
+    columns wide instead of rich's 80, so summary tables and log lines are not cut; ``COLUMNS`` still wins. Emoji
+    codes are off (a file ``a:x:b.png`` is printed as it is, not as ``a❌b.png``); markup in names is escaped where
+    they are printed."""
     stream = sys.stderr if stderr else sys.stdout
     wide = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=200 if wide else None)
+    return Console(stderr=stderr, width=200 if wide else None, emoji=False)
 
 
 console = _console(stderr=True)

@@ -272,7 +272,12 @@ class CurateSource(_Section):
     # under data/raw (tracked by data.dvc). null = curate.references (readl.data.references)
     references: str | None = None
 
-
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, v: str) -> str:
+        if v in (".", ".."):  # the output sub-folder: `..` would write outside the split's folder
+            raise ValueError(f"curate source name {v!r} is not a folder name of its own; use e.g. 'mvtec_ad'")
+        return v
 
 
 def _src(name: str, layout: str, **kw: Any) -> CurateSource:

@@ -361,6 +361,7 @@ def _finish(in_flight: tuple[int, list[tuple[Outcome, Future]]], progress) -> No
 def outcomes_table(outcomes: list[Outcome]):
     """``readl predict``'s summary as a ``rich`` table: one row per file with a result (answer, format, score,
     decision with its threshold, tokens kept of the reasoning tokens, overlay PNG)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("image", "answer", "format", "score", "decision", "tokens kept", "overlay")
@@ -368,8 +369,8 @@ def outcomes_table(outcomes: list[Outcome]):
         if o.record is not None:
             r = o.record
             table.add_row(
-                o.path.name, str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
+                escape(o.path.name), str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
                 f"{r['decision']} (t={r['threshold']['value']:.3f})",
-                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", str(o.png_path),
+                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", escape(str(o.png_path)),
             )  # fmt: skip
     return table

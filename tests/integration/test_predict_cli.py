@@ -147,3 +147,17 @@ def test_outputs_never_replace_an_input_or_each_other(tiny_dir, sample_dir, tmp_
     assert written == ["a__same.json", "b__same.json", "c__same_1.json"]
     for f, name in names.items():
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["image"] == str(f)
+
+
+def test_file_names_are_printed_as_they_are(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    """Issue: `[bold red]loud.png` was shown as `loud.png` and `a:x:b.png` as `a❌b.png` (rich markup / emoji)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")
+    names = ["[bold red]loud.png", "a:x:b.png"]
+    for n in names:
+        (tmp_path / n).write_bytes((sample_dir / "mvtec_ad/grid/test/broken/000.png").read_bytes())
+    (tmp_path / "[red]bad.png").write_text("not an image")
+    result = CliRunner().invoke(app, ["predict", *names, "[red]bad.png", "--out", "out", "--max-new-tokens", "4"])
+    assert result.exit_code == 1, result.output
+    for n in [*names, "[red]bad.png"]:
+        assert n in result.output, (n, result.output)
