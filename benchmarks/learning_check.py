@@ -119,8 +119,9 @@ def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
     return rows
 
 
-def run_arm(name: str, params_dict: dict, work: Path) -> dict:
-    """train -> calibrate -> evaluate of one arm under ``work/runs/<name>``; returns its numbers."""
+def run_arm(name: str, params_dict: dict, work: Path, reuse: bool = False) -> dict:
+    """train -> calibrate -> evaluate of one arm under ``work/runs/<name>``; returns its numbers. ``reuse``: an arm
+    already trained there (its ``train_run.json`` and adapter) is not trained again."""
     from readl.config import Params
     from readl.stages.calibrate import run as run_calibrate
     from readl.stages.evaluate import run as run_evaluate
@@ -133,7 +134,11 @@ def run_arm(name: str, params_dict: dict, work: Path) -> dict:
         p["evaluate"]["baselines"] = []
     params = Params.model_validate(p)
     t0 = time.perf_counter()
-    record = train(params, output_dir=out)
+    done = out / "train_run.json"
+    if reuse and done.is_file() and (out / "adapter" / "adapter_config.json").is_file():
+        record = json.loads(done.read_text())  # this arm was trained by an earlier (interrupted) run of the check
+    else:
+        record = train(params, output_dir=out)
     t_train = time.perf_counter() - t0
     run_calibrate(params, Path("data/curated/calib.parquet"), out / "adapter", out / "thresholds.json",
                   out / "predictions" / "calib")  # fmt: skip
@@ -235,6 +240,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_check.png", help="the plot")
     ap.add_argument("-S", dest="set", action="append", default=[],
                     help="params override key=value, e.g. -S train.num_generations=8 (applied to both arms)")
+    ap.add_argument("--reuse-arms", action="store_true",
+                    help="keep <workdir>/runs/<arm> trained by an interrupted earlier run (same params): calibrate and "
+                         "evaluate them only")
     ap.add_argument("--reuse-warmup", action="store_true",
                     help="keep <workdir>/models/warmup of an earlier run with the same warmup params (probes of train)")
     a = ap.parse_args()
@@ -267,7 +275,7 @@ def main() -> None:
             if not (a.reuse_warmup and (work / "models" / "warmup" / "config.json").is_file()):
                 warmup(Params.model_validate(params_dict), output_dir="models")  # ONE warm start for both arms
             seconds["warmup"] = time.perf_counter() - t0
-            arms = {name: run_arm(name, params_dict, work) for name in ARMS}
+            arms = {name: run_arm(name, params_dict, work, a.reuse_arms) for name in ARMS}
         print_tables(arms, a.block)
         print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "; " + ", ".join(
             f"{n} train {d['seconds']['train']:.0f}, calibrate+evaluate {d['seconds']['calibrate+evaluate']:.0f}"
