@@ -25,7 +25,7 @@ from readl.evaluation.report import write_curves, write_gallery, write_metrics, 
 from readl.runtime import configure
 from readl.predictor import pipeline_predictor, resolve_taus
 
-__all__ = ["run"]
+__all__ = ["chance_warnings", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,24 @@ def trained_with(adapter: Path | None, base: str) -> dict:
             r = json.loads(record.read_text())
             if "seed" in r:
                 out[stage] = {"seed": r["seed"], "runtime": r.get("runtime")}
+    return out
+
+
+def chance_warnings(metrics: dict) -> list[str]:
+    """Per dataset, what says the model did not learn to detect: image AUROC at or below 0.5 (inverted or chance),
+    or a Yes/No accuracy equal to the share of one class (the answer is constant)."""
+    out = []
+    for name, d in metrics["datasets"].items():
+        img, n = d.get("image") or {}, d.get("image", {}).get("n") or d.get("n_images") or 0
+        auroc, acc = img.get("AUROC"), img.get("ACC")
+        if auroc is not None and auroc == auroc and auroc <= 0.5:
+            out.append(f"{name}: image AUROC {auroc:.3f} is at or below chance (0.5){': inverted' if auroc < 0.45 else ''}")
+        n_anom, n_norm = img.get("n_anomalous"), img.get("n_normal")
+        if acc is not None and n and n_anom is not None and n_norm is not None and n_anom and n_norm:
+            for share, said in ((n_anom / n, "Yes"), (n_norm / n, "No")):
+                if abs(acc - share) < 1e-9:
+                    out.append(f"{name}: answer ACC {acc:.3f} equals the share of {'anomalous' if said == 'Yes' else 'normal'} "
+                               f"images: the model may answer {said!r} to every image")
     return out
 
 
@@ -115,6 +133,8 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     write_tables(reports_dir, table)
     write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset, threshold=decision["value"],
                   threshold_source=f"{decision['rule']}, {decision['source']}")  # fmt: skip
+    for warning in chance_warnings(metrics):
+        log.warning("evaluate: %s", warning)
     per = "; ".join(f"{name} {d['image']['AUROC']:.3f}" for name, d in metrics["datasets"].items()
                     if (d.get("image") or {}).get("AUROC") is not None)  # fmt: skip
     fell = "; ".join(f"{name} {key} {c['rule']} fell back on {c['n_fallback']}/{d['n_images']}"

@@ -440,3 +440,16 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert set(again["baselines"]) == {"contrast"} and again["datasets"]["synthetic"]["image"]["AUROC_ci"] is None
     assert again["baselines"]["contrast"]["datasets"]["synthetic"]["pixel"]["AUROC"] == contrast["pixel"]["AUROC"]
+
+
+def test_evaluate_warns_at_chance_and_on_a_constant_answer():
+    """Issue: a run with an inverted detector (AUROC < 0.5) and an answer ACC equal to the class share (every answer
+    "Yes") passed without a word."""
+    from readl.stages.evaluate import chance_warnings
+
+    metrics = {"datasets": {
+        "synthetic": {"image": {"AUROC": 0.161, "ACC": 240 / 246, "n": 246, "n_anomalous": 240, "n_normal": 6}},
+        "mvtec_ad": {"image": {"AUROC": 0.85, "ACC": 0.7, "n": 24, "n_anomalous": 11, "n_normal": 13}}}}  # fmt: skip
+    warnings = chance_warnings(metrics)
+    assert len(warnings) == 2 and all(w.startswith("synthetic") for w in warnings)
+    assert "inverted" in warnings[0] and "'Yes' to every image" in warnings[1]
