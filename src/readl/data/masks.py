@@ -4,7 +4,8 @@ Mask binarisation (``binarise_mask``), chosen to get every published convention 
 
 * a mask's "strength" is its grey value; RGB/RGBA/palette masks use the maximum over the colour
   channels (a pure red (255, 0, 0) annotation is foreground, whereas its luma of 76 would not be);
-  pixels with alpha 0 are background; 16-bit and float masks are used with their own full scale.
+  pixels with alpha 0 are background, and a mask whose colour is empty wherever it is opaque (a defect drawn in
+  black on a transparent layer) is its alpha channel; 16-bit and float masks are used with their own full scale.
 * clean masks: foreground is ``value > 0``. This covers {0, 1} (VisA, ReinAD), {0, 255} (MVTec
   AD, MPDD, BTAD), small per-class indices (VisA's raw masks), MVTec LOCO's per-defect values
   238-255 and MVTec 3D's 253-255.
@@ -111,7 +112,9 @@ def binarise_mask(img: Image.Image, path: str | os.PathLike[str] = "<mask>") -> 
     lossy = (fmt in _LOSSY_FORMATS) or levels > MAX_LOSSLESS_LEVELS or mixed
     fg = arr > half if lossy else arr > 0
     if alpha is not None:
-        fg &= alpha > 0
+        drawn = alpha > (127 if lossy else 0)  # (H, W) bool
+        # a defect drawn in black (or any one colour) on a transparent layer: the alpha channel is the annotation
+        fg = drawn if (not (fg & drawn).any() and drawn.any() and not drawn.all()) else fg & (alpha > 0)
     return np.ascontiguousarray(fg)
 
 

@@ -286,6 +286,13 @@ def test_rgb_and_palette_masks(tmp_path):
     assert np.array_equal(M.load_mask(p2, None), expected_box())
     rgba = Image.fromarray(np.dstack([red, np.full((48, 64), 255, np.uint8)]), mode="RGBA")
     assert np.array_equal(M.binarise_mask(rgba), expected_box())
+    # issue: a defect drawn in black on a transparent layer read as an empty mask
+    alpha = expected_box().astype(np.uint8) * 255
+    black_on_clear = Image.fromarray(np.dstack([np.zeros((48, 64, 3), np.uint8), alpha]), mode="RGBA")
+    assert np.array_equal(M.load_mask(save(black_on_clear, tmp_path / "clear.png"), None), expected_box())
+    opaque_black = Image.fromarray(np.dstack([np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 255, np.uint8)]),
+                                   mode="RGBA")  # fmt: skip
+    assert not M.binarise_mask(opaque_black).any()  # all opaque and black: still an empty (normal) mask
 
 
 def test_16bit_and_1bit_masks(tmp_path):
