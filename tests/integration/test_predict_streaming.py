@@ -51,4 +51,6 @@ def test_inputs_are_decoded_one_batch_at_a_time(tiny, sample_dir, tmp_path, monk
     assert [d for d, _ in at_call] == [2, 5, 6]  # decoded so far: up to this batch (+ the bad file), never all up front
     assert sum(done) == len(paths)
     assert [o.error is not None for o in outcomes] == [p == bad for p in paths]
-    assert all((tmp_path / "out" / f"{p.stem}.png").is_file() for p in paths if p != bad)
+    names = predict_mod.output_names(paths)  # the grid's 000.png of several defect folders: bent__000, ...
+    assert len(set(names.values())) == len(paths)
+    assert all((tmp_path / "out" / f"{names[p]}.png").is_file() for p in paths if p != bad)
