@@ -27,7 +27,8 @@ __all__ = [
 
 class _Section(BaseModel):
     """A params section: unknown keys, NaN / inf, and a string or boolean where a number belongs are errors (a YAML
-    ``"12"`` or ``true`` is never silently converted)."""
+    ``"12"`` or ``true`` is never silently converted). One exception: PyYAML reads ``1e-5`` (no dot) as a string,
+    so a float field takes a string that is a plain decimal or scientific number."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -36,15 +37,23 @@ class _Section(BaseModel):
     def _numbers_are_numbers(cls, data):
         if isinstance(data, dict):
             for name, field in cls.model_fields.items():
-                if name in data and _numeric(field.annotation) and isinstance(data[name], (bool, str)):
-                    raise ValueError(f"{name}: {data[name]!r} is not a number")
+                kinds = _numeric(field.annotation)
+                v = data.get(name)
+                if not kinds or not isinstance(v, (bool, str)):
+                    continue
+                if isinstance(v, str) and float in kinds and _SCIENTIFIC.fullmatch(v.strip()):
+                    continue  # YAML 1.1's `1e-5`
+                raise ValueError(f"{name}: {v!r} is not a number")
         return data
 
 
-def _numeric(annotation) -> bool:
-    """``int``, ``float`` or an optional / union of them only."""
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _numeric(annotation) -> set:
+    """The number types of an ``int`` / ``float`` annotation (or an optional / union of them only), else empty."""
     args = set(get_args(annotation)) - {type(None)} if get_args(annotation) else {annotation}
-    return bool(args) and args <= {int, float}
+    return args if args and args <= {int, float} else set()
 
 
 class RuntimeConfig(_Section):

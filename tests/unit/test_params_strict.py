@@ -33,3 +33,7 @@ def test_the_repository_params_and_real_numbers_still_load(tmp_path):
     ok = Params.model_validate({"train": {"learning_rate": 1}, "localization": {"binarize": 0.9, "alpha": 0},
                                 "register": {"schedule": {"cron": "*/15 2-4 * JAN-MAR mon", "timezone": "Europe/Berlin"}}})  # fmt: skip
     assert ok.train.learning_rate == 1.0 and ok.localization.binarize == 0.9
+    yaml_11 = Params.model_validate({"train": {"learning_rate": "1e-5"}})  # PyYAML reads `1e-5` as a string
+    assert yaml_11.train.learning_rate == 1e-5
+    with pytest.raises(ValidationError, match="max_steps"):
+        Params.model_validate({"train": {"max_steps": "1e3"}})  # an integer field takes no string at all
