@@ -82,6 +82,17 @@ def test_register_emits_no_signature_or_input_example_warnings(registered):
     assert not noisy, noisy
 
 
+def _invoke(port: int, body: dict) -> str:
+    """POST ``body`` to the server's /invocations; an HTTP error fails with the server's message."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=180) as resp:
+            return resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:2000]}") from exc
+
+
 @pytest.mark.slow
 def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project, sample_dir):
     port = _free_port()
@@ -94,19 +105,17 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
-        body = {"dataframe_split": {"columns": ["image", "path"], "data": [
-            [img, None], [base64.b64encode(b"not an image").decode(), None], [None, "/etc/passwd"]]}}  # fmt: skip
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=180) as resp:
-            text = resp.read().decode()
+        images = {"columns": ["image"], "data": [[img], [base64.b64encode(b"not an image").decode()]]}
+        paths = {"columns": ["path"], "data": [["/etc/passwd"]]}  # one column per request (see readl.registry.pyfunc)
+        text, path_text = (_invoke(port, {"dataframe_split": split}) for split in (images, paths))
     finally:
         _stop(proc)
 
     def no_nan(const):
         raise AssertionError(f"invalid JSON constant {const} in the response")
 
-    good, bad, passwd = json.loads(text, parse_constant=no_nan)["predictions"]
+    good, bad = json.loads(text, parse_constant=no_nan)["predictions"]
+    (passwd,) = json.loads(path_text, parse_constant=no_nan)["predictions"]
     assert "'path' column is off" in passwd["error"] and "root:" not in passwd["error"]  # no server file is read
     assert good["error"] == "" and good["answer"] in ("Yes", "No", None)
     image_score = 0.5 if good["answer"] is None else good["score"]  # a malformed answer: evaluate's fallback score

@@ -18,6 +18,9 @@ Input (one row per image; JSON over ``mlflow models serve``: ``{"dataframe_split
 | ``image`` | binary, optional | the encoded image file (PNG, JPEG ...); base64 in JSON requests |
 | ``path`` | string, optional | an image file on the server, only under the folder the operator allows (``$READL_SERVE_PATH_ROOT`` or ``model_config={"path_root": ...}``); refused otherwise (the default), without saying whether it exists |
 
+Over HTTP a request carries one of the two columns: MLflow's signature check base64-decodes every ``image`` cell
+before ``predict`` runs, so a ``null`` image in a mixed request is refused with HTTP 400 for the whole request.
+
 Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
 
 | column | type | meaning |
