@@ -121,7 +121,8 @@ def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
 
 def run_arm(name: str, params_dict: dict, work: Path, reuse: bool = False) -> dict:
     """train -> calibrate -> evaluate of one arm under ``work/runs/<name>``; returns its numbers. ``reuse``: an arm
-    already trained there (its ``train_run.json`` and adapter) is not trained again."""
+    already trained there (its ``train_run.json`` and adapter) is not trained again, nor evaluated again when its
+    ``metrics.json`` is there; an interrupted training resumes from its last checkpoint (readl.stages.train)."""
     from readl.config import Params
     from readl.stages.calibrate import run as run_calibrate
     from readl.stages.evaluate import run as run_evaluate
@@ -140,6 +141,10 @@ def run_arm(name: str, params_dict: dict, work: Path, reuse: bool = False) -> di
     else:
         record = train(params, output_dir=out)
     t_train = time.perf_counter() - t0
+    if reuse and done.is_file() and (out / "metrics.json").is_file():  # evaluated too (metrics.json is written last)
+        metrics = json.loads((out / "metrics.json").read_text())
+        return {"record": record, "curves": curves(record["run_id"]), "metrics": metrics,
+                "seconds": {"train": t_train, "calibrate+evaluate": 0.0}}  # fmt: skip
     run_calibrate(params, Path("data/curated/calib.parquet"), out / "adapter", out / "thresholds.json",
                   out / "predictions" / "calib")  # fmt: skip
     metrics = run_evaluate(params, Path("data/curated/eval.parquet"), out / "adapter", out / "thresholds.json",

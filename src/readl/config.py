@@ -105,6 +105,14 @@ class LocalizationConfig(_Section):
     # (ours) map of token r: the attention row that PRODUCED r (query r - 1, = the decoding step) or r's OWN row
     query_row: Literal["producing", "own"] = "producing"
 
+    @field_validator("layers")
+    @classmethod
+    def _layers_are_indices(cls, v: list[int] | None) -> list[int] | None:
+        # a layer index past the model's depth is checked when the model is known (readl.localization.attention)
+        if v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"layers must be null (all) or distinct decoder layer indices >= 0, got {v}")
+        return v
+
 
 class TrainLoraConfig(_Section):
     """``train.lora``: LoRA on the language and cross-modal layers, vision encoder frozen (paper Sec. 5.1;

@@ -21,6 +21,9 @@ from readl.config import Params, load_params
     ({"register": {"schedule": {"cron": "every monday"}}}, "cron"),
     ({"register": {"schedule": {"timezone": "Mars/Olympus"}}}, "timezone"),
     ({"localisation": {"alpha": 2.0}}, "localisation"),
+    ({"localization": {"layers": [-1]}}, "layers"),  # a negative index would silently mean nothing
+    ({"localization": {"layers": []}}, "layers"),  # no layer: no map at all
+    ({"localization": {"layers": [3, 3]}}, "layers"),
     ({"curate": {"eval": [{"name": "..", "layout": "mvtec", "root": "mvtec_ad"}]}}, "folder name"),  # out of its split
 ])  # fmt: skip
 def test_nonsensical_params_are_refused_naming_the_key(raw, key):

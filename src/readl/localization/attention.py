@@ -235,15 +235,29 @@ def register_capture() -> None:
         AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
-def enable_capture(model: torch.nn.Module) -> torch.nn.Module:
+def enable_capture(model: torch.nn.Module, layers: Sequence[int] | None = None) -> torch.nn.Module:
     """Register the capture attention (:func:`register_capture`) and switch ``model``'s attention to
     ``"readl_capture"`` (SDPA + optional capture). Idempotent.
 
     Outside a :func:`capture_attention` block the model computes exactly what SDPA computes.
 
+    Args:
+        model: the (PEFT-wrapped or plain) vision-language model.
+        layers: the decoder layers the caller will capture (``localization.layers``); checked against the
+            model's depth here, before any generation.
+
     Returns:
         The same model.
+
+    Raises:
+        ValueError: a layer index the model's text decoder does not have.
     """
+    text = getattr(model.config, "text_config", None) or model.config
+    depth = getattr(text, "num_hidden_layers", None)
+    missing = sorted(i for i in (layers or ()) if depth is not None and not 0 <= i < depth)
+    if missing:
+        raise ValueError(f"localization.layers {missing}: this model's text decoder has layers 0..{depth - 1} "
+                         "(params.yaml localization.layers / train.localization.layers; null = all)")  # fmt: skip
     register_capture()
     if getattr(model.config, "_attn_implementation", None) != CAPTURE_IMPLEMENTATION:
         model.set_attn_implementation(CAPTURE_IMPLEMENTATION)

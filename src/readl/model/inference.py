@@ -93,7 +93,7 @@ class Predictor:
                  query_row: str = "producing", generator=None):  # fmt: skip
         self.row_offset = query_row_offset(query_row)
         self.query_row = query_row
-        self.model = enable_capture(model)
+        self.model = enable_capture(model, layers)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_size = image_size

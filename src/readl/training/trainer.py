@@ -187,7 +187,7 @@ class CGROTrainer(GRPOAdapter):
                 raise ValueError(f"the consistency reward must be a ConsistencyReward (make_reward_funcs), got {fn!r}")
             self.consistency = fn.settings
         self.last_consistency: dict | None = None
-        enable_capture(self.model)
+        enable_capture(self.model, localization.layers)
 
     def reward_inputs(self, inputs, completion_ids_list):
         """The rows with the ``readl_maps`` / ``readl_weights`` columns of the capture pass (module docstring)."""

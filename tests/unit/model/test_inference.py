@@ -23,6 +23,14 @@ def predictor(tiny):
     return Predictor(model, processor, generation=GenerationSettings(max_new_tokens=12))
 
 
+def test_a_layer_the_model_lacks_is_refused_before_any_generation(tiny):
+    model, processor = tiny
+    depth = model.config.text_config.num_hidden_layers
+    with pytest.raises(ValueError, match=rf"localization.layers.*\[{depth}\].*0\.\.{depth - 1}"):
+        Predictor(model, processor, layers=[0, depth])  # used to fail after generation: "no attention was captured"
+    assert Predictor(model, processor, layers=[depth - 1]).layers == [depth - 1]
+
+
 def test_predict_on_real_images(predictor, sample_images):
     preds = predictor.predict(sample_images[:2])
     assert len(preds) == 2
