@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from readme_blocks import readme_blocks, reproduced_copy, run_block, stop_group, user_env, free_port, with_port
+from readme_blocks import BIN, readme_blocks, reproduced_copy, run_block, stop_group, user_env, free_port, with_port
 
-BLOCKS = {"repro", "test", "mlflow", "predict", "serve", "s3-push", "s3-pull", "prefect-deploy", "prefect-workers"}
+BLOCKS = {"repro", "dvc", "test", "mlflow", "predict", "serve", "s3-push", "s3-pull", "prefect-deploy", "prefect-workers"}
 
 
 def test_readme_marks_the_blocks_a_user_runs():
@@ -30,6 +31,16 @@ def test_readme_marks_the_blocks_a_user_runs():
 def project(tmp_path_factory, tiny_dir):
     work, _ = reproduced_copy(tmp_path_factory)
     return work
+
+
+@pytest.mark.slow
+def test_dvc_block_works_from_a_shell_without_the_venv(project):
+    """A user's shell: the venv is NOT on PATH (only the block's `source .venv/bin/activate` puts it there)."""
+    venv_bins = {str(project / ".venv" / "bin"), str(BIN)}
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p not in venv_bins)
+    env = {**user_env(project), "PATH": path}
+    ran = run_block(readme_blocks()["dvc"], project, env, 300, project.parent / "logs-dvc").check("dvc")
+    assert "Data and pipelines are up to date" in ran.stdout + ran.stderr  # `make repro` left nothing to do
 
 
 @pytest.mark.slow
