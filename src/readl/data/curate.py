@@ -25,7 +25,9 @@ What the stage does, in order:
    written as PNG {0, 255}. Eval rows always get a mask file (all zero for normal images); train and
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
    not an image, a side under ``readl.data.images.MIN_SIDE`` = 28 px, mask missing / unreadable / of another size, anomalous image without a mask in
-   eval, an image of a mask-labelled layout without a mask: ``missing_mask``) goes to ``rejected.csv`` with the reason; the stage never stops for it.
+   eval, an image of a mask-labelled layout without a mask: ``missing_mask``; an anomalous image whose mask marks
+   no pixel, ``empty_mask``, or every pixel, ``full_mask``, in any split) goes to ``rejected.csv`` with the reason,
+   counted per reason in ``summary.json`` ``rejected.by_reason``; the stage never stops for it.
    Synthetic sources (``layout: synthetic``, :mod:`readl.data.sources.synthetic`) are made
    after the images of their split: CutPaste / scar / DRAEM anomalies of the curated normal images
    of their base entries (or of their own root), each a seeded variant; their masks are written
@@ -265,7 +267,7 @@ class _Curation:
                         mask_ref=rec.mask_ref,
                         out_image=str(self.staging / image_out),
                         out_mask=None if mask_out is None else str(self.staging / mask_out),
-                        size=self.size, synthetic=cand.synthetic), image_out, mask_out))
+                        size=self.size, synthetic=cand.synthetic, anomalous=rec.label == 1), image_out, mask_out))
                     need -= 1
             if not batch:
                 return

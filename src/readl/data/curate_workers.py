@@ -41,6 +41,7 @@ class _Task:
     out_mask: str | None  # None: write no mask
     size: tuple[int, int]
     synthetic: tuple[str, int] | None = None  # (recipe, seed): `image` is a curated base image
+    anomalous: bool = False  # label 1: its mask (from a file) must mark some pixels, not all
 
 
 def _save_png(array_or_image: Any, path: str, mode: str | None = None) -> None:
@@ -66,6 +67,12 @@ def _process(task: _Task) -> _Result:
         elif task.mask is not None:
             img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref,
                                   min_side=MIN_SIDE)
+            if task.anomalous and not mask.any():
+                return None, None, ("empty_mask: the mask of this anomalous image marks no pixel (all background, or "
+                                    "a defect drawn in a value read as background); fix the mask or the label")  # fmt: skip
+            if task.anomalous and mask.all():
+                return None, None, ("full_mask: the mask marks every pixel as defect (an inverted or placeholder "
+                                    "mask?); fix the mask")  # fmt: skip
             digest = phash(img)
         else:
             img, digest = decode_resize_hash(task.image, task.size, min_side=MIN_SIDE)

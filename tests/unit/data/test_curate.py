@@ -459,6 +459,28 @@ def test_images_masks_image_without_mask_is_rejected_and_the_rest_curated(tmp_pa
     assert sorted(train["label"]) == [0, 1]
 
 
+def test_a_mask_that_contradicts_its_anomalous_label_is_rejected_and_counted(tmp_path):
+    """An all-black mask on an anomalous image (its pixels would count as normal) and an all-white one (an inverted
+    or placeholder mask) are rejected with their reason, in both splits, and counted in summary.json."""
+    raw = tmp_path / "raw"
+    for split in ("tr", "ev"):
+        root = raw / split / "part"
+        save(root / "test" / "good" / "000.png", texture(1))
+        for name, m in (("ok", mask()), ("black", np.zeros((80, 96), np.uint8)), ("white", np.full((80, 96), 255, np.uint8))):
+            save(root / "test" / "crack" / f"{name}.png", texture(len(name) + (split == "ev")))
+            save(root / "ground_truth" / "crack" / f"{name}_mask.png", m)
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="tr", layout="mvtec", root="tr")], calib=[],
+                       eval=[CurateSource(name="ev", layout="mvtec", root="ev")])  # fmt: skip
+    res = C.curate(cfg, raw, tmp_path / "out")
+    reasons = sorted((r["image_path"], r["reason"].split(":")[0]) for r in read_csv(res.out_dir / "rejected.csv"))
+    assert reasons == [("ev/part/test/crack/black.png", "empty_mask"), ("ev/part/test/crack/white.png", "full_mask"),
+                       ("tr/part/test/crack/black.png", "empty_mask"), ("tr/part/test/crack/white.png", "full_mask")]
+    assert res.summary["rejected"]["by_reason"] == {"empty_mask": 2, "full_mask": 2}
+    for split in ("train", "eval"):  # the anomalous image with a real mask is kept
+        assert list(C.read_manifest(split, res.out_dir).query("label == 1")["raw_image_path"].str[3:]) == \
+            ["part/test/crack/ok.png"]
+
+
 @pytest.fixture(scope="module")
 def hazelnut_leak_tree(sample_dir, tmp_path_factory) -> Path:
     """eval: hazelnut_toy test/good (6 real photos); train: its 28 train/good photos (distinct
