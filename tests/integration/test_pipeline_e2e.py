@@ -63,6 +63,17 @@ def test_dvc_repro_from_a_fresh_copy(reproduced):
     shown = "n/a" if auroc is None or auroc != auroc else f"{100 * auroc:.1f}"
     assert re.search(rf"AVG\W+{re.escape(shown)}\W", out), out[-3000:]
 
+    # `dvc metrics show`: flat, short files (the nested record is metrics.json / summary.json, plain outputs)
+    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=work, env=env, capture_output=True, text=True)
+    shown = json.loads(shown.stdout)
+    files = {f: v["data"] for rev in shown.values() for f, v in rev["data"].items()}
+    assert set(files) == {"data/curated/counts.json", "reports/headline.json"}, sorted(files)
+    for f, data in files.items():
+        assert len(data) <= 40 and all(isinstance(v, (int, float, type(None))) for v in data.values()), (f, data)
+    assert files["reports/headline.json"]["image.AUROC"] == metrics["image"]["AUROC"]
+    table = _run(["dvc", "metrics", "show"], work, env)
+    assert max(map(len, table.splitlines())) < 2000, "one metrics row per file, a screen or two wide"
+
     # the champion in the local MLflow registry, logged in the training run
     from mlflow import MlflowClient
 

@@ -40,7 +40,8 @@ What the stage does, in order:
 5. Write, atomically (everything goes to a temporary folder beside ``out_dir`` that then replaces
    it): ``{train,calib,eval}.parquet`` (validated with :func:`readl.data.schema.validate_manifest`,
    eval with masks required), ``images/<split>/<source>/<path in source>.png``,
-   ``masks/<split>/...``, ``rejected.csv``, ``leakage.csv`` and ``summary.json`` (the DVC metrics).
+   ``masks/<split>/...``, ``rejected.csv``, ``leakage.csv``, ``summary.json`` (counts per split, source and category)
+   and ``counts.json`` (its flat totals: the DVC metrics).
 
 Manifest columns: the schema's (``readl.data.schema.MANIFEST_COLUMNS``) plus ``raw_image_path`` /
 ``raw_mask_path`` and ``reference`` (the reasoning reference of the image, or null:
@@ -86,6 +87,7 @@ from .curate_outputs import (  # noqa: F401 - re-exported: the curated folder's 
     MANIFEST_EXTRA_COLUMNS,
     REJECTED_COLUMNS,
     _manifest,
+    _counts,
     _summary,
     _write_csv,
     _write_parquet,
@@ -359,6 +361,7 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
             _write_csv(job.leaked, LEAKAGE_COLUMNS, staging / "leakage.csv")
             summary = {**_summary(cfg, strata, job.rejected, job.leaked), "with_reference": with_ref}
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (staging / "counts.json").write_text(json.dumps(_counts(summary), indent=2) + "\n")  # DVC's metrics
     finally:
         runner.close()
     for split, ss in strata.items():

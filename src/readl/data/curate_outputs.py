@@ -91,6 +91,14 @@ def _summary(cfg: CurateConfig, strata: dict[str, list[_Stratum]], rejected: lis
     }
 
 
+def _counts(summary: dict[str, Any]) -> dict[str, int]:
+    """The flat, short view of ``summary.json`` that ``dvc metrics show`` prints (``counts.json``): images, normal
+    and anomalous per split, then rejected, leaked and the shortfall against the requested counts."""
+    flat = {f"{split}.{k}": summary["splits"][split][k] for split in SPLITS for k in ("images", "normal", "anomalous")}
+    return {**flat, "rejected": summary["rejected"]["total"], "leaked": summary["leaked"]["total"],
+            "shortfall": summary["shortfall"]}
+
+
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
 

@@ -69,10 +69,36 @@ def clean_json(obj):
 
 
 def write_metrics(path, metrics: dict):
-    """``metrics.json`` (DVC metrics): everything but the curves, NaN as null."""
+    """``metrics.json``, the full record (datasets, modes, intervals, baselines, runtime): everything but the
+    curves, NaN as null. DVC's metrics file is the short :func:`headline_metrics`."""
     from readl.atomic import write_json
 
     return write_json(path, clean_json({k: v for k, v in metrics.items() if not k.startswith("_")}))
+
+
+HEADLINE = {"image": ("AUROC", "AUPR", "F1_max"), "pixel": ("AUROC", "AUPRO")}
+"""The averages :func:`headline_metrics` keeps (paper Tables 1-2), and per dataset image / pixel AUROC."""
+
+
+def headline_metrics(metrics: dict) -> dict[str, float | int | None]:
+    """The flat, short view of ``metrics`` that ``dvc metrics show`` / ``diff`` print (``reports/headline.json``):
+    ``{"image.AUROC": ..., "pixel.AUPRO": ..., "format_rate": ..., "reasoning.ROUGE_L": ..., "<dataset>.image.AUROC":
+    ..., "n_images": ...}``; values in [0, 1] (counts as int), ``None`` when undefined. One row of a few dozen
+    columns at most, never lists (the record with intervals is ``metrics.json``)."""
+    flat: dict[str, float | int | None] = {k: metrics.get(k) for k in ("n_images", "format_rate")}
+    for level, names in HEADLINE.items():
+        flat.update({f"{level}.{n}": (metrics.get(level) or {}).get(n) for n in names})
+    flat.update({f"reasoning.{n}": (metrics.get("reasoning") or {}).get(n) for n in ("ROUGE_L", "SBERT")})
+    for ds, m in sorted((metrics.get("datasets") or {}).items()):
+        flat.update({f"{ds}.{level}.AUROC": (m.get(level) or {}).get("AUROC") for level in ("image", "pixel")})
+    return clean_json(flat)
+
+
+def write_headline(path, metrics: dict):
+    """:func:`headline_metrics` of ``metrics`` to ``path`` (atomic JSON)."""
+    from readl.atomic import write_json
+
+    return write_json(path, headline_metrics(metrics))
 
 
 def write_curves(plots_dir, results, pixel_curves: dict) -> list:

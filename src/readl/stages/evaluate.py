@@ -21,7 +21,7 @@ from readl.evaluation import comparison as cmp
 from readl.evaluation.decision import read_decision
 from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
-from readl.evaluation.report import write_curves, write_gallery, write_metrics, write_tables
+from readl.evaluation.report import write_curves, write_gallery, write_headline, write_metrics, write_tables
 from readl.runtime import configure
 from readl.predictor import pipeline_predictor, resolve_taus
 
@@ -75,7 +75,8 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
         metrics_path: ``metrics.json`` (image AUROC / AUPR / F1-max / ACC, pixel AUROC / AUPR / AUPRO, per
             dataset and category, bootstrap intervals, baselines; values in [0, 1], ``null`` when undefined).
         plots_dir: folder of ROC / PR curve JSON for ``dvc plots`` (:func:`readl.evaluation.report.write_curves`).
-        reports_dir: folder of ``per_category.csv`` / ``.md`` and ``gallery/``.
+        reports_dir: folder of ``per_category.csv`` / ``.md``, ``gallery/`` and ``headline.json`` (DVC's metrics
+            file: :func:`readl.evaluation.report.headline_metrics`).
         cache_dir: the per-image prediction cache (``reports/predictions/eval``; baselines under ``baselines/``).
         base: the base model (default :func:`readl.config.pipeline_base`).
         progress: called with the number of images finished.
@@ -129,6 +130,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
                                                     for s in params.curate.eval}  # fmt: skip
     metrics["runtime"] = {**runtime, "bootstrap_seed": cfg.bootstrap_seed, **trained_with(adapter, base)}
     write_metrics(metrics_path, metrics)
+    write_headline(reports_dir / "headline.json", metrics)  # DVC's metrics file: flat and short
     write_curves(plots_dir, results, metrics.pop("_curves"))
     write_tables(reports_dir, table)
     write_gallery(reports_dir, results, Path("."), per_dataset=cfg.gallery_per_dataset, threshold=decision["value"],
