@@ -126,6 +126,35 @@ def test_a_manifest_path_outside_the_project_is_refused(command, where, tmp_path
     assert out.exit_code == 2 and "lies outside the project" in out.output and "row 0" in out.output, out.output
 
 
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+@pytest.mark.parametrize(("fault", "says"), [
+    ("duplicate", "unique"), ("good_anomaly", "'good' exactly when label == 0"), ("label_2", "isin"),
+    ("label_nan", "label"), ("null_path", "image_path"),
+])  # fmt: skip
+def test_a_manifest_that_breaks_the_schema_is_refused_before_the_model_loads(command, fault, says, tmp_path,
+                                                                             monkeypatch):
+    """Issue (silently wrong): duplicated rows changed the metrics, label 1 with defect type `good` passed, and label 2
+    / NaN / a null image_path failed only after the model ran, naming no file. The curate schema now runs first."""
+    monkeypatch.chdir(tmp_path)
+    rows = {"source": ["s"] * 3, "category": ["c"] * 3, "label": [0, 1, 1], "defect_type": ["good", "crack", "hole"],
+            "image_path": ["a.png", "b.png", "c.png"], "mask_path": [None, "mb.png", "mc.png"]}  # fmt: skip
+    df = pd.DataFrame(rows)
+    if fault == "duplicate":
+        df = pd.concat([df, df.iloc[[1]]], ignore_index=True)
+    elif fault == "good_anomaly":
+        df.loc[1, "defect_type"] = "good"
+    elif fault == "label_2":
+        df.loc[1, "label"] = 2
+    elif fault == "label_nan":
+        df["label"] = df["label"].astype(float).where(df.index != 1)
+    else:
+        df.loc[1, "image_path"] = None
+    df.to_parquet("split.parquet")
+    out = CliRunner().invoke(app, [command, "--manifest", "split.parquet"])
+    assert out.exit_code == 2 and "split.parquet" in out.output and says in out.output, out.output
+    assert "failed validation" in out.output and "row 1" in out.output, out.output
+
+
 def test_promote_without_a_registry_creates_none(tmp_path, monkeypatch):
     """Issue: `readl promote` against a missing registry created an empty mlruns.db as a side effect."""
     monkeypatch.chdir(tmp_path)

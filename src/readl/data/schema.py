@@ -157,12 +157,13 @@ def _collapse(fc: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([keep, rows])
 
 
-def validate_manifest(df: pd.DataFrame, require_masks: bool) -> pd.DataFrame:
+def validate_manifest(df: pd.DataFrame, require_masks: bool, columns: list[str] | None = None) -> pd.DataFrame:
     """Validate a manifest lazily and return it unchanged when valid.
 
     Args:
         df: the manifest (columns in :data:`MANIFEST_COLUMNS`, dtypes as in the module docstring).
         require_masks: see :func:`manifest_schema`.
+        columns: check only these columns (a stage's reader: the ones the file has); default all.
     Returns:
         The validated DataFrame (pandera's output; same data).
     Raises:
@@ -173,6 +174,8 @@ def validate_manifest(df: pd.DataFrame, require_masks: bool) -> pd.DataFrame:
     Source: pandera lazy validation (``DataFrameSchema.validate(lazy=True)`` -> ``SchemaErrors``).
     """
     schema = manifest_schema(require_masks)
+    if columns is not None:
+        schema = schema.select_columns(columns)
     try:
         return schema.validate(df, lazy=True)
     except SchemaErrors as exc:

@@ -56,7 +56,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, out: Path, cache_d
     """
     t0 = time.perf_counter()
     runtime = configure(params.runtime)
-    df = read_manifest(manifest, inside=Path.cwd())  # every image and mask inside the project
+    df = read_manifest(manifest, inside=Path.cwd(), schema=True)  # every image and mask inside the project; schema
     predictor, base, adapter = pipeline_predictor(params, base, adapter)
     items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
     if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache

@@ -94,7 +94,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     """
     t0 = time.perf_counter()
     runtime = configure(params.runtime)
-    df = read_manifest(manifest, inside=Path.cwd())  # every image and mask inside the project
+    df = read_manifest(manifest, inside=Path.cwd(), schema=True, require_masks=True)  # paths inside the project
     if thresholds is not None and not Path(thresholds).is_file():
         raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
     predictor, base, adapter = pipeline_predictor(params, base, adapter)
