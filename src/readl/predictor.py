@@ -305,7 +305,7 @@ def predict_files(
     # The overlay PNGs of one batch are drawn and encoded in a background thread while the next batch
     # generates (zlib and PIL release the GIL); at most one batch is in flight, so memory stays bounded.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readl-overlay") as writer:
-        in_flight: tuple[int, list[tuple[Outcome, Future]]] = (0, [])
+        in_flight: tuple[int, list[tuple[Outcome, Path, Future]]] = (0, [])
         while True:  # decode one batch of readable images at a time: memory is bounded by batch_size
             batch: list[tuple[Path, Image.Image]] = []
             n_seen = 0
@@ -332,10 +332,9 @@ def predict_files(
                 record.update(model=provenance or {}, thresholds=str(thresholds_file) if thresholds_file else
                               "per-image rules (localization.tau_t / tau_i)", overlay=str(png))  # fmt: skip
                 o.record = record
-                o.json_path = write_json(out_dir / f"{name}.json", record)
                 caption = overlay_caption(p.name, record) if annotate else None
                 draw = functools.partial(_write_overlay, im, real.map, pred.image_size, caption)
-                writes.append((o, writer.submit(atomic_write, png, draw)))
+                writes.append((o, out_dir / f"{name}.json", writer.submit(atomic_write, png, draw)))
             in_flight = (n_seen, writes)
         _finish(in_flight, progress)
     return [outcomes[p] for p in paths]
@@ -349,11 +348,20 @@ def _write_overlay(image: Image.Image, token_map, size: tuple[int, int], caption
     im.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _finish(in_flight: tuple[int, list[tuple[Outcome, Future]]], progress) -> None:
-    """Wait for a batch's overlay writes (errors re-raised), record their paths, report the batch done."""
+def _finish(in_flight: tuple[int, list[tuple[Outcome, Path, Future]]], progress) -> None:
+    """Wait for a batch's overlay writes, then write each record (a JSON never names an overlay that was not
+    written), and report the batch done.
+
+    Raises:
+        OSError: an overlay or record could not be written (disk full, ``ulimit -f``); the message names the file.
+    """
     n_seen, writes = in_flight
-    for o, future in writes:
-        o.png_path = future.result()
+    for o, json_path, future in writes:
+        try:
+            o.png_path = future.result()
+            o.json_path = write_json(json_path, o.record)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror or exc}: writing {o.record['overlay']} and {json_path}") from exc
     if progress is not None and n_seen:
         progress(n_seen)
 

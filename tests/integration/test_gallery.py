@@ -49,6 +49,28 @@ def test_gallery_picks_the_extremes_of_each_label(results):
     assert len(gallery_picks(results, per_dataset=6)) == 6 and len(gallery_picks(results[:1], per_dataset=4)) == 1
 
 
+def test_a_failed_gallery_write_keeps_the_previous_gallery_whole(results, sample_dir, tmp_path, monkeypatch):
+    """Issue (faults): a disk full during evaluate left the gallery half-written next to stale files. The gallery
+    folder is replaced as a whole, or not at all."""
+    import readl.evaluation.report as report
+
+    write_gallery(tmp_path, results, sample_dir, per_dataset=4)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "gallery").iterdir()}
+    real_panel, calls = report.gallery_panel, []
+
+    def disk_full_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_panel(*args, **kwargs)
+
+    monkeypatch.setattr(report, "gallery_panel", disk_full_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write_gallery(tmp_path, results[::-1], sample_dir, per_dataset=4, threshold=0.9)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "gallery").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery"], "no temporary folder left behind"
+
+
 def test_gallery_page_says_score_answer_decision_once(results, sample_dir, tmp_path):
     index = write_gallery(tmp_path, results, sample_dir, per_dataset=4, threshold=0.6, threshold_source="f1_max, t.json")
     page = index.read_text()

@@ -54,3 +54,28 @@ def test_inputs_are_decoded_one_batch_at_a_time(tiny, sample_dir, tmp_path, monk
     names = predict_mod.output_names(paths)  # the grid's 000.png of several defect folders: bent__000, ...
     assert len(set(names.values())) == len(paths)
     assert all((tmp_path / "out" / f"{names[p]}.png").is_file() for p in paths if p != bad)
+
+
+def test_a_failed_overlay_write_leaves_no_record_pointing_at_it(tiny, sample_dir, tmp_path, monkeypatch):
+    """Issue (faults): with `ulimit -f` a JSON record named an overlay PNG that was never written. A record is
+    written only after its overlay, and the error names the file."""
+    import errno
+
+    model, processor = tiny
+    pred = Predictor(model, processor, image_size=112, generation=GenerationSettings(max_new_tokens=4))
+    paths = sorted((sample_dir / "mvtec_ad/grid/test").rglob("*.png"))[:3]
+    real_write, calls = predict_mod._write_overlay, []
+
+    def disk_full_on_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args)
+
+    monkeypatch.setattr(predict_mod, "_write_overlay", disk_full_on_the_second)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match=r"No space left on device.*\.png"):
+        predict_mod.predict_files(paths, pred, LocalizationConfig(), out, batch_size=3)
+    for record in out.glob("*.json"):
+        assert (out / f"{record.stem}.png").is_file(), f"{record.name} names an overlay that does not exist"
+    assert len(list(out.glob("*.png"))) == 2 and not list(out.glob(".*"))  # no temporary file left behind

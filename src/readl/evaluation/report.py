@@ -311,21 +311,35 @@ def write_gallery(reports_dir, results, root, per_dataset: int = 4, threshold: f
     Each figure: a caption (file, label, score P(Yes), answer, decision at ``threshold``, right or wrong), the
     panel (image | ground truth | ReAL map | colour bar of the map's values), and the reasoning once, its
     ReAL-selected tokens highlighted (darker = larger w). The page fits 1000 px: no horizontal scroll.
+    The folder is replaced as a whole (:func:`readl.atomic.atomic_dir`): a failed write (disk full) leaves the
+    previous gallery as it was, never a mix of old and new panels.
+
+    Raises:
+        OSError: a panel or the page cannot be written (the previous gallery is kept).
     """
-    import html
     from pathlib import Path
 
-    from readl.atomic import atomic_write, write_text
-    from readl.evaluation.decision import decide
+    from readl.atomic import atomic_dir
 
     gallery = Path(reports_dir) / "gallery"
+    with atomic_dir(gallery) as tmp:
+        _write_gallery_into(tmp, results, root, per_dataset, threshold, threshold_source)
+    return gallery / "index.html"
+
+
+def _write_gallery_into(gallery, results, root, per_dataset: int, threshold: float, threshold_source: str) -> None:
+    """The panels and ``index.html`` of :func:`write_gallery`, written into the (new, empty) folder ``gallery``."""
+    import html
+
+    from readl.evaluation.decision import decide
+
     rows, current = [], None
     for k, (r, why) in enumerate(gallery_picks(results, per_dataset)):
         if r.dataset != current:
             current = r.dataset
             rows.append(f"<h2>{html.escape(r.dataset)}</h2>")
         name = f"{r.dataset}_{k:02d}.png"
-        atomic_write(gallery / name, lambda p, r=r: gallery_panel(r, root, threshold=threshold).save(p, format="PNG"))
+        gallery_panel(r, root, threshold=threshold).save(gallery / name, format="PNG")
         w_max = max(1e-9, float(max(r.weights))) if len(r.weights) else 1.0
         spans = "".join(
             f'<mark style="background: rgba(255,80,80,{min(1.0, 0.25 + float(w) / w_max):.2f})">{html.escape(t)}</mark>'
@@ -347,7 +361,7 @@ def write_gallery(reports_dir, results, root, per_dataset: int = 4, threshold: f
             "truth | ReAL anomaly map (colours min-max scaled per image; the bar gives the map's values). Decision: "
             f"<i>anomalous</i> when P(Yes) &ge; t = {threshold:.3f} ({html.escape(threshold_source)}). Reasoning: the "
             "tokens ReAL selected are highlighted, darker = larger weight w.</p>" + "\n".join(rows))  # fmt: skip
-    return write_text(gallery / "index.html", page)
+    (gallery / "index.html").write_text(page, encoding="utf-8")
 
 
 def metrics_table(metrics: dict, title: str | None = None):
