@@ -82,19 +82,30 @@ def test_register_emits_no_signature_or_input_example_warnings(registered):
     assert not noisy, noisy
 
 
-def _invoke(port: int, body: dict) -> str:
-    """POST ``body`` to the server's /invocations; an HTTP error fails with the server's message."""
+def _post(port: int, body: dict) -> tuple[int, str]:
+    """POST ``body`` to the server's /invocations: (HTTP status, body text)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=180) as resp:
-            return resp.read().decode()
+            return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
-        raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:2000]}") from exc
+        return exc.code, exc.read().decode()
+
+
+def _rows(port: int, body: dict) -> list[dict]:
+    """The predictions of one request; anything but HTTP 200, or a NaN in the JSON, fails with the server's text."""
+    status, text = _post(port, body)
+    assert status == 200, f"HTTP {status}: {text[:2000]}"
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c} in the response"))[
+        "predictions"
+    ]
 
 
 @pytest.mark.slow
 def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project, sample_dir):
+    """One row out per row in, whatever the request's shape (issue: a null image cell failed the whole request,
+    `instances` read the base64 text as bytes, a `data:` URL got 400, an unknown column gave `[]`)."""
     port = _free_port()
     log = project / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -105,23 +116,25 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
-        images = {"columns": ["image"], "data": [[img], [base64.b64encode(b"not an image").decode()]]}
-        paths = {"columns": ["path"], "data": [["/etc/passwd"]]}  # one column per request (see readl.registry.pyfunc)
-        text, path_text = (_invoke(port, {"dataframe_split": split}) for split in (images, paths))
+        bad = base64.b64encode(b"not an image").decode()
+        good, mixed_bad, passwd = _rows(port, {"dataframe_split": {"columns": ["image", "path"], "data": [
+            [img, None], [bad, None], [None, "/etc/passwd"]]}})  # fmt: skip
+        (instance,) = _rows(port, {"instances": [{"image": img}]})
+        (data_url,) = _rows(port, {"dataframe_split": {"columns": ["image"], "data": [[f"data:image/png;base64,{img}"]]}})
+        (record,) = _rows(port, {"dataframe_records": [{"image": img}]})
+        unknown = _post(port, {"dataframe_split": {"columns": ["img"], "data": [[img]]}})
     finally:
         _stop(proc)
 
-    def no_nan(const):
-        raise AssertionError(f"invalid JSON constant {const} in the response")
-
-    good, bad = json.loads(text, parse_constant=no_nan)["predictions"]
-    (passwd,) = json.loads(path_text, parse_constant=no_nan)["predictions"]
     assert "'path' column is off" in passwd["error"] and "root:" not in passwd["error"]  # no server file is read
     assert good["error"] == "" and good["answer"] in ("Yes", "No", None)
     image_score = 0.5 if good["answer"] is None else good["score"]  # a malformed answer: evaluate's fallback score
     assert good["threshold"] == 0.25 and good["decision"] == ("anomalous" if image_score >= 0.25 else "normal")
-    assert "not a readable image" in bad["error"]
-    assert (bad["score"], bad["answer"], bad["decision"]) == (None, None, None)
+    assert "not a readable image" in mixed_bad["error"]
+    assert (mixed_bad["score"], mixed_bad["answer"], mixed_bad["decision"]) == (None, None, None)
+    for same in (instance, data_url, record):  # the same image, sent three other ways
+        assert same["error"] == "" and same["score"] == good["score"] and same["answer"] == good["answer"]
+    assert unknown[0] == 400 and "'image'" in unknown[1] and "'path'" in unknown[1], unknown  # never `[]`
     assert not (project / "mlflow.db").exists(), "no stray MLflow default store"
 
 

@@ -15,11 +15,15 @@ Input (one row per image; JSON over ``mlflow models serve``: ``{"dataframe_split
 
 | column | type | meaning |
 |---|---|---|
-| ``image`` | binary, optional | the encoded image file (PNG, JPEG ...); base64 in JSON requests |
+| ``image`` | string, optional | the encoded image file (PNG, JPEG ...) as base64 text or a ``data:`` URL (in-process: the raw bytes too) |
 | ``path`` | string, optional | an image file on the server, only under the folder the operator allows (``$READL_SERVE_PATH_ROOT`` or ``model_config={"path_root": ...}``); refused otherwise (the default), without saying whether it exists |
 
-Over HTTP a request carries one of the two columns: MLflow's signature check base64-decodes every ``image`` cell
-before ``predict`` runs, so a ``null`` image in a mixed request is refused with HTTP 400 for the whole request.
+Every request shape MLflow serves gives one output row per input row (``dataframe_split``, ``dataframe_records``,
+``instances`` / ``inputs`` of ``{"image": ...}`` objects), rows may mix ``image`` and ``path`` (``null`` in the other),
+and an unreadable row is an ``error`` row. ``image`` is a string column, not MLflow's ``binary``: MLflow would
+base64-decode every cell before ``predict`` runs, so one ``null`` or a ``data:`` URL failed the whole request and
+``instances`` passed the base64 text on undecoded. A request with neither column is refused (HTTP 400 naming them):
+MLflow drops unknown columns, and their rows with them.
 
 Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
 
@@ -68,7 +72,7 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(DataType.binary, "image", required=False), ColSpec(DataType.string, "path", required=False)])
+    inputs = Schema([ColSpec(DataType.string, "image", required=False), ColSpec(DataType.string, "path", required=False)])
     outputs = Schema([
         ColSpec(DataType.string, "answer", required=False), ColSpec(DataType.double, "score", required=False),
         ColSpec(DataType.string, "decision", required=False), ColSpec(DataType.double, "threshold"),
@@ -81,12 +85,12 @@ def signature():
 
 
 def input_example() -> pd.DataFrame:
-    """The logged input example: one row, ``image`` = a 28 x 28 grey PNG file's bytes (``path`` absent)."""
+    """The logged input example: one row, ``image`` = a 28 x 28 grey PNG file, base64 (``path`` absent)."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (128, 128, 128)).save(buf, format="PNG")
-    return pd.DataFrame({"image": [buf.getvalue()]})
+    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
 def encode_map(full: np.ndarray) -> tuple[str, float]:
@@ -180,7 +184,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 elif _present(path):
                     images.append(self._open_path(i, str(path)))
                 else:
-                    raise ValueError("row has neither 'image' (bytes) nor 'path'")
+                    raise ValueError("row has neither 'image' (the file, base64) nor 'path'")
                 errors.append("")
             except (BadImageError, ValueError, TypeError) as exc:
                 images.append(None)
@@ -215,6 +219,13 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         from readl.predictor import localize
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if not {"image", "path"} & set(frame.columns):  # MLflow dropped the unknown columns, and the rows with them
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value(
+                "the request has neither an 'image' column (the image file, base64 or a data: URL) nor a 'path' "
+                'column: send {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}'
+            )
         images, errors = self._images(frame)
         t = float(self.decision["value"])
         rows: list[dict] = [
