@@ -161,7 +161,8 @@ def _params(params: Path | None):
 @app.command()
 @_handled
 def predict(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files, or folders of them (read "
+                                                 "recursively).")],
     model: Annotated[str | None, typer.Option(help="Base model: 'tiny', a local folder or an HF id; or a registered "
                                               "model, e.g. models:/readl@champion (base + adapter + thresholds + params). "
                                               "Default: the pipeline's model: models/warmup (after the cold start, else "
@@ -180,7 +181,7 @@ def predict(
                                            "colour bar on the overlay PNG; off = the bare overlay at the image's size.")] = True,
 ) -> None:
     """Reasoning, Yes/No answer, P(Yes) score, OK/NG decision and ReAL anomaly map for each image."""
-    from readl.predictor import outcomes_table
+    from readl.predictor import expand_inputs, outcomes_table
     from readl.stages.predict import run
 
     def started(provenance: dict, used: Path | None) -> None:
@@ -188,6 +189,7 @@ def predict(
                       f"{', ' + provenance['registered'] if provenance['registered'] else ''}; thresholds "
                       f"{used or 'per-image rules'}", soft_wrap=True, highlight=False)  # fmt: skip
 
+    images = expand_inputs(images)  # folders -> their image files; a missing input is an error before the model loads
     with _bar("predict", len(images)) as advance:
         outcomes = run(_params(params), images, out, model=model, adapter=adapter, thresholds=thresholds,
                        max_new_tokens=max_new_tokens, device=device, annotate=annotate, progress=advance,

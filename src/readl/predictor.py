@@ -32,7 +32,7 @@ from PIL import Image
 
 from readl.atomic import atomic_write, write_json
 from readl.config import LocalizationConfig, Params
-from readl.data.images import MIN_SIDE, BadImageError, load_rgb_fit
+from readl.data.images import IMAGE_EXTENSIONS, MIN_SIDE, BadImageError, load_rgb_fit
 from readl.digest import file_digest
 from readl.evaluation.decision import decide, decision_basis, image_score, read_decision
 from readl.evaluation.report import annotated_overlay, overlay
@@ -40,7 +40,7 @@ from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.localization.thresholds import ThresholdPair, resolve_taus
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "output_names", "check_outputs", "predict_files",
+__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "output_names", "check_outputs", "expand_inputs", "shown_names", "predict_files",
            "outcomes_table"]
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,45 @@ class Outcome:
     error: str | None = None
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """The image files ``readl predict`` reads: each file as given, each folder's image files (recursively, sorted;
+    suffixes of :data:`readl.data.images.IMAGE_EXTENSIONS`, any case; dot-files and dot-folders skipped).
+    Checked before any model loads.
+
+    Raises:
+        ValueError: an input does not exist (all such named), or a folder holds no image file.
+    """
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"input not found: {', '.join(missing)}; give image files or folders of them")
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))  # fmt: skip
+        if not found:
+            raise ValueError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
+        files.extend(found)
+    return files
+
+
+def _common_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every one of ``paths`` (absolute)."""
+    return Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
+
+
+def shown_names(paths: list[Path]) -> dict[Path, str]:
+    """How tables name each input: its file name when the names are unique, else its path relative to the inputs'
+    common folder (``a/000.png``, ``b/c/000.png``)."""
+    distinct = list(dict.fromkeys(paths))
+    if len({p.name for p in distinct}) == len(distinct):
+        return {p: p.name for p in distinct}
+    root = _common_root(distinct)
+    return {p: Path(os.path.abspath(p)).relative_to(root).as_posix() for p in distinct}
+
+
 def output_names(paths: list[Path]) -> dict[Path, str]:
     """The output name (no suffix) of each distinct input: its stem when the stems are unique, else its path relative
     to the inputs' common folder with ``/`` as ``__`` (``a/000.png``, ``b/000.png`` -> ``a__000``, ``b__000``); a
@@ -234,7 +273,7 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     if len(set(stems)) == len(stems):
         return dict(zip(distinct, stems))
     resolved = [Path(os.path.abspath(p)) for p in distinct]
-    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    root = _common_root(distinct)
     names, used = {}, set()
     for p, r in zip(distinct, resolved):
         base = "__".join(r.relative_to(root).with_suffix("").parts)
@@ -373,11 +412,12 @@ def outcomes_table(outcomes: list[Outcome]):
     from rich.table import Table
 
     table = Table("image", "answer", "format", "score", "decision", "tokens kept", "overlay")
+    shown = shown_names([o.path for o in outcomes])
     for o in outcomes:
         if o.record is not None:
             r = o.record
             table.add_row(
-                escape(o.path.name), str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
+                escape(shown[o.path]), str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
                 f"{r['decision']} (t={r['threshold']['value']:.3f})",
                 f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", escape(str(o.png_path)),
             )  # fmt: skip

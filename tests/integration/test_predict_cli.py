@@ -108,7 +108,7 @@ def test_predict_errors_fit_the_command(tiny_dir, sample_dir, tmp_path, monkeypa
     img = str(sample_dir / "mvtec_ad/grid/test/broken/000.png")
     run = lambda *a: CliRunner().invoke(app, ["predict", *a])  # noqa: E731
     missing = run("nothere.png", "--out", "out", "--max-new-tokens", "4")
-    assert missing.exit_code == 1 and "nothere.png: file does not exist" in missing.output
+    assert missing.exit_code == 2 and "input not found: nothere.png" in missing.output  # before the model loads
     assert "manifest" not in missing.output and "curate" not in missing.output
     out = run(img, "--params", "nothere.yaml")
     assert out.exit_code == 2 and "--params nothere.yaml: file not found" in out.output
@@ -161,3 +161,31 @@ def test_file_names_are_printed_as_they_are(tiny_dir, sample_dir, tmp_path, monk
     assert result.exit_code == 1, result.output
     for n in [*names, "[red]bad.png"]:
         assert n in result.output, (n, result.output)
+
+
+def test_a_folder_is_read_recursively_and_inputs_are_checked_before_the_model_loads(tiny_dir, sample_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Issue (new user): same-named inputs gave ambiguous rows; a folder was not accepted; a missing input was found
+    only after the model had loaded."""
+    import shutil
+
+    import readl.stages.predict as stage
+
+    monkeypatch.chdir(tmp_path)
+    for sub in ("a", "b/c"):
+        (tmp_path / "imgs" / sub).mkdir(parents=True)
+        shutil.copy(sample_dir / "mvtec_ad/grid/test/broken/000.png", tmp_path / "imgs" / sub / "000.png")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image file name: not an input")
+    result = CliRunner().invoke(app, ["predict", "imgs", "--out", "out", "--max-new-tokens", "4", "--no-annotate"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["a__000.json", "b__c__000.json"]
+    assert "a/000.png" in result.output and "b/c/000.png" in result.output, result.output  # rows say which file
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(stage, "build_predictor", no_model)
+    (tmp_path / "empty").mkdir()
+    for args, says in ((["imgs/a/000.png", "missing.png"], "missing.png"), (["empty"], "no image files")):
+        result = CliRunner().invoke(app, ["predict", *args, "--out", "out2"])
+        assert result.exit_code == 2 and says in result.output, result.output

@@ -56,6 +56,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 __all__ = [
     "BadImageError",
     "DEFAULT_SIZE",
+    "IMAGE_EXTENSIONS",
     "MIN_SIDE",
     "load_rgb",
     "load_rgb_fit",
@@ -64,6 +65,9 @@ __all__ = [
 
 DEFAULT_SIZE: tuple[int, int] = (420, 420)
 """Model input size (width, height), paper Sec. 5.1: Qwen2.5-VL grid (1, 30, 30) -> 15x15 map."""
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File suffixes (lower-case) taken as images when listing folders (source layouts, ``readl predict FOLDER``)."""
 
 MIN_SIDE = 28
 """Smallest image side readl accepts, pixels: one merged Qwen2.5-VL patch (14 px patches merged

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..images import IMAGE_EXTENSIONS
+
 __all__ = [
     "DOWNLOAD_HINTS",
     "IMAGE_EXTENSIONS",
@@ -30,8 +32,6 @@ __all__ = [
     "subdirs",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-"""File suffixes (lower-case) taken as images when listing folders."""
 
 MASK_KINDS = ("none", "file", "dir_union", "coco", "labelme")
 """How ``Record.mask_path`` is read (all handled by ``readl.data.masks.load_mask``):
