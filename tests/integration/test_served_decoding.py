@@ -77,3 +77,34 @@ def test_served_paths_are_off_by_default_and_never_leave_their_root(tmp_path, mo
     (allowed / "notes.png").write_text("root:x:0:0")
     _, errors = served._images(pd.DataFrame({"path": [str(allowed / "notes.png")]}))
     assert "not a readable image" in errors[0] and "root:" not in errors[0]
+
+
+def test_a_request_is_bounded_in_rows_and_stops_once_past_its_timeout(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    """Issue (load): a 40-row request ran past the server's 60 s timeout (504) and the server kept computing for
+    minutes. Rows per request are bounded, and a request past its timeout does no more batches."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from readl.registry.pyfunc import ReadlModel
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    img = (sample_dir / "mvtec_ad/grid/test/broken/000.png").read_bytes()
+
+    def served(**config):
+        model = ReadlModel()
+        model.load_context(SimpleNamespace(artifacts={"params": str(tmp_path / "params.json")},
+                                           model_config={"device": "cpu", **config}))  # fmt: skip
+        return model
+
+    bounded = served(max_rows=2)
+    with pytest.raises(MlflowException, match="3 rows in one request; this server takes at most 2"):
+        bounded.predict(None, pd.DataFrame({"image": [img] * 3}))
+    assert bounded.predict(None, pd.DataFrame({"image": [img] * 2}))["error"].tolist() == ["", ""]
+
+    late = served(timeout=1e-9)  # as if the request had waited past the server's timeout
+    calls = []
+    real = late.predictor.predict
+    late.predictor.predict = lambda ims: calls.append(len(ims)) or real(ims)
+    out = late.predict(None, pd.DataFrame({"image": [img] * 2}))
+    assert calls == [] and all("ran past the server's" in e for e in out["error"]), out["error"].tolist()

@@ -52,6 +52,8 @@ import io
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +61,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd  # the predict type hints (MLflow reads them when the model is logged)
 
-__all__ = ["ReadlModel", "signature", "input_example", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG"]
+__all__ = ["ReadlModel", "signature", "input_example", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG", "MAX_ROWS"]
 
 log = logging.getLogger(__name__)
 MODEL_CONFIG = {"device": "", "max_new_tokens": 0}  # logged defaults; "" / 0 = automatic / params
+MAX_ROWS = 16
+"""Rows one request may hold by default: about 25 s of work with the tiny model on 2 CPU cores, inside the
+scoring server's 60 s timeout (``benchmarks/serve_load.py``)."""
 OUTPUT_COLUMNS = ["answer", "score", "decision", "threshold", "reasoning", "format_ok", "anomaly_map", "map_max",
                   "map_grid", "error"]  # fmt: skip
 
@@ -139,10 +144,18 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
     ``model_config`` (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (``cpu``, ``cuda``
     ...; default ``$READL_DEVICE``, else CUDA when available), ``max_new_tokens`` (default the logged
     ``model.max_new_tokens``), ``path_root`` (default ``$READL_SERVE_PATH_ROOT``; unset: the ``path`` column is
-    refused, so a client can read no file of the server).
+    refused, so a client can read no file of the server), ``max_rows`` (default ``$READL_SERVE_MAX_ROWS``, else
+    :data:`MAX_ROWS`), ``timeout`` (seconds; default ``$MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, else 60).
+
+    Load bounds: a request holds at most ``max_rows`` rows (more: HTTP 400); requests are predicted one at a time
+    per server worker (on a CPU, concurrent ones only slow each other down); and a request that has run, waiting
+    included, past ``timeout`` (when the server has already answered its client 504) stops before its next batch,
+    its remaining rows error rows. So no work outlives its request by more than one batch.
     """
 
     path_root: Path | None = None  # the one folder `path` rows may read (symlinks resolved); None = paths off
+    max_rows: int = 0  # set by load_context (MAX_ROWS unless configured)
+    timeout: float = 60.0
 
     def load_context(self, context) -> None:
         from readl.config import Params
@@ -166,6 +179,9 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.batch_size = self.params.model.batch_size
         root = cfg.get("path_root") or os.environ.get("READL_SERVE_PATH_ROOT")
         self.path_root = Path(os.path.realpath(root)) if root else None
+        self.max_rows = int(cfg.get("max_rows") or os.environ.get("READL_SERVE_MAX_ROWS") or MAX_ROWS)
+        self.timeout = float(cfg.get("timeout") or os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or 60)
+        self._one_at_a_time = threading.Lock()
         self.predictor = build_predictor(self.params, base, self.adapter, device=device,
                                          max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)  # fmt: skip
 
@@ -213,19 +229,35 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
             raise ValueError("'path' is not a readable image in the folder this server may read") from None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS."""
-        from readl.evaluation.decision import decide, image_score
-        from readl.localization.anomaly_map import upsample
-        from readl.predictor import localize
+        """Predict every row (see the module docstring); returns a ``pandas.DataFrame`` of OUTPUT_COLUMNS.
 
+        Raises:
+            mlflow.exceptions.MlflowException: (HTTP 400) neither an ``image`` nor a ``path`` column, or more than
+                ``max_rows`` rows.
+        """
+        from mlflow.exceptions import MlflowException
+
+        start = time.monotonic()
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if not {"image", "path"} & set(frame.columns):  # MLflow dropped the unknown columns, and the rows with them
-            from mlflow.exceptions import MlflowException
-
             raise MlflowException.invalid_parameter_value(
                 "the request has neither an 'image' column (the image file, base64 or a data: URL) nor a 'path' "
                 'column: send {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}'
             )
+        if len(frame) > self.max_rows:
+            raise MlflowException.invalid_parameter_value(
+                f"{len(frame)} rows in one request; this server takes at most {self.max_rows} (READL_SERVE_MAX_ROWS): "
+                "split the request"
+            )
+        with self._one_at_a_time:
+            return self._predict(frame, start)
+
+    def _predict(self, frame: pd.DataFrame, start: float) -> pd.DataFrame:
+        """:meth:`predict` of a checked frame; ``start``: when the request reached this worker (time.monotonic)."""
+        from readl.evaluation.decision import decide, image_score
+        from readl.localization.anomaly_map import upsample
+        from readl.predictor import localize
+
         images, errors = self._images(frame)
         t = float(self.decision["value"])
         rows: list[dict] = [
@@ -233,8 +265,12 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
              "anomaly_map": "", "map_max": 0.0, "map_grid": [], "error": e} for e in errors
         ]  # fmt: skip
         ok = [i for i, im in enumerate(images) if im is not None]
-        for start in range(0, len(ok), self.batch_size):
-            idx = ok[start : start + self.batch_size]
+        for first in range(0, len(ok), self.batch_size):
+            idx = ok[first : first + self.batch_size]
+            if time.monotonic() - start > self.timeout:  # the client has had its 504: do no more work for it
+                for i in ok[first:]:
+                    rows[i]["error"] = f"row {i}: not predicted, the request ran past the server's {self.timeout:g} s"
+                break
             for i, pred in zip(idx, self.predictor.predict([images[i] for i in idx])):
                 real = localize(pred, self.localization, self.taus)
                 png, top = encode_map(upsample(real.map, pred.image_size))
