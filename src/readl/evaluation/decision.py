@@ -13,12 +13,13 @@ normal calibration images are decided ``anomalous`` (the most anomalies caught a
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from readl.localization.thresholds import read_thresholds_file
 
 __all__ = ["FALLBACK_SCORE", "DEFAULT_THRESHOLD", "image_score", "decide", "decision_basis", "degenerate_decision",
            "fit_decision_threshold", "read_decision"]
@@ -134,11 +135,7 @@ def read_decision(thresholds_file: str | Path | None) -> dict:
     if thresholds_file is None:
         return {"value": DEFAULT_THRESHOLD, "rule": "default", "malformed": "fallback",
                 "source": f"default {DEFAULT_THRESHOLD} (no thresholds.json)"}  # fmt: skip
-    try:
-        data = json.loads(Path(thresholds_file).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{thresholds_file}: not JSON ({exc}); re-run `readl calibrate`") from exc
-    d = data.get("decision")
+    d = read_thresholds_file(thresholds_file).get("decision")
     if not isinstance(d, dict):
         return {"value": DEFAULT_THRESHOLD, "rule": "default", "malformed": "fallback",
                 "source": f"{thresholds_file} has no decision threshold: default {DEFAULT_THRESHOLD} "

@@ -147,6 +147,22 @@ def resolve_threshold(spec: ThresholdSpec | float | str, scores: np.ndarray | No
     return find_threshold(scores, spec.rule, ties=ties)
 
 
+def read_thresholds_file(thresholds_file: str | Path) -> dict:
+    """The one reader of ``thresholds.json`` (written by ``readl calibrate``): its JSON object.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not JSON, or not a JSON object (the message names the file and says to re-run calibrate).
+    """
+    try:
+        data = json.loads(Path(thresholds_file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{thresholds_file}: not JSON ({exc}); re-run `readl calibrate`") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{thresholds_file}: not a JSON object; re-run `readl calibrate`")
+    return data
+
+
 def resolve_taus(cfg, thresholds_file: str | Path | None) -> ThresholdPair:
     """tau_t and tau_i for ReAL: the calibrated values when a thresholds file is given, else ``cfg``'s specs.
 
@@ -165,7 +181,7 @@ def resolve_taus(cfg, thresholds_file: str | Path | None) -> ThresholdPair:
     """
     if thresholds_file is None:
         return ThresholdPair(ThresholdSpec.of(cfg.tau_t), ThresholdSpec.of(cfg.tau_i))
-    data = json.loads(Path(thresholds_file).read_text())
+    data = read_thresholds_file(thresholds_file)
     try:
         return ThresholdPair(ThresholdSpec("fixed", float(data["tau_t"]["value"])),
                              ThresholdSpec("fixed", float(data["tau_i"]["value"])))  # fmt: skip

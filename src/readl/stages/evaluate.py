@@ -21,6 +21,7 @@ from readl.evaluation import comparison as cmp
 from readl.evaluation.decision import read_decision
 from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
+from readl.localization.thresholds import read_thresholds_file
 from readl.evaluation.report import write_curves, write_gallery, write_headline, write_metrics, write_tables
 from readl.runtime import configure
 from readl.predictor import pipeline_predictor, resolve_taus
@@ -108,7 +109,7 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     taus = resolve_taus(params.localization, thresholds)
     results = score_images(items, params.localization, taus, malformed=cfg.malformed)
     decision = read_decision(thresholds)
-    calibrated = json.loads(Path(thresholds).read_text()) if thresholds is not None else {}  # thresholds.json
+    calibrated = read_thresholds_file(thresholds) if thresholds is not None else {}
     pixel = calibrated.get("pixel") or {}
     if not pixel.get("value"):
         log.warning("evaluate: no t_pixel in %s (re-run `readl calibrate`): pixel.ACC is NaN; ACC_oracle is fitted "

@@ -238,3 +238,19 @@ def test_params_threshold_is_the_spec_type_and_rejects_bad_keys():
                        ({"rule": "median", "value": 0.3}, "takes no value")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             Params.model_validate({"localization": {"tau_t": bad}})
+
+
+def test_a_broken_thresholds_file_is_one_clear_error_for_every_reader(tmp_path):
+    """thresholds.json is read in one place (readl.localization.thresholds.read_thresholds_file): not JSON, or not a
+    JSON object, is a ValueError naming the file and the fix for the ReAL thresholds and the decision alike (the ReAL
+    reader used to raise a bare JSONDecodeError)."""
+    from readl.config import LocalizationConfig
+    from readl.evaluation.decision import read_decision
+    from readl.localization.thresholds import resolve_taus
+
+    for text in ("{not json", "[1, 2]"):
+        bad = tmp_path / "thresholds.json"
+        bad.write_text(text)
+        for read in (lambda f: resolve_taus(LocalizationConfig(), f), read_decision):
+            with pytest.raises(ValueError, match=r"thresholds.json: .*re-run `readl calibrate`"):
+                read(bad)
