@@ -133,9 +133,13 @@ def check_thresholds(path: Path) -> dict:
     Raises:
         FileNotFoundError / ValueError: missing, not JSON, or lacking a value (named in the message).
     """
-    data = read_json_input(path, "calibrate")
+    from readl.localization.thresholds import read_thresholds_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: not found; run `readl calibrate` (dvc repro calibrate) first")
+    data = read_thresholds_file(path)
     missing = [f"{k}.value" for k in ("tau_t", "tau_i")
-               if not isinstance(data, Mapping) or not isinstance(data.get(k), Mapping)
+               if not isinstance(data.get(k), Mapping)
                or not _is_number(data[k].get("value")) or data[k].get("value") is None]  # fmt: skip
     if missing:
         raise ValueError(f"{path}: thresholds lack numeric {', '.join(missing)}; re-run `readl calibrate` "
