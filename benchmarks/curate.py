@@ -4,7 +4,7 @@
    they compress like real inspection photos: ~2 MB each) in a temp folder. Timed, serial and on a
    spawn process pool of 2 (curate's ``workers: 2``; pool start-up included):
    * ``decode_resize_hash``: decode, bicubic resize to 420x420, DCT pHash;
-   * the whole per-image curate work (``readl.data.curate._process``: the above + writing the 420x420
+   * the whole per-image curate work (``readl.data.curate.process_task``: the above + writing the 420x420
      PNG), the work ``readl curate`` distributes.
    Target: >= 30 images/s on this 2-core machine.
 2. No-op ``dvc repro curate``. A git clone of the repository would miss uncommitted files, so the
@@ -55,7 +55,7 @@ def make_images(folder: Path, n: int = N_IMAGES) -> list[Path]:
     return paths
 
 
-def _decode(path: str) -> str:
+def decode_image(path: str) -> str:
     from readl.data.phash import decode_resize_hash
 
     return decode_resize_hash(path)[1]
@@ -78,14 +78,14 @@ def throughput(tmp: Path) -> list[tuple[str, int, float]]:
     paths = make_images(tmp / "png")
     mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
     print(f"{len(paths)} PNGs {SIZE}x{SIZE} RGB, {mb:.1f} MB each")
-    tasks = [C._Task(str(p), None, None, str(tmp / "out" / f"{p.stem}.png"), None, (420, 420))
+    tasks = [C.Task(str(p), None, None, str(tmp / "out" / f"{p.stem}.png"), None, (420, 420))
              for p in paths]
     rows = []
     for workers in (1, 2):
-        rows.append(("decode + resize + pHash", workers, rate(_decode, [str(p) for p in paths],
+        rows.append(("decode + resize + pHash", workers, rate(decode_image, [str(p) for p in paths],
                                                               workers)))
         rows.append(("+ write 420x420 PNG (curate's work)", workers,
-                     rate(C._process, tasks, workers)))
+                     rate(C.process_task, tasks, workers)))
     return rows
 
 

@@ -7,7 +7,7 @@ case in a fresh Python process, reporting that process's peak resident set size
 
 * ``predict``: ``readl predict IMG --model tiny --out DIR --max-new-tokens 8`` (the tiny model built
   locally, built-in params; torch + the model take ~450 MB of the peak: see the 512x512 row).
-* ``curate decode``: ``readl.data.curate._process`` on one image (decode, resize to 420x420, pHash,
+* ``curate decode``: ``readl.data.curate.process_task`` on one image (decode, resize to 420x420, pHash,
   thumbnail, PNG write), the work every curate worker does per image, after importing curate.
 
 Target: predict on the 8000x8000 JPEG <= 1 GB. Run: ``python benchmarks/huge_image.py`` (~1 min).
@@ -37,9 +37,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 CURATE = """
 import resource, sys
 from readl.data import curate as C
-task = C._Task(image=sys.argv[1], mask=None, mask_ref=None, out_image=sys.argv[2] + "/x.png",
+task = C.Task(image=sys.argv[1], mask=None, mask_ref=None, out_image=sys.argv[2] + "/x.png",
                out_mask=None, size=(420, 420))
-error = C._process(task)[-1]
+error = C.process_task(task)[-1]
 assert error is None, error
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

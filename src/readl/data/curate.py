@@ -74,27 +74,27 @@ from .curate_sources import (  # noqa: F401 - SourceMissingError, LayoutError: p
     SPLITS,
     LayoutError,
     SourceMissingError,
-    _Candidate,
-    _candidate,
-    _proportional_order,
-    _read_entry,
-    _Stratum,
-    _stratum_rng,
+    Candidate,
+    make_candidate,
+    proportional_order,
+    read_entry,
+    Stratum,
+    stratum_rng,
     check_sources,
 )
 from .curate_outputs import (  # noqa: F401 - re-exported: the curated folder's API
     LEAKAGE_COLUMNS,
     MANIFEST_EXTRA_COLUMNS,
     REJECTED_COLUMNS,
-    _manifest,
-    _counts,
-    _summary,
-    _write_csv,
-    _write_parquet,
+    build_manifest,
+    flat_counts,
+    build_summary,
+    write_csv,
+    write_parquet,
     load_split,
     read_manifest,
 )
-from .curate_workers import _process, _Runner, _Task  # noqa: F401 - _process: benchmarks/curate.py
+from .curate_workers import process_task, Runner, Task  # noqa: F401 - process_task: benchmarks/curate.py
 from .leakage import LeakageGuard
 from .references import References
 from .sources import Record
@@ -161,9 +161,9 @@ class _Curation:
         self.eval_thumbs: dict[tuple[str, str], np.ndarray] = {}  # (eval raw image path, pHash) -> thumbnail
 
     # ---- planning
-    def strata(self) -> dict[str, list[_Stratum]]:
+    def strata(self) -> dict[str, list[Stratum]]:
         cache: dict[str, list[Record]] = {}
-        out: dict[str, list[_Stratum]] = {}
+        out: dict[str, list[Stratum]] = {}
         for split in ("eval", "calib", "train"):
             out[split] = []
             for i, entry in enumerate(getattr(self.cfg, split)):
@@ -173,13 +173,13 @@ class _Curation:
                 key = json.dumps([entry.name, entry.layout, entry.root, entry.options,
                                   entry.published_splits], sort_keys=True)
                 if key not in cache:
-                    cache[key] = _read_entry(entry, self.raw_root, where, self.rejected)
+                    cache[key] = read_entry(entry, self.raw_root, where, self.rejected)
                 source_root = self.raw_root / entry.root
-                cands = [_candidate(r, self.raw_root, source_root) for r in cache[key]]
+                cands = [make_candidate(r, self.raw_root, source_root) for r in cache[key]]
                 for label, quota in ((0, entry.normal), (1, entry.anomalous)):
                     pool = [c for c in cands if c.record.label == label]
-                    queue = _proportional_order(pool, _stratum_rng(self.cfg.seed, entry, label))
-                    out[split].append(_Stratum(split, entry, label, queue, quota))
+                    queue = proportional_order(pool, stratum_rng(self.cfg.seed, entry, label))
+                    out[split].append(Stratum(split, entry, label, queue, quota))
         return out
 
     # ---- synthetic anomalies (readl.data.sources.synthetic)
@@ -190,7 +190,7 @@ class _Curation:
                 raise ValueError(f"{where}: base {name!r} is not a non-synthetic entry of "
                                  f"curate.{split} (entries: {', '.join(others)})")
 
-    def derive(self, strata: list[_Stratum]) -> list[_Stratum]:
+    def derive(self, strata: list[Stratum]) -> list[Stratum]:
         """Fill the queues of the synthetic anomaly strata from the normal images their base
         strata (same split) accepted; returns those strata, to run next."""
         derived = []
@@ -209,13 +209,13 @@ class _Curation:
                         rec = Record(source=s.entry.name, category=cand.record.category,
                                      split=cand.record.split, label=1, defect_type=recipe,
                                      image_path=self.staging / image_out)
-                        queue.append(_Candidate(rec, cand.image_rel, None,
+                        queue.append(Candidate(rec, cand.image_rel, None,
                                                 f"{cand.in_source}_{recipe}{k}", (recipe, seed, sp.texture)))
             s.queue, s.pos = queue, 0
             derived.append(s)
         return derived
 
-    def drop_unlisted_bases(self, strata: list[_Stratum]) -> None:
+    def drop_unlisted_bases(self, strata: list[Stratum]) -> None:
         """``normals: false``: the base normal images of a synthetic source leave the manifest."""
         for s in strata:
             if s.entry.layout == "synthetic" and s.label == 0 and \
@@ -227,7 +227,7 @@ class _Curation:
                 s.accepted, s.quota = [], 0
 
     # ---- output naming
-    def _out_name(self, split: str, cand: _Candidate) -> str:
+    def _out_name(self, split: str, cand: Candidate) -> str:
         base = f"{split}/{cand.record.source}/{cand.in_source}"
         name = base
         if name in self.used_names:  # e.g. 00.jpg and 00.png in one folder
@@ -240,9 +240,9 @@ class _Curation:
         return name
 
     # ---- running
-    def run_phase(self, strata: list[_Stratum], runner: _Runner, guard: bool) -> None:
+    def run_phase(self, strata: list[Stratum], runner: Runner, guard: bool) -> None:
         while True:
-            batch: list[tuple[_Stratum, _Candidate, _Task, str, str | None]] = []
+            batch: list[tuple[Stratum, Candidate, Task, str, str | None]] = []
             for s in strata:
                 need = s.requested - len(s.accepted)
                 while need > 0 and s.pos < len(s.queue):
@@ -263,7 +263,7 @@ class _Curation:
                     has_mask = cand.record.mask_path is not None
                     mask_out = f"masks/{name}.png" if (has_mask or is_eval) else None
                     rec = cand.record
-                    batch.append((s, cand, _Task(
+                    batch.append((s, cand, Task(
                         image=str(rec.image_path),
                         mask=None if rec.mask_path is None else str(rec.mask_path),
                         mask_ref=rec.mask_ref,
@@ -289,16 +289,16 @@ class _Curation:
                 if self.progress is not None:
                     self.progress(1, self.total)
 
-    def _reject(self, cand: _Candidate, reason: str) -> None:
+    def _reject(self, cand: Candidate, reason: str) -> None:
         self.rejected.append({"source": cand.record.source, "image_path": cand.image_rel,
                               "mask_path": cand.mask_rel, "reason": reason})
 
-    def set_eval(self, strata: list[_Stratum]) -> None:
+    def set_eval(self, strata: list[Stratum]) -> None:
         rows = [(c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted]
         self.guard = LeakageGuard(rows, [self.eval_thumbs[(r[1], r[2])] for r in rows],
                                   self.cfg.leakage_max_distance, self.cfg.leakage_min_ssim)
 
-    def _leaks(self, s: _Stratum, cand: _Candidate, digest: str, thumb: np.ndarray) -> bool:
+    def _leaks(self, s: Stratum, cand: Candidate, digest: str, thumb: np.ndarray) -> bool:
         hit = None if self.guard is None else self.guard.match(digest, thumb)
         if hit is None:
             return False
@@ -334,7 +334,7 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
     out = Path(out_dir)
     check_sources(cfg, raw)
     references = References(cfg, raw)  # a bad references CSV fails here, before any image
-    runner = _Runner(cfg.workers)
+    runner = Runner(cfg.workers)
     try:
         with atomic_dir(out) as staging:
             job = _Curation(cfg, raw, staging, progress)
@@ -352,16 +352,16 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
             job.drop_unlisted_bases(strata["eval"] + rest)
             counts, with_ref = {}, {}
             for split in SPLITS:
-                df = _manifest(strata[split], cfg.image_size, out.as_posix(), references)
+                df = build_manifest(strata[split], cfg.image_size, out.as_posix(), references)
                 validate_manifest(df, require_masks=(split == "eval"))
-                _write_parquet(df, staging / f"{split}.parquet")
+                write_parquet(df, staging / f"{split}.parquet")
                 counts[split] = len(df)
                 with_ref[split] = int(df["reference"].notna().sum())
-            _write_csv(job.rejected, REJECTED_COLUMNS, staging / "rejected.csv")
-            _write_csv(job.leaked, LEAKAGE_COLUMNS, staging / "leakage.csv")
-            summary = {**_summary(cfg, strata, job.rejected, job.leaked), "with_reference": with_ref}
+            write_csv(job.rejected, REJECTED_COLUMNS, staging / "rejected.csv")
+            write_csv(job.leaked, LEAKAGE_COLUMNS, staging / "leakage.csv")
+            summary = {**build_summary(cfg, strata, job.rejected, job.leaked), "with_reference": with_ref}
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            (staging / "counts.json").write_text(json.dumps(_counts(summary), indent=2) + "\n")  # DVC's metrics
+            (staging / "counts.json").write_text(json.dumps(flat_counts(summary), indent=2) + "\n")  # DVC's metrics
     finally:
         runner.close()
     for split, ss in strata.items():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .curate_sources import SPLITS, _Stratum
+from .curate_sources import SPLITS, Stratum
 
 if TYPE_CHECKING:
     import datasets
@@ -28,7 +28,7 @@ LEAKAGE_COLUMNS = ("split", "source", "image_path", "phash", "eval_source", "eva
 MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path", "reference")
 
 
-def _manifest(strata: list[_Stratum], size: int, prefix: str, references: References) -> pd.DataFrame:
+def build_manifest(strata: list[Stratum], size: int, prefix: str, references: References) -> pd.DataFrame:
     import pandas as pd
 
     from .schema import MANIFEST_COLUMNS
@@ -52,7 +52,7 @@ def _manifest(strata: list[_Stratum], size: int, prefix: str, references: Refere
                           ignore_index=True)
 
 
-def _summary(cfg: CurateConfig, strata: dict[str, list[_Stratum]], rejected: list[dict],
+def build_summary(cfg: CurateConfig, strata: dict[str, list[Stratum]], rejected: list[dict],
              leaked: list[dict]) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     shortfall = 0
@@ -91,7 +91,7 @@ def _summary(cfg: CurateConfig, strata: dict[str, list[_Stratum]], rejected: lis
     }
 
 
-def _counts(summary: dict[str, Any]) -> dict[str, int]:
+def flat_counts(summary: dict[str, Any]) -> dict[str, int]:
     """The flat, short view of ``summary.json`` that ``dvc metrics show`` prints (``counts.json``): images, normal
     and anomalous per split, then rejected, leaked and the shortfall against the requested counts."""
     flat = {f"{split}.{k}": summary["splits"][split][k] for split in SPLITS for k in ("images", "normal", "anomalous")}
@@ -99,11 +99,11 @@ def _counts(summary: dict[str, Any]) -> dict[str, int]:
             "shortfall": summary["shortfall"]}
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
     df.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
 
 
-def _write_csv(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=list(columns))

@@ -32,7 +32,7 @@ class SourceMissingError(FileNotFoundError):
 
 
 @dataclass
-class _Candidate:
+class Candidate:
     record: Record
     image_rel: str  # raw image, relative to the raw root (POSIX)
     mask_rel: str | None
@@ -46,14 +46,14 @@ class _Candidate:
 
 
 @dataclass
-class _Stratum:
+class Stratum:
     split: str
     entry: CurateSource
     label: int
-    queue: list[_Candidate]
+    queue: list[Candidate]
     quota: int | None  # None = all
     pos: int = 0
-    accepted: list[tuple[_Candidate, str, str, str | None]] = field(default_factory=list)
+    accepted: list[tuple[Candidate, str, str, str | None]] = field(default_factory=list)
 
     @property
     def requested(self) -> int:
@@ -65,7 +65,7 @@ def _posix_rel(path: Path, base: Path) -> str:
     return Path(rel).as_posix()
 
 
-def _read_entry(entry: CurateSource, raw_root: Path, where: str,
+def read_entry(entry: CurateSource, raw_root: Path, where: str,
                 rejected: list[dict[str, Any]]) -> list[Record]:
     """All records of one source (adapter output, filtered by published split).
 
@@ -109,16 +109,16 @@ def _read_entry(entry: CurateSource, raw_root: Path, where: str,
     return records
 
 
-def _stratum_rng(seed: int, entry: CurateSource, label: int) -> np.random.Generator:
+def stratum_rng(seed: int, entry: CurateSource, label: int) -> np.random.Generator:
     key = f"{entry.name}|{entry.layout}|{entry.root}|{label}".encode()
     digest = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
     return np.random.default_rng([seed, digest])
 
 
-def _proportional_order(cands: list[_Candidate], rng: np.random.Generator) -> list[_Candidate]:
+def proportional_order(cands: list[Candidate], rng: np.random.Generator) -> list[Candidate]:
     """Shuffle each category, then interleave so every prefix is proportional to category sizes
     (item of rank r in a category of n sorts at (r + 1/2) / n; ties by category name)."""
-    by_cat: dict[str, list[_Candidate]] = defaultdict(list)
+    by_cat: dict[str, list[Candidate]] = defaultdict(list)
     for c in cands:
         by_cat[c.record.category].append(c)
     keyed = []
@@ -131,13 +131,13 @@ def _proportional_order(cands: list[_Candidate], rng: np.random.Generator) -> li
     return [c for _, _, c in keyed]
 
 
-def _candidate(rec: Record, raw_root: Path, source_root: Path) -> _Candidate:
+def make_candidate(rec: Record, raw_root: Path, source_root: Path) -> Candidate:
     image = Path(rec.image_path)
     rel_src = os.path.relpath(image, source_root)
     if rel_src.startswith(".."):  # a CSV pointing outside the source folder
         digest = hashlib.sha1(str(image).encode()).hexdigest()[:12]
         rel_src = f"_outside/{digest}_{image.name}"
-    return _Candidate(
+    return Candidate(
         record=rec,
         image_rel=_posix_rel(image, raw_root),
         mask_rel=None if rec.mask_path is None else _posix_rel(Path(rec.mask_path), raw_root),

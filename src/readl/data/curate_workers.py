@@ -33,7 +33,7 @@ PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
-class _Task:
+class Task:
     image: str
     mask: str | None
     mask_ref: str | None
@@ -57,7 +57,7 @@ _Result = tuple[str | None, np.ndarray | None, str | None]
 """``(phash, thumbnail, None)`` for a written image, ``(None, None, reason)`` for a bad input."""
 
 
-def _process(task: _Task) -> _Result:
+def process_task(task: Task) -> _Result:
     """Decode, resize, hash and write one image (+ mask). Returns ``(phash, thumbnail, None)`` or
     ``(None, None, reason)`` for a bad input (nothing written then)."""
     try:
@@ -88,23 +88,23 @@ def _process(task: _Task) -> _Result:
     return digest, thumbnail(img), None
 
 
-class _Runner:
-    """Map :func:`_process` over tasks inline or on a process pool (results in task order)."""
+class Runner:
+    """Map :func:`process_task` over tasks inline or on a process pool (results in task order)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(self, tasks: Sequence[_Task]) -> Iterable[_Result]:
+    def map(self, tasks: Sequence[Task]) -> Iterable[_Result]:
         if self.workers <= 1 or (self._pool is None and len(tasks) < POOL_MIN_TASKS):
-            return map(_process, tasks)
+            return map(process_task, tasks)
         main_file = getattr(sys.modules["__main__"], "__file__", None)
         if main_file is not None and not os.path.exists(main_file):  # `python -` / `-c`:
-            return map(_process, tasks)  # spawn cannot re-import such a __main__
+            return map(process_task, tasks)  # spawn cannot re-import such a __main__
         if self._pool is None:  # spawn: safe whatever the parent imported (torch threads, ...)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
         chunk = max(1, min(16, len(tasks) // (4 * self.workers)))
-        return self._pool.map(_process, tasks, chunksize=chunk)
+        return self._pool.map(process_task, tasks, chunksize=chunk)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -82,7 +82,7 @@ copy, not the several full-size copies the conversion and resize would make. Ima
 target (the bundled sample, 1024 -> 420) are resized directly, as before."""
 
 _ORIENTATION_TAG = 0x0112
-_TRANSPOSE = {  # the mapping ImageOps.exif_transpose uses (EXIF orientation -> PIL transpose)
+EXIF_TRANSPOSE = {  # the mapping ImageOps.exif_transpose uses (EXIF orientation -> PIL transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -91,8 +91,8 @@ _TRANSPOSE = {  # the mapping ImageOps.exif_transpose uses (EXIF orientation -> 
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
-_REFETCH = "re-download or re-extract it (readl fetch SOURCE), or delete it so curate skips it"
+EXIF_SWAPS_AXES = frozenset({5, 6, 7, 8})
+REFETCH_HINT = "re-download or re-extract it (readl fetch SOURCE), or delete it so curate skips it"
 
 
 class BadImageError(ValueError):
@@ -140,7 +140,7 @@ def _open(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Imag
     if p.is_dir():
         raise BadImageError(p, "is a directory, not an image file; point to the file inside it")
     if st.st_size == 0:
-        raise BadImageError(p, f"zero-byte file (an interrupted download or copy); {_REFETCH}")
+        raise BadImageError(p, f"zero-byte file (an interrupted download or copy); {REFETCH_HINT}")
     try:
         return Image.open(p)
     except UnidentifiedImageError:
@@ -148,13 +148,13 @@ def _open(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Imag
             head = fh.read(16)
         raise BadImageError(
             p, f"not an image PIL can read (file starts with {head!r}); the file is corrupt, "
-               f"an HTML error page or a Git LFS pointer, or has the wrong extension; {_REFETCH}"
+               f"an HTML error page or a Git LFS pointer, or has the wrong extension; {REFETCH_HINT}"
         ) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(p, f"image too large to decode safely ({exc}); downscale it "
                                f"offline before curating") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-        raise BadImageError(p, f"cannot open ({type(exc).__name__}: {exc}); {_REFETCH}") from None
+        raise BadImageError(p, f"cannot open ({type(exc).__name__}: {exc}); {REFETCH_HINT}") from None
 
 
 def _open_bytes(p: Path, data: bytes) -> Image.Image:
@@ -179,7 +179,7 @@ def _load(img: Image.Image, path: str | os.PathLike[str]) -> None:
         img.load()
     except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, zlib.error, struct.error...
         raise BadImageError(
-            path, f"truncated or corrupt image data (PIL: {type(exc).__name__}: {exc}); {_REFETCH}"
+            path, f"truncated or corrupt image data (PIL: {type(exc).__name__}: {exc}); {REFETCH_HINT}"
         ) from None
 
 
@@ -188,11 +188,11 @@ def _orientation(img: Image.Image) -> int:
         value = int(img.getexif().get(_ORIENTATION_TAG, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is not worth rejecting the image
         return 1
-    return value if value in _TRANSPOSE else 1
+    return value if value in EXIF_TRANSPOSE else 1
 
 
 def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
-    return (size[1], size[0]) if orientation in _SWAPS_AXES else size
+    return (size[1], size[0]) if orientation in EXIF_SWAPS_AXES else size
 
 
 def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
@@ -201,7 +201,7 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
     return None if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
 
 
-def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1,
+def decode_image(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1,
             max_side: int | None = None, data: bytes | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
     """Open + (JPEG draft) + load. Returns (image as stored, EXIF orientation, full stored size).
     An image with a side under ``min_side`` px is a BadImageError (checked on the header);
@@ -225,7 +225,7 @@ def _decode(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, mi
     return img, orientation, full_size
 
 
-def _int_bit_depth(img: Image.Image, arr: np.ndarray) -> int:
+def int_bit_depth(img: Image.Image, arr: np.ndarray) -> int:
     tag = getattr(img, "tag_v2", None)
     if tag is not None:
         bps = tag.get(258)
@@ -262,7 +262,7 @@ def _to_grey8(img: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
             hi = int(arr.max())
             out = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(arr.shape)
         else:
-            depth = _int_bit_depth(img, arr)
+            depth = int_bit_depth(img, arr)
             out = arr * (255.0 / float(2 ** depth - 1))
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="L")
 
@@ -313,7 +313,7 @@ def _resize(img: Image.Image, size: tuple[int, int] | None) -> Image.Image:
     return img.resize(tuple(size), Image.Resampling.BICUBIC)
 
 
-def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+def check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
@@ -333,9 +333,9 @@ def _reduce(img: Image.Image, target: tuple[int, int]) -> Image.Image:
         return img
 
 
-def _rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1,
+def rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1,
                   max_side: int | None = None, data: bytes | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
-    img, orientation, full_size = _decode(path, size, min_side, max_side, data)
+    img, orientation, full_size = decode_image(path, size, min_side, max_side, data)
     if max_side is not None:  # orientation known only now for PNG/TIFF (EXIF after the pixels)
         size = _fit(_oriented_size(full_size, orientation), max_side)
     if size is not None:
@@ -369,7 +369,7 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAUL
         RuntimeError: PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by someone.
     Source: EXIF orientation per ``PIL.ImageOps.exif_transpose``; colour rules in module docstring.
     """
-    img, _, _ = _rgb_oriented(path, _check_size(size), min_side)
+    img, _, _ = rgb_oriented(path, check_size(size), min_side)
     return img
 
 
@@ -392,5 +392,5 @@ def load_rgb_fit(path: str | os.PathLike[str], max_side: int, *, min_side: int =
     """
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    img, _, _ = _rgb_oriented(path, None, min_side, max_side, data)
+    img, _, _ = rgb_oriented(path, None, min_side, max_side, data)
     return img

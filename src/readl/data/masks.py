@@ -32,15 +32,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from readl.data.images import (
-    _REFETCH,
-    _SWAPS_AXES,
-    _TRANSPOSE,
+    REFETCH_HINT,
+    EXIF_SWAPS_AXES,
+    EXIF_TRANSPOSE,
     DEFAULT_SIZE,
     BadImageError,
-    _check_size,
-    _decode,
-    _int_bit_depth,
-    _rgb_oriented,
+    check_size,
+    decode_image,
+    int_bit_depth,
+    rgb_oriented,
 )
 
 __all__ = ["MAX_LOSSLESS_LEVELS", "binarise_mask", "load_mask", "load_pair", "mask_is_empty"]
@@ -91,7 +91,7 @@ def binarise_mask(img: Image.Image, path: str | os.PathLike[str] = "<mask>") -> 
         full = 255.0
     elif mode.startswith("I"):
         arr = np.asarray(img).astype(np.int64)
-        full = float(2 ** _int_bit_depth(img, arr) - 1)
+        full = float(2 ** int_bit_depth(img, arr) - 1)
     elif mode == "F":
         arr = np.asarray(img).astype(np.float64)
         if not np.all(np.isfinite(arr)):
@@ -144,7 +144,7 @@ def _rasterise_coco(path: Path, image_id: str | int | None) -> np.ndarray:
         index = _coco_index(str(path), path.stat().st_mtime_ns)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BadImageError(path, f"cannot read COCO annotations ({type(exc).__name__}: {exc}); "
-                                  f"{_REFETCH}") from None
+                                  f"{REFETCH_HINT}") from None
     key = str(image_id)
     if key not in index["images"]:
         raise BadImageError(path, f"COCO image id {image_id!r} not in 'images'; the manifest and "
@@ -213,7 +213,7 @@ def _read_json_mask(path: Path, coco_image_id: str | int | None) -> np.ndarray:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadImageError(path, f"unreadable JSON annotation ({exc}); {_REFETCH}") from None
+        raise BadImageError(path, f"unreadable JSON annotation ({exc}); {REFETCH_HINT}") from None
     if isinstance(data, dict) and "shapes" in data:
         return _rasterise_labelme(path, data)
     if isinstance(data, dict) and "annotations" in data:
@@ -243,14 +243,14 @@ def _read_mask(path: str | os.PathLike[str], coco_image_id: str | int | None = N
         if not p.exists():
             raise BadImageError(p, "annotation file does not exist; re-fetch the data")
         return _read_json_mask(p, coco_image_id), 1
-    img, orientation, _ = _decode(p, None)
+    img, orientation, _ = decode_image(p, None)
     return binarise_mask(img, p), orientation
 
 
 def _transpose_mask(mask: np.ndarray, orientation: int) -> np.ndarray:
-    if orientation not in _TRANSPOSE:
+    if orientation not in EXIF_TRANSPOSE:
         return mask
-    im = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").transpose(_TRANSPOSE[orientation])
+    im = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").transpose(EXIF_TRANSPOSE[orientation])
     return np.asarray(im) > 0
 
 
@@ -282,7 +282,7 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAU
             different sizes in one folder, unreadable or unsupported annotation JSON.
     Source: binarisation rule in the module docstring; LOCO union per anomalib's MVTecLOCODataset.
     """
-    size = _check_size(size)
+    size = check_size(size)
     mask, orientation = _read_mask(path, coco_image_id)
     if orientation != 1:
         mask = _transpose_mask(mask, orientation)
@@ -328,8 +328,8 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
             size (the message gives both sizes; fix or drop the pair).
     Source: EXIF orientation semantics of ``PIL.ImageOps.exif_transpose``.
     """
-    size = _check_size(size)
-    img, orientation, upright = _rgb_oriented(image_path, size, min_side)
+    size = check_size(size)
+    img, orientation, upright = rgb_oriented(image_path, size, min_side)
     out_size = size or upright
     if mask_path is None:
         return img, np.zeros((out_size[1], out_size[0]), dtype=bool)
@@ -339,7 +339,7 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
     if own != 1:
         mask = _transpose_mask(mask, own)
     elif orientation != 1 and not is_json_or_dir:
-        if not (orientation in _SWAPS_AXES and stored == upright and stored != upright[::-1]):
+        if not (orientation in EXIF_SWAPS_AXES and stored == upright and stored != upright[::-1]):
             mask = _transpose_mask(mask, orientation)
     got = (mask.shape[1], mask.shape[0])
     if got != upright:

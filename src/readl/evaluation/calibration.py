@@ -95,16 +95,16 @@ def pixel_thresholds(results, false_alarm_rate: float, root: Path = Path(".")) -
         ``{"rule": "false_alarm_rate", "false_alarm_rate", "n_images", "n_pixels", "value": {mode: t_pixel}}``;
         ``value`` is ``{}`` when the split has no normal image (``pixel.ACC`` is then NaN).
     """
-    from readl.evaluation.evaluate import MODES, _mask_size
+    from readl.evaluation.evaluate import MODES, eval_mask_size
     from readl.localization.anomaly_map import upsample
 
     normal = [r for r in results if r.label == 0]
     values = {}
     for mode in MODES:
-        pooled = [upsample(r.maps[mode], _mask_size(r, root)).ravel() for r in normal]  # (H * W,) float32 each
+        pooled = [upsample(r.maps[mode], eval_mask_size(r, root)).ravel() for r in normal]  # (H * W,) float32 each
         if pooled:
             values[mode] = float(np.quantile(np.concatenate(pooled), 1.0 - false_alarm_rate, method="higher"))
-    n_pixels = sum(math.prod(_mask_size(r, root)) for r in normal)
+    n_pixels = sum(math.prod(eval_mask_size(r, root)) for r in normal)
     return {"rule": "false_alarm_rate", "false_alarm_rate": false_alarm_rate, "n_images": len(normal),
             "n_pixels": n_pixels, "value": values}  # fmt: skip
 

@@ -40,7 +40,7 @@ from readl.config import Params, pipeline_base
 from readl.data.manifest import read_manifest
 from readl.evaluation.baselines import bootstrap_image_auroc, bootstrap_pixel_auroc, contrast_map
 from readl.evaluation.calibration import calibrate_thresholds
-from readl.evaluation.evaluate import MODES, ImageResult, _mask, _mask_size, image_metrics, pixel_metrics, score_images
+from readl.evaluation.evaluate import MODES, ImageResult, load_eval_mask, eval_mask_size, image_metrics, pixel_metrics, score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec, resolve_taus
 
@@ -101,7 +101,7 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
                  "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g),
                  "n_units": len(set(g)),  # independent units the interval resamples (base photos)
                  "n_normal": labels.count(0), "n_anomalous": labels.count(1)}  # fmt: skip
-        masks = [_mask(r.mask_path, _mask_size(r, root), root) for r in rs]  # (H, W) bool each
+        masks = [load_eval_mask(r.mask_path, eval_mask_size(r, root), root) for r in rs]  # (H, W) bool each
         per_mode = {}
         for mode in modes:
             ci = _ci(bootstrap_pixel_auroc, [r.maps[mode] for r in rs], masks, boot=boot, groups=g)

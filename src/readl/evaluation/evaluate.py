@@ -185,7 +185,7 @@ def image_metrics(results: list[ImageResult], threshold: float = DEFAULT_THRESHO
     }
 
 
-def _mask(path: str | None, size: tuple[int, int], root: Path) -> np.ndarray:
+def load_eval_mask(path: str | None, size: tuple[int, int], root: Path) -> np.ndarray:
     if path is None:
         return np.zeros(size, bool)
     with Image.open(root / path) as m:
@@ -208,7 +208,7 @@ def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."),
     """
     profile = ScoreProfile()
     for r in results:
-        size = _mask_size(r, root)
+        size = eval_mask_size(r, root)
         profile.update(upsample(r.maps[mode], size))
     if not results:
         return dict.fromkeys(PIXEL_KEYS, math.nan)
@@ -216,7 +216,7 @@ def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."),
     pro = ProCurveAccumulator.from_profile(profile, n_bins=n_bins)
     correct = total = 0
     for r in results:
-        mask = _mask(r.mask_path, _mask_size(r, root), root)  # (H, W) bool
+        mask = load_eval_mask(r.mask_path, eval_mask_size(r, root), root)  # (H, W) bool
         m = upsample(r.maps[mode], mask.shape)  # (H, W) float32
         curve.update(m, mask)
         pro.update(m[None], mask[None])
@@ -231,7 +231,7 @@ def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."),
                 "curve": _curve_points(*curve.counts())}  # fmt: skip
 
 
-def _mask_size(r: ImageResult, root: Path) -> tuple[int, int]:
+def eval_mask_size(r: ImageResult, root: Path) -> tuple[int, int]:
     if r.mask_path is None:
         with Image.open(root / r.image_path) as im:
             return im.height, im.width

@@ -16,7 +16,7 @@ import numpy as np
 
 from readl.localization.scores import (
     Binarize,
-    _checked,
+    checked_array,
     normalize_scores,
     semantic_relevance,
     spatial_entropy,
@@ -63,8 +63,8 @@ def token_weights(
     Raises:
         ValueError: an input is not 1-D, lengths differ, NaN/inf values, or an unknown mode.
     """
-    t = _checked("s_t_hat", s_t_hat, 1).astype(np.float64)  # (R,)
-    i = _checked("s_i_hat", s_i_hat, 1).astype(np.float64)  # (R,)
+    t = checked_array("s_t_hat", s_t_hat, 1).astype(np.float64)  # (R,)
+    i = checked_array("s_i_hat", s_i_hat, 1).astype(np.float64)  # (R,)
     if t.shape != i.shape:
         raise ValueError(f"s_t_hat and s_i_hat must have the same length, got {t.size} and {i.size}")
     if mode not in _MODES:
@@ -91,8 +91,8 @@ def aggregate(image_attn: np.ndarray, w: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: wrong ndim, mismatched R, or NaN/inf values.
     """
-    a = _checked("image_attn", image_attn, 3)  # (R, h, w)
-    wt = _checked("w", w, 1).astype(np.float64)  # (R,)
+    a = checked_array("image_attn", image_attn, 3)  # (R, h, w)
+    wt = checked_array("w", w, 1).astype(np.float64)  # (R,)
     if a.shape[0] != wt.shape[0]:
         raise ValueError(f"image_attn has R={a.shape[0]} maps but w has {wt.shape[0]} weights")
     return np.tensordot(wt, a.astype(np.float64, copy=False), axes=1).astype(np.float32)  # (h, w)
@@ -130,7 +130,7 @@ def upsample(map_hw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Raises:
         ValueError: ``map_hw`` not 2-D or empty, NaN/inf values, or a bad ``size``.
     """
-    m = _checked("map_hw", map_hw, 2).astype(np.float64)  # (h, w)
+    m = checked_array("map_hw", map_hw, 2).astype(np.float64)  # (h, w)
     if m.size == 0:
         raise ValueError(f"map_hw is empty, shape {m.shape}")
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
@@ -214,8 +214,8 @@ def real_map(
     """
     if fallback not in _FALLBACKS:
         raise ValueError(f"unknown fallback {fallback!r}; expected one of {_FALLBACKS}")
-    a = _checked("image_attn", image_attn, 3)  # (R, h, w)
-    e = _checked("anomaly_attn", anomaly_attn, 2)  # (R, E)
+    a = checked_array("image_attn", image_attn, 3)  # (R, h, w)
+    e = checked_array("anomaly_attn", anomaly_attn, 2)  # (R, E)
     if a.shape[0] != e.shape[0]:
         raise ValueError(f"image_attn has R={a.shape[0]} tokens but anomaly_attn has R={e.shape[0]}")
     s_t = semantic_relevance(e)  # (R,)

@@ -16,7 +16,7 @@ Binarize = Union[str, float]  # "mean" or a quantile in (0, 1)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # scipy's default structure is 4-connected
 
 
-def _checked(name: str, arr: object, ndim: int) -> np.ndarray:
+def checked_array(name: str, arr: object, ndim: int) -> np.ndarray:
     """Return ``arr`` as an ndarray after checking its ndim and that every value is finite."""
     a = np.asarray(arr)
     if a.ndim != ndim:
@@ -41,7 +41,7 @@ def semantic_relevance(anomaly_attn: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: ``anomaly_attn`` is not 2-D or holds NaN/inf.
     """
-    a = _checked("anomaly_attn", anomaly_attn, 2)  # (R, E)
+    a = checked_array("anomaly_attn", anomaly_attn, 2)  # (R, E)
     return a.sum(axis=1, dtype=np.float64)  # (R,)
 
 
@@ -100,7 +100,7 @@ def spatial_entropy(image_attn: np.ndarray, binarize: Binarize = "mean") -> np.n
         ValueError: ``image_attn`` is not 3-D, has an empty grid, holds NaN/inf or negative
             values, or ``binarize`` is invalid.
     """
-    a = _checked("image_attn", image_attn, 3).astype(np.float64, copy=False)  # (R, h, w)
+    a = checked_array("image_attn", image_attn, 3).astype(np.float64, copy=False)  # (R, h, w)
     n_tok, h, w = a.shape
     if h == 0 or w == 0:
         raise ValueError(f"image_attn has an empty grid, shape {a.shape}")
@@ -149,8 +149,8 @@ def normalize_scores(s_t: np.ndarray, s_i: np.ndarray) -> tuple[np.ndarray, np.n
     Raises:
         ValueError: an input is not 1-D, the lengths differ, or a value is NaN/inf.
     """
-    t = _checked("s_t", s_t, 1).astype(np.float64)  # (R,)
-    i = _checked("s_i", s_i, 1).astype(np.float64)  # (R,)
+    t = checked_array("s_t", s_t, 1).astype(np.float64)  # (R,)
+    i = checked_array("s_i", s_i, 1).astype(np.float64)  # (R,)
     if t.shape != i.shape:
         raise ValueError(f"s_t and s_i must have the same length, got {t.shape[0]} and {i.shape[0]}")
     return _minmax(t, invert=False), _minmax(i, invert=True)

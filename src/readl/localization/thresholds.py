@@ -31,7 +31,7 @@ from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
-from readl.localization.scores import _checked
+from readl.localization.scores import checked_array
 
 Rule = Literal["max_curvature", "median", "fixed"]
 _RULES = get_args(Rule)
@@ -190,7 +190,7 @@ def resolve_taus(cfg, thresholds_file: str | Path | None) -> ThresholdPair:
 
 
 def _scores(scores: object) -> np.ndarray:
-    return _checked("scores", scores, 1).astype(np.float64)  # (n,)
+    return checked_array("scores", scores, 1).astype(np.float64)  # (n,)
 
 
 def median(scores: np.ndarray) -> Threshold:

@@ -143,9 +143,9 @@ def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False,
     name = name or cfg.model_name
     with mlflow_session(uri) as client:
         new_v = require_alias(client, name, challenger_alias)
-        from readl.registry.versions import _alias_version
+        from readl.registry.versions import alias_version
 
-        old_v = _alias_version(client, name, champion_alias)
+        old_v = alias_version(client, name, champion_alias)
         new = call(lambda: client.get_model_version(name, new_v), "read challenger")
         if old_v is None:
             decision = Decision(name, new_v, None, True, "first model: no champion yet")

@@ -43,7 +43,7 @@ from readl.registry.fingerprints import (
     params_digest,
 )
 from readl.registry.inputs import check_adapter, check_metrics, check_thresholds, check_train_run
-from readl.registry.versions import _matching, readl_versions, sync_challenger
+from readl.registry.versions import matching_versions, readl_versions, sync_challenger
 
 __all__ = [
     "FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "RegisterResult", "register", "flatten_metrics", "file_digest",
@@ -253,7 +253,7 @@ def register(
             run_id = same[0].run_id if same else _new_run(client, cfg.train.experiment)
         tags["train_run_id"] = run_id
 
-        existing = _matching(client, name, run_id, fp)
+        existing = matching_versions(client, name, run_id, fp)
         reused = bool(existing)
         if existing:
             mv = existing[0]
@@ -310,7 +310,7 @@ def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: 
                    f"image AUROC {tags.get('metrics.image.AUROC', 'n/a')}, pixel AUROC {tags.get('metrics.pixel.AUROC', 'n/a')}")  # fmt: skip
 
     def attempt():
-        found = _matching(client, name, run_id, fp)  # an earlier attempt may have landed before failing
+        found = matching_versions(client, name, run_id, fp)  # an earlier attempt may have landed before failing
         if found:
             return found[0]
         mv = client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
@@ -329,7 +329,7 @@ def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: 
         raise RegistryError(str(exc)) from exc
     except MlflowException as exc:
         raise RegistryError(f"could not create a version of {name!r} at {uri}: {exc}") from exc
-    dups = _matching(client, name, run_id, fp)
+    dups = matching_versions(client, name, run_id, fp)
     if dups and dups[0].version != mv.version:  # a concurrent twin registered the same content first: keep it
         log.warning("register: version %s duplicates version %s (same run and content); deleting %s",
                     mv.version, dups[0].version, mv.version)  # fmt: skip

@@ -21,11 +21,11 @@ def readl_versions(client, name: str) -> list:
     return sorted((v for v in versions if FINGERPRINT_TAG in (v.tags or {})), key=lambda v: int(v.version))
 
 
-def _matching(client, name: str, run_id: str, fp: str) -> list:
+def matching_versions(client, name: str, run_id: str, fp: str) -> list:
     return [v for v in readl_versions(client, name) if v.run_id == run_id and v.tags.get(FINGERPRINT_TAG) == fp]
 
 
-def _alias_version(client, name: str, alias: str) -> str | None:
+def alias_version(client, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -50,7 +50,7 @@ def sync_challenger(client, name: str, alias: str = "challenger", rounds: int = 
         if not versions:
             return None
         newest = versions[-1].version
-        current = _alias_version(client, name, alias)
+        current = alias_version(client, name, alias)
         if current == str(newest):
             return current
         try:
@@ -67,7 +67,7 @@ def require_alias(client, name: str, alias: str) -> str:
     Raises:
         AliasNotFoundError: the model or the alias does not exist (message lists the versions).
     """
-    version = _alias_version(client, name, alias)
+    version = alias_version(client, name, alias)
     if version is None:
         versions = [v.version for v in readl_versions(client, name)]
         what = f"versions {', '.join(map(str, versions))}" if versions else "no readl versions"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from readl.config import SUPPORT_QUANTILE, ConsistencySettings, reward_names
-from readl.localization.scores import _checked
+from readl.localization.scores import checked_array
 from readl.model.prompting import parse_completion
 
 __all__ = [
@@ -55,7 +55,7 @@ def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
     Returns: (min(k, R),) int64 indices.
     Raises: ValueError if ``w`` is not 1-D, has NaN/inf, or k < 0.
     """
-    wt = _checked("w", w, 1)  # (R,)
+    wt = checked_array("w", w, 1)  # (R,)
     if int(k) != k or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
     return np.argsort(-wt, kind="stable")[: int(k)].astype(np.int64)

@@ -283,14 +283,14 @@ def test_stratified_sampling_replaces_rejected_and_leaked(raw_tree, tmp_path):
 def test_proportional_order_interleaves_categories():
     from readl.data.sources import Record
 
-    cands = [C._Candidate(Record("s", cat, "train", 0, "good", Path(f"/r/{cat}/{i}.png")),
+    cands = [C.Candidate(Record("s", cat, "train", 0, "good", Path(f"/r/{cat}/{i}.png")),
                           f"{cat}/{i}.png", None, f"{cat}/{i}")
              for cat, n in (("a", 6), ("b", 3)) for i in range(n)]
-    order = C._proportional_order(cands, np.random.default_rng(0))
+    order = C.proportional_order(cands, np.random.default_rng(0))
     assert sorted(c.image_rel for c in order) == sorted(c.image_rel for c in cands)
     first3 = [c.record.category for c in order[:3]]
     assert first3.count("a") == 2 and first3.count("b") == 1
-    again = C._proportional_order(list(reversed(cands)), np.random.default_rng(0))
+    again = C.proportional_order(list(reversed(cands)), np.random.default_rng(0))
     assert [c.image_rel for c in again] == [c.image_rel for c in order]  # input order irrelevant
 
 
@@ -306,7 +306,7 @@ def test_failed_run_keeps_previous_outputs(raw_tree, tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         df.to_parquet(path)
 
-    monkeypatch.setattr(C, "_write_parquet", exploding)
+    monkeypatch.setattr(C, "write_parquet", exploding)
     with pytest.raises(OSError, match="disk full"):
         C.curate(tree_config(seed=7), raw_tree, out)
     assert len(calls) == 2

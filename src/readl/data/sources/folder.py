@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import LayoutError, Record, image_files, require_dir, require_root
-from .mvtec import _mask_index, find_mask
+from .mvtec import mask_index, find_mask
 
 __all__ = ["folder"]
 
@@ -99,7 +99,7 @@ class _MaskPairing:
 
     def _find(self, folder: Path, stem: str) -> Path | None:
         if folder not in self._index:
-            self._index[folder] = _mask_index(folder)
+            self._index[folder] = mask_index(folder)
         return find_mask(self._index[folder], stem, ("", "_mask"))
 
     def __call__(self, abnormal_dir: Path, image: Path) -> Path | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .base import (LayoutError, MissingMaskError, Record, image_files, labelled_by_mask,
                    report_or_raise, require_root)
-from .mvtec import _mask_index, find_mask
+from .mvtec import mask_index, find_mask
 
 __all__ = ["SPLIT_NAMES", "images_masks"]
 
@@ -66,7 +66,7 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
         spl = parts[-1] if parts and parts[-1].lower() in SPLIT_NAMES else None
         rest = parts[:-1] if spl else parts
         cat = category or (rest[-1] if rest else root_p.name)
-        masks = _mask_index(base / "masks")
+        masks = mask_index(base / "masks")
         for img in image_files(base / "images"):
             mask = find_mask(masks, img.stem, ("", "_mask"))
             if mask is None:

@@ -65,7 +65,7 @@ def category_dirs(root: Path, categories: Sequence[str] | None, source: str,
     return found
 
 
-def _mask_index(folder: Path) -> dict[str, Path]:
+def mask_index(folder: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
     if not folder.is_dir():
         return index
@@ -131,7 +131,7 @@ def _iter_mvtec(cats: list[Path], source: str, good_names: tuple[str, ...],
                         f"{source}: {defect_dir} holds folders but no images; this adapter reads "
                         f"<category>/<split>/<defect>/<image> (MVTec AD layout)")
                 normal = defect_dir.name in good_names
-                index = {} if normal else _mask_index(cat / mask_dir_name / defect_dir.name)
+                index = {} if normal else mask_index(cat / mask_dir_name / defect_dir.name)
                 for f in files:
                     yield Record(
                         source=source, category=cat.name, split=split_dir.name,

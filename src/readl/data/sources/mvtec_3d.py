@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import LayoutError, Record, image_files, require_root, subdirs
-from .mvtec import _mask_index, category_dirs, find_mask
+from .mvtec import mask_index, category_dirs, find_mask
 
 __all__ = ["mvtec_3d"]
 
@@ -58,7 +58,7 @@ def _iter_3d(cats: list[Path], source: str, tree: str) -> Iterator[Record]:
                     raise LayoutError(f"{source}: {defect_dir} has no rgb/ folder; this adapter "
                                       f"reads {tree} (for the MVTec AD layout use 'mvtec')")
                 normal = defect_dir.name == "good"
-                masks = {} if normal else _mask_index(defect_dir / "gt")
+                masks = {} if normal else mask_index(defect_dir / "gt")
                 for f in image_files(rgb):
                     yield Record(source=source, category=cat.name, split=split,
                                  label=0 if normal else 1,

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import Record, image_files, require_root, subdirs
-from .mvtec import _mask_index, category_dirs, find_mask
+from .mvtec import mask_index, category_dirs, find_mask
 
 __all__ = ["LABELLED_SPLITS", "PRIVATE_SPLITS", "mvtec_ad2", "mvtec_ad2_unlabelled"]
 
@@ -62,7 +62,7 @@ def _iter_ad2(cats: list[Path], source: str) -> Iterator[Record]:
             for defect_dir in (d for d in subdirs(cat / split) if d.name != "ground_truth"):
                 normal = defect_dir.name == "good"
                 gt = cat / split / "ground_truth" / defect_dir.name
-                masks = {} if normal else _mask_index(gt)
+                masks = {} if normal else mask_index(gt)
                 for f in image_files(defect_dir):
                     yield Record(source=source, category=cat.name, split=split,
                                  label=0 if normal else 1,

@@ -66,7 +66,7 @@ def _scalar_key32(v: float) -> int:
     return int(_key32(x, np.empty(1, np.int32), np.empty(1, np.int32), True)[0])
 
 
-class _Binner:
+class Binner:
     """Common part: small-array indexing and exact threshold recovery (bin -> score edge)."""
 
     n_bins: int
@@ -111,7 +111,7 @@ def _check_bins(n_bins: object) -> int:
     return int(n_bins)
 
 
-class HybridBinner(_Binner):
+class HybridBinner(Binner):
     """Linear + log-spaced bins over a known range ``[lo, hi]`` (finite, lo <= hi)."""
 
     def __init__(self, lo: float, hi: float, n_bins: int):
@@ -193,7 +193,7 @@ class ScoreProfile:
         return self.lo, self.hi
 
 
-class AdaptiveBinner(_Binner):
+class AdaptiveBinner(Binner):
     """Bins placed from a ScoreProfile (see module docstring); scores must lie in its bounds."""
 
     def __init__(self, profile: ScoreProfile, n_bins: int):
@@ -248,7 +248,7 @@ class AdaptiveBinner(_Binner):
         return out
 
 
-def profiled_binner(profile: ScoreProfile, n_bins: int) -> _Binner:
+def profiled_binner(profile: ScoreProfile, n_bins: int) -> Binner:
     """AdaptiveBinner for the profile, or HybridBinner over its bounds when ``n_bins`` is below
     twice the number of coarse bins the range spans (at most 8192; only tiny n_bins)."""
     try:

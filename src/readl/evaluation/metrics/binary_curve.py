@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from readl.evaluation.metrics import _counts
-from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, _Binner, profiled_binner
+from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, Binner, profiled_binner
 from readl.evaluation.metrics._validate import (
     as_bool_chunk,
     as_labels,
@@ -111,7 +111,7 @@ class BinaryCurveAccumulator:
         self._setup(profiled_binner(profile, n_bins), chunk_size)
         return self
 
-    def _setup(self, binner: _Binner, chunk_size: int) -> None:
+    def _setup(self, binner: Binner, chunk_size: int) -> None:
         self._binner = binner
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, _Binner, profiled_binner
+from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, Binner, profiled_binner
 from readl.evaluation.metrics._validate import (
     as_bool_chunk,
     as_labels,
@@ -184,7 +184,7 @@ class ProCurveAccumulator:
         self._setup(profiled_binner(profile, n_bins), chunk_size)
         return self
 
-    def _setup(self, binner: _Binner, chunk_size: int) -> None:
+    def _setup(self, binner: Binner, chunk_size: int) -> None:
         self._binner = binner
         self.lo, self.hi, self.n_bins = self._binner.lo, self._binner.hi, self._binner.n_bins
         self._sums = np.zeros(2 * self.n_bins, np.float64)  # [normal-pixel counts | PRO weights]
