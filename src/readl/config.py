@@ -148,6 +148,8 @@ class WarmupConfig(_Section):
     augment: bool = True  # random flips / 90-degree rotations / grey conversion of each read (labels kept)
     seed: int = 0
     save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
+    save_total_limit: int | None = Field(2, gt=0)  # checkpoints kept while training (null = all)
+    keep_checkpoints: bool = False  # keep models/warmup_checkpoints after a successful run (checkpoint studies)
     logging_steps: int = Field(10, gt=0)
 
 

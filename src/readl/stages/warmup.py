@@ -119,5 +119,6 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
               "resumed_from": str(resume) if resume else None, "runtime": runtime, "seed": w.seed}  # fmt: skip
     write_json(output_dir / "warmup_run.json", record)
     mlflow.end_run()
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not w.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record

@@ -178,7 +178,7 @@ def sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
         completion_only_loss=True,
         activation_checkpointing=False,  # TRL's SFT default is on: a second forward per step
         max_length=None,  # never cut the image tokens
-        save_total_limit=2,
+        save_total_limit=w.save_total_limit,
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are built on access (images decoded per batch)
         **run_args(model, w, output_dir),  # shared with CGRO (readl.training.trl_adapter)
     )

@@ -180,3 +180,23 @@ def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, mo
     assert not (tmp_path / "models" / "warmup_checkpoints").exists()
     after = format_rate(str(out))
     assert before == 0.0 and after >= 0.9, (before, after)
+
+
+def test_keep_checkpoints_keeps_every_warmup_checkpoint(tiny_dir, sample_dir, tmp_path, monkeypatch):
+    """`warmup.save_total_limit: null` + `keep_checkpoints: true` leave every checkpoint (a checkpoint study,
+    benchmarks/checkpoint_selection.py); the default removes the folder (test above)."""
+    from readl.stages.warmup import run as warmup
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:2]
+    paths += sorted((sample_dir / "hazelnut_toy/hazelnut/test/colour").glob("*.jpg"))[:2]
+    pd.DataFrame({"image_path": [str(p) for p in paths], "label": [0, 0, 1, 1], "category": "hazelnut",
+                  "defect_type": ["good", "good", "colour", "colour"]}).to_parquet(tmp_path / "train.parquet")  # fmt: skip
+    params = Params.model_validate({
+        "model": {"base": "tiny", "image_size": 56},
+        "warmup": {"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 1, "save_total_limit": None,
+                   "keep_checkpoints": True},
+    })  # fmt: skip
+    warmup(params, manifest=tmp_path / "train.parquet", output_dir=tmp_path / "models", device="cpu", root="/")
+    kept = sorted(p.name for p in (tmp_path / "models" / "warmup_checkpoints").glob("checkpoint-*"))
+    assert kept == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
