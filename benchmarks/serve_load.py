@@ -77,10 +77,12 @@ def main() -> None:
     if max(args.rounds) > MAX_REQUESTS:
         raise SystemExit(f"at most {MAX_REQUESTS} requests a round")
     port = free_port()
-    env = {**os.environ, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(args.timeout)}
-    exe = Path(sys.executable).with_name("readl")
-    server = subprocess.Popen([str(exe), "serve", "-m", args.model, "-p", str(port), "--host", "127.0.0.1"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    venv_bin = Path(sys.executable).parent  # `mlflow models serve` runs uvicorn from PATH: the venv's
+    env = {**os.environ, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(args.timeout),
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    log = open("serve_load.log", "wb")  # noqa: SIM115 - the server's output, for the error below
+    server = subprocess.Popen([str(venv_bin / "readl"), "serve", "-m", args.model, "-p", str(port), "--host",
+                               "127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"dataframe_split": {"columns": ["image"],
                                            "data": [[base64.b64encode(args.image.read_bytes()).decode()]]}}).encode()
@@ -93,7 +95,8 @@ def main() -> None:
                 break
             except (urllib.error.URLError, ConnectionError):
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"readl serve did not come up on {base} (exit {server.poll()})") from None
+                    raise SystemExit(f"readl serve did not come up on {base} (exit {server.poll()}); its output is "
+                                     "in serve_load.log") from None
                 time.sleep(1)
         post(f"{base}/invocations", body, args.timeout + 60)  # warm: the first request loads lazily-built parts
         for n in args.rounds:
@@ -110,8 +113,10 @@ def main() -> None:
                          f"{lat[-1]:.1f}", f"{wall:.1f}", f"{count['2xx'] / wall:.2f}", f"{after:.1f}"])  # fmt: skip
             print(json.dumps(dict(zip(HEADERS, rows[-1]))), flush=True)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        log.close()
     from tabulate import tabulate
 
     print(tabulate(rows, headers=HEADERS))
