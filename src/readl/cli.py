@@ -130,7 +130,8 @@ def _bar(name: str, total: int):
 # options that several commands share (each command keeps its own default)
 Manifest = Annotated[Path, typer.Option(help="Curated training manifest.")]
 TrainDevice = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: this process's accelerate device).")]
-Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter (skipped if absent).")]
+Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter folder (missing: an error, run `readl train`); "
+                                               "'none' = the base model alone.")]
 Cache = Annotated[Path, typer.Option(help="Per-image prediction cache.")]
 BaseModel = Annotated[str | None, typer.Option(help="Base model (default: models/warmup after the cold start, else "
                                                      "params model.base).")]
@@ -348,7 +349,8 @@ def calibrate(
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="Evaluation manifest (with masks).")] = Path("data/curated/eval.parquet"),
     adapter: Adapter = Path("models/adapter"),
-    thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json.")] = Path("models/thresholds.json"),
+    thresholds: Annotated[Path | None, typer.Option(help="Calibrated thresholds.json; 'none' = the per-image rules "
+                                                    "and the decision threshold 0.5.")] = Path("models/thresholds.json"),
     metrics: Annotated[Path, typer.Option(help="metrics.json to write.")] = Path("metrics.json"),
     plots: Annotated[Path, typer.Option(help="Folder for ROC/PR curve JSON (dvc plots).")] = Path("plots"),
     reports: Annotated[Path, typer.Option(help="Folder for tables and the heat-map gallery.")] = Path("reports"),
@@ -364,6 +366,7 @@ def evaluate(
 
     cfg = _params(params)
     with _bar("evaluate", len(read_manifest(manifest))) as advance:
+        thresholds = None if str(thresholds).lower() == "none" else thresholds  # the per-image rules
         result = run(cfg, manifest, adapter, thresholds, metrics, plots, reports, cache, base=model,
                      progress=advance, calib_manifest=calib_manifest)  # fmt: skip
     if not result:  # a non-main process of `accelerate launch --num_processes N -m readl.cli evaluate`

@@ -107,14 +107,15 @@ def pipeline_predictor(params: Params, base: str | None, adapter: str | Path | N
     Args:
         params: validated params.
         base: the base model; ``None`` = :func:`readl.config.pipeline_base` (``models/warmup`` after warmup).
-        adapter: the LoRA folder; ``none`` or a folder without ``adapter_config.json`` = the base model alone
-            (the latter with a warning).
+        adapter: the LoRA folder, or ``none`` = the base model alone (the paper's "Vanilla").
         device: default this process's accelerate device under ``accelerate launch``, else CUDA when available.
 
     Returns:
         ``(predictor, base, adapter)`` with ``adapter`` None when no adapter folder was used.
 
     Raises:
+        FileNotFoundError: ``adapter`` has no ``adapter_config.json`` (a stage run before ``readl train``; the
+            message gives both fixes).
         ModelLoadError: as :func:`build_predictor`.
     """
     from readl.config import pipeline_base
@@ -124,8 +125,8 @@ def pipeline_predictor(params: Params, base: str | None, adapter: str | Path | N
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
         adapter = None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        log.warning("no adapter at %s: evaluating the base model", adapter)
-        adapter = None
+        raise FileNotFoundError(f"no adapter at {adapter} (no adapter_config.json): run `readl train` (dvc repro "
+                                "train) first, or pass --adapter none to use the base model alone")  # fmt: skip
     if device is None and process_state().num_processes > 1:  # accelerate launch: this process's own device
         device = str(process_state().device)
     return build_predictor(params, base, adapter, device=device), base, adapter

@@ -31,7 +31,7 @@ def test_two_processes_give_the_metrics_of_one(tiny_dir, sample_dir, tmp_path, m
     (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12"))
     monkeypatch.chdir(work)
     runner = CliRunner()
-    for cmd in (["curate"], ["calibrate"], ["evaluate"]):
+    for cmd in (["curate"], ["calibrate", "--adapter", "none"], ["evaluate", "--adapter", "none"]):  # the base model
         out = runner.invoke(app, cmd)
         assert out.exit_code == 0, out.output
     one = json.loads((work / "metrics.json").read_text())
@@ -39,7 +39,7 @@ def test_two_processes_give_the_metrics_of_one(tiny_dir, sample_dir, tmp_path, m
     (work / "metrics.json").unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1", READL_TINY_DIR=str(tiny_dir), PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "readl.cli", "evaluate"]  # fmt: skip
+           "-m", "readl.cli", "evaluate", "--adapter", "none"]  # fmt: skip
     run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr

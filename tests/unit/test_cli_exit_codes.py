@@ -162,3 +162,23 @@ def test_promote_without_a_registry_creates_none(tmp_path, monkeypatch):
     out = CliRunner().invoke(app, ["promote"])
     assert out.exit_code == 1 and "no MLflow registry" in out.output, out.output
     assert not list(tmp_path.iterdir()), "neither mlruns.db nor its lock is created"
+
+
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+def test_a_stage_run_before_its_inputs_exist_says_which_and_writes_nothing(command, sample_dir, tmp_path, monkeypatch):
+    """Issue (new user): `readl calibrate` before warmup/train only warned, then wrote thresholds.json for the random
+    base model; `evaluate` without thresholds said "omit it" without saying what to omit."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(sample_dir / "mvtec_ad/grid/test/good/000.png", tmp_path / "a.png")
+    pd.DataFrame({"source": ["s"], "category": ["c"], "label": [0], "image_path": ["a.png"],
+                  "mask_path": [None]}).to_parquet("split.parquet")  # fmt: skip
+    out = CliRunner().invoke(app, [command, "--manifest", "split.parquet", "--thresholds", "models/thresholds.json"]
+                             if command == "evaluate" else [command, "--manifest", "split.parquet"])  # fmt: skip
+    assert out.exit_code == 1, out.output
+    if command == "evaluate":
+        assert "models/thresholds.json" in out.output and "--thresholds none" in out.output, out.output
+    else:
+        assert "models/adapter" in out.output and "--adapter none" in out.output, out.output
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics.json").exists()

@@ -97,7 +97,9 @@ def run(params: Params, manifest: Path, adapter: Path | None, thresholds: Path |
     runtime = configure(params.runtime)
     df = read_manifest(manifest, inside=Path.cwd(), schema=True, require_masks=True)  # paths inside the project
     if thresholds is not None and not Path(thresholds).is_file():
-        raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` first or omit it")
+        raise FileNotFoundError(f"{thresholds}: no thresholds file; run `readl calibrate` (dvc repro calibrate) "
+                                "first, or pass --thresholds none for the per-image rules and the decision threshold "
+                                "0.5")  # fmt: skip
     predictor, base, adapter = pipeline_predictor(params, base, adapter)
     items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
     del predictor  # free the model before a baseline loads its own
