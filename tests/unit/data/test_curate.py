@@ -124,6 +124,7 @@ def test_sample_images_and_masks_are_420_png(sample_run):
     assert decode_resize_hash(row["image_path"], None)[1] == row["phash"]
 
 
+@pytest.mark.slow
 def test_same_params_give_byte_identical_outputs(sample_run, sample_dir, monkeypatch):
     first = snapshot(sample_run.out_dir)
     monkeypatch.setattr(curate_workers, "POOL_MIN_TASKS", 0)  # second run on a 2-process pool, same out_dir

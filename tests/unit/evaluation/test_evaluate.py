@@ -108,6 +108,7 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     return work
 
 
+@pytest.mark.slow
 def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     monkeypatch.chdir(stage_dir)
     runner = CliRunner()
@@ -297,6 +298,7 @@ def test_metrics_count_fallbacks_and_kept_tokens(tmp_path):
     assert m2["n_fallback"] == 2
 
 
+@pytest.mark.slow
 def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, monkeypatch, caplog):
     """Overwrite one raw image in place, re-curate, re-evaluate: exactly that image is recomputed (same path,
     new content) and the metrics change; a different model setting recomputes everything."""
@@ -357,6 +359,7 @@ def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, mo
         assert entry_key({**fp, **change}, image) != entry_key(fp, image), change
 
 
+@pytest.mark.slow
 def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir, sample_dir, monkeypatch):
     """One evaluate run: the model's AUROCs get 95% intervals, and the untrained, warm-started (models/warmup) and
     contrast baselines are scored on the same images (readl.evaluation.comparison); `evaluate.baselines` turns

@@ -317,6 +317,7 @@ def test_concurrent_registrations_land_consistently(mlflow_server, adapter, tmp_
     assert client.get_model_version_by_alias(name, "challenger").version == newest
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve(champion, mlflow_server, sample_dir, tmp_path):
     """`mlflow models serve -m models:/NAME@champion --env-manager local`: one image as base64 JSON."""
     port = _free_port()
@@ -476,6 +477,7 @@ def _cli_register(work: Path, uri: str, name: str, *extra: str) -> subprocess.Po
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_first_use_of_a_sqlite_store_under_concurrency(adapter, tmp_path):
     """4 `readl register` processes at once on a sqlite store that does not exist yet: the store is created
     (schema migrated) once, and all 4 land as versions of their distinct content."""

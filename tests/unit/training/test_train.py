@@ -457,6 +457,7 @@ def _adapter(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(workdir / "models" / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_path):
     params = tmp_path / "params.yaml"
     train = {**TRAIN, "max_steps": 6, "save_steps": 2, "save_total_limit": None, "experiment": "readl-test"}
