@@ -113,7 +113,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     monkeypatch.chdir(stage_dir)
     runner = CliRunner()
     assert runner.invoke(app, ["curate"]).exit_code == 0
-    out = runner.invoke(app, ["calibrate"])
+    out = runner.invoke(app, ["calibrate", "--adapter", "none"])
     assert out.exit_code == 0, out.output
     thresholds = json.loads((stage_dir / "models/thresholds.json").read_text())
     assert thresholds["tau_i"]["rule"] == "max_curvature" and thresholds["tau_t"]["rule"] == "median"
@@ -123,7 +123,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert decision["rule"] == "f1_max" and decision["malformed"] == "fallback" and 0.0 <= decision["value"] <= 1.0
     assert decision["n_normal"] + decision["n_anomalous"] == thresholds["n_images"]
 
-    out = runner.invoke(app, ["evaluate"])
+    out = runner.invoke(app, ["evaluate", "--adapter", "none"])
     assert out.exit_code == 0, out.output
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     n_eval = len(pd.read_parquet(stage_dir / "data/curated/eval.parquet"))
@@ -173,7 +173,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
     assert len(cache) == n_eval
     stamps = {p: p.stat().st_mtime_ns for p in cache[1:]}
     cache[0].unlink()
-    assert runner.invoke(app, ["evaluate"]).exit_code == 0
+    assert runner.invoke(app, ["evaluate", "--adapter", "none"]).exit_code == 0
     assert cache[0].is_file() and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     again = json.loads((stage_dir / "metrics.json").read_text())
     assert again["image"] == metrics["image"] and again["pixel"] == metrics["pixel"]
@@ -387,7 +387,7 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     assert runner.invoke(app, ["curate"]).exit_code == 0
     thresholds = tmp_path / "models" / "thresholds.json"
     thresholds.write_text(json.dumps({"tau_t": {"value": 0.0}, "tau_i": {"value": 10.0}}))
-    out = runner.invoke(app, ["evaluate"])
+    out = runner.invoke(app, ["evaluate", "--adapter", "none"])
     assert out.exit_code == 0, out.output
     assert "model vs baselines" in out.output and "contrast" in out.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -439,7 +439,7 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
 
     params["evaluate"].update(baselines=["contrast"], bootstrap_resamples=0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert runner.invoke(app, ["evaluate"]).exit_code == 0
+    assert runner.invoke(app, ["evaluate", "--adapter", "none"]).exit_code == 0
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert set(again["baselines"]) == {"contrast"} and again["datasets"]["synthetic"]["image"]["AUROC_ci"] is None
     assert again["baselines"]["contrast"]["datasets"]["synthetic"]["pixel"]["AUROC"] == contrast["pixel"]["AUROC"]
