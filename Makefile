@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install data repro test test-fast bench clean
+.PHONY: install data repro test test-fast lint format bench clean
 
 $(BIN)/readl: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: install data
 # without the slow-marked end-to-end tests (dvc repro, Prefect retrain, multi-process evaluate / DDP train)
 test-fast: install data
 	$(BIN)/pytest -q -m "not slow"
+
+# style: ruff lint + format check (configured in pyproject.toml); `make format` rewrites the files
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install
 	for b in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do $(BIN)/python $$b || exit 1; done  # gpu_check: CUDA only, by hand

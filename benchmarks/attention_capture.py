@@ -49,17 +49,29 @@ def _build(tmp: Path, family: str):
 
     from readl.localization.attention import enable_capture
     from readl.model.families import FAMILIES
-    from readl.model.tokens import anomaly_token_positions, image_token_positions
     from readl.model.loading import load_processor
     from readl.model.prompting import QUESTION
     from readl.model.tiny import TinySpec, build_tiny_model, kit_config
+    from readl.model.tokens import anomaly_token_positions, image_token_positions
 
     fam = FAMILIES[family]
     kit = build_tiny_model(tmp / "kit", kit=fam.kit)
     processor = load_processor(kit)
-    spec = type("Mid", (TinySpec,), dict(text_hidden=512, text_intermediate=1376, text_layers=8, text_heads=8,
-                                         text_kv_heads=2, vision_hidden=256, vision_intermediate=512, vision_heads=4,
-                                         vision_depth=4))  # fmt: skip
+    spec = type(
+        "Mid",
+        (TinySpec,),
+        dict(
+            text_hidden=512,
+            text_intermediate=1376,
+            text_layers=8,
+            text_heads=8,
+            text_kv_heads=2,
+            vision_hidden=256,
+            vision_intermediate=512,
+            vision_heads=4,
+            vision_depth=4,
+        ),
+    )
     cfg = kit_config(fam.kit, processor.tokenizer, spec)
     torch.manual_seed(0)
     model = enable_capture(fam.load_class()(cfg).eval())  # registers readl_capture, switches to it
@@ -68,7 +80,9 @@ def _build(tmp: Path, family: str):
     inputs = processor(images=[Image.new("RGB", (420, 420), (90, 120, 60))], text=[prompt], return_tensors="pt")
     img_pos = image_token_positions(inputs["input_ids"], fam.image_token_id(cfg))
     n_text = inputs["input_ids"].shape[1] - img_pos.shape[1]
-    gen = torch.randint(20, cfg.text_config.vocab_size, (1, N_GEN + max(0, N_PROMPT - n_text)))  # filler + "generated" tokens
+    gen = torch.randint(
+        20, cfg.text_config.vocab_size, (1, N_GEN + max(0, N_PROMPT - n_text))
+    )  # filler + "generated" tokens
     ids = torch.cat([inputs["input_ids"], gen], 1)
     batch = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
     if "mm_token_type_ids" in inputs:  # Qwen's M-RoPE token types (InternVL has none)
@@ -101,8 +115,12 @@ def run_variant(variant: str, repeats: int, what: str, family: str) -> dict:
     short = {k: v[:, -64:] for k, v in short.items()}
     with torch.no_grad():
         model(**short, use_cache=False)  # warm-up on a short text-only input (lower peak than the run)
-    row = {"variant": variant, "seq_len": int(batch["input_ids"].shape[1]), "threads": torch.get_num_threads(),
-           "n_image": int(key_index.shape[1])}  # fmt: skip
+    row = {
+        "variant": variant,
+        "seq_len": int(batch["input_ids"].shape[1]),
+        "threads": torch.get_num_threads(),
+        "n_image": int(key_index.shape[1]),
+    }
     if what == "diff":  # capture vs eager on the same forward: max |difference| over the captured rows
         got = _forward("b", model, batch, key_index, query_start)  # (1, Q, K)
         att = _forward("c", model, batch, key_index, query_start)  # L x (1, H, N, N)
@@ -128,7 +146,9 @@ def run_variant(variant: str, repeats: int, what: str, family: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--family", default="qwen2_5_vl", help="backbone family (model_type): qwen2_vl, qwen2_5_vl, qwen3_vl, internvl")
+    ap.add_argument(
+        "--family", default="qwen2_5_vl", help="backbone family (model_type): qwen2_vl, qwen2_5_vl, qwen3_vl, internvl"
+    )
     ap.add_argument("--variant", choices=["a", "b", "c"], help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=["time", "memory", "diff"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -139,13 +159,24 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.repeats, args.what, args.family)))
         return
+
     # Memory runs: a fixed mmap threshold makes glibc hand every block >= 64 KiB straight back to the
     # OS, so the resident set follows live tensors instead of the allocator's cache. Time runs use the
     # default allocator (the fixed threshold costs a page fault storm on every large allocation).
     def child(v: str, what: str) -> dict:
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if what == "memory" else None
-        cmd = [sys.executable, __file__, "--variant", v, "--what", what, "--repeats", str(args.repeats),
-               "--family", args.family]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            v,
+            "--what",
+            what,
+            "--repeats",
+            str(args.repeats),
+            "--family",
+            args.family,
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         return json.loads(out.strip().splitlines()[-1])
 
@@ -153,20 +184,26 @@ def main() -> None:
     diff = child("b", "diff")["max_abs_diff"]
     a, b, c = rows["a"], rows["b"], rows["c"]
     names = {"a": "(a) plain SDPA forward", "b": "(b) SDPA + ReAL capture", "c": "(c) eager output_attentions"}
-    print(f"{FAMILIES[args.family].label}: seq_len {a['seq_len']} ({a['n_image']} image + anomaly-word columns, "
-          f"~{N_PROMPT} prompt + {N_GEN} generated tokens), "
-          f"hidden 512, 8 layers, 8 heads / 2 KV heads, CPU, {a['threads']} threads, median of {args.repeats}")  # fmt: skip
+    print(
+        f"{FAMILIES[args.family].label}: seq_len {a['seq_len']} ({a['n_image']} image + anomaly-word columns, "
+        f"~{N_PROMPT} prompt + {N_GEN} generated tokens), "
+        f"hidden 512, 8 layers, 8 heads / 2 KV heads, CPU, {a['threads']} threads, median of {args.repeats}"
+    )
     print(f"{'variant':32} {'time (ms)':>10} {'x (a)':>7} {'extra peak (MiB)':>17} {'over (a) (MiB)':>15}")
     for v in "abc":
         r = rows[v]
-        print(f"{names[v]:32} {r['time_s'] * 1e3:10.1f} {r['time_s'] / a['time_s']:7.2f} "
-              f"{r['extra_peak_mib']:17.1f} {r['extra_peak_mib'] - a['extra_peak_mib']:15.1f}")  # fmt: skip
+        print(
+            f"{names[v]:32} {r['time_s'] * 1e3:10.1f} {r['time_s'] / a['time_s']:7.2f} "
+            f"{r['extra_peak_mib']:17.1f} {r['extra_peak_mib'] - a['extra_peak_mib']:15.1f}"
+        )
     over_b = b["extra_peak_mib"] - a["extra_peak_mib"]
     over_c = c["extra_peak_mib"] - a["extra_peak_mib"]
     ratio = over_b / over_c if over_c > 0 else float("nan")
-    print(f"time (b)/(a) = {b['time_s'] / a['time_s']:.3f} (target <= 1.2); "
-          f"memory over (a): (b)/(c) = {ratio:.1%} (target <= 10%); "
-          f"capture vs eager max |diff| = {diff:.2e} (fp32)")  # fmt: skip
+    print(
+        f"time (b)/(a) = {b['time_s'] / a['time_s']:.3f} (target <= 1.2); "
+        f"memory over (a): (b)/(c) = {ratio:.1%} (target <= 10%); "
+        f"capture vs eager max |diff| = {diff:.2e} (fp32)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,16 +25,30 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIB_SYNTHETIC = {"name": "synthetic", "layout": "synthetic", "root": ".",
-                   "options": {"base": ["hazelnut_toy", "mpdd_derived", "bottle"], "recipes": ["draem"],
-                               "texture": "procedural", "per_image": 1, "seed": 1}}  # fmt: skip
+CALIB_SYNTHETIC = {
+    "name": "synthetic",
+    "layout": "synthetic",
+    "root": ".",
+    "options": {
+        "base": ["hazelnut_toy", "mpdd_derived", "bottle"],
+        "recipes": ["draem"],
+        "texture": "procedural",
+        "per_image": 1,
+        "seed": 1,
+    },
+}
 
 
 def readl(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns.db'}"}
     with open(cwd / "log.txt", "a") as log:
-        done = subprocess.run([str(Path(sys.executable).with_name("readl")), *args], cwd=cwd, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("readl")), *args],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if done.returncode:
         raise SystemExit(f"readl {' '.join(args)} failed in {cwd}; see {cwd / 'log.txt'}")
 
@@ -46,8 +60,10 @@ def average(folders: list[Path], dst: Path) -> Path:
     if not dst.exists():
         shutil.copytree(folders[-1], dst)
         sds = [load_file(f / "model.safetensors") for f in folders]
-        avg = {k: (sum(sd[k].double() for sd in sds) / len(sds)).to(v.dtype) if v.is_floating_point() else v
-               for k, v in sds[0].items()}  # fmt: skip
+        avg = {
+            k: (sum(sd[k].double() for sd in sds) / len(sds)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in sds[0].items()
+        }
         save_file(avg, dst / "model.safetensors", metadata={"format": "pt"})
     return dst
 
@@ -70,7 +86,9 @@ def aurocs(params, model: Path, work: Path) -> dict:
             scores += [image_score(p.score, p.parsed.answer is None, "fallback") for p in pred.predict(ims)]
         df = df.assign(score=scores)
         out[split] = {"all": roc_auc_score(df.label, df.score)}
-        out[split].update({src: roc_auc_score(g.label, g.score) for src, g in df.groupby("source") if g.label.nunique() == 2})
+        out[split].update(
+            {src: roc_auc_score(g.label, g.score) for src, g in df.groupby("source") if g.label.nunique() == 2}
+        )
     return out
 
 
@@ -104,13 +122,23 @@ def main() -> None:
             readl(["warmup"], run)
         params = Params.model_validate(p)
         configure(params.runtime)
-        ckpts = sorted((run / "models/warmup_checkpoints").glob("checkpoint-*"), key=lambda q: int(q.name.split("-")[1]))
+        ckpts = sorted(
+            (run / "models/warmup_checkpoints").glob("checkpoint-*"), key=lambda q: int(q.name.split("-")[1])
+        )
         models = {c.name: c for c in ckpts}
         models[f"average of the last {args.average}"] = average(ckpts[-args.average :], run / "models/average")
         for name, folder in models.items():
             rows[(seed, name)] = r = aurocs(params, folder, run)
-            print(json.dumps({"seed": seed, "model": name, **{f"{s}.{k}": round(v, 3) for s, d in r.items()
-                                                               for k, v in d.items()}}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "model": name,
+                        **{f"{s}.{k}": round(v, 3) for s, d in r.items() for k, v in d.items()},
+                    }
+                ),
+                flush=True,
+            )
     from tabulate import tabulate
 
     table = []
@@ -120,8 +148,15 @@ def main() -> None:
         best = max(ckpts, key=lambda n: (rows[(seed, n)]["calib"]["all"], int(n.split("-")[1])))  # ties: the later
         for label, n in (("final", ckpts[-1]), (f"best on calib ({best})", best), (names[-1], names[-1])):
             r = rows[(seed, n)]
-            table.append([seed, label, f"{r['calib']['all']:.3f}", f"{r['eval'].get('synthetic', float('nan')):.3f}",
-                          f"{r['eval'].get('mvtec_ad', float('nan')):.3f}"])  # fmt: skip
+            table.append(
+                [
+                    seed,
+                    label,
+                    f"{r['calib']['all']:.3f}",
+                    f"{r['eval'].get('synthetic', float('nan')):.3f}",
+                    f"{r['eval'].get('mvtec_ad', float('nan')):.3f}",
+                ]
+            )
     print(tabulate(table, headers=["seed", "warm start", "calib AUROC", "synthetic AUROC", "grid AUROC"]))
 
 

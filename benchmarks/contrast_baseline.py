@@ -5,7 +5,8 @@ map of each image (``readl.evaluation.baselines.contrast_map``, 15x15 like ReAL 
 maximum as the image score, then image AUROC and pooled pixel AUROC with percentile-bootstrap
 intervals over images (``bootstrap_image_auroc`` / ``bootstrap_pixel_auroc``), and the time of the
 pixel bootstrap. ``NAME/base`` rows: cluster bootstrap over the raw (base) images, the honest
-interval for synthetic variants of one normal image. The number any ReAL pixel AUROC of the default run must beat; the interval width
+interval for synthetic variants of one normal image. The number any ReAL pixel AUROC of the default run must beat;
+the interval width
 says how large a difference the eval set can resolve (issue target: +-0.05 or narrower).
 
 Run: ``python benchmarks/contrast_baseline.py [--curated data/curated] [--resamples 1000]``
@@ -30,8 +31,9 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=15)
     args = ap.parse_args()
     ev = pd.read_parquet(f"{args.curated}/eval.parquet")
-    print(f"{'dataset':<15} {'n':>5} {'anom':>5} {'image AUROC [95% CI]':>24} "
-          f"{'pixel AUROC [95% CI]':>24} {'boot s':>7}")
+    print(
+        f"{'dataset':<15} {'n':>5} {'anom':>5} {'image AUROC [95% CI]':>24} {'pixel AUROC [95% CI]':>24} {'boot s':>7}"
+    )
     for name, df in ev.groupby("source", sort=True):
         maps, masks = [], []
         for row in df.itertuples():
@@ -50,8 +52,7 @@ def main() -> None:
             t = time.perf_counter()
             pix = bootstrap_pixel_auroc(maps, masks, n_resamples=args.resamples, groups=groups)
             dt = time.perf_counter() - t
-            print(f"{tag:<15} {len(df):>5} {int(labels.sum()):>5} {fmt(*img):>24} "
-                  f"{fmt(*pix):>24} {dt:>7.1f}")
+            print(f"{tag:<15} {len(df):>5} {int(labels.sum()):>5} {fmt(*img):>24} {fmt(*pix):>24} {dt:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ def make_images(folder: Path, n: int = N_IMAGES) -> list[Path]:
     paths = []
     for i in range(n):
         low = rng.uniform(60, 200, (8, 8, 3)).astype(np.uint8)
-        shade = np.asarray(Image.fromarray(low).resize((SIZE, SIZE), Image.Resampling.BICUBIC),
-                           dtype=np.float32)
+        shade = np.asarray(Image.fromarray(low).resize((SIZE, SIZE), Image.Resampling.BICUBIC), dtype=np.float32)
         f = rng.uniform(20, 60)
         texture = 18 * np.sin(2 * np.pi * f * (xx + 0.3 * yy)) * np.cos(2 * np.pi * f * yy)
         noise = rng.normal(0, 4, (SIZE, SIZE, 3))
@@ -78,14 +77,11 @@ def throughput(tmp: Path) -> list[tuple[str, int, float]]:
     paths = make_images(tmp / "png")
     mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
     print(f"{len(paths)} PNGs {SIZE}x{SIZE} RGB, {mb:.1f} MB each")
-    tasks = [C.Task(str(p), None, None, str(tmp / "out" / f"{p.stem}.png"), None, (420, 420))
-             for p in paths]
+    tasks = [C.Task(str(p), None, None, str(tmp / "out" / f"{p.stem}.png"), None, (420, 420)) for p in paths]
     rows = []
     for workers in (1, 2):
-        rows.append(("decode + resize + pHash", workers, rate(decode_image, [str(p) for p in paths],
-                                                              workers)))
-        rows.append(("+ write 420x420 PNG (curate's work)", workers,
-                     rate(C.process_task, tasks, workers)))
+        rows.append(("decode + resize + pHash", workers, rate(decode_image, [str(p) for p in paths], workers)))
+        rows.append(("+ write 420x420 PNG (curate's work)", workers, rate(C.process_task, tasks, workers)))
     return rows
 
 
@@ -94,8 +90,9 @@ def copy_project(dst: Path) -> None:
         shutil.copy2(REPO / name, dst / name)
     (dst / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", dst / ".dvc" / "config")
-    shutil.copytree(REPO / "src" / "readl" / "data", dst / "src" / "readl" / "data",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "readl" / "data", dst / "src" / "readl" / "data", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(REPO / "data" / "raw", dst / "data" / "raw")
 
 
@@ -103,23 +100,26 @@ def repro_times(tmp: Path) -> tuple[float, float]:
     proj = tmp / "project"
     proj.mkdir()
     copy_project(proj)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     dvc = str(Path(sys.executable).with_name("dvc"))
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True, env=env)
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        run = subprocess.run([dvc, "repro", "-q", "curate"], cwd=proj, env=env,
-                             capture_output=True, text=True)
+        run = subprocess.run([dvc, "repro", "-q", "curate"], cwd=proj, env=env, capture_output=True, text=True)
         times.append(time.perf_counter() - start)
         if run.returncode:
             raise RuntimeError(f"dvc repro failed:\n{run.stdout}\n{run.stderr}")
         summary = [ln for ln in run.stdout.splitlines() if ln.startswith("curate:")]
         if summary:
             print(summary[-1])
-    status = subprocess.run([dvc, "status", "curate"], cwd=proj, env=env, capture_output=True,
-                            text=True, check=True).stdout
+    status = subprocess.run(
+        [dvc, "status", "curate"], cwd=proj, env=env, capture_output=True, text=True, check=True
+    ).stdout
     if "up to date" not in status.lower():
         raise RuntimeError(f"pipeline not up to date after repro:\n{status}")
     return times[0], times[1]

@@ -35,12 +35,15 @@ def main() -> None:
     from readl.model.loading import load_model
 
     torch.manual_seed(0)
-    paths = sorted((REPO / "data/raw/mvtec_ad").rglob("*.png")) + sorted((REPO / "data/raw/hazelnut_toy").rglob("*.jpg"))
+    paths = sorted((REPO / "data/raw/mvtec_ad").rglob("*.png")) + sorted(
+        (REPO / "data/raw/hazelnut_toy").rglob("*.jpg")
+    )
     paths = [p for p in paths if "ground_truth" not in p.parts]
     images = [load_rgb(paths[i % len(paths)], size=None) for i in range(args.images)]
     model, processor = load_model(args.base, device=args.device)
-    pred = Predictor(model, processor, image_size=args.image_size,
-                     generation=GenerationSettings(max_new_tokens=args.max_new_tokens))  # fmt: skip
+    pred = Predictor(
+        model, processor, image_size=args.image_size, generation=GenerationSettings(max_new_tokens=args.max_new_tokens)
+    )
     pred.predict(images[:1])  # warm-up
     reference = None
     print(f"{'batch':>5} {'images/s':>9} {'s/image':>8} {'completion chars/image':>23}  same completions as batch 1")

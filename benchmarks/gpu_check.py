@@ -51,9 +51,14 @@ def _args(argv=None):
     ap.add_argument("--skip-grpo", action="store_true")
     a = ap.parse_args(argv)
     small = a.device == "cpu"
-    defaults = {"seq_lens": [48, 80] if small else [800, 1300], "rows": 16 if small else 512,
-                "new_tokens": 8 if small else 256, "prompt_len": 32 if small else 300,
-                "completion": 8 if small else 512, "image_size": 112 if small else 420}  # fmt: skip
+    defaults = {
+        "seq_lens": [48, 80] if small else [800, 1300],
+        "rows": 16 if small else 512,
+        "new_tokens": 8 if small else 256,
+        "prompt_len": 32 if small else 300,
+        "completion": 8 if small else 512,
+        "image_size": 112 if small else 420,
+    }
     for k, v in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -126,8 +131,10 @@ def _text_ids(processor, n: int, b: int, device) -> torch.Tensor:
 def forward_table(model, processor, args) -> None:
     from readl.localization.attention import CAPTURE_IMPLEMENTATION, capture_attention
 
-    print(f"\n1. teacher-forced forward, batch 1 ({args.layers} layers): capture = last {args.rows} rows x "
-          f"{N_IMAGE} image + {N_ANOMALY} anomaly-word columns (fewer in the small CPU mode)")  # fmt: skip
+    print(
+        f"\n1. teacher-forced forward, batch 1 ({args.layers} layers): capture = last {args.rows} rows x "
+        f"{N_IMAGE} image + {N_ANOMALY} anomaly-word columns (fewer in the small CPU mode)"
+    )
     print(f"{'S':>6} {'variant':>8} {'ms':>9} {'x plain':>8} {'extra peak MiB':>15}")
     for s in args.seq_lens:
         ids = _text_ids(processor, s, 1, args.device)
@@ -148,7 +155,10 @@ def forward_table(model, processor, args) -> None:
             with torch.no_grad():
                 model(input_ids=ids, use_cache=False, logits_to_keep=1, output_attentions=True)
 
-        results = {"plain": _measure(plain, args.device, args.repeats), "capture": _measure(capture, args.device, args.repeats)}
+        results = {
+            "plain": _measure(plain, args.device, args.repeats),
+            "capture": _measure(capture, args.device, args.repeats),
+        }
         model.set_attn_implementation("eager")
         try:
             results["eager"] = _measure(eager, args.device, args.repeats)
@@ -167,9 +177,16 @@ def generate_table(model, processor, args) -> None:
 
         def gen():
             with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                               min_new_tokens=args.new_tokens, do_sample=False, temperature=None, top_p=None,
-                               top_k=None)  # fmt: skip
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
 
         sec, peak = _measure(gen, args.device, 1)
         mem = f"{peak:.0f}" if peak is not None else "-"
@@ -190,15 +207,26 @@ def grpo_table(model, processor, args) -> None:
     cuda = torch.device(args.device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "train.parquet"
-        pd.DataFrame(images, columns=["image_path", "label"]).assign(source="gpu_check", category="grid").to_parquet(manifest)
+        pd.DataFrame(images, columns=["image_path", "label"]).assign(source="gpu_check", category="grid").to_parquet(
+            manifest
+        )
         frame = load_manifest(manifest, root=REPO).iloc[:1]
         for name, rewards in (("CGRO", ["format", "accuracy", "consistency"]), ("R1", ["format", "accuracy"])):
-            params = Params.model_validate({
-                "model": {"base": "tiny", "image_size": args.image_size},
-                "train": {"rewards": rewards, "num_generations": g, "per_device_train_batch_size": g,
-                          "max_completion_length": args.completion, "max_steps": 1, "save_steps": 1000,
-                          "gradient_checkpointing": cuda, "logging_steps": 1},
-            })  # fmt: skip
+            params = Params.model_validate(
+                {
+                    "model": {"base": "tiny", "image_size": args.image_size},
+                    "train": {
+                        "rewards": rewards,
+                        "num_generations": g,
+                        "per_device_train_batch_size": g,
+                        "max_completion_length": args.completion,
+                        "max_steps": 1,
+                        "save_steps": 1000,
+                        "gradient_checkpointing": cuda,
+                        "logging_steps": 1,
+                    },
+                }
+            )
             trainer = build_trainer(params, frame, Path(tmp) / name, model_and_processor=(model, processor))
             trainer.remove_callback(__import__("transformers").trainer_callback.PrinterCallback)
             if cuda:
@@ -222,10 +250,15 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     s = args.shape
-    print(f"gpu_check on {name}: decoder {args.layers} layers, hidden {s['hidden']}, {s['heads']} heads, "
-          f"{s['kv_heads']} KV heads, intermediate {s['intermediate']}; torch {torch.__version__}")  # fmt: skip
+    print(
+        f"gpu_check on {name}: decoder {args.layers} layers, hidden {s['hidden']}, {s['heads']} heads, "
+        f"{s['kv_heads']} KV heads, intermediate {s['intermediate']}; torch {torch.__version__}"
+    )
     model, processor = _build(args)
-    print(f"model built in {time.perf_counter() - t0:.1f} s ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params)")
+    print(
+        f"model built in {time.perf_counter() - t0:.1f} s "
+        f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params)"
+    )
     forward_table(model, processor, args)
     generate_table(model, processor, args)
     if not args.skip_grpo:

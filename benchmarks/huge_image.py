@@ -53,16 +53,20 @@ def picture(side: int, seed: int = 0) -> Image.Image:
 
 def peak_mb(code: str, image: Path, out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(image), str(out)],
-                         capture_output=True, text=True, check=True, cwd=out)  # no params.yaml
+    res = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(image), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=out,
+    )  # no params.yaml
     return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is KiB on Linux
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        images = {"512x512 JPEG": t / "small.jpg", "8000x8000 JPEG": t / "huge.jpg",
-                  "8000x8000 PNG": t / "huge.png"}
+        images = {"512x512 JPEG": t / "small.jpg", "8000x8000 JPEG": t / "huge.jpg", "8000x8000 PNG": t / "huge.png"}
         picture(512).save(images["512x512 JPEG"], quality=90)
         big = picture(8000)
         big.save(images["8000x8000 JPEG"], quality=90)

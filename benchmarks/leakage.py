@@ -25,8 +25,8 @@ from PIL import Image
 
 from readl.config import CurateConfig
 from readl.data.images import load_rgb
-from readl.data.phash import hamming, phash
 from readl.data.leakage import ssim, thumbnail
+from readl.data.phash import hamming, phash
 
 ROOT = Path(__file__).resolve().parents[1] / "data/raw/hazelnut_toy/hazelnut"
 DISTANCES = (3, 4, 6, 8, 10, 12)
@@ -45,10 +45,13 @@ def copies(path: Path) -> dict[str, Image.Image]:
     buf = io.BytesIO()
     raw.save(buf, "JPEG", quality=80)
     w, h = raw.size
-    return {"exact": raw, "jpeg_q80": Image.open(io.BytesIO(buf.getvalue())),
-            "half": raw.resize((w // 2, h // 2), Image.Resampling.BICUBIC),
-            "quarter": raw.resize((w // 4, h // 4), Image.Resampling.BICUBIC),
-            "double": raw.resize((w * 2, h * 2), Image.Resampling.BICUBIC)}
+    return {
+        "exact": raw,
+        "jpeg_q80": Image.open(io.BytesIO(buf.getvalue())),
+        "half": raw.resize((w // 2, h // 2), Image.Resampling.BICUBIC),
+        "quarter": raw.resize((w // 4, h // 4), Image.Resampling.BICUBIC),
+        "double": raw.resize((w * 2, h * 2), Image.Resampling.BICUBIC),
+    }
 
 
 def main() -> None:
@@ -56,8 +59,10 @@ def main() -> None:
     files = sorted(ROOT.glob("*/good/*.jpg"))
     tmp = Path(tempfile.mkdtemp())
     ref = [curated(f, tmp) for f in files]
-    pairs = [(hamming(ref[i][0], ref[j][0]), ssim(ref[i][1], ref[j][1]))
-             for i, j in itertools.combinations(range(len(files)), 2)]
+    pairs = [
+        (hamming(ref[i][0], ref[j][0]), ssim(ref[i][1], ref[j][1]))
+        for i, j in itertools.combinations(range(len(files)), 2)
+    ]
     kinds: dict[str, list[tuple[int, float]]] = {}
     for f, (h, t) in zip(files, ref):
         for kind, img in copies(f).items():
@@ -65,14 +70,18 @@ def main() -> None:
             kinds.setdefault(kind, []).append((hamming(h, ch), ssim(t, ct)))
     d = np.array([p[0] for p in pairs])
     s = np.array([p[1] for p in pairs])
-    print(f"{len(files)} hazelnut_toy normals, {len(pairs)} distinct pairs; SSIM of distinct pairs: "
-          f"max {s.max():.3f}; leakage_min_ssim {min_ssim}")
-    print(f"| d (bits) | distinct flagged, pHash alone | distinct flagged, pHash + SSIM | "
-          + " | ".join(f"{k} caught" for k in kinds) + " |")
+    print(
+        f"{len(files)} hazelnut_toy normals, {len(pairs)} distinct pairs; SSIM of distinct pairs: "
+        f"max {s.max():.3f}; leakage_min_ssim {min_ssim}"
+    )
+    print(
+        "| d (bits) | distinct flagged, pHash alone | distinct flagged, pHash + SSIM | "
+        + " | ".join(f"{k} caught" for k in kinds)
+        + " |"
+    )
     print("|---" * (3 + len(kinds)) + "|")
     for dist in DISTANCES:
-        row = [f"{int((d <= dist).sum())} ({(d <= dist).mean():.1%})",
-               f"{int(((d <= dist) & (s >= min_ssim)).sum())}"]
+        row = [f"{int((d <= dist).sum())} ({(d <= dist).mean():.1%})", f"{int(((d <= dist) & (s >= min_ssim)).sum())}"]
         for v in kinds.values():
             arr = np.array(v)
             row.append(f"{int(((arr[:, 0] <= dist) & (arr[:, 1] >= min_ssim)).sum())}/{len(arr)}")

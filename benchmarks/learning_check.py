@@ -28,8 +28,8 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import statistics
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,15 +42,33 @@ from readl.presets import set_dotted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ARMS = {"R1": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": [1.0, 1.0, 0.0]},
-        "CGRO": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": None}}  # fmt: skip
-CURVES = {"format": "rewards/format/mean", "accuracy": "rewards/accuracy/mean", "J": "consistency/J_mean",
-          "consistency": "rewards/consistency/mean", "zero_std": "frac_reward_zero_std",
-          "J_anomalous": "consistency/J_anomalous", "J_normal": "consistency/J_normal",
-          "R_cons_anomalous": "consistency/R_cons_anomalous", "R_cons_normal": "consistency/R_cons_normal",
-          "reward_std": "reward_std"}  # fmt: skip
-BLOCK_KEYS = ("format", "accuracy", "J", "consistency", "J_anomalous", "J_normal", "R_cons_anomalous",
-              "R_cons_normal", "reward_std")
+ARMS = {
+    "R1": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": [1.0, 1.0, 0.0]},
+    "CGRO": {"rewards": ["format", "accuracy", "consistency"], "reward_weights": None},
+}
+CURVES = {
+    "format": "rewards/format/mean",
+    "accuracy": "rewards/accuracy/mean",
+    "J": "consistency/J_mean",
+    "consistency": "rewards/consistency/mean",
+    "zero_std": "frac_reward_zero_std",
+    "J_anomalous": "consistency/J_anomalous",
+    "J_normal": "consistency/J_normal",
+    "R_cons_anomalous": "consistency/R_cons_anomalous",
+    "R_cons_normal": "consistency/R_cons_normal",
+    "reward_std": "reward_std",
+}
+BLOCK_KEYS = (
+    "format",
+    "accuracy",
+    "J",
+    "consistency",
+    "J_anomalous",
+    "J_normal",
+    "R_cons_anomalous",
+    "R_cons_normal",
+    "reward_std",
+)
 
 
 @contextmanager
@@ -109,13 +127,21 @@ def block_means(curve: dict[str, dict[int, float]], block: int) -> list[dict]:
     for lo in range(0, len(steps), block):
         chunk = steps[lo : lo + block]
         mean = lambda name: (lambda v: sum(v) / len(v) if v else float("nan"))(  # noqa: E731
-            [curve[name][s] for s in chunk if s in curve.get(name, {})])
+            [curve[name][s] for s in chunk if s in curve.get(name, {})]
+        )
         zero = [curve["zero_std"][s] for s in chunk if s in curve["zero_std"]]
         sd = lambda name: (lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))(  # noqa: E731
-            [curve[name][s] for s in chunk if s in curve.get(name, {})])
-        rows.append({"steps": f"{chunk[0]}-{chunk[-1]}", **{k: mean(k) for k in BLOCK_KEYS},
-                     "J_anomalous_sd": sd("J_anomalous"), "J_normal_sd": sd("J_normal"),
-                     "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan")})  # fmt: skip
+            [curve[name][s] for s in chunk if s in curve.get(name, {})]
+        )
+        rows.append(
+            {
+                "steps": f"{chunk[0]}-{chunk[-1]}",
+                **{k: mean(k) for k in BLOCK_KEYS},
+                "J_anomalous_sd": sd("J_anomalous"),
+                "J_normal_sd": sd("J_normal"),
+                "learning": sum(z < 1 for z in zero) / len(zero) if zero else float("nan"),
+            }
+        )
     return rows
 
 
@@ -143,15 +169,36 @@ def run_arm(name: str, params_dict: dict, work: Path, reuse: bool = False) -> di
     t_train = time.perf_counter() - t0
     if reuse and done.is_file() and (out / "metrics.json").is_file():  # evaluated too (metrics.json is written last)
         metrics = json.loads((out / "metrics.json").read_text())
-        return {"record": record, "curves": curves(record["run_id"]), "metrics": metrics,
-                "seconds": {"train": t_train, "calibrate+evaluate": 0.0}}  # fmt: skip
-    run_calibrate(params, Path("data/curated/calib.parquet"), out / "adapter", out / "thresholds.json",
-                  out / "predictions" / "calib")  # fmt: skip
-    metrics = run_evaluate(params, Path("data/curated/eval.parquet"), out / "adapter", out / "thresholds.json",
-                           out / "metrics.json", out / "plots", out / "reports", out / "predictions" / "eval",
-                           calib_manifest=Path("data/curated/calib.parquet"))  # fmt: skip
-    return {"record": record, "curves": curves(record["run_id"]), "metrics": metrics,
-            "seconds": {"train": t_train, "calibrate+evaluate": time.perf_counter() - t0 - t_train}}
+        return {
+            "record": record,
+            "curves": curves(record["run_id"]),
+            "metrics": metrics,
+            "seconds": {"train": t_train, "calibrate+evaluate": 0.0},
+        }
+    run_calibrate(
+        params,
+        Path("data/curated/calib.parquet"),
+        out / "adapter",
+        out / "thresholds.json",
+        out / "predictions" / "calib",
+    )
+    metrics = run_evaluate(
+        params,
+        Path("data/curated/eval.parquet"),
+        out / "adapter",
+        out / "thresholds.json",
+        out / "metrics.json",
+        out / "plots",
+        out / "reports",
+        out / "predictions" / "eval",
+        calib_manifest=Path("data/curated/calib.parquet"),
+    )
+    return {
+        "record": record,
+        "curves": curves(record["run_id"]),
+        "metrics": metrics,
+        "seconds": {"train": t_train, "calibrate+evaluate": time.perf_counter() - t0 - t_train},
+    }
 
 
 def print_tables(arms: dict, block: int) -> None:
@@ -161,29 +208,66 @@ def print_tables(arms: dict, block: int) -> None:
     from readl.evaluation.comparison import comparison_table
 
     console = Console(width=150)
-    t = Table("arm", "steps", "format", "accuracy", "J", "R_cons", "J anom. (sd)", "J normal (sd)", "R_cons anom.",
-              "R_cons normal", "reward std", "steps w/ reward var.",
-              title=f"per-block means of the train rollouts (block = {block} steps; sd: of the per-step values)")  # fmt: skip
+    t = Table(
+        "arm",
+        "steps",
+        "format",
+        "accuracy",
+        "J",
+        "R_cons",
+        "J anom. (sd)",
+        "J normal (sd)",
+        "R_cons anom.",
+        "R_cons normal",
+        "reward std",
+        "steps w/ reward var.",
+        title=f"per-block means of the train rollouts (block = {block} steps; sd: of the per-step values)",
+    )
     f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
     for name, arm in arms.items():
         for row in block_means(arm["curves"], block):
-            t.add_row(name, row["steps"], f(row["format"]), f(row["accuracy"]), f(row["J"]), f(row["consistency"]),
-                      f"{f(row['J_anomalous'])} ({f(row['J_anomalous_sd'])})",
-                      f"{f(row['J_normal'])} ({f(row['J_normal_sd'])})", f(row["R_cons_anomalous"]),
-                      f(row["R_cons_normal"]), f(row["reward_std"]), f(row["learning"]))  # fmt: skip
+            t.add_row(
+                name,
+                row["steps"],
+                f(row["format"]),
+                f(row["accuracy"]),
+                f(row["J"]),
+                f(row["consistency"]),
+                f"{f(row['J_anomalous'])} ({f(row['J_anomalous_sd'])})",
+                f"{f(row['J_normal'])} ({f(row['J_normal_sd'])})",
+                f(row["R_cons_anomalous"]),
+                f(row["R_cons_normal"]),
+                f(row["reward_std"]),
+                f(row["learning"]),
+            )
     console.print(t)
-    s = Table("arm", "steps", "steps w/ reward var.", "mean J", "max |lora_B|", "train s", "cal+eval s",
-              title="train_run.json summary")  # fmt: skip
+    s = Table(
+        "arm",
+        "steps",
+        "steps w/ reward var.",
+        "mean J",
+        "max |lora_B|",
+        "train s",
+        "cal+eval s",
+        title="train_run.json summary",
+    )
     for name, arm in arms.items():
         sm = arm["record"]["summary"]
-        s.add_row(name, str(sm["n_logged_steps"]), f(sm["frac_steps_nonzero_reward_std"]),
-                  f(sm["J_mean"]), f"{sm['max_abs_lora_B']:.2e}",
-                  f"{arm['seconds']['train']:.0f}", f"{arm['seconds']['calibrate+evaluate']:.0f}")  # fmt: skip
+        s.add_row(
+            name,
+            str(sm["n_logged_steps"]),
+            f(sm["frac_steps_nonzero_reward_std"]),
+            f(sm["J_mean"]),
+            f"{sm['max_abs_lora_B']:.2e}",
+            f"{arm['seconds']['train']:.0f}",
+            f"{arm['seconds']['calibrate+evaluate']:.0f}",
+        )
     console.print(s)
     cgro = arms["CGRO"]["metrics"]
     combined = {**cgro, "baselines": {"R1": {"datasets": arms["R1"]["metrics"]["datasets"]}, **cgro["baselines"]}}
-    console.print(comparison_table(combined, title="R1 vs CGRO vs baselines (AUROC %, 95% bootstrap interval)",
-                                   model_name="CGRO"))  # fmt: skip
+    console.print(
+        comparison_table(combined, title="R1 vs CGRO vs baselines (AUROC %, 95% bootstrap interval)", model_name="CGRO")
+    )
 
 
 def plot(arms: dict, path: Path) -> None:
@@ -196,8 +280,11 @@ def plot(arms: dict, path: Path) -> None:
 
     datasets = list(arms["CGRO"]["metrics"]["datasets"])
     fig, axes = plt.subplots(1, 3 + len(datasets), figsize=(4.2 * (3 + len(datasets)), 3.6))
-    panels = {"format": ("format",), "accuracy": ("accuracy",), "J (solid: anomalous, dashed: normal)":
-              ("J_anomalous", "J_normal")}  # fmt: skip
+    panels = {
+        "format": ("format",),
+        "accuracy": ("accuracy",),
+        "J (solid: anomalous, dashed: normal)": ("J_anomalous", "J_normal"),
+    }
     for ax, (title, names) in zip(axes, panels.items()):
         for (arm, d), color in zip(arms.items(), ("tab:blue", "tab:orange")):
             for name, style in zip(names, ("-", "--")):
@@ -214,7 +301,9 @@ def plot(arms: dict, path: Path) -> None:
             d = m["datasets"].get(ds)
             if d is None:
                 continue
-            entries = [(f"{sname}:{mode}", d["modes"][mode]) for mode in MODES] if "modes" in d else [(sname, d["pixel"])]
+            entries = (
+                [(f"{sname}:{mode}", d["modes"][mode]) for mode in MODES] if "modes" in d else [(sname, d["pixel"])]
+            )
             for label, e in entries:
                 v = e["AUROC"] if e["AUROC"] is not None else float("nan")
                 ci = e.get("AUROC_ci") or [v, v]
@@ -236,20 +325,35 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=None, help="warmup.max_steps (default: params.yaml)")
     ap.add_argument("--train-steps", type=int, default=None, help="train.max_steps (default: params.yaml)")
     ap.add_argument("--train-lr", type=float, default=None, help="train.learning_rate (default: params.yaml)")
-    ap.add_argument("--eval-per-image", type=int, default=None,
-                    help="synthetic eval variants per normal image (default: params.yaml)")
+    ap.add_argument(
+        "--eval-per-image",
+        type=int,
+        default=None,
+        help="synthetic eval variants per normal image (default: params.yaml)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=None, help="model.max_new_tokens at evaluation")
     ap.add_argument("--bootstrap", type=int, default=None, help="evaluate.bootstrap_resamples")
     ap.add_argument("--block", type=int, default=10, help="train steps per block of the learning table")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_check.png", help="the plot")
-    ap.add_argument("-S", dest="set", action="append", default=[],
-                    help="params override key=value, e.g. -S train.num_generations=8 (applied to both arms)")
-    ap.add_argument("--reuse-arms", action="store_true",
-                    help="keep <workdir>/runs/<arm> trained by an interrupted earlier run (same params): calibrate and "
-                         "evaluate them only")
-    ap.add_argument("--reuse-warmup", action="store_true",
-                    help="keep <workdir>/models/warmup of an earlier run with the same warmup params (probes of train)")
+    ap.add_argument(
+        "-S",
+        dest="set",
+        action="append",
+        default=[],
+        help="params override key=value, e.g. -S train.num_generations=8 (applied to both arms)",
+    )
+    ap.add_argument(
+        "--reuse-arms",
+        action="store_true",
+        help="keep <workdir>/runs/<arm> trained by an interrupted earlier run (same params): calibrate and "
+        "evaluate them only",
+    )
+    ap.add_argument(
+        "--reuse-warmup",
+        action="store_true",
+        help="keep <workdir>/models/warmup of an earlier run with the same warmup params (probes of train)",
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -282,15 +386,30 @@ def main() -> None:
             seconds["warmup"] = time.perf_counter() - t0
             arms = {name: run_arm(name, params_dict, work, a.reuse_arms) for name in ARMS}
         print_tables(arms, a.block)
-        print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "; " + ", ".join(
-            f"{n} train {d['seconds']['train']:.0f}, calibrate+evaluate {d['seconds']['calibrate+evaluate']:.0f}"
-            for n, d in arms.items()))  # fmt: skip
+        print(
+            "wall time (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+            + "; "
+            + ", ".join(
+                f"{n} train {d['seconds']['train']:.0f}, calibrate+evaluate {d['seconds']['calibrate+evaluate']:.0f}"
+                for n, d in arms.items()
+            )
+        )
         plot(arms, a.out)
-        summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-                   "seconds": seconds, "arms": {n: {"summary": d["record"]["summary"], "seconds": d["seconds"],
-                                                    "blocks": block_means(d["curves"], a.block),
-                                                    "datasets": d["metrics"]["datasets"]} for n, d in arms.items()},
-                   "baselines": arms["CGRO"]["metrics"].get("baselines", {})}  # fmt: skip
+        summary = {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "seconds": seconds,
+            "arms": {
+                n: {
+                    "summary": d["record"]["summary"],
+                    "seconds": d["seconds"],
+                    "blocks": block_means(d["curves"], a.block),
+                    "datasets": d["metrics"]["datasets"],
+                }
+                for n, d in arms.items()
+            },
+            "baselines": arms["CGRO"]["metrics"].get("baselines", {}),
+        }
         from readl.evaluation.report import write_metrics
 
         write_metrics(a.out.with_suffix(".json"), summary)

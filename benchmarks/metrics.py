@@ -134,15 +134,20 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     t = time.perf_counter()
     masks = make_masks(n, rng)
-    print(f"{n} maps of {H}x{W} = {masks.size / 1e6:.1f}M pixels, {masks.mean() * 100:.2f} % anomalous "
-          f"(masks built in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"{n} maps of {H}x{W} = {masks.size / 1e6:.1f}M pixels, {masks.mean() * 100:.2f} % anomalous "
+        f"(masks built in {time.perf_counter() - t:.1f} s)"
+    )
     rows = []
     for flavour in args.flavours.split(","):
         maps = make_maps(masks, flavour, rng)
         lo, hi = float(maps.min()), float(maps.max())
         med = float(np.median(maps[::7, ::7, ::7]))
-        print(f"\n[{flavour}] scores in [{lo:.3g}, {hi:.3g}], median {med:.3g}; "
-              f"score array {maps.nbytes / 2**20:.0f} MiB", flush=True)
+        print(
+            f"\n[{flavour}] scores in [{lo:.3g}, {hi:.3g}], median {med:.3g}; "
+            f"score array {maps.nbytes / 2**20:.0f} MiB",
+            flush=True,
+        )
         ref = None
         if not args.no_sklearn:
             t_sk, mem_sk, ref = traced_run(lambda: sklearn_both(maps, masks))
@@ -154,11 +159,13 @@ def main() -> None:
             mem = traced_run(lambda fn=fn: fn(maps, masks))[1]
             rows.append((flavour, name, tt, mem, maps.nbytes, res, ref))
             print(f"  {name}: {tt:.2f} s", flush=True)
-        del maps
+        maps = None  # free the array before the next flavour is made
         gc.collect()
 
-    print("\n| flavour | method | time s | speed-up | peak MiB | peak / scores "
-          "| AUROC | abs err AUROC | AP | abs err AP |")
+    print(
+        "\n| flavour | method | time s | speed-up | peak MiB | peak / scores "
+        "| AUROC | abs err AUROC | AP | abs err AP |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     sk_time = {r[0]: r[2] for r in rows if r[1].startswith("sklearn")}
     for flavour, name, tt, mem, nbytes, res, ref in rows:
@@ -167,8 +174,10 @@ def main() -> None:
             ea, ep = f"{abs(res[0] - ref[0]):.1e}", f"{abs(res[1] - ref[1]):.1e}"
         else:
             ea = ep = "-"
-        print(f"| {flavour} | {name} | {tt:.2f} | {speed} | {mem / 2**20:.0f} | {mem / nbytes:.2f} | "
-              f"{res[0]:.6f} | {ea} | {res[1]:.6f} | {ep} |")
+        print(
+            f"| {flavour} | {name} | {tt:.2f} | {speed} | {mem / 2**20:.0f} | {mem / nbytes:.2f} | "
+            f"{res[0]:.6f} | {ea} | {res[1]:.6f} | {ep} |"
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def _inputs(folder: Path, n: int, size: int) -> list[Path]:
         p = folder / f"in{i:03d}.png"
         if not p.is_file():
             with Image.open(src[i % len(src)]) as im:
-                im.convert("RGB").resize((size, size), Image.BICUBIC).rotate(90 * (i // len(src))).save(p, compress_level=1)
+                im.convert("RGB").resize((size, size), Image.BICUBIC).rotate(90 * (i // len(src))).save(
+                    p, compress_level=1
+                )
         out.append(p)
     return out
 
@@ -88,8 +90,9 @@ def _child(args) -> None:
     torch.manual_seed(0)
     mcfg = ModelConfig()
     model, processor = load_model("tiny", device="cpu")
-    pred = Predictor(model, processor, image_size=mcfg.image_size,
-                     generation=GenerationSettings(max_new_tokens=args.max_new_tokens))  # fmt: skip
+    pred = Predictor(
+        model, processor, image_size=mcfg.image_size, generation=GenerationSettings(max_new_tokens=args.max_new_tokens)
+    )
     paths = _inputs(Path(args.work) / "in", args.n, args.size)
     pred.predict([pm.open_image(paths[0])])  # warm-up (not timed; part of the baseline memory)
     if args.before:  # the previous post-processing: float64 colormap, PNG level 6, in the main thread
@@ -118,8 +121,19 @@ def _child(args) -> None:
 
 def _run(args, n: int, before: bool = False) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, __file__, "--child", "--n", str(n), "--size", str(args.size), "--work", args.work,
-           "--max-new-tokens", str(args.max_new_tokens)] + (["--before"] if before else [])  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--n",
+        str(n),
+        "--size",
+        str(args.size),
+        "--work",
+        args.work,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+    ] + (["--before"] if before else [])
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -140,17 +154,24 @@ def main() -> None:
         one, many = _run(args, 1), _run(args, args.n)
         print(f"peak memory, {args.size}^2 inputs, batch_size 4 (MiB)")
         print(f"{'inputs':>7} {'peak MiB':>9}")
-        print(f"{1:>7} {one['peak_mib']:>9.0f}\n{args.n:>7} {many['peak_mib']:>9.0f}   ratio {many['peak_mib'] / one['peak_mib']:.3f}")
+        print(
+            f"{1:>7} {one['peak_mib']:>9.0f}\n{args.n:>7} {many['peak_mib']:>9.0f}   "
+            f"ratio {many['peak_mib'] / one['peak_mib']:.3f}"
+        )
         old = _run(args, args.n, before=True)
         print(f"\nper-image time at {args.size}^2 over {args.n} images (ms)")
         print(f"{'':>8} {'total':>7} {'predict':>8} {'decode':>7} {'post':>6} {'post share':>11} {'overlay work':>13}")
         for name, r in (("before", old), ("after", many)):
             post = r["total"] - r["predict"] - r["decode"]
             ms = [1e3 * v / args.n for v in (r["total"], r["predict"], r["decode"], post, r["overlay"])]
-            print(f"{name:>8} {ms[0]:>7.1f} {ms[1]:>8.1f} {ms[2]:>7.1f} {ms[3]:>6.1f} {post / r['total']:>10.1%} "
-                  f"{ms[4]:>13.1f}")
-        print("post = what the loop waits for besides predict/decode; overlay work = upsample + draw + PNG encode "
-              "(after: in the background thread)")
+            print(
+                f"{name:>8} {ms[0]:>7.1f} {ms[1]:>8.1f} {ms[2]:>7.1f} {ms[3]:>6.1f} {post / r['total']:>10.1%} "
+                f"{ms[4]:>13.1f}"
+            )
+        print(
+            "post = what the loop waits for besides predict/decode; overlay work = upsample + draw + PNG encode "
+            "(after: in the background thread)"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ import numpy as np
 
 
 def _completion(tok, t: int) -> list[int]:
-    body = tok.encode("A bent thread near the top edge of the grid, café-coloured stain 漢 ✓. ", add_special_tokens=False)
+    body = tok.encode(
+        "A bent thread near the top edge of the grid, café-coloured stain 漢 ✓. ", add_special_tokens=False
+    )
     head = tok.encode("<think>", add_special_tokens=False)
     tail = tok.encode("</think><answer>Yes</answer>", add_special_tokens=False)
     ids = head + body * (t // len(body) + 1)

@@ -48,8 +48,10 @@ def override(params: dict, assignments: list[str]) -> dict:
     return params
 
 
-ISA = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                              "ONEDNN_MAX_CPU_ISA": "AVX2"}}  # fmt: skip
+ISA = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
 
 
 def digest(folder: Path) -> str:
@@ -76,8 +78,10 @@ def one_run(work: Path, base: dict, seed: int, threads: int, isa: str, tag: str)
     run = work / f"run-s{seed}-t{threads}-{isa}{tag}"
     run.mkdir()
     (run / "data").symlink_to(work / "data")
-    params = override(json.loads(json.dumps(base)), [f"warmup.seed={seed}", f"train.seed={seed}",
-                                                      f"runtime.threads={threads}", "evaluate.baselines=[]"])
+    params = override(
+        json.loads(json.dumps(base)),
+        [f"warmup.seed={seed}", f"train.seed={seed}", f"runtime.threads={threads}", "evaluate.baselines=[]"],
+    )
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     t0 = time.perf_counter()
     with open(run / "log.txt", "w") as log:
@@ -85,9 +89,15 @@ def one_run(work: Path, base: dict, seed: int, threads: int, isa: str, tag: str)
             readl(stage, run, log, isa)
     m = json.loads((run / "metrics.json").read_text())
     numbers = json.dumps({k: v for k, v in m.items() if k != "runtime"}, sort_keys=True)  # runtime names threads
-    row = {"seed": seed, "threads": threads, "isa": isa, "minutes": round((time.perf_counter() - t0) / 60, 1),
-           "adapter": digest(run / "models/adapter"), "warmup": digest(run / "models/warmup"),
-           "metrics": hashlib.sha256(numbers.encode()).hexdigest()[:12]}  # fmt: skip
+    row = {
+        "seed": seed,
+        "threads": threads,
+        "isa": isa,
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+        "adapter": digest(run / "models/adapter"),
+        "warmup": digest(run / "models/warmup"),
+        "metrics": hashlib.sha256(numbers.encode()).hexdigest()[:12],
+    }
     for ds, d in m["datasets"].items():
         row[f"{ds}.image_AUROC"] = d["image"]["AUROC"]
         row[f"{ds}.image_AUROC_ci"] = d["image"].get("AUROC_ci")
@@ -140,6 +150,7 @@ def print_table(rows: list[dict]) -> None:
     from tabulate import tabulate
 
     metrics = [k for k in rows[0] if "." in k and not k.endswith("_ci")]
+
     def fmt(v) -> str:
         return "n/a" if v is None or v != v else f"{v:.3f}"
 
@@ -147,17 +158,45 @@ def print_table(rows: list[dict]) -> None:
         vals = [r[k] for r in rows if r[k] is not None and r[k] == r[k]]
         return fn(vals) if vals else None
 
-    body = [[r["label"], r["seed"], r["threads"], r["isa"], *(fmt(r[k]) for k in metrics), r["warmup"],
-             r["adapter"], r["metrics"], r["minutes"]] for r in rows]  # fmt: skip
+    body = [
+        [
+            r["label"],
+            r["seed"],
+            r["threads"],
+            r["isa"],
+            *(fmt(r[k]) for k in metrics),
+            r["warmup"],
+            r["adapter"],
+            r["metrics"],
+            r["minutes"],
+        ]
+        for r in rows
+    ]
     for name, fn in (("min", min), ("median", statistics.median), ("max", max)):
         body.append([name, "", "", "", *(fmt(over_runs(fn, k)) for k in metrics), "", "", "", ""])
-    print(tabulate(body, headers=["config", "seed", "threads", "isa", *metrics, "warm start sha", "adapter sha",
-                                  "metrics sha", "min"]))  # fmt: skip
+    print(
+        tabulate(
+            body,
+            headers=[
+                "config",
+                "seed",
+                "threads",
+                "isa",
+                *metrics,
+                "warm start sha",
+                "adapter sha",
+                "metrics sha",
+                "min",
+            ],
+        )
+    )
     syn = [r["synthetic.image_AUROC"] for r in rows if "synthetic.image_AUROC" in r]
     inverted = sum(any((r[k] or 0.5) < 0.5 for k in metrics if k.endswith("image_AUROC")) for r in rows)
     if syn:
-        print(f"targets: runs with an image AUROC < 0.5: {inverted} (target 0); synthetic image AUROC min "
-              f"{min(syn):.3f} (>= 0.75), max - min {max(syn) - min(syn):.3f} (<= 0.10)")
+        print(
+            f"targets: runs with an image AUROC < 0.5: {inverted} (target 0); synthetic image AUROC min "
+            f"{min(syn):.3f} (>= 0.75), max - min {max(syn) - min(syn):.3f} (<= 0.10)"
+        )
 
 
 if __name__ == "__main__":

@@ -78,14 +78,23 @@ def main() -> None:
         raise SystemExit(f"at most {MAX_REQUESTS} requests a round")
     port = free_port()
     venv_bin = Path(sys.executable).parent  # `mlflow models serve` runs uvicorn from PATH: the venv's
-    env = {**os.environ, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(args.timeout),
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(args.timeout),
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = open("serve_load.log", "wb")  # noqa: SIM115 - the server's output, for the error below
-    server = subprocess.Popen([str(venv_bin / "readl"), "serve", "-m", args.model, "-p", str(port), "--host",
-                               "127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [str(venv_bin / "readl"), "serve", "-m", args.model, "-p", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
-    body = json.dumps({"dataframe_split": {"columns": ["image"],
-                                           "data": [[base64.b64encode(args.image.read_bytes()).decode()]]}}).encode()
+    body = json.dumps(
+        {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(args.image.read_bytes()).decode()]]}}
+    ).encode()
     rows = []
     try:
         deadline = time.monotonic() + 300
@@ -95,8 +104,9 @@ def main() -> None:
                 break
             except (urllib.error.URLError, ConnectionError):
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"readl serve did not come up on {base} (exit {server.poll()}); its output is "
-                                     "in serve_load.log") from None
+                    raise SystemExit(
+                        f"readl serve did not come up on {base} (exit {server.poll()}); its output is in serve_load.log"
+                    ) from None
                 time.sleep(1)
         post(f"{base}/invocations", body, args.timeout + 60)  # warm: the first request loads lazily-built parts
         for n in args.rounds:
@@ -109,8 +119,18 @@ def main() -> None:
             after = cpu_seconds(server.pid) - before
             lat = sorted(s for _, s in results)
             count = {c: sum(r == c for r, _ in results) for c in ("2xx", "4xx", "5xx", "none")}
-            rows.append([n, *count.values(), f"{statistics.median(lat):.1f}", f"{lat[int(0.95 * (n - 1))]:.1f}",
-                         f"{lat[-1]:.1f}", f"{wall:.1f}", f"{count['2xx'] / wall:.2f}", f"{after:.1f}"])  # fmt: skip
+            rows.append(
+                [
+                    n,
+                    *count.values(),
+                    f"{statistics.median(lat):.1f}",
+                    f"{lat[int(0.95 * (n - 1))]:.1f}",
+                    f"{lat[-1]:.1f}",
+                    f"{wall:.1f}",
+                    f"{count['2xx'] / wall:.2f}",
+                    f"{after:.1f}",
+                ]
+            )
             print(json.dumps(dict(zip(HEADERS, rows[-1]))), flush=True)
     finally:
         if server.poll() is None:
@@ -122,8 +142,19 @@ def main() -> None:
     print(tabulate(rows, headers=HEADERS))
 
 
-HEADERS = ["concurrent", "2xx", "4xx", "5xx", "no answer", "p50 s", "p95 s", "max s", "round s", "answers/s",
-           "server CPU s in the 10 s after"]  # fmt: skip
+HEADERS = [
+    "concurrent",
+    "2xx",
+    "4xx",
+    "5xx",
+    "no answer",
+    "p50 s",
+    "p95 s",
+    "max s",
+    "round s",
+    "answers/s",
+    "server CPU s in the 10 s after",
+]
 
 if __name__ == "__main__":
     main()

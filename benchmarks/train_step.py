@@ -34,22 +34,35 @@ RUNS = {"R1": ["format", "accuracy"], "CGRO": ["format", "accuracy", "consistenc
 
 def manifest(out: Path) -> Path:
     raw = REPO / "data" / "raw"
-    paths = sorted((raw / "mvtec_ad" / "grid" / "test").glob("*/*.png"))[:4] + sorted(
-        (raw / "hazelnut_toy" / "hazelnut" / "test").glob("*/*.jpg")
-    )[:4]
+    paths = (
+        sorted((raw / "mvtec_ad" / "grid" / "test").glob("*/*.png"))[:4]
+        + sorted((raw / "hazelnut_toy" / "hazelnut" / "test").glob("*/*.jpg"))[:4]
+    )
     pd.DataFrame({"image_path": [str(p) for p in paths], "label": [1, 0] * 4}).to_parquet(out)
     return out
 
 
-def run(rewards: list[str], size: int, tokens: int, steps: int, gens: int, tmp: Path) -> tuple[list[float], list[float]]:
-    params = Params.model_validate({
-        "model": {"base": "tiny", "image_size": size},
-        "train": {"rewards": rewards, "max_steps": steps, "num_generations": gens,
-                  "per_device_train_batch_size": 2 * gens, "max_completion_length": tokens,
-                  "save_steps": 10_000, "seed": 0},
-    })  # fmt: skip
+def run(
+    rewards: list[str], size: int, tokens: int, steps: int, gens: int, tmp: Path
+) -> tuple[list[float], list[float]]:
+    params = Params.model_validate(
+        {
+            "model": {"base": "tiny", "image_size": size},
+            "train": {
+                "rewards": rewards,
+                "max_steps": steps,
+                "num_generations": gens,
+                "per_device_train_batch_size": 2 * gens,
+                "max_completion_length": tokens,
+                "save_steps": 10_000,
+                "seed": 0,
+            },
+        }
+    )
     frame = load_manifest(manifest(tmp / "m.parquet"))
-    trainer = build_trainer(params, frame, tmp / f"ckpt-{len(rewards)}", model_and_processor=load_model("tiny", device="cpu"))
+    trainer = build_trainer(
+        params, frame, tmp / f"ckpt-{len(rewards)}", model_and_processor=load_model("tiny", device="cpu")
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     hist = [h for h in trainer.state.log_history if "step_time" in h]
@@ -77,8 +90,10 @@ def main() -> None:
                 if captures:
                     cap = statistics.mean(captures[a.warmup :])
             rows.append((size, (size // 28) ** 2, med["R1"], med["CGRO"], cap, med["CGRO"] / med["R1"]))
-    print(f"\nGRPO step time, tiny Qwen2.5-VL on CPU (1 thread), {2 * a.generations} rollouts/step "
-          f"({a.generations} per image), {a.tokens} new tokens, median of {a.steps - a.warmup} steps\n")  # fmt: skip
+    print(
+        f"\nGRPO step time, tiny Qwen2.5-VL on CPU (1 thread), {2 * a.generations} rollouts/step "
+        f"({a.generations} per image), {a.tokens} new tokens, median of {a.steps - a.warmup} steps\n"
+    )
     print(f"{'image':>6} | {'map':>5} | {'R1 s/step':>9} | {'CGRO s/step':>11} | {'capture s':>9} | {'CGRO/R1':>7}")
     print("-" * 62)
     for size, cells, r1, cgro, cap, ratio in rows:

@@ -1,1 +1,2 @@
-"""Prefect flows of readl: ``retrain`` (scheduled, work pool ``cpu``) and ``train-on-gpu`` (work pool ``gpu``); see prefect.yaml."""
+"""Prefect flows of readl: ``retrain`` (scheduled, work pool ``cpu``) and ``train-on-gpu`` (work pool ``gpu``); see
+prefect.yaml."""

@@ -4,7 +4,8 @@ Stages run through DVC (``dvc repro -s <stage>``, see ``flows/stages.py``): cura
 evaluate, register; then ``promote`` moves ``champion`` when the gate passes (a refusal is a decision, not a failure:
 the flow completes and the summary says why). With ``gpu_deployment`` set (the ``retrain`` deployment in
 prefect.yaml sets ``train-on-gpu/train-on-gpu``) the training stages (warmup, then train) run as that
-deployment on the ``gpu`` work pool, one flow run each, and come back through the DVC remote; without it everything runs here.
+deployment on the ``gpu`` work pool, one flow run each, and come back through the DVC remote; without it everything
+runs here.
 
 Run locally, no Prefect server needed (ephemeral mode), training in-process on the tiny kit by default::
 
@@ -56,10 +57,21 @@ def tracking_uri_for(workdir: Path) -> str:
     return uri
 
 
-@task(name="train-on-gpu", retries=2, retry_delay_seconds=RETRY_DELAYS[1:], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_if_transient)  # fmt: skip
-def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5.0, stage: str = "train",
-                 dvc_remote: str | None = None) -> dict:  # fmt: skip
+@task(
+    name="train-on-gpu",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS[1:],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
+def train_remote(
+    deployment: str,
+    lock: str,
+    timeout_s: float,
+    poll_s: float = 5.0,
+    stage: str = "train",
+    dvc_remote: str | None = None,
+) -> dict:
     """Run one training stage (``warmup`` or ``train``) as ``deployment`` (work pool ``gpu``) and wait for it.
 
     A crashed run (worker or infrastructure died, e.g. preemption / OOM kill) is transient and retried (training
@@ -76,8 +88,10 @@ def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5
     state = fr.state
     what = f"GPU flow run {fr.name!r} ({fr.id}) of {deployment!r}"
     if state is None or not state.is_final():
-        raise StageError(f"{what} did not finish within {timeout_s:.0f} s (state {state.name if state else None}); "
-                         f"is a worker serving work pool 'gpu'? (`prefect worker start --pool gpu`)")  # fmt: skip
+        raise StageError(
+            f"{what} did not finish within {timeout_s:.0f} s (state {state.name if state else None}); "
+            f"is a worker serving work pool 'gpu'? (`prefect worker start --pool gpu`)"
+        )
     if state.is_crashed():
         raise TransientStageError(f"{what} crashed: {state.message}")
     if not state.is_completed():
@@ -85,8 +99,13 @@ def train_remote(deployment: str, lock: str, timeout_s: float, poll_s: float = 5
     return {"flow_run_id": str(fr.id), "flow_run_name": fr.name, "state": state.name}
 
 
-@task(name="promote", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_jitter_factor=0.5,
-      retry_condition_fn=lambda t, r, s: _transient_registry_error(s))  # fmt: skip
+@task(
+    name="promote",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS[:2],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=lambda t, r, s: _transient_registry_error(s),
+)
 def promote_task(workdir: str) -> dict:
     """``readl promote`` (the gate) for the checkout's params; returns the decision (a refusal is not an error)."""
     from readl.config import load_params
@@ -124,32 +143,53 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * float(v):.1f}"
 
 
-def _summary(wd: Path, stages: list[dict], gpu: dict | None, decision: dict | None, elapsed: float) -> tuple[str, list[dict]]:
+def _summary(
+    wd: Path, stages: list[dict], gpu: dict | None, decision: dict | None, elapsed: float
+) -> tuple[str, list[dict]]:
     metrics = json.loads((wd / "metrics.json").read_text()) if (wd / "metrics.json").is_file() else {}
-    registered = json.loads((wd / "models/registered.json").read_text()) if (wd / "models/registered.json").is_file() else {}
+    registered = (
+        json.loads((wd / "models/registered.json").read_text()) if (wd / "models/registered.json").is_file() else {}
+    )
     rows = []
     for name, d in [*metrics.get("datasets", {}).items(), ("mean", metrics)]:
         if not d:
             continue
-        rows.append({"dataset": name, "image AUROC": _pct(d.get("image", {}).get("AUROC")),
-                     "image ACC": _pct(d.get("image", {}).get("ACC")), "pixel AUROC": _pct(d.get("pixel", {}).get("AUROC")),
-                     "pixel AUPRO": _pct(d.get("pixel", {}).get("AUPRO"))})  # fmt: skip
+        rows.append(
+            {
+                "dataset": name,
+                "image AUROC": _pct(d.get("image", {}).get("AUROC")),
+                "image ACC": _pct(d.get("image", {}).get("ACC")),
+                "pixel AUROC": _pct(d.get("pixel", {}).get("AUROC")),
+                "pixel AUPRO": _pct(d.get("pixel", {}).get("AUPRO")),
+            }
+        )
     md = [f"# readl retrain ({elapsed:.0f} s)", "", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     if rows:
         md += ["", "## Metrics (%)", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         md += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
     if registered:
-        md += ["", f"Registered **{registered['name']}** version **{registered['version']}** "
-               f"(run `{registered['run_id']}`, aliases {', '.join(registered.get('aliases', []))})."]  # fmt: skip
+        md += [
+            "",
+            f"Registered **{registered['name']}** version **{registered['version']}** "
+            f"(run `{registered['run_id']}`, aliases {', '.join(registered.get('aliases', []))}).",
+        ]
     if decision is not None:
         verdict = "promoted to champion" if decision["promoted"] else "NOT promoted"
-        md += ["", "## Promotion", "", f"Challenger version {decision['challenger']}: **{verdict}**; "
-               f"champion {decision['champion_before']} -> {decision['champion_after']}. {decision['reason']}"]  # fmt: skip
+        md += [
+            "",
+            "## Promotion",
+            "",
+            f"Challenger version {decision['challenger']}: **{verdict}**; "
+            f"champion {decision['champion_before']} -> {decision['champion_after']}. {decision['reason']}",
+        ]
         if decision["checks"]:
             md += ["", "| scope | metric | champion | challenger | rule | ok | note |", "|---|---|---|---|---|---|---|"]
-            md += [f"| {c['scope']} | {c['metric']} | {_pct(c['champion'])} | {_pct(c['challenger'])} | {c['rule']} | "
-                   f"{'yes' if c['passed'] else 'NO'} | {c['note']} |" for c in decision["checks"]]  # fmt: skip
+            md += [
+                f"| {c['scope']} | {c['metric']} | {_pct(c['champion'])} | {_pct(c['challenger'])} | {c['rule']} | "
+                f"{'yes' if c['passed'] else 'NO'} | {c['note']} |"
+                for c in decision["checks"]
+            ]
     links = []
     if decision and decision.get("url"):
         links.append(f"- MLflow model version: {decision['url']}")
@@ -174,9 +214,17 @@ def _flow_run_link(flow_run_id: str, name: str) -> str:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull: bool = True,
-            push: bool | None = None, promote: bool = True, stages: list[str] = list(STAGES),
-            train_timeout_s: float = 24 * 3600, poll_s: float = 5.0, dvc_remote: str | None = None) -> dict:  # fmt: skip
+def retrain(
+    workdir: str | None = None,
+    gpu_deployment: str | None = None,
+    pull: bool = True,
+    push: bool | None = None,
+    promote: bool = True,
+    stages: list[str] = list(STAGES),  # noqa: B006 (a Prefect parameter; its default shows in the UI)
+    train_timeout_s: float = 24 * 3600,
+    poll_s: float = 5.0,
+    dvc_remote: str | None = None,
+) -> dict:
     """Retrain end to end through DVC, register the model, run the promotion gate, publish a summary.
 
     Args:
@@ -218,8 +266,13 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
             t1 = time.monotonic()
             gpu = train_remote(gpu_deployment, lock, train_timeout_s, poll_s, stage=stage, dvc_remote=dvc_remote)
             restored = repro(stage, str(wd), restore_only=True)
-            done.append({**restored, "status": f"{restored['status']} (ran on GPU worker)",
-                         "seconds": round(time.monotonic() - t1, 1)})  # fmt: skip
+            done.append(
+                {
+                    **restored,
+                    "status": f"{restored['status']} (ran on GPU worker)",
+                    "seconds": round(time.monotonic() - t1, 1),
+                }
+            )
         else:
             done.append(repro(stage, str(wd)))
     if push:
@@ -229,16 +282,22 @@ def retrain(workdir: str | None = None, gpu_deployment: str | None = None, pull:
         decision = _with_stage_decision(wd, decision)
     elapsed = time.monotonic() - t0
     markdown, rows = _summary(wd, done, gpu, decision, elapsed)
-    create_markdown_artifact(markdown=markdown, key="retrain-summary", description="readl retrain: stages, metrics, promotion")
+    create_markdown_artifact(
+        markdown=markdown, key="retrain-summary", description="readl retrain: stages, metrics, promotion"
+    )
     if rows:
         create_table_artifact(table=rows, key="retrain-metrics", description="readl evaluation metrics (%) per dataset")
     if decision is not None:
         log.info("promotion: %s", decision["reason"])
     registered = wd / "models/registered.json"
     return {
-        "workdir": str(wd), "stages": done, "gpu": gpu, "promotion": decision, "seconds": round(elapsed, 1),
+        "workdir": str(wd),
+        "stages": done,
+        "gpu": gpu,
+        "promotion": decision,
+        "seconds": round(elapsed, 1),
         "registered": json.loads(registered.read_text()) if registered.is_file() else None,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="train here (default)")
-    where.add_argument("--gpu-deployment", help=f"train as this deployment, e.g. {GPU_DEPLOYMENT} (needs a server + gpu worker)")
+    where.add_argument(
+        "--gpu-deployment", help=f"train as this deployment, e.g. {GPU_DEPLOYMENT} (needs a server + gpu worker)"
+    )
     ap.add_argument("--workdir", help="checkout (default: current directory)")
     ap.add_argument("--no-pull", action="store_true")
     ap.add_argument("--push", action="store_true", help="dvc push --run-cache (default only with --gpu-deployment)")
@@ -263,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     # an explicit PREFECT_SERVER_ANALYTICS_ENABLED wins (Prefect reads it itself)
     explicit = "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ
     with contextlib.nullcontext() if explicit else temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        result = retrain(workdir=a.workdir, gpu_deployment=a.gpu_deployment, pull=not a.no_pull,
-                         push=True if a.push else None, promote=not a.no_promote, dvc_remote=a.dvc_remote)  # fmt: skip
+        result = retrain(
+            workdir=a.workdir,
+            gpu_deployment=a.gpu_deployment,
+            pull=not a.no_pull,
+            push=True if a.push else None,
+            promote=not a.no_promote,
+            dvc_remote=a.dvc_remote,
+        )
     print(json.dumps({k: result[k] for k in ("stages", "promotion", "registered")}, indent=2, default=str))
     return 0
 

@@ -31,8 +31,21 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
-__all__ = ["StageError", "TransientStageError", "RETRIES", "RETRY_DELAYS", "retry_if_transient", "dvc_bin",
-           "workdir_of", "code_checkout", "sync_checkout", "prepare_workdir", "run_dvc", "dvc", "repro"]  # fmt: skip
+__all__ = [
+    "StageError",
+    "TransientStageError",
+    "RETRIES",
+    "RETRY_DELAYS",
+    "retry_if_transient",
+    "dvc_bin",
+    "workdir_of",
+    "code_checkout",
+    "sync_checkout",
+    "prepare_workdir",
+    "run_dvc",
+    "dvc",
+    "repro",
+]
 
 RETRIES = 3
 RETRY_DELAYS = [10, 60, 300]  # seconds (x0.5-1.5 jitter): a remote or a server that hiccups / restarts
@@ -110,8 +123,10 @@ def sync_checkout(workdir: Path, source: Path) -> str:
         StageError: ``source`` is not a git checkout, or git failed.
     """
     if not (source / ".git").exists():
-        raise StageError(f"{source} is not a git checkout, so it cannot be copied into the work directory {workdir}; "
-                         f"run the flow with workdir=None (stages run in the checkout itself)")  # fmt: skip
+        raise StageError(
+            f"{source} is not a git checkout, so it cannot be copied into the work directory {workdir}; "
+            f"run the flow with workdir=None (stages run in the checkout itself)"
+        )
     commit = _git(["rev-parse", "HEAD"], source)
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / ".git").exists():
@@ -172,8 +187,15 @@ def run_dvc(args: list[str], workdir: Path, stop_on: str | None = None, log=None
     """
     cmd = [dvc_bin(), *args]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     stopped = False
     assert proc.stdout is not None
@@ -201,15 +223,27 @@ def run_dvc(args: list[str], workdir: Path, stop_on: str | None = None, log=None
     return out
 
 
-@task(name="dvc", task_run_name="dvc {args}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)  # fmt: skip
+@task(
+    name="dvc",
+    task_run_name="dvc {args}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
 def dvc(args: list[str], workdir: str) -> str:
     """``dvc ARGS`` in ``workdir`` as a task (pull, push ...); retried on transient failures."""
     return run_dvc(list(args), Path(workdir), log=get_run_logger())
 
 
-@task(name="repro", task_run_name="dvc repro {stage}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)  # fmt: skip
+@task(
+    name="repro",
+    task_run_name="dvc repro {stage}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
 def repro(stage: str, workdir: str, pull: bool = False, restore_only: bool = False) -> dict:
     """``dvc repro -s STAGE`` (``--pull``: fetch missing data and the remote's run cache first).
 
@@ -223,8 +257,9 @@ def repro(stage: str, workdir: str, pull: bool = False, restore_only: bool = Fal
     t0 = time.monotonic()
     args = ["repro", "-s", stage] + (["--pull"] if pull or restore_only else [])
     try:
-        out = run_dvc(args, Path(workdir), stop_on=f"Running stage '{stage}'" if restore_only else None,
-                      log=get_run_logger())  # fmt: skip
+        out = run_dvc(
+            args, Path(workdir), stop_on=f"Running stage '{stage}'" if restore_only else None, log=get_run_logger()
+        )
     except StageError as exc:
         if not restore_only or isinstance(exc, TransientStageError):
             raise
@@ -232,6 +267,7 @@ def repro(stage: str, workdir: str, pull: bool = False, restore_only: bool = Fal
             f"stage {stage!r} ran on another worker but DVC could not restore it here from the run cache, so it "
             f"would run on this worker (stopped). Check that the other worker pushes with `dvc push --run-cache` "
             f"to this checkout's default remote, that both use the same commit, params and inputs, and that all "
-            f"of the stage's outputs are cached (no `cache: false`).\n{exc}") from None
+            f"of the stage's outputs are cached (no `cache: false`).\n{exc}"
+        ) from None
     status = "restored" if "skipping run" in out else "unchanged" if "didn't change" in out else "ran"
     return {"stage": stage, "status": status, "seconds": round(time.monotonic() - t0, 1)}

@@ -26,8 +26,14 @@ __all__ = ["train_on_gpu"]
 
 
 @flow(name="train-on-gpu", log_prints=True)
-def train_on_gpu(lock: str | None = None, stage: str = "train", workdir: str | None = None, pull: bool = True,
-                 push: bool = True, dvc_remote: str | None = None) -> dict:  # fmt: skip
+def train_on_gpu(
+    lock: str | None = None,
+    stage: str = "train",
+    workdir: str | None = None,
+    pull: bool = True,
+    push: bool = True,
+    dvc_remote: str | None = None,
+) -> dict:
     """Run one DVC stage (``train``) on this worker and publish its outputs through the DVC remote.
 
     Args:

@@ -2,7 +2,8 @@
 before a ```bash fence, at any indent), make a fresh project copy, run a block with bash in its own process group
 (servers it starts in the background are stopped after, with the group), substitute a port number only.
 
-Used by tests/integration/test_readme.py, tests/integration/test_readme_prefect.py and tests/integration/test_pipeline_e2e.py.
+Used by tests/integration/test_readme.py, tests/integration/test_readme_prefect.py and
+tests/integration/test_pipeline_e2e.py.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ def readme_blocks(readme: Path = REPO / "README.md") -> dict[str, str]:
     found = _MARKED.findall(readme.read_text())
     names = [name for _, name, _ in found]
     assert len(names) == len(set(names)), f"README.md: duplicate readme-test names {names}"
-    return {name: textwrap.dedent("\n".join(line[len(indent):] if line.startswith(indent) else line
-                                            for line in body.split("\n"))) + "\n"
-            for indent, name, body in found}  # fmt: skip
+    return {
+        name: textwrap.dedent(
+            "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in body.split("\n"))
+        )
+        + "\n"
+        for indent, name, body in found
+    }
 
 
 def with_port(block: str, readme_port: int, port: int) -> str:
@@ -70,9 +75,16 @@ def user_env(work: Path, **extra: str) -> dict[str, str]:
     """The environment of a user in ``work`` with the venv activated (its bin first on PATH, its code = ``src``)."""
     own = ("MLFLOW_", "PREFECT_", "AWS_", "READL_DVC", "READL_GIT")  # the user's settings: the blocks set them
     env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
-    env.update(PATH=f"{work / '.venv' / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(work / "src"), READL_DEVICE="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               DVC_NO_ANALYTICS="1", **GIT_ID, **extra)  # fmt: skip
+    env.update(
+        PATH=f"{work / '.venv' / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=str(work / "src"),
+        READL_DEVICE="cpu",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        DVC_NO_ANALYTICS="1",
+        **GIT_ID,
+        **extra,
+    )
     return env
 
 
@@ -80,8 +92,9 @@ def fresh_copy(dst: Path, params=None) -> Path:
     """The repository's files (tracked and untracked, not ignored) committed in a new git repository at ``dst``,
     data not pulled, ``params`` (a function of params.yaml's text) applied before the commit, and ``.venv`` = this
     venv (pyproject.toml and constraints.txt dated before it, so ``make`` finds the install up to date)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if (REPO / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +122,9 @@ class Ran:
     pgid: int
 
     def check(self, what: str) -> Ran:
-        assert self.returncode == 0, f"README block {what} failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-4000:]}"
+        assert self.returncode == 0, (
+            f"README block {what} failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-4000:]}"
+        )
         return self
 
 
@@ -119,8 +134,9 @@ def run_block(block: str, cwd: Path, env: dict, timeout: float, logs: Path, stop
     logs.mkdir(parents=True, exist_ok=True)
     out, err = logs / "stdout", logs / "stderr"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, stdout=o, stderr=e,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, stdout=o, stderr=e, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

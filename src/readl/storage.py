@@ -19,8 +19,15 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["ENDPOINT_ENV_VARS", "StorageError", "object_size", "parse_s3_url", "resolve_endpoint",
-           "s3_client", "s3_errors"]
+__all__ = [
+    "ENDPOINT_ENV_VARS",
+    "StorageError",
+    "object_size",
+    "parse_s3_url",
+    "resolve_endpoint",
+    "s3_client",
+    "s3_errors",
+]
 
 ENDPOINT_ENV_VARS = ("READL_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 """Environment variables read, in order, when no endpoint is given."""
@@ -54,9 +61,15 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parsed.netloc, key
 
 
-def s3_client(endpoint_url: str | None = None, *, unsigned: bool = False,
-              region_name: str | None = None, max_attempts: int = 5,
-              connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Any:
+def s3_client(
+    endpoint_url: str | None = None,
+    *,
+    unsigned: bool = False,
+    region_name: str | None = None,
+    max_attempts: int = 5,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+) -> Any:
     """A boto3 S3 client (``botocore.client.S3``).
 
     Args:
@@ -80,7 +93,8 @@ def s3_client(endpoint_url: str | None = None, *, unsigned: bool = False,
     region = region_name or session.region_name or "us-east-1"
     config = Config(
         retries={"max_attempts": max_attempts, "mode": "standard"},
-        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         signature_version=UNSIGNED if unsigned else None,
         s3={"addressing_style": "path"} if endpoint else None,
         # validate response checksums only when asked: some S3-compatible servers return the
@@ -104,40 +118,48 @@ def s3_errors(client: Any, bucket: str, key: str | None = None):
     Unreachable endpoint, missing bucket/object, access denied / bad credentials, no credentials.
     Other ``ClientError`` codes are re-raised as StorageError with the server's code and message.
     """
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     ConnectionClosedError, ReadTimeoutError,
-                                     ConnectTimeoutError)
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     where = _where(client, bucket, key)
     try:
         yield
-    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError,
-            ReadTimeoutError) as exc:
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as exc:
         raise StorageError(
             f"cannot reach the S3 endpoint for {where}: {exc}. Check the address "
             f"(--endpoint-url, ${ENDPOINT_ENV_VARS[0]} or $AWS_ENDPOINT_URL) and that the server "
-            f"is running; retries are exhausted.") from None
+            f"is running; retries are exhausted."
+        ) from None
     except NoCredentialsError:
         raise StorageError(
             f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID / "
             f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment, or read a public bucket "
-            f"unsigned.") from None
+            f"unsigned."
+        ) from None
     except ClientError as exc:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
             what = "bucket" if code == "NoSuchBucket" else "object"
-            raise StorageError(f"{what} not found: {where}. Check the bucket and key (and the "
-                               f"endpoint).") from None
-        if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
-                    "SignatureDoesNotMatch", "AllAccessDisabled") or status == 403:
+            raise StorageError(f"{what} not found: {where}. Check the bucket and key (and the endpoint).") from None
+        if (
+            code
+            in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
+            or status == 403
+        ):
             raise StorageError(
                 f"access denied to {where} ({code or status}): check the credentials in the "
                 f"environment / AWS config (they are never read from the command line), and "
-                f"that the key may read this bucket; a public bucket must be read unsigned.") from None
-        raise StorageError(f"S3 error on {where}: {code or status}: "
-                           f"{err.get('Message', exc)}") from None
+                f"that the key may read this bucket; a public bucket must be read unsigned."
+            ) from None
+        raise StorageError(f"S3 error on {where}: {code or status}: {err.get('Message', exc)}") from None
 
 
 def object_size(client: Any, bucket: str, key: str) -> int:

@@ -36,22 +36,56 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "RegistryError", "TrackingUnavailableError", "AliasNotFoundError", "ArtifactStoreError",
-    "HTTP_ENV_DEFAULTS", "tracking_uri", "ensure_store", "connect", "mlflow_session", "is_transient", "with_retries", "artifact_errors", "call", "describe",
-]  # fmt: skip
+    "DEFAULT_TRACKING_URI",
+    "RegistryError",
+    "TrackingUnavailableError",
+    "AliasNotFoundError",
+    "ArtifactStoreError",
+    "HTTP_ENV_DEFAULTS",
+    "tracking_uri",
+    "ensure_store",
+    "connect",
+    "mlflow_session",
+    "is_transient",
+    "with_retries",
+    "artifact_errors",
+    "call",
+    "describe",
+]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TRANSIENT_TEXT = (
-    "database is locked", "database table is locked", "integrityerror", "unique constraint failed",
-    "duplicate key value", "deadlock", "connection refused", "connection reset", "connection aborted",
-    "remotedisconnected", "max retries exceeded", "timed out", "timeout", "temporarily unavailable",
-    "too many 500 error responses", "too many 502 error responses", "too many 503 error responses",
-    "too many 504 error responses", "service unavailable", "bad gateway", "slowdown", "throttl",
-)  # fmt: skip
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}  # INTERNAL_ERROR: by text
+    "database is locked",
+    "database table is locked",
+    "integrityerror",
+    "unique constraint failed",
+    "duplicate key value",
+    "deadlock",
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "remotedisconnected",
+    "max retries exceeded",
+    "timed out",
+    "timeout",
+    "temporarily unavailable",
+    "too many 500 error responses",
+    "too many 502 error responses",
+    "too many 503 error responses",
+    "too many 504 error responses",
+    "service unavailable",
+    "bad gateway",
+    "slowdown",
+    "throttl",
+)
+_TRANSIENT_CODES = {
+    "TEMPORARILY_UNAVAILABLE",
+    "REQUEST_LIMIT_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+}  # INTERNAL_ERROR: by text
 
 
 class RegistryError(RuntimeError):
@@ -114,8 +148,10 @@ def ensure_store(uri: str | None = None) -> None:
         if db.is_file():  # a read-only folder with an existing store: nothing to create
             log.debug("no lock file beside %s (%s): using the existing store", db, exc)
             return
-        raise RegistryError(f"cannot create the MLflow sqlite store {db} ({exc}); check the folder's "
-                            f"permissions or set MLFLOW_TRACKING_URI") from exc  # fmt: skip
+        raise RegistryError(
+            f"cannot create the MLflow sqlite store {db} ({exc}); check the folder's "
+            f"permissions or set MLFLOW_TRACKING_URI"
+        ) from exc
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -244,15 +280,27 @@ def is_transient(exc: BaseException) -> bool:
         if status >= 500 or status == 429 or str(err.get("Code", "")) in ("SlowDown", "Throttling", "RequestTimeout"):
             return True
     name = type(exc).__name__
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                "ConnectionError", "OperationalError"):  # fmt: skip
+    if name in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ConnectionError",
+        "OperationalError",
+    ):
         return True
     text = f"{name} {exc}".lower()
     return any(t in text for t in _TRANSIENT_TEXT)
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.25,
-                 max_delay: float = 8.0, retry_if: Callable[[BaseException], bool] = is_transient) -> T:  # fmt: skip
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int = 6,
+    base_delay: float = 0.25,
+    max_delay: float = 8.0,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+) -> T:
     """Call ``fn()``; on a transient failure sleep ``base_delay * 2**i`` (x0.5-1.5 jitter, at most ``max_delay``
     seconds) and try again, ``attempts`` calls in total.
 
@@ -266,8 +314,15 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
             if i + 1 >= attempts or not retry_if(exc):
                 raise
             delay = min(max_delay, base_delay * 2**i) * random.uniform(0.5, 1.5)
-            log.warning("%s: transient failure (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__,
-                        str(exc).splitlines()[0][:300] if str(exc) else "", i + 1, attempts - 1, delay)  # fmt: skip
+            log.warning(
+                "%s: transient failure (%s: %s); retry %d/%d in %.1f s",
+                what,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:300] if str(exc) else "",
+                i + 1,
+                attempts - 1,
+                delay,
+            )
     raise AssertionError("unreachable")
 
 
@@ -298,24 +353,33 @@ class artifact_errors:  # noqa: N801 (used as a context manager)
         if name == "NoCredentialsError":
             raise ArtifactStoreError(
                 f"{self.what}: no AWS credentials for the S3 artifact store ({_s3_endpoint()}): set "
-                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment.") from exc
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment."
+            ) from exc
         if module.startswith(("botocore", "boto3", "s3transfer")):
             response = getattr(exc, "response", None) or {}
             code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
             denied = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "(403)")
-            hint = ("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment and the "
-                    "bucket policy" if code in denied or any(d in text for d in denied)
-                    else "check MLFLOW_S3_ENDPOINT_URL, that the S3 server is up and the bucket exists")  # fmt: skip
-            err = ArtifactStoreError(f"{self.what}: S3 artifact store error at {_s3_endpoint()}: {name}: {text}; {hint}.")
+            hint = (
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment and the "
+                "bucket policy"
+                if code in denied or any(d in text for d in denied)
+                else "check MLFLOW_S3_ENDPOINT_URL, that the S3 server is up and the bucket exists"
+            )
+            err = ArtifactStoreError(
+                f"{self.what}: S3 artifact store error at {_s3_endpoint()}: {name}: {text}; {hint}."
+            )
             err.transient = is_transient(exc)  # type: ignore[attr-defined]
             raise err from exc
-        if "mlflow-artifacts" in text or "/api/2.0/mlflow-artifacts" in text or (
-            "artifact" in text.lower() and "500" in text
+        if (
+            "mlflow-artifacts" in text
+            or "/api/2.0/mlflow-artifacts" in text
+            or ("artifact" in text.lower() and "500" in text)
         ):
             err = ArtifactStoreError(
                 f"{self.what}: the tracking server {self.uri} failed to store/serve the artifacts ({name}: "
                 f"{text.splitlines()[0][:500]}). Check the server's log and its artifact destination "
-                f"(S3 endpoint MLFLOW_S3_ENDPOINT_URL and AWS credentials in the server's environment).")  # fmt: skip
+                f"(S3 endpoint MLFLOW_S3_ENDPOINT_URL and AWS credentials in the server's environment)."
+            )
             err.transient = is_transient(exc)  # type: ignore[attr-defined]
             raise err from exc
         return False
@@ -339,11 +403,20 @@ def call(fn: Callable[[], T], what: str, uri: str | None = None, attempts: int =
         raise
     except Exception as exc:
         text = f"{type(exc).__name__} {exc}".lower()
-        if any(t in text for t in ("connection refused", "max retries exceeded", "connectionerror",
-                                   "failed to establish", "name or service not known")):  # fmt: skip
+        if any(
+            t in text
+            for t in (
+                "connection refused",
+                "max retries exceeded",
+                "connectionerror",
+                "failed to establish",
+                "name or service not known",
+            )
+        ):
             raise TrackingUnavailableError(
                 f"{what}: MLflow tracking server {uri} stopped answering ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300]}); check that it is running and MLFLOW_TRACKING_URI.") from exc
+                f"{str(exc).splitlines()[0][:300]}); check that it is running and MLFLOW_TRACKING_URI."
+            ) from exc
         raise
 
 

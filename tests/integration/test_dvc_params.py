@@ -23,11 +23,19 @@ def _dvc(root: Path, *args: str) -> str:
 
 def _stand_in(root: Path) -> None:
     real = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    chain = [("train", None, "trained"), ("calibrate", "trained", "calibrated"), ("evaluate", "calibrated", "evaluated")]
+    chain = [
+        ("train", None, "trained"),
+        ("calibrate", "trained", "calibrated"),
+        ("evaluate", "calibrated", "evaluated"),
+    ]
     stages = {}
     for name, dep, out in chain:
-        stages[name] = {"cmd": f"echo {name} > {out}", "params": real[name]["params"], "outs": [out],
-                        **({"deps": [dep]} if dep else {})}  # fmt: skip
+        stages[name] = {
+            "cmd": f"echo {name} > {out}",
+            "params": real[name]["params"],
+            "outs": [out],
+            **({"deps": [dep]} if dep else {}),
+        }
     root.mkdir()
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")

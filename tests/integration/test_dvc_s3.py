@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
 
@@ -29,22 +28,27 @@ def test_push_and_pull_through_s3_remote(s3_server, tmp_path):
         (data / "grid" / f"{i:03d}.bin").write_bytes(os.urandom(2000 + i))
     (data / "SOURCES.md").write_text("constructed test files\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DVC_"))}
-    env.update(DVC_NO_ANALYTICS="1", HOME=str(tmp_path / "home"),
-               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               GIT_CONFIG_NOSYSTEM="1")
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        HOME=str(tmp_path / "home"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        GIT_CONFIG_NOSYSTEM="1",
+    )
     run(["git", "init", "-q"], repo, env)
     run([DVC, "init", "-q"], repo, env)
     run([DVC, "add", "-q", "data/raw"], repo, env)
     # what the README documents: the remote in .dvc/config, endpoint and keys in config.local
     run([DVC, "remote", "add", "s3", "s3://readl-test/raw"], repo, env)
-    for key, value in (("endpointurl", s3_server.endpoint),
-                       ("access_key_id", s3_server.access_key),
-                       ("secret_access_key", s3_server.secret_key)):
+    for key, value in (
+        ("endpointurl", s3_server.endpoint),
+        ("access_key_id", s3_server.access_key),
+        ("secret_access_key", s3_server.secret_key),
+    ):
         run([DVC, "remote", "modify", "--local", "s3", key, value], repo, env)
     assert s3_server.secret_key not in (repo / ".dvc" / "config").read_text()
     run([DVC, "push", "-q", "-r", "s3"], repo, env)
-    stored = [o["Key"] for o in s3_server.client().list_objects_v2(
-        Bucket="readl-test", Prefix="raw/")["Contents"]]
+    stored = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="readl-test", Prefix="raw/")["Contents"]]
     assert len(stored) == 5 and all(k.startswith("raw/files/md5/") for k in stored)  # 4 + .dir
 
     before = tmp_path / "before"
@@ -55,8 +59,11 @@ def test_push_and_pull_through_s3_remote(s3_server, tmp_path):
     cmp = filecmp.dircmp(before, data)
     assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
     assert not filecmp.dircmp(before / "grid", data / "grid").diff_files
-    assert filecmp.cmpfiles(before / "grid", data / "grid", ["000.bin", "001.bin", "002.bin"],
-                            shallow=False)[0] == ["000.bin", "001.bin", "002.bin"]
+    assert filecmp.cmpfiles(before / "grid", data / "grid", ["000.bin", "001.bin", "002.bin"], shallow=False)[0] == [
+        "000.bin",
+        "001.bin",
+        "002.bin",
+    ]
 
 
 def test_project_declares_optional_s3_remote():

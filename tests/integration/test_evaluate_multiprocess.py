@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import free_port as _free_port
 from typer.testing import CliRunner
 
 from readl.cli import app
 
-from support import free_port as _free_port
-
 REPO = Path(__file__).resolve().parents[2]
-
 
 
 @pytest.mark.slow
@@ -28,7 +26,9 @@ def test_two_processes_give_the_metrics_of_one(tiny_dir, sample_dir, tmp_path, m
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     (work / "data" / "raw").symlink_to(sample_dir)
-    (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12"))
+    (work / "params.yaml").write_text(
+        (REPO / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12")
+    )
     monkeypatch.chdir(work)
     runner = CliRunner()
     for cmd in (["curate"], ["calibrate", "--adapter", "none"], ["evaluate", "--adapter", "none"]):  # the base model
@@ -38,8 +38,20 @@ def test_two_processes_give_the_metrics_of_one(tiny_dir, sample_dir, tmp_path, m
     shutil.rmtree(work / "reports" / "predictions" / "eval")  # the 2-process run predicts everything again
     (work / "metrics.json").unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1", READL_TINY_DIR=str(tiny_dir), PYTHONPATH=str(REPO / "src"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "readl.cli", "evaluate", "--adapter", "none"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "readl.cli",
+        "evaluate",
+        "--adapter",
+        "none",
+    ]
     run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr

@@ -29,20 +29,40 @@ if str(REPO) not in sys.path:
 TINY = {
     "model": {"base": "tiny", "image_size": 112, "max_new_tokens": 8, "batch_size": 4},
     "curate": {
-        "image_size": 112, "workers": 1,
+        "image_size": 112,
+        "workers": 1,
         "train": [{"name": "hazelnut_toy", "layout": "mvtec", "root": "hazelnut_toy", "normal": 2, "anomalous": 2}],
         "calib": [{"name": "hazelnut_toy", "layout": "mvtec", "root": "hazelnut_toy", "normal": 2, "anomalous": 2}],
-        "eval": [{"name": "mvtec_ad", "layout": "mvtec", "root": "mvtec_ad", "published_splits": ["test"],
-                  "normal": 2, "anomalous": 2}],
+        "eval": [
+            {
+                "name": "mvtec_ad",
+                "layout": "mvtec",
+                "root": "mvtec_ad",
+                "published_splits": ["test"],
+                "normal": 2,
+                "anomalous": 2,
+            }
+        ],
     },
-    "train": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 8,
-              "save_steps": 100, "lora": {"r": 4, "alpha": 8},
-              "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False}},
-    "warmup": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100, "logging_steps": 1,
-               "lr_scheduler_type": "constant"},  # 2 cosine steps would halve the little it learns
+    "train": {
+        "max_steps": 1,
+        "num_generations": 2,
+        "per_device_train_batch_size": 4,
+        "max_completion_length": 8,
+        "save_steps": 100,
+        "lora": {"r": 4, "alpha": 8},
+        "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False},
+    },
+    "warmup": {
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "save_steps": 100,
+        "logging_steps": 1,
+        "lr_scheduler_type": "constant",
+    },  # 2 cosine steps would halve the little it learns
     "evaluate": {"gallery_per_dataset": 1, "bootstrap_resamples": 20},
     "register": {"model_name": "readl-flow"},
-}  # fmt: skip
+}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -86,15 +106,16 @@ def test_dvc_failures_are_classified(tmp_path):
     with pytest.raises(StageError, match="no dvc.yaml"):
         workdir_of(str(tmp_path))
     _dvc(["init", "--no-scm", "-q"], tmp_path)
-    (tmp_path / "dvc.yaml").write_text("stages:\n  boom:\n    cmd: python -c \"raise SystemExit(3)\"\n")
+    (tmp_path / "dvc.yaml").write_text('stages:\n  boom:\n    cmd: python -c "raise SystemExit(3)"\n')
     with pytest.raises(StageError, match=r"(?s)failed \(exit \d+\).*exited with 3") as exc:
         run_dvc(["repro", "-s", "boom"], tmp_path)
     assert not isinstance(exc.value, TransientStageError)
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  flaky:\n    cmd: python -c \"import sys; print('Connection refused'); sys.exit(1)\"\n")
+        "stages:\n  flaky:\n    cmd: python -c \"import sys; print('Connection refused'); sys.exit(1)\"\n"
+    )
     with pytest.raises(TransientStageError):
         run_dvc(["repro", "-s", "flaky"], tmp_path)
-    (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python -c \"import time; time.sleep(60)\"\n")
+    (tmp_path / "dvc.yaml").write_text('stages:\n  slow:\n    cmd: python -c "import time; time.sleep(60)"\n')
     # stopped, not finished: a stage that ran its 60 s would exit 0 and raise nothing
     with pytest.raises(StageError, match="started \"Running stage 'slow'\" on this worker and was stopped"):
         run_dvc(["repro", "-s", "slow"], tmp_path, stop_on="Running stage 'slow'")
@@ -104,14 +125,22 @@ def test_train_stage_is_run_cacheable():
     """The train stage runs on the GPU worker and returns through DVC's run cache, which DVC only keeps for stages
     whose outputs are all cached (or metrics/plots): no `cache: false` / `persist` on the train stage's outs."""
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
-    bad = [o for o in stage.get("outs", []) if isinstance(o, dict) and any(
-        (v or {}).get("cache") is False or (v or {}).get("persist") for v in o.values())]  # fmt: skip
+    bad = [
+        o
+        for o in stage.get("outs", [])
+        if isinstance(o, dict) and any((v or {}).get("cache") is False or (v or {}).get("persist") for v in o.values())
+    ]
     assert not bad, f"dvc.yaml stage train: make these outputs cached (drop `cache: false` / `persist`): {bad}"
 
 
 def _git(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -142,7 +171,9 @@ def test_workdir_is_a_persistent_checkout_of_the_clone(tmp_path, monkeypatch):
     _git(["commit", "-qam", "two"], clone)
 
     assert stages.prepare_workdir(str(tmp_path / "work")) == wd
-    assert (wd / "params.yaml").read_text() == "a: 2\n" and _git(["rev-parse", "HEAD"], wd) == _git(["rev-parse", "HEAD"], clone)
+    assert (wd / "params.yaml").read_text() == "a: 2\n" and _git(["rev-parse", "HEAD"], wd) == _git(
+        ["rev-parse", "HEAD"], clone
+    )
     assert (wd / "models/checkpoints/checkpoint-2").is_dir() and "remote = s3" in (wd / ".dvc/config.local").read_text()
     with pytest.raises(stages.StageError, match="default remote must be present"):
         stages.prepare_workdir(str(wd), dvc_remote="nosuch")
@@ -166,8 +197,9 @@ def test_local_run_sends_no_telemetry_unless_asked(monkeypatch, capsys):
     """`python -m flows.retrain --local` starts Prefect's ephemeral server, whose telemetry service logged
     "ERROR ... Failed to send telemetry" on every offline run: the run has analytics off unless
     PREFECT_SERVER_ANALYTICS_ENABLED says otherwise."""
-    import flows.retrain as retrain_mod
     from prefect.settings import get_current_settings
+
+    import flows.retrain as retrain_mod
 
     seen = []
 

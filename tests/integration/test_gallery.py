@@ -22,10 +22,23 @@ def _result(path: str, label: int, score: float, mask: str | None = None, answer
     w = np.array([0, 0.2, 0, 0, 1.0, 0.5, 0, 0], np.float64)
     amap = np.zeros((15, 15), np.float32)
     amap[4:7, 5:9] = 2.5  # a blob: the colour bar must read 0 .. 2.5
-    return ImageResult(dataset="mvtec_ad", category="grid", label=label, image_path=f"{GRID}/{path}",
-                       mask_path=mask and f"{GRID}/{mask}", answer=answer, format_ok=not malformed,
-                       malformed=malformed, score=score, reasoning="".join(tokens), reference=None, tokens=tokens,
-                       maps={"both": amap}, weights=w, real_map=amap)  # fmt: skip
+    return ImageResult(
+        dataset="mvtec_ad",
+        category="grid",
+        label=label,
+        image_path=f"{GRID}/{path}",
+        mask_path=mask and f"{GRID}/{mask}",
+        answer=answer,
+        format_ok=not malformed,
+        malformed=malformed,
+        score=score,
+        reasoning="".join(tokens),
+        reference=None,
+        tokens=tokens,
+        maps={"both": amap},
+        weights=w,
+        real_map=amap,
+    )
 
 
 @pytest.fixture()
@@ -43,9 +56,11 @@ def results():
 def test_gallery_picks_the_extremes_of_each_label(results):
     picks = gallery_picks(results, per_dataset=4)
     assert [(r.image_path.split("/", 2)[2], why) for r, why in picks] == [
-        ("test/bent/000.png", "highest-scored anomalous image"), ("test/bent/002.png", "lowest-scored anomalous image"),
-        ("test/good/000.png", "highest-scored normal image"), ("test/good/002.png", "lowest-scored normal image"),
-    ]  # fmt: skip
+        ("test/bent/000.png", "highest-scored anomalous image"),
+        ("test/bent/002.png", "lowest-scored anomalous image"),
+        ("test/good/000.png", "highest-scored normal image"),
+        ("test/good/002.png", "lowest-scored normal image"),
+    ]
     assert len(gallery_picks(results, per_dataset=6)) == 6 and len(gallery_picks(results[:1], per_dataset=4)) == 1
 
 
@@ -72,22 +87,33 @@ def test_a_failed_gallery_write_keeps_the_previous_gallery_whole(results, sample
 
 
 def test_gallery_page_says_score_answer_decision_once(results, sample_dir, tmp_path):
-    index = write_gallery(tmp_path, results, sample_dir, per_dataset=4, threshold=0.6, threshold_source="f1_max, t.json")
+    index = write_gallery(
+        tmp_path, results, sample_dir, per_dataset=4, threshold=0.6, threshold_source="f1_max, t.json"
+    )
     page = index.read_text()
     figures = re.findall(r"<figure>.*?</figure>", page, flags=re.S)
     assert len(figures) == 4
-    for fig, (score, answer, decision, verdict) in zip(figures, [("0.910", "Yes", "anomalous", "correct"),
-                                                                 ("0.120", "No", "normal", "wrong"),
-                                                                 ("0.800", "Yes", "anomalous", "wrong"),
-                                                                 ("0.050", "No", "normal", "correct")]):  # fmt: skip
+    for fig, (score, answer, decision, verdict) in zip(
+        figures,
+        [
+            ("0.910", "Yes", "anomalous", "correct"),
+            ("0.120", "No", "normal", "wrong"),
+            ("0.800", "Yes", "anomalous", "wrong"),
+            ("0.050", "No", "normal", "correct"),
+        ],
+    ):
         assert f"P(Yes) <b>{score}</b>" in fig and f"answer <b>{answer}</b>" in fig
         assert f">{decision}</b> ({verdict})" in fig
-        assert fig.count("supercalifragilisticexpialidocious" * 4) == 1 and fig.count(" bent</mark>") == 1, "reasoning shown once"
+        assert fig.count("supercalifragilisticexpialidocious" * 4) == 1 and fig.count(" bent</mark>") == 1, (
+            "reasoning shown once"
+        )
     assert "t = 0.600 (f1_max, t.json)" in page and "overflow-wrap:anywhere" in page
     with Image.open(tmp_path / "gallery" / "mvtec_ad_00.png") as panel:
         assert panel.width <= 1000, "a panel fits the page width"
         strip = np.asarray(panel.convert("RGB"))[70:270, 3 * 256 + 3 * 8 + 4 : 3 * 256 + 3 * 8 + 16]  # the colour bar
-    assert strip[0].mean(0)[0] > strip[0].mean(0)[2] and strip[-1].mean(0)[2] > strip[-1].mean(0)[0], "red top, blue bottom"
+    assert strip[0].mean(0)[0] > strip[0].mean(0)[2] and strip[-1].mean(0)[2] > strip[-1].mean(0)[0], (
+        "red top, blue bottom"
+    )
 
 
 def test_annotated_overlay_keeps_the_image_at_the_top_left(sample_dir):
@@ -111,8 +137,10 @@ def test_gallery_renders_without_horizontal_scroll_in_headless_chromium(results,
     shot = tmp_path / "gallery.png"
     # the page's own width vs the window: a script writes the scroll width into the title, dumped with --dump-dom
     probe = index.with_name("probe.html")
-    probe.write_text(index.read_text() + "<script>document.title='W='+document.documentElement.scrollWidth+"
-                     "'/'+window.innerWidth</script>")  # fmt: skip
+    probe.write_text(
+        index.read_text() + "<script>document.title='W='+document.documentElement.scrollWidth+"
+        "'/'+window.innerWidth</script>"
+    )
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2000"]
     dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r"<title>W=(\d+)/(\d+)</title>", dom.stdout)

@@ -14,10 +14,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_gpu_check_runs_in_small_cpu_mode(tiny_dir):
-    env = dict(os.environ, READL_TINY_DIR=str(tiny_dir), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--layers", "2", "--device", "cpu"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = dict(
+        os.environ,
+        READL_TINY_DIR=str(tiny_dir),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--layers", "2", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     for header in ("1. teacher-forced forward", "2. generate", "3. one GRPO step with LoRA"):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from readme_blocks import reproduced_copy, user_env
 
 STAGES = ["curate", "warmup", "train", "calibrate", "evaluate", "register"]
@@ -89,8 +88,9 @@ def test_dvc_repro_from_a_fresh_copy(reproduced):
     # changing train.rewards re-runs train and everything after it, and only that
     params = (work / "params.yaml").read_text()
     assert "rewards: [format, accuracy, consistency]" in params
-    (work / "params.yaml").write_text(params.replace("rewards: [format, accuracy, consistency]",
-                                                     "rewards: [format, accuracy]"))  # fmt: skip
+    (work / "params.yaml").write_text(
+        params.replace("rewards: [format, accuracy, consistency]", "rewards: [format, accuracy]")
+    )
     out = _run(["dvc", "repro"], work, env)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert ran == {"train", "calibrate", "evaluate", "register"}

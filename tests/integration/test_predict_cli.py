@@ -23,8 +23,19 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
     truncated.write_bytes((sample_dir / "hazelnut_toy/hazelnut/test/good/04.jpg").read_bytes()[:3000])
     dot = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (255, 0, 0)).save(dot)  # below one merged 28x28 patch
-    args = ["predict", str(good[0]), str(not_image), str(truncated), str(dot), str(good[1]), "--out", "out", "--max-new-tokens", "8",
-            "--no-annotate"]  # the bare overlay, at the image's size
+    args = [
+        "predict",
+        str(good[0]),
+        str(not_image),
+        str(truncated),
+        str(dot),
+        str(good[1]),
+        "--out",
+        "out",
+        "--max-new-tokens",
+        "8",
+        "--no-annotate",
+    ]  # the bare overlay, at the image's size
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "notes.png" in result.output and "truncated.jpg" in result.output
@@ -33,11 +44,16 @@ def test_predict_writes_json_and_overlay_and_reports_bad_files(tiny_dir, sample_
         record = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
         assert set(record) >= {"reasoning", "answer", "format_ok", "score", "selected_tokens"}
         parsed = parse_completion(record["completion"])  # the record's fields agree with its own completion
-        assert (record["format_ok"], record["answer"], record["reasoning"]) == (parsed.format_ok, parsed.answer,
-                                                                                parsed.reasoning)  # fmt: skip
+        assert (record["format_ok"], record["answer"], record["reasoning"]) == (
+            parsed.format_ok,
+            parsed.answer,
+            parsed.reasoning,
+        )
         d = read_decision(None)  # no thresholds file: the default decision threshold
         assert record["threshold"]["value"] == d["value"]
-        assert record["decision"] == decide(image_score(record["score"], parsed.answer is None, d["malformed"]), d["value"])
+        assert record["decision"] == decide(
+            image_score(record["score"], parsed.answer is None, d["malformed"]), d["value"]
+        )
         assert record["selected_tokens"], "at least one token carries the map (fallback: all tokens)"
         for tok in record["selected_tokens"]:
             assert {"token", "s_t_hat", "s_i_hat", "w"} <= set(tok) and tok["w"] > 0
@@ -69,9 +85,13 @@ def project(tiny_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("predict-project")
     model, _ = load_model("tiny", device="cpu")
     get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
-        work / "models" / "adapter")  # fmt: skip
-    (work / "models" / "thresholds.json").write_text(json.dumps(
-        {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "false_alarm_rate"}}))  # fmt: skip
+        work / "models" / "adapter"
+    )
+    (work / "models" / "thresholds.json").write_text(
+        json.dumps(
+            {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "false_alarm_rate"}}
+        )
+    )
     return work
 
 
@@ -83,8 +103,11 @@ def test_predict_uses_the_trained_model_by_default_and_names_it(project, sample_
     result = CliRunner().invoke(app, ["predict", str(img), "--out", "out", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
     record = json.loads((project / "out" / "000.json").read_text())
-    assert record["model"] == {"base": "tiny", "adapter": f"sha256:{file_digest([project / 'models/adapter'])}",
-                               "registered": None}  # fmt: skip
+    assert record["model"] == {
+        "base": "tiny",
+        "adapter": f"sha256:{file_digest([project / 'models/adapter'])}",
+        "registered": None,
+    }
     assert record["thresholds"] == "models/thresholds.json" and record["tau"] == {"t": 0.4, "i": 0.5}
     assert record["threshold"] == {"value": 0.25, "rule": "false_alarm_rate", "source": "models/thresholds.json"}
     image_score = 0.5 if record["answer"] is None else record["score"]  # malformed: evaluate's fallback score
@@ -95,7 +118,9 @@ def test_predict_uses_the_trained_model_by_default_and_names_it(project, sample_
         caption = np.asarray(png.convert("L"))[src.height + 4 :, : src.width]
         assert (caption < 100).any(), "the caption is written under the image"
     # --adapter none: the base model, per-image rules unless thresholds are given
-    result = CliRunner().invoke(app, ["predict", str(img), "--out", "base", "--max-new-tokens", "8", "--adapter", "none"])
+    result = CliRunner().invoke(
+        app, ["predict", str(img), "--out", "base", "--max-new-tokens", "8", "--adapter", "none"]
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((project / "base" / "000.json").read_text())
     assert record["model"]["adapter"] is None and record["thresholds"].startswith("per-image rules")
@@ -113,7 +138,11 @@ def test_predict_errors_fit_the_command(tiny_dir, sample_dir, tmp_path, monkeypa
     out = run(img, "--params", "nothere.yaml")
     assert out.exit_code == 2 and "--params nothere.yaml: file not found" in out.output
     out = run(img, "--model", "readl-test/not-a-cached-model")  # HF_HUB_OFFLINE=1 (conftest): nothing to download
-    assert out.exit_code == 1 and "readl-test/not-a-cached-model" in out.output and "huggingface-cli download" in out.output
+    assert (
+        out.exit_code == 1
+        and "readl-test/not-a-cached-model" in out.output
+        and "huggingface-cli download" in out.output
+    )
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 4, out.output
     out = run(img, "--model", "models:/readl@champion")
     assert out.exit_code == 1 and "no MLflow registry" in out.output and "MLFLOW_TRACKING_URI" in out.output
@@ -163,8 +192,9 @@ def test_file_names_are_printed_as_they_are(tiny_dir, sample_dir, tmp_path, monk
         assert n in result.output, (n, result.output)
 
 
-def test_a_folder_is_read_recursively_and_inputs_are_checked_before_the_model_loads(tiny_dir, sample_dir, tmp_path,
-                                                                                     monkeypatch):
+def test_a_folder_is_read_recursively_and_inputs_are_checked_before_the_model_loads(
+    tiny_dir, sample_dir, tmp_path, monkeypatch
+):
     """Issue (new user): same-named inputs gave ambiguous rows; a folder was not accepted; a missing input was found
     only after the model had loaded."""
     import shutil

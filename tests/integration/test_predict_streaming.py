@@ -27,8 +27,11 @@ def _old_overlay(image, anomaly_map, alpha=0.5, cmap="jet"):
 def test_overlay_equals_the_float64_colormap(cmap):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (97, 131, 3), dtype=np.uint8))
-    maps = [rng.random((97, 131), dtype=np.float32), np.full((97, 131), 0.3, np.float32),
-            (np.arange(97 * 131, dtype=np.float32).reshape(97, 131) % 257) / 256]  # fmt: skip  bin edges
+    maps = [
+        rng.random((97, 131), dtype=np.float32),
+        np.full((97, 131), 0.3, np.float32),
+        (np.arange(97 * 131, dtype=np.float32).reshape(97, 131) % 257) / 256,
+    ]  # bin edges
     for m in maps:
         assert np.array_equal(np.asarray(overlay(image, m, cmap=cmap)), np.asarray(_old_overlay(image, m, cmap=cmap)))
 
@@ -45,8 +48,9 @@ def test_inputs_are_decoded_one_batch_at_a_time(tiny, sample_dir, tmp_path, monk
     monkeypatch.setattr(predict_mod, "open_image", lambda p: decoded.append(p) or real_open(p))
     monkeypatch.setattr(pred, "predict", lambda ims: at_call.append((len(decoded), len(ims))) or real_predict(ims))
     done = []
-    outcomes = predict_mod.predict_files(paths, pred, LocalizationConfig(), tmp_path / "out", batch_size=2,
-                                         progress=done.append)  # fmt: skip
+    outcomes = predict_mod.predict_files(
+        paths, pred, LocalizationConfig(), tmp_path / "out", batch_size=2, progress=done.append
+    )
     assert [n for _, n in at_call] == [2, 2, 1]
     assert [d for d, _ in at_call] == [2, 5, 6]  # decoded so far: up to this batch (+ the bad file), never all up front
     assert sum(done) == len(paths)

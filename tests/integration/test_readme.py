@@ -2,7 +2,8 @@
 (`make repro`, with fewer steps in the copy's params.yaml: tests/readme_blocks.py FEWER): `test`, `predict`,
 `serve` + one request, `mlflow` (server + the registry over REST), `s3-push` / `s3-pull` (another machine, a real
 local S3 server). Ports are the only substitution; servers are stopped with the block's process group. The
-Prefect blocks: tests/integration/test_readme_prefect.py; the pipeline's outputs after `repro`: tests/integration/test_pipeline_e2e.py."""
+Prefect blocks: tests/integration/test_readme_prefect.py; the pipeline's outputs after `repro`:
+tests/integration/test_pipeline_e2e.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from readme_blocks import BIN, free_port, readme_blocks, reproduced_copy, run_block, stop_group, user_env, with_port
 
-from readme_blocks import BIN, readme_blocks, reproduced_copy, run_block, stop_group, user_env, free_port, with_port
-
-BLOCKS = {"repro", "dvc", "test", "mlflow", "predict", "serve", "s3-push", "s3-pull", "prefect-deploy", "prefect-workers"}
+BLOCKS = {
+    "repro",
+    "dvc",
+    "test",
+    "mlflow",
+    "predict",
+    "serve",
+    "s3-push",
+    "s3-pull",
+    "prefect-deploy",
+    "prefect-workers",
+}
 
 
 def test_readme_marks_the_blocks_a_user_runs():
@@ -54,7 +65,9 @@ def test_test_block_runs_the_suite(project):
 
 @pytest.mark.slow
 def test_predict_block(project):
-    run_block(readme_blocks()["predict"], project, user_env(project), 600, project.parent / "logs-predict").check("predict")
+    run_block(readme_blocks()["predict"], project, user_env(project), 600, project.parent / "logs-predict").check(
+        "predict"
+    )
     for record in (project / "predictions" / "000.json", project / "predictions" / "00.json"):
         rec = json.loads(record.read_text())
         assert rec["decision"] in ("anomalous", "normal") and 0 <= rec["score"] <= 1
@@ -78,8 +91,14 @@ def test_serve_block_answers_with_valid_json_and_a_decision(project):
 @pytest.mark.slow
 def test_mlflow_block_serves_the_registry(project):
     port = free_port()
-    ran = run_block(with_port(readme_blocks()["mlflow"], 5000, port), project, user_env(project), 300,
-                    project.parent / "logs-mlflow", stop=False)  # fmt: skip
+    ran = run_block(
+        with_port(readme_blocks()["mlflow"], 5000, port),
+        project,
+        user_env(project),
+        300,
+        project.parent / "logs-mlflow",
+        stop=False,
+    )
     try:
         ran.check("mlflow")
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias?name=readl&alias=champion"
@@ -102,8 +121,11 @@ def test_s3_push_then_pull_on_another_machine(project, fresh_s3_server, tmp_path
     """`dvc push -r s3` + commit after the run; a clone elsewhere pulls every cached output, warmup and train are up
     to date, and only stages with uncached outputs (not pushed) are not. Endpoint and keys from the environment."""
     fresh_s3_server.client().create_bucket(Bucket="readl-data")
-    s3 = {"AWS_ENDPOINT_URL": fresh_s3_server.endpoint, "AWS_ACCESS_KEY_ID": fresh_s3_server.access_key,
-          "AWS_SECRET_ACCESS_KEY": fresh_s3_server.secret_key}  # fmt: skip
+    s3 = {
+        "AWS_ENDPOINT_URL": fresh_s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": fresh_s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": fresh_s3_server.secret_key,
+    }
     blocks = readme_blocks()
     run_block(blocks["s3-push"], project, user_env(project, **s3), 600, tmp_path / "logs-push").check("s3-push")
     elsewhere = tmp_path / "elsewhere"
@@ -115,13 +137,20 @@ def test_s3_push_then_pull_on_another_machine(project, fresh_s3_server, tmp_path
     for out in ("data/raw", "data/curated/images", "models/warmup", "models/adapter"):
         assert _digest(elsewhere / out) == _digest(project / out), out
     # what is not up to date there: only the stages with uncached outputs (not pushed), only those outputs missing
-    status = json.loads(subprocess.run(["dvc", "status", "--json"], cwd=elsewhere, env=env, capture_output=True,
-                                       text=True, check=True).stdout)  # fmt: skip
+    status = json.loads(
+        subprocess.run(
+            ["dvc", "status", "--json"], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert set(status) == {"curate", "calibrate", "evaluate", "register"}, status
     uncached = _uncached_outs(elsewhere)
     for stage, changes in status.items():
-        files = {path: what for change in changes for kind in ("changed outs", "changed deps")
-                 for path, what in change.get(kind, {}).items()}  # fmt: skip
+        files = {
+            path: what
+            for change in changes
+            for kind in ("changed outs", "changed deps")
+            for path, what in change.get(kind, {}).items()
+        }
         assert files and set(files.values()) == {"deleted"} and set(files) <= uncached, (stage, changes)
 
 
@@ -129,5 +158,12 @@ def _uncached_outs(work: Path) -> set[str]:
     import yaml
 
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    return {path for s in stages.values() for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])
-            if isinstance(o, dict) for path, opts in o.items() if (opts or {}).get("cache") is False}  # fmt: skip
+    return {
+        path
+        for s in stages.values()
+        for kind in ("outs", "metrics", "plots")
+        for o in s.get(kind, [])
+        if isinstance(o, dict)
+        for path, opts in o.items()
+        if (opts or {}).get("cache") is False
+    }

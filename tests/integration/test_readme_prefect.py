@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from readme_blocks import (
     BIN,
     free_port,
@@ -71,12 +70,11 @@ def _wait_for_checkpoint(ckpt_dir: Path, step: int, timeout: float) -> int:
 def _kill_worker(pgid: int, pool: str) -> None:
     """SIGKILL the `prefect worker start --pool POOL` of the block's process group and everything under it."""
     import psutil
-
     from readme_blocks import group_members
 
     def serves(p) -> bool:
         cmd = p.cmdline()
-        return "worker" in cmd and "--pool" in cmd and cmd[cmd.index("--pool") + 1:][:1] == [pool]
+        return "worker" in cmd and "--pool" in cmd and cmd[cmd.index("--pool") + 1 :][:1] == [pool]
 
     (worker,) = [p for p in group_members(pgid) if serves(p)]
     victims = [worker, *worker.children(recursive=True)]
@@ -94,11 +92,21 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
     link_venv(clone)
     home = tmp_path / "home"
     fresh_s3_server.client().create_bucket(Bucket="readl-data")
-    env = user_env(clone, HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect-home"), AWS_ENDPOINT_URL=fresh_s3_server.endpoint,
-                   AWS_ACCESS_KEY_ID=fresh_s3_server.access_key, AWS_SECRET_ACCESS_KEY=fresh_s3_server.secret_key,
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="2",
-                   PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5")  # fmt: skip
-    for cmd in (["dvc", "pull", "-q", "data.dvc"], ["dvc", "push", "-q", "-r", "s3", "data.dvc"]):  # README "Using real data"
+    env = user_env(
+        clone,
+        HOME=str(home),
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        AWS_ENDPOINT_URL=fresh_s3_server.endpoint,
+        AWS_ACCESS_KEY_ID=fresh_s3_server.access_key,
+        AWS_SECRET_ACCESS_KEY=fresh_s3_server.secret_key,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+    )
+    for cmd in (
+        ["dvc", "pull", "-q", "data.dvc"],
+        ["dvc", "push", "-q", "-r", "s3", "data.dvc"],
+    ):  # README "Using real data"
         subprocess.run(cmd, cwd=clone, env=env, check=True, capture_output=True)
     mlflow_port, prefect_port = free_port(), free_port()
     blocks = readme_blocks()
@@ -106,7 +114,9 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
     groups = []
     try:
         for name, port, readme_port in (("mlflow", mlflow_port, 5000), ("prefect-deploy", prefect_port, 4200)):
-            ran = run_block(with_port(blocks[name], readme_port, port), clone, env, 300, tmp_path / f"logs-{name}", stop=False)
+            ran = run_block(
+                with_port(blocks[name], readme_port, port), clone, env, 300, tmp_path / f"logs-{name}", stop=False
+            )
             groups.append(ran.pgid)
             ran.check(name)
         deployments = {d["name"]: d for d in _api(api, "/deployments/filter")}
@@ -127,18 +137,38 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
         gpu_wd, cpu_wd = home / ".cache/readl/train-on-gpu", home / ".cache/readl/retrain"
         assert (gpu_wd / "models/adapter/adapter_config.json").is_file() and (cpu_wd / "metrics.json").is_file()
         summary = [a for a in _api(api, "/artifacts/filter") if a["key"] == "retrain-summary"][0]["data"]
-        assert "promoted to champion" in summary and f"http://127.0.0.1:{prefect_port}/runs/flow-run/{retrain['id']}" in summary
-        with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/registered-models/alias?"
-                                    f"name=readl-flow&alias=champion", timeout=30) as resp:  # fmt: skip
+        assert (
+            "promoted to champion" in summary
+            and f"http://127.0.0.1:{prefect_port}/runs/flow-run/{retrain['id']}" in summary
+        )
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/registered-models/alias?name=readl-flow&alias=champion",
+            timeout=30,
+        ) as resp:
             assert json.loads(resp.read())["model_version"]["version"] == "1"
 
         # the cron schedule of prefect.yaml made the server schedule the next retrains (Mondays 03:00 UTC)
         scheduled = [r["expected_start_time"] for r in _runs(api, "retrain", auto_scheduled=True)]
         assert scheduled and all(t.endswith("T03:00:00Z") for t in scheduled), scheduled
         assert {datetime.fromisoformat(t.replace("Z", "+00:00")).weekday() for t in scheduled} == {0}, scheduled
-        listed = subprocess.run([str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "retrain", "--state-type",
-                                 "SCHEDULED", "-o", "json"], cwd=clone, env={**env, "PREFECT_API_URL": api},
-                                capture_output=True, text=True, check=True)  # the README's command  # fmt: skip
+        listed = subprocess.run(
+            [
+                str(BIN / "prefect"),
+                "flow-run",
+                "ls",
+                "--flow-name",
+                "retrain",
+                "--state-type",
+                "SCHEDULED",
+                "-o",
+                "json",
+            ],
+            cwd=clone,
+            env={**env, "PREFECT_API_URL": api},
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # the README's command
         listed_ids = {r["id"] for r in json.loads(listed.stdout)}
         assert listed_ids and listed_ids <= {r["id"] for r in _runs(api, "retrain", auto_scheduled=True)}, listed_ids
 
@@ -146,34 +176,64 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
         # 20 steps of the tiny model leave the kill many seconds before train ends
         (origin / "params.yaml").write_text(_tiny((origin / "params.yaml").read_text(), max_steps=20, save_steps=1))
         subprocess.run(["git", "commit", "-qam", "train 6 steps"], cwd=origin, env=env, check=True, capture_output=True)
-        wenv = {**env, "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                "READL_GIT_REPOSITORY": str(origin), "READL_GIT_BRANCH": "main", "READL_DVC_REMOTE": "s3"}  # fmt: skip
+        wenv = {
+            **env,
+            "PREFECT_API_URL": api,
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+            "READL_GIT_REPOSITORY": str(origin),
+            "READL_GIT_BRANCH": "main",
+            "READL_DVC_REMOTE": "s3",
+        }
         t2 = time.monotonic()
-        subprocess.run([str(BIN / "prefect"), "deployment", "run", "retrain/retrain"], cwd=clone, env=wenv, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "retrain/retrain"],
+            cwd=clone,
+            env=wenv,
+            check=True,
+            capture_output=True,
+        )
         _wait_for_checkpoint(gpu_wd / "models/checkpoints", 2, RETRAIN_TIMEOUT)
         _kill_worker(ran.pgid, "gpu")
         killed_s = time.monotonic() - t2
         assert not (gpu_wd / "models/train_run.json").is_file()  # DVC removed the stage's outputs; train did not finish
         for r in _runs(api, "retrain") + _runs(api, "train-on-gpu"):
             if r["state_type"] in ("RUNNING", "PENDING", "SCHEDULED"):  # as the README says
-                subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", r["id"]], cwd=clone, env=wenv,
-                               check=True, capture_output=True)  # fmt: skip
+                subprocess.run(
+                    [str(BIN / "prefect"), "flow-run", "cancel", r["id"]],
+                    cwd=clone,
+                    env=wenv,
+                    check=True,
+                    capture_output=True,
+                )
         with open(tmp_path / "gpu-worker-2.log", "wb") as fh:
-            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"], cwd=clone, env=wenv,
-                                      stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            worker = subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"],
+                cwd=clone,
+                env=wenv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         groups.append(worker.pid)
         t3 = time.monotonic()
-        rerun = subprocess.run([str(BIN / "prefect"), "deployment", "run", "retrain/retrain", "--watch"], cwd=clone,
-                               env=wenv, capture_output=True, text=True, timeout=RETRAIN_TIMEOUT)  # fmt: skip
+        rerun = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "retrain/retrain", "--watch"],
+            cwd=clone,
+            env=wenv,
+            capture_output=True,
+            text=True,
+            timeout=RETRAIN_TIMEOUT,
+        )
         resumed_s = time.monotonic() - t3
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert _runs(api, "retrain")[-1]["state_type"] == "COMPLETED"
         run = json.loads((gpu_wd / "models/train_run.json").read_text())
         step = int(Path(run["resumed_from"] or "checkpoint-0").name.split("-")[1])
         assert 2 <= step < 20 and run["global_step"] == 20, run
-        print(f"README Prefect sequence: setup {t1 - t0:.0f} s, first retrain {first_s:.0f} s; killed at checkpoint-2+ "
-              f"after {killed_s:.0f} s; resumed retrain (from checkpoint-{step}) {resumed_s:.0f} s")  # fmt: skip
+        print(
+            f"README Prefect sequence: setup {t1 - t0:.0f} s, first retrain {first_s:.0f} s; killed at checkpoint-2+ "
+            f"after {killed_s:.0f} s; resumed retrain (from checkpoint-{step}) {resumed_s:.0f} s"
+        )
     finally:
         for pgid in reversed(groups):
             stop_group(pgid)

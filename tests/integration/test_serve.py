@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support import IMAGE, PARAMS
 from support import free_port as _free_port
 from support import stop as _stop
@@ -38,14 +37,24 @@ def project(tiny_dir, tmp_path_factory):
     (work / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "register": {"model_name": "readl"}}))
     model, _ = load_model("tiny", device="cpu")
     get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
-        work / "models" / "adapter")  # fmt: skip
-    (work / "models" / "thresholds.json").write_text(json.dumps(
-        {"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "f1_max"}}))  # fmt: skip
+        work / "models" / "adapter"
+    )
+    (work / "models" / "thresholds.json").write_text(
+        json.dumps({"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "f1_max"}})
+    )
     image = {"AUROC": 0.8, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7}
     pixel = {"AUROC": 0.9, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None}
-    (work / "metrics.json").write_text(json.dumps({  # complete: `readl register` checks it before writing anything
-        "image": image, "pixel": pixel, "n_images": 1, "n_malformed": 0,
-        "datasets": {"mvtec_ad": {"image": image, "pixel": pixel, "n_malformed": 0}}}))  # fmt: skip
+    (work / "metrics.json").write_text(
+        json.dumps(
+            {  # complete: `readl register` checks it before writing anything
+                "image": image,
+                "pixel": pixel,
+                "n_images": 1,
+                "n_malformed": 0,
+                "datasets": {"mvtec_ad": {"image": image, "pixel": pixel, "n_malformed": 0}},
+            }
+        )
+    )
     return work
 
 
@@ -84,8 +93,9 @@ def test_register_emits_no_signature_or_input_example_warnings(registered):
 
 def _post(port: int, body: dict) -> tuple[int, str]:
     """POST ``body`` to the server's /invocations: (HTTP status, body text)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=180) as resp:
             return resp.status, resp.read().decode()
@@ -111,16 +121,31 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(BIN / "readl"), "serve", "-p", str(port)], cwd=project, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(BIN / "readl"), "serve", "-p", str(port)],
+            cwd=project,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
         bad = base64.b64encode(b"not an image").decode()
-        good, mixed_bad, passwd = _rows(port, {"dataframe_split": {"columns": ["image", "path"], "data": [
-            [img, None], [bad, None], [None, "/etc/passwd"]]}})  # fmt: skip
+        good, mixed_bad, passwd = _rows(
+            port,
+            {
+                "dataframe_split": {
+                    "columns": ["image", "path"],
+                    "data": [[img, None], [bad, None], [None, "/etc/passwd"]],
+                }
+            },
+        )
         (instance,) = _rows(port, {"instances": [{"image": img}]})
-        (data_url,) = _rows(port, {"dataframe_split": {"columns": ["image"], "data": [[f"data:image/png;base64,{img}"]]}})
+        (data_url,) = _rows(
+            port, {"dataframe_split": {"columns": ["image"], "data": [[f"data:image/png;base64,{img}"]]}}
+        )
         (record,) = _rows(port, {"dataframe_records": [{"image": img}]})
         unknown = _post(port, {"dataframe_split": {"columns": ["img"], "data": [[img]]}})
     finally:

@@ -33,12 +33,16 @@ def test_served_16bit_png_bytes_match_readl_predict(tiny_dir, sample_dir, tmp_pa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     (tmp_path / "params.json").write_text(json.dumps(PARAMS))
     thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps({"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5},
-                                      "decision": {"value": 0.25, "rule": "f1_max"}}))  # fmt: skip
+    thresholds.write_text(
+        json.dumps({"tau_t": {"value": 0.4}, "tau_i": {"value": 0.5}, "decision": {"value": 0.25, "rule": "f1_max"}})
+    )
     served = ReadlModel()
-    served.load_context(SimpleNamespace(artifacts={"params": str(tmp_path / "params.json"),
-                                                   "thresholds": str(thresholds)},
-                                        model_config={"device": "cpu", "path_root": str(tmp_path)}))  # fmt: skip
+    served.load_context(
+        SimpleNamespace(
+            artifacts={"params": str(tmp_path / "params.json"), "thresholds": str(thresholds)},
+            model_config={"device": "cpu", "path_root": str(tmp_path)},
+        )
+    )
     by_bytes = served.predict(None, pd.DataFrame({"image": [png.read_bytes()]})).iloc[0]
     by_path = served.predict(None, pd.DataFrame({"path": [str(png)]})).iloc[0]
     assert by_bytes["error"] == "" and by_path["error"] == ""
@@ -46,8 +50,24 @@ def test_served_16bit_png_bytes_match_readl_predict(tiny_dir, sample_dir, tmp_pa
     np.testing.assert_array_equal(np.asarray(by_bytes["map_grid"]), np.asarray(by_path["map_grid"]))
     assert by_bytes["anomaly_map"] == by_path["anomaly_map"]
 
-    out = CliRunner().invoke(app, ["predict", str(png), "--model", "tiny", "--adapter", "none", "--thresholds",
-                                   str(thresholds), "--params", "params.yaml", "--out", "out", "--no-annotate"])  # fmt: skip
+    out = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(png),
+            "--model",
+            "tiny",
+            "--adapter",
+            "none",
+            "--thresholds",
+            str(thresholds),
+            "--params",
+            "params.yaml",
+            "--out",
+            "out",
+            "--no-annotate",
+        ],
+    )
     assert out.exit_code == 0, out.output
     record = json.loads((tmp_path / "out" / "deep.json").read_text())
     assert record["score"] == round(float(by_bytes["score"]), 6) and record["answer"] == by_bytes["answer"]
@@ -65,8 +85,17 @@ def test_served_paths_are_off_by_default_and_never_leave_their_root(tmp_path, mo
     allowed.mkdir()
     (allowed / "link.png").symlink_to(secret)  # a link out of the root is outside it
     served = ReadlModel()  # the input step only: no model is needed to refuse
-    frame = pd.DataFrame({"path": ["/etc/passwd", str(secret), str(tmp_path / "missing.png"), str(allowed / "link.png"),
-                                   str(allowed / ".." / "secret.txt")]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "path": [
+                "/etc/passwd",
+                str(secret),
+                str(tmp_path / "missing.png"),
+                str(allowed / "link.png"),
+                str(allowed / ".." / "secret.txt"),
+            ]
+        }
+    )
     images, errors = served._images(frame)
     assert images == [None] * 5 and all("'path' column is off" in e for e in errors)
     served.path_root = allowed.resolve()
@@ -93,8 +122,11 @@ def test_a_request_is_bounded_in_rows_and_stops_once_past_its_timeout(tiny_dir, 
 
     def served(**config):
         model = ReadlModel()
-        model.load_context(SimpleNamespace(artifacts={"params": str(tmp_path / "params.json")},
-                                           model_config={"device": "cpu", **config}))  # fmt: skip
+        model.load_context(
+            SimpleNamespace(
+                artifacts={"params": str(tmp_path / "params.json")}, model_config={"device": "cpu", **config}
+            )
+        )
         return model
 
     bounded = served(max_rows=2)

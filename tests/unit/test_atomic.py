@@ -34,9 +34,15 @@ def test_atomic_outputs_respect_the_umask(tmp_path, umask):
     png = atomic_write(tmp_path / "g.png", lambda p: p.write_bytes(b"\x89PNG"))  # writer re-opens the temp file
     assert _mode(png) == file_mode
     c = "<think>x</think><answer>Yes</answer>"
-    pred = Prediction(completion=c, parsed=parse_completion(c), score=0.5, tokens=["x"],
-                      image_attn=np.zeros((1, 2, 2), np.float32), anomaly_attn=np.zeros((2, 2), np.float32),
-                      image_size=(2, 2))  # fmt: skip
+    pred = Prediction(
+        completion=c,
+        parsed=parse_completion(c),
+        score=0.5,
+        tokens=["x"],
+        image_attn=np.zeros((1, 2, 2), np.float32),
+        anomaly_attn=np.zeros((2, 2), np.float32),
+        image_size=(2, 2),
+    )
     assert _mode(save_prediction(tmp_path / "cache" / "p.npz", pred)) == file_mode
     assert _mode(tmp_path / "cache") == dir_mode
 

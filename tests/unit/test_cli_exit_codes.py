@@ -96,17 +96,17 @@ def test_tables_and_log_lines_are_not_cut_outside_a_terminal(monkeypatch):
 
     from rich.table import Table
 
-    from readl import cli
+    from readl.stages.console import make_console
 
     monkeypatch.delenv("COLUMNS", raising=False)
     buf = io.StringIO()  # not a terminal
     monkeypatch.setattr("sys.stdout", buf)
     table = Table("dataset", "image.AUROC", "pixel.AUROC", "pixel.AUPR", "AUPRO", "decision ACC", "malformed answers")
     table.add_row("mvtec_ad_grid_and_hazelnut", "0.8123", "0.6751", "0.3012", "0.1500", "0.5000", "0 of 260")
-    cli._console().print(table)
+    make_console().print(table)
     assert "mvtec_ad_grid_and_hazelnut" in buf.getvalue() and "malformed answers" in buf.getvalue(), buf.getvalue()
     monkeypatch.setenv("COLUMNS", "60")
-    assert cli._console().width == 60
+    assert make_console().width == 60
 
 
 @pytest.mark.parametrize("command", ["calibrate", "evaluate"])
@@ -120,24 +120,38 @@ def test_a_manifest_path_outside_the_project_is_refused(command, where, tmp_path
     outside.write_bytes(b"x")
     path = str(outside) if where == "absolute" else "../elsewhere.png"
     manifest = project / "split.parquet"
-    pd.DataFrame({"source": ["s"], "category": ["c"], "label": [0], "image_path": [path],
-                  "mask_path": [None]}).to_parquet(manifest)  # fmt: skip
+    pd.DataFrame(
+        {"source": ["s"], "category": ["c"], "label": [0], "image_path": [path], "mask_path": [None]}
+    ).to_parquet(manifest)
     out = CliRunner().invoke(app, [command, "--manifest", str(manifest)])
     assert out.exit_code == 2 and "lies outside the project" in out.output and "row 0" in out.output, out.output
 
 
 @pytest.mark.parametrize("command", ["calibrate", "evaluate"])
-@pytest.mark.parametrize(("fault", "says"), [
-    ("duplicate", "unique"), ("good_anomaly", "'good' exactly when label == 0"), ("label_2", "isin"),
-    ("label_nan", "label"), ("null_path", "image_path"),
-])  # fmt: skip
-def test_a_manifest_that_breaks_the_schema_is_refused_before_the_model_loads(command, fault, says, tmp_path,
-                                                                             monkeypatch):
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("duplicate", "unique"),
+        ("good_anomaly", "'good' exactly when label == 0"),
+        ("label_2", "isin"),
+        ("label_nan", "label"),
+        ("null_path", "image_path"),
+    ],
+)
+def test_a_manifest_that_breaks_the_schema_is_refused_before_the_model_loads(
+    command, fault, says, tmp_path, monkeypatch
+):
     """Issue (silently wrong): duplicated rows changed the metrics, label 1 with defect type `good` passed, and label 2
     / NaN / a null image_path failed only after the model ran, naming no file. The curate schema now runs first."""
     monkeypatch.chdir(tmp_path)
-    rows = {"source": ["s"] * 3, "category": ["c"] * 3, "label": [0, 1, 1], "defect_type": ["good", "crack", "hole"],
-            "image_path": ["a.png", "b.png", "c.png"], "mask_path": [None, "mb.png", "mc.png"]}  # fmt: skip
+    rows = {
+        "source": ["s"] * 3,
+        "category": ["c"] * 3,
+        "label": [0, 1, 1],
+        "defect_type": ["good", "crack", "hole"],
+        "image_path": ["a.png", "b.png", "c.png"],
+        "mask_path": [None, "mb.png", "mc.png"],
+    }
     df = pd.DataFrame(rows)
     if fault == "duplicate":
         df = pd.concat([df, df.iloc[[1]]], ignore_index=True)
@@ -172,13 +186,43 @@ def test_a_stage_run_before_its_inputs_exist_says_which_and_writes_nothing(comma
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(sample_dir / "mvtec_ad/grid/test/good/000.png", tmp_path / "a.png")
-    pd.DataFrame({"source": ["s"], "category": ["c"], "label": [0], "image_path": ["a.png"],
-                  "mask_path": [None]}).to_parquet("split.parquet")  # fmt: skip
-    out = CliRunner().invoke(app, [command, "--manifest", "split.parquet", "--thresholds", "models/thresholds.json"]
-                             if command == "evaluate" else [command, "--manifest", "split.parquet"])  # fmt: skip
+    pd.DataFrame(
+        {"source": ["s"], "category": ["c"], "label": [0], "image_path": ["a.png"], "mask_path": [None]}
+    ).to_parquet("split.parquet")
+    out = CliRunner().invoke(
+        app,
+        [command, "--manifest", "split.parquet", "--thresholds", "models/thresholds.json"]
+        if command == "evaluate"
+        else [command, "--manifest", "split.parquet"],
+    )
     assert out.exit_code == 1, out.output
     if command == "evaluate":
         assert "models/thresholds.json" in out.output and "--thresholds none" in out.output, out.output
     else:
         assert "models/adapter" in out.output and "--adapter none" in out.output, out.output
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow  # 4 interpreters per stage, each importing torch: ~10 s a stage
+@pytest.mark.parametrize("stage", ["curate", "warmup", "train", "calibrate", "evaluate", "register"])
+def test_the_stage_modules_dvc_runs_give_the_same_exit_codes(stage, tmp_path):
+    """dvc.yaml runs ``python -m readl.stages.<stage>`` (not the CLI): same error line and exit codes as ``readl``."""
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", f"readl.stages.{stage}", *args],
+            cwd=tmp_path,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    missing = run("--params", "nope.yaml")
+    assert missing.returncode == EXIT_USAGE and "nope.yaml: file not found" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+    (tmp_path / "params.yaml").write_text("localisation:\n  alpha: 2.0\n")
+    assert run().returncode == EXIT_USAGE
+    assert "Traceback (most recent call last)" in run("--debug").stderr
+    assert run("--no-such-option").returncode == EXIT_USAGE  # argparse's usage error

@@ -74,8 +74,9 @@ def test_importing_every_readl_module_registers_and_sets_nothing():
     assert after["mask"] == before["mask"], "an import registered a transformers attention mask function"
     assert after["auto_processor"] == before["auto_processor"], "an import registered an AutoProcessor class"
     assert after["warnings"] == before["warnings"], "an import changed warnings.filters"
-    changed = {k for k in set(before["environ"]) | set(after["environ"])
-               if before["environ"].get(k) != after["environ"].get(k)}  # fmt: skip
+    changed = {
+        k for k in set(before["environ"]) | set(after["environ"]) if before["environ"].get(k) != after["environ"].get(k)
+    }
     assert not changed, f"an import changed os.environ: {sorted(changed)}"
 
 
@@ -99,9 +100,19 @@ def test_registration_happens_when_asked_and_is_idempotent():
 
 def test_numpy_only_modules_import_without_torch():
     """The result/settings types and the numerical core import without torch or transformers (issue 13, item 3)."""
-    modules = ["readl.model.types", "readl.config", "readl.training.rewards", "readl.localization.thresholds",
-               "readl.localization.anomaly_map", "readl.evaluation.calibration", "readl.evaluation.evaluate"]  # fmt: skip
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    modules = [
+        "readl.model.types",
+        "readl.config",
+        "readl.training.rewards",
+        "readl.localization.thresholds",
+        "readl.localization.anomaly_map",
+        "readl.evaluation.calibration",
+        "readl.evaluation.evaluate",
+    ]
+    code = (
+        f"import sys\nfor m in {modules!r}: __import__(m)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -37,8 +37,15 @@ def test_every_preset_value_names_its_source():
     for key, (_, source) in PAPER.items():
         assert source.startswith(("paper ", "ours")), (key, source)
     ours = {k for k, (_, s) in PAPER.items() if s.startswith("ours")}
-    assert {"train.learning_rate", "train.lora.r", "train.beta", "train.epsilon", "train.max_completion_length",
-            "train.accuracy_requires_format", "train.consistency.require_format"} <= ours
+    assert {
+        "train.learning_rate",
+        "train.lora.r",
+        "train.beta",
+        "train.epsilon",
+        "train.max_completion_length",
+        "train.accuracy_requires_format",
+        "train.consistency.require_format",
+    } <= ours
 
 
 def test_lora_of_the_preset_covers_language_and_merger_never_vision(tiny):
@@ -57,8 +64,12 @@ def test_cli_writes_the_preset_and_refuses_an_unknown_one(tmp_path):
     bad = subprocess.run([*readl, "preset", "nope", "--params", str(params)], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr and "paper" in bad.stderr
     assert params.read_text() == (REPO / "params.yaml").read_text()  # nothing written
-    ok = subprocess.run([*readl, "preset", "paper", "--params", str(params)], capture_output=True, text=True,
-                        env={**os.environ, "COLUMNS": "200"})
+    ok = subprocess.run(
+        [*readl, "preset", "paper", "--params", str(params)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert ok.returncode == 0, ok.stderr
     assert "ours: the paper gives no learning rate" in ok.stdout
     assert yaml.safe_load(params.read_text())["warmup"]["enabled"] is False

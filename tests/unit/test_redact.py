@@ -16,7 +16,9 @@ def test_redact_masks_the_user_info_of_every_url_and_nothing_else():
     assert redact(text) == "cannot reach http://***@host:5000/api and s3://***@bucket/x; mail bob@example.com"
     assert redact("https://token@github.com/o/r.git") == "https://***@github.com/o/r.git"
     assert redact("sqlite:///mlruns.db") == "sqlite:///mlruns.db"
-    record = logging.LogRecord("readl", logging.WARNING, __file__, 1, "retrying %s (%d/%d)", ("http://u:pw@h/x", 2, 4), None)
+    record = logging.LogRecord(
+        "readl", logging.WARNING, __file__, 1, "retrying %s (%d/%d)", ("http://u:pw@h/x", 2, 4), None
+    )
     assert RedactingFilter().filter(record) and record.getMessage() == "retrying http://***@h/x (2/4)"
 
 

@@ -42,7 +42,9 @@ def test_mlflow_session_sets_uris_and_retry_defaults_for_the_block_only(tmp_path
     with mlflow_session(uri) as client:
         assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (uri, uri)
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "9"
-        assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == HTTP_ENV_DEFAULTS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+        assert (
+            os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == HTTP_ENV_DEFAULTS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+        )
         assert client.search_experiments(max_results=1)
     assert dict(os.environ) == env
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == uris

@@ -20,8 +20,10 @@ def _safe_zip_extract(zf: zipfile.ZipFile, into: Path) -> None:
     for info in zf.infolist():
         target = (into / info.filename).resolve()
         if not target.is_relative_to(base):
-            raise FetchError(f"zip member {info.filename!r} would be written outside the target "
-                             f"folder; refusing to extract this archive")
+            raise FetchError(
+                f"zip member {info.filename!r} would be written outside the target "
+                f"folder; refusing to extract this archive"
+            )
     zf.extractall(into)
 
 
@@ -49,8 +51,7 @@ def extract(archive: str | os.PathLike[str], into: str | os.PathLike[str]) -> Pa
     except tarfile.FilterError as exc:
         raise FetchError(f"{archive}: unsafe member refused ({exc})") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise FetchError(f"{archive} is corrupt ({type(exc).__name__}: {exc}); delete it and "
-                         f"run again") from None
+        raise FetchError(f"{archive} is corrupt ({type(exc).__name__}: {exc}); delete it and run again") from None
     entries = [p for p in into.iterdir() if p.name not in ("__MACOSX",)]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         inner = entries[0]

@@ -24,7 +24,8 @@ What the stage does, in order:
    RGB, EXIF-upright, bicubic to ``image_size``; masks binarised and nearest-neighbour resized,
    written as PNG {0, 255}. Eval rows always get a mask file (all zero for normal images); train and
    calib rows get one when the source has one. A file that cannot be used (zero-byte, truncated,
-   not an image, a side under ``readl.data.images.MIN_SIDE`` = 28 px, mask missing / unreadable / of another size, anomalous image without a mask in
+   not an image, a side under ``readl.data.images.MIN_SIDE`` = 28 px, mask missing / unreadable / of another
+   size, anomalous image without a mask in
    eval, an image of a mask-labelled layout without a mask: ``missing_mask``; an anomalous image whose mask marks
    no pixel, ``empty_mask``, or every pixel, ``full_mask``, in any split) goes to ``rejected.csv`` with the reason,
    counted per reason in ``summary.json`` ``rejected.by_reason``; the stage never stops for it.
@@ -45,7 +46,8 @@ What the stage does, in order:
 
 Manifest columns: the schema's (``readl.data.schema.MANIFEST_COLUMNS``) plus ``raw_image_path`` /
 ``raw_mask_path`` and ``reference`` (the reasoning reference of the image, or null:
-:mod:`readl.data.references`; a template sentence by default, or the source's own CSV). ``image_path`` / ``mask_path`` are the CURATED 420x420 PNGs, as POSIX paths
+:mod:`readl.data.references`; a template sentence by default, or the source's own CSV). ``image_path`` /
+``mask_path`` are the CURATED 420x420 PNGs, as POSIX paths
 relative to the repository root (the working directory of the stage: ``out_dir`` joined as given,
 e.g. ``data/curated/images/train/visa/candle/Data/Images/Normal/0000.png``; absolute when
 ``out_dir`` is) -- what ``readl train`` / ``readl evaluate`` open. ``raw_*`` are the published
@@ -70,31 +72,31 @@ import numpy as np
 
 from readl.atomic import atomic_dir
 
-from .curate_sources import (  # noqa: F401 - SourceMissingError, LayoutError: part of this module's API
-    SPLITS,
-    LayoutError,
-    SourceMissingError,
-    Candidate,
-    make_candidate,
-    proportional_order,
-    read_entry,
-    Stratum,
-    stratum_rng,
-    check_sources,
-)
 from .curate_outputs import (  # noqa: F401 - re-exported: the curated folder's API
     LEAKAGE_COLUMNS,
     MANIFEST_EXTRA_COLUMNS,
     REJECTED_COLUMNS,
     build_manifest,
-    flat_counts,
     build_summary,
-    write_csv,
-    write_parquet,
+    flat_counts,
     load_split,
     read_manifest,
+    write_csv,
+    write_parquet,
 )
-from .curate_workers import process_task, Runner, Task  # noqa: F401 - process_task: benchmarks/curate.py
+from .curate_sources import (  # noqa: F401 - SourceMissingError, LayoutError: part of this module's API
+    SPLITS,
+    Candidate,
+    LayoutError,
+    SourceMissingError,
+    Stratum,
+    check_sources,
+    make_candidate,
+    proportional_order,
+    read_entry,
+    stratum_rng,
+)
+from .curate_workers import Runner, Task, process_task  # noqa: F401 - process_task: benchmarks/curate.py
 from .leakage import LeakageGuard
 from .references import References
 from .sources import Record
@@ -103,8 +105,17 @@ from .sources.synthetic import spec as synthetic_spec
 if TYPE_CHECKING:  # kept out of the import: decoding workers import this module (spawn)
     from readl.config import CurateConfig, CurateSource
 
-__all__ = ["LEAKAGE_COLUMNS", "MANIFEST_EXTRA_COLUMNS", "REJECTED_COLUMNS", "SPLITS",
-           "CurateResult", "SourceMissingError", "curate", "load_split", "read_manifest"]
+__all__ = [
+    "LEAKAGE_COLUMNS",
+    "MANIFEST_EXTRA_COLUMNS",
+    "REJECTED_COLUMNS",
+    "SPLITS",
+    "CurateResult",
+    "SourceMissingError",
+    "curate",
+    "load_split",
+    "read_manifest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +147,10 @@ class CurateResult:
     def one_line(self) -> str:
         """``curate: train 54, calib 17, eval 14 images; 0 rejected, 0 leaked; 3.1 s -> data/curated``"""
         parts = ", ".join(f"{s} {self.counts.get(s, 0)}" for s in SPLITS)
-        return (f"curate: {parts} images; {self.rejected} rejected, {self.leaked} leaked; "
-                f"{self.seconds:.1f} s -> {self.out_dir}")
+        return (
+            f"curate: {parts} images; {self.rejected} rejected, {self.leaked} leaked; "
+            f"{self.seconds:.1f} s -> {self.out_dir}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +158,7 @@ class CurateResult:
 
 
 class _Curation:
-    def __init__(self, cfg: CurateConfig, raw_root: Path, staging: Path,
-                 progress: Progress | None) -> None:
+    def __init__(self, cfg: CurateConfig, raw_root: Path, staging: Path, progress: Progress | None) -> None:
         self.cfg = cfg
         self.raw_root = raw_root
         self.staging = staging
@@ -170,8 +182,9 @@ class _Curation:
                 where = f"curate.{split}[{i}] {entry.name!r}"
                 if entry.layout == "synthetic":
                     self._check_synthetic(split, where, entry)
-                key = json.dumps([entry.name, entry.layout, entry.root, entry.options,
-                                  entry.published_splits], sort_keys=True)
+                key = json.dumps(
+                    [entry.name, entry.layout, entry.root, entry.options, entry.published_splits], sort_keys=True
+                )
                 if key not in cache:
                     cache[key] = read_entry(entry, self.raw_root, where, self.rejected)
                 source_root = self.raw_root / entry.root
@@ -187,8 +200,10 @@ class _Curation:
         others = {e.name: e.layout for e in getattr(self.cfg, split)}
         for name in synthetic_spec(where, **entry.options).base:
             if others.get(name, "synthetic") == "synthetic":
-                raise ValueError(f"{where}: base {name!r} is not a non-synthetic entry of "
-                                 f"curate.{split} (entries: {', '.join(others)})")
+                raise ValueError(
+                    f"{where}: base {name!r} is not a non-synthetic entry of "
+                    f"curate.{split} (entries: {', '.join(others)})"
+                )
 
     def derive(self, strata: list[Stratum]) -> list[Stratum]:
         """Fill the queues of the synthetic anomaly strata from the normal images their base
@@ -206,11 +221,19 @@ class _Curation:
                 for cand, _, image_out, _ in b.accepted:
                     index += 1
                     for recipe, k, seed in sp.variants(s.entry.name, cand.image_rel, index):
-                        rec = Record(source=s.entry.name, category=cand.record.category,
-                                     split=cand.record.split, label=1, defect_type=recipe,
-                                     image_path=self.staging / image_out)
-                        queue.append(Candidate(rec, cand.image_rel, None,
-                                                f"{cand.in_source}_{recipe}{k}", (recipe, seed, sp.texture)))
+                        rec = Record(
+                            source=s.entry.name,
+                            category=cand.record.category,
+                            split=cand.record.split,
+                            label=1,
+                            defect_type=recipe,
+                            image_path=self.staging / image_out,
+                        )
+                        queue.append(
+                            Candidate(
+                                rec, cand.image_rel, None, f"{cand.in_source}_{recipe}{k}", (recipe, seed, sp.texture)
+                            )
+                        )
             s.queue, s.pos = queue, 0
             derived.append(s)
         return derived
@@ -218,8 +241,11 @@ class _Curation:
     def drop_unlisted_bases(self, strata: list[Stratum]) -> None:
         """``normals: false``: the base normal images of a synthetic source leave the manifest."""
         for s in strata:
-            if s.entry.layout == "synthetic" and s.label == 0 and \
-                    not synthetic_spec(s.entry.name, **s.entry.options).normals:
+            if (
+                s.entry.layout == "synthetic"
+                and s.label == 0
+                and not synthetic_spec(s.entry.name, **s.entry.options).normals
+            ):
                 for _, _, image_out, mask_out in s.accepted:
                     for p in (image_out, mask_out):
                         if p is not None:
@@ -252,30 +278,44 @@ class _Curation:
                         continue
                     self.taken.add(cand.key)
                     is_eval = s.split == "eval"
-                    if is_eval and cand.record.label == 1 and cand.record.mask_path is None \
-                            and cand.synthetic is None:
-                        self._reject(cand, "missing_mask: anomalous image without a mask; the "
-                                           "eval split needs a pixel mask for every anomalous "
-                                           "image (add the mask or drop the image)")
+                    if is_eval and cand.record.label == 1 and cand.record.mask_path is None and cand.synthetic is None:
+                        self._reject(
+                            cand,
+                            "missing_mask: anomalous image without a mask; the "
+                            "eval split needs a pixel mask for every anomalous "
+                            "image (add the mask or drop the image)",
+                        )
                         continue
                     name = self._out_name(s.split, cand)
                     image_out = f"images/{name}.png"
                     has_mask = cand.record.mask_path is not None
                     mask_out = f"masks/{name}.png" if (has_mask or is_eval) else None
                     rec = cand.record
-                    batch.append((s, cand, Task(
-                        image=str(rec.image_path),
-                        mask=None if rec.mask_path is None else str(rec.mask_path),
-                        mask_ref=rec.mask_ref,
-                        out_image=str(self.staging / image_out),
-                        out_mask=None if mask_out is None else str(self.staging / mask_out),
-                        size=self.size, synthetic=cand.synthetic, anomalous=rec.label == 1), image_out, mask_out))
+                    batch.append(
+                        (
+                            s,
+                            cand,
+                            Task(
+                                image=str(rec.image_path),
+                                mask=None if rec.mask_path is None else str(rec.mask_path),
+                                mask_ref=rec.mask_ref,
+                                out_image=str(self.staging / image_out),
+                                out_mask=None if mask_out is None else str(self.staging / mask_out),
+                                size=self.size,
+                                synthetic=cand.synthetic,
+                                anomalous=rec.label == 1,
+                            ),
+                            image_out,
+                            mask_out,
+                        )
+                    )
                     need -= 1
             if not batch:
                 return
             self.total += len(batch)
             for (s, cand, task, image_out, mask_out), (digest, thumb, error) in zip(
-                    batch, runner.map([b[2] for b in batch])):
+                batch, runner.map([b[2] for b in batch])
+            ):
                 if error is not None:
                     self._reject(cand, error)
                 elif guard and self._leaks(s, cand, digest, thumb):
@@ -290,26 +330,36 @@ class _Curation:
                     self.progress(1, self.total)
 
     def _reject(self, cand: Candidate, reason: str) -> None:
-        self.rejected.append({"source": cand.record.source, "image_path": cand.image_rel,
-                              "mask_path": cand.mask_rel, "reason": reason})
+        self.rejected.append(
+            {"source": cand.record.source, "image_path": cand.image_rel, "mask_path": cand.mask_rel, "reason": reason}
+        )
 
     def set_eval(self, strata: list[Stratum]) -> None:
         rows = [(c.record.source, c.image_rel, h) for s in strata for c, h, _, _ in s.accepted]
-        self.guard = LeakageGuard(rows, [self.eval_thumbs[(r[1], r[2])] for r in rows],
-                                  self.cfg.leakage_max_distance, self.cfg.leakage_min_ssim)
+        self.guard = LeakageGuard(
+            rows,
+            [self.eval_thumbs[(r[1], r[2])] for r in rows],
+            self.cfg.leakage_max_distance,
+            self.cfg.leakage_min_ssim,
+        )
 
     def _leaks(self, s: Stratum, cand: Candidate, digest: str, thumb: np.ndarray) -> bool:
         hit = None if self.guard is None else self.guard.match(digest, thumb)
         if hit is None:
             return False
-        self.leaked.append({"split": s.split, "source": cand.record.source,
-                            "image_path": cand.image_rel, "phash": digest, **hit})
+        self.leaked.append(
+            {"split": s.split, "source": cand.record.source, "image_path": cand.image_rel, "phash": digest, **hit}
+        )
         return True
 
 
-def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
-           out_dir: str | os.PathLike[str] = "data/curated", *,
-           progress: Progress | None = None) -> CurateResult:
+def curate(
+    cfg: CurateConfig,
+    raw_root: str | os.PathLike[str] = "data/raw",
+    out_dir: str | os.PathLike[str] = "data/curated",
+    *,
+    progress: Progress | None = None,
+) -> CurateResult:
     """Build the curated train / calib / eval sets (module docstring) and replace ``out_dir``.
 
     Args:
@@ -341,8 +391,11 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
             strata = job.strata()
             for split, ss in strata.items():
                 for normal, anomalous in zip(ss[::2], ss[1::2]):  # the two strata of one source entry
-                    references.check_matches(normal.entry, [c.record.image_path for c in normal.queue + anomalous.queue],
-                                             f"curate.{split} {normal.entry.name!r}")  # fmt: skip
+                    references.check_matches(
+                        normal.entry,
+                        [c.record.image_path for c in normal.queue + anomalous.queue],
+                        f"curate.{split} {normal.entry.name!r}",
+                    )
             job.run_phase(strata["eval"], runner, guard=False)
             job.run_phase(job.derive(strata["eval"]), runner, guard=False)
             job.set_eval(strata["eval"])
@@ -367,7 +420,12 @@ def curate(cfg: CurateConfig, raw_root: str | os.PathLike[str] = "data/raw",
     for split, ss in strata.items():
         for s in ss:
             if s.quota is not None and len(s.accepted) < s.quota:
-                log.warning("curate.%s %s label %d: %d of %d requested images available",
-                            split, s.entry.name, s.label, len(s.accepted), s.quota)
-    return CurateResult(out, counts, len(job.rejected), len(job.leaked),
-                        time.perf_counter() - start, summary)
+                log.warning(
+                    "curate.%s %s label %d: %d of %d requested images available",
+                    split,
+                    s.entry.name,
+                    s.label,
+                    len(s.accepted),
+                    s.quota,
+                )
+    return CurateResult(out, counts, len(job.rejected), len(job.leaked), time.perf_counter() - start, summary)

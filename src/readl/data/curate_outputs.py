@@ -23,8 +23,17 @@ if TYPE_CHECKING:
 __all__ = ["LEAKAGE_COLUMNS", "MANIFEST_EXTRA_COLUMNS", "REJECTED_COLUMNS", "load_split", "read_manifest"]
 
 REJECTED_COLUMNS = ("source", "image_path", "mask_path", "reason")
-LEAKAGE_COLUMNS = ("split", "source", "image_path", "phash", "eval_source", "eval_image_path",
-                   "eval_phash", "distance", "ssim")
+LEAKAGE_COLUMNS = (
+    "split",
+    "source",
+    "image_path",
+    "phash",
+    "eval_source",
+    "eval_image_path",
+    "eval_phash",
+    "distance",
+    "ssim",
+)
 MANIFEST_EXTRA_COLUMNS = ("raw_image_path", "raw_mask_path", "reference")
 
 
@@ -37,23 +46,33 @@ def build_manifest(strata: list[Stratum], size: int, prefix: str, references: Re
     for s in strata:
         for cand, digest, image_out, mask_out in s.accepted:
             r = cand.record
-            rows.append({"source": r.source, "category": r.category, "split": r.split,
-                         "label": r.label, "defect_type": r.defect_type,
-                         "image_path": f"{prefix}/{image_out}",
-                         "mask_path": None if mask_out is None else f"{prefix}/{mask_out}",
-                         "phash": digest, "width": size, "height": size,
-                         "raw_image_path": cand.image_rel, "raw_mask_path": cand.mask_rel,
-                         "reference": references(s.entry, r)})
+            rows.append(
+                {
+                    "source": r.source,
+                    "category": r.category,
+                    "split": r.split,
+                    "label": r.label,
+                    "defect_type": r.defect_type,
+                    "image_path": f"{prefix}/{image_out}",
+                    "mask_path": None if mask_out is None else f"{prefix}/{mask_out}",
+                    "phash": digest,
+                    "width": size,
+                    "height": size,
+                    "raw_image_path": cand.image_rel,
+                    "raw_mask_path": cand.mask_rel,
+                    "reference": references(s.entry, r),
+                }
+            )
     df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *MANIFEST_EXTRA_COLUMNS])
     numeric = ("label", "width", "height")
     df = df.astype({c: "int64" if c in numeric else "str" for c in df.columns if c != "reference"})
     df["reference"] = df["reference"].astype(object).where(df["reference"].notna(), None)  # str or null
-    return df.sort_values(["source", "category", "label", "raw_image_path"], kind="stable",
-                          ignore_index=True)
+    return df.sort_values(["source", "category", "label", "raw_image_path"], kind="stable", ignore_index=True)
 
 
-def build_summary(cfg: CurateConfig, strata: dict[str, list[Stratum]], rejected: list[dict],
-             leaked: list[dict]) -> dict[str, Any]:
+def build_summary(
+    cfg: CurateConfig, strata: dict[str, list[Stratum]], rejected: list[dict], leaked: list[dict]
+) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     shortfall = 0
     for split in SPLITS:
@@ -61,8 +80,7 @@ def build_summary(cfg: CurateConfig, strata: dict[str, list[Stratum]], rejected:
         n = Counter()
         for s in strata[split]:
             lab = "anomalous" if s.label else "normal"
-            src = sources.setdefault(s.entry.name, {"normal": 0, "anomalous": 0,
-                                                    "requested": {}, "categories": {}})
+            src = sources.setdefault(s.entry.name, {"normal": 0, "anomalous": 0, "requested": {}, "categories": {}})
             src[lab] += len(s.accepted)
             if s.quota is not None:
                 src["requested"][lab] = s.quota
@@ -71,22 +89,28 @@ def build_summary(cfg: CurateConfig, strata: dict[str, list[Stratum]], rejected:
                 src.setdefault("shortfall", {})[lab] = short
                 shortfall += short
             for cand, *_ in s.accepted:
-                cat = src["categories"].setdefault(cand.record.category,
-                                                   {"normal": 0, "anomalous": 0})
+                cat = src["categories"].setdefault(cand.record.category, {"normal": 0, "anomalous": 0})
                 cat[lab] += 1
             n[lab] += len(s.accepted)
-        splits[split] = {"images": n["normal"] + n["anomalous"], "normal": n["normal"],
-                         "anomalous": n["anomalous"], "sources": sources}
+        splits[split] = {
+            "images": n["normal"] + n["anomalous"],
+            "normal": n["normal"],
+            "anomalous": n["anomalous"],
+            "sources": sources,
+        }
     by_source = Counter(r["source"] for r in rejected)
     return {
-        "image_size": cfg.image_size, "seed": cfg.seed,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
         "leakage_max_distance": cfg.leakage_max_distance,
         "leakage_min_ssim": cfg.leakage_min_ssim,
         "splits": splits,
-        "rejected": {"total": len(rejected), "by_source": dict(sorted(by_source.items())),
-                     "by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in rejected).items()))},
-        "leaked": {"total": len(leaked),
-                   "by_source": dict(sorted(Counter(r["source"] for r in leaked).items()))},
+        "rejected": {
+            "total": len(rejected),
+            "by_source": dict(sorted(by_source.items())),
+            "by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in rejected).items())),
+        },
+        "leaked": {"total": len(leaked), "by_source": dict(sorted(Counter(r["source"] for r in leaked).items()))},
         "shortfall": shortfall,
     }
 
@@ -95,8 +119,12 @@ def flat_counts(summary: dict[str, Any]) -> dict[str, int]:
     """The flat, short view of ``summary.json`` that ``dvc metrics show`` prints (``counts.json``): images, normal
     and anomalous per split, then rejected, leaked and the shortfall against the requested counts."""
     flat = {f"{split}.{k}": summary["splits"][split][k] for split in SPLITS for k in ("images", "normal", "anomalous")}
-    return {**flat, "rejected": summary["rejected"]["total"], "leaked": summary["leaked"]["total"],
-            "shortfall": summary["shortfall"]}
+    return {
+        **flat,
+        "rejected": summary["rejected"]["total"],
+        "leaked": summary["leaked"]["total"],
+        "shortfall": summary["shortfall"],
+    }
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -125,8 +153,9 @@ def read_manifest(name: str, root: str | os.PathLike[str] = "data/curated") -> p
     return read_file(Path(root) / f"{name}.parquet", (), allow_empty=True)
 
 
-def load_split(name: str, root: str | os.PathLike[str] = "data/curated",
-               project_root: str | os.PathLike[str] = ".") -> datasets.Dataset:
+def load_split(
+    name: str, root: str | os.PathLike[str] = "data/curated", project_root: str | os.PathLike[str] = "."
+) -> datasets.Dataset:
     """A curated split as a Hugging Face ``datasets.Dataset``.
 
     Args:

@@ -65,8 +65,7 @@ def _posix_rel(path: Path, base: Path) -> str:
     return Path(rel).as_posix()
 
 
-def read_entry(entry: CurateSource, raw_root: Path, where: str,
-                rejected: list[dict[str, Any]]) -> list[Record]:
+def read_entry(entry: CurateSource, raw_root: Path, where: str, rejected: list[dict[str, Any]]) -> list[Record]:
     """All records of one source (adapter output, filtered by published split).
 
     Raises:
@@ -80,10 +79,16 @@ def read_entry(entry: CurateSource, raw_root: Path, where: str,
     def bad_mask(image: Path, exc: BadImageError | MissingMaskError) -> None:
         # adapters that label from masks report and go on
         missing = isinstance(exc, MissingMaskError)
-        rejected.append({"source": entry.name, "image_path": _posix_rel(image, raw_root),
-                         "mask_path": None if missing else _posix_rel(exc.path, raw_root),
-                         "reason": f"missing_mask: {exc.reason}" if missing else
-                         f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)"})
+        rejected.append(
+            {
+                "source": entry.name,
+                "image_path": _posix_rel(image, raw_root),
+                "mask_path": None if missing else _posix_rel(exc.path, raw_root),
+                "reason": f"missing_mask: {exc.reason}"
+                if missing
+                else f"bad_mask: {exc.reason} (its image's label is unknown; fix or delete it)",
+            }
+        )
         log.warning("%s: %s", where, exc)
 
     try:
@@ -94,18 +99,22 @@ def read_entry(entry: CurateSource, raw_root: Path, where: str,
     tree = expected_layout(get_adapter(entry.layout))
     derived_only = entry.layout == "synthetic" and entry.options.get("base")  # made from other entries' images
     if not records and not derived_only and not any(r["source"] == entry.name for r in rejected):
-        raise LayoutError(f"{where}: no images found by the {entry.layout!r} adapter under "
-                          f"{root}; the folder does not follow that layout, which is:\n{tree}\n"
-                          f"Fix `root`/`layout` in params.yaml curate:, or re-extract the data.")
+        raise LayoutError(
+            f"{where}: no images found by the {entry.layout!r} adapter under "
+            f"{root}; the folder does not follow that layout, which is:\n{tree}\n"
+            f"Fix `root`/`layout` in params.yaml curate:, or re-extract the data."
+        )
     if entry.published_splits is not None:
         found = sorted({r.split for r in records})
         keep = set(entry.published_splits)
         records = [r for r in records if r.split in keep]
         if not records and found:
-            raise LayoutError(f"{where}: no images in the published split(s) "
-                              f"{list(entry.published_splits)} under {root}; the "
-                              f"{entry.layout!r} adapter found the splits {found}: fix "
-                              f"`published_splits` in params.yaml curate:")
+            raise LayoutError(
+                f"{where}: no images in the published split(s) "
+                f"{list(entry.published_splits)} under {root}; the "
+                f"{entry.layout!r} adapter found the splits {found}: fix "
+                f"`published_splits` in params.yaml curate:"
+            )
     return records
 
 
@@ -161,16 +170,22 @@ def check_sources(cfg: CurateConfig, raw_root: str | os.PathLike[str]) -> None:
             params = inspect.signature(get_adapter(entry.layout)).parameters
             bad = sorted(set(entry.options) - set(params) | ({"source"} & set(entry.options)))
             if bad:
-                raise ValueError(f"curate.{split}[{i}] {entry.name!r}: option(s) {bad} not "
-                                 f"accepted by the {entry.layout!r} adapter (it takes: "
-                                 f"{', '.join(p for p in params if p not in ('root', 'source'))})")
+                raise ValueError(
+                    f"curate.{split}[{i}] {entry.name!r}: option(s) {bad} not "
+                    f"accepted by the {entry.layout!r} adapter (it takes: "
+                    f"{', '.join(p for p in params if p not in ('root', 'source'))})"
+                )
             folder = raw / entry.root
             if not folder.is_dir():
-                missing.append(f"  curate.{split}[{i}] {entry.name!r} ({entry.layout} layout): "
-                               f"{folder} does not exist -> `readl fetch {entry.name}` "
-                               f"(prints where to get it when it needs a manual download)")
+                missing.append(
+                    f"  curate.{split}[{i}] {entry.name!r} ({entry.layout} layout): "
+                    f"{folder} does not exist -> `readl fetch {entry.name}` "
+                    f"(prints where to get it when it needs a manual download)"
+                )
     if missing:
         raise SourceMissingError(
-            "source folder(s) missing:\n" + "\n".join(dict.fromkeys(missing))
-            + f"\nThe bundled sample is restored with `dvc pull data.dvc`; see README "
-              f"'Using real data' for the full benchmarks.")
+            "source folder(s) missing:\n"
+            + "\n".join(dict.fromkeys(missing))
+            + "\nThe bundled sample is restored with `dvc pull data.dvc`; see README "
+            "'Using real data' for the full benchmarks."
+        )

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from multiprocessing import get_context
-from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,8 +47,7 @@ class Task:
 def _save_png(array_or_image: Any, path: str, mode: str | None = None) -> None:
     from PIL import Image
 
-    img = array_or_image if isinstance(array_or_image, Image.Image) else \
-        Image.fromarray(array_or_image, mode=mode)
+    img = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image, mode=mode)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
@@ -65,22 +64,32 @@ def process_task(task: Task) -> _Result:
             img, mask = render_synthetic(task.image, task.size, *task.synthetic)
             digest = phash(img)
         elif task.mask is not None:
-            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref,
-                                  min_side=MIN_SIDE)
+            img, mask = load_pair(task.image, task.mask, task.size, coco_image_id=task.mask_ref, min_side=MIN_SIDE)
             if task.anomalous and not mask.any():
-                return None, None, ("empty_mask: the mask of this anomalous image marks no pixel (all background, or "
-                                    "a defect drawn in a value read as background); fix the mask or the label")  # fmt: skip
+                return (
+                    None,
+                    None,
+                    (
+                        "empty_mask: the mask of this anomalous image marks no pixel (all background, or "
+                        "a defect drawn in a value read as background); fix the mask or the label"
+                    ),
+                )
             if task.anomalous and mask.all():
-                return None, None, ("full_mask: the mask marks every pixel as defect (an inverted or placeholder "
-                                    "mask?); fix the mask")  # fmt: skip
+                return (
+                    None,
+                    None,
+                    (
+                        "full_mask: the mask marks every pixel as defect (an inverted or placeholder "
+                        "mask?); fix the mask"
+                    ),
+                )
             digest = phash(img)
         else:
             img, digest = decode_resize_hash(task.image, task.size, min_side=MIN_SIDE)
             mask = np.zeros((task.size[1], task.size[0]), dtype=bool)
     except BadImageError as exc:
         bad = Path(exc.path)
-        is_mask = task.mask is not None and (bad == Path(task.mask) or
-                                             bad.is_relative_to(task.mask))
+        is_mask = task.mask is not None and (bad == Path(task.mask) or bad.is_relative_to(task.mask))
         return None, None, f"{'bad_mask' if is_mask else 'bad_image'}: {exc.reason}"
     _save_png(img, task.out_image)
     if task.out_mask is not None:

@@ -3,7 +3,8 @@
 One download = resume + checksum + atomic extraction:
 
 * The archive is downloaded to ``<dest>/.fetch/<archive>.part``, with its URL recorded beside it
-  in ``<archive>.part.url`` (as a SHA-256 digest: a URL may hold credentials). An interrupted download of the SAME URL resumes from the bytes
+  in ``<archive>.part.url`` (as a SHA-256 digest: a URL may hold credentials). An interrupted download of the SAME
+  URL resumes from the bytes
   already there (a ``.part`` with no record, or a record of another URL, is deleted and the
   download starts over): ``Range: bytes=N-`` for http(s) (via ``urllib``; a server that
   ignores ranges restarts the file), ``get_object(Range="bytes=N-")`` for ``s3://`` URLs (boto3,
@@ -43,12 +44,23 @@ from pathlib import Path
 
 from readl.atomic import atomic_dir, write_json, write_text
 from readl.data.archives import extract
+from readl.data.fetch_catalogue import BUNDLED, SOURCES, RemoteSource
 from readl.data.fetch_errors import ChecksumError, FetchError, ManualDownloadRequired, UnknownSourceError
 from readl.redact import redact
-from readl.data.fetch_catalogue import BUNDLED, SOURCES, RemoteSource
 
-__all__ = ["ChecksumError", "FetchError", "FetchResult", "ManualDownloadRequired", "SOURCES", "UnknownSourceError",
-           "RemoteSource", "download", "extract", "fetch", "sha256_file"]
+__all__ = [
+    "ChecksumError",
+    "FetchError",
+    "FetchResult",
+    "ManualDownloadRequired",
+    "SOURCES",
+    "UnknownSourceError",
+    "RemoteSource",
+    "download",
+    "extract",
+    "fetch",
+    "sha256_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +96,13 @@ class _Interrupted(Exception):
     """A transient failure (connection lost, 5xx): :func:`download` retries, resuming."""
 
 
-def _chunks(read: Callable[[], bytes], transient: tuple[type[BaseException], ...]
-            ) -> Iterator[bytes]:
+def _chunks(read: Callable[[], bytes], transient: tuple[type[BaseException], ...]) -> Iterator[bytes]:
     """Yield ``read()`` results until b""; a transient read error becomes :class:`_Interrupted`."""
     while True:
         try:
             chunk = read()
         except transient as exc:
-            raise _Interrupted(f"connection lost while reading ({type(exc).__name__}: {exc})") \
-                from None
+            raise _Interrupted(f"connection lost while reading ({type(exc).__name__}: {exc})") from None
         if not chunk:
             return
         yield chunk
@@ -115,8 +125,7 @@ def _download_http(url: str, part: Path, progress: ByteProgress | None, timeout:
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                      timeout=timeout)
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left after `offset`: the file is complete
             return
@@ -130,8 +139,10 @@ def _download_http(url: str, part: Path, progress: ByteProgress | None, timeout:
         if start is None:  # no Content-Range: the whole file (range ignored) -> start over
             offset = 0
         elif start != offset:
-            raise FetchError(f"{redact(url)}: asked for bytes {offset}- but the server sent "
-                             f"{resp.headers.get('Content-Range')!r}; delete {part} and retry")
+            raise FetchError(
+                f"{redact(url)}: asked for bytes {offset}- but the server sent "
+                f"{resp.headers.get('Content-Range')!r}; delete {part} and retry"
+            )
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         with open(part, "ab" if offset else "wb") as out:
@@ -145,8 +156,7 @@ def _download_http(url: str, part: Path, progress: ByteProgress | None, timeout:
                     progress(done, total)
 
 
-def _download_s3(url: str, part: Path, progress: ByteProgress | None, endpoint_url: str | None,
-                 unsigned: bool) -> None:
+def _download_s3(url: str, part: Path, progress: ByteProgress | None, endpoint_url: str | None, unsigned: bool) -> None:
     from botocore.exceptions import BotoCoreError
 
     from readl.storage import object_size, parse_s3_url, s3_client, s3_errors
@@ -173,9 +183,16 @@ def _download_s3(url: str, part: Path, progress: ByteProgress | None, endpoint_u
                     progress(done, total)
 
 
-def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress | None = None,
-             endpoint_url: str | None = None, unsigned: bool = False,
-             timeout: float = 60.0, attempts: int = 4) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    progress: ByteProgress | None = None,
+    endpoint_url: str | None = None,
+    unsigned: bool = False,
+    timeout: float = 60.0,
+    attempts: int = 4,
+) -> Path:
     """Download ``url`` to the file ``dest``, resuming from ``dest + ".part"`` if present.
 
     Args:
@@ -219,8 +236,10 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
             break
         except _Interrupted as exc:
             if attempt == attempts:
-                raise FetchError(f"{exc}; gave up after {attempts} attempts (the partial "
-                                 f"download {part} is kept: run again to resume)") from None
+                raise FetchError(
+                    f"{exc}; gave up after {attempts} attempts (the partial "
+                    f"download {part} is kept: run again to resume)"
+                ) from None
             log.warning("%s; retrying (%d/%d)", exc, attempt + 1, attempts)
             time.sleep(2 ** (attempt - 1))
     os.replace(part, dest)
@@ -235,20 +254,23 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: ByteProgress |
 def manual_instructions(spec: RemoteSource, dest: Path) -> str:
     """The explanation printed for a benchmark that must be downloaded by hand."""
     target = dest / spec.name
-    return (f"{spec.name} cannot be downloaded automatically. {spec.note}\n"
-            f"  Where: {spec.page}\n"
-            f"  Put it under {target}/ so that it reads: {target}/{spec.tree}\n"
-            f"  (read by the '{spec.layout}' adapter, readl.data.sources.{spec.layout}); then "
-            f"list it in params.yaml curate: as {{name: {spec.name}, layout: {spec.layout}, "
-            f"root: {spec.name}}}.")
+    return (
+        f"{spec.name} cannot be downloaded automatically. {spec.note}\n"
+        f"  Where: {spec.page}\n"
+        f"  Put it under {target}/ so that it reads: {target}/{spec.tree}\n"
+        f"  (read by the '{spec.layout}' adapter, readl.data.sources.{spec.layout}); then "
+        f"list it in params.yaml curate: as {{name: {spec.name}, layout: {spec.layout}, "
+        f"root: {spec.name}}}."
+    )
 
 
 def _check_name(name: str, dest: Path) -> None:
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name)
-            or Path(name).name != name):
-        raise FetchError(f"SOURCE {name!r} must be a plain folder name (no '/', '..' or absolute "
-                         f"path): the data goes to {dest}/<SOURCE>; use --dest to choose another "
-                         f"raw-data folder")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or Path(name).name != name:
+        raise FetchError(
+            f"SOURCE {name!r} must be a plain folder name (no '/', '..' or absolute "
+            f"path): the data goes to {dest}/<SOURCE>; use --dest to choose another "
+            f"raw-data folder"
+        )
 
 
 def _sidecar(archive: Path) -> Path:
@@ -272,8 +294,11 @@ def _reusable(archive: Path, url: str, expected: str | None) -> str | None:
     except (OSError, ValueError):
         rec = None
     digest = None
-    if (isinstance(rec, dict) and rec.get("url_sha256") == _url_digest(url)
-            and rec.get("size") == archive.stat().st_size):
+    if (
+        isinstance(rec, dict)
+        and rec.get("url_sha256") == _url_digest(url)
+        and rec.get("size") == archive.stat().st_size
+    ):
         digest = sha256_file(archive)
         if digest != rec.get("sha256") or (expected is not None and digest != expected):
             digest = None
@@ -291,10 +316,18 @@ def _drop(archive: Path) -> None:
         work.rmdir()
 
 
-def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | None = None,
-          sha256: str | None = None, endpoint_url: str | None = None,
-          unsigned: bool | None = None, force: bool = False, keep_archive: bool = False,
-          progress: ByteProgress | None = None) -> FetchResult:
+def fetch(
+    name: str,
+    dest: str | os.PathLike[str] = "data/raw",
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    endpoint_url: str | None = None,
+    unsigned: bool | None = None,
+    force: bool = False,
+    keep_archive: bool = False,
+    progress: ByteProgress | None = None,
+) -> FetchResult:
     """Download, verify and extract benchmark ``name`` into ``<dest>/<name>``.
 
     Args:
@@ -323,34 +356,52 @@ def fetch(name: str, dest: str | os.PathLike[str] = "data/raw", *, url: str | No
     spec = SOURCES.get(name)
     if spec is None and url is None:
         if name in BUNDLED:
-            raise ManualDownloadRequired(f"{name} is part of the bundled sample: restore it with "
-                                         f"`dvc pull data.dvc` (or `make data`).")
-        raise UnknownSourceError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))} "
-                       f"(or pass --url for any archive)")
+            raise ManualDownloadRequired(
+                f"{name} is part of the bundled sample: restore it with `dvc pull data.dvc` (or `make data`)."
+            )
+        raise UnknownSourceError(
+            f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))} (or pass --url for any archive)"
+        )
     source_url = url or (spec.url if spec else None)
     if source_url is None:
         raise ManualDownloadRequired(manual_instructions(spec, dest))
     target = dest / name
     if target.exists() and not force:
-        raise FileExistsError(f"{target} already exists; pass --force to replace it (the new "
-                              f"copy replaces it only once completely extracted)")
+        raise FileExistsError(
+            f"{target} already exists; pass --force to replace it (the new "
+            f"copy replaces it only once completely extracted)"
+        )
     expected = (sha256 or (spec.sha256 if spec else None) or "").lower() or None
     work = dest / ".fetch"
     file_name = source_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     archive = work / (file_name if file_name not in ("", ".", "..") else name)
     digest = _reusable(archive, source_url, expected)
     if digest is None:
-        download(source_url, archive, progress=progress, endpoint_url=endpoint_url,
-                 unsigned=(spec.unsigned if spec and unsigned is None else bool(unsigned)))
+        download(
+            source_url,
+            archive,
+            progress=progress,
+            endpoint_url=endpoint_url,
+            unsigned=(spec.unsigned if spec and unsigned is None else bool(unsigned)),
+        )
         digest = sha256_file(archive)
         if expected is not None and digest != expected:
             _drop(archive)
-            raise ChecksumError(f"{archive.name}: SHA-256 {digest} does not match the expected "
-                                f"{expected}; the download was deleted. A changed upstream file "
-                                f"or a corrupt transfer: run again, or pass --sha256 after "
-                                f"checking it.")
-        write_json(_sidecar(archive), {"url": redact(source_url), "url_sha256": _url_digest(source_url),
-                                       "size": archive.stat().st_size, "sha256": digest})  # fmt: skip
+            raise ChecksumError(
+                f"{archive.name}: SHA-256 {digest} does not match the expected "
+                f"{expected}; the download was deleted. A changed upstream file "
+                f"or a corrupt transfer: run again, or pass --sha256 after "
+                f"checking it."
+            )
+        write_json(
+            _sidecar(archive),
+            {
+                "url": redact(source_url),
+                "url_sha256": _url_digest(source_url),
+                "size": archive.stat().st_size,
+                "sha256": digest,
+            },
+        )
     try:
         with atomic_dir(target) as tmp:
             extract(archive, tmp)

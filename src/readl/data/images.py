@@ -133,8 +133,9 @@ def _open(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Imag
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise BadImageError(p, "file does not exist; check the path in the manifest or "
-                               "re-fetch the data (readl fetch SOURCE)") from None
+        raise BadImageError(
+            p, "file does not exist; check the path in the manifest or re-fetch the data (readl fetch SOURCE)"
+        ) from None
     except OSError as exc:
         raise BadImageError(p, f"cannot stat the file ({exc}); check permissions") from None
     if p.is_dir():
@@ -147,12 +148,14 @@ def _open(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Imag
         with open(p, "rb") as fh:
             head = fh.read(16)
         raise BadImageError(
-            p, f"not an image PIL can read (file starts with {head!r}); the file is corrupt, "
-               f"an HTML error page or a Git LFS pointer, or has the wrong extension; {REFETCH_HINT}"
+            p,
+            f"not an image PIL can read (file starts with {head!r}); the file is corrupt, "
+            f"an HTML error page or a Git LFS pointer, or has the wrong extension; {REFETCH_HINT}",
         ) from None
     except Image.DecompressionBombError as exc:
-        raise BadImageError(p, f"image too large to decode safely ({exc}); downscale it "
-                               f"offline before curating") from None
+        raise BadImageError(
+            p, f"image too large to decode safely ({exc}); downscale it offline before curating"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise BadImageError(p, f"cannot open ({type(exc).__name__}: {exc}); {REFETCH_HINT}") from None
 
@@ -164,8 +167,11 @@ def _open_bytes(p: Path, data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise BadImageError(p, f"not a readable image (PIL cannot identify bytes starting {bytes(data[:16])!r}); send the "
-                               f"encoded image file (PNG, JPEG ...), base64 in JSON") from None
+        raise BadImageError(
+            p,
+            f"not a readable image (PIL cannot identify bytes starting {bytes(data[:16])!r}); send the "
+            f"encoded image file (PNG, JPEG ...), base64 in JSON",
+        ) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(p, f"image too large to decode safely ({exc}); downscale it first") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
@@ -201,17 +207,25 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
     return None if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
 
 
-def decode_image(path: str | os.PathLike[str], draft_size: tuple[int, int] | None, min_side: int = 1,
-            max_side: int | None = None, data: bytes | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
+def decode_image(
+    path: str | os.PathLike[str],
+    draft_size: tuple[int, int] | None,
+    min_side: int = 1,
+    max_side: int | None = None,
+    data: bytes | None = None,
+) -> tuple[Image.Image, int, tuple[int, int]]:
     """Open + (JPEG draft) + load. Returns (image as stored, EXIF orientation, full stored size).
     An image with a side under ``min_side`` px is a BadImageError (checked on the header);
     ``max_side`` sets the JPEG draft target to the upright size fitted to it; ``data``: see :func:`_open`."""
     img = _open(path, data)
     full_size = img.size
     if min(full_size) < min_side:
-        raise BadImageError(path, f"image is {full_size[0]}x{full_size[1]} px, smaller than the "
-                                  f"{min_side}x{min_side} px minimum (one merged 2x2 patch of 14 px "
-                                  f"of the model); an export or crop error: fix or delete the file")
+        raise BadImageError(
+            path,
+            f"image is {full_size[0]}x{full_size[1]} px, smaller than the "
+            f"{min_side}x{min_side} px minimum (one merged 2x2 patch of 14 px "
+            f"of the model); an export or crop error: fix or delete the file",
+        )
     orientation = _orientation(img)  # JPEG EXIF is in the header: readable before load
     if max_side is not None and img.format == "JPEG":
         draft_size = _fit(_oriented_size(full_size, orientation), max_side)
@@ -263,7 +277,7 @@ def _to_grey8(img: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
             out = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(arr.shape)
         else:
             depth = int_bit_depth(img, arr)
-            out = arr * (255.0 / float(2 ** depth - 1))
+            out = arr * (255.0 / float(2**depth - 1))
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="L")
 
 
@@ -287,8 +301,9 @@ def _to_rgb_or_l(img: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
     try:
         return img.convert("RGB")
     except Exception as exc:  # noqa: BLE001
-        raise BadImageError(path, f"unsupported colour mode {mode!r} ({exc}); convert the file "
-                                  f"to 8-bit RGB PNG offline") from None
+        raise BadImageError(
+            path, f"unsupported colour mode {mode!r} ({exc}); convert the file to 8-bit RGB PNG offline"
+        ) from None
 
 
 def to_rgb(img: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.Image:
@@ -333,8 +348,13 @@ def _reduce(img: Image.Image, target: tuple[int, int]) -> Image.Image:
         return img
 
 
-def rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min_side: int = 1,
-                  max_side: int | None = None, data: bytes | None = None) -> tuple[Image.Image, int, tuple[int, int]]:
+def rgb_oriented(
+    path: str | os.PathLike[str],
+    size: tuple[int, int] | None,
+    min_side: int = 1,
+    max_side: int | None = None,
+    data: bytes | None = None,
+) -> tuple[Image.Image, int, tuple[int, int]]:
     img, orientation, full_size = decode_image(path, size, min_side, max_side, data)
     if max_side is not None:  # orientation known only now for PNG/TIFF (EXIF after the pixels)
         size = _fit(_oriented_size(full_size, orientation), max_side)
@@ -349,8 +369,9 @@ def rgb_oriented(path: str | os.PathLike[str], size: tuple[int, int] | None, min
     return img, orientation, _oriented_size(full_size, orientation)
 
 
-def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *,
-             min_side: int = 1) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *, min_side: int = 1
+) -> Image.Image:
     """Decode an image file as 8-bit RGB, upright (EXIF orientation applied) and resized.
 
     Args:
@@ -373,8 +394,9 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAUL
     return img
 
 
-def load_rgb_fit(path: str | os.PathLike[str], max_side: int, *, min_side: int = 1, data: bytes | None = None
-                 ) -> Image.Image:
+def load_rgb_fit(
+    path: str | os.PathLike[str], max_side: int, *, min_side: int = 1, data: bytes | None = None
+) -> Image.Image:
     """Like :func:`load_rgb` at the image's own aspect ratio, downscaled to fit ``max_side``.
 
     Memory is bounded by the target, not the file: JPEGs are decoded in draft mode and other

@@ -95,8 +95,9 @@ class LeakageGuard:
         min_ssim: SSIM a candidate needs to be a copy (-1: every candidate is one).
     """
 
-    def __init__(self, rows: Sequence[tuple[str, str, str]], thumbs: Sequence[np.ndarray],
-                 max_distance: int, min_ssim: float) -> None:
+    def __init__(
+        self, rows: Sequence[tuple[str, str, str]], thumbs: Sequence[np.ndarray], max_distance: int, min_ssim: float
+    ) -> None:
         if len(rows) != len(thumbs):
             raise ValueError(f"{len(rows)} eval rows but {len(thumbs)} thumbnails")
         order = sorted(range(len(rows)), key=lambda i: rows[i])
@@ -124,5 +125,10 @@ class LeakageGuard:
         if best is None or -best[0] < self.min_ssim:
             return None
         src, path, h = self.rows[best[2]]
-        return {"eval_source": src, "eval_image_path": path, "eval_phash": h,
-                "distance": best[1], "ssim": round(-best[0], 6)}
+        return {
+            "eval_source": src,
+            "eval_image_path": path,
+            "eval_phash": h,
+            "distance": best[1],
+            "ssim": round(-best[0], 6),
+        }

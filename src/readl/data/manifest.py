@@ -20,9 +20,16 @@ SPLIT_COLUMNS = ("image_path", "label", "source", "category")
 """Columns every curated split has (the full list: readl.data.schema)."""
 
 
-def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS, *, allow_empty: bool = False,
-                  what: str = "manifest", inside: Path | None = None, schema: bool = False,
-                  require_masks: bool = False) -> pd.DataFrame:  # fmt: skip
+def read_manifest(
+    path: str | os.PathLike[str],
+    columns: Sequence[str] = SPLIT_COLUMNS,
+    *,
+    allow_empty: bool = False,
+    what: str = "manifest",
+    inside: Path | None = None,
+    schema: bool = False,
+    require_masks: bool = False,
+) -> pd.DataFrame:
     """Read the Parquet (or ``.csv``) manifest ``path`` and check it has ``columns`` and at least one row.
 
     Args:
@@ -53,8 +60,9 @@ def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_C
     if missing:
         raise ValueError(f"{what} {path} lacks column(s) {missing}; re-run `readl curate` (or `dvc repro curate`)")
     if df.empty and not allow_empty:
-        raise ValueError(f"{what} {path} is empty (no images); {CURATE_HINT}, and check the `curate:` section "
-                         f"of params.yaml")  # fmt: skip
+        raise ValueError(
+            f"{what} {path} is empty (no images); {CURATE_HINT}, and check the `curate:` section of params.yaml"
+        )
     if schema:
         _validate(df, path, what, require_masks)
     if inside is not None:
@@ -62,8 +70,10 @@ def read_manifest(path: str | os.PathLike[str], columns: Sequence[str] = SPLIT_C
         for column in ("image_path", "mask_path"):
             for row, value in zip(df.index, df[column] if column in df.columns else []):
                 if isinstance(value, str) and value and root not in Path(os.path.abspath(root / value)).parents:
-                    raise ValueError(f"{what} {path}, row {row}: {column} {value!r} lies outside the project {root}; "
-                                     f"its splits hold paths inside it ({CURATE_HINT})")  # fmt: skip
+                    raise ValueError(
+                        f"{what} {path}, row {row}: {column} {value!r} lies outside the project {root}; "
+                        f"its splits hold paths inside it ({CURATE_HINT})"
+                    )
     return df
 
 
@@ -74,5 +84,6 @@ def _validate(df: pd.DataFrame, path: Path, what: str, require_masks: bool) -> N
     try:
         validate_manifest(df, require_masks, columns=[c for c in (*MANIFEST_COLUMNS, *OPTIONAL_COLUMNS) if c in df])
     except ManifestError as err:
-        raise ManifestError(f"{what} {path}: {err}\n(fix the file, or re-make it: {CURATE_HINT})",
-                            err.failure_cases) from None
+        raise ManifestError(
+            f"{what} {path}: {err}\n(fix the file, or re-make it: {CURATE_HINT})", err.failure_cases
+        ) from None

@@ -32,10 +32,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from readl.data.images import (
-    REFETCH_HINT,
+    DEFAULT_SIZE,
     EXIF_SWAPS_AXES,
     EXIF_TRANSPOSE,
-    DEFAULT_SIZE,
+    REFETCH_HINT,
     BadImageError,
     check_size,
     decode_image,
@@ -80,8 +80,7 @@ def binarise_mask(img: Image.Image, path: str | os.PathLike[str] = "<mask>") -> 
         try:
             img = img.convert("RGB")
         except Exception as exc:  # noqa: BLE001
-            raise BadImageError(path, f"unsupported mask mode {mode!r} ({exc}); save the mask as "
-                                      f"a grey PNG") from None
+            raise BadImageError(path, f"unsupported mask mode {mode!r} ({exc}); save the mask as a grey PNG") from None
         mode = "RGB"
     if mode in ("RGB", "RGBX"):
         arr = np.asarray(img)[..., :3].max(axis=2)
@@ -119,9 +118,11 @@ def binarise_mask(img: Image.Image, path: str | os.PathLike[str] = "<mask>") -> 
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in _MASK_IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in _MASK_IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 @lru_cache(maxsize=16)
@@ -143,12 +144,15 @@ def _rasterise_coco(path: Path, image_id: str | int | None) -> np.ndarray:
     try:
         index = _coco_index(str(path), path.stat().st_mtime_ns)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BadImageError(path, f"cannot read COCO annotations ({type(exc).__name__}: {exc}); "
-                                  f"{REFETCH_HINT}") from None
+        raise BadImageError(
+            path, f"cannot read COCO annotations ({type(exc).__name__}: {exc}); {REFETCH_HINT}"
+        ) from None
     key = str(image_id)
     if key not in index["images"]:
-        raise BadImageError(path, f"COCO image id {image_id!r} not in 'images'; the manifest and "
-                                  f"the annotation file disagree: re-run curate")
+        raise BadImageError(
+            path,
+            f"COCO image id {image_id!r} not in 'images'; the manifest and the annotation file disagree: re-run curate",
+        )
     info = index["images"][key]
     w, h = int(info["width"]), int(info["height"])
     canvas = Image.new("L", (w, h), 0)
@@ -158,22 +162,28 @@ def _rasterise_coco(path: Path, image_id: str | int | None) -> np.ndarray:
         if isinstance(seg, list) and seg:
             for poly in seg:
                 if len(poly) >= 6:
-                    draw.polygon([(float(poly[i]), float(poly[i + 1]))
-                                  for i in range(0, len(poly) - 1, 2)], fill=255, outline=255)
+                    draw.polygon(
+                        [(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly) - 1, 2)],
+                        fill=255,
+                        outline=255,
+                    )
         elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
             counts = seg["counts"]
             rh, rw = (int(v) for v in seg.get("size", (h, w)))
             flat = np.zeros(rh * rw, dtype=np.uint8)
             pos, val = 0, 0
             for c in counts:
-                flat[pos:pos + int(c)] = val
+                flat[pos : pos + int(c)] = val
                 pos += int(c)
                 val = 255 - val
             rle = Image.fromarray(flat.reshape((rw, rh)).T)  # COCO RLE is column-major
             canvas.paste(255, mask=rle)
         elif isinstance(seg, dict):
-            raise BadImageError(path, "compressed COCO RLE is not supported; convert the "
-                                      "annotations to polygons (or install pycocotools and decode)")
+            raise BadImageError(
+                path,
+                "compressed COCO RLE is not supported; convert the "
+                "annotations to polygons (or install pycocotools and decode)",
+            )
         elif ann.get("bbox"):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             draw.rectangle([x, y, x + bw, y + bh], fill=255)
@@ -201,8 +211,10 @@ def _rasterise_labelme(path: Path, data: dict) -> np.ndarray:
             r = math.hypot(px - cx, py - cy)
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         else:
-            raise BadImageError(path, f"labelme shape {kind!r} with {len(pts)} points cannot be "
-                                      f"rasterised as an area; fix the annotation")
+            raise BadImageError(
+                path,
+                f"labelme shape {kind!r} with {len(pts)} points cannot be rasterised as an area; fix the annotation",
+            )
     return np.asarray(canvas) > 0
 
 
@@ -221,8 +233,7 @@ def _read_json_mask(path: Path, coco_image_id: str | int | None) -> np.ndarray:
     raise BadImageError(path, "JSON mask is neither labelme ('shapes') nor COCO ('annotations')")
 
 
-def _read_mask(path: str | os.PathLike[str], coco_image_id: str | int | None = None
-               ) -> tuple[np.ndarray, int]:
+def _read_mask(path: str | os.PathLike[str], coco_image_id: str | int | None = None) -> tuple[np.ndarray, int]:
     """Mask at native size as stored: (bool array (H, W), the mask file's own EXIF orientation)."""
     p = Path(path)
     if p.is_dir():
@@ -235,8 +246,11 @@ def _read_mask(path: str | os.PathLike[str], coco_image_id: str | int | None = N
             if orient != 1:
                 part = _transpose_mask(part, orient)
             if union is not None and part.shape != union.shape:
-                raise BadImageError(f, f"mask size {part.shape[::-1]} differs from the other masks "
-                                       f"in {p} ({union.shape[::-1]}); fix the annotation")
+                raise BadImageError(
+                    f,
+                    f"mask size {part.shape[::-1]} differs from the other masks "
+                    f"in {p} ({union.shape[::-1]}); fix the annotation",
+                )
             union = part if union is None else (union | part)
         return union, 1
     if p.suffix.lower() == ".json":
@@ -261,8 +275,9 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(im.resize(tuple(size), Image.Resampling.NEAREST)) > 0
 
 
-def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *,
-              coco_image_id: str | int | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *, coco_image_id: str | int | None = None
+) -> np.ndarray:
     """Read a defect mask as a boolean array, binarised and nearest-neighbour resized.
 
     Args:
@@ -299,10 +314,14 @@ def mask_is_empty(path: str | os.PathLike[str], *, coco_image_id: str | int | No
     return not bool(mask.any())
 
 
-def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None,
-              size: tuple[int, int] | None = DEFAULT_SIZE, *,
-              coco_image_id: str | int | None = None, min_side: int = 1
-              ) -> tuple[Image.Image, np.ndarray]:
+def load_pair(
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str] | None,
+    size: tuple[int, int] | None = DEFAULT_SIZE,
+    *,
+    coco_image_id: str | int | None = None,
+    min_side: int = 1,
+) -> tuple[Image.Image, np.ndarray]:
     """Decode an image and its mask consistently: same orientation, checked sizes, same output size.
 
     Orientation: the image's EXIF orientation is applied to the image (as
@@ -344,7 +363,9 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
     got = (mask.shape[1], mask.shape[0])
     if got != upright:
         raise BadImageError(
-            mask_path, f"mask size {got[0]}x{got[1]} does not match image {Path(image_path).name} "
-                       f"({upright[0]}x{upright[1]} upright); the mask belongs to another image or "
-                       f"was resized separately: fix the pairing or drop this sample")
+            mask_path,
+            f"mask size {got[0]}x{got[1]} does not match image {Path(image_path).name} "
+            f"({upright[0]}x{upright[1]} upright); the mask belongs to another image or "
+            f"was resized separately: fix the pairing or drop this sample",
+        )
     return img, _resize_mask(mask, out_size)

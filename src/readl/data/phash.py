@@ -57,8 +57,9 @@ def hamming(a: str, b: str) -> int:
         raise ValueError(f"expected hex phashes, got {a!r} and {b!r}") from None
 
 
-def decode_resize_hash(path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE,
-                       *, min_side: int = 1) -> tuple[np.ndarray, str]:
+def decode_resize_hash(
+    path: str | os.PathLike[str], size: tuple[int, int] | None = DEFAULT_SIZE, *, min_side: int = 1
+) -> tuple[np.ndarray, str]:
     """Fast path for curate: decode (JPEG draft), orient, convert, resize, and pHash in one call.
 
     Args:

@@ -30,8 +30,16 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["DEFECT_WORDS", "GENERIC_DEFECT_TYPES", "REFERENCE_SENTENCES", "ReferenceFileError", "References",
-           "defect_words", "read_references", "template_reference"]
+__all__ = [
+    "DEFECT_WORDS",
+    "GENERIC_DEFECT_TYPES",
+    "REFERENCE_SENTENCES",
+    "ReferenceFileError",
+    "References",
+    "defect_words",
+    "read_references",
+    "template_reference",
+]
 
 GENERIC_DEFECT_TYPES = frozenset({"unknown", "ko", "bad", "defect", "defective", "anomaly", "abnormal", "ng"})
 """Defect-type names that name no kind of defect (adapters use them where the source publishes none)."""
@@ -64,8 +72,11 @@ DEFECT_WORDS = {
 """Published or synthetic defect-type names -> how an inspector names what is seen (ours). Names not listed read
 "a <name> defect"; names in :data:`GENERIC_DEFECT_TYPES` (and ``good``) name no kind (None)."""
 
-REFERENCE_SENTENCES = {1: "The {obj} shows {what}.", 0: "The {obj} looks normal, no defect.",
-                       "unnamed": "The {obj} shows a defect."}  # fmt: skip
+REFERENCE_SENTENCES = {
+    1: "The {obj} shows {what}.",
+    0: "The {obj} looks normal, no defect.",
+    "unnamed": "The {obj} shows a defect.",
+}
 """The template references' sentences; the warm-up's targets must share no 4-word sequence with them (a test)."""
 
 
@@ -140,15 +151,18 @@ def read_references(path: str | Path) -> dict[str, str]:
             reader = csv.DictReader(fh)
             missing = {"image", "reference"} - set(reader.fieldnames or [])
             if missing:
-                raise ReferenceFileError(f"{path}: header {reader.fieldnames} lacks {sorted(missing)}; expected "
-                                         "a CSV with header image,reference")  # fmt: skip
+                raise ReferenceFileError(
+                    f"{path}: header {reader.fieldnames} lacks {sorted(missing)}; expected "
+                    "a CSV with header image,reference"
+                )
             out: dict[str, str] = {}
             for line, row in enumerate(reader, start=2):
                 image = (row.get("image") or "").strip().replace("\\", "/").removeprefix("./")
                 text = (row.get("reference") or "").strip()
                 if not image or not text:
-                    raise ReferenceFileError(f"{path}, line {line}: empty {'image' if not image else 'reference'}; "
-                                             "every row needs both")  # fmt: skip
+                    raise ReferenceFileError(
+                        f"{path}, line {line}: empty {'image' if not image else 'reference'}; every row needs both"
+                    )
                 if image in out:
                     raise ReferenceFileError(f"{path}, line {line}: image {image!r} listed twice")
                 out[image] = text
@@ -202,7 +216,8 @@ class References:
             raise ReferenceFileError(
                 f"{self.csv_path(entry)} ({where}): none of its {len(table)} image(s) is an image of the source "
                 f"(e.g. {next(iter(table))!r}); `image` is the path relative to {self.raw_root / entry.root}, "
-                f"e.g. {sorted(keys)[0]!r}")
+                f"e.g. {sorted(keys)[0]!r}"
+            )
 
     def __call__(self, entry, record) -> str | None:
         """The reference of one Record of source ``entry`` (None: not in its CSV, or ``references: none``)."""

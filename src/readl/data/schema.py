@@ -34,8 +34,18 @@ from pandera.errors import SchemaError, SchemaErrors
 
 __all__ = ["MANIFEST_COLUMNS", "OPTIONAL_COLUMNS", "ManifestError", "manifest_schema", "validate_manifest"]
 
-MANIFEST_COLUMNS = ("source", "category", "split", "label", "defect_type", "image_path",
-                    "mask_path", "phash", "width", "height")
+MANIFEST_COLUMNS = (
+    "source",
+    "category",
+    "split",
+    "label",
+    "defect_type",
+    "image_path",
+    "mask_path",
+    "phash",
+    "width",
+    "height",
+)
 OPTIONAL_COLUMNS = ("reference",)
 """Columns checked when present (a manifest without them is valid)."""
 
@@ -81,11 +91,17 @@ def manifest_schema(require_masks: bool) -> pa.DataFrameSchema:
         ``pandera.pandas.DataFrameSchema`` (columns and checks in the module docstring);
         ``strict=False`` (extra columns allowed), ``coerce=False`` (dtypes must already match).
     """
-    checks = [pa.Check(_normal_iff_good, name="normal_iff_good",
-                       error="defect_type must be 'good' exactly when label == 0")]
+    checks = [
+        pa.Check(_normal_iff_good, name="normal_iff_good", error="defect_type must be 'good' exactly when label == 0")
+    ]
     if require_masks:
-        checks.append(pa.Check(_anomalies_have_masks, name="anomaly_has_mask",
-                               error="anomalous row without mask_path (masks are required here)"))
+        checks.append(
+            pa.Check(
+                _anomalies_have_masks,
+                name="anomaly_has_mask",
+                error="anomalous row without mask_path (masks are required here)",
+            )
+        )
     return pa.DataFrameSchema(
         {
             "source": pa.Column(str, _NON_EMPTY),
@@ -96,16 +112,20 @@ def manifest_schema(require_masks: bool) -> pa.DataFrameSchema:
             "image_path": pa.Column(str, _NON_EMPTY, unique=True),
             # any dtype so that an all-null column (object, or float64 after a CSV round trip)
             # passes; every non-null value must be a non-empty str
-            "mask_path": pa.Column(None, pa.Check(_null_or_nonempty_str, name="null_or_path",
-                                                  error="mask_path must be null or a non-empty "
-                                                        "str"), nullable=True),
-            "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{16}$",
-                                                         error="phash must be 16 hex chars")),
+            "mask_path": pa.Column(
+                None,
+                pa.Check(_null_or_nonempty_str, name="null_or_path", error="mask_path must be null or a non-empty str"),
+                nullable=True,
+            ),
+            "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{16}$", error="phash must be 16 hex chars")),
             "width": pa.Column("int64", pa.Check.gt(0)),
             "height": pa.Column("int64", pa.Check.gt(0)),
-            "reference": pa.Column(None, pa.Check(_null_or_nonempty_str, name="null_or_text",
-                                                  error="reference must be null or a non-empty str"),
-                                   nullable=True, required=False),
+            "reference": pa.Column(
+                None,
+                pa.Check(_null_or_nonempty_str, name="null_or_text", error="reference must be null or a non-empty str"),
+                nullable=True,
+                required=False,
+            ),
         },
         checks=checks,
         strict=False,
@@ -127,8 +147,9 @@ def _describe(df: pd.DataFrame, fc: pd.DataFrame) -> str:
         if idx is None or (isinstance(idx, float) and pd.isna(idx)):
             general.append(f"  {col}: {check} (failure case: {f.get('failure_case')!r})")
             continue
-        what = check if f.get("schema_context") == "DataFrameSchema" else \
-            f"{col}={f.get('failure_case')!r} fails {check}"
+        what = (
+            check if f.get("schema_context") == "DataFrameSchema" else f"{col}={f.get('failure_case')!r} fails {check}"
+        )
         msgs = rows.setdefault(idx, [])
         if what not in msgs:
             msgs.append(what)
@@ -137,8 +158,9 @@ def _describe(df: pd.DataFrame, fc: pd.DataFrame) -> str:
         if paths is not None and idx in df.index:
             where = f" ({df.at[idx, 'image_path']})"
         lines.append(f"  row {idx}{where}: " + "; ".join(rows[idx]))
-    head = (f"manifest failed validation: {len(rows)} failing row(s)"
-            + (f", {len(general)} column/schema problem(s)" if general else ""))
+    head = f"manifest failed validation: {len(rows)} failing row(s)" + (
+        f", {len(general)} column/schema problem(s)" if general else ""
+    )
     return "\n".join([head, *general, *lines])
 
 
@@ -150,8 +172,7 @@ def _collapse(fc: pd.DataFrame) -> pd.DataFrame:
     keep = fc[~frame_level]
     rows = fc[frame_level & (fc["column"] == "image_path")].copy()
     missing = fc[frame_level].drop_duplicates(["check", "index"])
-    missing = missing[~missing.set_index(["check", "index"]).index.isin(
-        rows.set_index(["check", "index"]).index)]
+    missing = missing[~missing.set_index(["check", "index"]).index.isin(rows.set_index(["check", "index"]).index)]
     rows = pd.concat([rows, missing.assign(failure_case=None)])
     rows["column"] = None
     return pd.concat([keep, rows])
@@ -181,9 +202,18 @@ def validate_manifest(df: pd.DataFrame, require_masks: bool, columns: list[str] 
     except SchemaErrors as exc:
         fc = _collapse(exc.failure_cases)
     except SchemaError as exc:  # pragma: no cover - lazy=True collects; kept for safety
-        fc = pd.DataFrame([{"schema_context": "DataFrameSchema", "column": None,
-                            "check": str(exc), "check_number": None,
-                            "failure_case": None, "index": None}])
+        fc = pd.DataFrame(
+            [
+                {
+                    "schema_context": "DataFrameSchema",
+                    "column": None,
+                    "check": str(exc),
+                    "check_number": None,
+                    "failure_case": None,
+                    "index": None,
+                }
+            ]
+        )
     fc = fc.reset_index(drop=True)
     table = fc.to_string(index=False, max_rows=200, max_colwidth=80)
     message = f"{_describe(df, fc)}\n\npandera failure cases:\n{table}"

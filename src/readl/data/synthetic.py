@@ -18,7 +18,8 @@ Recipes (the published ones, with the ranges below; every range is a field of a 
 * **DRAEM** (Zavrtanik et al., "DRAEM - A discriminatively trained reconstruction embedding for
   surface anomaly detection", ICCV 2021, Sec. 3.3): a Perlin-noise map (periods ``2**k`` per
   axis, ``k ~ U{0..5}`` in the paper, ``U{0..3}`` here; rotated by ``U(-90, 90)`` degrees)
-  thresholded at 0.5 gives the mask ``M``; an augmented texture ``A`` (3 of DRAEM's 10 augmentations, drawn without replacement) is
+  thresholded at 0.5 gives the mask ``M``; an augmented texture ``A`` (3 of DRAEM's 10 augmentations, drawn without
+  replacement) is
   blended in: ``I_a = (1 - M) * I + (1 - beta) * M * I + beta * M * A`` (paper Eq. 2).
   The paper's texture source is DTD, which is not bundled: here ``A`` is another image of the set
   when one is passed (``texture=``), else the image itself rolled by a random offset
@@ -90,9 +91,9 @@ class CutPasteParams:
     """CutPaste rectangle (Li et al. 2021, Sec. 3.1): area ratio and aspect ratio ranges."""
 
     area_ratio: tuple[float, float] = (0.02, 0.15)
-    aspect_ratio: float = 0.3          # log-uniform in [aspect_ratio, 1 / aspect_ratio]
+    aspect_ratio: float = 0.3  # log-uniform in [aspect_ratio, 1 / aspect_ratio]
     jitter: JitterParams = JitterParams()
-    min_visibility: float = 20.0       # grey levels (0-255), mean |change| inside the mask
+    min_visibility: float = 20.0  # grey levels (0-255), mean |change| inside the mask
     max_tries: int = 10
 
 
@@ -106,8 +107,8 @@ class ScarParams:
 
     width: tuple[float, float] = (4.0, 16.0)
     length: tuple[float, float] = (20.0, 60.0)
-    rotation: tuple[float, float] = (-45.0, 45.0)   # degrees
-    reference_size: int = 256                       # the paper's input side
+    rotation: tuple[float, float] = (-45.0, 45.0)  # degrees
+    reference_size: int = 256  # the paper's input side
     jitter: JitterParams = JitterParams()
     min_visibility: float = 20.0
     max_tries: int = 10
@@ -133,10 +134,11 @@ class DraemParams:
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-            or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB image as a (H, W, 3) uint8 array, got "
-                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected an RGB image as a (H, W, 3) uint8 array, got "
+            f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        )
     if min(image.shape[:2]) < 16:
         raise ValueError(f"image too small for a synthetic defect: {image.shape[:2]} (min side 16)")
     return image
@@ -145,11 +147,14 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _jitter(patch: np.ndarray, rng: np.random.Generator, p: JitterParams) -> np.ndarray:
     """Colour-jitter an (h, w, 3) uint8 patch (brightness, contrast, saturation, hue)."""
     img = Image.fromarray(patch)
-    for enhancer, x in ((ImageEnhance.Brightness, p.brightness), (ImageEnhance.Contrast, p.contrast),
-                        (ImageEnhance.Color, p.saturation)):
+    for enhancer, x in (
+        (ImageEnhance.Brightness, p.brightness),
+        (ImageEnhance.Contrast, p.contrast),
+        (ImageEnhance.Color, p.saturation),
+    ):
         img = enhancer(img).enhance(float(rng.uniform(max(0.0, 1 - x), 1 + x)))
     shift = rng.uniform(-p.hue, p.hue)
-    hsv = np.asarray(img.convert("HSV")).copy()                      # (h, w, 3) uint8
+    hsv = np.asarray(img.convert("HSV")).copy()  # (h, w, 3) uint8
     hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(shift * 255))) % 256).astype(np.uint8)
     return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
 
@@ -161,9 +166,13 @@ def _visibility(original: np.ndarray, new: np.ndarray, mask: np.ndarray) -> floa
     return float(np.abs(new[mask].astype(np.int16) - original[mask].astype(np.int16)).mean())
 
 
-def _best_of(draw: Callable[[], tuple[np.ndarray, np.ndarray]], image: np.ndarray,
-             min_visibility: float, max_tries: int, min_pixels: int = 1
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _best_of(
+    draw: Callable[[], tuple[np.ndarray, np.ndarray]],
+    image: np.ndarray,
+    min_visibility: float,
+    max_tries: int,
+    min_pixels: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Call ``draw`` until a result passes the visibility guard; else return the most visible one."""
     best, best_score = None, -1.0
     for _ in range(max(1, max_tries)):
@@ -176,27 +185,29 @@ def _best_of(draw: Callable[[], tuple[np.ndarray, np.ndarray]], image: np.ndarra
     return best
 
 
-def _paste(image: np.ndarray, patch: np.ndarray, patch_mask: np.ndarray,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _paste(
+    image: np.ndarray, patch: np.ndarray, patch_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste ``patch`` where ``patch_mask`` is True at a random place that fits; exact mask."""
     H, W = image.shape[:2]
     h, w = patch_mask.shape
     y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
     out, mask = image.copy(), np.zeros((H, W), dtype=bool)
-    region = out[y:y + h, x:x + w]                                     # (h, w, 3) view
+    region = out[y : y + h, x : x + w]  # (h, w, 3) view
     region[patch_mask] = patch[patch_mask]
-    mask[y:y + h, x:x + w] = patch_mask        # the pasted pixels (an unchanged one included)
+    mask[y : y + h, x : x + w] = patch_mask  # the pasted pixels (an unchanged one included)
     return out, mask
 
 
 def _cut(image: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     H, W = image.shape[:2]
     y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
-    return image[y:y + h, x:x + w]
+    return image[y : y + h, x : x + w]
 
 
-def cutpaste(image: np.ndarray, rng: np.random.Generator,
-             params: CutPasteParams = CutPasteParams()) -> tuple[np.ndarray, np.ndarray]:
+def cutpaste(
+    image: np.ndarray, rng: np.random.Generator, params: CutPasteParams = CutPasteParams()
+) -> tuple[np.ndarray, np.ndarray]:
     """CutPaste (Li et al., CVPR 2021, Sec. 3.1): cut a rectangle, jitter it, paste it elsewhere.
 
     Args:
@@ -225,8 +236,9 @@ def cutpaste(image: np.ndarray, rng: np.random.Generator,
     return _best_of(draw, image, params.min_visibility, params.max_tries)
 
 
-def scar(image: np.ndarray, rng: np.random.Generator,
-         params: ScarParams = ScarParams()) -> tuple[np.ndarray, np.ndarray]:
+def scar(
+    image: np.ndarray, rng: np.random.Generator, params: ScarParams = ScarParams()
+) -> tuple[np.ndarray, np.ndarray]:
     """CutPaste-scar (Li et al., CVPR 2021): a thin rotated rectangle, jittered and pasted.
 
     The patch and its mask are rotated together with nearest-neighbour resampling (PIL,
@@ -244,10 +256,11 @@ def scar(image: np.ndarray, rng: np.random.Generator,
         angle = float(rng.uniform(*params.rotation))
         patch = _jitter(_cut(image, h, w, rng), rng, params.jitter)
         patch = np.asarray(Image.fromarray(patch).rotate(angle, Image.NEAREST, expand=True))
-        pmask = np.asarray(Image.fromarray(np.full((h, w), 255, np.uint8)).rotate(
-            angle, Image.NEAREST, expand=True)) > 0
+        pmask = (
+            np.asarray(Image.fromarray(np.full((h, w), 255, np.uint8)).rotate(angle, Image.NEAREST, expand=True)) > 0
+        )
         ph, pw = pmask.shape
-        if ph > H or pw > W:                       # a long scar on a tiny image: crop to fit
+        if ph > H or pw > W:  # a long scar on a tiny image: crop to fit
             patch, pmask = patch[:H, :W], pmask[:H, :W]
         return _paste(image, patch, pmask, rng)
 
@@ -258,10 +271,12 @@ def _augment_texture(texture: np.ndarray, rng: np.random.Generator) -> np.ndarra
     """DRAEM's texture augmentation: 3 of these 10, drawn without replacement, in drawn order."""
     img = Image.fromarray(texture)
     ops: list[Callable[[Image.Image], Image.Image]] = [
-        lambda im: Image.fromarray(np.clip(255.0 * (np.asarray(im) / 255.0)
-                                           ** rng.uniform(0.5, 2.0), 0, 255).astype(np.uint8)),
-        lambda im: Image.fromarray(np.clip(np.asarray(im) * rng.uniform(0.8, 1.2)
-                                           + rng.uniform(-30, 30), 0, 255).astype(np.uint8)),
+        lambda im: Image.fromarray(
+            np.clip(255.0 * (np.asarray(im) / 255.0) ** rng.uniform(0.5, 2.0), 0, 255).astype(np.uint8)
+        ),
+        lambda im: Image.fromarray(
+            np.clip(np.asarray(im) * rng.uniform(0.8, 1.2) + rng.uniform(-30, 30), 0, 255).astype(np.uint8)
+        ),
         lambda im: ImageEnhance.Sharpness(im).enhance(float(rng.uniform(0.0, 4.0))),
         lambda im: _jitter(np.asarray(im), rng, JitterParams(0.0, 0.0, 0.5, 0.15)),
         lambda im: ImageOps.solarize(im, int(rng.integers(32, 129))),
@@ -277,8 +292,9 @@ def _augment_texture(texture: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.asarray(img.convert("RGB"))
 
 
-def draem(image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | None = None,
-          params: DraemParams = DraemParams()) -> tuple[np.ndarray, np.ndarray]:
+def draem(
+    image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | None = None, params: DraemParams = DraemParams()
+) -> tuple[np.ndarray, np.ndarray]:
     """DRAEM defect (Zavrtanik et al., ICCV 2021, Sec. 3.3, Eq. 2): Perlin mask, texture blend.
 
     Args:
@@ -299,8 +315,9 @@ def draem(image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | Non
     image = _check_image(image)
     H, W = image.shape[:2]
     if texture is None:
-        base = np.roll(image, (int(rng.integers(H // 4, 3 * H // 4 + 1)),
-                               int(rng.integers(W // 4, 3 * W // 4 + 1))), axis=(0, 1))[:, ::-1]
+        base = np.roll(
+            image, (int(rng.integers(H // 4, 3 * H // 4 + 1)), int(rng.integers(W // 4, 3 * W // 4 + 1))), axis=(0, 1)
+        )[:, ::-1]
     else:
         base = _check_image(texture)
         if base.shape[:2] != (H, W):
@@ -312,12 +329,11 @@ def draem(image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | Non
         k0, k1 = params.scale_exponents
         res = (2 ** int(rng.integers(k0, k1)), 2 ** int(rng.integers(k0, k1)))
         noise = perlin_noise((H, W), res, rng)
-        noise = ndimage.rotate(noise, float(rng.uniform(*params.rotation)), reshape=False,
-                               order=1, mode="reflect")
-        mask = noise > params.threshold                                      # (H, W)
+        noise = ndimage.rotate(noise, float(rng.uniform(*params.rotation)), reshape=False, order=1, mode="reflect")
+        mask = noise > params.threshold  # (H, W)
         tex = _augment_texture(base, rng).astype(np.float64)
         beta = float(rng.uniform(*params.opacity))
-        blend = (1 - beta) * image.astype(np.float64) + beta * tex           # (H, W, 3)
+        blend = (1 - beta) * image.astype(np.float64) + beta * tex  # (H, W, 3)
         out = image.copy()
         out[mask] = np.clip(np.rint(blend[mask]), 0, 255).astype(np.uint8)
         return out, mask
@@ -325,8 +341,13 @@ def draem(image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | Non
     return _best_of(draw, image, params.min_visibility, params.max_tries, min_pixels)
 
 
-def synthesize(recipe: str, image: np.ndarray, seed: int | np.random.Generator,
-               texture: np.ndarray | None = None, texture_source: str = "self") -> tuple[np.ndarray, np.ndarray]:
+def synthesize(
+    recipe: str,
+    image: np.ndarray,
+    seed: int | np.random.Generator,
+    texture: np.ndarray | None = None,
+    texture_source: str = "self",
+) -> tuple[np.ndarray, np.ndarray]:
     """Apply one recipe of :data:`RECIPES` with default params.
 
     Args:

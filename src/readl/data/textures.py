@@ -12,8 +12,7 @@ import numpy as np
 __all__ = ["perlin_noise", "procedural_texture"]
 
 
-def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator
-                 ) -> np.ndarray:
+def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """2-D Perlin noise (DRAEM's ``rand_perlin_2d_np``), float64 (H, W), values in about [-0.7, 0.7].
 
     Computed on the next multiple of ``res`` covering ``shape`` and cropped, so any size works.
@@ -25,16 +24,15 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     ry, rx = int(res[0]), int(res[1])
     if ry < 1 or rx < 1:
         raise ValueError(f"Perlin periods must be >= 1, got {res}")
-    cy, cx = -(-H // ry), -(-W // rx)              # cell size (pixels), ceil
-    gh, gw = cy * ry, cx * rx
-    fade = lambda t: 6 * t ** 5 - 15 * t ** 4 + 10 * t ** 3  # noqa: E731
+    cy, cx = -(-H // ry), -(-W // rx)  # cell size (pixels), ceil
+    fade = lambda t: 6 * t**5 - 15 * t**4 + 10 * t**3  # noqa: E731
     angles = 2 * np.pi * rng.random((ry + 1, rx + 1))
-    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)      # (ry+1, rx+1, 2)
-    fy = np.tile((np.arange(cy) / cy), ry)[:, None]                  # (gh, 1) position in its cell
-    fx = np.tile((np.arange(cx) / cx), rx)[None, :]                  # (1, gw)
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (ry+1, rx+1, 2)
+    fy = np.tile((np.arange(cy) / cy), ry)[:, None]  # (gh, 1) position in its cell
+    fx = np.tile((np.arange(cx) / cx), rx)[None, :]  # (1, gw)
 
     def dot(oy: int, ox: int) -> np.ndarray:  # each pixel's corner gradient . offset to that corner
-        g = np.repeat(np.repeat(grads[oy:oy + ry, ox:ox + rx], cy, 0), cx, 1)   # (gh, gw, 2)
+        g = np.repeat(np.repeat(grads[oy : oy + ry, ox : ox + rx], cy, 0), cx, 1)  # (gh, gw, 2)
         return g[..., 0] * (fy - oy) + g[..., 1] * (fx - ox)
 
     ty, tx = fade(fy), fade(fx)
@@ -59,8 +57,8 @@ def procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.n
     """
     H, W = shape
     k = int(rng.integers(1, 4))
-    n = perlin_noise((H, W), (2 ** k, 2 ** k), rng) + 0.5 * perlin_noise((H, W), (2 ** (k + 1), 2 ** (k + 1)), rng)
-    n = (n - n.min()) / max(float(np.ptp(n)), 1e-9)                              # (H, W) in [0, 1]
+    n = perlin_noise((H, W), (2**k, 2**k), rng) + 0.5 * perlin_noise((H, W), (2 ** (k + 1), 2 ** (k + 1)), rng)
+    n = (n - n.min()) / max(float(np.ptp(n)), 1e-9)  # (H, W) in [0, 1]
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     tex = c1 * n[..., None] + c2 * (1 - n[..., None]) + rng.normal(0.0, 8.0, (H, W, 3))  # (H, W, 3)
     return np.clip(np.rint(tex), 0, 255).astype(np.uint8)

@@ -21,8 +21,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["auroc_from_histograms", "bootstrap_image_auroc", "bootstrap_pixel_auroc",
-           "contrast_map", "pixel_histograms", "resample_counts"]
+__all__ = [
+    "auroc_from_histograms",
+    "bootstrap_image_auroc",
+    "bootstrap_pixel_auroc",
+    "contrast_map",
+    "pixel_histograms",
+    "resample_counts",
+]
 
 _CHUNK = 256  # resamples per matrix product (memory: chunk x bins x 8 bytes, twice)
 
@@ -52,18 +58,17 @@ def contrast_map(image, grid: int | tuple[int, int] = 15) -> np.ndarray:
     H, W = arr.shape[:2]
     if h < 1 or w < 1 or H < h or W < w:
         raise ValueError(f"contrast_map: grid {(h, w)} must be >= 1 and fit the image {(H, W)}")
-    x = arr.astype(np.float64)                                          # (H, W, 3)
-    median = np.median(x.reshape(-1, 3), axis=0)                        # (3,)
-    rows = (np.arange(h) * H) // h                                      # cell starts
+    x = arr.astype(np.float64)  # (H, W, 3)
+    median = np.median(x.reshape(-1, 3), axis=0)  # (3,)
+    rows = (np.arange(h) * H) // h  # cell starts
     cols = (np.arange(w) * W) // w
-    sums = np.add.reduceat(np.add.reduceat(x, rows, axis=0), cols, axis=1)     # (h, w, 3)
+    sums = np.add.reduceat(np.add.reduceat(x, rows, axis=0), cols, axis=1)  # (h, w, 3)
     counts = np.outer(np.diff(np.append(rows, H)), np.diff(np.append(cols, W)))  # (h, w)
     cell = sums / counts[..., None]
     return (np.linalg.norm(cell - median, axis=-1) / (255 * np.sqrt(3))).astype(np.float32)
 
 
-def resample_counts(n: int, n_resamples: int, seed: int | np.random.Generator
-                    ) -> Iterable[np.ndarray]:
+def resample_counts(n: int, n_resamples: int, seed: int | np.random.Generator) -> Iterable[np.ndarray]:
     """Bootstrap resamples of ``n`` items as multiplicity matrices, in chunks.
 
     Yields ``(chunk, n)`` float64 arrays: row r counts how often each item was drawn in
@@ -74,7 +79,7 @@ def resample_counts(n: int, n_resamples: int, seed: int | np.random.Generator
     done = 0
     while done < n_resamples:
         r = min(_CHUNK, n_resamples - done)
-        idx = rng.integers(0, n, size=(r, n))                            # (r, n)
+        idx = rng.integers(0, n, size=(r, n))  # (r, n)
         flat = (np.arange(r)[:, None] * n + idx).ravel()
         yield np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
         done += r
@@ -90,21 +95,22 @@ def auroc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
         (...) float64 AUROC; NaN where a row has no positives or no negatives.
     """
     pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
-    below = np.cumsum(neg, axis=-1) - neg                                # negatives strictly lower
+    below = np.cumsum(neg, axis=-1) - neg  # negatives strictly lower
     num = np.sum(pos * (below + 0.5 * neg), axis=-1)
     den = pos.sum(-1) * neg.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _bootstrap(pos: np.ndarray, neg: np.ndarray, n_resamples: int, seed, ci: float,
-               groups: Sequence | None = None) -> tuple[float, float, float]:
+def _bootstrap(
+    pos: np.ndarray, neg: np.ndarray, n_resamples: int, seed, ci: float, groups: Sequence | None = None
+) -> tuple[float, float, float]:
     """(point, lo, hi) from per-image histograms ``pos``/``neg`` (n, K); with ``groups`` (n,)
     the resampled units are the groups (their images' histograms summed)."""
     if groups is not None:
         if len(groups) != len(pos):
             raise ValueError(f"groups must have one entry per image: {len(groups)} for {len(pos)}")
-        _, g = np.unique(np.asarray(groups), return_inverse=True)          # (n,) in 0..G-1
+        _, g = np.unique(np.asarray(groups), return_inverse=True)  # (n,) in 0..G-1
         pos_g, neg_g = (np.zeros((g.max() + 1, pos.shape[1])) for _ in range(2))  # (G, K)
         np.add.at(pos_g, g, pos)
         np.add.at(neg_g, g, neg)
@@ -114,19 +120,27 @@ def _bootstrap(pos: np.ndarray, neg: np.ndarray, n_resamples: int, seed, ci: flo
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     point = float(auroc_from_histograms(pos.sum(0), neg.sum(0)))
-    stats = [auroc_from_histograms(w @ pos, w @ neg)                      # (chunk,)
-             for w in resample_counts(len(pos), n_resamples, seed)]
+    stats = [
+        auroc_from_histograms(w @ pos, w @ neg)  # (chunk,)
+        for w in resample_counts(len(pos), n_resamples, seed)
+    ]
     values = np.concatenate(stats)
-    values = values[np.isfinite(values)]                 # resamples lacking a class: dropped
+    values = values[np.isfinite(values)]  # resamples lacking a class: dropped
     if not len(values):
         return point, float("nan"), float("nan")
     lo, hi = np.quantile(values, [(1 - ci) / 2, 1 - (1 - ci) / 2])
     return point, float(lo), float(hi)
 
 
-def bootstrap_image_auroc(scores: Sequence[float], labels: Sequence[int], *,
-                          n_resamples: int = 1000, seed: int = 0, ci: float = 0.95,
-                          groups: Sequence | None = None) -> tuple[float, float, float]:
+def bootstrap_image_auroc(
+    scores: Sequence[float],
+    labels: Sequence[int],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    groups: Sequence | None = None,
+) -> tuple[float, float, float]:
     """Image AUROC and its percentile-bootstrap interval (images resampled with replacement).
 
     Exact (no binning): each image is a one-hot histogram over the sorted unique scores.
@@ -149,21 +163,20 @@ def bootstrap_image_auroc(scores: Sequence[float], labels: Sequence[int], *,
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel()
     if len(s) != len(y) or not len(s):
-        raise ValueError(f"scores and labels must be non-empty and of equal length, got "
-                         f"{len(s)} and {len(y)}")
+        raise ValueError(f"scores and labels must be non-empty and of equal length, got {len(s)} and {len(y)}")
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite (no NaN/inf)")
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"labels must be 0 or 1, got {sorted(set(y.tolist()))}")
-    _, rank = np.unique(s, return_inverse=True)                          # (n,) bin of each image
+    _, rank = np.unique(s, return_inverse=True)  # (n,) bin of each image
     onehot = np.zeros((len(s), rank.max() + 1))
     onehot[np.arange(len(s)), rank] = 1.0
-    return _bootstrap(onehot * (y == 1)[:, None], onehot * (y == 0)[:, None], n_resamples, seed, ci,
-                      groups)
+    return _bootstrap(onehot * (y == 1)[:, None], onehot * (y == 0)[:, None], n_resamples, seed, ci, groups)
 
 
-def pixel_histograms(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray], edges: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def pixel_histograms(
+    maps: Iterable[np.ndarray], masks: Iterable[np.ndarray], edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image histograms of pixel scores, split by the mask.
 
     Args:
@@ -184,10 +197,10 @@ def pixel_histograms(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray], ed
     k = len(edges) - 1
     pos_rows, neg_rows = [], []
     for m, g in zip(maps, masks, strict=True):
-        g = np.asarray(g) > 0                                                # (H, W)
+        g = np.asarray(g) > 0  # (H, W)
         m = np.asarray(m, np.float64)
         if m.shape != g.shape:
-            m = upsample(m, g.shape).astype(np.float64)                      # (H, W)
+            m = upsample(m, g.shape).astype(np.float64)  # (H, W)
         if not np.isfinite(m).all():
             raise ValueError("pixel scores must be finite (no NaN/inf)")
         b = np.clip(np.searchsorted(edges, m.ravel(), side="right") - 1, 0, k - 1)
@@ -197,10 +210,16 @@ def pixel_histograms(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray], ed
     return np.array(pos_rows, np.float64).reshape(-1, k), np.array(neg_rows, np.float64).reshape(-1, k)
 
 
-def bootstrap_pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
-                          n_bins: int = 4096, n_resamples: int = 1000, seed: int = 0,
-                          ci: float = 0.95, groups: Sequence | None = None
-                          ) -> tuple[float, float, float]:
+def bootstrap_pixel_auroc(
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    n_bins: int = 4096,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    groups: Sequence | None = None,
+) -> tuple[float, float, float]:
     """Pooled pixel AUROC and its percentile-bootstrap interval, resampling images.
 
     Bins: ``n_bins`` equal-mass bins over the maps' values (quantiles of all map values; token
@@ -221,8 +240,7 @@ def bootstrap_pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray
     """
     maps = [np.asarray(m, np.float64) for m in maps]
     if not maps or len(maps) != len(masks):
-        raise ValueError(f"maps and masks must be non-empty and of equal length, got "
-                         f"{len(maps)} and {len(masks)}")
+        raise ValueError(f"maps and masks must be non-empty and of equal length, got {len(maps)} and {len(masks)}")
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     values = np.concatenate([m.ravel() for m in maps])

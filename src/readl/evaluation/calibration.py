@@ -41,7 +41,7 @@ def pooled_token_scores(preds: Iterable[Prediction], binarize="mean") -> tuple[n
         t_hat, i_hat = normalize_scores(s_t, s_i)
         t_all.append(t_hat)
         i_all.append(i_hat)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))  # noqa: E731
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
     return cat(t_all), cat(i_all), n_images
 
 
@@ -66,8 +66,10 @@ def calibrate_thresholds(preds: Iterable[Prediction], cfg: LocalizationConfig) -
     record = {
         "tau_t": asdict(tau_t),
         "tau_i": asdict(tau_i),
-        "rule_fallbacks": {k: {"fallback": int(t.fallback is not None), "top_tied": int(t.top_tied > 0)}
-                           for k, t in (("tau_t", tau_t), ("tau_i", tau_i))},  # fmt: skip
+        "rule_fallbacks": {
+            k: {"fallback": int(t.fallback is not None), "top_tied": int(t.top_tied > 0)}
+            for k, t in (("tau_t", tau_t), ("tau_i", tau_i))
+        },
         "n_tokens": int(s_t_hat.size),
         "n_images": n_images,
         "binarize": cfg.binarize,
@@ -105,8 +107,13 @@ def pixel_thresholds(results, false_alarm_rate: float, root: Path = Path(".")) -
         if pooled:
             values[mode] = float(np.quantile(np.concatenate(pooled), 1.0 - false_alarm_rate, method="higher"))
     n_pixels = sum(math.prod(eval_mask_size(r, root)) for r in normal)
-    return {"rule": "false_alarm_rate", "false_alarm_rate": false_alarm_rate, "n_images": len(normal),
-            "n_pixels": n_pixels, "value": values}  # fmt: skip
+    return {
+        "rule": "false_alarm_rate",
+        "false_alarm_rate": false_alarm_rate,
+        "n_images": len(normal),
+        "n_pixels": n_pixels,
+        "value": values,
+    }
 
 
 def plot_curves(path: Path, s_t_hat: np.ndarray, s_i_hat: np.ndarray, record: dict) -> Path:
@@ -128,4 +135,3 @@ def plot_curves(path: Path, s_t_hat: np.ndarray, s_i_hat: np.ndarray, record: di
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
-

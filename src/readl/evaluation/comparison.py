@@ -13,7 +13,8 @@ Model baselines get their own tau_t / tau_i (``evaluate.baseline_thresholds``: `
 split exactly as ``readl calibrate`` fits the model's, else the per-image rules of ``localization``; a calibrated
 threshold belongs to one model's attention) and keep the map and P(Yes) of a malformed answer (``malformed:
 score``): a baseline is a floor to beat, and emptying the maps of a model that never writes the format would
-flatter the model under evaluation (their ``format_rate`` is reported). Points are computed with the evaluate stage's own metrics
+flatter the model under evaluation (their ``format_rate`` is reported). Points are computed with the evaluate stage's
+own metrics
 (:func:`readl.evaluation.evaluate.image_metrics` / :func:`~readl.evaluation.evaluate.pixel_metrics`); the 95%
 intervals are percentile-bootstrap intervals over images (:mod:`readl.evaluation.baselines`), resampling whole
 groups of images that share a raw image (``raw_image_path``: the synthetic anomalies of one normal image and that
@@ -40,13 +41,32 @@ from readl.config import Params, pipeline_base
 from readl.data.manifest import read_manifest
 from readl.evaluation.baselines import bootstrap_image_auroc, bootstrap_pixel_auroc, contrast_map
 from readl.evaluation.calibration import calibrate_thresholds
-from readl.evaluation.evaluate import MODES, ImageResult, load_eval_mask, eval_mask_size, image_metrics, pixel_metrics, score_images
+from readl.evaluation.evaluate import (
+    MODES,
+    ImageResult,
+    eval_mask_size,
+    image_metrics,
+    load_eval_mask,
+    pixel_metrics,
+    score_images,
+)
 from readl.evaluation.predictions import predict_manifest
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec, resolve_taus
 
-__all__ = ["BASELINES", "Bootstrap", "image_groups", "intervals", "contrast_results", "contrast_entry",
-           "baseline_entry", "add_intervals", "baseline_models", "baseline_predictions", "add_comparison",
-           "comparison_table"]  # fmt: skip
+__all__ = [
+    "BASELINES",
+    "Bootstrap",
+    "image_groups",
+    "intervals",
+    "contrast_results",
+    "contrast_entry",
+    "baseline_entry",
+    "add_intervals",
+    "baseline_models",
+    "baseline_predictions",
+    "add_comparison",
+    "comparison_table",
+]
 
 log = logging.getLogger(__name__)
 BASELINES = ("untrained", "warmup", "contrast")
@@ -75,19 +95,27 @@ def _ci(fn, *args, boot: Bootstrap, **kwargs) -> list[float] | None:
     return [lo, hi]
 
 
-def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequence[str], boot: Bootstrap,
-              root: Path = Path("."), points: bool = True) -> dict:  # fmt: skip
+def intervals(
+    results: Sequence[ImageResult],
+    groups: Sequence[str],
+    modes: Sequence[str],
+    boot: Bootstrap,
+    root: Path = Path("."),
+    points: bool = True,
+) -> dict:
     """Per dataset, the image AUROC and per-mode pixel AUROC with their bootstrap intervals.
 
     Args:
-        results: scored images (any datasets); ``groups``: (len(results),) bootstrap unit of each (:func:`image_groups`).
+        results: scored images (any datasets); ``groups``: (len(results),) bootstrap unit of each
+        (:func:`image_groups`).
         modes: keys of ``ImageResult.maps`` to score.
         boot: bootstrap settings; ``n_resamples == 0`` gives ``AUROC_ci: None``.
         root: folder of the image / mask paths.
         points: compute the pixel AUROC points (:func:`pixel_metrics`); False: ``AUROC: None`` (intervals only).
 
     Returns:
-        ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi], "n_units", "n_normal", "n_anomalous"}, "modes": {mode: {"AUROC", "AUROC_ci"}}}}``, AUROC in
+        ``{dataset: {"image": {"AUROC", "AUROC_ci": [lo, hi], "n_units", "n_normal", "n_anomalous"}, "modes": {mode:
+        {"AUROC", "AUROC_ci"}}}}``, AUROC in
         [0, 1] (NaN when a class is absent; an interval bound NaN when no resample has both classes).
     """
     if len(groups) != len(results):
@@ -97,10 +125,13 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
         idx = [i for i, r in enumerate(results) if r.dataset == ds]
         rs, g = [results[i] for i in idx], [groups[i] for i in idx]
         scores, labels = [r.score for r in rs], [r.label for r in rs]
-        image = {"AUROC": image_metrics(rs)["AUROC"],
-                 "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g),
-                 "n_units": len(set(g)),  # independent units the interval resamples (base photos)
-                 "n_normal": labels.count(0), "n_anomalous": labels.count(1)}  # fmt: skip
+        image = {
+            "AUROC": image_metrics(rs)["AUROC"],
+            "AUROC_ci": _ci(bootstrap_image_auroc, scores, labels, boot=boot, groups=g),
+            "n_units": len(set(g)),  # independent units the interval resamples (base photos)
+            "n_normal": labels.count(0),
+            "n_anomalous": labels.count(1),
+        }
         masks = [load_eval_mask(r.mask_path, eval_mask_size(r, root), root) for r in rs]  # (H, W) bool each
         per_mode = {}
         for mode in modes:
@@ -111,8 +142,14 @@ def intervals(results: Sequence[ImageResult], groups: Sequence[str], modes: Sequ
     return out
 
 
-def add_intervals(metrics: dict, results: Sequence[ImageResult], groups: Sequence[str], headline_mode: str,
-                  boot: Bootstrap, root: Path = Path(".")) -> dict:  # fmt: skip
+def add_intervals(
+    metrics: dict,
+    results: Sequence[ImageResult],
+    groups: Sequence[str],
+    headline_mode: str,
+    boot: Bootstrap,
+    root: Path = Path("."),
+) -> dict:
     """Write ``AUROC_ci`` next to the image AUROC, the headline pixel AUROC and each mode's pixel AUROC of
     ``metrics["datasets"][ds]`` (the model under evaluation); the points stay those of ``evaluate``. In place."""
     for ds, entry in intervals(results, groups, MODES, boot, root, points=False).items():
@@ -121,21 +158,35 @@ def add_intervals(metrics: dict, results: Sequence[ImageResult], groups: Sequenc
         for mode in MODES:
             d["modes"][mode]["AUROC_ci"] = entry["modes"][mode]["AUROC_ci"]
         d["pixel"]["AUROC_ci"] = entry["modes"][headline_mode]["AUROC_ci"]
-    metrics["bootstrap"] = {"n_resamples": boot.n_resamples, "seed": boot.seed, "ci": boot.ci,
-                            "unit": "images sharing a raw_image_path"}  # fmt: skip
+    metrics["bootstrap"] = {
+        "n_resamples": boot.n_resamples,
+        "seed": boot.seed,
+        "ci": boot.ci,
+        "unit": "images sharing a raw_image_path",
+    }
     return metrics
 
 
-def baseline_entry(results: Sequence[ImageResult], groups: Sequence[str], headline_mode: str, boot: Bootstrap,
-                   root: Path = Path("."), **extra) -> dict:  # fmt: skip
+def baseline_entry(
+    results: Sequence[ImageResult],
+    groups: Sequence[str],
+    headline_mode: str,
+    boot: Bootstrap,
+    root: Path = Path("."),
+    **extra,
+) -> dict:
     """One model baseline for metrics.json: ``{**extra, "datasets": {ds: {"image": {AUROC, AUROC_ci}, "pixel":
     {AUROC, AUROC_ci} (headline mode), "modes": {mode: {AUROC, AUROC_ci}}, "format_rate", "n_malformed"}}}``."""
     datasets = {}
     for ds, entry in intervals(results, groups, MODES, boot, root).items():
         rs = [r for r in results if r.dataset == ds]
-        datasets[ds] = {"image": entry["image"], "pixel": entry["modes"][headline_mode], "modes": entry["modes"],
-                        "format_rate": float(np.mean([r.format_ok for r in rs])),
-                        "n_malformed": sum(r.malformed for r in rs)}  # fmt: skip
+        datasets[ds] = {
+            "image": entry["image"],
+            "pixel": entry["modes"][headline_mode],
+            "modes": entry["modes"],
+            "format_rate": float(np.mean([r.format_ok for r in rs])),
+            "n_malformed": sum(r.malformed for r in rs),
+        }
     return {**extra, "datasets": datasets}
 
 
@@ -150,11 +201,17 @@ def contrast_results(results: Sequence[ImageResult], grid_mode: str, root: Path 
     return out
 
 
-def contrast_entry(results: Sequence[ImageResult], groups: Sequence[str], boot: Bootstrap,
-                   root: Path = Path(".")) -> dict:  # fmt: skip
-    """The ``contrast`` baseline for metrics.json: ``{"datasets": {ds: {"image": {..}, "pixel": {AUROC, AUROC_ci}}}}``."""
-    return {"datasets": {ds: {"image": e["image"], "pixel": e["modes"]["map"]}
-                         for ds, e in intervals(results, groups, ["map"], boot, root).items()}}  # fmt: skip
+def contrast_entry(
+    results: Sequence[ImageResult], groups: Sequence[str], boot: Bootstrap, root: Path = Path(".")
+) -> dict:
+    """The ``contrast`` baseline for metrics.json: ``{"datasets": {ds: {"image": {..}, "pixel": {AUROC,
+    AUROC_ci}}}}``."""
+    return {
+        "datasets": {
+            ds: {"image": e["image"], "pixel": e["modes"]["map"]}
+            for ds, e in intervals(results, groups, ["map"], boot, root).items()
+        }
+    }
 
 
 # --- the evaluate stage's baselines --------------------------------------------------------------------------
@@ -162,12 +219,20 @@ def baseline_models(params: Params) -> dict[str, str]:
     """The model baselines of ``evaluate.baselines``: name -> base model (``warmup`` only when there is one, i.e.
     :func:`readl.config.pipeline_base` is not ``model.base``)."""
     models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
-    return {n: b for n, b in models.items() if n in params.evaluate.baselines
-            and not (n == "warmup" and b == params.model.base)}  # fmt: skip
+    return {
+        n: b
+        for n, b in models.items()
+        if n in params.evaluate.baselines and not (n == "warmup" and b == params.model.base)
+    }
 
 
-def baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, calib_manifest: Path | None,
-                         load_predictor: Callable[[str], tuple[object, str]]) -> dict:  # fmt: skip
+def baseline_predictions(
+    df: pd.DataFrame,
+    params: Params,
+    cache_dir: Path,
+    calib_manifest: Path | None,
+    load_predictor: Callable[[str], tuple[object, str]],
+) -> dict:
     """Each model baseline (no adapter): ``name -> (base, eval predictions, taus, source)``.
 
     Predictions are cached in ``<cache_dir>/baselines/<name>/`` (its calibration-split predictions in
@@ -199,8 +264,9 @@ def baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, cali
             c_items = predict_manifest(calib, predictor, base, None, cache / f"{name}.calib", params.model.batch_size)
             if c_items is not None:  # main process: fitted exactly as `readl calibrate` fits the model's
                 record, _, _ = calibrate_thresholds([p for _, p in c_items], params.localization)
-                taus = ThresholdPair(ThresholdSpec("fixed", record["tau_t"]["value"]),
-                                     ThresholdSpec("fixed", record["tau_i"]["value"]))  # fmt: skip
+                taus = ThresholdPair(
+                    ThresholdSpec("fixed", record["tau_t"]["value"]), ThresholdSpec("fixed", record["tau_i"]["value"])
+                )
                 source = f"calibrated on {calib_manifest}"
         out[name] = (base, items, taus, source)
         del predictor
@@ -208,8 +274,9 @@ def baseline_predictions(df: pd.DataFrame, params: Params, cache_dir: Path, cali
     return out
 
 
-def add_comparison(metrics: dict, results: Sequence[ImageResult], df: pd.DataFrame, params: Params,
-                   baseline_items: dict) -> None:  # fmt: skip
+def add_comparison(
+    metrics: dict, results: Sequence[ImageResult], df: pd.DataFrame, params: Params, baseline_items: dict
+) -> None:
     """Bootstrap intervals of the model's AUROCs (:func:`add_intervals`) and ``metrics["baselines"]``: each of
     ``evaluate.baselines`` (:func:`contrast_entry`, or :func:`baseline_entry` of ``baseline_items`` from
     :func:`baseline_predictions`, scored with ``malformed: score``; a model baseline without predictions, i.e.
@@ -241,14 +308,22 @@ def _fmt(d: dict | None) -> str:
     return f"{100 * d['AUROC']:.1f}"
 
 
-def comparison_table(metrics: dict, title: str = "model vs baselines (AUROC %, 95% bootstrap interval)",
-                     model_name: str = "model"):
+def comparison_table(
+    metrics: dict, title: str = "model vs baselines (AUROC %, 95% bootstrap interval)", model_name: str = "model"
+):
     """A rich table of image AUROC and pixel AUROC per mode: the evaluated model (row ``model_name``) and each entry
     of ``metrics["baselines"]``, per dataset (metrics.json layout)."""
     from rich.table import Table
 
-    table = Table("dataset", "system", "I-AUROC", "P-AUROC", *MODES, title=title,
-                  caption="P-AUROC: the headline mode (localization.mode), or the contrast map; [95% interval]")  # fmt: skip
+    table = Table(
+        "dataset",
+        "system",
+        "I-AUROC",
+        "P-AUROC",
+        *MODES,
+        title=title,
+        caption="P-AUROC: the headline mode (localization.mode), or the contrast map; [95% interval]",
+    )
     systems = [(model_name, metrics)] + list(metrics.get("baselines", {}).items())
     for ds in metrics["datasets"]:
         for name, sysm in systems:

@@ -21,8 +21,16 @@ import numpy as np
 
 from readl.localization.thresholds import read_thresholds_file
 
-__all__ = ["FALLBACK_SCORE", "DEFAULT_THRESHOLD", "image_score", "decide", "decision_basis", "degenerate_decision",
-           "fit_decision_threshold", "read_decision"]
+__all__ = [
+    "FALLBACK_SCORE",
+    "DEFAULT_THRESHOLD",
+    "image_score",
+    "decide",
+    "decision_basis",
+    "degenerate_decision",
+    "fit_decision_threshold",
+    "read_decision",
+]
 
 FALLBACK_SCORE = 0.5  # image score of a malformed answer under evaluate.malformed = fallback
 DEFAULT_THRESHOLD = 0.5  # without a calibrated threshold: P(Yes) >= 0.5, the answer's own boundary
@@ -43,8 +51,11 @@ def decision_basis(score: float, malformed: bool, policy: str, threshold: float,
     """One sentence saying why the decision is what it is (an answer "Yes" with the decision "normal" is not a
     contradiction: the decision thresholds the score, and a malformed answer's score is the fallback 0.5)."""
     used = image_score(score, malformed, policy)
-    what = (f"no parsable answer: the fallback score {used:.3f} (evaluate.malformed: fallback), not P(Yes) "
-            f"{score:.3f}," if used != float(score) else f"P(Yes) {used:.3f}")  # fmt: skip
+    what = (
+        f"no parsable answer: the fallback score {used:.3f} (evaluate.malformed: fallback), not P(Yes) {score:.3f},"
+        if used != float(score)
+        else f"P(Yes) {used:.3f}"
+    )
     return f"{what} {'>=' if used >= threshold else '<'} the threshold {threshold:.3f} ({rule})"
 
 
@@ -54,11 +65,15 @@ def degenerate_decision(record: dict) -> str | None:
     c = record.get("calib") or {}
     tpr, fpr = c.get("TPR"), c.get("FPR")
     if tpr == 1.0 and fpr == 1.0:
-        return (f"the decision threshold {record['value']:.4f} ({record['rule']}) flags EVERY calibration image as "
-                f"anomalous (TPR = FPR = 1): the model's P(Yes) does not separate the classes on the calibration split")
+        return (
+            f"the decision threshold {record['value']:.4f} ({record['rule']}) flags EVERY calibration image as "
+            f"anomalous (TPR = FPR = 1): the model's P(Yes) does not separate the classes on the calibration split"
+        )
     if tpr == 0.0 and fpr == 0.0:
-        return (f"the decision threshold {record['value']:.4f} ({record['rule']}) flags NO calibration image "
-                f"(TPR = FPR = 0): the model's P(Yes) does not separate the classes on the calibration split")
+        return (
+            f"the decision threshold {record['value']:.4f} ({record['rule']}) flags NO calibration image "
+            f"(TPR = FPR = 0): the model's P(Yes) does not separate the classes on the calibration split"
+        )
     return None
 
 
@@ -67,8 +82,12 @@ def _rates(scores: np.ndarray, labels: np.ndarray, t: float) -> dict:
     pos, neg = labels == 1, labels == 0
     tp, fp = int((pred & pos).sum()), int((pred & neg).sum())
     ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
-    return {"ACC": float(np.mean(pred == pos)) if labels.size else math.nan, "TPR": ratio(tp, int(pos.sum())),
-            "FPR": ratio(fp, int(neg.sum())), "F1": ratio(2 * tp, tp + fp + int(pos.sum()))}  # fmt: skip
+    return {
+        "ACC": float(np.mean(pred == pos)) if labels.size else math.nan,
+        "TPR": ratio(tp, int(pos.sum())),
+        "FPR": ratio(fp, int(neg.sum())),
+        "F1": ratio(2 * tp, tp + fp + int(pos.sum())),
+    }
 
 
 def fit_decision_threshold(scores, labels, rule: str = "f1_max", false_alarm_rate: float = 0.05) -> dict:
@@ -115,8 +134,14 @@ def fit_decision_threshold(scores, labels, rule: str = "f1_max", false_alarm_rat
             value = float(np.nextafter(normal[k], np.inf)) if k < n_neg else float(s.min())
     else:
         raise ValueError(f"calibrate.decision must be 'f1_max' or 'false_alarm_rate', got {rule!r}")
-    record = {"value": value, "rule": rule, "fallback": fallback, "n_normal": n_neg, "n_anomalous": n_pos,
-              "calib": _rates(s, y, value)}  # fmt: skip
+    record = {
+        "value": value,
+        "rule": rule,
+        "fallback": fallback,
+        "n_normal": n_neg,
+        "n_anomalous": n_pos,
+        "calib": _rates(s, y, value),
+    }
     if rule == "false_alarm_rate":
         record["false_alarm_rate"] = float(false_alarm_rate)
     return record
@@ -133,16 +158,28 @@ def read_decision(thresholds_file: str | Path | None) -> dict:
         ValueError: the file is not JSON or its ``decision.value`` is not a number.
     """
     if thresholds_file is None:
-        return {"value": DEFAULT_THRESHOLD, "rule": "default", "malformed": "fallback",
-                "source": f"default {DEFAULT_THRESHOLD} (no thresholds.json)"}  # fmt: skip
+        return {
+            "value": DEFAULT_THRESHOLD,
+            "rule": "default",
+            "malformed": "fallback",
+            "source": f"default {DEFAULT_THRESHOLD} (no thresholds.json)",
+        }
     d = read_thresholds_file(thresholds_file).get("decision")
     if not isinstance(d, dict):
-        return {"value": DEFAULT_THRESHOLD, "rule": "default", "malformed": "fallback",
-                "source": f"{thresholds_file} has no decision threshold: default {DEFAULT_THRESHOLD} "
-                          f"(re-run `readl calibrate` to fit one)"}  # fmt: skip
+        return {
+            "value": DEFAULT_THRESHOLD,
+            "rule": "default",
+            "malformed": "fallback",
+            "source": f"{thresholds_file} has no decision threshold: default {DEFAULT_THRESHOLD} "
+            f"(re-run `readl calibrate` to fit one)",
+        }
     try:
         value = float(d["value"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{thresholds_file}: decision.value must be a number; re-run `readl calibrate`") from exc
-    return {"value": value, "rule": str(d.get("rule", "unknown")), "malformed": str(d.get("malformed", "fallback")),
-            "source": str(thresholds_file)}  # fmt: skip
+    return {
+        "value": value,
+        "rule": str(d.get("rule", "unknown")),
+        "malformed": str(d.get("malformed", "fallback")),
+        "source": str(thresholds_file),
+    }

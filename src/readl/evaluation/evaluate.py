@@ -46,6 +46,7 @@ import pandas as pd
 from PIL import Image
 
 from readl.config import LocalizationConfig
+from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
 from readl.evaluation.metrics import (
     BinaryCurveAccumulator,
     MetricUndefinedWarning,
@@ -54,12 +55,21 @@ from readl.evaluation.metrics import (
     auroc_aupr,
     f1_max,
 )
-from readl.evaluation.decision import DEFAULT_THRESHOLD, FALLBACK_SCORE, image_score
 from readl.localization.anomaly_map import NO_TOKEN_KEPT, NO_TOKENS, SelectionMode, real_map, upsample
 from readl.localization.thresholds import Threshold, ThresholdPair
 from readl.model.types import Prediction
 
-__all__ = ["FALLBACK_SCORE", "MODES", "IMAGE_KEYS", "PIXEL_KEYS", "ImageResult", "score_images", "image_metrics", "pixel_metrics", "evaluate"]
+__all__ = [
+    "FALLBACK_SCORE",
+    "MODES",
+    "IMAGE_KEYS",
+    "PIXEL_KEYS",
+    "ImageResult",
+    "score_images",
+    "image_metrics",
+    "pixel_metrics",
+    "evaluate",
+]
 
 MODES = get_args(SelectionMode)  # the one selection-mode list (readl.localization.anomaly_map)
 IMAGE_KEYS = ["AUROC", "AUPR", "ACC", "ACC_at_threshold", "F1_max"]
@@ -102,7 +112,8 @@ def score_images(
         items: rows with ``source``, ``category``, ``label``, ``image_path``, ``mask_path`` (and
             optionally ``reference``) with their predictions.
         cfg: ``localization`` params (alpha, beta, binarize, headline ``mode``, fallback, ties).
-        taus: tau_t / tau_i specs, calibrated values or per-image rules (``readl.localization.thresholds.resolve_taus``).
+        taus: tau_t / tau_i specs, calibrated values or per-image rules
+        (``readl.localization.thresholds.resolve_taus``).
         malformed: ``"fallback"`` (score 0.5, empty map) or ``"score"`` (keep P(Yes) read after the
             answer prefix and the ReAL map).
     """
@@ -113,22 +124,45 @@ def score_images(
         bad = pred.parsed.answer is None
         maps, kept, fallbacks, headline = {}, {}, {}, None
         for mode in MODES:
-            res = real_map(pred.image_attn, pred.anomaly_attn, taus[0], taus[1], alpha=cfg.alpha, beta=cfg.beta,
-                           mode=mode, binarize=cfg.binarize, fallback=cfg.fallback, ties=cfg.ties)  # fmt: skip
+            res = real_map(
+                pred.image_attn,
+                pred.anomaly_attn,
+                taus[0],
+                taus[1],
+                alpha=cfg.alpha,
+                beta=cfg.beta,
+                mode=mode,
+                binarize=cfg.binarize,
+                fallback=cfg.fallback,
+                ties=cfg.ties,
+            )
             maps[mode] = np.zeros_like(res.map) if (bad and malformed == "fallback") else res.map
             kept[mode], fallbacks[mode] = res.kept_fraction, res.fallback
             if mode == cfg.mode:
                 headline = res
         ref = row.get("reference") if "reference" in row.index else None
-        out.append(ImageResult(
-            dataset=str(row["source"]), category=str(row["category"]), label=int(row["label"]),
-            image_path=str(row["image_path"]), mask_path=None if pd.isna(row["mask_path"]) else str(row["mask_path"]),
-            answer=pred.parsed.answer, format_ok=pred.parsed.format_ok, malformed=bad,
-            score=image_score(pred.score, bad, malformed),
-            reasoning=pred.parsed.reasoning, reference=None if ref is None or pd.isna(ref) else str(ref),
-            tokens=pred.tokens, maps=maps, weights=headline.w, real_map=headline.map, kept=kept, fallbacks=fallbacks,
-            tau_fits={"tau_t": headline.tau_t_fit, "tau_i": headline.tau_i_fit},
-        ))  # fmt: skip
+        out.append(
+            ImageResult(
+                dataset=str(row["source"]),
+                category=str(row["category"]),
+                label=int(row["label"]),
+                image_path=str(row["image_path"]),
+                mask_path=None if pd.isna(row["mask_path"]) else str(row["mask_path"]),
+                answer=pred.parsed.answer,
+                format_ok=pred.parsed.format_ok,
+                malformed=bad,
+                score=image_score(pred.score, bad, malformed),
+                reasoning=pred.parsed.reasoning,
+                reference=None if ref is None or pd.isna(ref) else str(ref),
+                tokens=pred.tokens,
+                maps=maps,
+                weights=headline.w,
+                real_map=headline.map,
+                kept=kept,
+                fallbacks=fallbacks,
+                tau_fits={"tau_t": headline.tau_t_fit, "tau_i": headline.tau_i_fit},
+            )
+        )
     return out
 
 
@@ -141,8 +175,11 @@ def selection_counts(results: list[ImageResult], mode: str) -> dict:
     """
     reasons = [r.fallbacks.get(mode) for r in results]
     shares = [r.kept[mode] for r in results if r.fallbacks.get(mode) != NO_TOKENS and mode in r.kept]
-    return {"n_fallback": reasons.count(NO_TOKEN_KEPT), "n_no_tokens": reasons.count(NO_TOKENS),
-            "kept_fraction": float(np.mean(shares)) if shares else math.nan}  # fmt: skip
+    return {
+        "n_fallback": reasons.count(NO_TOKEN_KEPT),
+        "n_no_tokens": reasons.count(NO_TOKENS),
+        "kept_fraction": float(np.mean(shares)) if shares else math.nan,
+    }
 
 
 def rule_fallback_counts(results: list[ImageResult]) -> dict:
@@ -156,8 +193,11 @@ def rule_fallback_counts(results: list[ImageResult]) -> dict:
         fits = [r.tau_fits.get(key) for r in results]
         fits = [f for f in fits if f is not None and f.n > 0]
         if fits:
-            out[key] = {"rule": fits[0].rule, "n_fallback": sum(f.fallback is not None for f in fits),
-                        "n_top_tied": sum(f.top_tied > 0 for f in fits)}  # fmt: skip
+            out[key] = {
+                "rule": fits[0].rule,
+                "n_fallback": sum(f.fallback is not None for f in fits),
+                "n_top_tied": sum(f.top_tied > 0 for f in fits),
+            }
     return out
 
 
@@ -192,8 +232,9 @@ def load_eval_mask(path: str | None, size: tuple[int, int], root: Path) -> np.nd
         return np.asarray(m.convert("L")) > 127  # curate writes {0, 255}
 
 
-def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."), n_bins: int = 1 << 20,
-                  threshold: float | None = None) -> dict:  # fmt: skip
+def pixel_metrics(
+    results: list[ImageResult], mode: str, root: Path = Path("."), n_bins: int = 1 << 20, threshold: float | None = None
+) -> dict:
     """Pooled pixel AUROC, AUPR, AUPRO (FPR <= 0.3), ACC and ACC_oracle for one mode (module docstring).
 
     Two streaming passes over the images; each map is upsampled to its mask's size on the fly.
@@ -226,9 +267,14 @@ def pixel_metrics(results: list[ImageResult], mode: str, root: Path = Path("."),
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricUndefinedWarning)
         cm = curve.compute()
-        return {"AUROC": cm.auroc, "AUPR": cm.aupr, "AUPRO": pro.compute(0.3),
-                "ACC": correct / total if total else math.nan, "ACC_oracle": curve.accuracy_at_f1_max(),
-                "curve": _curve_points(*curve.counts())}  # fmt: skip
+        return {
+            "AUROC": cm.auroc,
+            "AUPR": cm.aupr,
+            "AUPRO": pro.compute(0.3),
+            "ACC": correct / total if total else math.nan,
+            "ACC_oracle": curve.accuracy_at_f1_max(),
+            "curve": _curve_points(*curve.counts()),
+        }
 
 
 def eval_mask_size(r: ImageResult, root: Path) -> tuple[int, int]:
@@ -260,10 +306,15 @@ def _macro(per: dict[str, dict], keys: Iterable[str]) -> dict:
     return out
 
 
-def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("."),
-             category_bins: int = 1 << 16, decision_threshold: float = DEFAULT_THRESHOLD,
-             pixel_thresholds: dict[str, float] | None = None,
-             reasoning_datasets: Sequence[str] = ("mvtec_ad",)) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+def evaluate(
+    results: list[ImageResult],
+    headline_mode: str,
+    root: Path = Path("."),
+    category_bins: int = 1 << 16,
+    decision_threshold: float = DEFAULT_THRESHOLD,
+    pixel_thresholds: dict[str, float] | None = None,
+    reasoning_datasets: Sequence[str] = ("mvtec_ad",),
+) -> tuple[dict, pd.DataFrame]:
     """All metrics of the evaluate stage: image, pixel and reasoning, per dataset and category (paper Sec. 5).
 
     Args:
@@ -279,7 +330,8 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
 
     Returns:
         ``(metrics, table)``: ``metrics`` for ``metrics.json`` (``image``: AUROC, AUPR, F1_max, ACC in [0, 1];
-        ``pixel``: AUROC, AUPR, AUPRO (FPR <= 0.3), ACC, ACC_oracle in [0, 1]; ``n_images``, ``n_malformed``, ``datasets``:
+        ``pixel``: AUROC, AUPR, AUPRO (FPR <= 0.3), ACC, ACC_oracle in [0, 1]; ``n_images``, ``n_malformed``,
+        ``datasets``:
         the same per dataset and category; ``_curves``: the pixel ROC / PR points for :func:`write_curves`);
         a value is ``None`` / NaN where undefined (e.g. a dataset with one class). ``table``: one row per
         (dataset, category) with the same metrics (``reports/per_category.{csv,md}``).
@@ -301,10 +353,16 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
             p.pop("curve", None)
         for mode, p in pix.items():
             p.update(selection_counts(rs, mode))
-        datasets[ds] = {"image": image_metrics(rs, decision_threshold), "pixel": pix[headline_mode], "modes": pix,
-                        "n_images": len(rs), "n_malformed": sum(r.malformed for r in rs),
-                        "format_rate": float(np.mean([r.format_ok for r in rs])), **selection_counts(rs, headline_mode),
-                        "thresholds": rule_fallback_counts(rs)}  # fmt: skip
+        datasets[ds] = {
+            "image": image_metrics(rs, decision_threshold),
+            "pixel": pix[headline_mode],
+            "modes": pix,
+            "n_images": len(rs),
+            "n_malformed": sum(r.malformed for r in rs),
+            "format_rate": float(np.mean([r.format_ok for r in rs])),
+            **selection_counts(rs, headline_mode),
+            "thresholds": rule_fallback_counts(rs),
+        }
     metrics = {
         "n_images": len(results),
         "n_malformed": sum(r.malformed for r in results),
@@ -314,7 +372,7 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         "pixel": _macro({d: v["pixel"] for d, v in datasets.items()}, PIXEL_KEYS),
         "modes": {m: _macro({d: v["modes"][m] for d, v in datasets.items()}, PIXEL_KEYS) for m in MODES},
         "datasets": datasets,
-    }  # fmt: skip
+    }
     with_ref = [r for r in results if r.reference]
     if with_ref:
         preds, refs = [r.reasoning for r in with_ref], [r.reference for r in with_ref]
@@ -322,19 +380,32 @@ def evaluate(results: list[ImageResult], headline_mode: str, root: Path = Path("
         per = {}
         for ds in sorted({r.dataset for r in with_ref}):
             sel = np.array([r.dataset == ds for r in with_ref])
-            per[ds] = datasets[ds]["reasoning"] = {"ROUGE_L": float(rouge[sel].mean()), "SBERT": float(sbert[sel].mean()),
-                                                   "n": int(sel.sum())}  # fmt: skip
+            per[ds] = datasets[ds]["reasoning"] = {
+                "ROUGE_L": float(rouge[sel].mean()),
+                "SBERT": float(sbert[sel].mean()),
+                "n": int(sel.sum()),
+            }
         over = [d for d in reasoning_datasets if d in per] or sorted(per)
-        metrics["reasoning"] = {**_macro({d: per[d] for d in over}, ["ROUGE_L", "SBERT"]),
-                                "n": sum(per[d]["n"] for d in over), "averaged_over": over}  # fmt: skip
+        metrics["reasoning"] = {
+            **_macro({d: per[d] for d in over}, ["ROUGE_L", "SBERT"]),
+            "n": sum(per[d]["n"] for d in over),
+            "averaged_over": over,
+        }
     rows = []
     for (ds, cat), rs in sorted(_group(results, lambda r: (r.dataset, r.category)).items()):
         img = image_metrics(rs, decision_threshold)
         pix = pixel_metrics(rs, headline_mode, root, n_bins=category_bins, threshold=t_pixel.get(headline_mode))
-        rows.append({"dataset": ds, "category": cat, "n": len(rs), "anomalous": sum(r.label for r in rs),
-                     "malformed": sum(r.malformed for r in rs),
-                     **{f"image_{k}": img[k] for k in IMAGE_KEYS},
-                     **{f"pixel_{k}": pix[k] for k in PIXEL_KEYS}})  # fmt: skip
+        rows.append(
+            {
+                "dataset": ds,
+                "category": cat,
+                "n": len(rs),
+                "anomalous": sum(r.label for r in rs),
+                "malformed": sum(r.malformed for r in rs),
+                **{f"image_{k}": img[k] for k in IMAGE_KEYS},
+                **{f"pixel_{k}": pix[k] for k in PIXEL_KEYS},
+            }
+        )
     metrics["_curves"] = curves
     return metrics, pd.DataFrame(rows)
 

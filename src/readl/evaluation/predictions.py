@@ -26,17 +26,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 import readl.model
-from readl.runtime import record as runtime_record
 from readl.atomic import atomic_write, write_json
 from readl.data.images import load_rgb
 from readl.digest import file_digest
-from readl.model.loading import base_digest
 from readl.model.inference import SCORE_RULE, Prediction, Predictor
+from readl.model.loading import base_digest
 from readl.model.prompting import parse_completion
+from readl.runtime import record as runtime_record
 
-__all__ = ["fingerprint", "entry_key", "image_id", "save_prediction", "load_prediction", "cached_predictions",
-           "predict_manifest", "process_state"]  # fmt: skip
+__all__ = [
+    "fingerprint",
+    "entry_key",
+    "image_id",
+    "save_prediction",
+    "load_prediction",
+    "cached_predictions",
+    "predict_manifest",
+    "process_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +71,15 @@ def fingerprint(predictor: Predictor, base: str, adapter: Path | None) -> dict:
         "query_row": predictor.query_row,
         "generation_backend": getattr(predictor.generator, "name", type(predictor.generator).__name__),
         "score_rule": SCORE_RULE,
-        "generation": {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
-                       "temperature": g.temperature, "top_p": g.top_p},
+        "generation": {
+            "max_new_tokens": g.max_new_tokens,
+            "do_sample": g.do_sample,
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+        },
         "code_sha256": file_digest(code, root=code[0].parent),
         "runtime": runtime_record(),  # threads, deterministic mode, torch build: the floating-point path
-    }  # fmt: skip
+    }
 
 
 def entry_key(fp: dict, image: str | Path) -> str:
@@ -83,8 +96,12 @@ def image_id(path: str | Path, key: str) -> str:
 
 def save_prediction(path: Path, pred: Prediction) -> Path:
     """Store one prediction as ``.npz`` (arrays + a JSON header), atomically."""
-    meta = {"completion": pred.completion, "score": pred.score, "tokens": pred.tokens,
-            "image_size": list(pred.image_size)}  # fmt: skip
+    meta = {
+        "completion": pred.completion,
+        "score": pred.score,
+        "tokens": pred.tokens,
+        "image_size": list(pred.image_size),
+    }
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -103,10 +120,14 @@ def load_prediction(path: Path) -> Prediction:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             return Prediction(
-                completion=meta["completion"], parsed=parse_completion(meta["completion"]), score=float(meta["score"]),
-                tokens=list(meta["tokens"]), image_attn=z["image_attn"], anomaly_attn=z["anomaly_attn"],
+                completion=meta["completion"],
+                parsed=parse_completion(meta["completion"]),
+                score=float(meta["score"]),
+                tokens=list(meta["tokens"]),
+                image_attn=z["image_attn"],
+                anomaly_attn=z["anomaly_attn"],
                 image_size=tuple(meta["image_size"]),
-            )  # fmt: skip
+            )
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable cached prediction ({exc}); delete it to recompute") from exc
 
@@ -184,9 +205,15 @@ def process_state():
     return PartialState(cpu=cpu)
 
 
-def predict_manifest(manifest: pd.DataFrame, predictor: Predictor, base: str, adapter: Path | None, cache_dir: Path,
-                     batch_size: int, progress: Callable[[int], None] | None = None
-                     ) -> list[tuple[pd.Series, Prediction]] | None:  # fmt: skip
+def predict_manifest(
+    manifest: pd.DataFrame,
+    predictor: Predictor,
+    base: str,
+    adapter: Path | None,
+    cache_dir: Path,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[pd.Series, Prediction]] | None:
     """Every manifest row's prediction through the per-image cache (:func:`cached_predictions`), across processes
     when launched with ``accelerate launch --num_processes N``: the main process checks the cache's fingerprint
     first, then process r predicts rows r, r + N, ... into the shared cache, and the main process reads them all
@@ -215,8 +242,15 @@ def predict_manifest(manifest: pd.DataFrame, predictor: Predictor, base: str, ad
     state.wait_for_everyone()
     shard = manifest.iloc[state.process_index :: state.num_processes]
     log.info("process %d/%d: %d of %d images", state.process_index, state.num_processes, len(shard), len(manifest))
-    for _ in cached_predictions(shard, predictor, cache_dir, fp, batch_size=bs, prune=False,
-                                progress=progress if state.is_main_process else None):  # fmt: skip
+    for _ in cached_predictions(
+        shard,
+        predictor,
+        cache_dir,
+        fp,
+        batch_size=bs,
+        prune=False,
+        progress=progress if state.is_main_process else None,
+    ):
         pass
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -129,16 +129,30 @@ def write_curves(plots_dir, results, pixel_curves: dict) -> list:
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y, s)
             prec, rec, _ = precision_recall_curve(y, s)
-            written.append(write_json(plots_dir / "image_roc" / f"{ds}.json",
-                                      clean_json([{"fpr": a, "tpr": b} for a, b in zip(fpr, tpr)])))  # fmt: skip
-            written.append(write_json(plots_dir / "image_pr" / f"{ds}.json",
-                                      clean_json([{"recall": a, "precision": b} for a, b in zip(rec, prec)])))  # fmt: skip
+            written.append(
+                write_json(
+                    plots_dir / "image_roc" / f"{ds}.json", clean_json([{"fpr": a, "tpr": b} for a, b in zip(fpr, tpr)])
+                )
+            )
+            written.append(
+                write_json(
+                    plots_dir / "image_pr" / f"{ds}.json",
+                    clean_json([{"recall": a, "precision": b} for a, b in zip(rec, prec)]),
+                )
+            )
         c = pixel_curves.get(ds) or {}
         if c.get("fpr"):
-            written.append(write_json(plots_dir / "pixel_roc" / f"{ds}.json",
-                                      [{"fpr": a, "tpr": b} for a, b in zip(c["fpr"], c["tpr"])]))  # fmt: skip
-            written.append(write_json(plots_dir / "pixel_pr" / f"{ds}.json",
-                                      [{"recall": a, "precision": b} for a, b in zip(c["recall"], c["precision"])]))  # fmt: skip
+            written.append(
+                write_json(
+                    plots_dir / "pixel_roc" / f"{ds}.json", [{"fpr": a, "tpr": b} for a, b in zip(c["fpr"], c["tpr"])]
+                )
+            )
+            written.append(
+                write_json(
+                    plots_dir / "pixel_pr" / f"{ds}.json",
+                    [{"recall": a, "precision": b} for a, b in zip(c["recall"], c["precision"])],
+                )
+            )
     return written
 
 
@@ -228,8 +242,10 @@ def _caption(result, threshold: float) -> str:
 
     decision = decide(result.score, threshold)
     right = (decision == "anomalous") == bool(result.label)
-    return (f"label {'anomalous' if result.label else 'normal'} | score {result.score:.3f} | answer "
-            f"{_answer(result)} | decision {decision} at t={threshold:.3f} ({'correct' if right else 'WRONG'})")  # fmt: skip
+    return (
+        f"label {'anomalous' if result.label else 'normal'} | score {result.score:.3f} | answer "
+        f"{_answer(result)} | decision {decision} at t={threshold:.3f} ({'correct' if right else 'WRONG'})"
+    )
 
 
 def _answer(result) -> str:
@@ -265,8 +281,9 @@ def gallery_panel(result, root, size: int = 256, threshold: float = 0.5) -> Imag
     head_h, title_h = 22, 18
     out = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), size + head_h + title_h), "white")
     draw = ImageDraw.Draw(out)
-    draw.text((4, 3), f"{result.dataset}/{_shown_path(result)}  {_caption(result, threshold)}", fill="black",
-              font=_font(13))  # fmt: skip
+    draw.text(
+        (4, 3), f"{result.dataset}/{_shown_path(result)}  {_caption(result, threshold)}", fill="black", font=_font(13)
+    )
     x = 0
     for p, title in zip(panels, titles):
         draw.text((x + 2, head_h), title, fill="dimgray", font=_font(12))
@@ -297,15 +314,18 @@ def gallery_picks(results, per_dataset: int = 4) -> list[tuple[object, str]]:
     return picks
 
 
-_GALLERY_CSS = ("body{font-family:sans-serif;max-width:1000px;margin:0 auto;padding:0 12px;line-height:1.4}"
-                "img{max-width:100%;height:auto;display:block}figure{margin:0 0 28px;padding-top:8px;"
-                "border-top:1px solid #ccc}figcaption{margin-bottom:6px}.reasoning{overflow-wrap:anywhere;"
-                "word-break:break-word;white-space:pre-wrap;background:#fafafa;padding:6px;margin:6px 0}"
-                ".ok{color:#060}.wrong{color:#b00;font-weight:bold}code{overflow-wrap:anywhere}")  # fmt: skip
+_GALLERY_CSS = (
+    "body{font-family:sans-serif;max-width:1000px;margin:0 auto;padding:0 12px;line-height:1.4}"
+    "img{max-width:100%;height:auto;display:block}figure{margin:0 0 28px;padding-top:8px;"
+    "border-top:1px solid #ccc}figcaption{margin-bottom:6px}.reasoning{overflow-wrap:anywhere;"
+    "word-break:break-word;white-space:pre-wrap;background:#fafafa;padding:6px;margin:6px 0}"
+    ".ok{color:#060}.wrong{color:#b00;font-weight:bold}code{overflow-wrap:anywhere}"
+)
 
 
-def write_gallery(reports_dir, results, root, per_dataset: int = 4, threshold: float = 0.5,
-                  threshold_source: str = "default") -> object:  # fmt: skip
+def write_gallery(
+    reports_dir, results, root, per_dataset: int = 4, threshold: float = 0.5, threshold_source: str = "default"
+) -> object:
     """Heat-map gallery ``reports/gallery/index.html`` + one PNG panel per pick (:func:`gallery_picks`).
 
     Each figure: a caption (file, label, score P(Yes), answer, decision at ``threshold``, right or wrong), the
@@ -343,24 +363,28 @@ def _write_gallery_into(gallery, results, root, per_dataset: int, threshold: flo
         w_max = max(1e-9, float(max(r.weights))) if len(r.weights) else 1.0
         spans = "".join(
             f'<mark style="background: rgba(255,80,80,{min(1.0, 0.25 + float(w) / w_max):.2f})">{html.escape(t)}</mark>'
-            if w > 0 else html.escape(t)
+            if w > 0
+            else html.escape(t)
             for t, w in zip(r.tokens, r.weights)
-        )  # fmt: skip
+        )
         decision = decide(r.score, threshold)
         right = (decision == "anomalous") == bool(r.label)
         rows.append(
             f"<figure><figcaption><b>{html.escape(why)}</b> &middot; <code>{html.escape(_shown_path(r))}</code> "
             f"&middot; label <b>{'anomalous' if r.label else 'normal'}</b> &middot; score P(Yes) <b>{r.score:.3f}</b> "
-            f"&middot; answer <b>{html.escape(_answer(r))}</b> &middot; decision <b class=\"{'ok' if right else 'wrong'}\">"
-            f"{decision}</b> ({'correct' if right else 'wrong'})</figcaption><img src=\"{name}\" alt=\"{html.escape(why)}\">"
-            f"<div class=\"reasoning\">{spans or '<i>(no reasoning tokens)</i>'}</div></figure>"
-        )  # fmt: skip
-    page = ("<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-            f"<title>readl heat-map gallery</title><style>{_GALLERY_CSS}</style><h1>readl heat-map gallery</h1>"
-            "<p>Per dataset: the highest- and lowest-scored anomalous and normal images. Each panel: image | ground "
-            "truth | ReAL anomaly map (colours min-max scaled per image; the bar gives the map's values). Decision: "
-            f"<i>anomalous</i> when P(Yes) &ge; t = {threshold:.3f} ({html.escape(threshold_source)}). Reasoning: the "
-            "tokens ReAL selected are highlighted, darker = larger weight w.</p>" + "\n".join(rows))  # fmt: skip
+            f"&middot; answer <b>{html.escape(_answer(r))}</b> &middot; "
+            f'decision <b class="{"ok" if right else "wrong"}">{decision}</b> ({"correct" if right else "wrong"})'
+            f'</figcaption><img src="{name}" alt="{html.escape(why)}">'
+            f'<div class="reasoning">{spans or "<i>(no reasoning tokens)</i>"}</div></figure>'
+        )
+    page = (
+        "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        f"<title>readl heat-map gallery</title><style>{_GALLERY_CSS}</style><h1>readl heat-map gallery</h1>"
+        "<p>Per dataset: the highest- and lowest-scored anomalous and normal images. Each panel: image | ground "
+        "truth | ReAL anomaly map (colours min-max scaled per image; the bar gives the map's values). Decision: "
+        f"<i>anomalous</i> when P(Yes) &ge; t = {threshold:.3f} ({html.escape(threshold_source)}). Reasoning: the "
+        "tokens ReAL selected are highlighted, darker = larger weight w.</p>" + "\n".join(rows)
+    )
     (gallery / "index.html").write_text(page, encoding="utf-8")
 
 
@@ -368,12 +392,32 @@ def metrics_table(metrics: dict, title: str | None = None):
     """A rich table of ``metrics.json``: per dataset and the macro average (percent, 1 decimal)."""
     from rich.table import Table
 
-    table = Table("dataset", "I-AUROC", "I-ACC", "I-ACC@t", "P-AUROC", "P-AUPR", "AUPRO", "P-ACC", "malformed",
-                  title=title, caption="I- image level, P- pixel level, in %; I-ACC answer, I-ACC@t decision")  # fmt: skip
+    table = Table(
+        "dataset",
+        "I-AUROC",
+        "I-ACC",
+        "I-ACC@t",
+        "P-AUROC",
+        "P-AUPR",
+        "AUPRO",
+        "P-ACC",
+        "malformed",
+        title=title,
+        caption="I- image level, P- pixel level, in %; I-ACC answer, I-ACC@t decision",
+    )
     pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731
     avg = {"image": metrics["image"], "pixel": metrics["pixel"], "n_malformed": metrics["n_malformed"]}
     for name, d in [*metrics["datasets"].items(), ("AVG", avg)]:
         i, p = d["image"], d["pixel"]
-        table.add_row(name, pct(i["AUROC"]), pct(i["ACC"]), pct(i.get("ACC_at_threshold")), pct(p["AUROC"]), pct(p["AUPR"]), pct(p["AUPRO"]),
-                      pct(p["ACC"]), str(d["n_malformed"]))  # fmt: skip
+        table.add_row(
+            name,
+            pct(i["AUROC"]),
+            pct(i["ACC"]),
+            pct(i.get("ACC_at_threshold")),
+            pct(p["AUROC"]),
+            pct(p["AUPR"]),
+            pct(p["AUPRO"]),
+            pct(p["ACC"]),
+            str(d["n_malformed"]),
+        )
     return table

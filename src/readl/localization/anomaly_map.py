@@ -1,7 +1,8 @@
 """ReAL token selection, weighting and aggregation into an anomaly map (paper Eq. 4-5).
 
 Modes (paper Table 3): ``both`` / ``s_i`` / ``s_t`` keep the tokens above the thresholds and aggregate
-them with the Eq. 4 weights (``s_i`` / ``s_t``: their own criterion's term only, :func:`token_weights`); ``all`` is the map WITHOUT ReAL, the plain mean of A_{r,I} over all
+them with the Eq. 4 weights (``s_i`` / ``s_t``: their own criterion's term only, :func:`token_weights`); ``all`` is
+the map WITHOUT ReAL, the plain mean of A_{r,I} over all
 reasoning tokens (Table 2 "without ReAL, we average the visual attention of all reasoning tokens",
 which is Table 3's first row: same numbers).
 """

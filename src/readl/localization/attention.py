@@ -87,8 +87,10 @@ class AttentionCapture:
             self.layer_calls.append(1)
             return
         if self.chunks[at].shape != probs.shape:
-            raise RuntimeError(f"layer {layer_idx}: rows {tuple(probs.shape)} != {tuple(self.chunks[at].shape)} "
-                               "of the other layers at this step")  # fmt: skip
+            raise RuntimeError(
+                f"layer {layer_idx}: rows {tuple(probs.shape)} != {tuple(self.chunks[at].shape)} "
+                "of the other layers at this step"
+            )
         self.chunks[at] += probs
         self.layer_calls[at] += 1
 
@@ -203,7 +205,9 @@ def readl_capture_attention(
     (``query (B, H, q, D)``, ``key/value (B, KVH, N, D)``, output ``(B, q, H, D)``). Only causal decoder
     layers (modules with a ``layer_idx``) are captured; the vision tower passes straight to SDPA.
     """
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
     cap = _ACTIVE.get()
     layer_idx = getattr(module, "layer_idx", None)
     if cap is None or layer_idx is None or not getattr(module, "is_causal", False) or not cap.wants(layer_idx):
@@ -256,8 +260,10 @@ def enable_capture(model: torch.nn.Module, layers: Sequence[int] | None = None) 
     depth = getattr(text, "num_hidden_layers", None)
     missing = sorted(i for i in (layers or ()) if depth is not None and not 0 <= i < depth)
     if missing:
-        raise ValueError(f"localization.layers {missing}: this model's text decoder has layers 0..{depth - 1} "
-                         "(params.yaml localization.layers / train.localization.layers; null = all)")  # fmt: skip
+        raise ValueError(
+            f"localization.layers {missing}: this model's text decoder has layers 0..{depth - 1} "
+            "(params.yaml localization.layers / train.localization.layers; null = all)"
+        )
     register_capture()
     if getattr(model.config, "_attn_implementation", None) != CAPTURE_IMPLEMENTATION:
         model.set_attn_implementation(CAPTURE_IMPLEMENTATION)

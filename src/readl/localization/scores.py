@@ -6,12 +6,10 @@ All functions are pure numpy/scipy and vectorised over the R reasoning tokens of
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 from scipy import ndimage
 
-Binarize = Union[str, float]  # "mean" or a quantile in (0, 1)
+Binarize = str | float  # "mean" or a quantile in (0, 1)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # scipy's default structure is 4-connected
 

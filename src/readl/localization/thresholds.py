@@ -17,7 +17,8 @@ vector. ``Threshold.top_tied`` is the size of the block set aside (0 = the rule'
 Where a threshold comes from is ONE typed value, :class:`ThresholdSpec` (a rule, or a fixed / calibrated
 number; ``params.yaml`` ``localization.tau_t`` / ``tau_i`` are this type), and ONE resolver turns a spec and
 the scores it applies to into a :class:`Threshold`: :func:`resolve_threshold`. Predict, evaluate, the served
-model (one image's scores), the CGRO trainer (one image's rollouts) and ReAL (:func:`~readl.localization.anomaly_map.real_map`)
+model (one image's scores), the CGRO trainer (one image's rollouts) and ReAL
+(:func:`~readl.localization.anomaly_map.real_map`)
 all use it; :func:`resolve_taus` picks the pair of specs (calibrated file or the configured rules).
 """
 
@@ -120,7 +121,9 @@ class ThresholdPair(NamedTuple):
     tau_i: ThresholdSpec
 
 
-def resolve_threshold(spec: ThresholdSpec | float | str, scores: np.ndarray | None, ties: Ties = "set_aside") -> Threshold:
+def resolve_threshold(
+    spec: ThresholdSpec | float | str, scores: np.ndarray | None, ties: Ties = "set_aside"
+) -> Threshold:
     """THE resolver: the threshold ``spec`` gives for ``scores`` (paper Eq. 4; supplement Table 5).
 
     Args:
@@ -183,10 +186,13 @@ def resolve_taus(cfg, thresholds_file: str | Path | None) -> ThresholdPair:
         return ThresholdPair(ThresholdSpec.of(cfg.tau_t), ThresholdSpec.of(cfg.tau_i))
     data = read_thresholds_file(thresholds_file)
     try:
-        return ThresholdPair(ThresholdSpec("fixed", float(data["tau_t"]["value"])),
-                             ThresholdSpec("fixed", float(data["tau_i"]["value"])))  # fmt: skip
+        return ThresholdPair(
+            ThresholdSpec("fixed", float(data["tau_t"]["value"])), ThresholdSpec("fixed", float(data["tau_i"]["value"]))
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{thresholds_file}: needs finite tau_t.value and tau_i.value; re-run `readl calibrate`") from exc
+        raise ValueError(
+            f"{thresholds_file}: needs finite tau_t.value and tau_i.value; re-run `readl calibrate`"
+        ) from exc
 
 
 def _scores(scores: object) -> np.ndarray:

@@ -169,8 +169,11 @@ def _tile_grids(family: Family, features: Mapping, image_processor) -> list[tupl
 
 def _qwen_vision_inputs(family: Family, features: Mapping, input_ids, image_token_id: int) -> dict:
     """``pixel_values``, ``image_grid_thw`` and ``mm_token_type_ids`` (1 at image tokens: M-RoPE positions)."""
-    return {"pixel_values": features["pixel_values"], "image_grid_thw": features["image_grid_thw"],
-            "mm_token_type_ids": (input_ids == image_token_id).long()}  # fmt: skip
+    return {
+        "pixel_values": features["pixel_values"],
+        "image_grid_thw": features["image_grid_thw"],
+        "mm_token_type_ids": (input_ids == image_token_id).long(),
+    }
 
 
 def _pixel_inputs(family: Family, features: Mapping, input_ids, image_token_id: int) -> dict:
@@ -263,26 +266,59 @@ class Family:
         tokenizer's own, else :attr:`chat_template`; ``config`` (the model's) gives :attr:`processor_kwargs`."""
         template = chat_template or getattr(tokenizer, "chat_template", None) or self.chat_template
         extra = self.processor_kwargs(config) if config is not None else {}
-        return self.processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
-                                    **extra)  # fmt: skip
+        return self.processor_class(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **extra
+        )
 
 
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
-        Family("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration", ReadlQwen2VLProcessor,
-               QWEN2_CHAT_TEMPLATE, QWEN2_TARGET_REGEX, "tiny-qwen2-vl"),
-        Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", ReadlQwenProcessor,
-               QWEN2_CHAT_TEMPLATE, QWEN2_TARGET_REGEX, "tiny"),
-        Family("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", ReadlQwen3VLProcessor,
-               QWEN3_CHAT_TEMPLATE, QWEN3_TARGET_REGEX, "tiny-qwen3-vl"),
-        Family("internvl", "InternVL", "InternVLForConditionalGeneration", ReadlInternVLProcessor,
-               INTERNVL_CHAT_TEMPLATE, INTERNVL_TARGET_REGEX, "tiny-internvl", image_token="<IMG_CONTEXT>",
-               vision_prefix="vision_tower.", image_processor_class=GotOcr2ImageProcessorPil, grids=_tile_grids,
-               vision_inputs_fn=_pixel_inputs, fit=_fixed_tile,
-               processor_kwargs=lambda config: {"image_seq_length": int(config.image_seq_length)}),
+        Family(
+            "qwen2_vl",
+            "Qwen2-VL",
+            "Qwen2VLForConditionalGeneration",
+            ReadlQwen2VLProcessor,
+            QWEN2_CHAT_TEMPLATE,
+            QWEN2_TARGET_REGEX,
+            "tiny-qwen2-vl",
+        ),
+        Family(
+            "qwen2_5_vl",
+            "Qwen2.5-VL",
+            "Qwen2_5_VLForConditionalGeneration",
+            ReadlQwenProcessor,
+            QWEN2_CHAT_TEMPLATE,
+            QWEN2_TARGET_REGEX,
+            "tiny",
+        ),
+        Family(
+            "qwen3_vl",
+            "Qwen3-VL",
+            "Qwen3VLForConditionalGeneration",
+            ReadlQwen3VLProcessor,
+            QWEN3_CHAT_TEMPLATE,
+            QWEN3_TARGET_REGEX,
+            "tiny-qwen3-vl",
+        ),
+        Family(
+            "internvl",
+            "InternVL",
+            "InternVLForConditionalGeneration",
+            ReadlInternVLProcessor,
+            INTERNVL_CHAT_TEMPLATE,
+            INTERNVL_TARGET_REGEX,
+            "tiny-internvl",
+            image_token="<IMG_CONTEXT>",
+            vision_prefix="vision_tower.",
+            image_processor_class=GotOcr2ImageProcessorPil,
+            grids=_tile_grids,
+            vision_inputs_fn=_pixel_inputs,
+            fit=_fixed_tile,
+            processor_kwargs=lambda config: {"image_seq_length": int(config.image_seq_length)},
+        ),
     )
-}  # fmt: skip
+}
 
 
 def _lookup(model_type: str | None, where: str) -> Family:
@@ -349,8 +385,11 @@ def fit_image_processor(image_processor, image_size: int):
     pixels = side * side
     ip = copy.deepcopy(image_processor)
     size = getattr(ip, "size", None)
-    ip.size = type(size)(shortest_edge=pixels, longest_edge=pixels) if hasattr(size, "shortest_edge") else {
-        "shortest_edge": pixels, "longest_edge": pixels}  # fmt: skip
+    ip.size = (
+        type(size)(shortest_edge=pixels, longest_edge=pixels)
+        if hasattr(size, "shortest_edge")
+        else {"shortest_edge": pixels, "longest_edge": pixels}
+    )
     for attr in ("min_pixels", "max_pixels"):
         if getattr(ip, attr, None) is not None:
             setattr(ip, attr, pixels)

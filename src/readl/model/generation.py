@@ -55,10 +55,13 @@ class HFGenerator:
         g = predictor.generation
         with torch.no_grad():
             out = predictor.model.generate(
-                **inputs, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample,
-                temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
+                **inputs,
+                max_new_tokens=g.max_new_tokens,
+                do_sample=g.do_sample,
+                temperature=g.temperature if g.do_sample else None,
+                top_p=g.top_p if g.do_sample else None,
                 top_k=None,
-            )  # fmt: skip  (B, P + T_max)
+            )  # (B, P + T_max)
         return cut_at_stop(out[:, inputs["input_ids"].shape[1] :].tolist(), _stop_ids(predictor))
 
 
@@ -79,8 +82,13 @@ class VLLMGenerator:
 
     name = "vllm"
 
-    def __init__(self, base: str | Path, adapter: str | Path | None = None, gpu_memory_utilization: float = 0.5,
-                 max_model_len: int = 4096):  # fmt: skip
+    def __init__(
+        self,
+        base: str | Path,
+        adapter: str | Path | None = None,
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int = 4096,
+    ):
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError(
                 "model.generation_backend is 'vllm' but vllm is not installed: `pip install 'readl[vllm]'` on a "
@@ -96,10 +104,13 @@ class VLLMGenerator:
 
             pixels = image_size * image_size
             self._llm = LLM(
-                model=self.base, enable_lora=self.adapter is not None, max_model_len=self.max_model_len,
-                gpu_memory_utilization=self.gpu_memory_utilization, limit_mm_per_prompt={"image": 1},
+                model=self.base,
+                enable_lora=self.adapter is not None,
+                max_model_len=self.max_model_len,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                limit_mm_per_prompt={"image": 1},
                 mm_processor_kwargs={"min_pixels": pixels, "max_pixels": pixels},
-            )  # fmt: skip
+            )
         return self._llm
 
     def __call__(self, predictor, inputs, images) -> list[list[int]]:
@@ -109,9 +120,11 @@ class VLLMGenerator:
         g = predictor.generation
         llm = self._engine(predictor.image_size)
         params = SamplingParams(
-            max_tokens=g.max_new_tokens, temperature=g.temperature if g.do_sample else 0.0,
-            top_p=g.top_p if g.do_sample else 1.0, stop_token_ids=sorted(_stop_ids(predictor)),
-        )  # fmt: skip
+            max_tokens=g.max_new_tokens,
+            temperature=g.temperature if g.do_sample else 0.0,
+            top_p=g.top_p if g.do_sample else 1.0,
+            stop_token_ids=sorted(_stop_ids(predictor)),
+        )
         lora = LoRARequest("readl", 1, self.adapter) if self.adapter else None
         requests = [{"prompt": predictor.prompt, "multi_modal_data": {"image": im}} for im in images]
         outs = llm.generate(requests, params, lora_request=lora, use_tqdm=False)

@@ -35,6 +35,7 @@ def check_image_size(image_size: int) -> int:
         ValueError: it is not (the message gives the rule: patch 14 x spatial merge 2).
     """
     if image_size <= 0 or image_size % PATCH_MULTIPLE:
-        raise ValueError(f"image_size must be a positive multiple of {PATCH_MULTIPLE} (patch 14 x merge 2), "
-                         f"got {image_size}")  # fmt: skip
+        raise ValueError(
+            f"image_size must be a positive multiple of {PATCH_MULTIPLE} (patch 14 x merge 2), got {image_size}"
+        )
     return image_size

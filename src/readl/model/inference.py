@@ -88,9 +88,18 @@ class Predictor:
         ValueError: unknown ``query_row``; the vocabulary has no single-token Yes / No.
     """
 
-    def __init__(self, model, processor, image_size: int = 420, generation: GenerationSettings | None = None,
-                 layers: list[int] | None = None, system_prompt: str = SYSTEM_PROMPT, question: str = QUESTION,
-                 query_row: str = "producing", generator=None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        processor,
+        image_size: int = 420,
+        generation: GenerationSettings | None = None,
+        layers: list[int] | None = None,
+        system_prompt: str = SYSTEM_PROMPT,
+        question: str = QUESTION,
+        query_row: str = "producing",
+        generator=None,
+    ):
         self.row_offset = query_row_offset(query_row)
         self.query_row = query_row
         self.model = enable_capture(model, layers)
@@ -139,8 +148,15 @@ class Predictor:
         ``(B, P + T)`` (:func:`readl.model.teacher_forcing.teacher_forced_batch`, shared with the CGRO
         trainer), the image tensors unchanged, on the model's device."""
         batch = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        batch.update(teacher_forced_batch(inputs["input_ids"], inputs["attention_mask"], full,
-                                          self.tokenizer.pad_token_id, inputs.get("mm_token_type_ids")))  # fmt: skip
+        batch.update(
+            teacher_forced_batch(
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                full,
+                self.tokenizer.pad_token_id,
+                inputs.get("mm_token_type_ids"),
+            )
+        )
         return batch
 
     @torch.no_grad()
@@ -161,7 +177,9 @@ class Predictor:
         """
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         suffixes = [answer_prefix_for(t) for t in texts]
-        full = [c + (self.tokenizer.encode(s, add_special_tokens=False) if s else []) for c, s in zip(completions, suffixes)]
+        full = [
+            c + (self.tokenizer.encode(s, add_special_tokens=False) if s else []) for c, s in zip(completions, suffixes)
+        ]
         p = inputs["input_ids"].shape[1]
         reads = [reasoning_and_answer(self.tokenizer, f) for f in full]  # the suffix only closes tags
         answer_at = [a if a is not None else len(f) for (_, a, _), f in zip(reads, full)]
@@ -177,8 +195,9 @@ class Predictor:
         variants = [self.variant_ids(pending) for _, _, pending in reads]
         answer_logits = out.logits[:, 0]  # (B, V), on the device
         grids = self.family.token_grids(inputs, self.processor.image_processor)  # (h, w) per row
-        maps = split_token_maps(attn, grids, img_pos.shape[1], [len(c) for c in completions],
-                                self.row_offset)  # (T_b, h, w), (T_b, E) per row
+        maps = split_token_maps(
+            attn, grids, img_pos.shape[1], [len(c) for c in completions], self.row_offset
+        )  # (T_b, h, w), (T_b, E) per row
         results = []
         for i, ((image_attn, anomaly_attn), (mask, _, _)) in enumerate(zip(maps, reads)):
             yes, no = variants[i]
@@ -214,13 +233,15 @@ class Predictor:
         for im, ids, cap in zip(images, completions, captured):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             keep = np.flatnonzero(cap.reasoning)
-            preds.append(Prediction(
-                completion=text,
-                parsed=parse_completion(text),
-                score=cap.p_yes,
-                tokens=[self.tokenizer.decode([ids[j]]) for j in keep],
-                image_attn=cap.image_attn[keep],
-                anomaly_attn=cap.anomaly_attn[keep],
-                image_size=(im.height, im.width),
-            ))  # fmt: skip
+            preds.append(
+                Prediction(
+                    completion=text,
+                    parsed=parse_completion(text),
+                    score=cap.p_yes,
+                    tokens=[self.tokenizer.decode([ids[j]]) for j in keep],
+                    image_attn=cap.image_attn[keep],
+                    anomaly_attn=cap.anomaly_attn[keep],
+                    image_size=(im.height, im.width),
+                )
+            )
         return preds

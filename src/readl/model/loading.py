@@ -18,8 +18,18 @@ from readl.model.families import FAMILIES, family_for_path, family_of
 from readl.model.processor import register_auto_processor
 from readl.model.tiny import KITS, ensure_tiny_model
 
-__all__ = ["TINY", "KITS", "is_kit", "resolve_base", "base_digest", "BASE_HASH_MAX_BYTES", "pick_device_dtype", "load_processor", "load_model",
-           "load_error_message"]  # fmt: skip
+__all__ = [
+    "TINY",
+    "KITS",
+    "is_kit",
+    "resolve_base",
+    "base_digest",
+    "BASE_HASH_MAX_BYTES",
+    "pick_device_dtype",
+    "load_processor",
+    "load_model",
+    "load_error_message",
+]
 
 log = logging.getLogger(__name__)
 TINY = "tiny"
@@ -142,6 +152,8 @@ def load_error_message(base: str | Path, exc: OSError) -> str:
     the folder or HF id, what is wrong and the fix (commands print it instead of a traceback)."""
     if Path(base).exists():
         return f"{base}: cannot load a {_SUPPORTED} model from this folder ({str(exc).splitlines()[0]})"
-    return (f"{base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached (offline?). "
-            f"Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME at a cache "
-            f"that has it), pass a local model folder, or use --model tiny (or tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl)")
+    return (
+        f"{base}: not a local folder and not in the Hugging Face cache, and the hub cannot be reached (offline?). "
+        f"Fix: download it once with network (`huggingface-cli download {base}`, or point HF_HOME at a cache "
+        f"that has it), pass a local model folder, or use --model tiny (or tiny-qwen2-vl, tiny-qwen3-vl, tiny-internvl)"
+    )

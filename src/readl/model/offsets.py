@@ -31,7 +31,9 @@ def is_plain_byte_level(tokenizer) -> bool:
         return False
     cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
     if cleanup and type(backend.model).__name__ == "BPE":  # transformers skips the clean-up for BPE unless forced
-        cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
+        cleanup = bool(
+            getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
+        )
     return not cleanup
 
 

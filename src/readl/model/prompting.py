@@ -82,7 +82,8 @@ def answer_prefix_for(text: str) -> str | None:
     """What to append to a completion so the next token is the answer (``None``: nothing is needed).
 
     The Yes/No score is read at the position that writes the answer word after ``<answer>``
-    (:mod:`readl.model.inference`). A completion that has ``<answer>`` is scored there. One without it (cut off, or rambling) is scored after
+    (:mod:`readl.model.inference`). A completion that has ``<answer>`` is scored there. One without it (cut off, or
+    rambling) is scored after
     appending the answer prefix: ``"</think><answer>"`` when the think block is still open,
     ``"<answer>"`` otherwise. This keeps a score for every image (documented fallback).
 

@@ -22,7 +22,7 @@ Each kit has:
 - the family's image-only processor (:mod:`readl.model.families`).
 
 Everything is saved with ``save_pretrained`` and loads back with ``from_pretrained``.
-"""
+"""  # noqa: E501 (its tables)
 
 from __future__ import annotations
 
@@ -42,25 +42,58 @@ from readl.model.families import FAMILIES, QWEN2_CHAT_TEMPLATE, fit_image_proces
 from readl.model.prompting import ANOMALY_WORDS, QUESTION, SYSTEM_PROMPT
 
 __all__ = [
-    "QWEN_SPECIAL_TOKENS", "QWEN3_ADDED_TOKENS", "CHAT_TEMPLATE", "KITS", "TinySpec", "kit_config",
-    "build_tiny_model", "default_kit_dir", "default_tiny_dir", "ensure_tiny_model",
-]  # fmt: skip
+    "QWEN_SPECIAL_TOKENS",
+    "QWEN3_ADDED_TOKENS",
+    "CHAT_TEMPLATE",
+    "KITS",
+    "TinySpec",
+    "kit_config",
+    "build_tiny_model",
+    "default_kit_dir",
+    "default_tiny_dir",
+    "ensure_tiny_model",
+]
 
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 # Qwen3-VL's tokenizer also carries these as added, NOT special, tokens (decoded as text): <think> and
 # </think> are single tokens there, so the reasoning mask must work on them.
 QWEN3_ADDED_TOKENS = [
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
-]  # fmt: skip
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
 
 # InternVL3-hf's image tokens: special, and named on the tokenizer (the processor reads tokenizer.start_image_token ...)
-INTERNVL_IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
-                         "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}  # fmt: skip
+INTERNVL_IMAGE_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
 
 CHAT_TEMPLATE = QWEN2_CHAT_TEMPLATE  # the Qwen2.5-VL kit's (kept under its old name)
 
@@ -94,8 +127,9 @@ class TinySpec:
     seed = 0
 
 
-def _build_tokenizer(vocab_size: int, chat_template: str, added: tuple[str, ...] = (),
-                     named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:  # fmt: skip
+def _build_tokenizer(
+    vocab_size: int, chat_template: str, added: tuple[str, ...] = (), named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
     corpus = [SYSTEM_PROMPT, QUESTION, " ".join(ANOMALY_WORDS), _LEXICON] * 20
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -165,19 +199,34 @@ def _token_ids(ids: dict[str, int]) -> dict:
 def _qwen2_5_config(spec, ids: dict[str, int], vocab: int) -> Qwen2_5_VLConfig:
     text = _text(spec, ids, vocab, _mrope_section(spec.text_hidden // spec.text_heads), 1e6)
     text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
-    vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
-                  num_heads=spec.vision_heads, out_hidden_size=spec.text_hidden,
-                  fullatt_block_indexes=[spec.vision_depth - 1], window_size=112, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)  # fmt: skip
+    vision = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
+        num_heads=spec.vision_heads,
+        out_hidden_size=spec.text_hidden,
+        fullatt_block_indexes=[spec.vision_depth - 1],
+        window_size=112,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_token_ids(ids))
 
 
 def _qwen2_config(spec, ids: dict[str, int], vocab: int) -> Qwen2VLConfig:
     text = _text(spec, ids, vocab, _mrope_section(spec.text_hidden // spec.text_heads), 1e6)
     text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
-    vision = dict(depth=spec.vision_depth, embed_dim=spec.vision_hidden, hidden_size=spec.text_hidden,
-                  mlp_ratio=spec.vision_intermediate // spec.vision_hidden, num_heads=spec.vision_heads, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip
+    vision = dict(
+        depth=spec.vision_depth,
+        embed_dim=spec.vision_hidden,
+        hidden_size=spec.text_hidden,
+        mlp_ratio=spec.vision_intermediate // spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     return Qwen2VLConfig(text_config=text, vision_config=vision, **_token_ids(ids))
 
 
@@ -186,9 +235,18 @@ def _qwen3_config(spec, ids: dict[str, int], vocab: int) -> Qwen3VLConfig:
     text = _text(spec, ids, vocab, _interleaved_mrope_section(head_dim), 5e6)
     text["head_dim"] = head_dim
     text["rope_parameters"]["mrope_interleaved"] = True
-    vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
-                  num_heads=spec.vision_heads, out_hidden_size=spec.text_hidden, patch_size=16, spatial_merge_size=2,
-                  temporal_patch_size=2, num_position_embeddings=576, deepstack_visual_indexes=[0])  # fmt: skip
+    vision = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
+        num_heads=spec.vision_heads,
+        out_hidden_size=spec.text_hidden,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=576,
+        deepstack_visual_indexes=[0],
+    )
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_token_ids(ids))
 
 
@@ -198,10 +256,21 @@ def _internvl_config(spec, ids: dict[str, int], vocab: int) -> InternVLConfig:
     text = _text(spec, ids, vocab, [], 1e6)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6}
     text.update(model_type="qwen2", bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
-    vision = dict(hidden_size=spec.vision_hidden, num_hidden_layers=spec.vision_depth, num_attention_heads=spec.vision_heads,
-                  intermediate_size=spec.vision_intermediate, image_size=[448, 448], patch_size=[14, 14])  # fmt: skip
-    return InternVLConfig(text_config=text, vision_config=vision, image_token_id=ids["<IMG_CONTEXT>"],
-                          image_seq_length=256, downsample_ratio=0.5)  # fmt: skip
+    vision = dict(
+        hidden_size=spec.vision_hidden,
+        num_hidden_layers=spec.vision_depth,
+        num_attention_heads=spec.vision_heads,
+        intermediate_size=spec.vision_intermediate,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    )
+    return InternVLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=256,
+        downsample_ratio=0.5,
+    )
 
 
 @dataclass(frozen=True)
@@ -225,12 +294,16 @@ class _Kit:
 KITS: dict[str, _Kit] = {
     FAMILIES["qwen2_5_vl"].kit: _Kit("qwen2_5_vl", _qwen2_5_config),
     FAMILIES["qwen2_vl"].kit: _Kit("qwen2_vl", _qwen2_config),
-    FAMILIES["qwen3_vl"].kit: _Kit("qwen3_vl", _qwen3_config, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                                   tuple(QWEN3_ADDED_TOKENS)),
-    FAMILIES["internvl"].kit: _Kit("internvl", _internvl_config, named_tokens=INTERNVL_IMAGE_TOKENS,
-                                   image_processor=lambda: GotOcr2ImageProcessorPil(
-                                       size={"height": 448, "width": 448}, crop_to_patches=False)),
-}  # fmt: skip
+    FAMILIES["qwen3_vl"].kit: _Kit(
+        "qwen3_vl", _qwen3_config, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), tuple(QWEN3_ADDED_TOKENS)
+    ),
+    FAMILIES["internvl"].kit: _Kit(
+        "internvl",
+        _internvl_config,
+        named_tokens=INTERNVL_IMAGE_TOKENS,
+        image_processor=lambda: GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=False),
+    ),
+}
 
 
 def _kit(kit: str) -> _Kit:
@@ -294,7 +367,9 @@ def build_tiny_model(out_dir: str | Path, spec: type[TinySpec] = TinySpec, kit: 
     if k.image_processor is not None:
         image_processor = k.image_processor()
     else:
-        image_processor = fit_image_processor(pil_image_processor(k.patch_size, k.image_mean, k.image_std), spec.image_size)
+        image_processor = fit_image_processor(
+            pil_image_processor(k.patch_size, k.image_mean, k.image_std), spec.image_size
+        )
     processor = family.processor(tok, image_processor, config=config)
 
     with atomic_dir(out_dir) as tmp:  # the mode of a plain mkdir (umask), replaces an older kit

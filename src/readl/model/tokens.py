@@ -15,10 +15,18 @@ from readl.model.offsets import char_offsets
 from readl.model.prompting import QUESTION
 
 __all__ = [
-    "ANSWER_LEADS", "ANSWER_WORDS", "SCORE_RULE", "QUERY_ROWS", "answer_variant_ids", "answer_read_position",
-    "query_row_offset", "anomaly_token_positions", "image_token_positions", "reasoning_token_mask",
+    "ANSWER_LEADS",
+    "ANSWER_WORDS",
+    "SCORE_RULE",
+    "QUERY_ROWS",
+    "answer_variant_ids",
+    "answer_read_position",
+    "query_row_offset",
+    "anomaly_token_positions",
+    "image_token_positions",
+    "reasoning_token_mask",
     "reasoning_and_answer",
-]  # fmt: skip
+]
 
 _ANOMALY_RE = re.compile(r"(defect|anomal|abnormal)\w*", re.IGNORECASE)
 ANSWER_LEADS = ("", " ", "\n")  # whitespace a single answer token may start with (readl.model.inference)

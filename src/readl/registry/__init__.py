@@ -19,9 +19,18 @@ from readl.tracking import (
 )
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "RegistryError", "TrackingUnavailableError", "AliasNotFoundError", "ArtifactStoreError",
-    "tracking_uri", "connect", "register", "promote", "load_registered", "is_registry_uri",
-]  # fmt: skip
+    "DEFAULT_TRACKING_URI",
+    "RegistryError",
+    "TrackingUnavailableError",
+    "AliasNotFoundError",
+    "ArtifactStoreError",
+    "tracking_uri",
+    "connect",
+    "register",
+    "promote",
+    "load_registered",
+    "is_registry_uri",
+]
 
 
 def __getattr__(name: str):  # lazy: keep `import readl.registry` light

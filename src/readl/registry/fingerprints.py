@@ -12,8 +12,15 @@ from pathlib import Path
 
 from readl.digest import file_digest
 
-__all__ = ["FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "flatten_metrics", "git_commit", "manifest_digest",
-           "model_fingerprint", "params_digest"]
+__all__ = [
+    "FINGERPRINT_TAG",
+    "METRIC_TAG_PREFIX",
+    "flatten_metrics",
+    "git_commit",
+    "manifest_digest",
+    "model_fingerprint",
+    "params_digest",
+]
 
 FINGERPRINT_TAG = "readl.fingerprint"
 METRIC_TAG_PREFIX = "metrics."
@@ -58,8 +65,9 @@ def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float | Non
     return out
 
 
-def model_fingerprint(adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping,
-                      base_dir: Path | None = None) -> str:
+def model_fingerprint(
+    adapter: Path | None, thresholds: Path, metrics: Path, params: Mapping, base_dir: Path | None = None
+) -> str:
     """SHA-256 identifying the registered content: adapter files, thresholds, metrics, params and the
     warm-started base model's files (``base_dir``, when the pipeline has one)."""
     h = hashlib.sha256()

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from readl.config import RegisterConfig
-from readl.registry.load import require_store
-from readl.tracking import call, mlflow_session, tracking_uri
 from readl.registry.fingerprints import METRIC_TAG_PREFIX
+from readl.registry.load import require_store
 from readl.registry.versions import require_alias
+from readl.tracking import call, mlflow_session, tracking_uri
 
 __all__ = ["TIE_TOLERANCE", "Check", "Decision", "compare", "gate_table", "promote"]
 
@@ -66,10 +66,15 @@ class Decision:
 
     def as_dict(self) -> dict:
         return {
-            "name": self.name, "challenger": self.challenger, "champion_before": self.champion_before,
-            "champion_after": self.champion_after, "promoted": self.promoted, "reason": self.reason,
-            "dry_run": self.dry_run, "checks": [c.__dict__ for c in self.checks],
-        }  # fmt: skip
+            "name": self.name,
+            "challenger": self.challenger,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "checks": [c.__dict__ for c in self.checks],
+        }
 
 
 def _metric(tags: dict, key: str) -> float | None:
@@ -99,8 +104,17 @@ def compare(challenger_tags: dict, champion_tags: dict, cfg: RegisterConfig) -> 
         checks.append(Check("all", key, old, new, rule, True, "champion has no value"))
     else:
         gain = new - (old + cfg.min_improvement)
-        checks.append(Check("all", key, old, new, rule, gain > TIE_TOLERANCE,
-                            "tie: not promoted" if abs(gain) <= TIE_TOLERANCE else ""))
+        checks.append(
+            Check(
+                "all",
+                key,
+                old,
+                new,
+                rule,
+                gain > TIE_TOLERANCE,
+                "tie: not promoted" if abs(gain) <= TIE_TOLERANCE else "",
+            )
+        )
     new_sets = _datasets(challenger_tags)
     for ds in sorted(_datasets(champion_tags)):
         for metric, drop in sorted(cfg.max_drop.items()):
@@ -121,8 +135,14 @@ def compare(challenger_tags: dict, champion_tags: dict, cfg: RegisterConfig) -> 
     return checks
 
 
-def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False, uri: str | None = None,
-            challenger_alias: str = "challenger", champion_alias: str = "champion") -> Decision:  # fmt: skip
+def promote(
+    cfg: RegisterConfig,
+    name: str | None = None,
+    dry_run: bool = False,
+    uri: str | None = None,
+    challenger_alias: str = "challenger",
+    champion_alias: str = "champion",
+) -> Decision:
     """Run the gate (module docstring) and move ``champion`` when it passes.
 
     Args:
@@ -155,13 +175,16 @@ def promote(cfg: RegisterConfig, name: str | None = None, dry_run: bool = False,
             old = call(lambda: client.get_model_version(name, old_v), "read champion")
             checks = compare(dict(new.tags or {}), dict(old.tags or {}), cfg)
             failed = [c for c in checks if not c.passed]
-            reason = (f"passes: {cfg.primary_metric} and no dataset regression beyond max_drop" if not failed else
-                      "refused: " + "; ".join(f"{c.scope} {c.metric} {c.note or c.rule}" for c in failed))  # fmt: skip
+            reason = (
+                f"passes: {cfg.primary_metric} and no dataset regression beyond max_drop"
+                if not failed
+                else "refused: " + "; ".join(f"{c.scope} {c.metric} {c.note or c.rule}" for c in failed)
+            )
             decision = Decision(name, new_v, old_v, not failed, reason, checks)
         decision.dry_run = dry_run
         if decision.promoted and not dry_run:
             call(lambda: client.set_registered_model_alias(name, champion_alias, new_v), "set champion alias")
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            now = datetime.now(UTC).isoformat(timespec="seconds")
             call(lambda: client.set_model_version_tag(name, new_v, "readl.promoted_at", now), "tag version")
             if old_v is not None:
                 call(lambda: client.set_model_version_tag(name, new_v, "readl.previous_champion", old_v), "tag version")
@@ -184,9 +207,24 @@ def gate_table(decision: Decision):
     from rich.table import Table
 
     pct = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    table = Table("scope", "metric", "champion", "challenger", "rule", "ok", "note",
-                  title=f"{decision.name}: challenger v{decision.challenger} vs champion v{decision.champion_before}")  # fmt: skip
+    table = Table(
+        "scope",
+        "metric",
+        "champion",
+        "challenger",
+        "rule",
+        "ok",
+        "note",
+        title=f"{decision.name}: challenger v{decision.challenger} vs champion v{decision.champion_before}",
+    )
     for c in decision.checks:
-        table.add_row(c.scope, c.metric, pct(c.champion), pct(c.challenger), c.rule,
-                      "[green]yes[/green]" if c.passed else "[red]NO[/red]", c.note)  # fmt: skip
+        table.add_row(
+            c.scope,
+            c.metric,
+            pct(c.champion),
+            pct(c.challenger),
+            c.rule,
+            "[green]yes[/green]" if c.passed else "[red]NO[/red]",
+            c.note,
+        )
     return table

@@ -22,11 +22,21 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["METRIC_FIELDS", "ADAPTER_WEIGHTS", "read_json_input", "check_metrics", "check_thresholds",
-           "check_train_run", "check_adapter"]  # fmt: skip
+__all__ = [
+    "METRIC_FIELDS",
+    "ADAPTER_WEIGHTS",
+    "read_json_input",
+    "check_metrics",
+    "check_thresholds",
+    "check_train_run",
+    "check_adapter",
+]
 
 # metrics.json fields read by register / promote / the CLI table: section -> keys (numbers or null)
-METRIC_FIELDS: dict[str, tuple[str, ...]] = {"image": ("AUROC", "AUPR", "ACC"), "pixel": ("AUROC", "AUPR", "AUPRO", "ACC")}
+METRIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "image": ("AUROC", "AUPR", "ACC"),
+    "pixel": ("AUROC", "AUPR", "AUPRO", "ACC"),
+}
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -92,8 +102,10 @@ def check_metrics(path: Path, primary_metric: str) -> dict:
         if not problems:
             problems += _value_problems(metrics, datasets)
     if problems:
-        raise ValueError(f"{path}: not a complete metrics file of `readl evaluate`: missing, non-numeric or wrong "
-                         f"{', '.join(dict.fromkeys(problems))}; re-run `readl evaluate` (dvc repro evaluate)")  # fmt: skip
+        raise ValueError(
+            f"{path}: not a complete metrics file of `readl evaluate`: missing, non-numeric or wrong "
+            f"{', '.join(dict.fromkeys(problems))}; re-run `readl evaluate` (dvc repro evaluate)"
+        )
     return dict(metrics)
 
 
@@ -138,12 +150,15 @@ def check_thresholds(path: Path) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: not found; run `readl calibrate` (dvc repro calibrate) first")
     data = read_thresholds_file(path)
-    missing = [f"{k}.value" for k in ("tau_t", "tau_i")
-               if not isinstance(data.get(k), Mapping)
-               or not _is_number(data[k].get("value")) or data[k].get("value") is None]  # fmt: skip
+    missing = [
+        f"{k}.value"
+        for k in ("tau_t", "tau_i")
+        if not isinstance(data.get(k), Mapping) or not _is_number(data[k].get("value")) or data[k].get("value") is None
+    ]
     if missing:
-        raise ValueError(f"{path}: thresholds lack numeric {', '.join(missing)}; re-run `readl calibrate` "
-                         f"(dvc repro calibrate)")  # fmt: skip
+        raise ValueError(
+            f"{path}: thresholds lack numeric {', '.join(missing)}; re-run `readl calibrate` (dvc repro calibrate)"
+        )
     return dict(data)
 
 
@@ -176,6 +191,8 @@ def check_adapter(folder: Path | None) -> Path | None:
     if not isinstance(config, Mapping):
         raise ValueError(f"{folder / 'adapter_config.json'}: not a JSON object; re-run `readl train`")
     if not any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
-        raise ValueError(f"{folder}: adapter_config.json without weights ({' or '.join(ADAPTER_WEIGHTS)}); the "
-                         f"adapter is incomplete: re-run `readl train` (dvc repro train)")  # fmt: skip
+        raise ValueError(
+            f"{folder}: adapter_config.json without weights ({' or '.join(ADAPTER_WEIGHTS)}); the "
+            f"adapter is incomplete: re-run `readl train` (dvc repro train)"
+        )
     return folder

@@ -24,11 +24,12 @@ def require_store(uri: str) -> None:
         RegistryError: the sqlite file does not exist (message: where it was looked for and the fix).
     """
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if not path.is_file():
             raise RegistryError(
                 f"no MLflow registry at {uri} ({path.resolve()} does not exist); run this from the project folder "
-                f"(where `readl register` wrote mlruns.db), or set MLFLOW_TRACKING_URI to your tracking server")
+                f"(where `readl register` wrote mlruns.db), or set MLFLOW_TRACKING_URI to your tracking server"
+            )
 
 
 def registered_version(model_uri: str, uri: str | None = None) -> str | None:
@@ -37,7 +38,7 @@ def registered_version(model_uri: str, uri: str | None = None) -> str | None:
 
     if not model_uri.startswith("models:/"):
         return None
-    ref = model_uri[len("models:/"):].strip("/")
+    ref = model_uri[len("models:/") :].strip("/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
         client = mlflow.MlflowClient(uri or tracking_uri())
@@ -50,7 +51,9 @@ def is_registry_uri(model: str | None) -> bool:
     return bool(model) and str(model).startswith(("models:/", "runs:/"))
 
 
-def load_registered(model_uri: str, device: str | None = None, max_new_tokens: int | None = None, uri: str | None = None):
+def load_registered(
+    model_uri: str, device: str | None = None, max_new_tokens: int | None = None, uri: str | None = None
+):
     """Download a registered model's artifacts and load it (base model + adapter + thresholds + params).
 
     Args:
@@ -86,9 +89,11 @@ def load_registered(model_uri: str, device: str | None = None, max_new_tokens: i
             pyfunc = call(load, f"load {model_uri}", uri, attempts=3)
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-                raise AliasNotFoundError(f"{model_uri}: not found at {uri} ({str(exc).splitlines()[0]}); check the "
-                                         f"name and alias (`readl register` sets 'challenger', `readl promote` "
-                                         f"'champion')") from exc  # fmt: skip
+                raise AliasNotFoundError(
+                    f"{model_uri}: not found at {uri} ({str(exc).splitlines()[0]}); check the "
+                    f"name and alias (`readl register` sets 'challenger', `readl promote` "
+                    f"'champion')"
+                ) from exc
             raise
         model = pyfunc.unwrap_python_model()
         if not hasattr(model, "predictor"):

@@ -43,7 +43,7 @@ Output (one row per input row; JSON: ``{"predictions": [{...}, ...]}``):
 Over ``mlflow models serve`` (``readl serve``) every value is valid JSON: missing numbers are ``null``, never NaN.
 ``predict`` carries type hints (a ``pandas.DataFrame`` in, one out) and the model is logged with its signature
 and an input example (one small PNG), so MLflow has nothing to warn about on logging or loading.
-"""
+"""  # noqa: E501 (its tables)
 
 from __future__ import annotations
 
@@ -61,15 +61,34 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd  # the predict type hints (MLflow reads them when the model is logged)
 
-__all__ = ["ReadlModel", "signature", "input_example", "encode_map", "decode_map", "OUTPUT_COLUMNS", "MODEL_CONFIG", "MAX_ROWS"]
+__all__ = [
+    "ReadlModel",
+    "signature",
+    "input_example",
+    "encode_map",
+    "decode_map",
+    "OUTPUT_COLUMNS",
+    "MODEL_CONFIG",
+    "MAX_ROWS",
+]
 
 log = logging.getLogger(__name__)
 MODEL_CONFIG = {"device": "", "max_new_tokens": 0}  # logged defaults; "" / 0 = automatic / params
 MAX_ROWS = 16
 """Rows one request may hold by default: about 25 s of work with the tiny model on 2 CPU cores, inside the
 scoring server's 60 s timeout (``benchmarks/serve_load.py``)."""
-OUTPUT_COLUMNS = ["answer", "score", "decision", "threshold", "reasoning", "format_ok", "anomaly_map", "map_max",
-                  "map_grid", "error"]  # fmt: skip
+OUTPUT_COLUMNS = [
+    "answer",
+    "score",
+    "decision",
+    "threshold",
+    "reasoning",
+    "format_ok",
+    "anomaly_map",
+    "map_max",
+    "map_grid",
+    "error",
+]
 
 
 def signature():
@@ -77,15 +96,23 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(DataType.string, "image", required=False), ColSpec(DataType.string, "path", required=False)])
-    outputs = Schema([
-        ColSpec(DataType.string, "answer", required=False), ColSpec(DataType.double, "score", required=False),
-        ColSpec(DataType.string, "decision", required=False), ColSpec(DataType.double, "threshold"),
-        ColSpec(DataType.string, "reasoning"),
-        ColSpec(DataType.boolean, "format_ok"), ColSpec(DataType.string, "anomaly_map"),
-        ColSpec(DataType.double, "map_max"), ColSpec(Array(Array(DataType.double)), "map_grid"),
-        ColSpec(DataType.string, "error"),
-    ])  # fmt: skip
+    inputs = Schema(
+        [ColSpec(DataType.string, "image", required=False), ColSpec(DataType.string, "path", required=False)]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "answer", required=False),
+            ColSpec(DataType.double, "score", required=False),
+            ColSpec(DataType.string, "decision", required=False),
+            ColSpec(DataType.double, "threshold"),
+            ColSpec(DataType.string, "reasoning"),
+            ColSpec(DataType.boolean, "format_ok"),
+            ColSpec(DataType.string, "anomaly_map"),
+            ColSpec(DataType.double, "map_max"),
+            ColSpec(Array(Array(DataType.double)), "map_grid"),
+            ColSpec(DataType.string, "error"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -182,8 +209,9 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.max_rows = int(cfg.get("max_rows") or os.environ.get("READL_SERVE_MAX_ROWS") or MAX_ROWS)
         self.timeout = float(cfg.get("timeout") or os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or 60)
         self._one_at_a_time = threading.Lock()
-        self.predictor = build_predictor(self.params, base, self.adapter, device=device,
-                                         max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)  # fmt: skip
+        self.predictor = build_predictor(
+            self.params, base, self.adapter, device=device, max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None
+        )
 
     def _images(self, frame):
         from readl.data.images import BadImageError
@@ -218,8 +246,10 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         from readl.predictor import open_image
 
         if self.path_root is None:
-            raise ValueError("the 'path' column is off on this server: send the image file's bytes in 'image' (the "
-                             "operator may allow one folder with READL_SERVE_PATH_ROOT)")  # fmt: skip
+            raise ValueError(
+                "the 'path' column is off on this server: send the image file's bytes in 'image' (the "
+                "operator may allow one folder with READL_SERVE_PATH_ROOT)"
+            )
         real = Path(os.path.realpath(path))
         if real != self.path_root and self.path_root not in real.parents:
             raise ValueError("'path' is outside the folder this server may read")
@@ -261,9 +291,20 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         images, errors = self._images(frame)
         t = float(self.decision["value"])
         rows: list[dict] = [
-            {"answer": None, "score": None, "decision": None, "threshold": t, "reasoning": "", "format_ok": False,
-             "anomaly_map": "", "map_max": 0.0, "map_grid": [], "error": e} for e in errors
-        ]  # fmt: skip
+            {
+                "answer": None,
+                "score": None,
+                "decision": None,
+                "threshold": t,
+                "reasoning": "",
+                "format_ok": False,
+                "anomaly_map": "",
+                "map_max": 0.0,
+                "map_grid": [],
+                "error": e,
+            }
+            for e in errors
+        ]
         ok = [i for i, im in enumerate(images) if im is not None]
         for first in range(0, len(ok), self.batch_size):
             idx = ok[first : first + self.batch_size]
@@ -276,10 +317,15 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
                 png, top = encode_map(upsample(real.map, pred.image_size))
                 score = image_score(pred.score, pred.parsed.answer is None, self.decision["malformed"])
                 rows[i].update(
-                    answer=pred.parsed.answer, score=float(pred.score), decision=decide(score, t),
-                    reasoning=pred.parsed.reasoning, format_ok=bool(pred.parsed.format_ok), anomaly_map=png,
-                    map_max=top, map_grid=np.asarray(real.map, dtype=np.float64).tolist(),
-                )  # fmt: skip
+                    answer=pred.parsed.answer,
+                    score=float(pred.score),
+                    decision=decide(score, t),
+                    reasoning=pred.parsed.reasoning,
+                    format_ok=bool(pred.parsed.format_ok),
+                    anomaly_map=png,
+                    map_max=top,
+                    map_grid=np.asarray(real.map, dtype=np.float64).tolist(),
+                )
         for r in rows:
             if r["error"]:
                 log.error("%s", r["error"])

@@ -22,17 +22,9 @@ from importlib import metadata
 from pathlib import Path
 
 from readl.atomic import write_json
-from readl.redact import redact
-from readl.config import Params, load_params, pipeline_base
-from readl.config import RegisterConfig
+from readl.config import Params, RegisterConfig, load_params, pipeline_base
 from readl.digest import file_digest  # re-exported: the registry's content hashes
-from readl.tracking import (
-    RegistryError,
-    artifact_errors,
-    call,
-    mlflow_session,
-    tracking_uri,
-)
+from readl.redact import redact
 from readl.registry.fingerprints import (
     FINGERPRINT_TAG,
     METRIC_TAG_PREFIX,
@@ -44,11 +36,28 @@ from readl.registry.fingerprints import (
 )
 from readl.registry.inputs import check_adapter, check_metrics, check_thresholds, check_train_run
 from readl.registry.versions import matching_versions, readl_versions, sync_challenger
+from readl.tracking import (
+    RegistryError,
+    artifact_errors,
+    call,
+    mlflow_session,
+    tracking_uri,
+)
 
 __all__ = [
-    "FINGERPRINT_TAG", "METRIC_TAG_PREFIX", "RegisterResult", "register", "flatten_metrics", "file_digest",
-    "manifest_digest", "params_digest", "git_commit", "model_fingerprint", "readl_versions", "sync_challenger",
-]  # fmt: skip
+    "FINGERPRINT_TAG",
+    "METRIC_TAG_PREFIX",
+    "RegisterResult",
+    "register",
+    "flatten_metrics",
+    "file_digest",
+    "manifest_digest",
+    "params_digest",
+    "git_commit",
+    "model_fingerprint",
+    "readl_versions",
+    "sync_challenger",
+]
 
 log = logging.getLogger(__name__)
 MODEL_CODE = str(Path(__file__).with_name("model_code.py"))  # MLflow models-from-code (no pickle)
@@ -85,7 +94,18 @@ def register_config(params: Params) -> RegisterConfig:
 
 def _requirements() -> list[str]:
     reqs = []
-    for dist in ("mlflow", "torch", "transformers", "peft", "accelerate", "pillow", "numpy", "pandas", "pydantic", "readl"):
+    for dist in (
+        "mlflow",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "pillow",
+        "numpy",
+        "pandas",
+        "pydantic",
+        "readl",
+    ):
         try:
             reqs.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -114,8 +134,9 @@ def _training_run(client, train_run: Path, run_id: str | None) -> str | None:
 def _new_run(client, experiment: str) -> str:
     exp = call(lambda: client.get_experiment_by_name(experiment), f"read experiment {experiment!r}")
     exp_id = exp.experiment_id if exp else call(lambda: client.create_experiment(experiment), "create experiment")
-    run = call(lambda: client.create_run(exp_id, tags={"readl.stage": "register", "mlflow.runName": "register"}),
-               "create run")  # fmt: skip
+    run = call(
+        lambda: client.create_run(exp_id, tags={"readl.stage": "register", "mlflow.runName": "register"}), "create run"
+    )
     call(lambda: client.set_terminated(run.info.run_id), "end run")
     return run.info.run_id
 
@@ -129,7 +150,7 @@ def _find_logged_model(client, run_id: str, fp: str):
             experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
         ),
         "search logged models",
-    )  # fmt: skip
+    )
     for m in models:
         status = str(getattr(m, "status", "READY"))
         if (m.tags or {}).get(FINGERPRINT_TAG) == fp and status.endswith("READY"):
@@ -159,11 +180,20 @@ def _log_model(run_id: str, artifacts: dict[str, str], fp: str, uri: str, eval_m
             # model and generate on the example while logging (minutes and the full base weights for a 7B model);
             # serving is tested end to end instead (tests/integration/test_serve.py)
             info = mlflow.models.Model.log(
-                artifact_path=None, name="readl", flavor=_PyfuncFlavor, python_model=MODEL_CODE, artifacts=artifacts,
-                signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
-                tags={FINGERPRINT_TAG: fp}, model_config=dict(MODEL_CONFIG), metadata={"readl": {"fingerprint": fp}},
-                validate_serving_input=False, flavor_name="pyfunc.ModelFromCode",
-            )  # fmt: skip
+                artifact_path=None,
+                name="readl",
+                flavor=_PyfuncFlavor,
+                python_model=MODEL_CODE,
+                artifacts=artifacts,
+                signature=signature(),
+                input_example=input_example(),
+                pip_requirements=_requirements(),
+                tags={FINGERPRINT_TAG: fp},
+                model_config=dict(MODEL_CONFIG),
+                metadata={"readl": {"fingerprint": fp}},
+                validate_serving_input=False,
+                flavor_name="pyfunc.ModelFromCode",
+            )
             if eval_metrics:
                 mlflow.log_metrics({f"eval.{k}": v for k, v in eval_metrics.items() if v is not None})
             return info
@@ -257,7 +287,9 @@ def register(
         reused = bool(existing)
         if existing:
             mv = existing[0]
-            log.info("register: version %s of %r already holds this model (run %s); reusing it", mv.version, name, run_id)
+            log.info(
+                "register: version %s of %r already holds this model (run %s); reusing it", mv.version, name, run_id
+            )
         else:
             logged = _find_logged_model(client, run_id, fp)
             if logged is None:
@@ -276,16 +308,29 @@ def register(
         sync_challenger(client, name, alias)
         mv = call(lambda: client.get_model_version(name, mv.version), "read version")
         result = RegisterResult(
-            name=name, version=str(mv.version), run_id=run_id, aliases=sorted(mv.aliases or []),
-            model_uri=f"models:/{name}/{mv.version}", source=mv.source, fingerprint=fp, reused=reused,
-            tracking_uri=redact(uri), tags=dict(mv.tags or {}),
-        )  # fmt: skip
+            name=name,
+            version=str(mv.version),
+            run_id=run_id,
+            aliases=sorted(mv.aliases or []),
+            model_uri=f"models:/{name}/{mv.version}",
+            source=mv.source,
+            fingerprint=fp,
+            reused=reused,
+            tracking_uri=redact(uri),
+            tags=dict(mv.tags or {}),
+        )
         if out is not None:
             record = asdict(result)
             record.pop("tags")
             write_json(out, record)
-        log.info("register: %s version %s (run %s)%s, aliases %s", name, result.version, run_id,
-                 " reused" if reused else "", result.aliases)  # fmt: skip
+        log.info(
+            "register: %s version %s (run %s)%s, aliases %s",
+            name,
+            result.version,
+            run_id,
+            " reused" if reused else "",
+            result.aliases,
+        )
         return result
 
 
@@ -299,22 +344,26 @@ def _ensure_registered_model(client, name: str) -> None:
             raise
 
 
-def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: dict, model_id: str, uri: str,
-                    attempts: int = 8):  # fmt: skip
+def _create_version(
+    client, name: str, source: str, run_id: str, fp: str, tags: dict, model_id: str, uri: str, attempts: int = 8
+):
     """Create the version (retried on races), verify it is ours, and drop a same-content duplicate."""
     from mlflow.exceptions import MlflowException
 
     from readl.tracking import is_transient, with_retries
 
-    description = (f"readl model {tags.get('base_model')} + adapter {tags.get('adapter')}; run {run_id}; "
-                   f"image AUROC {tags.get('metrics.image.AUROC', 'n/a')}, pixel AUROC {tags.get('metrics.pixel.AUROC', 'n/a')}")  # fmt: skip
+    description = (
+        f"readl model {tags.get('base_model')} + adapter {tags.get('adapter')}; run {run_id}; "
+        f"image AUROC {tags.get('metrics.image.AUROC', 'n/a')}, pixel AUROC {tags.get('metrics.pixel.AUROC', 'n/a')}"
+    )
 
     def attempt():
         found = matching_versions(client, name, run_id, fp)  # an earlier attempt may have landed before failing
         if found:
             return found[0]
-        mv = client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
-                                         model_id=model_id)  # fmt: skip
+        mv = client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description, model_id=model_id
+        )
         got = client.get_model_version(name, mv.version)
         if got.run_id != run_id or (got.tags or {}).get(FINGERPRINT_TAG) != fp:
             raise _Race(f"version {mv.version} of {name!r} does not hold run {run_id} (race); retrying")
@@ -331,8 +380,12 @@ def _create_version(client, name: str, source: str, run_id: str, fp: str, tags: 
         raise RegistryError(f"could not create a version of {name!r} at {uri}: {exc}") from exc
     dups = matching_versions(client, name, run_id, fp)
     if dups and dups[0].version != mv.version:  # a concurrent twin registered the same content first: keep it
-        log.warning("register: version %s duplicates version %s (same run and content); deleting %s",
-                    mv.version, dups[0].version, mv.version)  # fmt: skip
+        log.warning(
+            "register: version %s duplicates version %s (same run and content); deleting %s",
+            mv.version,
+            dups[0].version,
+            mv.version,
+        )
         try:
             client.delete_model_version(name, mv.version)
         except MlflowException as exc:  # the twin may delete it too

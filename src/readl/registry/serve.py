@@ -13,14 +13,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from readl.tracking import RegistryError, tracking_uri
 from readl.registry.load import require_store
+from readl.tracking import RegistryError, tracking_uri
 
 __all__ = ["serve_command"]
 
 
-def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1,
-                  uri: str | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+def serve_command(
+    model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1, uri: str | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The ``mlflow models serve`` command line and environment for ``model_uri``.
 
     Args:
@@ -37,11 +38,26 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, wor
     """
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin it to this folder
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     require_store(uri)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     if mlflow_bin is None:
-        raise RegistryError("the `mlflow` command is not installed in this environment (pip install -c constraints.txt -e .)")
-    argv = [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
-            "-w", str(workers)]  # fmt: skip
+        raise RegistryError(
+            "the `mlflow` command is not installed in this environment (pip install -c constraints.txt -e .)"
+        )
+    argv = [
+        mlflow_bin,
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        str(workers),
+    ]
     return argv, {**os.environ, "MLFLOW_TRACKING_URI": uri}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from readl.tracking import AliasNotFoundError, call, tracking_uri
 from readl.registry.fingerprints import FINGERPRINT_TAG
+from readl.tracking import AliasNotFoundError, call, tracking_uri
 
 __all__ = ["readl_versions", "require_alias", "sync_challenger"]
 
@@ -73,5 +73,6 @@ def require_alias(client, name: str, alias: str) -> str:
         what = f"versions {', '.join(map(str, versions))}" if versions else "no readl versions"
         raise AliasNotFoundError(
             f"registered model {name!r} has no alias {alias!r} at {tracking_uri()} ({what}); "
-            f"run `readl register` first" + (" (it sets 'challenger')" if alias == "challenger" else ""))
+            f"run `readl register` first" + (" (it sets 'challenger')" if alias == "challenger" else "")
+        )
     return version

@@ -13,11 +13,15 @@ from pathlib import Path
 from readl.config import Params
 from readl.data.curate import CurateResult, curate
 
-__all__ = ["run"]
+__all__ = ["main", "run"]
 
 
-def run(params: Params, raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
-        progress: Callable[[int, int | None], None] | None = None) -> CurateResult:  # fmt: skip
+def run(
+    params: Params,
+    raw: Path = Path("data/raw"),
+    out: Path = Path("data/curated"),
+    progress: Callable[[int, int | None], None] | None = None,
+) -> CurateResult:
     """Curate ``raw`` into ``out`` with ``params.curate``.
 
     Args:
@@ -37,9 +41,32 @@ def run(params: Params, raw: Path = Path("data/raw"), out: Path = Path("data/cur
     """
     r, o = Path(raw).resolve(), Path(out).resolve()
     if r == o or o in r.parents:
-        raise ValueError(f"--out {out}: it holds the raw data {raw}, which replacing it would delete; curate into a "
-                         f"folder of its own (default data/curated)")  # fmt: skip
+        raise ValueError(
+            f"--out {out}: it holds the raw data {raw}, which replacing it would delete; curate into a "
+            f"folder of its own (default data/curated)"
+        )
     if r in o.parents:
-        raise ValueError(f"--out {out}: it lies inside the raw data {raw}; curate into a folder of its own "
-                         f"(default data/curated)")  # fmt: skip
+        raise ValueError(
+            f"--out {out}: it lies inside the raw data {raw}; curate into a folder of its own (default data/curated)"
+        )
     return curate(params.curate, raw, out, progress=progress)
+
+
+def main(params: Path | None = None, raw: Path = Path("data/raw"), out: Path = Path("data/curated")) -> None:
+    """Build the curated train / calib / eval manifests and 420x420 images (the first DVC stage).
+
+    ``readl curate`` and ``python -m readl.stages.curate`` (dvc.yaml): :func:`run` with a progress bar, then its
+    one-line summary on stdout."""
+    from readl.stages.console import load_params_file, progress
+
+    cfg = load_params_file(params)
+    with progress() as bar:
+        task = bar.add_task("curate", total=None)
+        result = run(cfg, raw, out, progress=lambda n, total: bar.update(task, advance=n, total=total))
+    print(result.one_line())
+
+
+if __name__ == "__main__":
+    from readl.stages.console import script
+
+    script(main)

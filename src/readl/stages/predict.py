@@ -35,10 +35,19 @@ def _is_none(p) -> bool:
     return p is not None and str(p).lower() == "none"
 
 
-def run(params: Params, images: list[Path], out: Path, model: str | None = None, adapter: Path | None = None,
-        thresholds: Path | None = None, max_new_tokens: int | None = None, device: str | None = None,
-        annotate: bool = True, progress: Callable[[int], None] | None = None,
-        on_start: Callable[[dict, Path | None], None] | None = None) -> PredictRun:  # fmt: skip
+def run(
+    params: Params,
+    images: list[Path],
+    out: Path,
+    model: str | None = None,
+    adapter: Path | None = None,
+    thresholds: Path | None = None,
+    max_new_tokens: int | None = None,
+    device: str | None = None,
+    annotate: bool = True,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[dict, Path | None], None] | None = None,
+) -> PredictRun:
     """Predict every file of ``images`` and write ``<out>/<stem>.json`` and ``<out>/<stem>.png``.
 
     Args:
@@ -60,7 +69,8 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         :class:`PredictRun`.
 
     Raises:
-        ValueError: a bad argument (an output that would replace an input image, ``--thresholds`` file missing, ``--adapter`` folder without
+        ValueError: a bad argument (an output that would replace an input image, ``--thresholds`` file missing,
+        ``--adapter`` folder without
             ``adapter_config.json``, ``--adapter`` with a registered model).
         readl.predictor.ModelLoadError: the base model cannot be loaded.
         readl.registry.RegistryError: the registered model cannot be resolved or loaded.
@@ -68,8 +78,10 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
     check_outputs(images, out)  # before the model loads: no output may replace an input
     no_thresholds = _is_none(thresholds)
     if thresholds is not None and not no_thresholds and not Path(thresholds).is_file():
-        raise ValueError(f"--thresholds {thresholds}: file not found; run `readl calibrate` (models/thresholds.json) "
-                         f"or pass --thresholds none for per-image rules")  # fmt: skip
+        raise ValueError(
+            f"--thresholds {thresholds}: file not found; run `readl calibrate` (models/thresholds.json) "
+            f"or pass --thresholds none for per-image rules"
+        )
     loc: LocalizationConfig = params.localization
     batch_size = params.model.batch_size
     if model and model.startswith(("models:/", "runs:/")):  # registered: its own adapter, thresholds and params
@@ -81,8 +93,11 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         predictor, loc, batch_size = registered.predictor, registered.localization, registered.batch_size
         if thresholds is None:
             thresholds = Path(registered.thresholds_path) if registered.thresholds_path else None
-        provenance = {"base": registered.base, "adapter": adapter_digest(registered.adapter),
-                      "registered": registered.registered}  # fmt: skip
+        provenance = {
+            "base": registered.base,
+            "adapter": adapter_digest(registered.adapter),
+            "registered": registered.registered,
+        }
     else:
         project = model is None and adapter is None  # the project's own model: params model.base + models/adapter
         if _is_none(adapter):
@@ -90,8 +105,10 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         elif project and (DEFAULT_ADAPTER / "adapter_config.json").is_file():
             adapter = DEFAULT_ADAPTER
         elif adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-            raise ValueError(f"--adapter {adapter}: no adapter_config.json; pass the folder written by `readl train` "
-                             f"(models/adapter), or --adapter none for the base model")  # fmt: skip
+            raise ValueError(
+                f"--adapter {adapter}: no adapter_config.json; pass the folder written by `readl train` "
+                f"(models/adapter), or --adapter none for the base model"
+            )
         if project and thresholds is None and DEFAULT_THRESHOLDS.is_file():
             thresholds = DEFAULT_THRESHOLDS  # calibrate's thresholds belong to that model
         base = model or pipeline_base(params)  # models/warmup after `readl warmup`
@@ -101,6 +118,15 @@ def run(params: Params, images: list[Path], out: Path, model: str | None = None,
         thresholds = None
     if on_start is not None:
         on_start(provenance, thresholds)
-    outcomes = predict_files(images, predictor, loc, out, thresholds_file=thresholds, batch_size=batch_size,
-                             progress=progress, provenance=provenance, annotate=annotate)  # fmt: skip
+    outcomes = predict_files(
+        images,
+        predictor,
+        loc,
+        out,
+        thresholds_file=thresholds,
+        batch_size=batch_size,
+        progress=progress,
+        provenance=provenance,
+        annotate=annotate,
+    )
     return PredictRun(outcomes, provenance, thresholds)

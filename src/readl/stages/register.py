@@ -21,15 +21,23 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import load_params
 from readl.registry.gate import Decision
-from readl.tracking import call, mlflow_session
 from readl.registry.gate import promote as run_promote
 from readl.registry.registration import RegisterResult, register
+from readl.tracking import call, mlflow_session
 
-__all__ = ["run"]
+__all__ = ["main", "run"]
 
 
-def run(params_file: Path, adapter: Path, thresholds: Path, metrics: Path, train_run: Path, out: Path,
-        name: str | None = None, promote: bool = False) -> tuple[RegisterResult, Decision | None]:  # fmt: skip
+def run(
+    params_file: Path,
+    adapter: Path,
+    thresholds: Path,
+    metrics: Path,
+    train_run: Path,
+    out: Path,
+    name: str | None = None,
+    promote: bool = False,
+) -> tuple[RegisterResult, Decision | None]:
     """Register the model (and, with ``promote``, decide whether it becomes ``champion``).
 
     Args:
@@ -53,21 +61,74 @@ def run(params_file: Path, adapter: Path, thresholds: Path, metrics: Path, train
         ValueError: an input is incomplete or malformed, or params.yaml is invalid (nothing is registered).
         readl.registry.RegistryError: the tracking server or artifact store failed (after retries).
     """
-    result = register(params_file=params_file, adapter=adapter, thresholds=thresholds, metrics=metrics,
-                      train_run=train_run, out=out, name=name)  # fmt: skip
+    result = register(
+        params_file=params_file,
+        adapter=adapter,
+        thresholds=thresholds,
+        metrics=metrics,
+        train_run=train_run,
+        out=out,
+        name=name,
+    )
     experiment = os.environ.get("DVC_EXP_NAME")
     if experiment:
         with mlflow_session() as client:
-            call(lambda: client.set_model_version_tag(result.name, result.version, "readl.dvc_experiment", experiment),
-                 "tag the experiment's model version")  # fmt: skip
+            call(
+                lambda: client.set_model_version_tag(result.name, result.version, "readl.dvc_experiment", experiment),
+                "tag the experiment's model version",
+            )
     if not promote:
         return result, None
     decision = run_promote(load_params(params_file).register, name=result.name, dry_run=bool(experiment))
     if experiment:
-        decision = dataclasses.replace(decision, reason=f"dvc experiment {experiment}: dry run, champion unchanged "
-                                       f"(`readl promote` moves it): {decision.reason}")  # fmt: skip
+        decision = dataclasses.replace(
+            decision,
+            reason=f"dvc experiment {experiment}: dry run, champion unchanged "
+            f"(`readl promote` moves it): {decision.reason}",
+        )
     record = json.loads(Path(out).read_text())
     if decision.champion_after == result.version:
         record["aliases"] = sorted({*record["aliases"], "champion"})
     write_json(out, {**record, "promotion": decision.as_dict()})
     return result, decision
+
+
+def main(
+    params: Path | None = None,
+    adapter: Path = Path("models/adapter"),
+    thresholds: Path = Path("models/thresholds.json"),
+    metrics: Path = Path("metrics.json"),
+    train_run: Path = Path("models/train_run.json"),
+    out: Path = Path("models/registered.json"),
+    name: str | None = None,
+    promote: bool = False,
+) -> None:
+    """Log the model (pyfunc) into the training run, register it, tag it, alias it 'challenger' (idempotent);
+    with ``promote`` run the promotion gate (a refusal is reported, exit status 0).
+
+    ``readl register`` and ``python -m readl.stages.register --promote`` (dvc.yaml): :func:`run`, its lines on
+    stdout, the gate's table, and the evaluation numbers (the last stage of ``dvc repro`` ends with them)."""
+    from readl.evaluation.report import metrics_table
+    from readl.registry.gate import gate_table
+    from readl.stages.console import make_console, params_path
+
+    result, decision = run(
+        params_path(params), adapter, thresholds, metrics, train_run, out, name=name, promote=promote
+    )
+    reused = " reused" if result.reused else ""
+    print(
+        f"register: {result.name} version {result.version} (run {result.run_id}){reused}; "
+        f"aliases: {', '.join(result.aliases)}"
+    )
+    if decision is not None:
+        if decision.checks:
+            make_console().print(gate_table(decision))
+        print(f"promote: {decision.reason}")
+    if metrics.is_file():
+        make_console().print(metrics_table(json.loads(metrics.read_text()), title=f"{result.name} v{result.version}"))
+
+
+if __name__ == "__main__":
+    from readl.stages.console import script
+
+    script(main, flags=("promote",))

@@ -24,8 +24,8 @@ from readl.config import Params, pipeline_base
 from readl.digest import file_digest
 from readl.model.loading import base_digest
 from readl.redact import redact
-from readl.training.checkpoints import fingerprint, train_resumable
 from readl.runtime import configure
+from readl.training.checkpoints import fingerprint, train_resumable
 from readl.training.data import balanced_rows, load_manifest
 from readl.training.progress import StepProgress
 from readl.training.rewards import reward_names
@@ -33,7 +33,7 @@ from readl.training.summary import train_summary
 from readl.training.tracking import start_run, tracking_uri
 from readl.training.train import DEFAULT_MANIFEST, build_trainer, run_params
 
-__all__ = ["resume_key", "run"]
+__all__ = ["main", "resume_key", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,14 @@ def resume_key(params: Params, manifest: Path) -> str:
     (``models/warmup``, re-made by a changed warm-up, or ``model.base``) and the training code's bytes: a crashed run
     resumes, a run whose start or code changed starts over (sha256 hex)."""
     code = sorted((Path(__file__).parents[1] / "training").glob("*.py"))
-    return fingerprint({**run_params(params), "base_sha256": base_digest(pipeline_base(params)),
-                        "training_code_sha256": file_digest(code, root=code[0].parent)}, manifest)  # fmt: skip
+    return fingerprint(
+        {
+            **run_params(params),
+            "base_sha256": base_digest(pipeline_base(params)),
+            "training_code_sha256": file_digest(code, root=code[0].parent),
+        },
+        manifest,
+    )
 
 
 def run(
@@ -86,8 +92,12 @@ def run(
     data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:
-        return start_run(t.experiment, run_id, params={**run_params(params), "data": data, "runtime": runtime},
-                         tags={"readl.stage": "train", "readl.rewards": ",".join(names)}).info.run_id  # fmt: skip
+        return start_run(
+            t.experiment,
+            run_id,
+            params={**run_params(params), "data": data, "runtime": runtime},
+            tags={"readl.stage": "train", "readl.rewards": ",".join(names)},
+        ).info.run_id
 
     def describe(run_id: str, resume: Path | None) -> None:
         log.info("MLflow run %s (%s); %s", run_id, tracking_uri(), f"resuming {resume}" if resume else "fresh start")
@@ -119,3 +129,25 @@ def run(
     if not t.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
+
+
+def main(
+    params: Path | None = None,
+    manifest: Path = Path("data/curated/train.parquet"),
+    output: Path = Path("models"),
+    device: str | None = None,
+) -> None:
+    """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself.
+
+    ``readl train`` and ``python -m readl.stages.train`` (dvc.yaml): :func:`run` plus its console line."""
+    from readl.stages.console import console, load_params_file
+
+    record = run(load_params_file(params), manifest=manifest, output_dir=output, device=device)
+    if record:
+        console.print(f"adapter: {record['adapter']}  MLflow run: {record['run_id']}  steps: {record['global_step']}")
+
+
+if __name__ == "__main__":
+    from readl.stages.console import script
+
+    script(main)

@@ -18,8 +18,8 @@ from transformers.trainer_callback import PrinterCallback
 from readl.atomic import atomic_dir, write_json
 from readl.config import Params
 from readl.model.loading import is_kit, load_model
-from readl.training.checkpoints import fingerprint, train_resumable
 from readl.runtime import configure
+from readl.training.checkpoints import fingerprint, train_resumable
 from readl.training.data import balanced_rows, fit_processor, load_manifest
 from readl.training.lora import default_target_regex, lora_config
 from readl.training.progress import StepProgress
@@ -27,13 +27,18 @@ from readl.training.reasoning_targets import targets_for
 from readl.training.tracking import start_run
 from readl.training.warmup import WeightedSFTTrainer, sft_args, sft_dataset
 
-__all__ = ["run"]
+__all__ = ["main", "run"]
 
 log = logging.getLogger(__name__)
 
 
-def run(params: Params, manifest: str | Path = "data/curated/train.parquet", output_dir: str | Path = "models",
-        device: str | None = None, root: str | Path = ".") -> dict:  # fmt: skip
+def run(
+    params: Params,
+    manifest: str | Path = "data/curated/train.parquet",
+    output_dir: str | Path = "models",
+    device: str | None = None,
+    root: str | Path = ".",
+) -> dict:
     """Run (or resume) the cold start and write ``output_dir/warmup`` (model + processor) and ``warmup_run.json``.
 
     With ``warmup.enabled: false`` nothing is trained: the folder records the base model reference only
@@ -83,22 +88,35 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
         train_dataset=sft_dataset(frame, params.model.image_size, targets, w.seed if w.augment else None),
         processing_class=processor,
         peft_config=peft,
-        decision_tokens=w.decision_tokens, decision_weight=w.decision_weight, answer_weight=w.answer_weight,
+        decision_tokens=w.decision_tokens,
+        decision_weight=w.decision_weight,
+        answer_weight=w.answer_weight,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(StepProgress("warmup"))
 
-    fp = fingerprint(params.model_dump(include={"runtime", "model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest)
+    fp = fingerprint(
+        params.model_dump(include={"runtime", "model", "warmup"}) | {"lora": params.train.lora.model_dump()}, manifest
+    )
     data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:
-        return start_run(params.train.experiment, run_id, tags={"readl.stage": "warmup"},
-                         params={"model": params.model.model_dump(), "warmup": w.model_dump(), "data": data,
-                                 "runtime": runtime}).info.run_id
+        return start_run(
+            params.train.experiment,
+            run_id,
+            tags={"readl.stage": "warmup"},
+            params={"model": params.model.model_dump(), "warmup": w.model_dump(), "data": data, "runtime": runtime},
+        ).info.run_id
 
     def describe(run_id: str, resume: Path | None) -> None:
-        log.info("warmup: %d rows (class-balanced: %s), %s weights, MLflow run %s; %s", len(frame), w.balance,
-                 trainable, run_id, f"resuming {resume}" if resume else "fresh start")  # fmt: skip
+        log.info(
+            "warmup: %d rows (class-balanced: %s), %s weights, MLflow run %s; %s",
+            len(frame),
+            w.balance,
+            trainable,
+            run_id,
+            f"resuming {resume}" if resume else "fresh start",
+        )
 
     resume, run_id, main = train_resumable(trainer, ckpt_dir, fp, start, describe)
     if not main:
@@ -114,11 +132,43 @@ def run(params: Params, manifest: str | Path = "data/curated/train.parquet", out
         policy.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_json(tmp / "readl_base.json", {"base": params.model.base, "warmup_run": run_id})
-    record = {"enabled": True, "base": params.model.base, "model": str(out), "run_id": run_id,
-              "global_step": int(trainer.state.global_step), "trainable": trainable,
-              "resumed_from": str(resume) if resume else None, "runtime": runtime, "seed": w.seed}  # fmt: skip
+    record = {
+        "enabled": True,
+        "base": params.model.base,
+        "model": str(out),
+        "run_id": run_id,
+        "global_step": int(trainer.state.global_step),
+        "trainable": trainable,
+        "resumed_from": str(resume) if resume else None,
+        "runtime": runtime,
+        "seed": w.seed,
+    }
     write_json(output_dir / "warmup_run.json", record)
     mlflow.end_run()
     if not w.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
+
+
+def main(
+    params: Path | None = None,
+    manifest: Path = Path("data/curated/train.parquet"),
+    output: Path = Path("models"),
+    device: str | None = None,
+) -> None:
+    """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself.
+
+    ``readl warmup`` and ``python -m readl.stages.warmup`` (dvc.yaml): :func:`run` plus its console line; errors as
+    :mod:`readl.stages.console` says."""
+    from readl.stages.console import console, load_params_file
+
+    record = run(load_params_file(params), manifest=manifest, output_dir=output, device=device)
+    if record:
+        done = f"steps: {record['global_step']}  MLflow run: {record['run_id']}" if record["enabled"] else "disabled"
+        console.print(f"warm-started model: {record['model']}  {done}")
+
+
+if __name__ == "__main__":
+    from readl.stages.console import script
+
+    script(main)

@@ -93,8 +93,13 @@ def save_run_info(ckpt_dir: str | Path, fp: str, run_id: str | None) -> None:
     write_json(Path(ckpt_dir) / RUN_FILE, {"fingerprint": fp, "mlflow_run_id": run_id})
 
 
-def train_resumable(trainer, ckpt_dir: str | Path, fp: str, start: Callable[[str | None], str],
-                    describe: Callable[[str, Path | None], None] | None = None) -> tuple[Path | None, str | None, bool]:  # fmt: skip
+def train_resumable(
+    trainer,
+    ckpt_dir: str | Path,
+    fp: str,
+    start: Callable[[str | None], str],
+    describe: Callable[[str, Path | None], None] | None = None,
+) -> tuple[Path | None, str | None, bool]:
     """Train ``trainer``, resuming the last complete checkpoint of ``ckpt_dir`` when it has the same fingerprint,
     with one MLflow run across restarts and processes (``readl train`` and ``readl warmup``).
 

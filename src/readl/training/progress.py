@@ -21,8 +21,12 @@ def _fmt(logs: dict, key: str, name: str) -> str:
 
 def _status(logs: dict) -> str:
     """``reward R  J J_mean  KL kl  loss L  <reward name> mean ...`` of one log record ("" when it has none)."""
-    parts = [_fmt(logs, "reward", "reward"), _fmt(logs, "consistency/J_mean", "J"), _fmt(logs, "kl", "KL"),
-             _fmt(logs, "loss", "loss")]  # the final summary record has `train_loss`, not `loss`: no status
+    parts = [
+        _fmt(logs, "reward", "reward"),
+        _fmt(logs, "consistency/J_mean", "J"),
+        _fmt(logs, "kl", "KL"),
+        _fmt(logs, "loss", "loss"),
+    ]  # the final summary record has `train_loss`, not `loss`: no status
     parts += [_fmt(logs, k, k.split("/")[1]) for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
     # the reward std within groups and the share of groups whose rewards all tie (no advantage, no gradient)
     parts += [_fmt(logs, "reward_std", "r-std"), _fmt(logs, "frac_reward_zero_std", "zero-std")]
@@ -53,9 +57,13 @@ class StepProgress(TrainerCallback):
             self.lines = True
             return
         self.bar = Progress(
-            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"), console=Console(file=stream),
-        )  # fmt: skip
+            TextColumn(self.label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=Console(file=stream),
+        )
         self.task = self.bar.add_task(self.label, total=state.max_steps, completed=state.global_step, status="")
         self.bar.start()
 
@@ -70,8 +78,11 @@ class StepProgress(TrainerCallback):
         if not status:  # the final summary log has no rewards: keep the last status
             return
         if self.lines:
-            print(f"{self.label} step {state.global_step}/{state.max_steps}  {status}", file=self.stream or sys.stderr,
-                  flush=True)  # fmt: skip
+            print(
+                f"{self.label} step {state.global_step}/{state.max_steps}  {status}",
+                file=self.stream or sys.stderr,
+                flush=True,
+            )
         else:
             self.bar.update(self.task, status=status)
 

@@ -109,7 +109,12 @@ def targets_for(frame: pd.DataFrame, seed: int = 0) -> list[str]:
     for row in frame.itertuples(index=False):
         text = getattr(row, "reasoning", None) if has_reasoning else None
         if not isinstance(text, str) or not text.strip():
-            text = template_reasoning(int(row.label), getattr(row, "category", ""), getattr(row, "defect_type", None),
-                                      key=row_key(row), seed=seed)  # fmt: skip
+            text = template_reasoning(
+                int(row.label),
+                getattr(row, "category", ""),
+                getattr(row, "defect_type", None),
+                key=row_key(row),
+                seed=seed,
+            )
         out.append(target_completion(text, int(row.label)))
     return out

@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 def top_k_tokens(w: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest weights, descending; ties keep token order (stable sort).
 
@@ -261,8 +260,11 @@ MAPS_KEY = "readl_maps"
 WEIGHTS_KEY = "readl_weights"
 
 
-def make_reward_funcs(names: Sequence[str], consistency: ConsistencySettings = ConsistencySettings(),
-                      accuracy_requires_format: bool = True) -> list[Callable]:
+def make_reward_funcs(
+    names: Sequence[str],
+    consistency: ConsistencySettings = ConsistencySettings(),
+    accuracy_requires_format: bool = True,
+) -> list[Callable]:
     """TRL reward callables for ``names`` (``__name__`` = the reward name, so TRL logs ``rewards/<name>/mean``).
 
     TRL passes every dataset column as a keyword list; these read ``label`` and, for ``consistency``, the

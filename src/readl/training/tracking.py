@@ -2,7 +2,8 @@
 (every number the trainer logs: rewards, J stats, KL, clip fractions, completion length, learning rate, loss ...) and
 system metrics (CPU/GPU/memory, sampled by MLflow's monitor thread).
 
-Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on GPUs"). A new sqlite
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db`` in the working directory (README "Training on
+GPUs"). A new sqlite
 store is created once under a file lock (:func:`readl.tracking.ensure_store`).
 """
 
@@ -65,9 +66,12 @@ def start_run(experiment: str, run_id: str | None = None, params: Mapping | None
             run_id = None
     # a new run is named "<readl.stage>-<UTC start time>": MLflow's generated names follow the (seeded) global
     # RNG, so every warmup and train run would share one name
-    name = None if run_id else f"{(tags or {}).get('readl.stage', 'run')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp.experiment_id, run_name=name,
-                           log_system_metrics=True)  # fmt: skip
+    name = (
+        None if run_id else f"{(tags or {}).get('readl.stage', 'run')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    )
+    run = mlflow.start_run(
+        run_id=run_id, experiment_id=None if run_id else exp.experiment_id, run_name=name, log_system_metrics=True
+    )
     if params:
         have = run.data.params if run_id else {}
         new = {k: v for k, v in flatten(params).items() if k not in have}
@@ -120,9 +124,12 @@ class MlflowMetricsCallback(TrainerCallback):
         metrics = [
             Metric(k, float(v), now, step)
             for k, v in logs.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if k != "step"
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
             and step not in self.logged.get(k, ())
-        ]  # fmt: skip
+        ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
             for m in metrics:

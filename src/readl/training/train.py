@@ -41,8 +41,10 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
     (:class:`readl.config.TrainConfig`)."""
     t = params.train
     if t.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise ValueError("train.use_vllm is true but vllm is not installed: `pip install 'readl[vllm]'` on a CUDA "
-                         "machine, or set train.use_vllm: false in params.yaml")  # fmt: skip
+        raise ValueError(
+            "train.use_vllm is true but vllm is not installed: `pip install 'readl[vllm]'` on a CUDA "
+            "machine, or set train.use_vllm: false in params.yaml"
+        )
     return GRPOConfig(
         num_generations=t.num_generations,
         reward_weights=t.reward_weights,

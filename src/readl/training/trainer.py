@@ -36,7 +36,7 @@ from accelerate.utils import gather_object
 from readl.localization.anomaly_map import token_weights
 from readl.localization.attention import capture_attention, enable_capture
 from readl.localization.scores import normalize_scores, semantic_relevance, spatial_entropy
-from readl.localization.thresholds import resolve_threshold
+from readl.localization.thresholds import Threshold, resolve_threshold
 from readl.model.families import family_of, family_of_processor
 from readl.model.prompting import QUESTION
 from readl.model.teacher_forcing import left_pad, split_token_maps, teacher_forced_batch
@@ -143,10 +143,13 @@ def group_rank_weights(
     flat_i = np.concatenate(s_i) if s_i else np.zeros(0)
     t_hat, i_hat = normalize_scores(flat_t, flat_i)  # min-max over ALL rollouts of the image
     loc = localization
-    fits = {"tau_t": resolve_threshold(loc.tau_t, t_hat, loc.ties),  # over all rollouts of the image
-            "tau_i": resolve_threshold(loc.tau_i, i_hat, loc.ties)}  # fmt: skip
-    w, keep = token_weights(t_hat, i_hat, fits["tau_t"].value, fits["tau_i"].value, loc.alpha, loc.beta,
-                            loc.mode)  # (sum R_g,) each  # fmt: skip
+    fits = {
+        "tau_t": resolve_threshold(loc.tau_t, t_hat, loc.ties),  # over all rollouts of the image
+        "tau_i": resolve_threshold(loc.tau_i, i_hat, loc.ties),
+    }
+    w, keep = token_weights(
+        t_hat, i_hat, fits["tau_t"].value, fits["tau_i"].value, loc.alpha, loc.beta, loc.mode
+    )  # (sum R_g,) each
     composite = loc.alpha * t_hat + loc.beta * i_hat
     rank = np.where(keep, w, composite - (abs(loc.alpha) + abs(loc.beta)) - 1.0)
     cuts = np.cumsum(sizes)[:-1]
@@ -241,8 +244,9 @@ class CGROTrainer(GRPOAdapter):
             members = range(start, min(start + g, len(all_t)))
             if not any(offset <= m < offset + len(inputs) for m in members):
                 continue
-            w, rank, fits = group_rank_weights([all_t[m] for m in members], [all_i[m] for m in members],
-                                               self.localization)  # fmt: skip
+            w, rank, fits = group_rank_weights(
+                [all_t[m] for m in members], [all_i[m] for m in members], self.localization
+            )
             for key, fit in fits.items():
                 if fit.n > 0:
                     fell_back[key].append(fit.fallback is not None)
@@ -252,7 +256,10 @@ class CGROTrainer(GRPOAdapter):
         self.last_consistency = {"maps": maps, "weights": rank_local, "w": w_local, "s_t": s_t, "s_i": s_i}
         self.record_metric("consistency/capture_s", time.perf_counter() - t0)
         self.record_metric("consistency/reasoning_tokens", float(np.mean([len(m) for m in maps])))
-        for key, flags in fell_back.items():  # share of image groups whose per-image rule fell back (max curv. -> median)
+        for (
+            key,
+            flags,
+        ) in fell_back.items():  # share of image groups whose per-image rule fell back (max curv. -> median)
             if flags:
                 self.record_metric(f"consistency/{key}_fallback_frac", float(np.mean(flags)))
         return [{**x, MAPS_KEY: m, WEIGHTS_KEY: r} for x, m, r in zip(inputs, maps, rank_local)]

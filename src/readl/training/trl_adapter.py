@@ -13,7 +13,8 @@ three private methods and turns them into readl's hooks:
   (add columns the reward functions read) and ``self.rewards_done(inputs, rewards)`` after it.
 
 It also names the private TRL state the hooks read (:attr:`GRPOAdapter.trl_tokenizer`,
-:meth:`GRPOAdapter.group_size`, :meth:`GRPOAdapter.record_metric`). ``tests/unit/training/test_trl_adapter.py`` pins the TRL
+:meth:`GRPOAdapter.group_size`, :meth:`GRPOAdapter.record_metric`). ``tests/unit/training/test_trl_adapter.py`` pins
+the TRL
 version and these methods' signatures: a TRL upgrade fails there first, with what to re-check.
 
 :func:`run_args` holds the ``TrainingArguments`` that readl's two TRL trainers (GRPO in

@@ -53,8 +53,9 @@ def augment(image: Image.Image, rng: np.random.Generator, grayscale: float = 0.2
     if k & 1:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if k >> 1:
-        image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                 Image.Transpose.ROTATE_270)[k >> 1])  # fmt: skip
+        image = image.transpose(
+            (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[k >> 1]
+        )
     if rng.random() < grayscale:
         image = image.convert("L").convert("RGB")
     return image
@@ -75,8 +76,9 @@ def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | 
             generator seeded by (augment_seed, row, how often this row was read), so a run is reproducible (a
             resumed run draws its remaining augmentations afresh).
     """
-    ds = Dataset.from_dict({"image_path": list(frame["image_path"]), "target": list(targets),
-                            "row": list(range(len(frame)))})  # fmt: skip
+    ds = Dataset.from_dict(
+        {"image_path": list(frame["image_path"]), "target": list(targets), "row": list(range(len(frame)))}
+    )
     reads: dict[int, int] = {}
 
     def transform(batch: dict) -> dict:
@@ -106,9 +108,15 @@ def _find(row: list[int], pattern: list[int], start: int = 0) -> int:
     return -1
 
 
-def token_weights_from_labels(labels: torch.Tensor, think_ids: list[int], answer_ids: list[int],
-                              whitespace_ids: set[int], decision_tokens: int, decision_weight: float,
-                              answer_weight: float) -> torch.Tensor:  # fmt: skip
+def token_weights_from_labels(
+    labels: torch.Tensor,
+    think_ids: list[int],
+    answer_ids: list[int],
+    whitespace_ids: set[int],
+    decision_tokens: int,
+    decision_weight: float,
+    answer_weight: float,
+) -> torch.Tensor:
     """Per-token loss weights of a batch of labels (``-100`` = not trained).
 
     Args:

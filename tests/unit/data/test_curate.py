@@ -20,8 +20,7 @@ from readl.data.phash import decode_resize_hash, hamming
 from readl.data.schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[3]
-OUTPUT_FILES = ("train.parquet", "calib.parquet", "eval.parquet", "rejected.csv", "leakage.csv",
-                "summary.json")
+OUTPUT_FILES = ("train.parquet", "calib.parquet", "eval.parquet", "rejected.csv", "leakage.csv", "summary.json")
 
 
 def texture(seed: int, size=(96, 80)) -> np.ndarray:
@@ -50,8 +49,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------ the bundled sample
@@ -94,8 +92,7 @@ def test_sample_counts_match_params(sample_run):
     summary = sample_run.summary["splits"]
     # train: 66 real images (26 + 6 + 14 normal, 12 + 8 anomalous) + one synthetic anomaly per normal train image
     assert summary["train"]["images"] == 66 + 46 and summary["calib"]["images"] == 25
-    assert summary["train"]["sources"]["hazelnut_toy"]["categories"]["hazelnut"] == \
-        {"normal": 26, "anomalous": 12}
+    assert summary["train"]["sources"]["hazelnut_toy"]["categories"]["hazelnut"] == {"normal": 26, "anomalous": 12}
     # train and calib are disjoint; all three image columns unique
     tr, ca = (C.read_manifest(s, sample_run.out_dir) for s in ("train", "calib"))
     assert not set(tr["raw_image_path"]) & set(ca["raw_image_path"])
@@ -202,7 +199,8 @@ def raw_tree(tmp_path_factory) -> Path:
         "object,split,label,image,mask\n"
         "cap,train,normal,cap/Data/Images/Normal/0000.JPG,\n"
         "cap,test,anomaly,cap/Data/Images/Anomaly/0001.JPG,cap/Data/Masks/Anomaly/0001.png\n"
-        "cap,test,anomaly,cap/Data/Images/Anomaly/0002.JPG,cap/Data/Masks/Anomaly/0002.png\n")
+        "cap,test,anomaly,cap/Data/Images/Anomaly/0002.JPG,cap/Data/Masks/Anomaly/0002.png\n"
+    )
     return root
 
 
@@ -211,8 +209,7 @@ def tree_config(**kw) -> CurateConfig:
         workers=1,
         train=[CurateSource(name="toy", layout="mvtec", root="toy")],
         calib=[CurateSource(name="vtoy", layout="visa", root="vtoy")],
-        eval=[CurateSource(name="evalset", layout="mvtec", root="evalset",
-                           published_splits=["test"])],
+        eval=[CurateSource(name="evalset", layout="mvtec", root="evalset", published_splits=["test"])],
     )
     return CurateConfig(**{**base, **kw})
 
@@ -237,10 +234,8 @@ def test_bad_inputs_are_rejected_with_reasons(tree_run):
     for path, (code, words) in expect.items():
         assert rows[path]["reason"].startswith(code + ":"), rows[path]
         assert words in rows[path]["reason"], rows[path]
-    assert rows["vtoy/cap/Data/Images/Anomaly/0001.JPG"]["mask_path"] == \
-        "vtoy/cap/Data/Masks/Anomaly/0001.png"
-    assert tree_run.rejected == 7 and tree_run.summary["rejected"]["by_source"] == \
-        {"evalset": 1, "toy": 4, "vtoy": 2}
+    assert rows["vtoy/cap/Data/Images/Anomaly/0001.JPG"]["mask_path"] == "vtoy/cap/Data/Masks/Anomaly/0001.png"
+    assert tree_run.rejected == 7 and tree_run.summary["rejected"]["by_source"] == {"evalset": 1, "toy": 4, "vtoy": 2}
     # the stage still produced everything else
     ev = C.read_manifest("eval", tree_run.out_dir)
     assert len(ev) == 4 and validate_manifest(ev, require_masks=True) is not None
@@ -249,8 +244,7 @@ def test_bad_inputs_are_rejected_with_reasons(tree_run):
 
 def test_leaked_copies_of_eval_images_are_removed(tree_run):
     rows = read_csv(tree_run.out_dir / "leakage.csv")
-    assert {r["image_path"] for r in rows} == {"toy/widget/test/good/leak_png.png",
-                                               "toy/widget/test/good/leak_jpg.jpg"}
+    assert {r["image_path"] for r in rows} == {"toy/widget/test/good/leak_png.png", "toy/widget/test/good/leak_jpg.jpg"}
     for r in rows:
         assert r["split"] == "train" and r["eval_image_path"] == "evalset/part/test/hole/000.png"
         assert int(r["distance"]) <= CurateConfig().leakage_max_distance
@@ -265,8 +259,7 @@ def test_leaked_copies_of_eval_images_are_removed(tree_run):
 
 def test_stratified_sampling_replaces_rejected_and_leaked(raw_tree, tmp_path):
     # widget has 6 good + 2 leaked + 3 bad normals (11), gadget 3: 7 normals drawn in proportion
-    cfg = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy", normal=7,
-                                          anomalous=0)], calib=[])
+    cfg = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy", normal=7, anomalous=0)], calib=[])
     res = C.curate(cfg, raw_tree, tmp_path / "a")
     train = C.read_manifest("train", res.out_dir)
     assert len(train) == 7 and set(train["label"]) == {0}
@@ -275,8 +268,7 @@ def test_stratified_sampling_replaces_rejected_and_leaked(raw_tree, tmp_path):
     other = C.curate(cfg.model_copy(update={"seed": 1}), raw_tree, tmp_path / "b")
     assert len(C.read_manifest("train", other.out_dir)) == 7
     # asking for more than there is: everything usable, and the shortfall is reported
-    big = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy", normal=50,
-                                          anomalous=0)], calib=[])
+    big = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy", normal=50, anomalous=0)], calib=[])
     res = C.curate(big, raw_tree, tmp_path / "c")
     assert res.counts["train"] == 9 and res.summary["shortfall"] == 41
 
@@ -284,9 +276,13 @@ def test_stratified_sampling_replaces_rejected_and_leaked(raw_tree, tmp_path):
 def test_proportional_order_interleaves_categories():
     from readl.data.sources import Record
 
-    cands = [C.Candidate(Record("s", cat, "train", 0, "good", Path(f"/r/{cat}/{i}.png")),
-                          f"{cat}/{i}.png", None, f"{cat}/{i}")
-             for cat, n in (("a", 6), ("b", 3)) for i in range(n)]
+    cands = [
+        C.Candidate(
+            Record("s", cat, "train", 0, "good", Path(f"/r/{cat}/{i}.png")), f"{cat}/{i}.png", None, f"{cat}/{i}"
+        )
+        for cat, n in (("a", 6), ("b", 3))
+        for i in range(n)
+    ]
     order = C.proportional_order(cands, np.random.default_rng(0))
     assert sorted(c.image_rel for c in order) == sorted(c.image_rel for c in cands)
     first3 = [c.record.category for c in order[:3]]
@@ -334,17 +330,16 @@ def test_cli_curate(raw_tree, tmp_path):
         "curate:\n  workers: 1\n"
         "  train: [{name: toy, layout: mvtec, root: toy}]\n"
         "  calib: []\n"
-        "  eval: [{name: evalset, layout: mvtec, root: evalset, published_splits: [test]}]\n")
+        "  eval: [{name: evalset, layout: mvtec, root: evalset, published_splits: [test]}]\n"
+    )
     out = tmp_path / "curated"
-    result = CliRunner().invoke(app, ["curate", "--params", str(params), "--raw", str(raw_tree),
-                                      "--out", str(out)])
+    result = CliRunner().invoke(app, ["curate", "--params", str(params), "--raw", str(raw_tree), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "train 11, calib 0, eval 4 images; 5 rejected, 2 leaked" in result.output
     assert pd.read_parquet(out / "train.parquet").shape[0] == 11
     shutil.rmtree(out)
     params.write_text("curate:\n  train: [{name: nope, layout: mvtec, root: nope}]\n")
-    result = CliRunner().invoke(app, ["curate", "--params", str(params), "--raw", str(raw_tree),
-                                      "--out", str(out)])
+    result = CliRunner().invoke(app, ["curate", "--params", str(params), "--raw", str(raw_tree), "--out", str(out)])
     assert result.exit_code == 1 and "readl fetch nope" in result.output
 
 
@@ -352,13 +347,15 @@ def test_unknown_layout_or_option_fails_before_any_work(raw_tree, tmp_path):
     bad_layout = tree_config(train=[CurateSource(name="toy", layout="mvtecc", root="toy")])
     with pytest.raises(ValueError, match="unknown source layout 'mvtecc'"):
         C.curate(bad_layout, raw_tree, tmp_path / "out")
-    bad_option = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy",
-                                                 options={"categorys": ["widget"]})])
+    bad_option = tree_config(
+        train=[CurateSource(name="toy", layout="mvtec", root="toy", options={"categorys": ["widget"]})]
+    )
     with pytest.raises(ValueError, match=r"\['categorys'\] not accepted by the 'mvtec' adapter"):
         C.curate(bad_option, raw_tree, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    only = tree_config(train=[CurateSource(name="toy", layout="mvtec", root="toy",
-                                           options={"categories": ["gadget"]})], calib=[])
+    only = tree_config(
+        train=[CurateSource(name="toy", layout="mvtec", root="toy", options={"categories": ["gadget"]})], calib=[]
+    )
     res = C.curate(only, raw_tree, tmp_path / "out")
     assert set(C.read_manifest("train", res.out_dir)["category"]) == {"gadget"}
 
@@ -393,10 +390,13 @@ def test_users_bring_their_own_references_csv(raw_tree, tmp_path):
     from readl.data.references import ReferenceFileError
 
     csv_path = tmp_path / "refs.csv"
-    csv_path.write_text("image,reference\npart/test/hole/000.png,A round hole in the part.\n"
-                        "part/test/good/001.png,\"Clean part, nothing wrong.\"\n")
-    ev = CurateSource(name="evalset", layout="mvtec", root="evalset", published_splits=["test"],
-                      references=str(csv_path))  # absolute: used as given
+    csv_path.write_text(
+        "image,reference\npart/test/hole/000.png,A round hole in the part.\n"
+        'part/test/good/001.png,"Clean part, nothing wrong."\n'
+    )
+    ev = CurateSource(
+        name="evalset", layout="mvtec", root="evalset", published_splits=["test"], references=str(csv_path)
+    )  # absolute: used as given
     res = C.curate(tree_config(eval=[ev], references="none"), raw_tree, tmp_path / "out")
     df = C.read_manifest("eval", res.out_dir)
     got = dict(zip(df["raw_image_path"], df["reference"]))
@@ -406,11 +406,13 @@ def test_users_bring_their_own_references_csv(raw_tree, tmp_path):
     assert C.read_manifest("train", res.out_dir)["reference"].isna().all()  # references: none
     assert res.summary["with_reference"] == {"train": 0, "calib": 0, "eval": 2}
     # bad CSVs: an error naming the file, before any output is written
-    for text, match in (("img,text\na.png,b\n", r"lacks \['image', 'reference'\]"),
-                        ("image,reference\npart/test/hole/000.png,\n", "line 2: empty reference"),
-                        ("image,reference\na.png,x\na.png,y\n", "line 3: image 'a.png' listed twice"),
-                        ("image,reference\nhole/000.png,x\n", "none of its 1 image.* 'part/test/"),
-                        (None, "references file not found")):  # fmt: skip
+    for text, match in (
+        ("img,text\na.png,b\n", r"lacks \['image', 'reference'\]"),
+        ("image,reference\npart/test/hole/000.png,\n", "line 2: empty reference"),
+        ("image,reference\na.png,x\na.png,y\n", "line 3: image 'a.png' listed twice"),
+        ("image,reference\nhole/000.png,x\n", "none of its 1 image.* 'part/test/"),
+        (None, "references file not found"),
+    ):
         bad = tmp_path / "bad.csv"
         bad.unlink(missing_ok=True)
         if text is not None:
@@ -427,17 +429,22 @@ def test_source_with_no_images_is_an_error_naming_folder_and_layout(tmp_path):
     for split in ("train/good", "test/good"):  # an MVTec 3D-AD tree read as MVTec LOCO
         save(raw / "loco" / "bagel" / split / "rgb" / "000.png", texture(1))
     save(raw / "evalset" / "part" / "test/good/000.png", texture(2))
-    cfg = tree_config(train=[CurateSource(name="loco", layout="mvtec_loco", root="loco")],
-                      calib=[], eval=[CurateSource(name="evalset", layout="mvtec", root="evalset",
-                                                   normal=1, anomalous=0)])
+    cfg = tree_config(
+        train=[CurateSource(name="loco", layout="mvtec_loco", root="loco")],
+        calib=[],
+        eval=[CurateSource(name="evalset", layout="mvtec", root="evalset", normal=1, anomalous=0)],
+    )
     with pytest.raises(C.LayoutError) as err:
         C.curate(cfg, raw, tmp_path / "out")
     msg = str(err.value)
     assert "no images" in msg and str(raw / "loco") in msg
     assert "<category>/ground_truth/<defect>/000/000.png" in msg  # the layout the adapter reads
     assert not (tmp_path / "out").exists()
-    only_val = cfg.model_copy(update={"train": [CurateSource(
-        name="evalset", layout="mvtec", root="evalset", published_splits=["validation"])]})
+    only_val = cfg.model_copy(
+        update={
+            "train": [CurateSource(name="evalset", layout="mvtec", root="evalset", published_splits=["validation"])]
+        }
+    )
     with pytest.raises(C.LayoutError, match=r"published split\(s\) \['validation'\].*test"):
         C.curate(only_val, raw, tmp_path / "out")
 
@@ -449,12 +456,12 @@ def test_images_masks_image_without_mask_is_rejected_and_the_rest_curated(tmp_pa
         save(base / "images" / f"{name}.png", texture(ord(name)))
     save(base / "masks" / "a.png", mask())
     save(base / "masks" / "c.png", np.zeros((80, 96), dtype=np.uint8))
-    cfg = CurateConfig(workers=1, train=[CurateSource(name="plates", layout="images_masks",
-                                                      root="plates")], calib=[], eval=[])
+    cfg = CurateConfig(
+        workers=1, train=[CurateSource(name="plates", layout="images_masks", root="plates")], calib=[], eval=[]
+    )
     res = C.curate(cfg, raw, tmp_path / "out")
     rows = read_csv(res.out_dir / "rejected.csv")
-    assert [(r["image_path"], r["reason"].split(":")[0]) for r in rows] == \
-        [("plates/images/b.png", "missing_mask")]
+    assert [(r["image_path"], r["reason"].split(":")[0]) for r in rows] == [("plates/images/b.png", "missing_mask")]
     train = C.read_manifest("train", res.out_dir)
     assert sorted(train["raw_image_path"]) == ["plates/images/a.png", "plates/images/c.png"]
     assert sorted(train["label"]) == [0, 1]
@@ -467,19 +474,32 @@ def test_a_mask_that_contradicts_its_anomalous_label_is_rejected_and_counted(tmp
     for split in ("tr", "ev"):
         root = raw / split / "part"
         save(root / "test" / "good" / "000.png", texture(1))
-        for name, m in (("ok", mask()), ("black", np.zeros((80, 96), np.uint8)), ("white", np.full((80, 96), 255, np.uint8))):
+        for name, m in (
+            ("ok", mask()),
+            ("black", np.zeros((80, 96), np.uint8)),
+            ("white", np.full((80, 96), 255, np.uint8)),
+        ):
             save(root / "test" / "crack" / f"{name}.png", texture(len(name) + (split == "ev")))
             save(root / "ground_truth" / "crack" / f"{name}_mask.png", m)
-    cfg = CurateConfig(workers=1, train=[CurateSource(name="tr", layout="mvtec", root="tr")], calib=[],
-                       eval=[CurateSource(name="ev", layout="mvtec", root="ev")])  # fmt: skip
+    cfg = CurateConfig(
+        workers=1,
+        train=[CurateSource(name="tr", layout="mvtec", root="tr")],
+        calib=[],
+        eval=[CurateSource(name="ev", layout="mvtec", root="ev")],
+    )
     res = C.curate(cfg, raw, tmp_path / "out")
     reasons = sorted((r["image_path"], r["reason"].split(":")[0]) for r in read_csv(res.out_dir / "rejected.csv"))
-    assert reasons == [("ev/part/test/crack/black.png", "empty_mask"), ("ev/part/test/crack/white.png", "full_mask"),
-                       ("tr/part/test/crack/black.png", "empty_mask"), ("tr/part/test/crack/white.png", "full_mask")]
+    assert reasons == [
+        ("ev/part/test/crack/black.png", "empty_mask"),
+        ("ev/part/test/crack/white.png", "full_mask"),
+        ("tr/part/test/crack/black.png", "empty_mask"),
+        ("tr/part/test/crack/white.png", "full_mask"),
+    ]
     assert res.summary["rejected"]["by_reason"] == {"empty_mask": 2, "full_mask": 2}
     for split in ("train", "eval"):  # the anomalous image with a real mask is kept
-        assert list(C.read_manifest(split, res.out_dir).query("label == 1")["raw_image_path"].str[3:]) == \
-            ["part/test/crack/ok.png"]
+        assert list(C.read_manifest(split, res.out_dir).query("label == 1")["raw_image_path"].str[3:]) == [
+            "part/test/crack/ok.png"
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -496,21 +516,22 @@ def hazelnut_leak_tree(sample_dir, tmp_path_factory) -> Path:
     first, second = (Image.open(p).convert("RGB") for p in eval_files[:2])
     first.save(copies / "copy_exact.png")
     first.save(copies / "copy_q80.jpg", quality=80)
-    second.resize((second.width // 2, second.height // 2), Image.Resampling.BICUBIC).save(
-        copies / "copy_half.png")
+    second.resize((second.width // 2, second.height // 2), Image.Resampling.BICUBIC).save(copies / "copy_half.png")
     return raw
 
 
 @pytest.mark.parametrize("max_distance", [3, 12])
-def test_leakage_guard_keeps_distinct_photos_and_catches_copies(hazelnut_leak_tree, tmp_path,
-                                                                max_distance):
-    cfg = CurateConfig(workers=1, leakage_max_distance=max_distance,
-                       train=[CurateSource(name="photos", layout="mvtec", root="photos")], calib=[],
-                       eval=[CurateSource(name="evalset", layout="mvtec", root="evalset")])
+def test_leakage_guard_keeps_distinct_photos_and_catches_copies(hazelnut_leak_tree, tmp_path, max_distance):
+    cfg = CurateConfig(
+        workers=1,
+        leakage_max_distance=max_distance,
+        train=[CurateSource(name="photos", layout="mvtec", root="photos")],
+        calib=[],
+        eval=[CurateSource(name="evalset", layout="mvtec", root="evalset")],
+    )
     res = C.curate(cfg, hazelnut_leak_tree, tmp_path / "out")
     rows = read_csv(res.out_dir / "leakage.csv")
-    assert sorted(Path(r["image_path"]).stem for r in rows) == ["copy_exact", "copy_half",
-                                                                 "copy_q80"]
+    assert sorted(Path(r["image_path"]).stem for r in rows) == ["copy_exact", "copy_half", "copy_q80"]
     for r in rows:
         assert float(r["ssim"]) >= cfg.leakage_min_ssim and int(r["distance"]) <= max_distance
     train = C.read_manifest("train", res.out_dir)
@@ -522,8 +543,7 @@ def test_image_below_one_merged_patch_is_rejected_with_the_reason(tmp_path):
     for i in range(2):
         save(raw / "toy" / "widget" / f"train/good/g{i}.png", texture(i))
     save(raw / "toy" / "widget" / "train/good/dot.png", np.zeros((1, 1, 3), dtype=np.uint8))
-    cfg = CurateConfig(workers=1, train=[CurateSource(name="toy", layout="mvtec", root="toy")],
-                       calib=[], eval=[])
+    cfg = CurateConfig(workers=1, train=[CurateSource(name="toy", layout="mvtec", root="toy")], calib=[], eval=[])
     res = C.curate(cfg, raw, tmp_path / "out")
     rows = read_csv(res.out_dir / "rejected.csv")
     assert [r["image_path"] for r in rows] == ["toy/widget/train/good/dot.png"]

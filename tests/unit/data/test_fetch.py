@@ -23,8 +23,15 @@ VISA_BUCKET, VISA_KEY = "amazon-visual-anomaly", "VisA_20220922.tar"
 @pytest.fixture(autouse=True)
 def no_user_aws_config(tmp_path, monkeypatch):
     """Credentials only from what a test sets; never from the developer's ~/.aws."""
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "READL_S3_ENDPOINT_URL"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "READL_S3_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
@@ -32,8 +39,9 @@ def no_user_aws_config(tmp_path, monkeypatch):
 
 def jpeg_bytes(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    arr = np.asarray(Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-                     .resize((64, 48), Image.Resampling.BICUBIC))
+    arr = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((64, 48), Image.Resampling.BICUBIC)
+    )
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -71,7 +79,8 @@ def visa_tar() -> bytes:
             b"candle,train,normal,candle/Data/Images/Normal/0000.JPG,\n"
             b"candle,test,normal,candle/Data/Images/Normal/0001.JPG,\n"
             b"candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,"
-            b"candle/Data/Masks/Anomaly/000.png\n"),
+            b"candle/Data/Masks/Anomaly/000.png\n"
+        ),
     }
     return tar_bytes(members)
 
@@ -88,14 +97,15 @@ def leftovers(dest: Path) -> list[str]:
     return sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
 
 
-def test_visa_from_public_s3_resumes_verifies_and_extracts(public_bucket, visa_tar, tmp_path,
-                                                           monkeypatch):
+def test_visa_from_public_s3_resumes_verifies_and_extracts(public_bucket, visa_tar, tmp_path, monkeypatch):
     monkeypatch.setenv("READL_S3_ENDPOINT_URL", public_bucket.endpoint)  # the default s3:// URL
     dest = tmp_path / "raw"
     part = dest / ".fetch" / f"{VISA_KEY}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(visa_tar[:3000])  # an interrupted earlier download (of this URL)
-    part.with_name(part.name + ".url").write_text("sha256:" + hashlib.sha256(F.SOURCES["visa"].url.encode()).hexdigest())
+    part.with_name(part.name + ".url").write_text(
+        "sha256:" + hashlib.sha256(F.SOURCES["visa"].url.encode()).hexdigest()
+    )
     seen = []
     sha = hashlib.sha256(visa_tar).hexdigest()
     res = F.fetch("visa", dest, sha256=sha, progress=lambda done, total: seen.append((done, total)))
@@ -137,8 +147,13 @@ def test_https_range_resume_and_unknown_checksum(public_bucket, tmp_path):
     res = F.fetch("toyset", dest, url=url, progress=lambda d, t: seen.append(d))
     assert seen[0] == 100
     assert not res.verified and res.sha256 == hashlib.sha256(data).hexdigest()
-    assert sorted(leftovers(dest)) == ["toyset", "toyset/data", "toyset/data/a.jpg",
-                                       "toyset/label", "toyset/label/a.json"]  # unwrapped
+    assert sorted(leftovers(dest)) == [
+        "toyset",
+        "toyset/data",
+        "toyset/data/a.jpg",
+        "toyset/label",
+        "toyset/label/a.json",
+    ]  # unwrapped
 
 
 def test_signed_s3_and_storage_errors(s3_server, tmp_path, monkeypatch):
@@ -147,8 +162,9 @@ def test_signed_s3_and_storage_errors(s3_server, tmp_path, monkeypatch):
     client.put_object(Bucket="private", Key="a.tar", Body=tar_bytes({"x/y.txt": b"hi"}))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    res = F.fetch("privset", tmp_path / "raw", url="s3://private/a.tar",
-                  endpoint_url=s3_server.endpoint, unsigned=False)
+    res = F.fetch(
+        "privset", tmp_path / "raw", url="s3://private/a.tar", endpoint_url=s3_server.endpoint, unsigned=False
+    )
     assert (res.path / "y.txt").read_text() == "hi"
 
     c = storage.s3_client(s3_server.endpoint, max_attempts=1)
@@ -179,8 +195,7 @@ def test_endpoint_resolution(monkeypatch):
         storage.parse_s3_url("https://b/k")
 
 
-@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd",
-                                  "mvtec_3d", "mvtec_ad2"])
+@pytest.mark.parametrize("name", ["goodsad", "vision", "pr_real", "real_iad", "wfdd", "dtd", "mvtec_3d", "mvtec_ad2"])
 def test_manual_sources_explain_where_and_layout(name, tmp_path):
     with pytest.raises(F.ManualDownloadRequired) as err:
         F.fetch(name, tmp_path / "raw")
@@ -216,8 +231,10 @@ def test_cli_fetch(public_bucket, visa_tar, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["fetch", "goodsad", "--dest", str(dest)])
     assert result.exit_code == 2 and "github.com/jianzhang96/GoodsAD" in result.output
     url = f"s3://{VISA_BUCKET}/{VISA_KEY}"
-    result = CliRunner().invoke(app, ["fetch", "mini", "--dest", str(dest), "--url", url,
-                                      "--endpoint-url", public_bucket.endpoint, "--unsigned"])
+    result = CliRunner().invoke(
+        app,
+        ["fetch", "mini", "--dest", str(dest), "--url", url, "--endpoint-url", public_bucket.endpoint, "--unsigned"],
+    )
     assert result.exit_code == 0, result.output
     assert hashlib.sha256(visa_tar).hexdigest() in result.output  # unknown checksum: printed
     assert (dest / "mini" / "split_csv" / "1cls.csv").is_file()
@@ -236,8 +253,9 @@ def test_lost_connection_is_retried_resuming(public_bucket, visa_tar, tmp_path, 
 
     monkeypatch.setattr(F, "_download_s3", flaky)
     monkeypatch.setattr(F.time, "sleep", lambda s: None)
-    out = F.download(f"s3://{VISA_BUCKET}/{VISA_KEY}", tmp_path / "v.tar",
-                     endpoint_url=public_bucket.endpoint, unsigned=True)
+    out = F.download(
+        f"s3://{VISA_BUCKET}/{VISA_KEY}", tmp_path / "v.tar", endpoint_url=public_bucket.endpoint, unsigned=True
+    )
     assert calls == [0, 1000] and out.read_bytes() == visa_tar
 
 

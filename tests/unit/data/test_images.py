@@ -37,7 +37,7 @@ def square_mask(w=64, h=48, box=(10, 8, 30, 24), fg=255, bg=0, mode="L") -> Imag
 
 def expected_box(w=64, h=48, box=(10, 8, 30, 24)) -> np.ndarray:
     out = np.zeros((h, w), dtype=bool)
-    out[box[1]:box[3], box[0]:box[2]] = True
+    out[box[1] : box[3], box[0] : box[2]] = True
     return out
 
 
@@ -65,8 +65,7 @@ def test_load_mask_real_mvtec_fraction_matches_manifest():
 
 def test_jpeg_draft_decode_close_to_full_decode():
     fast = np.asarray(I.load_rgb(HAZEL_JPG, (112, 112)), dtype=float)
-    full = np.asarray(Image.open(HAZEL_JPG).convert("RGB").resize((112, 112), Image.BICUBIC),
-                      dtype=float)
+    full = np.asarray(Image.open(HAZEL_JPG).convert("RGB").resize((112, 112), Image.BICUBIC), dtype=float)
     assert np.abs(fast - full).mean() < 4.0
 
 
@@ -227,9 +226,8 @@ def _exif(orientation: int) -> bytes:
 def test_exif_rotated_image_and_mask_stay_aligned(tmp_path, orientation):
     w, h, box = 64, 48, (4, 4, 20, 16)  # bright block near the stored top-left
     stored = np.full((h, w, 3), 20, dtype=np.uint8)
-    stored[box[1]:box[3], box[0]:box[2]] = 235
-    img_p = save(Image.fromarray(stored), tmp_path / "img.jpg", quality=95,
-                 exif=_exif(orientation))
+    stored[box[1] : box[3], box[0] : box[2]] = 235
+    img_p = save(Image.fromarray(stored), tmp_path / "img.jpg", quality=95, exif=_exif(orientation))
     mask_p = save(square_mask(w, h, box), tmp_path / "mask.png")
     img, mask = M.load_pair(img_p, mask_p, None)
     upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -257,8 +255,11 @@ def test_mask_already_upright_is_used_as_stored(tmp_path):
 # ------------------------------------------------------------------ mask conventions
 
 
-@pytest.mark.parametrize("fg,bg", [(1, 0), (255, 0), (238, 0), (253, 0), (2, 0)],
-                         ids=["0-1", "0-255", "loco-238", "mvtec3d-253", "visa-index-2"])
+@pytest.mark.parametrize(
+    "fg,bg",
+    [(1, 0), (255, 0), (238, 0), (253, 0), (2, 0)],
+    ids=["0-1", "0-255", "loco-238", "mvtec3d-253", "visa-index-2"],
+)
 def test_mask_value_conventions(tmp_path, fg, bg):
     p = save(square_mask(fg=fg, bg=bg), tmp_path / "m.png")
     assert np.array_equal(M.load_mask(p, None), expected_box())
@@ -290,8 +291,9 @@ def test_rgb_and_palette_masks(tmp_path):
     alpha = expected_box().astype(np.uint8) * 255
     black_on_clear = Image.fromarray(np.dstack([np.zeros((48, 64, 3), np.uint8), alpha]), mode="RGBA")
     assert np.array_equal(M.load_mask(save(black_on_clear, tmp_path / "clear.png"), None), expected_box())
-    opaque_black = Image.fromarray(np.dstack([np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 255, np.uint8)]),
-                                   mode="RGBA")  # fmt: skip
+    opaque_black = Image.fromarray(
+        np.dstack([np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 255, np.uint8)]), mode="RGBA"
+    )
     assert not M.binarise_mask(opaque_black).any()  # all opaque and black: still an empty (normal) mask
 
 
@@ -346,16 +348,20 @@ def test_mask_folder_union_loco(tmp_path):
 
 def test_labelme_and_coco_masks(tmp_path):
     import json
-    lm = {"shapes": [{"label": "Pitting", "shape_type": "polygon",
-                      "points": [[10, 8], [29, 8], [29, 23], [10, 23]]}],
-          "imageWidth": 64, "imageHeight": 48}
+
+    lm = {
+        "shapes": [{"label": "Pitting", "shape_type": "polygon", "points": [[10, 8], [29, 8], [29, 23], [10, 23]]}],
+        "imageWidth": 64,
+        "imageHeight": 48,
+    }
     p = tmp_path / "a.json"
     p.write_text(json.dumps(lm))
     assert np.array_equal(M.load_mask(p, None), expected_box())
-    coco = {"images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48}],
-            "annotations": [{"id": 1, "image_id": 7, "category_id": 1,
-                             "segmentation": [[10, 8, 29, 8, 29, 23, 10, 23]]}],
-            "categories": [{"id": 1, "name": "scratch"}]}
+    coco = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "segmentation": [[10, 8, 29, 8, 29, 23, 10, 23]]}],
+        "categories": [{"id": 1, "name": "scratch"}],
+    }
     c = tmp_path / "_annotations.coco.json"
     c.write_text(json.dumps(coco))
     assert np.array_equal(M.load_mask(c, None, coco_image_id="7"), expected_box())
@@ -365,13 +371,17 @@ def test_labelme_and_coco_masks(tmp_path):
 
 def test_labelme_circle_mask_is_the_disc(tmp_path):
     import json
-    lm = {"shapes": [{"label": "dent", "shape_type": "circle", "points": [[32, 24], [32, 34]]}],  # radius 10 px
-          "imageWidth": 64, "imageHeight": 48}
+
+    lm = {
+        "shapes": [{"label": "dent", "shape_type": "circle", "points": [[32, 24], [32, 34]]}],  # radius 10 px
+        "imageWidth": 64,
+        "imageHeight": 48,
+    }
     p = tmp_path / "c.json"
     p.write_text(json.dumps(lm))
     m = M.load_mask(p, None)
     assert m.shape == (48, 64) and m[24, 32] and m[24, 41] and not m[24, 44] and not m[0, 0]
-    assert abs(int(m.sum()) - round(np.pi * 10 ** 2)) < 40  # the disc's area, give or take its rim
+    assert abs(int(m.sum()) - round(np.pi * 10**2)) < 40  # the disc's area, give or take its rim
 
 
 def test_mask_resize_is_nearest_and_shape_is_h_w(tmp_path):
@@ -435,12 +445,17 @@ def test_decode_resize_hash_shapes():
 @pytest.mark.parametrize("size", [(1, 1), (5, 400), (27, 64)])
 def test_image_below_one_merged_patch_is_rejected(tmp_path, size):
     p = save(Image.new("RGB", size, (200, 10, 10)), tmp_path / "tiny.png")
-    for decode in (lambda: I.load_rgb(p, min_side=I.MIN_SIDE),
-                   lambda: H.decode_resize_hash(p, min_side=I.MIN_SIDE),
-                   lambda: M.load_pair(p, None, min_side=I.MIN_SIDE),
-                   lambda: I.load_rgb_fit(p, 2048, min_side=I.MIN_SIDE)):
-        with pytest.raises(BadImageError, match=rf"tiny.png: image is {size[0]}x{size[1]} px, "
-                                                rf"smaller than the 28x28"):
+    for decode in (
+        lambda: I.load_rgb(p, min_side=I.MIN_SIDE),
+        lambda: H.decode_resize_hash(p, min_side=I.MIN_SIDE),
+        lambda: M.load_pair(p, None, min_side=I.MIN_SIDE),
+        lambda: I.load_rgb_fit(p, 2048, min_side=I.MIN_SIDE),
+    ):
+        with pytest.raises(
+            BadImageError,
+            match=rf"tiny.png: image is {size[0]}x{size[1]} px, "
+            rf"smaller than the 28x28",
+        ):
             decode()
     ok = save(Image.new("RGB", (28, 28)), tmp_path / "ok.png")
     assert I.load_rgb(ok, min_side=I.MIN_SIDE).size == (420, 420)

@@ -15,9 +15,18 @@ SAMPLE = Path(__file__).parents[3] / "data/raw"
 
 
 def row(**kw) -> dict:
-    base = dict(source="mvtec_ad", category="grid", split="test", label=1, defect_type="bent",
-                image_path="a.png", mask_path="a_mask.png", phash="0123456789abcdef",
-                width=420, height=420)
+    base = dict(
+        source="mvtec_ad",
+        category="grid",
+        split="test",
+        label=1,
+        defect_type="bent",
+        image_path="a.png",
+        mask_path="a_mask.png",
+        phash="0123456789abcdef",
+        width=420,
+        height=420,
+    )
     base.update(kw)
     return base
 
@@ -46,24 +55,25 @@ def test_real_manifest_is_valid(grid_manifest):
 
 
 def test_lazy_validation_reports_every_failing_row():
-    df = pd.DataFrame([
-        row(image_path="ok.png"),
-        row(image_path="nomask.png", mask_path=None),
-        row(image_path="dup.png"),
-        row(image_path="dup.png", mask_path="other.png"),
-        row(image_path="badlabel.png", label=2),
-        row(image_path="badhash.png", phash="XYZ"),
-        row(image_path="zerowidth.png", width=0),
-        row(image_path="normal_named.png", label=0, defect_type="bent", mask_path=None),
-    ])
+    df = pd.DataFrame(
+        [
+            row(image_path="ok.png"),
+            row(image_path="nomask.png", mask_path=None),
+            row(image_path="dup.png"),
+            row(image_path="dup.png", mask_path="other.png"),
+            row(image_path="badlabel.png", label=2),
+            row(image_path="badhash.png", phash="XYZ"),
+            row(image_path="zerowidth.png", width=0),
+            row(image_path="normal_named.png", label=0, defect_type="bent", mask_path=None),
+        ]
+    )
     with pytest.raises(ManifestError) as e:
         validate_manifest(df, require_masks=True)
     err = e.value
     assert isinstance(err, ValueError)
     msg = str(err)
     assert "7 failing row(s)" in msg
-    for name in ("nomask.png", "dup.png", "badlabel.png", "badhash.png", "zerowidth.png",
-                 "normal_named.png"):
+    for name in ("nomask.png", "dup.png", "badlabel.png", "badhash.png", "zerowidth.png", "normal_named.png"):
         assert name in msg
     assert "ok.png" not in msg.split("pandera failure cases")[0]
     assert "anomalous row without mask_path" in msg and "field_uniqueness" in msg
@@ -74,8 +84,9 @@ def test_lazy_validation_reports_every_failing_row():
 
 
 def test_masks_required_only_when_asked():
-    df = pd.DataFrame([row(image_path="x.png", mask_path=None),
-                       row(image_path="y.png", label=0, defect_type="good", mask_path=None)])
+    df = pd.DataFrame(
+        [row(image_path="x.png", mask_path=None), row(image_path="y.png", label=0, defect_type="good", mask_path=None)]
+    )
     validate_manifest(df, require_masks=False)
     with pytest.raises(ManifestError, match=r"row 0 \(x.png\): anomalous row without mask_path"):
         validate_manifest(df, require_masks=True)
@@ -94,8 +105,7 @@ def test_missing_column_and_wrong_dtype_are_reported():
 
 
 def test_all_null_mask_column_from_csv_round_trip(tmp_path):
-    df = pd.DataFrame([row(image_path=f"{i}.png", label=0, defect_type="good", mask_path=None)
-                       for i in range(3)])
+    df = pd.DataFrame([row(image_path=f"{i}.png", label=0, defect_type="good", mask_path=None) for i in range(3)])
     p = tmp_path / "m.csv"
     df.to_csv(p, index=False)
     back = pd.read_csv(p)

@@ -65,21 +65,21 @@ def test_scar_is_thin_and_scaled_with_image():
         # area <= max width x max length at 256 px
         p = syn.ScarParams()
         assert 0 < mask.sum() <= p.width[1] * p.length[1] + 1
-        assert mask.mean() < 0.02                   # thin: a small part of the image
+        assert mask.mean() < 0.02  # thin: a small part of the image
     big = _image(size=(512, 512))
     areas = [syn.scar(big, np.random.default_rng(s))[1].sum() for s in range(10)]
     small = [syn.scar(img, np.random.default_rng(s))[1].sum() for s in range(10)]
-    assert np.mean(areas) > 2.5 * np.mean(small)    # side x2 -> area about x4
+    assert np.mean(areas) > 2.5 * np.mean(small)  # side x2 -> area about x4
 
 
 def test_draem_opacity_blend_and_texture():
     img = _image()
-    tex = np.full((50, 60, 3), 255, np.uint8)       # resized to the image; any size accepted
-    p = syn.DraemParams(opacity=(1.0, 1.0))         # beta = 1: the mask shows the texture only
+    tex = np.full((50, 60, 3), 255, np.uint8)  # resized to the image; any size accepted
+    p = syn.DraemParams(opacity=(1.0, 1.0))  # beta = 1: the mask shows the texture only
     rng = np.random.default_rng(3)
     out, mask = syn.draem(img, rng, texture=tex, params=p)
     assert mask.mean() >= p.min_area
-    own, _ = syn.draem(img, np.random.default_rng(3), params=p)   # texture = the image itself
+    own, _ = syn.draem(img, np.random.default_rng(3), params=p)  # texture = the image itself
     assert not np.array_equal(own, out), "the texture argument must be used"
     half = syn.DraemParams(opacity=(0.5, 0.5), min_visibility=0)
     out2, mask2 = syn.draem(img, np.random.default_rng(3), texture=img[::-1].copy(), params=half)
@@ -128,11 +128,10 @@ def test_uniform_background_patch_still_visible():
     assert np.abs(out.astype(int) - flat)[mask].mean() >= 20
     none = syn.CutPasteParams(jitter=syn.JitterParams(0, 0, 0, 0))
     out0, mask0 = syn.cutpaste(flat, np.random.default_rng(0), none)
-    assert np.array_equal(out0, flat) and mask0.any()   # best effort: the mask is still the paste
+    assert np.array_equal(out0, flat) and mask0.any()  # best effort: the mask is still the paste
 
 
 # ------------------------------------------------------------------ the `synthetic` source layout
-
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
@@ -160,26 +159,34 @@ def syn_tree(tmp_path_factory) -> Path:
 
 def syn_config(per_image: int = 4, normals: bool = True, **kw) -> CurateConfig:
     base = dict(
-        workers=1, image_size=56,
-        train=[CurateSource(name="toy", layout="mvtec", root="toy", published_splits=["train"]),
-               CurateSource(name="syn_train", layout="synthetic", root=".",
-                            options={"base": "toy", "per_image": 2, "seed": 1})],
+        workers=1,
+        image_size=56,
+        train=[
+            CurateSource(name="toy", layout="mvtec", root="toy", published_splits=["train"]),
+            CurateSource(
+                name="syn_train", layout="synthetic", root=".", options={"base": "toy", "per_image": 2, "seed": 1}
+            ),
+        ],
         calib=[CurateSource(name="toy", layout="mvtec", root="toy", published_splits=["test"])],
-        eval=[CurateSource(name="synthetic", layout="synthetic", root="held",
-                           published_splits=["train"],
-                           options={"base_layout": "mvtec", "per_image": per_image,
-                                    "normals": normals, "seed": 0})],
+        eval=[
+            CurateSource(
+                name="synthetic",
+                layout="synthetic",
+                root="held",
+                published_splits=["train"],
+                options={"base_layout": "mvtec", "per_image": per_image, "normals": normals, "seed": 0},
+            )
+        ],
     )
     return CurateConfig(**{**base, **kw})
 
 
 def test_adapter_registered_and_lists_base_normals(syn_tree):
     assert ADAPTERS["synthetic"] is S.synthetic
-    recs = list(read_source("synthetic", syn_tree / "held", source="synthetic",
-                            base_layout="mvtec"))
-    assert len(recs) == 4 and {r.label for r in recs} == {0}      # train/good + test/good
+    recs = list(read_source("synthetic", syn_tree / "held", source="synthetic", base_layout="mvtec"))
+    assert len(recs) == 4 and {r.label for r in recs} == {0}  # train/good + test/good
     assert {r.source for r in recs} == {"synthetic"}
-    assert list(read_source("synthetic", syn_tree, base="toy")) == []   # made by curate
+    assert list(read_source("synthetic", syn_tree, base="toy")) == []  # made by curate
 
 
 def test_spec_rejects_bad_options():
@@ -246,7 +253,7 @@ def test_training_dataset_builder_reads_no_mask(syn_run):
     from readl.training.data import build_dataset, load_manifest
 
     df = load_manifest(syn_run.out_dir / "train.parquet")
-    assert "mask_path" in df.columns              # curate writes the column (null for synthetic)
+    assert "mask_path" in df.columns  # curate writes the column (null for synthetic)
     ds = build_dataset(df, 56)
     assert not any("mask" in c for c in ds.column_names)
     assert not any("mask" in k for k in ds[0])
@@ -257,8 +264,8 @@ def test_curate_synthetic_eval_dataset_exact_masks(syn_run):
     assert set(ev["source"]) == {"synthetic"}
     normals = ev[ev["label"] == 0].set_index("raw_image_path")
     anomalies = ev[ev["label"] == 1]
-    assert len(normals) == 3 and len(anomalies) == 3 * 4          # 3 bases x per_image 4
-    assert "held/part/test/good/x0.png" not in set(ev["raw_image_path"])   # published_splits
+    assert len(normals) == 3 and len(anomalies) == 3 * 4  # 3 bases x per_image 4
+    assert "held/part/test/good/x0.png" not in set(ev["raw_image_path"])  # published_splits
     assert ev["mask_path"].notna().all()
     assert anomalies["defect_type"].value_counts().to_dict() == {r: 4 for r in syn.RECIPES}
     for row in anomalies.itertuples():
@@ -266,7 +273,7 @@ def test_curate_synthetic_eval_dataset_exact_masks(syn_run):
         img = np.asarray(Image.open(row.image_path)).astype(int)
         m = np.asarray(Image.open(row.mask_path)) > 0
         assert m.any() and (np.asarray(Image.open(row.mask_path)) % 255 == 0).all()
-        assert not np.any(img != base, axis=2)[~m].any()          # changed only inside the mask
+        assert not np.any(img != base, axis=2)[~m].any()  # changed only inside the mask
         assert np.abs(img - base)[m].mean() >= 10
     # eval is drawn first: held's bases are not used by any other split
     assert syn_run.summary["splits"]["eval"]["sources"]["synthetic"]["anomalous"] == 12
@@ -274,23 +281,24 @@ def test_curate_synthetic_eval_dataset_exact_masks(syn_run):
 
 def test_curate_synthetic_is_byte_identical_and_seeded(syn_run, syn_tree, tmp_path):
     def snap(folder: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-                if p.is_file()}
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
     again = C.curate(syn_config(), syn_tree, tmp_path / "a" / "curated")
     first, second = snap(syn_run.out_dir), snap(again.out_dir)
     assert first.keys() == second.keys()
     assert all(first[k] == second[k] for k in first if not k.endswith(".parquet"))
-    for split in C.SPLITS:   # manifests: equal but for the out_dir prefix of the paths
-        one, two = (C.read_manifest(split, d).replace(str(d), "OUT", regex=True)
-                    for d in (syn_run.out_dir, again.out_dir))
+    for split in C.SPLITS:  # manifests: equal but for the out_dir prefix of the paths
+        one, two = (
+            C.read_manifest(split, d).replace(str(d), "OUT", regex=True) for d in (syn_run.out_dir, again.out_dir)
+        )
         pd.testing.assert_frame_equal(one, two)
     cfg = syn_config()
-    other = cfg.model_copy(update={"eval": [cfg.eval[0].model_copy(update={
-        "options": {**cfg.eval[0].options, "seed": 5}})]})
+    other = cfg.model_copy(
+        update={"eval": [cfg.eval[0].model_copy(update={"options": {**cfg.eval[0].options, "seed": 5}})]}
+    )
     third = snap(C.curate(other, syn_tree, tmp_path / "b" / "curated").out_dir)
     changed = [k for k in first if k.startswith("images/eval/synthetic/") and first[k] != third[k]]
-    assert len(changed) == 12                      # every anomaly redrawn, normals identical
+    assert len(changed) == 12  # every anomaly redrawn, normals identical
 
 
 def test_curate_synthetic_without_normals_drops_bases(syn_tree, tmp_path):
@@ -298,7 +306,7 @@ def test_curate_synthetic_without_normals_drops_bases(syn_tree, tmp_path):
     ev = C.read_manifest("eval", res.out_dir)
     assert (ev["label"] == 1).all() and len(ev) == 3
     files = {p.name for p in (res.out_dir / "images" / "eval").rglob("*.png")}
-    assert files == {Path(p).name for p in ev["image_path"]}    # base files removed
+    assert files == {Path(p).name for p in ev["image_path"]}  # base files removed
     assert res.summary["splits"]["eval"]["normal"] == 0 and res.summary["shortfall"] == 0
 
 
@@ -317,8 +325,7 @@ def test_train_copy_of_a_synthetic_eval_base_is_leakage(syn_tree, tmp_path):
 
 
 def test_synthetic_base_must_be_an_entry_of_the_split(syn_tree, tmp_path):
-    cfg = syn_config(calib=[CurateSource(name="s", layout="synthetic", root=".",
-                                         options={"base": "nope"})])
+    cfg = syn_config(calib=[CurateSource(name="s", layout="synthetic", root=".", options={"base": "nope"})])
     with pytest.raises(ValueError, match=r"curate.calib\[0\] 's': base 'nope' is not"):
         C.curate(cfg, syn_tree, tmp_path / "curated")
     assert not (tmp_path / "curated").exists()

@@ -14,7 +14,7 @@ from readl.evaluation import baselines as B
 
 def test_contrast_map_grid_and_values():
     img = np.full((420, 420, 3), 100, np.uint8)
-    img[28:56, 56:84] = (255, 100, 100)            # exactly token cell (1, 2) of the 15x15 grid
+    img[28:56, 56:84] = (255, 100, 100)  # exactly token cell (1, 2) of the 15x15 grid
     m = B.contrast_map(img)
     assert m.shape == (15, 15) and m.dtype == np.float32
     assert m[1, 2] == pytest.approx(155 / (255 * np.sqrt(3)), rel=1e-6)
@@ -51,7 +51,7 @@ def test_bootstrap_image_auroc_matches_sklearn():
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
-    s = np.round(y * 0.6 + rng.normal(0, 0.5, 40), 1)            # rounded: with ties
+    s = np.round(y * 0.6 + rng.normal(0, 0.5, 40), 1)  # rounded: with ties
     point, lo, hi = B.bootstrap_image_auroc(s, y, n_resamples=300, seed=3)
     assert point == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
@@ -78,7 +78,7 @@ def test_bootstrap_pixel_auroc_matches_sklearn_pooled():
     point, lo, hi = B.bootstrap_pixel_auroc(maps, masks, n_resamples=200, seed=0)
     y_all = np.concatenate([m.ravel() for m in masks])
     s_all = np.concatenate([m.ravel() for m in maps])
-    assert point == pytest.approx(roc_auc_score(y_all, s_all), abs=1e-12)   # integer scores: exact
+    assert point == pytest.approx(roc_auc_score(y_all, s_all), abs=1e-12)  # integer scores: exact
 
     def stat(idx):
         y = np.concatenate([masks[i].ravel() for i in idx])
@@ -96,8 +96,7 @@ def test_bootstrap_pixel_auroc_upsamples_token_maps_and_checks_inputs():
     grids = [rng.random((3, 3)) for _ in range(4)]
     masks = [rng.random((12, 12)) < 0.3 for _ in range(4)]
     got = B.bootstrap_pixel_auroc(grids, masks, n_resamples=50, seed=0)
-    full = B.bootstrap_pixel_auroc([upsample(g, (12, 12)) for g in grids], masks,
-                                   n_resamples=50, seed=0)
+    full = B.bootstrap_pixel_auroc([upsample(g, (12, 12)) for g in grids], masks, n_resamples=50, seed=0)
     assert got[0] == pytest.approx(full[0], abs=2e-3)
     with pytest.raises(ValueError, match="equal length"):
         B.bootstrap_pixel_auroc(grids, masks[:2])
@@ -115,20 +114,20 @@ def test_cluster_bootstrap_resamples_groups():
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(5)
-    y = np.tile([0, 1, 1, 1], 15)                       # 15 groups of 4 correlated images
+    y = np.tile([0, 1, 1, 1], 15)  # 15 groups of 4 correlated images
     g = np.repeat(np.arange(15), 4)
     # the anomalies of one group share how visible they are: correlated within the group
     s = y * (0.3 + np.repeat(rng.normal(0, 0.6, 15), 4)) + rng.normal(0, 0.3, 60)
     point, lo, hi = B.bootstrap_image_auroc(s, y, n_resamples=300, seed=1, groups=g)
     assert point == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
-    def stat(idx):   # idx: resampled groups -> all their images
+    def stat(idx):  # idx: resampled groups -> all their images
         rows = np.concatenate([np.flatnonzero(g == i) for i in idx])
         return roc_auc_score(y[rows], s[rows]) if len(set(y[rows])) == 2 else None
 
     assert (lo, hi) == pytest.approx(tuple(_naive_bootstrap(stat, 15, 300, 1)), abs=1e-12)
     _, lo_i, hi_i = B.bootstrap_image_auroc(s, y, n_resamples=300, seed=1)
-    assert hi - lo > hi_i - lo_i           # correlated images: the per-image interval is too narrow
+    assert hi - lo > hi_i - lo_i  # correlated images: the per-image interval is too narrow
     with pytest.raises(ValueError, match="one entry per image"):
         B.bootstrap_image_auroc(s, y, groups=g[:3])
 
@@ -141,16 +140,25 @@ def test_bootstrap_groups_are_the_raw_image_and_the_table_shows_every_system():
 
     from readl.evaluation.comparison import comparison_table, image_groups
 
-    df = pd.DataFrame({"source": ["synthetic"] * 3 + ["mvtec_ad"], "image_path": ["a0.png", "a1.png", "b.png", "c.png"],
-                       "raw_image_path": ["good/000.png", "good/000.png", "good/001.png", "good/000.png"]})
+    df = pd.DataFrame(
+        {
+            "source": ["synthetic"] * 3 + ["mvtec_ad"],
+            "image_path": ["a0.png", "a1.png", "b.png", "c.png"],
+            "raw_image_path": ["good/000.png", "good/000.png", "good/001.png", "good/000.png"],
+        }
+    )
     groups = image_groups(df)
     assert groups[0] == groups[1] != groups[2] and groups[3] != groups[0]  # same raw path, other source: apart
     assert image_groups(df.drop(columns="raw_image_path")) == [f"{s}|{p}" for s, p in zip(df.source, df.image_path)]
     e = {"AUROC": 0.75, "AUROC_ci": [0.6, 0.9]}
     model = {"image": e, "pixel": e, "modes": {m: e for m in ("all", "s_i", "s_t", "both")}}
-    metrics = {"datasets": {"synthetic": model},
-               "baselines": {"untrained": {"datasets": {"synthetic": model}},
-                             "contrast": {"datasets": {"synthetic": {"image": e, "pixel": {"AUROC": None}}}}}}
+    metrics = {
+        "datasets": {"synthetic": model},
+        "baselines": {
+            "untrained": {"datasets": {"synthetic": model}},
+            "contrast": {"datasets": {"synthetic": {"image": e, "pixel": {"AUROC": None}}}},
+        },
+    }
     console = Console(width=200, record=True)
     console.print(comparison_table(metrics))
     text = console.export_text()
@@ -171,7 +179,9 @@ def test_baseline_models_are_the_listed_ones_and_warmup_only_with_a_warm_start(t
     assert baseline_models(params) == {"untrained": "tiny"}  # no models/warmup yet
     shutil.copytree(tiny_dir, tmp_path / "models" / "warmup")
     assert baseline_models(params) == {"untrained": "tiny", "warmup": str(Path("models") / "warmup")}
-    only = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"baselines": ["warmup", "contrast"]})})
+    only = params.model_copy(
+        update={"evaluate": params.evaluate.model_copy(update={"baselines": ["warmup", "contrast"]})}
+    )
     assert baseline_models(only) == {"warmup": str(Path("models") / "warmup")}
     off = params.model_copy(update={"warmup": params.warmup.model_copy(update={"enabled": False})})
     assert baseline_models(off) == {"untrained": "tiny"}

@@ -28,7 +28,9 @@ def test_false_alarm_rule_keeps_the_budget_and_catches_the_most(rate, fpr, tpr):
     d = fit_decision_threshold(SCORES, LABELS, "false_alarm_rate", false_alarm_rate=rate)
     s, y = np.array(SCORES), np.array(LABELS)
     flagged_normals = float(np.mean(s[y == 0] >= d["value"]))
-    assert flagged_normals <= rate and d["calib"]["FPR"] == pytest.approx(fpr) and d["calib"]["TPR"] == pytest.approx(tpr)
+    assert (
+        flagged_normals <= rate and d["calib"]["FPR"] == pytest.approx(fpr) and d["calib"]["TPR"] == pytest.approx(tpr)
+    )
     # the lowest such threshold: any lower score taken as threshold breaks the budget or catches no more
     lower = [t for t in s if t < d["value"]]
     assert all(np.mean(s[y == 0] >= t) > rate or np.mean(s[y == 1] >= t) == tpr for t in lower)

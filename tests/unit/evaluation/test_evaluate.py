@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from readl.cli import app
 from readl.config import LocalizationConfig, ThresholdConfig
+from readl.evaluation.calibration import calibrate_thresholds
 from readl.evaluation.evaluate import FALLBACK_SCORE, MODES, image_metrics, score_images
 from readl.evaluation.predictions import load_prediction, save_prediction
 from readl.evaluation.reasoning import rouge_l, sbert_cosine
-from readl.evaluation.calibration import calibrate_thresholds
 from readl.model.inference import Prediction
 from readl.model.prompting import parse_completion
 
@@ -32,9 +32,15 @@ def _blobs(n: int) -> np.ndarray:
 
 def _pred(n_blobs: list[int], s_t: list[float], completion="<think>x</think><answer>Yes</answer>", score=0.8):
     maps = np.stack([_blobs(n) for n in n_blobs]) if n_blobs else np.zeros((0, 8, 8), np.float32)  # (R, 8, 8)
-    return Prediction(completion=completion, parsed=parse_completion(completion), score=score,
-                      tokens=[f"t{i}" for i in range(len(n_blobs))], image_attn=maps,
-                      anomaly_attn=np.array(s_t, np.float32)[:, None], image_size=(8, 8))  # fmt: skip
+    return Prediction(
+        completion=completion,
+        parsed=parse_completion(completion),
+        score=score,
+        tokens=[f"t{i}" for i in range(len(n_blobs))],
+        image_attn=maps,
+        anomaly_attn=np.array(s_t, np.float32)[:, None],
+        image_size=(8, 8),
+    )
 
 
 def test_calibration_finds_the_knee_and_the_median():
@@ -60,8 +66,16 @@ def test_calibration_without_tokens_is_an_error():
 
 
 def _row(label, source="ds", category="c", mask=None, reference=None):
-    return pd.Series({"source": source, "category": category, "label": label, "image_path": "x.png",
-                      "mask_path": mask, "reference": reference})  # fmt: skip
+    return pd.Series(
+        {
+            "source": source,
+            "category": category,
+            "label": label,
+            "image_path": "x.png",
+            "mask_path": mask,
+            "reference": reference,
+        }
+    )
 
 
 def test_malformed_answers_fall_back_and_are_counted():
@@ -104,7 +118,9 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     params = (sample_dir.parents[1] / "params.yaml").read_text()
     params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
     assert "per_image: 6" in params and "normal: 40," in params  # the synthetic eval dataset, here 6 + 6 images
-    (work / "params.yaml").write_text(params.replace("per_image: 6", "per_image: 1").replace("normal: 40,", "normal: 6,"))
+    (work / "params.yaml").write_text(
+        params.replace("per_image: 6", "per_image: 1").replace("normal: 40,", "normal: 6,")
+    )
     return work
 
 
@@ -202,16 +218,22 @@ def test_evaluate_reports_reasoning_against_references(tmp_path):
     mask[0, 0] = 255
     Image.fromarray(mask).save(tmp_path / "m.png")
     text = "<think>There is a crack.</think><answer>Yes</answer>"
-    items = [(_row(1, mask="m.png", reference="There is a crack."), _pred([1, 2, 4], [0.9, 0.5, 0.1], completion=text)),
-             (_row(0, reference="The surface is clean."), _pred([4, 2, 1], [0.1, 0.5, 0.9], score=0.2))]
+    items = [
+        (_row(1, mask="m.png", reference="There is a crack."), _pred([1, 2, 4], [0.9, 0.5, 0.1], completion=text)),
+        (_row(0, reference="The surface is clean."), _pred([4, 2, 1], [0.1, 0.5, 0.9], score=0.2)),
+    ]
     results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
     metrics, table = evaluate(results, "both", root=tmp_path)
     assert metrics["reasoning"]["n"] == 2 and metrics["reasoning"]["averaged_over"] == ["ds"]  # no mvtec_ad: all
     assert 0.0 < metrics["reasoning"]["ROUGE_L"] < 1.0 and 0.0 < metrics["reasoning"]["SBERT"] < 1.0
     assert metrics["image"]["AUROC"] == 1.0 and len(table) == 1
     # two datasets: the top level averages only those of reasoning_datasets
-    other = [(_row(1, source="other", mask="m.png", reference="A scratch."), _pred([1, 2, 4], [0.9, 0.5, 0.1],
-                                                                                  completion=text))]  # fmt: skip
+    other = [
+        (
+            _row(1, source="other", mask="m.png", reference="A scratch."),
+            _pred([1, 2, 4], [0.9, 0.5, 0.1], completion=text),
+        )
+    ]
     results += score_images(other, LocalizationConfig(), ("median", "max_curvature"))
     metrics, _ = evaluate(results, "both", root=tmp_path, reasoning_datasets=["ds"])
     assert metrics["reasoning"]["averaged_over"] == ["ds"] and metrics["reasoning"]["n"] == 2
@@ -251,8 +273,11 @@ def test_pixel_threshold_flags_the_false_alarm_share_of_normal_pixels(tmp_path):
     from readl.localization.anomaly_map import upsample
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    items = [(_row(0), _pred([1, 2, 4], [0.9, 0.5, 0.1])), (_row(0), _pred([4, 2, 1], [0.1, 0.5, 0.9])),
-             (_row(1), _pred([1, 1, 1], [0.9, 0.9, 0.9]))]  # the anomalous image is never read  # fmt: skip
+    items = [
+        (_row(0), _pred([1, 2, 4], [0.9, 0.5, 0.1])),
+        (_row(0), _pred([4, 2, 1], [0.1, 0.5, 0.9])),
+        (_row(1), _pred([1, 1, 1], [0.9, 0.9, 0.9])),
+    ]  # the anomalous image is never read
     results = score_images(items, LocalizationConfig(), ("median", "max_curvature"))
     rec = pixel_thresholds(results, 0.1, tmp_path)
     assert rec["n_images"] == 2 and rec["n_pixels"] == 128 and set(rec["value"]) == set(MODES)
@@ -268,8 +293,10 @@ def test_calibration_reports_a_tied_top_block():
     record, _, s_i_hat = calibrate_thresholds(preds, LocalizationConfig(tau_i=ThresholdConfig(rule="median")))
     assert record["tau_i"]["top_tied"] == 12 and record["tau_i"]["value"] == 0.0
     assert (s_i_hat > record["tau_i"]["value"]).sum() == 15  # the tied 12 and the three 2-blob tokens
-    assert record["rule_fallbacks"] == {"tau_t": {"fallback": 0, "top_tied": 0},
-                                        "tau_i": {"fallback": 0, "top_tied": 1}}
+    assert record["rule_fallbacks"] == {
+        "tau_t": {"fallback": 0, "top_tied": 0},
+        "tau_i": {"fallback": 0, "top_tied": 1},
+    }
 
 
 def test_metrics_count_fallbacks_and_kept_tokens(tmp_path):
@@ -280,8 +307,11 @@ def test_metrics_count_fallbacks_and_kept_tokens(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     # image 1: the S_T^ median keeps 1 of 3 tokens in `both`; image 2: every token has the same scores -> all
     # S_T^ = S_I^ = 1 -> kept by the tie rule; image 3: no reasoning tokens
-    items = [(_row(1), _pred([1, 2, 4], [0.9, 0.5, 0.1])), (_row(0), _pred([2, 2], [0.3, 0.3], score=0.2)),
-             (_row(0), _pred([], [], score=0.1))]  # fmt: skip
+    items = [
+        (_row(1), _pred([1, 2, 4], [0.9, 0.5, 0.1])),
+        (_row(0), _pred([2, 2], [0.3, 0.3], score=0.2)),
+        (_row(0), _pred([], [], score=0.1)),
+    ]
     cfg = LocalizationConfig()
     results = score_images(items, cfg, ("median", "max_curvature"))
     metrics, _ = evaluate(results, "both", root=tmp_path)
@@ -312,7 +342,9 @@ def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, mo
 
     work = tmp_path / "w"
     shutil.copytree(sample_dir, work / "data" / "raw", symlinks=False)
-    params_text = (sample_dir.parents[1] / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12")
+    params_text = (
+        (sample_dir.parents[1] / "params.yaml").read_text().replace("max_new_tokens: 256", "max_new_tokens: 12")
+    )
     # the tiny model's answers are malformed: keep its P(Yes) and maps so that the metrics see the predictions
     (work / "params.yaml").write_text(params_text.replace("malformed: fallback", "malformed: score"))
     monkeypatch.chdir(work)
@@ -323,8 +355,16 @@ def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, mo
     def evaluate_once() -> dict:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="readl.evaluation.predictions"):
-            run_evaluate(cfg, work / "data/curated/eval.parquet", None, None, work / "metrics.json", work / "plots",
-                         work / "reports", cache)  # fmt: skip
+            run_evaluate(
+                cfg,
+                work / "data/curated/eval.parquet",
+                None,
+                None,
+                work / "metrics.json",
+                work / "plots",
+                work / "reports",
+                cache,
+            )
         return json.loads((work / "metrics.json").read_text())
 
     before = evaluate_once()
@@ -354,8 +394,13 @@ def test_prediction_cache_is_keyed_by_content(tmp_path, tiny_dir, sample_dir, mo
 
     fp = json.loads((cache / "fingerprint.json").read_text())
     image = work / pd.read_parquet(work / "data/curated/eval.parquet")["image_path"].iloc[0]
-    for change in ({"generation": {**fp["generation"], "max_new_tokens": 13}}, {"adapter_sha256": "x"},
-                   {"base_sha256": "y"}, {"layers": [1]}, {"dtype": "torch.bfloat16"}):  # fmt: skip
+    for change in (
+        {"generation": {**fp["generation"], "max_new_tokens": 13}},
+        {"adapter_sha256": "x"},
+        {"base_sha256": "y"},
+        {"layers": [1]},
+        {"dtype": "torch.bfloat16"},
+    ):
         assert entry_key({**fp, **change}, image) != entry_key(fp, image), change
 
 
@@ -372,13 +417,26 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     (tmp_path / "data" / "raw").symlink_to(sample_dir)
     params = yaml.safe_load((sample_dir.parents[1] / "params.yaml").read_text())
     params["model"]["max_new_tokens"] = 8
-    params["curate"]["eval"] = [{"name": "synthetic", "layout": "synthetic", "root": "hazelnut_toy",  # 6 + 6 images
-                                 "published_splits": ["test"], "options": {
-                                     "base_layout": "mvtec", "recipes": ["draem"], "texture": "procedural",
-                                     "per_image": 1, "seed": 0, "normals": True}}]  # fmt: skip
+    params["curate"]["eval"] = [
+        {
+            "name": "synthetic",
+            "layout": "synthetic",
+            "root": "hazelnut_toy",  # 6 + 6 images
+            "published_splits": ["test"],
+            "options": {
+                "base_layout": "mvtec",
+                "recipes": ["draem"],
+                "texture": "procedural",
+                "per_image": 1,
+                "seed": 0,
+                "normals": True,
+            },
+        }
+    ]
     for split in ("train", "calib"):  # the 6 hazelnut_toy test/good images are eval's
-        params["curate"][split] = [dict(s, published_splits=["train"]) if s["name"] == "hazelnut_toy" else s
-                                   for s in params["curate"][split]]  # fmt: skip
+        params["curate"][split] = [
+            dict(s, published_splits=["train"]) if s["name"] == "hazelnut_toy" else s for s in params["curate"][split]
+        ]
     params["evaluate"].update(bootstrap_resamples=200, gallery_per_dataset=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_dir, tmp_path / "models" / "warmup")  # a warm-started model folder (here: the tiny kit)
@@ -419,14 +477,30 @@ def test_evaluate_reports_baselines_with_bootstrap_intervals(tmp_path, tiny_dir,
     assert metrics["baselines"]["untrained"]["base"] == "tiny"
     # each model baseline's tau_t / tau_i are its own, fitted on the calibration split as `readl calibrate` fits them
     own = tmp_path / "untrained_thresholds.json"
-    assert runner.invoke(app, ["calibrate", "--model", "tiny", "--adapter", "none", "--out", str(own),
-                               "--cache", str(tmp_path / "own_cache")]).exit_code == 0  # fmt: skip
+    assert (
+        runner.invoke(
+            app,
+            [
+                "calibrate",
+                "--model",
+                "tiny",
+                "--adapter",
+                "none",
+                "--out",
+                str(own),
+                "--cache",
+                str(tmp_path / "own_cache"),
+            ],
+        ).exit_code
+        == 0
+    )
     own = json.loads(own.read_text())
     taus = metrics["baselines"]["untrained"]["thresholds"]
     assert taus["source"].startswith("calibrated on") and "calib.parquet" in taus["source"]
     assert (taus["tau_t"], taus["tau_i"]) == (own["tau_t"]["value"], own["tau_i"]["value"])
-    assert len(list((cache_dir := tmp_path / "reports/predictions/eval/baselines/untrained.calib").glob("*.npz"))) \
-        == len(pd.read_parquet(tmp_path / "data/curated/calib.parquet")), cache_dir
+    assert len(
+        list((cache_dir := tmp_path / "reports/predictions/eval/baselines/untrained.calib").glob("*.npz"))
+    ) == len(pd.read_parquet(tmp_path / "data/curated/calib.parquet")), cache_dir
     contrast = metrics["baselines"]["contrast"]["datasets"]["synthetic"]
     check(contrast["image"], varies=False)  # procedural DRAEM textures: the contrast score may separate all 12
     check(contrast["pixel"])
@@ -450,9 +524,12 @@ def test_evaluate_warns_at_chance_and_on_a_constant_answer():
     "Yes") passed without a word."""
     from readl.stages.evaluate import chance_warnings
 
-    metrics = {"datasets": {
-        "synthetic": {"image": {"AUROC": 0.161, "ACC": 240 / 246, "n": 246, "n_anomalous": 240, "n_normal": 6}},
-        "mvtec_ad": {"image": {"AUROC": 0.85, "ACC": 0.7, "n": 24, "n_anomalous": 11, "n_normal": 13}}}}  # fmt: skip
+    metrics = {
+        "datasets": {
+            "synthetic": {"image": {"AUROC": 0.161, "ACC": 240 / 246, "n": 246, "n_anomalous": 240, "n_normal": 6}},
+            "mvtec_ad": {"image": {"AUROC": 0.85, "ACC": 0.7, "n": 24, "n_anomalous": 11, "n_normal": 13}},
+        }
+    }
     warnings = chance_warnings(metrics)
     assert len(warnings) == 2 and all(w.startswith("synthetic") for w in warnings)
     assert "inverted" in warnings[0] and "'Yes' to every image" in warnings[1]

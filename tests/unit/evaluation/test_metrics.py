@@ -499,9 +499,15 @@ def test_the_dvc_headline_is_flat_short_and_equal_to_the_record():
     from readl.evaluation.report import headline_metrics
 
     ds = {"image": {"AUROC": 0.8, "AUROC_ci": [0.7, 0.9]}, "pixel": {"AUROC": float("nan"), "AUROC_ci": [0.1, 0.2]}}
-    record = {"n_images": 24, "format_rate": 0.5, "image": {"AUROC": 0.8, "AUPR": 0.7, "F1_max": 0.6, "ACC": 0.5},
-              "pixel": {"AUROC": 0.9, "AUPRO": 0.3}, "reasoning": {"ROUGE_L": 0.2, "SBERT": 0.4, "n": 3},
-              "datasets": {"mvtec_ad": ds, "synthetic": ds}, "bootstrap": {"resamples": list(range(1000))}}  # fmt: skip
+    record = {
+        "n_images": 24,
+        "format_rate": 0.5,
+        "image": {"AUROC": 0.8, "AUPR": 0.7, "F1_max": 0.6, "ACC": 0.5},
+        "pixel": {"AUROC": 0.9, "AUPRO": 0.3},
+        "reasoning": {"ROUGE_L": 0.2, "SBERT": 0.4, "n": 3},
+        "datasets": {"mvtec_ad": ds, "synthetic": ds},
+        "bootstrap": {"resamples": list(range(1000))},
+    }
     flat = headline_metrics(record)
     assert all(isinstance(v, (int, float, type(None))) for v in flat.values()) and len(flat) <= 40
     assert flat["image.AUROC"] == 0.8 and flat["pixel.AUPRO"] == 0.3 and flat["mvtec_ad.image.AUROC"] == 0.8

@@ -18,12 +18,18 @@ def _variant(tiny_dir, layers: int, heads: int, kv_heads: int) -> Qwen2_5_VLForC
     text.update(num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, layer_types=None)
     head_dim = text["hidden_size"] // heads
     half = head_dim // 2
-    text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": [half - 2 * (half // 3), half // 3, half // 3]}
+    text["rope_parameters"] = {
+        **text["rope_parameters"],
+        "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
+    }
     cfg = Qwen2_5_VLConfig(
-        text_config=text, vision_config=cfg.vision_config.to_dict(), image_token_id=cfg.image_token_id,
-        video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id,
+        text_config=text,
+        vision_config=cfg.vision_config.to_dict(),
+        image_token_id=cfg.image_token_id,
+        video_token_id=cfg.video_token_id,
+        vision_start_token_id=cfg.vision_start_token_id,
         vision_end_token_id=cfg.vision_end_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(1)
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
@@ -94,7 +100,9 @@ def test_capture_during_generation_matches_teacher_forced(tiny, sample_images):
     with torch.no_grad(), capture_attention(key_index, p - 1) as cap:
         out = model.generate(**batch, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     during = cap.result()  # (B, 6, 225): row j produced token j
-    full = dict(batch, input_ids=out, attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(out[:, p:])], 1))
+    full = dict(
+        batch, input_ids=out, attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(out[:, p:])], 1)
+    )
     full["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(out[:, p:])], 1)
     with torch.no_grad(), capture_attention(key_index, p - 1) as cap2:
         model(**full)

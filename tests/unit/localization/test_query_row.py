@@ -68,10 +68,17 @@ def test_training_capture_follows_the_same_convention(tiny, sample_images, encod
         pred = _predictor(tiny, query_row)
         inputs = pred.encode([image])
         cap = pred.capture(inputs, [ids])[0]
-        train = capture_completion_attention(model, processor.image_processor, processor.tokenizer, [image],
-                                             [inputs["input_ids"][0].tolist()], [ids],
-                                             image_token_id=model.config.image_token_id, query_row=query_row)[0]
-        return cap, train  # fmt: skip
+        train = capture_completion_attention(
+            model,
+            processor.image_processor,
+            processor.tokenizer,
+            [image],
+            [inputs["input_ids"][0].tolist()],
+            [ids],
+            image_token_id=model.config.image_token_id,
+            query_row=query_row,
+        )[0]
+        return cap, train
 
     (p_cap, (p_img, p_anom)), (o_cap, (o_img, o_anom)) = run("producing"), run("own")
     np.testing.assert_allclose(o_img[:-1], p_img[1:], atol=1e-6)

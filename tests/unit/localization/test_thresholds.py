@@ -88,8 +88,11 @@ def test_agrees_with_kneed(s):
     assert abs(max_curvature(s).index - ref) <= 0.01 * n
 
 
-@pytest.mark.parametrize("s", [np.sqrt(np.linspace(0.0, 1.0, 200)), np.log1p(np.linspace(0, 50, 300)),
-                               1.0 - np.exp(-np.linspace(0, 6, 200))], ids=["sqrt", "log", "1-exp"])
+@pytest.mark.parametrize(
+    "s",
+    [np.sqrt(np.linspace(0.0, 1.0, 200)), np.log1p(np.linspace(0, 50, 300)), 1.0 - np.exp(-np.linspace(0, 6, 200))],
+    ids=["sqrt", "log", "1-exp"],
+)
 def test_a_concave_curve_gets_its_knee_as_kneed_finds_it(s):
     """Kneedle's concave increasing case (sorted scores rising fast, then flat): a knee, not the median fallback."""
     t = max_curvature(np.random.default_rng(0).permutation(s))
@@ -233,9 +236,14 @@ def test_params_threshold_is_the_spec_type_and_rejects_bad_keys():
     from readl.localization.thresholds import ThresholdSpec
 
     p = Params.model_validate({"localization": {"tau_t": {"rule": "fixed", "value": 0.2}}})
-    assert p.localization.tau_t == ThresholdSpec("fixed", 0.2) and p.train.localization.tau_i == ThresholdSpec("max_curvature")
-    for bad, match in [({"rule": "median", "vaule": 1}, "vaule"), ({"rule": "fixed"}, "needs a value"),
-                       ({"rule": "median", "value": 0.3}, "takes no value")]:  # fmt: skip
+    assert p.localization.tau_t == ThresholdSpec("fixed", 0.2) and p.train.localization.tau_i == ThresholdSpec(
+        "max_curvature"
+    )
+    for bad, match in [
+        ({"rule": "median", "vaule": 1}, "vaule"),
+        ({"rule": "fixed"}, "needs a value"),
+        ({"rule": "median", "value": 0.3}, "takes no value"),
+    ]:
         with pytest.raises(ValueError, match=match):
             Params.model_validate({"localization": {"tau_t": bad}})
 

@@ -69,7 +69,10 @@ def test_kit_is_the_familys_real_architecture_with_its_tokens_and_template(kits,
     # Qwen3-VL writes <think> / </think> as single, non-special tokens (decoded as text)
     think = tok.encode("<think>", add_special_tokens=False)
     assert (len(think) == 1) == (kit == "tiny-qwen3-vl")
-    assert tok.decode(tok.encode("<think>a</think>", add_special_tokens=False), skip_special_tokens=True) == "<think>a</think>"
+    assert (
+        tok.decode(tok.encode("<think>a</think>", add_special_tokens=False), skip_special_tokens=True)
+        == "<think>a</think>"
+    )
     with pytest.raises(ValueError, match="videos"):
         processor(text=[prompt], videos=[np.zeros((2, 28, 28, 3), np.uint8)])
 
@@ -94,7 +97,9 @@ def test_capture_equals_eager_with_left_padding_and_gqa(loaded, sample_images, k
     model = enable_capture(model)
     completions = ["<think>a crack", "<think>the surface is uniform and clean</think>"]
     images = [im.resize((420, 420)) for im in sample_images[:2]]
-    batch = processor(images=images, text=[_prompt(processor) + c for c in completions], return_tensors="pt", padding=True)
+    batch = processor(
+        images=images, text=[_prompt(processor) + c for c in completions], return_tensors="pt", padding=True
+    )
     assert (batch["attention_mask"][0] == 0).any(), "row 0 must be left-padded for this test"
     img = image_token_positions(batch["input_ids"], model.config.image_token_id)
     anom = anomaly_token_positions(batch["input_ids"], processor.tokenizer)
@@ -231,14 +236,29 @@ def test_two_cgro_steps_train_lora_with_the_consistency_reward(loaded, sample_di
     from readl.training.data import load_manifest
     from readl.training.train import build_trainer
 
-    rows = [("data/raw/hazelnut_toy/hazelnut/test/colour/00.jpg", 1), ("data/raw/hazelnut_toy/hazelnut/test/good/04.jpg", 0),
-            ("data/raw/mvtec_ad/grid/test/bent/000.png", 1), ("data/raw/mvtec_ad/grid/test/good/000.png", 0)]  # fmt: skip
+    rows = [
+        ("data/raw/hazelnut_toy/hazelnut/test/colour/00.jpg", 1),
+        ("data/raw/hazelnut_toy/hazelnut/test/good/04.jpg", 0),
+        ("data/raw/mvtec_ad/grid/test/bent/000.png", 1),
+        ("data/raw/mvtec_ad/grid/test/good/000.png", 0),
+    ]
     manifest = tmp_path / "train.parquet"
     pd.DataFrame(rows, columns=["image_path", "label"]).assign(source="bundled", category="x").to_parquet(manifest)
-    params = Params.model_validate({"model": {"base": kit, "image_size": 112}, "train": {
-        "max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 12,
-        "learning_rate": 1e-3, "save_steps": 100, "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False}}})  # fmt: skip
+    params = Params.model_validate(
+        {
+            "model": {"base": kit, "image_size": 112},
+            "train": {
+                "max_steps": 2,
+                "num_generations": 4,
+                "per_device_train_batch_size": 8,
+                "max_completion_length": 12,
+                "learning_rate": 1e-3,
+                "save_steps": 100,
+                "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+                "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False},
+            },
+        }
+    )
     model = load_model(kit, device="cpu")  # a fresh copy: LoRA wraps it
     trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path / "ckpt", model_and_processor=model)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -253,7 +273,9 @@ def test_two_cgro_steps_train_lora_with_the_consistency_reward(loaded, sample_di
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed and all("lora_" in n for n in changed)
     prefix = family_of(model[0]).vision_prefix
-    assert any("merger" in n or "multi_modal_projector" in n for n in changed) and not [n for n in changed if prefix in n]
+    assert any("merger" in n or "multi_modal_projector" in n for n in changed) and not [
+        n for n in changed if prefix in n
+    ]
 
 
 @pytest.mark.parametrize("kit", ALL)
@@ -271,8 +293,9 @@ def test_training_grid_equals_the_prediction_grid(loaded, kit):
     assert family.token_grids(processor.image_processor(images=image, return_tensors="pt"), fitted) == [GRID_420[kit]]
     if kit not in QWEN:
         return
-    old = type(processor.image_processor)(**{**processor.image_processor.to_dict(),
-                                             "size": {"shortest_edge": 420 * 420, "longest_edge": 420 * 420}})  # fmt: skip
+    old = type(processor.image_processor)(
+        **{**processor.image_processor.to_dict(), "size": {"shortest_edge": 420 * 420, "longest_edge": 420 * 420}}
+    )
     old_grid = family.token_grids(old(images=image, return_tensors="pt"), old)
     assert (old_grid == [GRID_420[kit]]) == (kit != "tiny-qwen3-vl")
 
@@ -308,7 +331,9 @@ def test_internvl_image_tokens_keep_raster_order_through_pixel_shuffle(loaded):
         return out.pooler_output[0]  # (256, hidden)
 
     base = features(np.zeros((448, 448, 3), np.uint8))
-    assert base.shape[0] == 256 and family_of(model).token_grids({"pixel_values": torch.zeros(1, 3, 448, 448)}, ip) == [(16, 16)]
+    assert base.shape[0] == 256 and family_of(model).token_grids({"pixel_values": torch.zeros(1, 3, 448, 448)}, ip) == [
+        (16, 16)
+    ]
     for i, j in [(0, 0), (2, 11), (15, 3)]:
         arr = np.zeros((448, 448, 3), np.uint8)
         arr[28 * i : 28 * (i + 1), 28 * j : 28 * (j + 1)] = 255

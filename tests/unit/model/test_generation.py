@@ -36,10 +36,16 @@ def test_batched_greedy_completions_equal_batch_one(predictor, sample_images):
 
 def test_left_padded_prompts_generate_what_each_prompt_does_alone(predictor, sample_images):
     """Prompts of different lengths in one batch (left padding) give each prompt's own greedy completion."""
-    questions = ["Is there any defect in the object?", "Look closely at the whole surface of this object: "
-                 "is there any defect or anomaly in it? Answer Yes or No."]  # fmt: skip
-    texts = [predictor.processor.apply_chat_template(build_messages(SYSTEM_PROMPT, q), tokenize=False,
-                                                     add_generation_prompt=True) for q in questions]  # fmt: skip
+    questions = [
+        "Is there any defect in the object?",
+        "Look closely at the whole surface of this object: is there any defect or anomaly in it? Answer Yes or No.",
+    ]
+    texts = [
+        predictor.processor.apply_chat_template(
+            build_messages(SYSTEM_PROMPT, q), tokenize=False, add_generation_prompt=True
+        )
+        for q in questions
+    ]
     sized = predictor.resize(sample_images[:2])
 
     def enc(ims, prompts):
@@ -64,7 +70,9 @@ class _Counting:
 def test_cached_predictions_generate_in_batches(tiny, sample_dir, tmp_path):
     model, processor = tiny
     counting = _Counting()
-    pred = Predictor(model, processor, image_size=112, generation=GenerationSettings(max_new_tokens=4), generator=counting)
+    pred = Predictor(
+        model, processor, image_size=112, generation=GenerationSettings(max_new_tokens=4), generator=counting
+    )
     paths = sorted((sample_dir / "mvtec_ad/grid/test").rglob("*.png"))[:5]
     manifest = pd.DataFrame({"image_path": [str(p) for p in paths]})
     fp = fingerprint(pred, "tiny", None)

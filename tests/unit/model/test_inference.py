@@ -103,7 +103,10 @@ def test_score_is_read_at_the_answer_position(predictor, sample_images):
 
 def test_batch_equals_single(predictor, sample_images):
     tok = predictor.tokenizer
-    comps = [tok.encode(t, add_special_tokens=False) for t in ["<think>ok</think><answer>No</answer>", "<think>a long scratch on the left edge"]]
+    comps = [
+        tok.encode(t, add_special_tokens=False)
+        for t in ["<think>ok</think><answer>No</answer>", "<think>a long scratch on the left edge"]
+    ]
     both = predictor.capture(predictor.encode(sample_images[2:4]), comps)
     for i in range(2):
         one = predictor.capture(predictor.encode(sample_images[2 + i : 3 + i]), [comps[i]])[0]
@@ -114,8 +117,12 @@ def test_batch_equals_single(predictor, sample_images):
 def test_capture_reasoning_mask_equals_the_completions_own(predictor, sample_images):
     """capture() reads the mask on completion + answer prefix; it must mark the same tokens."""
     tok = predictor.tokenizer
-    texts = ["<think>A crack near the top", "no tags here at all", "<think>ok</think><answer>No</answer>",
-             "<think>x</think>"]
+    texts = [
+        "<think>A crack near the top",
+        "no tags here at all",
+        "<think>ok</think><answer>No</answer>",
+        "<think>x</think>",
+    ]
     comps = [tok.encode(t, add_special_tokens=False) for t in texts]
     caps = predictor.capture(predictor.encode(sample_images[:1] * len(texts)), comps)
     for c, cap in zip(comps, caps):
@@ -173,8 +180,12 @@ def test_capture_keeps_only_the_answer_logits_and_the_same_scores(predictor, sam
     P(Yes) of the full-vocabulary computation it replaced: log_softmax over all logits of prompt + completion,
     pooled spellings (issue 15)."""
     tok = predictor.tokenizer
-    texts = ["<think>A crack.</think><answer>No</answer>", "<think>a long scratch on the left edge",
-             "<think>x</think><answer> Yes</answer>", "no tags"]  # fmt: skip
+    texts = [
+        "<think>A crack.</think><answer>No</answer>",
+        "<think>a long scratch on the left edge",
+        "<think>x</think><answer> Yes</answer>",
+        "no tags",
+    ]
     comps = [tok.encode(t, add_special_tokens=False) for t in texts]
     inputs = predictor.encode(sample_images[:1] * len(texts))
     shapes = []
@@ -186,7 +197,9 @@ def test_capture_keeps_only_the_answer_logits_and_the_same_scores(predictor, sam
     assert shapes == [(len(texts), 1, len(tok))]
     from readl.model.prompting import answer_prefix_for
 
-    full = [c + (tok.encode(s, add_special_tokens=False) if (s := answer_prefix_for(tok.decode(c))) else []) for c in comps]
+    full = [
+        c + (tok.encode(s, add_special_tokens=False) if (s := answer_prefix_for(tok.decode(c))) else []) for c in comps
+    ]
     batch = predictor.teacher_forced_batch(inputs, full)
     p = inputs["input_ids"].shape[1]
     with torch.no_grad():

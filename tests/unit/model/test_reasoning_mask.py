@@ -16,8 +16,30 @@ from transformers import AutoTokenizer
 from readl.model.inference import answer_read_position, reasoning_token_mask
 from readl.model.tokens_reference import reference_reasoning_and_answer
 
-PIECES = ["<think>", "</think>", "<answer>", "</answer>", "Yes", " Yes", "No", "\nNo\n", " ", "\n", "A crack",
-          " on the left edge.", "é", "漢字", "🙂", "Ünïcödé ", "<thi", "nk>", "</ans", "wer>", "<", ">"]
+PIECES = [
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "Yes",
+    " Yes",
+    "No",
+    "\nNo\n",
+    " ",
+    "\n",
+    "A crack",
+    " on the left edge.",
+    "é",
+    "漢字",
+    "🙂",
+    "Ünïcödé ",
+    "<thi",
+    "nk>",
+    "</ans",
+    "wer>",
+    "<",
+    ">",
+]
 
 
 def _random_completion(tok, rng, extra_ids):
@@ -68,8 +90,13 @@ def test_masks_equal_the_prefix_decoding_reference(tokenizer):
 
 def test_tags_split_across_tokens(tokenizer):
     tok = tokenizer
-    ids = sum((tok.encode(p, add_special_tokens=False) for p in
-               ["<thi", "nk>", "漢 a", "🙂", "</th", "ink>", "<ans", "wer>", "\n", "Yes"]), [])  # fmt: skip
+    ids = sum(
+        (
+            tok.encode(p, add_special_tokens=False)
+            for p in ["<thi", "nk>", "漢 a", "🙂", "</th", "ink>", "<ans", "wer>", "\n", "Yes"]
+        ),
+        [],
+    )
     mask, a = reasoning_token_mask(tok, ids)
     ref_mask, ref_a, _ = reference_reasoning_and_answer(tok, ids)
     assert np.array_equal(mask, ref_mask) and a == ref_a

@@ -22,7 +22,11 @@ def test_prompts_left_padded_completions_right_padded():
     for r, c in enumerate([[9], [10, 11, 12]]):
         assert batch["input_ids"][r, p : p + len(c)].tolist() == c
     empty = teacher_forced_batch(ids, mask, [[], []], PAD)
-    assert empty["input_ids"].shape == (2, 4) and not empty["attention_mask"][:, 3].any() and "mm_token_type_ids" not in empty
+    assert (
+        empty["input_ids"].shape == (2, 4)
+        and not empty["attention_mask"][:, 3].any()
+        and "mm_token_type_ids" not in empty
+    )
     with pytest.raises(ValueError, match="1 completions for 2"):
         teacher_forced_batch(ids, mask, [[1]], PAD)
 

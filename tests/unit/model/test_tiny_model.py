@@ -35,8 +35,9 @@ def test_tokenizer_has_qwen_specials_and_template(tiny_dir):
         assert len(tok.tokenize(t)) == 1, t
     text = tok.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
-        tokenize=False, add_generation_prompt=True,
-    )  # fmt: skip
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert text.endswith("<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n")
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
 
@@ -91,7 +92,9 @@ def test_lora_adapter_is_loaded_and_applied(tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir)
-    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft.save_pretrained(tmp_path / "adapter")
     model, _ = load_model("tiny", adapter=tmp_path / "adapter", device="cpu")
     plain, _ = load_model("tiny", device="cpu")

@@ -20,16 +20,12 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from support import IMAGE, PARAMS
+from support import free_port as _free_port
+from support import stop as _stop
+from support import wait_http as _wait_http
 
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec
-from readl.tracking import (
-    AliasNotFoundError,
-    ArtifactStoreError,
-    TrackingUnavailableError,
-    connect,
-    is_transient,
-    with_retries,
-)
 from readl.registry.gate import compare, promote
 from readl.registry.pyfunc import OUTPUT_COLUMNS, decode_map, encode_map
 from readl.registry.registration import (
@@ -39,11 +35,14 @@ from readl.registry.registration import (
     manifest_digest,
     register,
 )
-
-from support import IMAGE, PARAMS
-from support import free_port as _free_port
-from support import stop as _stop
-from support import wait_http as _wait_http
+from readl.tracking import (
+    AliasNotFoundError,
+    ArtifactStoreError,
+    TrackingUnavailableError,
+    connect,
+    is_transient,
+    with_retries,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -53,9 +52,6 @@ def _register_cfg(**kw):
     from readl.config import RegisterConfig
 
     return RegisterConfig.model_validate(kw)
-
-
-
 
 
 def _bucket(server, name: str) -> None:
@@ -73,16 +69,31 @@ def mlflow_server(s3_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("mlflow-server")
     _bucket(s3_server, "mlflow")
     env = {
-        **os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint, "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }  # fmt: skip
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = base / "server.log"
     for _ in range(3):
         port = _free_port()
-        cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-               "--artifacts-destination", "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "2"]  # fmt: skip
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{base / 'mlflow.db'}",
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ]
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
@@ -118,13 +129,23 @@ def adapter(tiny_dir, tmp_path_factory) -> Path:
 
 def _metrics(image_auroc: float, pixel_auroc: float, ds: dict[str, tuple[float, float]] | None = None) -> dict:
     ds = ds or {"mvtec_ad": (image_auroc, pixel_auroc)}
-    per = {n: {"image": {"AUROC": a, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
-               "pixel": {"AUROC": p, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None}, "n_malformed": 0}
-           for n, (a, p) in ds.items()}  # fmt: skip
-    return {"image": {"AUROC": image_auroc, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
-            "pixel": {"AUROC": pixel_auroc, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None},
-            "datasets": per, "n_images": 14, "n_malformed": 0, "thresholds": {"tau_t": 0.4, "source": "x"},
-            "reasoning": {"ROUGE_L": 0.3, "SBERT": 0.7, "n": 14, "reference_source": {"mvtec_ad": "template"}}}  # fmt: skip
+    per = {
+        n: {
+            "image": {"AUROC": a, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
+            "pixel": {"AUROC": p, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None},
+            "n_malformed": 0,
+        }
+        for n, (a, p) in ds.items()
+    }
+    return {
+        "image": {"AUROC": image_auroc, "AUPR": 0.7, "ACC": 0.6, "F1_max": 0.7},
+        "pixel": {"AUROC": pixel_auroc, "AUPR": 0.3, "AUPRO": 0.5, "ACC": None},
+        "datasets": per,
+        "n_images": 14,
+        "n_malformed": 0,
+        "thresholds": {"tau_t": 0.4, "source": "x"},
+        "reasoning": {"ROUGE_L": 0.3, "SBERT": 0.7, "n": 14, "reference_source": {"mvtec_ad": "template"}},
+    }
 
 
 def _workdir(root: Path, adapter: Path, metrics: dict, uri: str | None, experiment: str = "readl-test") -> Path:
@@ -141,24 +162,32 @@ def _workdir(root: Path, adapter: Path, metrics: dict, uri: str | None, experime
     (root / "metrics.json").write_text(json.dumps(metrics))
     (root / "data" / "curated").mkdir(parents=True)
     for split in ("train", "calib", "eval"):
-        pd.DataFrame({"image_path": [f"{split}.png"], "label": [0]}).to_parquet(root / "data/curated" / f"{split}.parquet")
+        pd.DataFrame({"image_path": [f"{split}.png"], "label": [0]}).to_parquet(
+            root / "data/curated" / f"{split}.parquet"
+        )
     if uri is not None:
         client = mlflow.MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         run = client.create_run(exp_id, tags={"readl.stage": "train"})
         client.set_terminated(run.info.run_id)
-        (root / "models" / "train_run.json").write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id}))
+        (root / "models" / "train_run.json").write_text(
+            json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id})
+        )
     return root
 
 
 def _register(work: Path, **kw):
     return register(
-        params_file=work / "params.yaml", adapter=work / "models/adapter", thresholds=work / "models/thresholds.json",
-        metrics=work / "metrics.json", train_run=work / "models/train_run.json",
+        params_file=work / "params.yaml",
+        adapter=work / "models/adapter",
+        thresholds=work / "models/thresholds.json",
+        metrics=work / "metrics.json",
+        train_run=work / "models/train_run.json",
         manifests=[work / f"data/curated/{s}.parquet" for s in ("train", "calib", "eval")],
-        out=work / "models/registered.json", **kw,
-    )  # fmt: skip
+        out=work / "models/registered.json",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +211,16 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     # registering the same run again reuses the version (registered.json is from that second call)
     assert (champion.again.version, champion.again.reused) == ("1", True)
     assert json.loads((work / "models/registered.json").read_text()) == {
-        "name": "readl-e2e", "version": "1", "run_id": run_id, "aliases": ["challenger"], "model_uri": "models:/readl-e2e/1",
-        "source": first.source, "fingerprint": first.fingerprint, "reused": True, "tracking_uri": mlflow_server.uri,
-    }  # fmt: skip
+        "name": "readl-e2e",
+        "version": "1",
+        "run_id": run_id,
+        "aliases": ["challenger"],
+        "model_uri": "models:/readl-e2e/1",
+        "source": first.source,
+        "fingerprint": first.fingerprint,
+        "reused": True,
+        "tracking_uri": mlflow_server.uri,
+    }
     client = mlflow.MlflowClient(mlflow_server.uri)
     assert [v.version for v in client.search_model_versions("name='readl-e2e'")] == ["1"]
     mv = client.get_model_version("readl-e2e", "1")
@@ -193,13 +229,17 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     assert tags["metrics.image.AUROC"] == "0.8" and tags["metrics.datasets.mvtec_ad.pixel.AUROC"] == "0.9"
     assert tags["metrics.pixel.ACC"] == "null"
     assert json.loads(tags["reasoning_reference_source"]) == {"mvtec_ad": "template"}  # what ROUGE-L / SBERT mean
-    assert tags["data_manifest_sha256"] == manifest_digest([work / f"data/curated/{s}.parquet" for s in ("train", "calib", "eval")])
+    assert tags["data_manifest_sha256"] == manifest_digest(
+        [work / f"data/curated/{s}.parquet" for s in ("train", "calib", "eval")]
+    )
     assert len(tags["params_sha256"]) == 64 and tags[FINGERPRINT_TAG] == first.fingerprint
     assert tags["git_commit"] == "unknown"  # the stage folder is outside git
     assert tags["base_model"] == "tiny" and tags["adapter"] == "yes"
     # the artifacts went through the server to S3
     stored = [p.name for p in (mlflow_server.s3.root / "mlflow" / "artifacts").rglob("*") if p.is_file()]
-    assert {"MLmodel", "adapter_model.safetensors", "adapter_config.json", "thresholds.json", "params.json"} <= set(stored)
+    assert {"MLmodel", "adapter_model.safetensors", "adapter_config.json", "thresholds.json", "params.json"} <= set(
+        stored
+    )
     # the logged model lives in the training run
     logged = mlflow.get_logged_model(first.source.split("/", 1)[1])
     assert logged.source_run_id == run_id
@@ -212,11 +252,16 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
     from readl.registry.load import load_registered
 
     model = load_registered("models:/readl-e2e@champion", device="cpu")
-    assert model.adapter is not None and model.taus == ThresholdPair(ThresholdSpec("fixed", 0.4), ThresholdSpec("fixed", 0.5)) and model.params.model.image_size == 112
+    assert (
+        model.adapter is not None
+        and model.taus == ThresholdPair(ThresholdSpec("fixed", 0.4), ThresholdSpec("fixed", 0.5))
+        and model.params.model.image_size == 112
+    )
     img = sample_dir / IMAGE
     model.path_root = sample_dir.resolve()  # `path` rows: off unless the operator allows one folder
-    out = model.predict(None, pd.DataFrame({"image": [img.read_bytes(), None, b"not an image"],
-                                            "path": [None, str(img), None]}))  # fmt: skip
+    out = model.predict(
+        None, pd.DataFrame({"image": [img.read_bytes(), None, b"not an image"], "path": [None, str(img), None]})
+    )
     assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 3
     with Image.open(img) as im:
         hw = (im.height, im.width)
@@ -226,7 +271,9 @@ def test_register_promote_load_predict(champion, mlflow_server, sample_dir):
         image_score = 0.5 if row.answer is None else row.score  # a malformed answer: evaluate's fallback score
         assert row.decision == ("anomalous" if image_score >= row.threshold else "normal")
         m = decode_map(row.anomaly_map, row.map_max)
-        assert m.shape == hw and m.dtype == np.float32 and abs(float(m.max()) - row.map_max) <= row.map_max / 65535 + 1e-9
+        assert (
+            m.shape == hw and m.dtype == np.float32 and abs(float(m.max()) - row.map_max) <= row.map_max / 65535 + 1e-9
+        )
         assert np.asarray(row.map_grid).ndim == 2 and np.asarray(row.map_grid).size > 1  # the token grid
     assert out.iloc[0].score == pytest.approx(out.iloc[1].score, abs=1e-6)  # same image, both inputs
     assert "row 2" in out.iloc[2].error and "not a readable image" in out.iloc[2].error
@@ -239,8 +286,20 @@ def test_cli_predict_from_registry(champion, sample_dir, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     img = sample_dir / IMAGE
-    result = CliRunner().invoke(app, ["predict", str(img), "--model", "models:/readl-e2e@champion", "--out", "out",
-                                      "--device", "cpu", "--no-annotate"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(img),
+            "--model",
+            "models:/readl-e2e@champion",
+            "--out",
+            "out",
+            "--device",
+            "cpu",
+            "--no-annotate",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
     assert record["tau"] == {"t": 0.4, "i": 0.5}  # the registered thresholds
@@ -297,12 +356,21 @@ def test_concurrent_registrations_land_consistently(mlflow_server, adapter, tmp_
         from readl.registry.registration import register
         w, out = Path(sys.argv[1]), sys.argv[2]
         register(params_file=w / "params.yaml", adapter=w / "models/adapter", thresholds=w / "models/thresholds.json",
-                 metrics=w / "metrics.json", train_run=w / "models/train_run.json", manifests=[], out=out, name={name!r})
-    """)  # fmt: skip
+                 metrics=w / "metrics.json", train_run=w / "models/train_run.json", manifests=[], out=out,
+                 name={name!r})
+    """)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
     jobs = [(wa, tmp_path / "a.json"), (wa, tmp_path / "a2.json"), (wb, tmp_path / "b.json")]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(w), str(o)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for w, o in jobs]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(w), str(o)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w, o in jobs
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-2000:] for o in outs)
     a, a2, b = (json.loads(o.read_text()) for _, o in jobs)
@@ -322,18 +390,40 @@ def test_mlflow_models_serve(champion, mlflow_server, sample_dir, tmp_path):
     """`mlflow models serve -m models:/NAME@champion --env-manager local`: one image as base64 JSON."""
     port = _free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "READL_DEVICE": "cpu",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "READL_DEVICE": "cpu",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{champion.name}@champion",
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                                cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{champion.name}@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 120, log)
         img = sample_dir / IMAGE
         body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(img.read_bytes()).decode()]]}}
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:
             pred = json.loads(resp.read())["predictions"][0]
     finally:
@@ -353,7 +443,9 @@ def test_unreachable_tracking_server_is_a_clear_error(adapter, tmp_path, monkeyp
     dead = f"http://127.0.0.1:{_free_port()}"
     probes = []
     real_probe = client_module._probe_http
-    monkeypatch.setattr(client_module, "_probe_http", lambda uri, timeout: probes.append(uri) or real_probe(uri, timeout))
+    monkeypatch.setattr(
+        client_module, "_probe_http", lambda uri, timeout: probes.append(uri) or real_probe(uri, timeout)
+    )
     monkeypatch.setattr(client_module.time, "sleep", lambda s: None)
     with pytest.raises(TrackingUnavailableError, match=rf"{dead} is unreachable after 2 attempts"):
         connect(dead, attempts=2, base_delay=0.05)
@@ -388,12 +480,13 @@ def test_direct_s3_artifacts_and_s3_errors(s3_server, adapter, tmp_path, monkeyp
     client = mlflow.MlflowClient(uri)
     exp_id = client.create_experiment("s3-direct", artifact_location="s3://direct/mlflow")
     work = _workdir(tmp_path / "w", adapter, _metrics(0.8, 0.9), uri, experiment="s3-direct")
-    with pytest.raises(ArtifactStoreError, match=rf"S3 artifact store error at {s3_server.endpoint}.*AWS_ACCESS_KEY_ID"):
+    with pytest.raises(
+        ArtifactStoreError, match=rf"S3 artifact store error at {s3_server.endpoint}.*AWS_ACCESS_KEY_ID"
+    ):
         _register(work, name="readl-s3")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
-
     import boto3
+    from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
 
     _cached_get_s3_client.cache_clear()  # MLflow caches its boto3 client, boto3 its session credentials:
     boto3.DEFAULT_SESSION = None  # keys are read when they are built (a process keeps its keys)
@@ -432,14 +525,21 @@ def test_gate_rules():
 
 def test_metrics_flattening_and_map_codec():
     assert flatten_metrics({"image": {"AUROC": 0.5, "note": "x"}, "n": 3, "p": {"ACC": None, "z": float("nan")}}) == {
-        "image.AUROC": 0.5, "n": 3.0, "p.ACC": None, "p.z": None}
+        "image.AUROC": 0.5,
+        "n": 3.0,
+        "p.ACC": None,
+        "p.z": None,
+    }
     m = np.random.default_rng(0).random((37, 53)).astype(np.float32) * 0.02
     png, top = encode_map(m)
     back = decode_map(png, top)
     assert back.shape == m.shape and np.abs(back - m).max() <= top / 65535
     png0, top0 = encode_map(np.zeros((3, 4)))
     assert top0 == 0.0 and not decode_map(png0, top0).any()
-    assert git_commit(REPO) == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert (
+        git_commit(REPO)
+        == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    )
 
 
 def test_retries_only_transient_failures():
@@ -473,8 +573,14 @@ def test_retries_only_transient_failures():
 def _cli_register(work: Path, uri: str, name: str, *extra: str) -> subprocess.Popen:
     """`readl register` in ``work`` as its own process (what `dvc repro` runs), on tracking URI ``uri``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.Popen([str(BIN / "readl"), "register", "--name", name, *extra], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [str(BIN / "readl"), "register", "--name", name, *extra],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -496,8 +602,20 @@ def test_first_use_of_a_sqlite_store_under_concurrency(adapter, tmp_path):
     assert recorded == {"1", "2", "3", "4"}
 
 
-@pytest.mark.parametrize("case", ["metrics_field", "metrics_json", "primary_metric", "metrics_nan", "metrics_range",
-                                  "metrics_inconsistent", "thresholds", "train_run", "adapter_weights"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "metrics_field",
+        "metrics_json",
+        "primary_metric",
+        "metrics_nan",
+        "metrics_range",
+        "metrics_inconsistent",
+        "thresholds",
+        "train_run",
+        "adapter_weights",
+    ],
+)
 def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch, case):
     """A bad input of `readl register` is an error naming the file, and nothing reaches the registry."""
     import mlflow
@@ -508,10 +626,17 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     metrics = _metrics(0.8, 0.9)
     work = _workdir(tmp_path / "w", adapter, metrics, None)
-    bad = {"metrics_field": "metrics.json", "metrics_json": "metrics.json", "primary_metric": "metrics.json",
-           "metrics_nan": "metrics.json", "metrics_range": "metrics.json", "metrics_inconsistent": "metrics.json",
-           "thresholds": "models/thresholds.json", "train_run": "models/train_run.json",
-           "adapter_weights": "models/adapter"}[case]  # fmt: skip
+    bad = {
+        "metrics_field": "metrics.json",
+        "metrics_json": "metrics.json",
+        "primary_metric": "metrics.json",
+        "metrics_nan": "metrics.json",
+        "metrics_range": "metrics.json",
+        "metrics_inconsistent": "metrics.json",
+        "thresholds": "models/thresholds.json",
+        "train_run": "models/train_run.json",
+        "adapter_weights": "models/adapter",
+    }[case]
     if case == "metrics_field":  # the field the CLI's table needs, as in the issue
         del metrics["n_malformed"]
         (work / bad).write_text(json.dumps(metrics))
@@ -554,9 +679,16 @@ def test_a_dvc_experiment_registers_but_never_moves_the_champion(mlflow_server, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
 
     def stage(work: Path):
-        return register_stage(work / "params.yaml", work / "models/adapter", work / "models/thresholds.json",
-                              work / "metrics.json", work / "models/train_run.json", work / "models/registered.json",
-                              name=name, promote=True)  # fmt: skip
+        return register_stage(
+            work / "params.yaml",
+            work / "models/adapter",
+            work / "models/thresholds.json",
+            work / "metrics.json",
+            work / "models/train_run.json",
+            work / "models/registered.json",
+            name=name,
+            promote=True,
+        )
 
     first, _ = stage(_workdir(tmp_path / "v1", adapter, _metrics(0.80, 0.90), mlflow_server.uri))
     monkeypatch.setenv("DVC_EXP_NAME", "gusty-lobe")  # what `dvc exp run` puts in the stages' environment
@@ -571,8 +703,9 @@ def test_a_dvc_experiment_registers_but_never_moves_the_champion(mlflow_server, 
     assert client.get_model_version(name, "2").tags["readl.dvc_experiment"] == "gusty-lobe"
 
 
-def test_predict_from_a_warm_started_version_names_its_base(mlflow_server, adapter, tiny_dir, sample_dir, tmp_path,
-                                                            monkeypatch):  # fmt: skip
+def test_predict_from_a_warm_started_version_names_its_base(
+    mlflow_server, adapter, tiny_dir, sample_dir, tmp_path, monkeypatch
+):
     """A version logged with its warm-started model (the `base_model` artifact) predicts with it, and the record
     says so ("tiny + warmup", as the version's `base_model` tag), not the bare `model.base` it was started from."""
     import shutil
@@ -585,12 +718,26 @@ def test_predict_from_a_warm_started_version_names_its_base(mlflow_server, adapt
     work = _workdir(tmp_path / "w", adapter, _metrics(0.8, 0.9), mlflow_server.uri)
     shutil.copytree(tiny_dir, work / "models" / "warmup")  # what `readl warmup` leaves: a full model folder
     result = _register(work, name="readl-warm")
-    assert mlflow.MlflowClient(mlflow_server.uri).get_model_version("readl-warm", result.version).tags["base_model"] \
-        == "tiny + warmup"  # fmt: skip
+    assert (
+        mlflow.MlflowClient(mlflow_server.uri).get_model_version("readl-warm", result.version).tags["base_model"]
+        == "tiny + warmup"
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     monkeypatch.chdir(tmp_path)
-    out = CliRunner().invoke(app, ["predict", str(sample_dir / IMAGE), "--model", "models:/readl-warm@challenger",
-                                   "--out", "out", "--device", "cpu", "--no-annotate"])  # fmt: skip
+    out = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(sample_dir / IMAGE),
+            "--model",
+            "models:/readl-warm@challenger",
+            "--out",
+            "out",
+            "--device",
+            "cpu",
+            "--no-annotate",
+        ],
+    )
     assert out.exit_code == 0, out.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
     assert record["model"]["base"] == "tiny + warmup", record["model"]

@@ -48,13 +48,17 @@ def test_runtime_pins_threads_and_deterministic_algorithms(restore_runtime):
 
 def _files(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` but ``readl_base.json`` (it names the MLflow run: a new id per run)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "readl_base.json"}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "readl_base.json"
+    }
 
 
 @pytest.mark.slow
-def test_warmup_then_train_twice_gives_identical_weights_and_completions(tiny_dir, sample_dir, tmp_path, monkeypatch,
-                                                                         restore_runtime):
+def test_warmup_then_train_twice_gives_identical_weights_and_completions(
+    tiny_dir, sample_dir, tmp_path, monkeypatch, restore_runtime
+):
     """The pipeline's two learning stages, run twice with the same params on one machine: byte-identical warm
     start and adapter files, and the same sampled GRPO completions (token ids) at every step."""
     from readl.stages.train import run as train
@@ -62,18 +66,33 @@ def test_warmup_then_train_twice_gives_identical_weights_and_completions(tiny_di
 
     paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:3]
     paths += sorted((sample_dir / "hazelnut_toy/hazelnut/test/colour").glob("*.jpg"))[:5]
-    frame = pd.DataFrame({"image_path": [str(p) for p in paths], "label": [0] * 3 + [1] * 5, "source": "s",
-                          "category": "hazelnut", "defect_type": ["good"] * 3 + ["colour"] * 5})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "image_path": [str(p) for p in paths],
+            "label": [0] * 3 + [1] * 5,
+            "source": "s",
+            "category": "hazelnut",
+            "defect_type": ["good"] * 3 + ["colour"] * 5,
+        }
+    )
     manifest = tmp_path / "train.parquet"
     frame.to_parquet(manifest)
-    params = Params.model_validate({
-        "runtime": {"threads": 1},
-        "model": {"base": "tiny", "image_size": 112},
-        "warmup": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100},
-        "train": {"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 4,
-                  "max_completion_length": 8, "save_steps": 100, "lora": {"r": 4, "alpha": 8},
-                  "consistency": {"require_format": False}},
-    })  # fmt: skip
+    params = Params.model_validate(
+        {
+            "runtime": {"threads": 1},
+            "model": {"base": "tiny", "image_size": 112},
+            "warmup": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 2, "save_steps": 100},
+            "train": {
+                "max_steps": 2,
+                "num_generations": 2,
+                "per_device_train_batch_size": 4,
+                "max_completion_length": 8,
+                "save_steps": 100,
+                "lora": {"r": 4, "alpha": 8},
+                "consistency": {"require_format": False},
+            },
+        }
+    )
     completions: list[list[list[int]]] = []
     original = GRPOAdapter._calculate_rewards
 

@@ -10,8 +10,14 @@ from types import SimpleNamespace
 
 from readl.training.progress import StepProgress
 
-LOGS = {"reward": 1.25, "rewards/format/mean": 0.75, "rewards/consistency/mean": 0.5, "consistency/J_mean": 0.125,
-        "kl": 0.0625, "loss": 0.03125}  # fmt: skip
+LOGS = {
+    "reward": 1.25,
+    "rewards/format/mean": 0.75,
+    "rewards/consistency/mean": 0.5,
+    "consistency/J_mean": 0.125,
+    "kl": 0.0625,
+    "loss": 0.03125,
+}
 
 
 def _state(step: int, max_steps: int = 30) -> SimpleNamespace:

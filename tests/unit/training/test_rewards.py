@@ -128,7 +128,9 @@ W = np.array([0.9, 0.8, 0.7, 0.1])  # token 3 is the least relevant
 
 
 def test_consistency_rewards_concentrated_attention_on_anomalies_and_dispersed_on_normals():
-    rewards, js = consistency_reward([YES, YES, NO, NO], [1, 1, 0, 0], [FOCUSED, SCATTERED, FOCUSED, SCATTERED], [W] * 4)
+    rewards, js = consistency_reward(
+        [YES, YES, NO, NO], [1, 1, 0, 0], [FOCUSED, SCATTERED, FOCUSED, SCATTERED], [W] * 4
+    )
     assert js == [1.0, 0.0, 1.0, 0.0]
     assert rewards == [1.0, 0.0, 0.0, 1.0]  # y*1[J>0.3] + (1-y)*1[J<0.1]
 
@@ -180,7 +182,9 @@ def test_consistency_checks_inputs():
 def test_registry_and_unknown_names():
     assert set(REWARDS) == {"format", "accuracy", "consistency"}
     assert reward_names(["format", "accuracy"]) == ["format", "accuracy"]
-    with pytest.raises(ValueError, match=r"unknown reward\(s\) \['bogus'\]; known rewards: \['accuracy', 'consistency', 'format'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown reward\(s\) \['bogus'\]; known rewards: \['accuracy', 'consistency', 'format'\]"
+    ):
         reward_names(["format", "bogus"])
     with pytest.raises(ValueError, match="empty"):
         reward_names([])
@@ -192,8 +196,14 @@ def test_trl_adapters_read_conversational_completions_and_dataset_columns():
     fmt, acc, cons = make_reward_funcs(["format", "accuracy", "consistency"])
     assert [f.__name__ for f in (fmt, acc, cons)] == ["format", "accuracy", "consistency"]
     completions = [[{"role": "assistant", "content": YES}], [{"role": "assistant", "content": NO}]]
-    kw = {"prompts": [None, None], "completions": completions, "completion_ids": [[1], [2]], "label": [1, 1],
-          "image_path": ["a", "b"], "trainer_state": None}  # fmt: skip
+    kw = {
+        "prompts": [None, None],
+        "completions": completions,
+        "completion_ids": [[1], [2]],
+        "label": [1, 1],
+        "image_path": ["a", "b"],
+        "trainer_state": None,
+    }
     assert fmt(**kw) == [1.0, 1.0]
     assert acc(**kw) == [1.0, 0.0]
     with pytest.raises(RuntimeError, match="CGROTrainer"):

@@ -76,8 +76,11 @@ def test_a_kill_before_mlflow_wrote_a_step_loses_nothing(tmp_path, monkeypatch):
     run_id = start_run("readl-test").info.run_id
     mlflow.end_run()
     _log(MlflowMetricsCallback(run_id), 2, 2.0)  # what reached MLflow before the kill
-    history = [{"loss": 1.0, "reward": 2.0, "step": 1}, {"loss": 2.0, "reward": 4.0, "step": 2},
-               {"train_runtime": 3.0, "step": 2}]  # the checkpoint's trainer_state.json log_history  # fmt: skip
+    history = [
+        {"loss": 1.0, "reward": 2.0, "step": 1},
+        {"loss": 2.0, "reward": 4.0, "step": 2},
+        {"train_runtime": 3.0, "step": 2},
+    ]  # the checkpoint's trainer_state.json log_history
     resumed = MlflowMetricsCallback(run_id)
     resumed.on_train_begin(None, SimpleNamespace(is_world_process_zero=True, log_history=history), None)
     _log(resumed, 3, 3.0)

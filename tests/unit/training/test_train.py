@@ -44,10 +44,15 @@ IMAGES = [  # (path relative to the repo root, label): 4 hazelnut_toy + 4 MVTec 
 # format, so the consistency reward ignores it here (require_format: false) and uses a low support quantile so
 # that the J values of the rollouts differ (non-zero advantages -> a real gradient in the first step).
 TRAIN = {
-    "max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 12,
-    "learning_rate": 1e-3, "save_steps": 100, "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+    "max_steps": 1,
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+    "max_completion_length": 12,
+    "learning_rate": 1e-3,
+    "save_steps": 100,
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
     "consistency": {"quantile": 0.5, "delta1": 0.15, "delta2": 0.15, "require_format": False},
-}  # fmt: skip
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,7 +75,9 @@ def test_manifest_contract_and_errors(tmp_path, manifest):
     frame = load_manifest(manifest, root=REPO)
     assert len(frame) == 8 and frame["label"].tolist() == [y for _, y in IMAGES]
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["image_path"])
-    with pytest.raises(FileNotFoundError, match=r"nope\.parquet not found; run `readl curate` \(or `dvc repro curate`\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"nope\.parquet not found; run `readl curate` \(or `dvc repro curate`\)"
+    ):
         load_manifest(tmp_path / "nope.parquet")
     pd.DataFrame({"image_path": [], "label": []}).to_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ValueError, match=r"empty\.parquet is empty .*readl curate"):
@@ -84,8 +91,17 @@ def test_lora_targets_language_and_merger_never_vision_blocks(tiny):
     model, _ = tiny
     names = lora_targets(model)
     assert len(names) == 2 * 7 + 2  # 2 decoder layers x q,k,v,o,gate,up,down + merger mlp.0, mlp.2
-    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                     "down_proj", "0", "2"}  # fmt: skip
+    assert {n.rsplit(".", 1)[-1] for n in names} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "0",
+        "2",
+    }
     assert not [n for n in names if "visual.blocks" in n]
     assert any(n.endswith("visual.merger.mlp.0") for n in names)
     with pytest.raises(ValueError, match="vision encoder"):
@@ -101,7 +117,9 @@ def test_lora_targets_language_and_merger_never_vision_blocks(tiny):
 def test_trainer_requires_a_qwen_processor(tiny):
     model, processor = tiny
     with pytest.raises(ValueError, match="image-only .*Qwen2.5-VL.* processor"):
-        CGROTrainer(model=model, reward_funcs=[], processing_class=processor.tokenizer, localization=LocalizationConfig())
+        CGROTrainer(
+            model=model, reward_funcs=[], processing_class=processor.tokenizer, localization=LocalizationConfig()
+        )
 
 
 def test_group_weights_normalise_over_all_rollouts_of_an_image():
@@ -131,7 +149,12 @@ def test_grpo_objective_is_named_and_defaults_to_the_papers_reading(tiny, tmp_pa
     args = grpo_args(_params(), tmp_path, model)
     # Eq. 9: 1/G sum_i 1/|o_i| sum_t (TRL "grpo"; TRL's own default is "dapo"), mu = 1; Eq. 10: group std
     assert tuple(getattr(args, k) for k in OBJECTIVE) == ("grpo", 1, "group", "token")
-    other = {"loss_type": "dr_grpo", "num_iterations": 2, "scale_rewards": "none", "importance_sampling_level": "sequence"}
+    other = {
+        "loss_type": "dr_grpo",
+        "num_iterations": 2,
+        "scale_rewards": "none",
+        "importance_sampling_level": "sequence",
+    }
     args = grpo_args(_params(**other), tmp_path, model)
     assert tuple(getattr(args, k) for k in OBJECTIVE) == tuple(other.values())
     with pytest.raises(ValueError, match="loss_type"):
@@ -158,14 +181,21 @@ def test_second_iteration_has_an_importance_ratio_not_one_and_logs_clipping(tiny
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     params = _params(max_steps=2, num_iterations=2, lora={"r": 8, "alpha": 16, "dropout": 0.0})  # no dropout noise
-    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path / "ckpt",
-                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    trainer = build_trainer(
+        params,
+        load_manifest(manifest, root=REPO),
+        tmp_path / "ckpt",
+        model_and_processor=load_model("tiny", device="cpu"),
+    )
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("readl-test")).info.run_id
     trainer.add_callback(MlflowMetricsCallback(run_id))
     ratios, generations, grad_logps = [], [], {}
-    orig_loss, orig_logps, orig_gen = (trainer._compute_loss, trainer._get_per_token_logps_and_entropies,
-                                       trainer._generate_and_score_completions)  # fmt: skip
+    orig_loss, orig_logps, orig_gen = (
+        trainer._compute_loss,
+        trainer._get_per_token_logps_and_entropies,
+        trainer._generate_and_score_completions,
+    )
 
     def logps(*a, **k):
         out = orig_logps(*a, **k)
@@ -196,11 +226,20 @@ def test_second_iteration_has_an_importance_ratio_not_one_and_logs_clipping(tiny
 # --- train-time vs evaluation-time token selection (paper Table 5 on one fixed model) ------------------------------
 def test_train_reads_its_own_token_selection_not_the_evaluation_one(tiny_dir, manifest, tmp_path):
     loc = {"mode": "s_t", "tau_i": {"rule": "median"}}
-    params = Params.model_validate({"model": {"base": "tiny", "image_size": 112}, "localization": {"mode": "all"},
-                                    "train": {**TRAIN, "localization": loc}})  # fmt: skip
+    params = Params.model_validate(
+        {
+            "model": {"base": "tiny", "image_size": 112},
+            "localization": {"mode": "all"},
+            "train": {**TRAIN, "localization": loc},
+        }
+    )
     assert params.train.localization == LocalizationConfig(**loc) != params.localization
-    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path / "ckpt",
-                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    trainer = build_trainer(
+        params,
+        load_manifest(manifest, root=REPO),
+        tmp_path / "ckpt",
+        model_and_processor=load_model("tiny", device="cpu"),
+    )
     assert trainer.localization == params.train.localization
     # the checkpoint fingerprint / MLflow params: an evaluation-side change does not touch the training run
     other = params.model_copy(update={"localization": LocalizationConfig(tau_i={"rule": "median"})})
@@ -215,8 +254,12 @@ def test_train_reads_its_own_token_selection_not_the_evaluation_one(tiny_dir, ma
 def stepped(tiny_dir, manifest, tmp_path_factory):
     """One real CGRO step on a fresh tiny model + LoRA; records what the reward saw."""
     params = _params()
-    trainer = build_trainer(params, load_manifest(manifest, root=REPO), tmp_path_factory.mktemp("ckpt"),
-                            model_and_processor=load_model("tiny", device="cpu"))  # fmt: skip
+    trainer = build_trainer(
+        params,
+        load_manifest(manifest, root=REPO),
+        tmp_path_factory.mktemp("ckpt"),
+        model_and_processor=load_model("tiny", device="cpu"),
+    )
     seen = {}
     orig_rewards, orig_capture = trainer._calculate_rewards, trainer._policy_attention
 
@@ -255,8 +298,13 @@ def test_run_summary_counts_steps_with_reward_variance_and_reads_lora_b(stepped,
     assert set(summary["rewards"]) == {"format", "accuracy", "consistency"}
     assert summary["max_abs_lora_B"] > 0
     # a fresh (untrained) adapter: B is all zero; records without rewards are not steps
-    fresh = log_summary([{"reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0}, {"train_loss": 0.1},
-                         {"reward": 1.0, "reward_std": 0.5, "frac_reward_zero_std": 0.5}])  # fmt: skip
+    fresh = log_summary(
+        [
+            {"reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0},
+            {"train_loss": 0.1},
+            {"reward": 1.0, "reward_std": 0.5, "frac_reward_zero_std": 0.5},
+        ]
+    )
     assert fresh["n_logged_steps"] == 2 and fresh["frac_steps_nonzero_reward_std"] == 0.5 and fresh["J_mean"] is None
     from peft import get_peft_model
 
@@ -367,7 +415,9 @@ def test_consistency_inputs_change_when_the_policys_attention_changes(stepped, m
             for n, p in trainer.model.named_parameters():
                 if n in saved:
                     p.copy_(saved[n])
-    diff = max(float(np.abs(a["readl_maps"] - b["readl_maps"]).max()) for a, b in zip(base, moved) if a["readl_maps"].size)
+    diff = max(
+        float(np.abs(a["readl_maps"] - b["readl_maps"]).max()) for a, b in zip(base, moved) if a["readl_maps"].size
+    )
     assert diff > 1e-3
 
 
@@ -396,8 +446,14 @@ def test_consistency_reward_follows_the_captured_maps(stepped, monkeypatch):
 def test_capture_is_deterministic_under_dropout_only_in_eval_mode(stepped):
     trainer, _, seen = stepped
     model = trainer.model
-    args = (model, trainer.processing_class.image_processor, trainer._tokenizer, [x["image"] for x in seen["inputs"]][:2],
-            seen["prompt_ids"][:2], [list(c) for c in seen["ids"][:2]])  # fmt: skip
+    args = (
+        model,
+        trainer.processing_class.image_processor,
+        trainer._tokenizer,
+        [x["image"] for x in seen["inputs"]][:2],
+        seen["prompt_ids"][:2],
+        [list(c) for c in seen["ids"][:2]],
+    )
     for module in model.modules():  # make LoRA dropout strong enough to see
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.5
@@ -432,11 +488,27 @@ def _launch(workdir: Path, params: Path, manifest: Path, delay: float = 0.0) -> 
     site = workdir.parent / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW_SITE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]), "READL_TEST_STEP_DELAY": str(delay),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
-           "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}  # fmt: skip
-    cmd = [sys.executable, "-m", "readl.cli", "train", "--params", str(params), "--manifest", str(manifest),
-           "--output", str(workdir / "models")]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]),
+        "READL_TEST_STEP_DELAY": str(delay),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
+        "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "readl.cli",
+        "train",
+        "--params",
+        str(params),
+        "--manifest",
+        str(manifest),
+        "--output",
+        str(workdir / "models"),
+    ]
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "train.log", "w")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -502,9 +574,18 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dir, manifest, tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlruns.db'}")
     run = client.get_run(run_id)
     assert run.data.params["train.rewards"] == "['format', 'accuracy', 'consistency']"
-    for key in ("rewards/format/mean", "rewards/accuracy/mean", "rewards/consistency/mean", "reward",
-                "consistency/valid_frac", "kl", "learning_rate", "completions/mean_length", "reward_std",
-                "frac_reward_zero_std"):  # fmt: skip
+    for key in (
+        "rewards/format/mean",
+        "rewards/accuracy/mean",
+        "rewards/consistency/mean",
+        "reward",
+        "consistency/valid_frac",
+        "kl",
+        "learning_rate",
+        "completions/mean_length",
+        "reward_std",
+        "frac_reward_zero_std",
+    ):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, 7)), (key, steps)  # each step once: re-run steps are not logged twice
     # J exists only at steps where some rollout had >= k reasoning tokens (valid_frac > 0): which steps those are

@@ -38,7 +38,11 @@ def test_the_overridden_private_methods_still_exist_with_the_same_parameters():
 
 def test_only_the_adapter_overrides_trl_private_methods():
     """CGROTrainer uses the adapter's public hooks; no other readl class redefines a private GRPOTrainer method."""
-    private = {n for n, _ in inspect.getmembers(GRPOTrainer, inspect.isfunction) if n.startswith("_") and not n.startswith("__")}
+    private = {
+        n
+        for n, _ in inspect.getmembers(GRPOTrainer, inspect.isfunction)
+        if n.startswith("_") and not n.startswith("__")
+    }
     assert set(PRIVATE_OVERRIDES) <= private
     assert private & set(vars(GRPOAdapter)) == set(PRIVATE_OVERRIDES)
     assert not private & set(vars(CGROTrainer)), sorted(private & set(vars(CGROTrainer)))
@@ -51,10 +55,16 @@ def test_grpo_and_sft_configs_share_the_run_args(tmp_path, dtype):
     params = Params.model_validate({"warmup": {"learning_rate": 3e-5, "seed": 7}, "train": {"logging_steps": 3}})
     shared = run_args(model, params.train, tmp_path)
     assert shared["bf16"] == (dtype == torch.bfloat16) and not shared["fp16"] and shared["use_cpu"]
-    for section, args in ((params.train, grpo_args(params, tmp_path, model)),
-                          (params.warmup, sft_args(params, tmp_path, model))):
+    for section, args in (
+        (params.train, grpo_args(params, tmp_path, model)),
+        (params.warmup, sft_args(params, tmp_path, model)),
+    ):
         assert (args.bf16, args.fp16, args.use_cpu) == (shared["bf16"], False, True)
         assert (args.learning_rate, args.seed, args.logging_steps, args.save_steps) == (
-            section.learning_rate, section.seed, section.logging_steps, section.save_steps)
+            section.learning_rate,
+            section.seed,
+            section.logging_steps,
+            section.save_steps,
+        )
         assert args.save_strategy == "steps" and args.report_to == []
         assert not args.remove_unused_columns and args.dataloader_num_workers == 0 and args.disable_tqdm

@@ -21,11 +21,15 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_templates_use_image_level_information_only():
-    frame = pd.DataFrame({
-        "image_path": ["a/x.png", "a/y.png", "b/z.png"], "label": [1, 0, 1],
-        "category": ["hazelnut", "metal_plate", "grid"], "defect_type": ["colour", "good", "cutpaste"],
-        "mask_path": ["m/x.png", None, "m/z.png"],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "image_path": ["a/x.png", "a/y.png", "b/z.png"],
+            "label": [1, 0, 1],
+            "category": ["hazelnut", "metal_plate", "grid"],
+            "defect_type": ["colour", "good", "cutpaste"],
+            "mask_path": ["m/x.png", None, "m/z.png"],
+        }
+    )
     with_masks = targets_for(frame, seed=0)
     without = targets_for(frame.drop(columns=["mask_path"]), seed=0)
     assert with_masks == without  # masks never shape the targets
@@ -43,9 +47,15 @@ def test_targets_do_not_depend_on_where_the_repository_is():
     """The phrase of each row is keyed by the image's content (pHash) and name, not its folder: a clone elsewhere
     (or data reached through a symlink, as in benchmarks/robustness.py) trains on the same targets."""
     names = [f"{i:03d}.png" for i in range(40)]
-    frame = pd.DataFrame({"image_path": [f"/home/a/readl/data/curated/images/train/s/c/{n}" for n in names],
-                          "label": [i % 2 for i in range(40)], "category": "bottle",
-                          "defect_type": ["good", "draem"] * 20, "phash": [f"{i:016x}" for i in range(40)]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "image_path": [f"/home/a/readl/data/curated/images/train/s/c/{n}" for n in names],
+            "label": [i % 2 for i in range(40)],
+            "category": "bottle",
+            "defect_type": ["good", "draem"] * 20,
+            "phash": [f"{i:016x}" for i in range(40)],
+        }
+    )
     moved = frame.assign(image_path=[f"/tmp/x/y/data/curated/images/train/s/c/{n}" for n in names])
     assert targets_for(moved, seed=0) == targets_for(frame, seed=0)
     assert targets_for(frame, seed=1) != targets_for(frame, seed=0)  # the phrase seed still matters
@@ -89,8 +99,14 @@ def test_reasoning_metrics_do_not_reward_copying_the_warmup_targets():
 
 
 def test_reasoning_column_is_used_when_present():
-    frame = pd.DataFrame({"image_path": ["a.png", "b.png"], "label": [1, 0], "category": ["pill", "pill"],
-                          "reasoning": ["A crack runs across the pill.", None]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "image_path": ["a.png", "b.png"],
+            "label": [1, 0],
+            "category": ["pill", "pill"],
+            "reasoning": ["A crack runs across the pill.", None],
+        }
+    )
     out = targets_for(frame)
     assert out[0] == target_completion("A crack runs across the pill.", 1)
     assert out[1].startswith("<think>" + OPENING[0])
@@ -102,8 +118,9 @@ def test_token_weights_mark_the_decision_and_the_answer_word():
     think, answer, space = [7, 8], [9], {5}
     # labels: -100 prompt, then <think>(7 8) d1 d2 r r </think>(6) <answer>(9) ' '(5) Yes(3) end(4)
     labels = torch.tensor([[-100, -100, 7, 8, 11, 12, 13, 13, 6, 9, 5, 3, 4]])
-    w = token_weights_from_labels(labels, think, answer, space, decision_tokens=2, decision_weight=10.0,
-                                  answer_weight=4.0)  # fmt: skip
+    w = token_weights_from_labels(
+        labels, think, answer, space, decision_tokens=2, decision_weight=10.0, answer_weight=4.0
+    )
     assert w.tolist()[0] == [0, 0, 1, 1, 10, 10, 1, 1, 1, 1, 1, 4, 1]
 
 
@@ -155,15 +172,28 @@ def test_warm_start_teaches_the_answer_format(tiny_dir, sample_dir, tmp_path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:6]
     paths += sorted((sample_dir / "hazelnut_toy/hazelnut/test/colour").glob("*.jpg"))[:6]
-    frame = pd.DataFrame({"image_path": [str(p) for p in paths], "label": [0] * 6 + [1] * 6,
-                          "category": "hazelnut", "defect_type": ["good"] * 6 + ["colour"] * 6})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "image_path": [str(p) for p in paths],
+            "label": [0] * 6 + [1] * 6,
+            "category": "hazelnut",
+            "defect_type": ["good"] * 6 + ["colour"] * 6,
+        }
+    )
     manifest = tmp_path / "train.parquet"
     frame.to_parquet(manifest)
-    params = Params.model_validate({
-        "model": {"base": "tiny", "image_size": 112},
-        "warmup": {"max_steps": 200, "per_device_train_batch_size": 4, "logging_steps": 40, "save_steps": 100,
-                   "lr_scheduler_type": "constant"},  # at full rate (the default decays to 0)
-    })  # fmt: skip
+    params = Params.model_validate(
+        {
+            "model": {"base": "tiny", "image_size": 112},
+            "warmup": {
+                "max_steps": 200,
+                "per_device_train_batch_size": 4,
+                "logging_steps": 40,
+                "save_steps": 100,
+                "lr_scheduler_type": "constant",
+            },  # at full rate (the default decays to 0)
+        }
+    )
     images = [Image.open(p).convert("RGB") for p in paths[::2]]
 
     def format_rate(base: str) -> float:
@@ -190,13 +220,26 @@ def test_keep_checkpoints_keeps_every_warmup_checkpoint(tiny_dir, sample_dir, tm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     paths = sorted((sample_dir / "hazelnut_toy/hazelnut/train/good").glob("*.jpg"))[:2]
     paths += sorted((sample_dir / "hazelnut_toy/hazelnut/test/colour").glob("*.jpg"))[:2]
-    pd.DataFrame({"image_path": [str(p) for p in paths], "label": [0, 0, 1, 1], "category": "hazelnut",
-                  "defect_type": ["good", "good", "colour", "colour"]}).to_parquet(tmp_path / "train.parquet")  # fmt: skip
-    params = Params.model_validate({
-        "model": {"base": "tiny", "image_size": 56},
-        "warmup": {"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 1, "save_total_limit": None,
-                   "keep_checkpoints": True},
-    })  # fmt: skip
+    pd.DataFrame(
+        {
+            "image_path": [str(p) for p in paths],
+            "label": [0, 0, 1, 1],
+            "category": "hazelnut",
+            "defect_type": ["good", "good", "colour", "colour"],
+        }
+    ).to_parquet(tmp_path / "train.parquet")
+    params = Params.model_validate(
+        {
+            "model": {"base": "tiny", "image_size": 56},
+            "warmup": {
+                "max_steps": 3,
+                "per_device_train_batch_size": 2,
+                "save_steps": 1,
+                "save_total_limit": None,
+                "keep_checkpoints": True,
+            },
+        }
+    )
     warmup(params, manifest=tmp_path / "train.parquet", output_dir=tmp_path / "models", device="cpu", root="/")
     kept = sorted(p.name for p in (tmp_path / "models" / "warmup_checkpoints").glob("checkpoint-*"))
     assert kept == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]

@@ -46,8 +46,8 @@ from .pr_real import pr_real
 from .real_iad import real_iad
 from .sdd import ksdd2, sdd
 from .synthetic import synthetic
-from .vision import vision
 from .visa import visa
+from .vision import vision
 
 __all__ = [
     "ADAPTERS",
@@ -73,32 +73,33 @@ class UnknownLayoutError(KeyError, ValueError):
 
 class _Registry(dict):
     def __missing__(self, key: str) -> Adapter:
-        raise UnknownLayoutError(f"unknown source layout {key!r}; known layouts: "
-                                 f"{', '.join(sorted(self))}")
+        raise UnknownLayoutError(f"unknown source layout {key!r}; known layouts: {', '.join(sorted(self))}")
 
 
-ADAPTERS: dict[str, Adapter] = _Registry({
-    "mvtec": mvtec,
-    "mvtec_ad": mvtec,
-    "mpdd": mpdd,
-    "wfdd": wfdd,
-    "dtd": dtd,
-    "btad": btad,
-    "goodsad": goodsad,
-    "pr_real": pr_real,
-    "mvtec_loco": mvtec_loco,
-    "mvtec_3d": mvtec_3d,
-    "mvtec_ad2": mvtec_ad2,
-    "visa": visa,
-    "real_iad": real_iad,
-    "vision": vision,
-    "bsdata": bsdata,
-    "sdd": sdd,
-    "ksdd2": ksdd2,
-    "folder": folder,
-    "images_masks": images_masks,
-    "synthetic": synthetic,
-})
+ADAPTERS: dict[str, Adapter] = _Registry(
+    {
+        "mvtec": mvtec,
+        "mvtec_ad": mvtec,
+        "mpdd": mpdd,
+        "wfdd": wfdd,
+        "dtd": dtd,
+        "btad": btad,
+        "goodsad": goodsad,
+        "pr_real": pr_real,
+        "mvtec_loco": mvtec_loco,
+        "mvtec_3d": mvtec_3d,
+        "mvtec_ad2": mvtec_ad2,
+        "visa": visa,
+        "real_iad": real_iad,
+        "vision": vision,
+        "bsdata": bsdata,
+        "sdd": sdd,
+        "ksdd2": ksdd2,
+        "folder": folder,
+        "images_masks": images_masks,
+        "synthetic": synthetic,
+    }
+)
 """Layout name -> adapter. Aliases (mvtec_ad, mpdd, wfdd, dtd) differ only in ``Record.source``."""
 
 

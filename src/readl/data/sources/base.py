@@ -45,11 +45,10 @@ DOWNLOAD_HINTS: dict[str, str] = {
     "mvtec_ad2": "https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
     "visa": "https://github.com/amazon-science/spot-diff (VisA_20220922.tar)",
     "real_iad": "https://realiad4ad.github.io/Real-IAD/ (access on request; "
-                "https://huggingface.co/datasets/Real-IAD/Real-IAD)",
+    "https://huggingface.co/datasets/Real-IAD/Real-IAD)",
     "goodsad": "https://github.com/jianzhang96/GoodsAD",
     "vision": "https://huggingface.co/datasets/VISION-Workshop/VISION-Datasets (gated)",
-    "pr_real": "the PR-REAL release cited by the ReAL paper (ref. [37]); no public URL is known "
-               "to readl",
+    "pr_real": "the PR-REAL release cited by the ReAL paper (ref. [37]); no public URL is known to readl",
     "bsdata": "https://github.com/2Obe/BSData",
     "sdd": "https://www.vicos.si/resources/kolektorsdd/",
     "ksdd2": "https://www.vicos.si/resources/kolektorsdd2/",
@@ -114,9 +113,11 @@ class Record:
         if self.label not in (0, 1) or isinstance(self.label, bool):
             raise ValueError(f"Record.label must be 0 or 1, got {self.label!r} ({self.image_path})")
         if (self.label == 0) != (self.defect_type == "good"):
-            raise ValueError(f"Record.defect_type must be 'good' exactly when label is 0, got "
-                             f"label={self.label} defect_type={self.defect_type!r} "
-                             f"({self.image_path})")
+            raise ValueError(
+                f"Record.defect_type must be 'good' exactly when label is 0, got "
+                f"label={self.label} defect_type={self.defect_type!r} "
+                f"({self.image_path})"
+            )
         object.__setattr__(self, "image_path", Path(self.image_path))
         if self.mask_path is not None:
             object.__setattr__(self, "mask_path", Path(self.mask_path))
@@ -127,11 +128,9 @@ class Record:
         if kind not in MASK_KINDS:
             raise ValueError(f"Record.mask_kind must be one of {MASK_KINDS}, got {kind!r}")
         if (kind == "none") != (self.mask_path is None):
-            raise ValueError(f"Record.mask_kind={kind!r} inconsistent with mask_path="
-                             f"{self.mask_path!r}")
+            raise ValueError(f"Record.mask_kind={kind!r} inconsistent with mask_path={self.mask_path!r}")
         if (kind == "coco") != (self.mask_ref is not None):
-            raise ValueError("Record.mask_ref is the COCO image id: set it exactly when "
-                             "mask_kind == 'coco'")
+            raise ValueError("Record.mask_ref is the COCO image id: set it exactly when mask_kind == 'coco'")
 
     def to_row(self) -> dict[str, object]:
         """Plain dict for a DataFrame row: paths as ``str`` (``mask_path`` None when absent)."""
@@ -187,14 +186,14 @@ def require_dir(path: Path, source: str, what: str) -> Path:
 def image_files(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Sorted image files directly in ``folder`` (suffix match is case-insensitive; dotfiles skipped)."""
     exts = {e.lower() for e in extensions}
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    )
 
 
 def subdirs(folder: Path) -> list[Path]:
     """Sorted sub-folders of ``folder`` (dot-folders skipped: caches, not splits or defect types)."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
 
 
 _ON_BAD_MASK: ContextVar[Callable[[Path, Exception], None] | None] = ContextVar("readl_on_bad_mask", default=None)
@@ -264,8 +263,15 @@ def labelled_by_mask(items: Iterable[tuple[Path, Path, str, str]], source: str) 
         except BadImageError as exc:
             report_or_raise(img, exc)
             continue
-        yield Record(source=source, category=category, split=split, label=int(anomalous),
-                     defect_type="unknown" if anomalous else "good", image_path=img, mask_path=mask)
+        yield Record(
+            source=source,
+            category=category,
+            split=split,
+            label=int(anomalous),
+            defect_type="unknown" if anomalous else "good",
+            image_path=img,
+            mask_path=mask,
+        )
 
 
 def read_json(path: str | os.PathLike[str], fix: str):

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import LayoutError, Record, image_files, require_dir, require_root, read_json
+from .base import LayoutError, Record, image_files, read_json, require_dir, require_root
 
 __all__ = ["bsdata"]
 
@@ -31,8 +31,7 @@ def _shape_labels(path: Path) -> list[str]:
     return [str(s.get("label", "")).strip().lower() or "unknown" for s in data["shapes"]]
 
 
-def bsdata(root: str | os.PathLike[str], *, source: str = "bsdata",
-           category: str = "ball_screw") -> Iterator[Record]:
+def bsdata(root: str | os.PathLike[str], *, source: str = "bsdata", category: str = "ball_screw") -> Iterator[Record]:
     """Yield BSData Records (module docstring).
 
     Args:
@@ -49,16 +48,24 @@ def bsdata(root: str | os.PathLike[str], *, source: str = "bsdata",
     labels = {p.stem: p for p in label_dir.glob("*.json")} if label_dir.is_dir() else {}
     orphans = sorted(set(labels) - {p.stem for p in images})
     if orphans:
-        raise LayoutError(f"{source}: {len(orphans)} label file(s) without an image in {data_dir}, "
-                          f"e.g. {labels[orphans[0]]}; the download is incomplete")
+        raise LayoutError(
+            f"{source}: {len(orphans)} label file(s) without an image in {data_dir}, "
+            f"e.g. {labels[orphans[0]]}; the download is incomplete"
+        )
     return _iter(images, labels, source, category)
 
 
-def _iter(images: list[Path], labels: dict[str, Path], source: str, category: str
-          ) -> Iterator[Record]:
+def _iter(images: list[Path], labels: dict[str, Path], source: str, category: str) -> Iterator[Record]:
     for img in images:
         js = labels.get(img.stem)
         names = sorted(set(_shape_labels(js))) if js is not None else []
-        yield Record(source=source, category=category, split="all", label=1 if names else 0,
-                     defect_type="+".join(names) if names else "good", image_path=img,
-                     mask_path=js if names else None, mask_kind="labelme" if names else "none")
+        yield Record(
+            source=source,
+            category=category,
+            split="all",
+            label=1 if names else 0,
+            defect_type="+".join(names) if names else "good",
+            image_path=img,
+            mask_path=js if names else None,
+            mask_kind="labelme" if names else "none",
+        )

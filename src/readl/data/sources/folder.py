@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import LayoutError, Record, image_files, require_dir, require_root
-from .mvtec import mask_index, find_mask
+from .mvtec import find_mask, mask_index
 
 __all__ = ["folder"]
 
@@ -49,9 +49,16 @@ def _dirs(root: Path, value: Dirs, source: str, what: str) -> list[Path]:
     return [require_dir(root / v, source, f"the {what} folder {str(v)!r}") for v in items]
 
 
-def folder(root: str | os.PathLike[str], *, normal_dir: Dirs = "good", abnormal_dir: Dirs = None,
-           normal_test_dir: Dirs = None, mask_dir: Dirs = None, source: str = "folder",
-           category: str | None = None) -> Iterator[Record]:
+def folder(
+    root: str | os.PathLike[str],
+    *,
+    normal_dir: Dirs = "good",
+    abnormal_dir: Dirs = None,
+    normal_test_dir: Dirs = None,
+    mask_dir: Dirs = None,
+    source: str = "folder",
+    category: str | None = None,
+) -> Iterator[Record]:
     """Yield Records from an anomalib "folder" dataset (module docstring).
 
     Args:
@@ -75,13 +82,18 @@ def folder(root: str | os.PathLike[str], *, normal_dir: Dirs = "good", abnormal_
     pair = _MaskPairing(abnormal, masks, source)
 
     def gen() -> Iterator[Record]:
-        for split, dirs, label in (("train", normal, 0), ("test", abnormal, 1),
-                                   ("test", normal_test, 0)):
+        for split, dirs, label in (("train", normal, 0), ("test", abnormal, 1), ("test", normal_test, 0)):
             for d in dirs:
                 for f in image_files(d):
-                    yield Record(source=source, category=cat, split=split, label=label,
-                                 defect_type=d.name if label else "good", image_path=f,
-                                 mask_path=pair(d, f) if label else None)
+                    yield Record(
+                        source=source,
+                        category=cat,
+                        split=split,
+                        label=label,
+                        defect_type=d.name if label else "good",
+                        image_path=f,
+                        mask_path=pair(d, f) if label else None,
+                    )
 
     return gen()
 
@@ -104,22 +116,25 @@ class _MaskPairing:
 
     def __call__(self, abnormal_dir: Path, image: Path) -> Path | None:
         if self.by_position:
-            folders = [self.positional[abnormal_dir] / abnormal_dir.name,
-                       self.positional[abnormal_dir]]
+            folders = [self.positional[abnormal_dir] / abnormal_dir.name, self.positional[abnormal_dir]]
         else:
             folders = [f for m in self.masks for f in (m / abnormal_dir.name, m)]
         hits = list(dict.fromkeys(h for f in folders if (h := self._find(f, image.stem))))
         if len(hits) > 1:
-            raise LayoutError(f"{self.source}: two masks for {image}: {hits[0]} and {hits[1]}; "
-                              f"keep one, or list mask_dir in the order of abnormal_dir so each "
-                              f"abnormal folder has its own mask folder")
+            raise LayoutError(
+                f"{self.source}: two masks for {image}: {hits[0]} and {hits[1]}; "
+                f"keep one, or list mask_dir in the order of abnormal_dir so each "
+                f"abnormal folder has its own mask folder"
+            )
         if not hits:
             return None
         mask = hits[0]
         other = self.claimed.setdefault(mask, image)
         if other != image:
-            raise LayoutError(f"{self.source}: {other} and {image} both pair with the mask "
-                              f"{mask}; give each abnormal folder its own mask folder "
-                              f"(mask_dir as a list in the order of abnormal_dir, or "
-                              f"<mask_dir>/<abnormal folder>/)")
+            raise LayoutError(
+                f"{self.source}: {other} and {image} both pair with the mask "
+                f"{mask}; give each abnormal folder its own mask folder "
+                f"(mask_dir as a list in the order of abnormal_dir, or "
+                f"<mask_dir>/<abnormal folder>/)"
+            )
         return mask

@@ -22,12 +22,12 @@ from .mvtec import mvtec
 
 __all__ = ["CATEGORIES", "goodsad"]
 
-CATEGORIES = ("cigarette_box", "drink_bottle", "drink_can", "food_bottle", "food_box",
-              "food_package")
+CATEGORIES = ("cigarette_box", "drink_bottle", "drink_can", "food_bottle", "food_box", "food_package")
 
 
-def goodsad(root: str | os.PathLike[str], *, source: str = "goodsad",
-            categories: Sequence[str] | None = None) -> Iterator[Record]:
+def goodsad(
+    root: str | os.PathLike[str], *, source: str = "goodsad", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield GoodsAD Records (see module docstring); otherwise exactly :func:`.mvtec.mvtec`.
 
     Raises:

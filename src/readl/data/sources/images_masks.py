@@ -23,9 +23,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import (LayoutError, MissingMaskError, Record, image_files, labelled_by_mask,
-                   report_or_raise, require_root)
-from .mvtec import mask_index, find_mask
+from .base import LayoutError, MissingMaskError, Record, image_files, labelled_by_mask, report_or_raise, require_root
+from .mvtec import find_mask, mask_index
 
 __all__ = ["SPLIT_NAMES", "images_masks"]
 
@@ -34,13 +33,15 @@ SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
 
 def _pairs(root: Path) -> list[Path]:
     found = [root] if (root / "images").is_dir() and (root / "masks").is_dir() else []
-    found += sorted(p.parent for p in root.rglob("images")
-                    if p.is_dir() and p.parent != root and (p.parent / "masks").is_dir())
+    found += sorted(
+        p.parent for p in root.rglob("images") if p.is_dir() and p.parent != root and (p.parent / "masks").is_dir()
+    )
     return found
 
 
-def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
-                 category: str | None = None, split: str | None = None) -> Iterator[Record]:
+def images_masks(
+    root: str | os.PathLike[str], *, source: str = "images_masks", category: str | None = None, split: str | None = None
+) -> Iterator[Record]:
     """Yield Records from images/ + masks/ folder pairs (module docstring).
 
     Args:
@@ -58,8 +59,7 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
     root_p = require_root(root, source)
     bases = _pairs(root_p)
     if not bases:
-        raise LayoutError(f"{source}: no images/ folder with a sibling masks/ folder under "
-                          f"{root_p}")
+        raise LayoutError(f"{source}: no images/ folder with a sibling masks/ folder under {root_p}")
     items: list[tuple[Path, Path, str, str]] = []
     for base in bases:
         parts = base.relative_to(root_p).parts
@@ -70,10 +70,15 @@ def images_masks(root: str | os.PathLike[str], *, source: str = "images_masks",
         for img in image_files(base / "images"):
             mask = find_mask(masks, img.stem, ("", "_mask"))
             if mask is None:
-                report_or_raise(img, MissingMaskError(
-                    img, f"has no mask in {base / 'masks'} (expected {img.stem}.png or "
-                         f"{img.stem}_mask.png); its label is unknown: add the mask or delete "
-                         f"the image"))
+                report_or_raise(
+                    img,
+                    MissingMaskError(
+                        img,
+                        f"has no mask in {base / 'masks'} (expected {img.stem}.png or "
+                        f"{img.stem}_mask.png); its label is unknown: add the mask or delete "
+                        f"the image",
+                    ),
+                )
                 continue
             items.append((img, mask, cat, split or spl or "all"))
 

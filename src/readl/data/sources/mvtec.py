@@ -42,9 +42,15 @@ MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 _SPLIT_MARKERS = ("train", "test")
 
 
-def category_dirs(root: Path, categories: Sequence[str] | None, source: str,
-                  mask_dir_name: str = "ground_truth", *,
-                  markers: Sequence[str] = _SPLIT_MARKERS, tree: str | None = None) -> list[Path]:
+def category_dirs(
+    root: Path,
+    categories: Sequence[str] | None,
+    source: str,
+    mask_dir_name: str = "ground_truth",
+    *,
+    markers: Sequence[str] = _SPLIT_MARKERS,
+    tree: str | None = None,
+) -> list[Path]:
     """Category folders under ``root`` holding one of the ``markers`` folders (or ``[root]`` when
     root itself is one category). ``tree`` is the expected layout shown in the error.
 
@@ -55,13 +61,14 @@ def category_dirs(root: Path, categories: Sequence[str] | None, source: str,
         return [require_dir(root / c, source, f"category folder {c!r}") for c in categories]
     if any((root / m).is_dir() for m in markers):
         return [root]
-    found = sorted(p for p in root.iterdir()
-                   if p.is_dir() and not p.name.startswith(".")
-                   and any((p / m).is_dir() for m in markers))
+    found = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any((p / m).is_dir() for m in markers)
+    )
     if not found:
         tree = tree or f"<root>/<category>/{{train,test,{mask_dir_name}}}/<defect>/"
-        raise LayoutError(f"{source}: no category folder with {'/ or '.join(markers)}/ under "
-                          f"{root}; expected {tree}")
+        raise LayoutError(f"{source}: no category folder with {'/ or '.join(markers)}/ under {root}; expected {tree}")
     return found
 
 
@@ -88,10 +95,16 @@ def find_mask(index: dict[str, Path], stem: str, suffixes: Sequence[str]) -> Pat
     return None
 
 
-def mvtec(root: str | os.PathLike[str], *, source: str = "mvtec_ad",
-          categories: Sequence[str] | None = None, good_names: Sequence[str] = ("good",),
-          mask_suffixes: Sequence[str] = ("_mask", ""), mask_dir_name: str = "ground_truth",
-          extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Iterator[Record]:
+def mvtec(
+    root: str | os.PathLike[str],
+    *,
+    source: str = "mvtec_ad",
+    categories: Sequence[str] | None = None,
+    good_names: Sequence[str] = ("good",),
+    mask_suffixes: Sequence[str] = ("_mask", ""),
+    mask_dir_name: str = "ground_truth",
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> Iterator[Record]:
     """Read an MVTec-AD-style tree (see the module docstring) and yield one Record per image.
 
     Args:
@@ -112,29 +125,36 @@ def mvtec(root: str | os.PathLike[str], *, source: str = "mvtec_ad",
     """
     root_p = require_root(root, source)
     cats = category_dirs(root_p, categories, source, mask_dir_name)
-    return _iter_mvtec(cats, source, tuple(good_names), tuple(mask_suffixes), mask_dir_name,
-                       tuple(extensions))
+    return _iter_mvtec(cats, source, tuple(good_names), tuple(mask_suffixes), mask_dir_name, tuple(extensions))
 
 
-def _iter_mvtec(cats: list[Path], source: str, good_names: tuple[str, ...],
-                mask_suffixes: tuple[str, ...], mask_dir_name: str,
-                extensions: tuple[str, ...]) -> Iterator[Record]:
+def _iter_mvtec(
+    cats: list[Path],
+    source: str,
+    good_names: tuple[str, ...],
+    mask_suffixes: tuple[str, ...],
+    mask_dir_name: str,
+    extensions: tuple[str, ...],
+) -> Iterator[Record]:
     for cat in cats:
-        splits = sorted(p for p in cat.iterdir()
-                        if p.is_dir() and p.name != mask_dir_name and not p.name.startswith("."))
+        splits = sorted(
+            p for p in cat.iterdir() if p.is_dir() and p.name != mask_dir_name and not p.name.startswith(".")
+        )
         for split_dir in splits:
-            for defect_dir in sorted(p for p in split_dir.iterdir()
-                                     if p.is_dir() and not p.name.startswith(".")):
+            for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 files = image_files(defect_dir, extensions)
                 if not files and any(p.is_dir() for p in defect_dir.iterdir()):
                     raise LayoutError(
                         f"{source}: {defect_dir} holds folders but no images; this adapter reads "
-                        f"<category>/<split>/<defect>/<image> (MVTec AD layout)")
+                        f"<category>/<split>/<defect>/<image> (MVTec AD layout)"
+                    )
                 normal = defect_dir.name in good_names
                 index = {} if normal else mask_index(cat / mask_dir_name / defect_dir.name)
                 for f in files:
                     yield Record(
-                        source=source, category=cat.name, split=split_dir.name,
+                        source=source,
+                        category=cat.name,
+                        split=split_dir.name,
                         label=0 if normal else 1,
                         defect_type="good" if normal else defect_dir.name,
                         image_path=f,
@@ -142,8 +162,9 @@ def _iter_mvtec(cats: list[Path], source: str, good_names: tuple[str, ...],
                     )
 
 
-def btad(root: str | os.PathLike[str], *, source: str = "btad",
-         categories: Sequence[str] | None = None) -> Iterator[Record]:
+def btad(
+    root: str | os.PathLike[str], *, source: str = "btad", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """BTAD: the MVTec layout with ``ok`` (normal) / ``ko`` (anomalous) folders.
 
     Args/returns/raises: as :func:`mvtec`; ``defect_type`` is ``"ko"`` for anomalies (BTAD
@@ -152,19 +173,22 @@ def btad(root: str | os.PathLike[str], *, source: str = "btad",
     return mvtec(root, source=source, categories=categories, good_names=("ok", "good"))
 
 
-def mpdd(root: str | os.PathLike[str], *, source: str = "mpdd",
-         categories: Sequence[str] | None = None) -> Iterator[Record]:
+def mpdd(
+    root: str | os.PathLike[str], *, source: str = "mpdd", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """MPDD as published (MVTec layout, ``NNN_mask.png``); see :func:`mvtec`."""
     return mvtec(root, source=source, categories=categories)
 
 
-def wfdd(root: str | os.PathLike[str], *, source: str = "wfdd",
-         categories: Sequence[str] | None = None) -> Iterator[Record]:
+def wfdd(
+    root: str | os.PathLike[str], *, source: str = "wfdd", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """WFDD as published (MVTec layout); see :func:`mvtec`."""
     return mvtec(root, source=source, categories=categories)
 
 
-def dtd(root: str | os.PathLike[str], *, source: str = "dtd",
-        categories: Sequence[str] | None = None) -> Iterator[Record]:
+def dtd(
+    root: str | os.PathLike[str], *, source: str = "dtd", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """DTD-Synthetic as published (MVTec layout); see :func:`mvtec`."""
     return mvtec(root, source=source, categories=categories)

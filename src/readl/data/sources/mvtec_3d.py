@@ -21,15 +21,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import LayoutError, Record, image_files, require_root, subdirs
-from .mvtec import mask_index, category_dirs, find_mask
+from .mvtec import category_dirs, find_mask, mask_index
 
 __all__ = ["mvtec_3d"]
 
 _3D_SPLITS = ("train", "validation", "test")
 
 
-def mvtec_3d(root: str | os.PathLike[str], *, source: str = "mvtec_3d",
-             categories: Sequence[str] | None = None) -> Iterator[Record]:
+def mvtec_3d(
+    root: str | os.PathLike[str], *, source: str = "mvtec_3d", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield Records of MVTec 3D-AD's RGB images (module docstring).
 
     Args:
@@ -55,12 +56,19 @@ def _iter_3d(cats: list[Path], source: str, tree: str) -> Iterator[Record]:
             for defect_dir in subdirs(cat / split):
                 rgb = defect_dir / "rgb"
                 if not rgb.is_dir():
-                    raise LayoutError(f"{source}: {defect_dir} has no rgb/ folder; this adapter "
-                                      f"reads {tree} (for the MVTec AD layout use 'mvtec')")
+                    raise LayoutError(
+                        f"{source}: {defect_dir} has no rgb/ folder; this adapter "
+                        f"reads {tree} (for the MVTec AD layout use 'mvtec')"
+                    )
                 normal = defect_dir.name == "good"
                 masks = {} if normal else mask_index(defect_dir / "gt")
                 for f in image_files(rgb):
-                    yield Record(source=source, category=cat.name, split=split,
-                                 label=0 if normal else 1,
-                                 defect_type="good" if normal else defect_dir.name, image_path=f,
-                                 mask_path=None if normal else find_mask(masks, f.stem, ("",)))
+                    yield Record(
+                        source=source,
+                        category=cat.name,
+                        split=split,
+                        label=0 if normal else 1,
+                        defect_type="good" if normal else defect_dir.name,
+                        image_path=f,
+                        mask_path=None if normal else find_mask(masks, f.stem, ("",)),
+                    )

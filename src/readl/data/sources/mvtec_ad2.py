@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .base import Record, image_files, require_root, subdirs
-from .mvtec import mask_index, category_dirs, find_mask
+from .mvtec import category_dirs, find_mask, mask_index
 
 __all__ = ["LABELLED_SPLITS", "PRIVATE_SPLITS", "mvtec_ad2", "mvtec_ad2_unlabelled"]
 
@@ -31,11 +31,13 @@ PRIVATE_SPLITS = ("test_private", "test_private_mixed")
 """MVTec AD 2 test sets published without labels (scored by MVTec's evaluation server)."""
 
 
-def mvtec_ad2(root: str | os.PathLike[str], *, source: str = "mvtec_ad2",
-              categories: Sequence[str] | None = None) -> Iterator[Record]:
+def mvtec_ad2(
+    root: str | os.PathLike[str], *, source: str = "mvtec_ad2", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield the LABELLED images of MVTec AD 2 (module docstring; ``test_private*`` never).
 
-    Split names are kept as published (``test_public``); ``defect_type`` of an anomaly is ``"bad"`` (AD 2 publishes no defect
+    Split names are kept as published (``test_public``); ``defect_type`` of an anomaly is ``"bad"`` (AD 2 publishes
+    no defect
     classes); the mask of ``bad/<stem>.png`` is ``ground_truth/bad/<stem>_mask.png`` (or
     ``<stem>.png``), None when missing.
 
@@ -49,10 +51,11 @@ def mvtec_ad2(root: str | os.PathLike[str], *, source: str = "mvtec_ad2",
         FileNotFoundError: ``root`` or a requested object is missing.
         LayoutError: no object folder with train/ or test_public/.
     """
-    tree = ("<object>/{train,validation}/good/*.png, <object>/test_public/{good,bad}/*.png, "
-            "<object>/test_public/ground_truth/bad/*_mask.png")
-    cats = category_dirs(require_root(root, source), categories, source,
-                         markers=("train", "test_public"), tree=tree)
+    tree = (
+        "<object>/{train,validation}/good/*.png, <object>/test_public/{good,bad}/*.png, "
+        "<object>/test_public/ground_truth/bad/*_mask.png"
+    )
+    cats = category_dirs(require_root(root, source), categories, source, markers=("train", "test_public"), tree=tree)
     return _iter_ad2(cats, source)
 
 
@@ -64,16 +67,20 @@ def _iter_ad2(cats: list[Path], source: str) -> Iterator[Record]:
                 gt = cat / split / "ground_truth" / defect_dir.name
                 masks = {} if normal else mask_index(gt)
                 for f in image_files(defect_dir):
-                    yield Record(source=source, category=cat.name, split=split,
-                                 label=0 if normal else 1,
-                                 defect_type="good" if normal else defect_dir.name, image_path=f,
-                                 mask_path=None if normal
-                                 else find_mask(masks, f.stem, ("_mask", "")))
+                    yield Record(
+                        source=source,
+                        category=cat.name,
+                        split=split,
+                        label=0 if normal else 1,
+                        defect_type="good" if normal else defect_dir.name,
+                        image_path=f,
+                        mask_path=None if normal else find_mask(masks, f.stem, ("_mask", "")),
+                    )
 
 
-def mvtec_ad2_unlabelled(root: str | os.PathLike[str], *,
-                         categories: Sequence[str] | None = None,
-                         splits: Sequence[str] = PRIVATE_SPLITS) -> list[Path]:
+def mvtec_ad2_unlabelled(
+    root: str | os.PathLike[str], *, categories: Sequence[str] | None = None, splits: Sequence[str] = PRIVATE_SPLITS
+) -> list[Path]:
     """The unlabelled MVTec AD 2 test images, for ``readl predict`` (never for metrics).
 
     Args:
@@ -90,8 +97,13 @@ def mvtec_ad2_unlabelled(root: str | os.PathLike[str], *,
         as u; print(*u('data/raw/mvtec_ad2', categories=['can']))") --out predictions/can``
     """
     source = "mvtec_ad2"
-    cats = category_dirs(require_root(root, source), categories, source,
-                         markers=("train", "test_public", *splits), tree="<object>/test_private/*.png")
+    cats = category_dirs(
+        require_root(root, source),
+        categories,
+        source,
+        markers=("train", "test_public", *splits),
+        tree="<object>/test_private/*.png",
+    )
     out: list[Path] = []
     for cat in cats:
         for split in (s for s in splits if (cat / s).is_dir()):

@@ -28,8 +28,9 @@ __all__ = ["CATEGORIES", "mvtec_loco"]
 CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 
 
-def mvtec_loco(root: str | os.PathLike[str], *, source: str = "mvtec_loco",
-               categories: Sequence[str] | None = None) -> Iterator[Record]:
+def mvtec_loco(
+    root: str | os.PathLike[str], *, source: str = "mvtec_loco", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield MVTec LOCO Records (module docstring).
 
     Args:
@@ -56,7 +57,9 @@ def _iter(cats: list[Path], source: str) -> Iterator[Record]:
                     mask_dir = cat / "ground_truth" / defect_dir.name / f.stem
                     has_mask = not normal and mask_dir.is_dir()
                     yield Record(
-                        source=source, category=cat.name, split=split_dir.name,
+                        source=source,
+                        category=cat.name,
+                        split=split_dir.name,
                         label=0 if normal else 1,
                         defect_type="good" if normal else defect_dir.name,
                         image_path=f,

@@ -25,8 +25,9 @@ from .mvtec import mvtec
 __all__ = ["pr_real"]
 
 
-def pr_real(root: str | os.PathLike[str], *, source: str = "pr_real",
-            categories: Sequence[str] | None = None) -> Iterator[Record]:
+def pr_real(
+    root: str | os.PathLike[str], *, source: str = "pr_real", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield PR-REAL Records assuming the MVTec layout (see module docstring).
 
     Raises:

@@ -37,19 +37,27 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import LayoutError, Record, require_dir, require_root, read_json
+from .base import LayoutError, Record, read_json, require_dir, require_root
 
 __all__ = ["DEFECT_NAMES", "SAMPLE_KEYS", "parse_real_iad_json", "real_iad"]
 
 SAMPLE_KEYS = frozenset({"category", "anomaly_class", "image_path", "mask_path"})
 TOP_KEYS = frozenset({"meta", "train", "test"})
-DEFECT_NAMES = {"AK": "pit", "BX": "deformation", "CH": "abrasion", "HS": "scratch",
-                "PS": "damage", "QS": "missing parts", "YW": "foreign objects",
-                "ZW": "contamination"}
+DEFECT_NAMES = {
+    "AK": "pit",
+    "BX": "deformation",
+    "CH": "abrasion",
+    "HS": "scratch",
+    "PS": "damage",
+    "QS": "missing parts",
+    "YW": "foreign objects",
+    "ZW": "contamination",
+}
 
 
-def parse_real_iad_json(json_path: str | os.PathLike[str], image_dir: str | os.PathLike[str],
-                        *, source: str = "real_iad") -> list[Record]:
+def parse_real_iad_json(
+    json_path: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, source: str = "real_iad"
+) -> list[Record]:
     """Parse one Real-IAD JSON into Records (no file-existence checks).
 
     Args:
@@ -68,13 +76,14 @@ def parse_real_iad_json(json_path: str | os.PathLike[str], image_dir: str | os.P
         raise LayoutError(f"{path}: top level is {type(data).__name__}, expected an object")
     keys = set(data)
     if keys != TOP_KEYS:
-        raise LayoutError(f"{path}: top-level keys {sorted(keys)}, expected exactly "
-                          f"{sorted(TOP_KEYS)} (missing {sorted(TOP_KEYS - keys)}, unexpected "
-                          f"{sorted(keys - TOP_KEYS)}); not a Real-IAD split file")
+        raise LayoutError(
+            f"{path}: top-level keys {sorted(keys)}, expected exactly "
+            f"{sorted(TOP_KEYS)} (missing {sorted(TOP_KEYS - keys)}, unexpected "
+            f"{sorted(keys - TOP_KEYS)}); not a Real-IAD split file"
+        )
     meta = data["meta"]
     if not isinstance(meta, dict) or "prefix" not in meta or "normal_class" not in meta:
-        raise LayoutError(f"{path}: 'meta' must be an object with 'prefix' and 'normal_class', "
-                          f"got {meta!r}")
+        raise LayoutError(f"{path}: 'meta' must be an object with 'prefix' and 'normal_class', got {meta!r}")
     prefix = meta["prefix"] or ""
     normal_class = meta["normal_class"]
     base = Path(image_dir) / prefix
@@ -86,18 +95,21 @@ def parse_real_iad_json(json_path: str | os.PathLike[str], image_dir: str | os.P
         for i, s in enumerate(samples):
             if not isinstance(s, dict) or set(s) != SAMPLE_KEYS:
                 got = sorted(s) if isinstance(s, dict) else type(s).__name__
-                raise LayoutError(f"{path}: {split}[{i}] has keys {got}, expected exactly "
-                                  f"{sorted(SAMPLE_KEYS)}")
+                raise LayoutError(f"{path}: {split}[{i}] has keys {got}, expected exactly {sorted(SAMPLE_KEYS)}")
             if not s["image_path"] or not s["category"] or not s["anomaly_class"]:
-                raise LayoutError(f"{path}: {split}[{i}] has an empty category, anomaly_class "
-                                  f"or image_path: {s!r}")
+                raise LayoutError(f"{path}: {split}[{i}] has an empty category, anomaly_class or image_path: {s!r}")
             normal = s["anomaly_class"] == normal_class or not s["mask_path"]
-            records.append(Record(
-                source=source, category=s["category"], split=split, label=0 if normal else 1,
-                defect_type="good" if normal else s["anomaly_class"],
-                image_path=base / s["image_path"],
-                mask_path=None if normal else base / s["mask_path"],
-            ))
+            records.append(
+                Record(
+                    source=source,
+                    category=s["category"],
+                    split=split,
+                    label=0 if normal else 1,
+                    defect_type="good" if normal else s["anomaly_class"],
+                    image_path=base / s["image_path"],
+                    mask_path=None if normal else base / s["mask_path"],
+                )
+            )
     return records
 
 
@@ -109,9 +121,14 @@ def _find_json(root: Path, json_set: str, category: str) -> Path | None:
     return None
 
 
-def real_iad(root: str | os.PathLike[str], *, source: str = "real_iad",
-             categories: Sequence[str] | None = None, json_set: str = "realiad_jsons",
-             resolution: str | int = 1024) -> Iterator[Record]:
+def real_iad(
+    root: str | os.PathLike[str],
+    *,
+    source: str = "real_iad",
+    categories: Sequence[str] | None = None,
+    json_set: str = "realiad_jsons",
+    resolution: str | int = 1024,
+) -> Iterator[Record]:
     """Yield Real-IAD Records for the given categories from one JSON set (module docstring).
 
     Args:
@@ -125,23 +142,31 @@ def real_iad(root: str | os.PathLike[str], *, source: str = "real_iad",
         LayoutError: a JSON deviates from the published format.
     """
     root_p = require_root(root, source)
-    image_dir = require_dir(root_p / f"realiad_{resolution}", source,
-                            f"the realiad_{resolution} image folder")
+    image_dir = require_dir(root_p / f"realiad_{resolution}", source, f"the realiad_{resolution} image folder")
     if categories is None:
-        folder = next((f for f in (root_p / json_set, root_p / "realiad_jsons" / json_set)
-                       if f.is_dir() and any(f.glob("*.json"))), None)
+        folder = next(
+            (
+                f
+                for f in (root_p / json_set, root_p / "realiad_jsons" / json_set)
+                if f.is_dir() and any(f.glob("*.json"))
+            ),
+            None,
+        )
         if folder is None:
             raise FileNotFoundError(
                 f"{source}: no {json_set}/*.json under {root_p} (nor under realiad_jsons/"
                 f"{json_set}); download realiad_jsons.zip and extract it into {root_p} "
-                f"(`readl fetch {source}`)")
+                f"(`readl fetch {source}`)"
+            )
         categories = sorted(p.stem for p in folder.glob("*.json"))
     paths = []
     for cat in categories:
         found = _find_json(root_p, json_set, cat)
         if found is None:
-            raise FileNotFoundError(f"{source}: no {json_set}/{cat}.json under {root_p} (nor "
-                                    f"under realiad_jsons/{json_set}); re-extract realiad_jsons.zip "
-                                    f"(`readl fetch {source}`)")
+            raise FileNotFoundError(
+                f"{source}: no {json_set}/{cat}.json under {root_p} (nor "
+                f"under realiad_jsons/{json_set}); re-extract realiad_jsons.zip "
+                f"(`readl fetch {source}`)"
+            )
         paths.append(found)
     return (r for p in paths for r in parse_real_iad_json(p, image_dir, source=source))

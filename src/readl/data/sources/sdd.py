@@ -35,8 +35,7 @@ __all__ = ["ksdd2", "sdd"]
 _KOS = re.compile(r"^kos\d+$")
 
 
-def sdd(root: str | os.PathLike[str], *, source: str = "sdd",
-        category: str = "kolektorsdd") -> Iterator[Record]:
+def sdd(root: str | os.PathLike[str], *, source: str = "sdd", category: str = "kolektorsdd") -> Iterator[Record]:
     """Yield KolektorSDD Records (module docstring); a KolektorSDD2 tree is passed to :func:`ksdd2`.
 
     Args:
@@ -56,18 +55,20 @@ def sdd(root: str | os.PathLike[str], *, source: str = "sdd",
     if not kos:
         if (root_p / "train").is_dir() or (root_p / "test").is_dir():
             return ksdd2(root_p, source=source)
-        raise LayoutError(f"{source}: no kosNN folders under {root_p}; expected "
-                          f"<root>/kos01/Part0.jpg + Part0_label.bmp (KolektorSDD)")
+        raise LayoutError(
+            f"{source}: no kosNN folders under {root_p}; expected "
+            f"<root>/kos01/Part0.jpg + Part0_label.bmp (KolektorSDD)"
+        )
     pairs = []
     for folder in kos:
         for img in image_files(folder, (".jpg", ".jpeg", ".png")):
             if img.stem.endswith("_label"):
                 continue
-            mask = next((m for m in (folder / f"{img.stem}_label.bmp",
-                                     folder / f"{img.stem}_label.png") if m.is_file()), None)
+            mask = next(
+                (m for m in (folder / f"{img.stem}_label.bmp", folder / f"{img.stem}_label.png") if m.is_file()), None
+            )
             if mask is None:
-                raise LayoutError(f"{source}: {img} has no {img.stem}_label.bmp mask; "
-                                  f"the download is incomplete")
+                raise LayoutError(f"{source}: {img} has no {img.stem}_label.bmp mask; the download is incomplete")
             pairs.append((img, mask))
     pairs.sort(key=lambda p: (p[0].parent.name, _natural(p[0].stem)))
     return labelled_by_mask(((i, m, category, "all") for i, m in pairs), source)
@@ -77,8 +78,7 @@ def _natural(stem: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stem))
 
 
-def ksdd2(root: str | os.PathLike[str], *, source: str = "ksdd2",
-          category: str = "kolektorsdd2") -> Iterator[Record]:
+def ksdd2(root: str | os.PathLike[str], *, source: str = "ksdd2", category: str = "kolektorsdd2") -> Iterator[Record]:
     """Yield KolektorSDD2 Records: ``<split>/<stem>.png`` with mask ``<stem>_GT.png``.
 
     Raises:
@@ -95,8 +95,9 @@ def ksdd2(root: str | os.PathLike[str], *, source: str = "ksdd2",
         for img in image_files(split_dir):
             if img.stem.endswith("_GT"):
                 continue
-            mask = next((m for m in (split_dir / f"{img.stem}_GT.png",
-                                     split_dir / f"{img.stem}_GT.bmp") if m.is_file()), None)
+            mask = next(
+                (m for m in (split_dir / f"{img.stem}_GT.png", split_dir / f"{img.stem}_GT.bmp") if m.is_file()), None
+            )
             if mask is None:
                 raise LayoutError(f"{source}: {img} has no {img.stem}_GT.png mask")
             pairs.append((img, mask, split_dir.name))

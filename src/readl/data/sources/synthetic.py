@@ -17,7 +17,8 @@ name the normal images (``options`` of a ``curate`` entry with ``layout: synthet
 
 Other options: ``recipes`` (list of :data:`readl.data.synthetic.RECIPES`; variant ``k`` of the
 ``i``-th base image uses ``recipes[(i * per_image + k) % len(recipes)]``, so the recipes are balanced),
-``per_image`` (variants per base image), ``seed`` and ``texture`` (DRAEM's texture source: ``self`` = the image rolled and
+``per_image`` (variants per base image), ``seed`` and ``texture`` (DRAEM's texture source: ``self`` = the image
+rolled and
 flipped, ``procedural`` = :func:`readl.data.synthetic.procedural_texture`, a DTD stand-in).
 Variant ``k`` of base image ``b`` is drawn from ``numpy.random.default_rng([seed, h])`` with ``h``
 a SHA-256 of (source name, ``b``'s raw path, ``k``): the same params give byte-identical images.
@@ -55,14 +56,15 @@ class SyntheticSpec:
     normals: bool
     texture: str = "self"
 
-    def variants(self, source: str, base_raw_path: str, index: int = 0
-                 ) -> list[tuple[str, int, int]]:
+    def variants(self, source: str, base_raw_path: str, index: int = 0) -> list[tuple[str, int, int]]:
         """``(recipe, k, seed)`` of each variant of the ``index``-th base image (k = 0 ..
         per_image - 1); recipes cycle over all variants of the source, so they stay balanced
         whatever ``per_image``."""
         n = len(self.recipes)
-        return [(self.recipes[(index * self.per_image + k) % n], k,
-                 variant_seed(self.seed, source, base_raw_path, k)) for k in range(self.per_image)]
+        return [
+            (self.recipes[(index * self.per_image + k) % n], k, variant_seed(self.seed, source, base_raw_path, k))
+            for k in range(self.per_image)
+        ]
 
 
 def variant_seed(seed: int, source: str, base_raw_path: str, k: int) -> int:
@@ -71,9 +73,17 @@ def variant_seed(seed: int, source: str, base_raw_path: str, k: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def spec(where: str, base: str | Sequence[str] | None = None, base_layout: str | None = None,
-         base_options: dict[str, Any] | None = None, recipes: Sequence[str] = RECIPES,
-         per_image: int = 1, seed: int = 0, normals: bool = False, texture: str = "self") -> SyntheticSpec:
+def spec(
+    where: str,
+    base: str | Sequence[str] | None = None,
+    base_layout: str | None = None,
+    base_options: dict[str, Any] | None = None,
+    recipes: Sequence[str] = RECIPES,
+    per_image: int = 1,
+    seed: int = 0,
+    normals: bool = False,
+    texture: str = "self",
+) -> SyntheticSpec:
     """Check a ``synthetic`` entry's options (names as in the module docstring).
 
     Raises:
@@ -83,28 +93,41 @@ def spec(where: str, base: str | Sequence[str] | None = None, base_layout: str |
     """
     names = (base,) if isinstance(base, str) else tuple(base or ())
     if bool(names) == (base_layout is not None):
-        raise ValueError(f"{where}: a synthetic source needs exactly one of `base: NAME` (normal "
-                         f"images of another entry of the same split) or `base_layout: LAYOUT` "
-                         f"(normal images under its own root)")
+        raise ValueError(
+            f"{where}: a synthetic source needs exactly one of `base: NAME` (normal "
+            f"images of another entry of the same split) or `base_layout: LAYOUT` "
+            f"(normal images under its own root)"
+        )
     bad = [r for r in recipes if r not in RECIPES]
     if bad or not recipes:
-        raise ValueError(f"{where}: unknown synthetic recipe(s) {bad or '[]'}; known: "
-                         f"{', '.join(RECIPES)}")
+        raise ValueError(f"{where}: unknown synthetic recipe(s) {bad or '[]'}; known: {', '.join(RECIPES)}")
     if not isinstance(per_image, int) or isinstance(per_image, bool) or per_image < 1:
         raise ValueError(f"{where}: per_image must be an integer >= 1, got {per_image!r}")
     if texture not in TEXTURES:
         raise ValueError(f"{where}: unknown DRAEM texture {texture!r}; known: {', '.join(TEXTURES)}")
     if normals and names:
-        raise ValueError(f"{where}: `normals: true` needs `base_layout`; with `base: {names}` "
-                         f"the normal images are listed by those entries already")
-    return SyntheticSpec(names, base_layout, dict(base_options or {}), tuple(recipes),
-                         per_image, int(seed), bool(normals), texture)
+        raise ValueError(
+            f"{where}: `normals: true` needs `base_layout`; with `base: {names}` "
+            f"the normal images are listed by those entries already"
+        )
+    return SyntheticSpec(
+        names, base_layout, dict(base_options or {}), tuple(recipes), per_image, int(seed), bool(normals), texture
+    )
 
 
-def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
-              base: str | Sequence[str] | None = None, base_layout: str | None = None,
-              base_options: dict[str, Any] | None = None, recipes: Sequence[str] = RECIPES,
-              per_image: int = 1, seed: int = 0, normals: bool = False, texture: str = "self") -> Iterator[Record]:
+def synthetic(
+    root: str | os.PathLike[str],
+    *,
+    source: str = "synthetic",
+    base: str | Sequence[str] | None = None,
+    base_layout: str | None = None,
+    base_options: dict[str, Any] | None = None,
+    recipes: Sequence[str] = RECIPES,
+    per_image: int = 1,
+    seed: int = 0,
+    normals: bool = False,
+    texture: str = "self",
+) -> Iterator[Record]:
     """The BASE normal images of a synthetic source (label 0, ``source`` = this source's name).
 
     The anomalies themselves are made by ``readl curate`` from the curated base images (module
@@ -116,8 +139,9 @@ def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
         LayoutError: as the base adapter.
     """
     root = require_root(root, source)
-    s = spec(f"synthetic source {source!r}", base, base_layout, base_options, recipes, per_image,
-             seed, normals, texture)
+    s = spec(
+        f"synthetic source {source!r}", base, base_layout, base_options, recipes, per_image, seed, normals, texture
+    )
     if s.base_layout is None:
         return iter(())
     from . import read_source
@@ -128,8 +152,9 @@ def synthetic(root: str | os.PathLike[str], *, source: str = "synthetic",
     return (r for r in records if r.label == 0)
 
 
-def render(base_image: str | os.PathLike[str], size: tuple[int, int], recipe: str, seed: int,
-           texture: str = "self") -> tuple[np.ndarray, np.ndarray]:
+def render(
+    base_image: str | os.PathLike[str], size: tuple[int, int], recipe: str, seed: int, texture: str = "self"
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic anomaly of a curated base image.
 
     Args:
@@ -145,5 +170,5 @@ def render(base_image: str | os.PathLike[str], size: tuple[int, int], recipe: st
     """
     from ..images import load_rgb
 
-    image = np.asarray(load_rgb(base_image, size))                  # (H, W, 3) uint8
+    image = np.asarray(load_rgb(base_image, size))  # (H, W, 3) uint8
     return synthesize(recipe, image, seed, texture_source=texture)

@@ -31,8 +31,20 @@ from .base import LayoutError, Record, require_root
 
 __all__ = ["CATEGORIES", "SPLIT_COLUMNS", "read_split_csv", "visa"]
 
-CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-              "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
+CATEGORIES = (
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
+)
 SPLIT_COLUMNS = ("object", "split", "label", "image", "mask")
 _LABELS = {"normal": 0, "anomaly": 1}
 
@@ -54,9 +66,13 @@ def _defect_names(root: Path, obj: str, cache: dict[str, dict[str, str]]) -> dic
     return names
 
 
-def read_split_csv(csv_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
-                   *, source: str = "visa", categories: Sequence[str] | None = None
-                   ) -> list[Record]:
+def read_split_csv(
+    csv_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    source: str = "visa",
+    categories: Sequence[str] | None = None,
+) -> list[Record]:
     """Parse a VisA split CSV (``object,split,label,image,mask``) into Records. Pure parsing:
     the image files need not exist.
 
@@ -75,9 +91,11 @@ def read_split_csv(csv_path: str | os.PathLike[str], root: str | os.PathLike[str
     """
     csv_p = Path(csv_path)
     if not csv_p.is_file():
-        raise FileNotFoundError(f"{source}: split file {csv_p} not found; the VisA archive has "
-                                f"split_csv/1cls.csv next to the object folders "
-                                f"(`readl fetch {source}`)")
+        raise FileNotFoundError(
+            f"{source}: split file {csv_p} not found; the VisA archive has "
+            f"split_csv/1cls.csv next to the object folders "
+            f"(`readl fetch {source}`)"
+        )
     base = Path(root) if root is not None else csv_p.parent.parent
     keep = None if categories is None else set(categories)
     cache: dict[str, dict[str, str]] = {}
@@ -86,8 +104,7 @@ def read_split_csv(csv_path: str | os.PathLike[str], root: str | os.PathLike[str
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != SPLIT_COLUMNS:
-            raise LayoutError(f"{csv_p}: header {header!r}, expected {','.join(SPLIT_COLUMNS)} "
-                              f"(VisA split_csv format)")
+            raise LayoutError(f"{csv_p}: header {header!r}, expected {','.join(SPLIT_COLUMNS)} (VisA split_csv format)")
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -97,22 +114,34 @@ def read_split_csv(csv_path: str | os.PathLike[str], root: str | os.PathLike[str
             if not obj or not split or not image:
                 raise LayoutError(f"{csv_p}:{lineno}: empty object/split/image field: {row!r}")
             if label_s not in _LABELS:
-                raise LayoutError(f"{csv_p}:{lineno}: label {label_s!r}, expected 'normal' or "
-                                  f"'anomaly'")
+                raise LayoutError(f"{csv_p}:{lineno}: label {label_s!r}, expected 'normal' or 'anomaly'")
             if keep is not None and obj not in keep:
                 continue
             label = _LABELS[label_s]
             defect = "good"
             if label:
                 defect = _defect_names(base, obj, cache).get(image, "unknown")
-            records.append(Record(source=source, category=obj, split=split, label=label,
-                                  defect_type=defect, image_path=base / image,
-                                  mask_path=(base / mask) if mask else None))
+            records.append(
+                Record(
+                    source=source,
+                    category=obj,
+                    split=split,
+                    label=label,
+                    defect_type=defect,
+                    image_path=base / image,
+                    mask_path=(base / mask) if mask else None,
+                )
+            )
     return records
 
 
-def visa(root: str | os.PathLike[str], *, source: str = "visa", split_csv: str = "1cls.csv",
-         categories: Sequence[str] | None = None) -> Iterator[Record]:
+def visa(
+    root: str | os.PathLike[str],
+    *,
+    source: str = "visa",
+    split_csv: str = "1cls.csv",
+    categories: Sequence[str] | None = None,
+) -> Iterator[Record]:
     """Yield VisA Records from ``<root>/split_csv/<split_csv>`` (see :func:`read_split_csv`).
 
     Raises:
@@ -120,5 +149,4 @@ def visa(root: str | os.PathLike[str], *, source: str = "visa", split_csv: str =
         LayoutError: malformed CSV (see :func:`read_split_csv`).
     """
     root_p = require_root(root, source)
-    return iter(read_split_csv(root_p / "split_csv" / split_csv, root_p, source=source,
-                               categories=categories))
+    return iter(read_split_csv(root_p / "split_csv" / split_csv, root_p, source=source, categories=categories))

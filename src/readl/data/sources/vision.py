@@ -26,15 +26,16 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .base import LayoutError, Record, require_dir, require_root, read_json
+from .base import LayoutError, Record, read_json, require_dir, require_root
 
 __all__ = ["ANNOTATION_FILE", "parse_coco_split", "vision"]
 
 ANNOTATION_FILE = "_annotations.coco.json"
 
 
-def parse_coco_split(json_path: str | os.PathLike[str], *, source: str = "vision",
-                     category: str | None = None, split: str | None = None) -> list[Record]:
+def parse_coco_split(
+    json_path: str | os.PathLike[str], *, source: str = "vision", category: str | None = None, split: str | None = None
+) -> list[Record]:
     """Parse one COCO annotation file into Records (images relative to the JSON's folder).
 
     Args:
@@ -49,10 +50,10 @@ def parse_coco_split(json_path: str | os.PathLike[str], *, source: str = "vision
     """
     path = Path(json_path)
     data = read_json(path, "re-download the split")
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
-                                             for k in ("images", "annotations", "categories")):
-        raise LayoutError(f"{path}: expected a COCO object with 'images', 'annotations' and "
-                          f"'categories' lists")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise LayoutError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories' lists")
     try:
         cat_names = {c["id"]: str(c["name"]) for c in data["categories"]}
         images = [(im["id"], str(im["file_name"])) for im in data["images"]]
@@ -62,30 +63,37 @@ def parse_coco_split(json_path: str | os.PathLike[str], *, source: str = "vision
     defects: dict[object, set[str]] = {}
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or ann.get("image_id") not in known:
-            raise LayoutError(f"{path}: annotations[{k}] refers to unknown image id "
-                              f"{ann.get('image_id') if isinstance(ann, dict) else ann!r}")
+            raise LayoutError(
+                f"{path}: annotations[{k}] refers to unknown image id "
+                f"{ann.get('image_id') if isinstance(ann, dict) else ann!r}"
+            )
         if ann.get("category_id") not in cat_names:
-            raise LayoutError(f"{path}: annotations[{k}] has unknown category id "
-                              f"{ann.get('category_id')!r}")
+            raise LayoutError(f"{path}: annotations[{k}] has unknown category id {ann.get('category_id')!r}")
         defects.setdefault(ann["image_id"], set()).add(cat_names[ann["category_id"]])
     cat = category or path.parent.parent.name
     spl = split or path.parent.name
     records = []
     for image_id, file_name in images:
         names = defects.get(image_id)
-        records.append(Record(
-            source=source, category=cat, split=spl, label=1 if names else 0,
-            defect_type="+".join(sorted(names)) if names else "good",
-            image_path=path.parent / file_name,
-            mask_path=path if names else None,
-            mask_kind="coco" if names else "none",
-            mask_ref=str(image_id) if names else None,
-        ))
+        records.append(
+            Record(
+                source=source,
+                category=cat,
+                split=spl,
+                label=1 if names else 0,
+                defect_type="+".join(sorted(names)) if names else "good",
+                image_path=path.parent / file_name,
+                mask_path=path if names else None,
+                mask_kind="coco" if names else "none",
+                mask_ref=str(image_id) if names else None,
+            )
+        )
     return records
 
 
-def vision(root: str | os.PathLike[str], *, source: str = "vision",
-           categories: Sequence[str] | None = None) -> Iterator[Record]:
+def vision(
+    root: str | os.PathLike[str], *, source: str = "vision", categories: Sequence[str] | None = None
+) -> Iterator[Record]:
     """Yield VISION Records for every labelled split of every dataset folder (module docstring).
 
     Args:
@@ -103,8 +111,9 @@ def vision(root: str | os.PathLike[str], *, source: str = "vision",
         cats = [root_p]
     else:
         cats = sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
-    jsons = [s / ANNOTATION_FILE for c in cats for s in sorted(c.iterdir())
-             if s.is_dir() and (s / ANNOTATION_FILE).is_file()]
+    jsons = [
+        s / ANNOTATION_FILE for c in cats for s in sorted(c.iterdir()) if s.is_dir() and (s / ANNOTATION_FILE).is_file()
+    ]
     if not jsons:
         raise LayoutError(f"{source}: no <dataset>/<split>/{ANNOTATION_FILE} under {root_p}")
     return (r for j in jsons for r in parse_coco_split(j, source=source))

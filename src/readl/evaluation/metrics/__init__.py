@@ -13,6 +13,7 @@ Undefined values (one class absent) are NaN with a ``MetricUndefinedWarning``; N
 non-binary labels raise ValueError.
 """
 
+from readl.evaluation.metrics._binning import ScoreProfile
 from readl.evaluation.metrics._validate import MetricUndefinedWarning
 from readl.evaluation.metrics.binary_curve import (
     DEFAULT_BINS,
@@ -21,7 +22,6 @@ from readl.evaluation.metrics.binary_curve import (
     CurveMetrics,
     auroc_aupr,
 )
-from readl.evaluation.metrics._binning import ScoreProfile
 from readl.evaluation.metrics.f1 import F1Result, f1_max, image_accuracy
 from readl.evaluation.metrics.pixel import pixel_accuracy
 from readl.evaluation.metrics.pro import ProCurveAccumulator, aupro, integrate_pro, pro_curve

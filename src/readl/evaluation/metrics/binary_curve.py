@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from readl.evaluation.metrics import _counts
-from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, Binner, profiled_binner
+from readl.evaluation.metrics._binning import Binner, HybridBinner, ScoreProfile, profiled_binner
 from readl.evaluation.metrics._validate import (
     as_bool_chunk,
     as_labels,

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from readl.evaluation.metrics._binning import HybridBinner, ScoreProfile, Binner, profiled_binner
+from readl.evaluation.metrics._binning import Binner, HybridBinner, ScoreProfile, profiled_binner
 from readl.evaluation.metrics._validate import (
     as_bool_chunk,
     as_labels,
@@ -80,9 +80,7 @@ def integrate_pro(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float
     return area / fpr_limit
 
 
-def _curve(
-    fp_cum: np.ndarray, pro_cum: np.ndarray, n_ok: float, n_regions: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _curve(fp_cum: np.ndarray, pro_cum: np.ndarray, n_ok: float, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
     """PRO curve from cumulative normal-pixel counts and PRO weights, thresholds descending."""
     fprs = np.minimum(fp_cum / n_ok, 1.0)
     pros = np.minimum(pro_cum / n_regions, 1.0)
