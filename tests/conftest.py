@@ -117,3 +117,27 @@ def public_s3_server(tmp_path_factory):
     server = S3Server(base / "root", base / "rclone.log")
     yield server.start()
     server.stop()
+
+
+@pytest.fixture
+def resolve_model_calls(monkeypatch) -> list:
+    """Every call of :func:`readl.paths.resolve_model` from now on, through any module's binding of it (issue: the
+    model used to be decided several times per stage): the list of the params each call got."""
+    import importlib
+    import sys
+
+    import readl.paths
+
+    for stage in ("calibrate", "evaluate", "predict", "register", "train"):  # bound before they are patched
+        importlib.import_module(f"readl.stages.{stage}")
+    calls: list = []
+    original = readl.paths.resolve_model
+
+    def counted(params, paths=None):
+        calls.append(params)
+        return original(params, paths)
+
+    for name, module in list(sys.modules.items()):
+        if (name == "readl" or name.startswith("readl.")) and getattr(module, "resolve_model", None) is original:
+            monkeypatch.setattr(module, "resolve_model", counted)
+    return calls

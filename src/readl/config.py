@@ -5,7 +5,6 @@ Unknown keys are errors (a typo in params.yaml must not silently fall back to a 
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -38,7 +37,6 @@ __all__ = [
     "RegisterConfig",
     "Params",
     "load_params",
-    "pipeline_base",
 ]
 
 
@@ -515,27 +513,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except (yaml.YAMLError, ValidationError) as exc:
         raise ValueError(f"{path}: invalid parameters:\n{exc}") from exc
-
-
-def pipeline_base(params: Params, models_dir: str | Path = "models") -> str:
-    """The base model of the stages after the cold start: ``models/warmup`` when ``warmup.enabled`` and the
-    warm-started model is there, else ``model.base`` (the paper recipe starts GRPO from Qwen2.5-VL-Instruct
-    itself, Sec. 5.1). A missing warm-started model is logged as a warning (run ``dvc repro warmup``), like a
-    missing adapter: the stage then runs on ``model.base``.
-
-    Args:
-        params: :class:`Params`.
-        models_dir: the pipeline's model folder (``models/``, relative to the working directory).
-
-    Returns:
-        A local folder path (warm-started model) or ``params.model.base`` (``tiny`` / HF id / folder).
-    """
-    warm = Path(models_dir) / "warmup"
-    if not params.warmup.enabled:
-        return params.model.base
-    if (warm / "config.json").is_file():
-        return str(warm)
-    logging.getLogger(__name__).warning(
-        "no warm-started model at %s (run `dvc repro warmup`); using %s", warm, params.model.base
-    )
-    return params.model.base

@@ -126,13 +126,13 @@ def build_predictor(
 
 
 def pipeline_predictor(
-    params: Params, base: str | None, adapter: str | Path | None, device: str | None = None
+    params: Params, base: str, adapter: str | Path | None, device: str | None = None
 ) -> tuple[Predictor, str, Path | None]:
     """The calibrate / evaluate stages' model: :func:`build_predictor` on the pipeline's base and adapter.
 
     Args:
         params: validated params.
-        base: the base model; ``None`` = :func:`readl.config.pipeline_base` (``models/warmup`` after warmup).
+        base: the base model (the stage's :func:`readl.paths.resolve_model`).
         adapter: the LoRA folder, or ``none`` = the base model alone (the paper's "Vanilla").
         device: default this process's accelerate device under ``accelerate launch``, else CUDA when available.
 
@@ -144,10 +144,8 @@ def pipeline_predictor(
             message gives both fixes).
         ModelLoadError: as :func:`build_predictor`.
     """
-    from readl.config import pipeline_base
     from readl.evaluation.predictions import process_state
 
-    base = base or pipeline_base(params)
     if adapter is not None and str(adapter).lower() == "none":  # `--adapter none`: the base model (paper "Vanilla")
         adapter = None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from readl.config import Params, pipeline_base
+from readl.config import Params
 from readl.data.manifest import read_manifest
 from readl.evaluation.baselines import bootstrap_image_auroc, bootstrap_pixel_auroc, contrast_map
 from readl.evaluation.calibration import calibrate_thresholds
@@ -52,6 +52,7 @@ from readl.evaluation.evaluate import (
 )
 from readl.evaluation.predictions import predict_manifest
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec, resolve_taus
+from readl.paths import ModelRef
 
 __all__ = [
     "BASELINES",
@@ -215,15 +216,11 @@ def contrast_entry(
 
 
 # --- the evaluate stage's baselines --------------------------------------------------------------------------
-def baseline_models(params: Params) -> dict[str, str]:
-    """The model baselines of ``evaluate.baselines``: name -> base model (``warmup`` only when there is one, i.e.
-    :func:`readl.config.pipeline_base` is not ``model.base``)."""
-    models = {"untrained": params.model.base, "warmup": pipeline_base(params)}
-    return {
-        n: b
-        for n, b in models.items()
-        if n in params.evaluate.baselines and not (n == "warmup" and b == params.model.base)
-    }
+def baseline_models(params: Params, model: ModelRef) -> dict[str, str]:
+    """The model baselines of ``evaluate.baselines``: name -> base model (``warmup`` only when the stage's
+    ``model`` is warm-started, :class:`readl.paths.ModelRef`)."""
+    models = {"untrained": model.configured, "warmup": model.base}
+    return {n: b for n, b in models.items() if n in params.evaluate.baselines and (n != "warmup" or model.warm_started)}
 
 
 def baseline_predictions(
@@ -232,6 +229,7 @@ def baseline_predictions(
     cache_dir: Path,
     calib_manifest: Path | None,
     load_predictor: Callable[[str], tuple[object, str]],
+    model: ModelRef,
 ) -> dict:
     """Each model baseline (no adapter): ``name -> (base, eval predictions, taus, source)``.
 
@@ -246,6 +244,7 @@ def baseline_predictions(
         df: the evaluation manifest.
         load_predictor: ``base -> (predictor, resolved base)`` for a base model without adapter (the stage
             passes :func:`readl.predictor.pipeline_predictor`).
+        model: the stage's model (:func:`readl.paths.resolve_model`): its configured base is ``untrained``.
     """
     calib = None
     if params.evaluate.baseline_thresholds == "calibrated":
@@ -254,9 +253,9 @@ def baseline_predictions(
         else:
             log.warning("baselines: no calibration split at %s: per-image threshold rules", calib_manifest)
     out = {}
-    for name, model in baseline_models(params).items():
+    for name, baseline in baseline_models(params, model).items():
         t0 = time.perf_counter()
-        predictor, base = load_predictor(model)
+        predictor, base = load_predictor(baseline)
         cache = Path(cache_dir) / "baselines"
         items = predict_manifest(df, predictor, base, None, cache / name, params.model.batch_size)
         taus, source = resolve_taus(params.localization, None), "per-image"

@@ -22,8 +22,9 @@ from importlib import metadata
 from pathlib import Path
 
 from readl.atomic import write_json
-from readl.config import Params, RegisterConfig, load_params, pipeline_base
+from readl.config import Params, RegisterConfig, load_params
 from readl.digest import file_digest  # re-exported: the registry's content hashes
+from readl.paths import ModelRef, Paths, resolve_model
 from readl.redact import redact
 from readl.registry.fingerprints import (
     FINGERPRINT_TAG,
@@ -213,7 +214,7 @@ def register(
     name: str | None = None,
     alias: str = "challenger",
     uri: str | None = None,
-    models_dir: str | Path | None = None,
+    model: ModelRef | None = None,
 ) -> RegisterResult:
     """Log the readl pyfunc model into the training run and register it as a new version aliased ``alias``.
 
@@ -231,9 +232,9 @@ def register(
         name: registered model name (default ``register.model_name``).
         alias: alias set on the newest readl version (see the module docstring).
         uri: tracking URI (default :func:`readl.tracking.tracking_uri`).
-        models_dir: the pipeline's model folder (default: the folder of ``train_run``, i.e. ``models/``); with
-            ``warmup.enabled`` its ``warmup/`` (the warm-started
-            base model, :func:`readl.model.loading.pipeline_base`) is logged as the ``base_model`` artifact.
+        model: the stage's base model (:func:`readl.paths.resolve_model`; default: resolved for the folder of
+            ``train_run``, i.e. ``models/``); a warm-started one (``models/warmup``) is logged as the
+            ``base_model`` artifact.
 
     Returns:
         The :class:`RegisterResult`.
@@ -258,8 +259,9 @@ def register(
     adapter_dir = check_adapter(Path(adapter) if adapter is not None else None)
     if adapter is not None and adapter_dir is None:
         log.warning("no adapter at %s: registering the base model %r without an adapter", adapter, cfg.model.base)
-    base = pipeline_base(cfg, Path(train_run).parent if models_dir is None else models_dir)
-    base_dir = Path(base) if base != cfg.model.base else None  # the warm-started model travels with the version
+    model = model or resolve_model(cfg, Paths(Path(train_run).parent))
+    base = model.base
+    base_dir = Path(base) if model.warm_started else None  # the warm-started model travels with the version
     params_json = cfg.model_dump(mode="json")
     model_params = {k: v for k, v in params_json.items() if k != "register"}  # what shapes the model
     fp = model_fingerprint(adapter_dir, thresholds, metrics, model_params, base_dir)

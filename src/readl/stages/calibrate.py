@@ -23,6 +23,7 @@ from readl.evaluation.evaluate import score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import clean_json
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec
+from readl.paths import resolve_model
 from readl.predictor import pipeline_predictor
 from readl.runtime import configure
 
@@ -50,7 +51,7 @@ def run(
             ``decision`` (``value`` on P(Yes) in [0, 1], ``rule``, ``score``, ``malformed``), ``pixel`` (t_pixel per
             selection mode), ``model``.
         cache_dir: the per-image prediction cache (``reports/predictions/calib``; an interrupted run resumes).
-        base: the base model (default :func:`readl.config.pipeline_base`).
+        base: the base model (default :func:`readl.paths.resolve_model`: ``models/warmup`` after the cold start).
         progress: called with the number of images finished.
 
     Returns:
@@ -64,7 +65,7 @@ def run(
     t0 = time.perf_counter()
     runtime = configure(params.runtime)
     df = read_manifest(manifest, inside=Path.cwd(), schema=True)  # every image and mask inside the project; schema
-    predictor, base, adapter = pipeline_predictor(params, base, adapter)
+    predictor, base, adapter = pipeline_predictor(params, base or resolve_model(params).base, adapter)
     items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
     if items is None:  # a non-main process of `accelerate launch`: its shard is in the cache
         return {}

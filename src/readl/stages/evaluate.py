@@ -23,6 +23,7 @@ from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import write_curves, write_gallery, write_headline, write_metrics, write_tables
 from readl.localization.thresholds import read_thresholds_file
+from readl.paths import resolve_model
 from readl.predictor import pipeline_predictor, resolve_taus
 from readl.runtime import configure
 
@@ -96,7 +97,7 @@ def run(
         reports_dir: folder of ``per_category.csv`` / ``.md``, ``gallery/`` and ``headline.json`` (DVC's metrics
             file: :func:`readl.evaluation.report.headline_metrics`).
         cache_dir: the per-image prediction cache (``reports/predictions/eval``; baselines under ``baselines/``).
-        base: the base model (default :func:`readl.config.pipeline_base`).
+        base: the base model (default :func:`readl.paths.resolve_model`: ``models/warmup`` after the cold start).
         progress: called with the number of images finished.
         calib_manifest: the calibration split (``data/curated/calib.parquet``), where each model baseline gets its
             own calibrated tau_t / tau_i under ``evaluate.baseline_thresholds: calibrated``; without it the
@@ -119,7 +120,8 @@ def run(
             "first, or pass --thresholds none for the per-image rules and the decision threshold "
             "0.5"
         )
-    predictor, base, adapter = pipeline_predictor(params, base, adapter)
+    model = resolve_model(params)  # the baselines' untrained / warm-started models too
+    predictor, base, adapter = pipeline_predictor(params, base or model.base, adapter)
     items = predict_manifest(df, predictor, base, adapter, cache_dir, params.model.batch_size, progress)
     del predictor  # free the model before a baseline loads its own
     baseline_items = cmp.baseline_predictions(
@@ -127,7 +129,8 @@ def run(
         params,
         cache_dir,
         calib_manifest,  # every process: collective
-        lambda model: pipeline_predictor(params, model, None)[:2],
+        lambda baseline: pipeline_predictor(params, baseline, None)[:2],
+        model,
     )
     if items is None:  # a non-main process of `accelerate launch`: its shards are in the caches
         return {}

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from readl.config import LocalizationConfig, Params, pipeline_base
+from readl.config import LocalizationConfig, Params
+from readl.paths import resolve_model
 from readl.predictor import Outcome, adapter_digest, build_predictor, check_outputs, predict_files
 
 __all__ = ["DEFAULT_ADAPTER", "DEFAULT_THRESHOLDS", "PredictRun", "run"]
@@ -111,7 +112,7 @@ def run(
             )
         if project and thresholds is None and DEFAULT_THRESHOLDS.is_file():
             thresholds = DEFAULT_THRESHOLDS  # calibrate's thresholds belong to that model
-        base = model or pipeline_base(params)  # models/warmup after `readl warmup`
+        base = model or resolve_model(params).base  # models/warmup after `readl warmup`
         predictor = build_predictor(params, base, adapter, device=device, max_new_tokens=max_new_tokens)
         provenance = {"base": base, "adapter": adapter_digest(adapter), "registered": None}
     if no_thresholds:

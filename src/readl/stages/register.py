@@ -20,6 +20,7 @@ from pathlib import Path
 
 from readl.atomic import write_json
 from readl.config import load_params
+from readl.paths import Paths, resolve_model
 from readl.registry.gate import Decision
 from readl.registry.gate import promote as run_promote
 from readl.registry.registration import RegisterResult, register
@@ -61,8 +62,10 @@ def run(
         ValueError: an input is incomplete or malformed, or params.yaml is invalid (nothing is registered).
         readl.registry.RegistryError: the tracking server or artifact store failed (after retries).
     """
+    model = resolve_model(load_params(params_file), Paths(Path(train_run).parent))
     result = register(
         params_file=params_file,
+        model=model,
         adapter=adapter,
         thresholds=thresholds,
         metrics=metrics,

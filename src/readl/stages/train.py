@@ -20,9 +20,10 @@ from pathlib import Path
 from transformers.trainer_callback import PrinterCallback
 
 from readl.atomic import atomic_dir, write_json
-from readl.config import Params, pipeline_base
+from readl.config import Params
 from readl.digest import file_digest
 from readl.model.loading import base_digest
+from readl.paths import Paths, resolve_model
 from readl.redact import redact
 from readl.runtime import configure
 from readl.training.checkpoints import fingerprint, train_resumable
@@ -38,7 +39,7 @@ __all__ = ["main", "resume_key", "run"]
 log = logging.getLogger(__name__)
 
 
-def resume_key(params: Params, manifest: Path) -> str:
+def resume_key(params: Params, manifest: Path, base: str) -> str:
     """The key a checkpoint must carry to be resumed: the training params, the manifest's bytes, the starting weights
     (``models/warmup``, re-made by a changed warm-up, or ``model.base``) and the training code's bytes: a crashed run
     resumes, a run whose start or code changed starts over (sha256 hex)."""
@@ -46,7 +47,7 @@ def resume_key(params: Params, manifest: Path) -> str:
     return fingerprint(
         {
             **run_params(params),
-            "base_sha256": base_digest(pipeline_base(params)),
+            "base_sha256": base_digest(base),
             "training_code_sha256": file_digest(code, root=code[0].parent),
         },
         manifest,
@@ -80,15 +81,16 @@ def run(
     runtime = configure(params.runtime)
     names = reward_names(t.rewards)
     manifest, output_dir = Path(manifest), Path(output_dir)
+    model = resolve_model(params, Paths(output_dir))  # models/warmup after the cold start, else model.base
     frame = load_manifest(manifest, root)
     if t.balance:  # class-balanced rows: the minority label repeated
         frame = frame.iloc[balanced_rows(frame["label"], t.seed)].reset_index(drop=True)
     ckpt_dir = output_dir / "checkpoints"
-    trainer = build_trainer(params, frame, ckpt_dir, device=device)  # fails early on a bad model/processor
+    trainer = build_trainer(params, frame, ckpt_dir, device=device, base=model.base)  # fails early on a bad model
     trainer.remove_callback(PrinterCallback)  # one progress bar instead of a printed dict per step
     trainer.add_callback(StepProgress())
 
-    fp = resume_key(params, manifest)
+    fp = resume_key(params, manifest, model.base)
     data = {"manifest": str(manifest), "n_rows": len(frame), "n_anomalous_rows": int(frame["label"].sum())}
 
     def start(run_id: str | None) -> str:
@@ -116,7 +118,7 @@ def run(
         "experiment": t.experiment,
         "tracking_uri": redact(tracking_uri()),  # the record names the store, never its credentials
         "adapter": str(adapter),
-        "base": pipeline_base(params),
+        "base": model.base,
         "rewards": names,
         "global_step": int(trainer.state.global_step),
         "resumed_from": str(resume) if resume else None,

@@ -13,7 +13,7 @@ import torch
 from accelerate import PartialState
 from trl import GRPOConfig
 
-from readl.config import Params, pipeline_base
+from readl.config import Params
 from readl.model.loading import load_model
 from readl.training.data import build_dataset, fit_processor
 from readl.training.lora import default_target_regex, lora_config, lora_targets
@@ -71,7 +71,13 @@ def grpo_args(params: Params, output_dir: str | Path, model: torch.nn.Module) ->
 
 
 def build_trainer(
-    params: Params, frame, output_dir: str | Path, device: str | None = None, callbacks=(), model_and_processor=None
+    params: Params,
+    frame,
+    output_dir: str | Path,
+    device: str | None = None,
+    callbacks=(),
+    model_and_processor=None,
+    base: str | None = None,
 ) -> CGROTrainer:
     """The CGRO trainer for ``params`` on the manifest rows ``frame`` (from :func:`readl.training.data.load_manifest`).
 
@@ -82,7 +88,9 @@ def build_trainer(
         output_dir: the trainer's output (checkpoint) folder.
         device: default: this process's accelerate device.
         callbacks: extra ``TrainerCallback``s.
-        model_and_processor: an already loaded ``(model, processor)`` (tests); default: ``load_model``.
+        model_and_processor: an already loaded ``(model, processor)`` (tests); default: ``load_model(base)``.
+        base: the base model to load (the stage's :func:`readl.paths.resolve_model`); needed without
+            ``model_and_processor``.
 
     Raises:
         ValueError: an unknown reward, a non-Qwen2.5-VL model/processor, or LoRA targets that match nothing.
@@ -90,8 +98,10 @@ def build_trainer(
     t = params.train
     names = reward_names(t.rewards)
     if model_and_processor is None:
+        if base is None:
+            raise ValueError("build_trainer: pass base (the stage's resolve_model) or model_and_processor")
         device = device or str(PartialState().device)
-        model_and_processor = load_model(pipeline_base(params), device=device, dtype=params.model.dtype)
+        model_and_processor = load_model(base, device=device, dtype=params.model.dtype)
     model, processor = model_and_processor
     processor = fit_processor(processor, params.model.image_size)
     target = t.lora.target_modules or default_target_regex(model)  # the backbone family's (readl.model.families)

@@ -172,7 +172,11 @@ def test_baseline_models_are_the_listed_ones_and_warmup_only_with_a_warm_start(t
     import shutil
 
     from readl.config import Params
-    from readl.evaluation.comparison import baseline_models
+    from readl.evaluation.comparison import baseline_models as with_params
+    from readl.paths import resolve_model
+
+    def baseline_models(params):  # as the evaluate stage calls it: with the stage's resolved model
+        return with_params(params, resolve_model(params))
 
     monkeypatch.chdir(tmp_path)
     params = Params.model_validate({"model": {"base": "tiny"}, "warmup": {"enabled": True}})

@@ -125,12 +125,13 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
 
 
 @pytest.mark.slow
-def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
+def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch, resolve_model_calls):
     monkeypatch.chdir(stage_dir)
     runner = CliRunner()
     assert runner.invoke(app, ["curate"]).exit_code == 0
     out = runner.invoke(app, ["calibrate", "--adapter", "none"])
     assert out.exit_code == 0, out.output
+    assert len(resolve_model_calls) == 1  # each stage decides its model once
     thresholds = json.loads((stage_dir / "models/thresholds.json").read_text())
     assert thresholds["tau_i"]["rule"] == "max_curvature" and thresholds["tau_t"]["rule"] == "median"
     assert thresholds["n_images"] == len(pd.read_parquet(stage_dir / "data/curated/calib.parquet"))
@@ -141,6 +142,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch):
 
     out = runner.invoke(app, ["evaluate", "--adapter", "none"])
     assert out.exit_code == 0, out.output
+    assert len(resolve_model_calls) == 2  # evaluate's baselines use the same decision
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     n_eval = len(pd.read_parquet(stage_dir / "data/curated/eval.parquet"))
     assert metrics["n_images"] == n_eval and 0 <= metrics["n_malformed"] <= n_eval

@@ -668,7 +668,9 @@ def test_register_validates_inputs_before_writing(adapter, tmp_path, monkeypatch
     assert not (work / "models/registered.json").exists()
 
 
-def test_a_dvc_experiment_registers_but_never_moves_the_champion(mlflow_server, adapter, tmp_path, monkeypatch):
+def test_a_dvc_experiment_registers_but_never_moves_the_champion(
+    mlflow_server, adapter, tmp_path, monkeypatch, resolve_model_calls
+):
     """`dvc exp run -S ...` (an ablation) re-runs `readl register --promote`: its model is registered as the
     challenger, but the gate only reports (dry run); champion moves only by `readl promote` or a plain `dvc repro`."""
     import mlflow
@@ -691,6 +693,7 @@ def test_a_dvc_experiment_registers_but_never_moves_the_champion(mlflow_server, 
         )
 
     first, _ = stage(_workdir(tmp_path / "v1", adapter, _metrics(0.80, 0.90), mlflow_server.uri))
+    assert len(resolve_model_calls) == 1  # the stage decides its model once
     monkeypatch.setenv("DVC_EXP_NAME", "gusty-lobe")  # what `dvc exp run` puts in the stages' environment
     work = _workdir(tmp_path / "v2", adapter, _metrics(0.90, 0.95), mlflow_server.uri)  # better everywhere
     result, decision = stage(work)

@@ -57,7 +57,7 @@ def _files(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_warmup_then_train_twice_gives_identical_weights_and_completions(
-    tiny_dir, sample_dir, tmp_path, monkeypatch, restore_runtime
+    tiny_dir, sample_dir, tmp_path, monkeypatch, restore_runtime, resolve_model_calls
 ):
     """The pipeline's two learning stages, run twice with the same params on one machine: byte-identical warm
     start and adapter files, and the same sampled GRPO completions (token ids) at every step."""
@@ -105,14 +105,17 @@ def test_warmup_then_train_twice_gives_identical_weights_and_completions(
     for attempt in ("a", "b"):
         out = tmp_path / attempt
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / attempt}.db")
-        monkeypatch.chdir(tmp_path)  # train's base is <cwd>/models/warmup: each attempt gets its own
+        monkeypatch.chdir(tmp_path)  # each attempt its own folder; train's base is <output_dir>/warmup
         completions.append([])
         warm = warmup(params, manifest=manifest, output_dir=out, device="cpu", root="/")
         monkeypatch.chdir(out.parent)
         Path("models").unlink(missing_ok=True)
         Path("models").symlink_to(out)
-        record_ = train(params, manifest=manifest, output_dir=out, device="cpu", root="/")
+        # as dvc runs it: output_dir "models" (relative; the adapter config names its base, models/warmup)
+        record_ = train(params, manifest=manifest, output_dir=Path("models"), device="cpu", root="/")
         assert warm["global_step"] == 4 and record_["global_step"] == 2 and record_["runtime"]["threads"] == 1
+        assert len(resolve_model_calls) == len(runs) + 1  # train decides its model once (warmup: model.base)
+        assert record_["base"] == str(Path("models") / "warmup")
         runs.append((_files(out / "warmup"), _files(out / "adapter")))
     assert "model.safetensors" in runs[0][0] and "adapter_model.safetensors" in runs[0][1]
     assert runs[0] == runs[1]  # every file of the warm start and of the adapter, byte for byte

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from readl.config import Params, WarmupConfig, load_params, pipeline_base
+from readl.config import Params, WarmupConfig, load_params
 from readl.model.prompting import parse_completion
+from readl.paths import ModelRef, Paths, resolve_model
 from readl.training.reasoning_targets import OPENING, POOLS, target_completion, targets_for, template_reasoning
 from readl.training.warmup import sft_dataset, token_weights_from_labels
 
@@ -151,12 +152,14 @@ def test_augment_is_a_seeded_symmetry_of_the_square():
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
 
 
-def test_pipeline_base_follows_warmup(tmp_path, caplog):
-    assert pipeline_base(Params(), tmp_path) == "tiny" and "run `dvc repro warmup`" in caplog.text  # none yet
+def test_the_stages_model_follows_warmup(tmp_path, caplog):
+    paths = Paths(tmp_path)
+    assert resolve_model(Params(), paths) == ModelRef("tiny", "tiny") and "run `dvc repro warmup`" in caplog.text
     (tmp_path / "warmup").mkdir()
     (tmp_path / "warmup" / "config.json").write_text("{}")
-    assert pipeline_base(Params(), tmp_path) == str(tmp_path / "warmup")
-    assert pipeline_base(Params(warmup=WarmupConfig(enabled=False)), tmp_path) == "tiny"
+    warm = resolve_model(Params(), paths)
+    assert warm == ModelRef(str(tmp_path / "warmup"), "tiny") and warm.warm_started
+    assert resolve_model(Params(warmup=WarmupConfig(enabled=False)), paths) == ModelRef("tiny", "tiny")
     assert load_params(REPO / "params.yaml").warmup.enabled
 
 
