@@ -157,6 +157,67 @@ def ensure_store(uri: str | None = None) -> None:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
         client.search_registered_models(max_results=1)  # and the model registry store
+        relocate_store(db)
+
+
+# MLflow stores every local artifact location as an absolute path (it resolves ./mlruns at creation): these
+# columns hold them. A project folder copied (cp -a) or moved (mv) would write into, or look in, the old folder.
+LOCATION_COLUMNS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "logged_models": ("artifact_location",),
+    "model_versions": ("source", "storage_location"),
+}
+
+
+def relocate_store(db: Path) -> int:
+    """Point a moved or copied project's sqlite store at its own artifacts: readl's convention is ``mlruns/``
+    beside ``mlruns.db`` (MLflow's default ``./mlruns`` with the store in the project folder). When the store's
+    locations name ``<OLD>/mlruns/...`` and ``<db folder>/mlruns`` exists (it travelled with the store), every
+    such prefix in :data:`LOCATION_COLUMNS` becomes ``<db folder>/mlruns/`` (plain paths and ``file://`` URIs),
+    in one transaction. Locations elsewhere (S3, a server's artifact proxy, another folder without a copy here)
+    are left as they are.
+
+    Args:
+        db: the sqlite database file (exists; called under :func:`ensure_store`'s lock).
+
+    Returns:
+        The number of rewritten cells (0: nothing moved).
+    """
+    import sqlite3
+
+    here = db.resolve().parent / "mlruns"
+    if not here.is_dir():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+        old = {_mlruns_root(loc) for (loc,) in rows} - {None, str(here)}
+        if not old:
+            return 0
+        changed = 0
+        with con:  # one transaction: all or nothing
+            for root in old:
+                for prefix in (root, "file://" + root):
+                    new = str(here) if not prefix.startswith("file://") else "file://" + str(here)
+                    for table, columns in LOCATION_COLUMNS.items():
+                        for col in columns:
+                            cur = con.execute(
+                                f"UPDATE {table} SET {col} = ? || substr({col}, ?) "
+                                f"WHERE {col} = ? OR substr({col}, 1, ?) = ?",
+                                (new, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"),
+                            )
+                            changed += cur.rowcount
+    log.info("MLflow store %s was moved or copied: %d artifact locations now under %s", db, changed, here)
+    return changed
+
+
+def _mlruns_root(location: str | None) -> str | None:
+    """``/a/b/mlruns`` for ``/a/b/mlruns/1`` or ``file:///a/b/mlruns/1`` (an experiment's location), else None."""
+    if not location:
+        return None
+    path = location[len("file://") :] if location.startswith("file://") else location
+    head, _, exp_id = path.rstrip("/").rpartition("/")
+    return head if head.endswith("/mlruns") and exp_id.isdigit() and path.startswith("/") else None
 
 
 def _probe_http(uri: str, timeout: float) -> None:

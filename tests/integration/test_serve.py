@@ -173,3 +173,79 @@ def test_serve_outside_a_project_is_a_clear_error_and_creates_nothing(tmp_path, 
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 1 and "no MLflow registry" in result.output and "MLFLOW_TRACKING_URI" in result.output
     assert not list(tmp_path.iterdir()), "neither mlruns.db nor mlflow.db is created"
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``folder``: what a write into it would change."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_a_copied_or_moved_project_registers_promotes_predicts_and_serves_on_its_own(
+    registered, project, sample_dir, tmp_path
+):
+    """Issue: MLflow stores artifact locations as absolute paths, so `register` in a `cp -a` copy wrote into the
+    ORIGINAL's mlruns/, and after `mv` `predict --model models:/readl@champion` said "not found" and `readl serve`
+    died with a traceback; `promote` promoted a version whose artifacts were deleted."""
+    import shutil
+
+    before = _tree(project)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def readl(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "readl"), *args], cwd=cwd, env=env, text=True, capture_output=True)
+
+    # a better model in the copy: register (new version 2) and promote it there
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["image"]["AUROC"] = metrics["datasets"]["mvtec_ad"]["image"]["AUROC"] = 0.9
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    for args in (["register"], ["promote"]):
+        done = readl(copy, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    image = str(sample_dir / IMAGE)
+    predicted = readl(copy, "predict", "--model", "models:/readl@champion", image, "--out", "out")
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    assert json.loads(next((copy / "out").glob("*.json")).read_text())["model"]["registered"].endswith("(version 2)")
+    assert _tree(project) == before, "the copy wrote into the original project"
+    import sqlite3
+
+    with sqlite3.connect(copy / "mlruns.db") as con:
+        locations = [r[0] for r in con.execute("SELECT storage_location FROM model_versions")]
+    assert len(locations) == 2 and all(loc.startswith(str(copy / "mlruns")) for loc in locations), locations
+
+    # moved: predict and serve find their model in the new place
+    moved = tmp_path / "moved"
+    shutil.move(copy, moved)
+    predicted = readl(moved, "predict", "--model", "models:/readl@champion", image, "--out", "out2")
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    port = _free_port()
+    log = moved / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "readl"), "serve", "-p", str(port)],
+            cwd=moved,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
+        img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
+        (row,) = _rows(port, {"dataframe_split": {"columns": ["image"], "data": [[img]]}})
+        assert row["error"] == ""
+    finally:
+        _stop(proc)
+
+    # artifacts deleted: serve and promote refuse with the reason, no traceback
+    with sqlite3.connect(moved / "mlruns.db") as con:
+        (v2,) = con.execute("SELECT storage_location FROM model_versions WHERE version = 2").fetchone()
+    shutil.rmtree(v2)
+    served = readl(moved, "serve", "-p", str(_free_port()))
+    assert served.returncode == 1 and "artifacts are missing" in served.stderr, served.stderr
+    assert "Traceback" not in served.stderr

@@ -157,6 +157,7 @@ def promote(
     Raises:
         AliasNotFoundError: the model or its ``challenger`` alias does not exist.
         TrackingUnavailableError: the tracking server is unreachable.
+        RegistryError: the challenger passed but its artifacts are gone (:func:`readl.registry.load.require_artifacts`).
     """
     uri = uri or tracking_uri()
     require_store(uri)  # promoting reads a registry: it never creates an empty one
@@ -183,6 +184,9 @@ def promote(
             decision = Decision(name, new_v, old_v, not failed, reason, checks)
         decision.dry_run = dry_run
         if decision.promoted and not dry_run:
+            from readl.registry.load import require_artifacts
+
+            require_artifacts(client, name, new_v)  # a version whose files are gone never becomes champion
             call(lambda: client.set_registered_model_alias(name, champion_alias, new_v), "set champion alias")
             now = datetime.now(UTC).isoformat(timespec="seconds")
             call(lambda: client.set_model_version_tag(name, new_v, "readl.promoted_at", now), "tag version")

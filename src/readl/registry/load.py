@@ -14,7 +14,7 @@ from readl.tracking import (
     tracking_uri,
 )
 
-__all__ = ["is_registry_uri", "require_store", "registered_version", "load_registered"]
+__all__ = ["is_registry_uri", "load_registered", "registered_version", "require_artifacts", "require_store"]
 
 
 def require_store(uri: str) -> None:
@@ -44,6 +44,29 @@ def registered_version(model_uri: str, uri: str | None = None) -> str | None:
         client = mlflow.MlflowClient(uri or tracking_uri())
         return str(call(lambda: client.get_model_version_by_alias(name, alias), f"read alias {alias!r}").version)
     return ref.rsplit("/", 1)[1] if "/" in ref else None
+
+
+def require_artifacts(client, name: str, version: str) -> None:
+    """A version whose files are gone is never promoted or served: its artifacts must hold an ``MLmodel``.
+
+    Args:
+        client: an ``MlflowClient`` inside :func:`readl.tracking.mlflow_session` (MLflow's registry URI set).
+        name, version: the registered model version.
+
+    Raises:
+        RegistryError: no ``MLmodel`` at the version's artifact location (the message names it and the fix).
+    """
+    from mlflow.artifacts import list_artifacts
+
+    where = call(lambda: client.get_model_version_download_uri(name, version), f"read version {version}")
+    with artifact_errors(f"list the artifacts of {name} version {version}", tracking_uri()):
+        files = {Path(f.path).name for f in list_artifacts(artifact_uri=f"models:/{name}/{version}") or []}
+    if "MLmodel" not in files:
+        raise RegistryError(
+            f"{name} version {version}: its artifacts are missing at {where} (deleted, "
+            f"or the store was moved without its mlruns/ folder); register it again (`readl register`) or point "
+            f"the alias at a version that loads"
+        )
 
 
 def is_registry_uri(model: str | None) -> bool:

@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from readl.registry.load import require_store
-from readl.tracking import RegistryError, tracking_uri
+from readl.registry.load import registered_version, require_artifacts, require_store
+from readl.tracking import RegistryError, mlflow_session, tracking_uri
 
 __all__ = ["serve_command"]
 
@@ -34,12 +34,18 @@ def serve_command(
         ``MLFLOW_TRACKING_URI`` set to the resolved (absolute, for sqlite) store.
 
     Raises:
-        RegistryError: the sqlite store does not exist (nothing is created), or ``mlflow`` is not installed.
+        RegistryError: the sqlite store does not exist (nothing is created), the version's artifacts are missing
+            (:func:`readl.registry.load.require_artifacts`), or ``mlflow`` is not installed.
+        AliasNotFoundError: the model, version or alias does not exist.
     """
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin it to this folder
         uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     require_store(uri)
+    with mlflow_session(uri) as client:  # a moved project's store is relocated here (readl.tracking.relocate_store)
+        version = registered_version(model_uri, uri)
+        if version is not None:  # checked here: the server would die with a traceback on a missing model
+            require_artifacts(client, model_uri[len("models:/") :].split("@")[0].split("/")[0], version)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     if mlflow_bin is None:
         raise RegistryError(

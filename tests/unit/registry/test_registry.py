@@ -744,3 +744,31 @@ def test_predict_from_a_warm_started_version_names_its_base(
     assert out.exit_code == 0, out.output
     record = json.loads((tmp_path / "out" / "000.json").read_text())
     assert record["model"]["base"] == "tiny + warmup", record["model"]
+
+
+def test_promote_refuses_a_version_whose_artifacts_are_gone(adapter, tmp_path, monkeypatch):
+    """Issue: `promote` moved champion to a version whose artifacts had been deleted (serving it then failed)."""
+    import shutil
+
+    import mlflow
+
+    from readl.config import RegisterConfig
+    from readl.registry.gate import promote
+    from readl.registry.registration import register
+    from readl.tracking import RegistryError
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = RegisterConfig(model_name="gone")
+    versions = []
+    for i, auroc in enumerate((0.80, 0.90)):
+        work = _workdir(tmp_path / f"v{i}", adapter, _metrics(auroc, 0.9), None)
+        monkeypatch.chdir(work)
+        versions.append(register(manifests=[], name="gone", uri=uri).version)
+        if i == 0:
+            assert promote(cfg, uri=uri).promoted
+    client = mlflow.MlflowClient(uri)
+    shutil.rmtree(client.get_model_version_download_uri("gone", versions[1]))
+    with pytest.raises(RegistryError, match="artifacts are missing"):
+        promote(cfg, uri=uri)
+    assert str(client.get_model_version_by_alias("gone", "champion").version) == versions[0]
