@@ -5,6 +5,7 @@ registering emits none of MLflow's signature / input-example / type-hint warning
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -112,25 +113,38 @@ def _rows(port: int, body: dict) -> list[dict]:
     ]
 
 
-@pytest.mark.slow
-def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project, sample_dir):
-    """One row out per row in, whatever the request's shape (issue: a null image cell failed the whole request,
-    `instances` read the base64 text as bytes, a `data:` URL got 400, an unknown column gave `[]`)."""
-    port = _free_port()
-    log = project / "serve.log"
+def _env() -> dict[str, str]:
+    """The environment of a user in the project folder: no MLFLOW_TRACKING_URI (the store is ./mlruns.db)."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return env
+
+
+@contextlib.contextmanager
+def _serving(folder: Path):
+    """`readl serve` in ``folder`` on a free port until the block ends; yields the port once /ping answers."""
+    port, log = _free_port(), folder / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [str(BIN / "readl"), "serve", "-p", str(port)],
-            cwd=project,
-            env=env,
+            cwd=folder,
+            env=_env(),
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
+        yield port
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project, sample_dir):
+    """One row out per row in, whatever the request's shape (issue: a null image cell failed the whole request,
+    `instances` read the base64 text as bytes, a `data:` URL got 400, an unknown column gave `[]`)."""
+    with _serving(project) as port:
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
         bad = base64.b64encode(b"not an image").decode()
         good, mixed_bad, passwd = _rows(
@@ -148,8 +162,6 @@ def test_readl_serve_answers_with_valid_json_and_a_decision(registered, project,
         )
         (record,) = _rows(port, {"dataframe_records": [{"image": img}]})
         unknown = _post(port, {"dataframe_split": {"columns": ["img"], "data": [[img]]}})
-    finally:
-        _stop(proc)
 
     assert "'path' column is off" in passwd["error"] and "root:" not in passwd["error"]  # no server file is read
     assert good["error"] == "" and good["answer"] in ("Yes", "No", None)
@@ -194,11 +206,9 @@ def test_a_copied_or_moved_project_registers_promotes_predicts_and_serves_on_its
     before = _tree(project)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(READL_DEVICE="cpu", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
     def readl(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "readl"), *args], cwd=cwd, env=env, text=True, capture_output=True)
+        return subprocess.run([str(BIN / "readl"), *args], cwd=cwd, env=_env(), text=True, capture_output=True)
 
     # a better model in the copy: register (new version 2) and promote it there
     metrics = json.loads((copy / "metrics.json").read_text())
@@ -223,24 +233,10 @@ def test_a_copied_or_moved_project_registers_promotes_predicts_and_serves_on_its
     shutil.move(copy, moved)
     predicted = readl(moved, "predict", "--model", "models:/readl@champion", image, "--out", "out2")
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
-    port = _free_port()
-    log = moved / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "readl"), "serve", "-p", str(port)],
-            cwd=moved,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, log)
+    with _serving(moved) as port:
         img = base64.b64encode((sample_dir / IMAGE).read_bytes()).decode()
         (row,) = _rows(port, {"dataframe_split": {"columns": ["image"], "data": [[img]]}})
         assert row["error"] == ""
-    finally:
-        _stop(proc)
 
     # artifacts deleted: serve and promote refuse with the reason, no traceback
     with sqlite3.connect(moved / "mlruns.db") as con:
