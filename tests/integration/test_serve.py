@@ -188,9 +188,12 @@ def test_serve_outside_a_project_is_a_clear_error_and_creates_nothing(tmp_path, 
 
 
 def _tree(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under ``folder``: what a write into it would change."""
+    """(size, mtime_ns) of every file of ``folder``'s registry (``mlruns.db``, ``mlruns/``): what a write into it
+    would change (the rest of the folder, e.g. another test's serve.log, is not the registry's)."""
     return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in [folder / "mlruns.db", *(folder / "mlruns").rglob("*")]
+        if p.is_file()
     }
 
 
