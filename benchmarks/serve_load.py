@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -83,7 +84,7 @@ def main() -> None:
         "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(args.timeout),
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    log = open("serve_load.log", "wb")  # noqa: SIM115 - the server's output, for the error below
+    log = tempfile.NamedTemporaryFile(prefix="serve_load-", suffix=".log", delete=False)  # noqa: SIM115 - the server's output
     server = subprocess.Popen(
         [str(venv_bin / "readl"), "serve", "-m", args.model, "-p", str(port), "--host", "127.0.0.1"],
         env=env,
@@ -105,7 +106,7 @@ def main() -> None:
             except (urllib.error.URLError, ConnectionError):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(
-                        f"readl serve did not come up on {base} (exit {server.poll()}); its output is in serve_load.log"
+                        f"readl serve did not come up on {base} (exit {server.poll()}); its output is in {log.name}"
                     ) from None
                 time.sleep(1)
         post(f"{base}/invocations", body, args.timeout + 60)  # warm: the first request loads lazily-built parts

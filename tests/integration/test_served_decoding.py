@@ -140,3 +140,41 @@ def test_a_request_is_bounded_in_rows_and_stops_once_past_its_timeout(tiny_dir, 
     late.predictor.predict = lambda ims: calls.append(len(ims)) or real(ims)
     out = late.predict(None, pd.DataFrame({"image": [img] * 2}))
     assert calls == [] and all("ran past the server's" in e for e in out["error"]), out["error"].tolist()
+
+
+def test_every_concurrent_request_reaches_the_model_when_it_arrives():
+    """Issue: MLflow's scoring server runs requests with ``asyncio.to_thread`` (the loop's default executor,
+    min(32, cores + 4) threads); request 7 on 2 cores waited there unseen, its deadline started late and its rows were
+    predicted after its client had the 504. After ``load_context`` (``admit_every_request``), 40 requests all start."""
+    import asyncio
+    import threading
+
+    from mlflow.pyfunc import scoring_server
+
+    from readl.registry.pyfunc import admit_every_request
+
+    original = scoring_server.asyncio
+    try:
+        assert admit_every_request()  # as load_context does in the server process
+
+        async def started_at_once(n: int) -> int:
+            started, gate = [], threading.Event()
+
+            def request() -> None:
+                started.append(1)
+                gate.wait(10)
+
+            tasks = [asyncio.create_task(scoring_server.asyncio.to_thread(request)) for _ in range(n)]
+            for _ in range(100):
+                if len(started) == n:
+                    break
+                await asyncio.sleep(0.02)
+            seen = len(started)
+            gate.set()
+            await asyncio.gather(*tasks)
+            return seen
+
+        assert asyncio.run(started_at_once(40)) == 40
+        assert scoring_server.asyncio.TimeoutError is asyncio.TimeoutError  # the rest of asyncio unchanged
+    finally:
+        scoring_server.asyncio = original

@@ -161,6 +161,55 @@ def _present(v: Any) -> bool:
     return not (isinstance(v, (str, bytes, bytearray)) and len(v) == 0)
 
 
+SERVE_THREADS = 256  # requests a server worker admits at once (each waits for the one prediction at a time)
+
+
+def admit_every_request() -> bool:
+    """Let every request reach :meth:`ReadlModel.predict` when it arrives, so its deadline starts then.
+
+    MLflow's scoring server runs each request with ``asyncio.to_thread``: the event loop's default executor,
+    min(32, cores + 4) threads (6 on 2 cores). The 7th concurrent request waited there unseen; its deadline began
+    only when a thread took it, after its client already had the 504, and its rows were predicted for nobody
+    (issue: 11.9 CPU-s of work after the last answer at 100 concurrent requests). Here the scoring server module's
+    ``asyncio`` is given a ``to_thread`` on a :data:`SERVE_THREADS`-thread executor (the event loop does not exist
+    yet when the model loads, so its default executor cannot be replaced); a waiting thread holds only its decoded
+    request (at most ``max_rows`` images). Pinned by ``test_every_concurrent_request_reaches_the_model...``.
+
+    Returns:
+        True when the scoring server is loaded in this process (and now admits every request), else False.
+    """
+    import sys
+
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    if server is None:
+        return False
+    if not isinstance(server.asyncio, _WideAsyncio):
+        server.asyncio = _WideAsyncio()
+        log.info("serve: up to %d concurrent requests admitted at arrival", SERVE_THREADS)
+    return True
+
+
+class _WideAsyncio:
+    """``asyncio`` for the scoring server: the same module, but ``to_thread`` on its own wide executor."""
+
+    def __init__(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._asyncio = asyncio
+        self._executor = ThreadPoolExecutor(max_workers=SERVE_THREADS, thread_name_prefix="readl-request")
+
+    def __getattr__(self, name: str):
+        return getattr(self._asyncio, name)
+
+    async def to_thread(self, func, /, *args, **kwargs):
+        import contextvars
+        import functools
+
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await self._asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+
 class ReadlModel(mlflow.pyfunc.PythonModel):
     """readl as an MLflow pyfunc model (see the module docstring for artifacts, input and output).
 
@@ -209,6 +258,7 @@ class ReadlModel(mlflow.pyfunc.PythonModel):
         self.max_rows = int(cfg.get("max_rows") or os.environ.get("READL_SERVE_MAX_ROWS") or MAX_ROWS)
         self.timeout = float(cfg.get("timeout") or os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT") or 60)
         self._one_at_a_time = threading.Lock()
+        admit_every_request()
         self.predictor = build_predictor(
             self.params, base, self.adapter, device=device, max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None
         )
