@@ -37,3 +37,16 @@ def test_gpu_check_runs_in_small_cpu_mode(tiny_dir):
     assert forward == {(s, v) for s in ("48", "80") for v in ("plain", "capture", "eager")}
     assert {r[0] for r in rows if len(r) == 4 and r[0] in ("1", "8")} == {"1", "8"}  # tokens/s at batch 1 and 8
     assert {r[0] for r in rows if len(r) == 3 and r[0] in ("CGRO", "R1")} == {"CGRO", "R1"}
+
+
+def test_gpu_check_without_a_gpu_fails_with_one_clear_line():
+    """The README's GPU smoke command on a machine without CUDA: exit 1, one line naming the CPU mode."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py")], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1 and "no CUDA device here" in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
