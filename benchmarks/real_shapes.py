@@ -293,16 +293,7 @@ def lora_counts(config, rank: int) -> tuple[int, int, int]:
     with torch.device("meta"):
         model = family.load_class()._from_config(config)
     regex = family.lora_target_regex
-    t = config.text_config
-    h, heads, kv, inter, n = (
-        t.hidden_size,
-        t.num_attention_heads,
-        t.num_key_value_heads,
-        t.intermediate_size,
-        t.num_hidden_layers,
-    )
-    d = getattr(t, "head_dim", None) or h // heads
-    decoder = n * rank * ((h + heads * d) + 2 * (h + kv * d) + (heads * d + h) + 2 * (h + inter) + (inter + h))
+    decoder = decoder_lora(config.text_config.to_dict(), rank)
     merger = sum(
         rank * (m.in_features + m.out_features)
         for name, m in model.named_modules()
@@ -312,6 +303,16 @@ def lora_counts(config, rank: int) -> tuple[int, int, int]:
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     vision = sum(1 for name, _ in peft.named_modules() if name.endswith("lora_A") and _is_vision_block(name))
     return trainable, decoder + merger, vision
+
+
+def decoder_lora(text: dict, rank: int) -> int:
+    """LoRA parameters of the decoder from its shape: r x (in + out) of q, k, v, o, gate, up, down in every layer."""
+    h, heads, kv, inter = (
+        text[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    )
+    d = text.get("head_dim") or h // heads
+    per_layer = (h + heads * d) + 2 * (h + kv * d) + (heads * d + h) + 2 * (h + inter) + (inter + h)
+    return text["num_hidden_layers"] * rank * per_layer
 
 
 def _is_decoder(name: str) -> bool:
@@ -415,7 +416,7 @@ def memory_plan(name: str, completion: int = 512, prompt: int = 300, rank: int =
     per_layer = (h + heads * d) * h + 2 * h * kv * d + 3 * h * inter  # q/k/v/o + SwiGLU
     embed = vocab * h * (1 if text.get("tie_word_embeddings") else 2)
     params = n * per_layer + embed + _vision_params(kit, vision)
-    lora = n * rank * ((h + heads * d) + 2 * (h + kv * d) + (heads * d + h) + 2 * (h + inter) + (inter + h))
+    lora = decoder_lora(text, rank)
     full_layer = 2 * (8 * h + 2 * kv * d + 4 * inter)  # bytes per token
     seq = prompt + completion
     gib = 2**30
