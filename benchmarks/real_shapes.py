@@ -15,10 +15,12 @@ model) this prints one row:
   2 vision blocks (fp32, real width, real head grouping and head dim), 2 images at 420 px;
 - ``eager / capture MiB``: the attention tensor each keeps per decoder layer for that batch: eager materialises
   (B, H, S, S) probabilities, the capture one running (B, Q, K) sum (Q captured query rows, K image + anomaly keys);
+- ``CGRO step s``: one CGRO optimizer step (LoRA, G = 2 sampled rollouts of 8 tokens, the consistency reward's
+  capture pass included) on that cut model, through readl's trainer;
 - ``s``: seconds for the row (building the model included).
 
 ``--memory-plan`` prints instead the per-GPU memory of the paper recipe for each configuration (README "Memory
-plan"; formula in :func:`memory_plan`). One CGRO step at real width is ``benchmarks/gpu_check.py``'s job.
+plan"; formula in :func:`memory_plan`). ``benchmarks/gpu_check.py`` measures the 7B shape at full depth on a GPU.
 
     python benchmarks/real_shapes.py                      # every configuration (~5 min, 2 cores, ~12 GB RAM)
     python benchmarks/real_shapes.py --only qwen2-vl-2b   # one (the suite runs this)
@@ -334,6 +336,7 @@ class Row:
     diff: float
     eager_mib: float
     capture_mib: float
+    cgro_step_s: float
     seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -386,8 +389,49 @@ def measure(name: str, layers: int, rank: int, images) -> Row:
         float((got - ref).abs().max()),
         b * heads * s * s * 4 / 2**20,
         got.numel() * 4 / 2**20,
+        cgro_step(model, processor),
         time.perf_counter() - t0,
     )
+
+
+def cgro_step(model, processor, generations: int = 2, completion: int = 8) -> float:
+    """Seconds of one CGRO optimizer step (format + accuracy + consistency rewards, LoRA r 16, G = ``generations``
+    sampled rollouts of ``completion`` tokens of one bundled 420 px image) on ``model`` (the cut, real-width one)."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+    from transformers.trainer_callback import PrinterCallback
+
+    from readl.config import Params
+    from readl.training.data import load_manifest
+    from readl.training.train import build_trainer
+
+    repo = Path(__file__).resolve().parents[1]
+    params = Params.model_validate(
+        {
+            "model": {"base": "tiny", "image_size": 420},
+            "train": {
+                "num_generations": generations,
+                "per_device_train_batch_size": generations,
+                "max_steps": 1,
+                "max_completion_length": completion,
+                "save_steps": 1000,
+                "logging_steps": 1,
+            },
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "train.parquet"
+        rows = [("data/raw/mvtec_ad/grid/test/bent/000.png", 1)]
+        pd.DataFrame(rows, columns=["image_path", "label"]).assign(source="s", category="grid").to_parquet(manifest)
+        trainer = build_trainer(
+            params, load_manifest(manifest, root=repo), Path(tmp) / "ckpt", model_and_processor=(model, processor)
+        )
+        trainer.remove_callback(PrinterCallback)
+        t0 = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - t0
 
 
 def memory_plan(name: str, completion: int = 512, prompt: int = 300, rank: int = 16) -> tuple[float, float, float]:
@@ -488,6 +532,7 @@ def main(argv=None) -> None:
                 r.vision_lora,
                 f"{r.diff:.1e}",
                 f"{r.eager_mib:.1f} / {r.capture_mib:.3f}",
+                f"{r.cgro_step_s:.1f}",
                 f"{r.seconds:.0f}",
             ]
         )
@@ -504,6 +549,7 @@ def main(argv=None) -> None:
                 "vision LoRA",
                 "capture - eager",
                 "eager / capture MiB",
+                "CGRO step s",
                 "s",
             ],
         )

@@ -27,6 +27,7 @@ def test_the_smallest_real_configuration_captures_exactly_and_adapts_no_vision_b
     assert row.diff <= 1e-5  # capture == eager output_attentions at 6:1 grouping and head dim 128
     assert row.lora == row.lora_shapes == 18_735_104  # full depth (meta device) = r x (in + out) per layer
     assert row.vision_lora == 0
+    assert row.cgro_step_s > 0  # one CGRO step (LoRA, G = 2, capture pass) ran through readl's trainer
 
 
 def test_the_memory_plan_follows_its_formula():
