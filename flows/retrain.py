@@ -12,7 +12,8 @@ Run locally, no Prefect server needed (ephemeral mode), training in-process on t
     python -m flows.retrain                      # = --local; add --workdir DIR, --no-pull, --no-promote
 
 Each run publishes a Markdown artifact ``retrain-summary`` (stages, metrics, promotion decision with the
-gate's table, links) and a table artifact ``retrain-metrics`` (per dataset).
+gate's table, links; with a ``feedback`` source in params ``curate.train``, how many inspectors' labels train used
+and how many are new since the last run: README "Production loop") and a table artifact ``retrain-metrics``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,16 @@ from flows.stages import (
     retry_if_transient,
 )
 
-__all__ = ["STAGES", "GPU_STAGES", "GPU_DEPLOYMENT", "retrain", "train_remote", "promote_task", "tracking_uri_for"]
+__all__ = [
+    "STAGES",
+    "GPU_STAGES",
+    "GPU_DEPLOYMENT",
+    "feedback_labels",
+    "retrain",
+    "train_remote",
+    "promote_task",
+    "tracking_uri_for",
+]
 
 STAGES = ("curate", "warmup", "train", "calibrate", "evaluate", "register")
 GPU_STAGES = ("warmup", "train")  # the training stages: run on the GPU worker when a GPU deployment is given
@@ -143,8 +153,30 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * float(v):.1f}"
 
 
+def feedback_labels(wd: Path) -> dict | None:
+    """Inspectors' labels (``feedback`` layout sources of params ``curate.train``) in ``wd``'s curated train split:
+    ``{"images", "exported_at"}`` (the newest export's time); None when params list no such source."""
+    import yaml
+
+    params = yaml.safe_load((wd / "params.yaml").read_text()) if (wd / "params.yaml").is_file() else None
+    sources = [s for s in ((params or {}).get("curate") or {}).get("train") or [] if s.get("layout") == "feedback"]
+    if not sources:
+        return None
+    summary = wd / "data/curated/summary.json"
+    got = json.loads(summary.read_text())["splits"]["train"]["sources"] if summary.is_file() else {}
+    images = sum(got.get(s["name"], {}).get(k, 0) for s in sources for k in ("normal", "anomalous"))
+    exports = [wd / "data/raw" / s["root"] / "export.json" for s in sources]
+    times = [json.loads(e.read_text())["exported_at"] for e in exports if e.is_file()]
+    return {"images": images, "exported_at": max(times, default=None)}
+
+
 def _summary(
-    wd: Path, stages: list[dict], gpu: dict | None, decision: dict | None, elapsed: float
+    wd: Path,
+    stages: list[dict],
+    gpu: dict | None,
+    decision: dict | None,
+    elapsed: float,
+    labels: tuple[dict | None, dict | None] = (None, None),
 ) -> tuple[str, list[dict]]:
     metrics = json.loads((wd / "metrics.json").read_text()) if (wd / "metrics.json").is_file() else {}
     registered = (
@@ -168,6 +200,16 @@ def _summary(
     if rows:
         md += ["", "## Metrics (%)", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         md += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
+    before, after = labels
+    if after is not None:
+        new = after["images"] - (before or {}).get("images", 0)
+        md += [
+            "",
+            "## Inspectors' labels",
+            "",
+            f"{after['images']} images labelled by inspectors in train (feedback export of "
+            f"{after['exported_at'] or 'unknown time'}): **{new:+d}** since the last run.",
+        ]
     if registered:
         md += [
             "",
@@ -256,6 +298,7 @@ def retrain(
     push = bool(gpu_deployment) if push is None else push
     done: list[dict] = []
     gpu = None
+    labels_before = feedback_labels(wd)  # the last run's curated split (summary.json is not in the DVC cache)
     if pull:
         dvc(["pull", "--allow-missing"], str(wd))
     for stage in stages:
@@ -281,7 +324,14 @@ def retrain(
     if any(s["stage"] == "register" and s["status"] == "ran" for s in done):
         decision = _with_stage_decision(wd, decision)
     elapsed = time.monotonic() - t0
-    markdown, rows = _summary(wd, done, gpu, decision, elapsed)
+    labels = feedback_labels(wd)
+    if labels is not None:
+        log.info(
+            "inspectors' labels in train: %d (%+d since the last run)",
+            labels["images"],
+            labels["images"] - (labels_before or {}).get("images", 0),
+        )
+    markdown, rows = _summary(wd, done, gpu, decision, elapsed, (labels_before, labels))
     create_markdown_artifact(
         markdown=markdown, key="retrain-summary", description="readl retrain: stages, metrics, promotion"
     )
@@ -297,6 +347,7 @@ def retrain(
         "promotion": decision,
         "seconds": round(elapsed, 1),
         "registered": json.loads(registered.read_text()) if registered.is_file() else None,
+        "feedback": labels,
     }
 
 

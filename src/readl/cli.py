@@ -435,5 +435,75 @@ def serve(
     os.execve(argv[0], argv, env)  # the server replaces this process
 
 
+ProductionHome = Annotated[
+    Path | None,
+    typer.Option(help="Production folder: image copies, records (default $READL_PRODUCTION_HOME or data/production)."),
+]
+ProductionDb = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL (default $READL_PRODUCTION_DB or sqlite:///<home>/production.db)."),
+]
+
+
+@app.command()
+@handled
+def review(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port.")] = 8080,
+    host: Annotated[str, typer.Option("--host", "-h", help="Address to listen on (0.0.0.0: every interface).")] = (
+        "127.0.0.1"
+    ),
+    home: ProductionHome = None,
+    db: ProductionDb = None,
+) -> None:
+    """Serve the inspectors' review page (reviewers from $READL_REVIEWERS=alice:TOKEN,bob:TOKEN)."""
+    import uvicorn
+
+    from readl.production.review import create_app, parse_reviewers
+    from readl.production.store import Store, production_home, store_url
+
+    reviewers = parse_reviewers(os.environ.get("READL_REVIEWERS"))
+    root = production_home(home)
+    app_ = create_app(Store(store_url(db, root)), root, reviewers)
+    console.print(f"review: http://{host}:{port}/ ({len(reviewers)} reviewers; store {root})", highlight=False)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+feedback_app = typer.Typer(help="Inspectors' verdicts back into training.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+@handled
+def feedback_export(
+    home: ProductionHome = None,
+    db: ProductionDb = None,
+    out: Annotated[Path, typer.Option(help="Export folder (a curate source under data/raw).")] = Path(
+        "data/raw/feedback"
+    ),
+    params: Annotated[Path, typer.Option(help="params.yaml to list the export in (curate.train).")] = Path(
+        "params.yaml"
+    ),
+    add_to_params: Annotated[bool, typer.Option(help="List the export in params curate.train if absent.")] = True,
+    mlflow: Annotated[bool, typer.Option(help="Log the agreement per model version to MLflow.")] = True,
+) -> None:
+    """Write the verdicts as an image-level curate source (labels.csv + images) and log the model's agreement."""
+    from readl.production.agreement import agreement, log_agreement, verdict_frame
+    from readl.production.feedback import add_source, export
+    from readl.production.store import Store, store_url
+
+    store = Store(store_url(db, home))
+    result = export(store, out)
+    console.print(f"feedback: {result.images} images ({result.ok} OK, {result.ng} NG) -> {out}", highlight=False)
+    for c in result.conflicts:
+        console.print(f"[yellow]conflict, not exported[/yellow]: {c['origin']} ({escape(c['verdicts'])})")
+    if add_to_params and add_source(params):
+        console.print(f"{params}: curate.train lists the export (name feedback, layout feedback)", highlight=False)
+    table = agreement(verdict_frame(store.reviewed()))
+    if not table.empty:
+        make_console().print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if mlflow:
+            log_agreement(table)
+
+
 if __name__ == "__main__":
     app()

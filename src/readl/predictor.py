@@ -14,7 +14,8 @@ top-left). The JSON record: ``image``, ``reasoning``, ``answer`` (``"Yes"``/``"N
 completion has no parsable answer), ``format_ok``, ``score`` (P(Yes)), ``decision`` (``anomalous``/``normal``,
 also for a malformed answer: readl.evaluation.decision) with ``threshold`` (value, rule, source), ``model``
 (base, adapter content hash or registry version), ``thresholds`` (the tau_t/tau_i source), ``overlay`` (the
-PNG's path), the selected tokens with S_T^ / S_I^ / w, ``tau``, ``fallback``. Images are kept at their size capped at
+PNG's path), the reasoning ``tokens`` (decoded, in order), the selected tokens (``index`` into ``tokens``) with
+S_T^ / S_I^ / w, ``tau``, ``fallback``. Images are kept at their size capped at
 :data:`MAX_SIDE` px on the longest side. A file that is not a readable
 image is reported with its path and reason; the others still get their results.
 """
@@ -233,6 +234,7 @@ def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: 
         "threshold": {k: decision[k] for k in ("value", "rule", "source")},
         "completion": pred.completion,
         "n_reasoning_tokens": len(pred.tokens),
+        "tokens": list(pred.tokens),
         "tau": {"t": real.tau_t, "i": real.tau_i},
         "fallback": real.fallback,
         "selected_tokens": selected,

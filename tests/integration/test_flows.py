@@ -13,6 +13,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import copy  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -78,7 +79,7 @@ def _dvc(args: list[str], cwd: Path) -> None:
 
 def test_prefect_yaml_matches_params_and_flows():
     """prefect.yaml: retrain on pool cpu with the cron of params.yaml register.schedule; train-on-gpu on pool gpu;
-    entrypoints load."""
+    inspect on cpu with its shards on gpu; entrypoints load."""
     from prefect.flows import load_flow_from_entrypoint
 
     from readl.config import load_params
@@ -92,12 +93,16 @@ def test_prefect_yaml_matches_params_and_flows():
     assert deps["retrain"]["work_pool"]["name"] == "cpu" and deps["train-on-gpu"]["work_pool"]["name"] == "gpu"
     assert deps["retrain"]["parameters"]["gpu_deployment"] == "train-on-gpu/train-on-gpu"
     # process workers delete their clone after each run: the stages run in a persistent folder (checkpoints kept)
-    assert {d: deps[d]["parameters"]["workdir"] for d in deps} == {d: f"~/.cache/readl/{d}" for d in deps}
+    trained = ("retrain", "train-on-gpu")
+    assert {d: deps[d]["parameters"]["workdir"] for d in trained} == {d: f"~/.cache/readl/{d}" for d in trained}
+    # production loop: the parent lists and waits on `cpu`, the shards predict on `gpu`
+    assert deps["inspect"]["work_pool"]["name"] == "cpu" and deps["inspect-shard"]["work_pool"]["name"] == "gpu"
+    assert deps["inspect"]["parameters"]["shard_deployment"] == "inspect-shard/inspect-shard"
     names = {}
     for d in deps.values():
         path, fn = d["entrypoint"].split(":")
         names[d["name"]] = load_flow_from_entrypoint(f"{REPO / path}:{fn}").name
-    assert names == {"retrain": "retrain", "train-on-gpu": "train-on-gpu"}
+    assert names == {d: d for d in ("retrain", "train-on-gpu", "inspect", "inspect-shard")}
 
 
 def test_dvc_failures_are_classified(tmp_path):
@@ -191,6 +196,27 @@ def test_summary_links_to_the_prefect_ui(tmp_path):
     with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.example:4200"}):
         md, _ = _summary(tmp_path, [], gpu, None, 1.0)
     assert f"[brave-fox](http://prefect.example:4200/runs/flow-run/{gpu['flow_run_id']})" in md, md
+
+
+def test_the_summary_counts_the_inspectors_labels_new_since_the_last_run(tmp_path):
+    """Issue 26 item 3: the retrain summary says how many inspectors' labels train used, and how many are new."""
+    from flows.retrain import _summary, feedback_labels
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    assert feedback_labels(tmp_path) is None  # no feedback source listed
+    from readl.production.feedback import add_source
+
+    add_source(tmp_path / "params.yaml")
+    curated = tmp_path / "data/curated"
+    curated.mkdir(parents=True)
+    (tmp_path / "data/raw/feedback").mkdir(parents=True)
+    (tmp_path / "data/raw/feedback/export.json").write_text('{"exported_at": "2026-12-07T10:00:00"}')
+    sources = {"feedback": {"normal": 3, "anomalous": 2}, "bottle": {"normal": 14, "anomalous": 0}}
+    (curated / "summary.json").write_text(json.dumps({"splits": {"train": {"sources": sources}}}))
+    after = feedback_labels(tmp_path)
+    assert after == {"images": 5, "exported_at": "2026-12-07T10:00:00"}
+    md, _ = _summary(tmp_path, [], None, None, 1.0, ({"images": 2, "exported_at": None}, after))
+    assert "5 images labelled by inspectors in train (feedback export of 2026-12-07T10:00:00): **+3**" in md, md
 
 
 def test_local_run_sends_no_telemetry_unless_asked(monkeypatch, capsys):

@@ -23,6 +23,8 @@ sdd            KolektorSDD (kosNN, label from mask)  :mod:`.sdd`
 ksdd2          KolektorSDD2 (_GT masks)              :mod:`.sdd`
 folder         anomalib "folder" format              :mod:`.folder`
 images_masks   images/ + masks/ (label from mask)    :mod:`.images_masks`
+feedback       inspectors' verdicts (labels.csv,     :mod:`.feedback`
+               image-level, ``readl feedback export``)
 synthetic      CutPaste / scar / DRAEM anomalies of  :mod:`.synthetic`
                another source's normal images
                (made by curate)
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator
 
 from .base import DOWNLOAD_HINTS, MASK_KINDS, LayoutError, Record, records_to_frame
 from .bsdata import bsdata
+from .feedback import feedback
 from .folder import folder
 from .goodsad import goodsad
 from .images_masks import images_masks
@@ -97,6 +100,7 @@ ADAPTERS: dict[str, Adapter] = _Registry(
         "ksdd2": ksdd2,
         "folder": folder,
         "images_masks": images_masks,
+        "feedback": feedback,
         "synthetic": synthetic,
     }
 )
