@@ -16,7 +16,9 @@ model) this prints one row:
 - ``eager / capture MiB``: the attention tensor each keeps per decoder layer for that batch: eager materialises
   (B, H, S, S) probabilities, the capture one running (B, Q, K) sum (Q captured query rows, K image + anomaly keys);
 - ``CGRO step s``: one CGRO optimizer step (LoRA, G = 2 sampled rollouts of 8 tokens, the consistency reward's
-  capture pass included) on that cut model, through readl's trainer;
+  capture pass included) on that cut model, through readl's trainer; ``LoRA change``: the largest |change| of a LoRA
+  weight in that step (0 when every rollout gets the same reward, as random weights' rollouts do: no advantage, no
+  gradient); the row's ``cgro_stats`` holds the step's logged entry (loss, grad_norm, reward_std, ...);
 - ``s``: seconds for the row (building the model included).
 
 ``--memory-plan`` prints instead the per-GPU memory of the paper recipe for each configuration (README "Memory
@@ -36,6 +38,43 @@ from dataclasses import dataclass, field
 
 import torch
 
+# vision towers shared by a family's checkpoints (each entry below adds the values that differ)
+QWEN2_VL_VISION = dict(
+    depth=32,
+    embed_dim=1280,
+    mlp_ratio=4,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+QWEN2_5_VL_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    window_size=112,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+QWEN3_VL_VISION = dict(
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+)
+INTERNVL3_VISION = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    image_size=[448, 448],
+    patch_size=[14, 14],
+)
+
 # name -> (family kit, text config, vision config): the published checkpoints' config.json values
 CONFIGS: dict[str, tuple[str, dict, dict]] = {
     "qwen2-vl-2b": (
@@ -51,16 +90,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             rope_theta=1e6,
             mrope_section=[16, 24, 24],
         ),
-        dict(
-            depth=32,
-            embed_dim=1280,
-            hidden_size=1536,
-            mlp_ratio=4,
-            num_heads=16,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        dict(QWEN2_VL_VISION, hidden_size=1536),
     ),
     "qwen2-vl-7b": (
         "tiny-qwen2-vl",
@@ -75,16 +105,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             rope_theta=1e6,
             mrope_section=[16, 24, 24],
         ),
-        dict(
-            depth=32,
-            embed_dim=1280,
-            hidden_size=3584,
-            mlp_ratio=4,
-            num_heads=16,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        dict(QWEN2_VL_VISION, hidden_size=3584),
     ),
     "qwen2.5-vl-3b": (
         "tiny",
@@ -99,18 +120,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             rope_theta=1e6,
             mrope_section=[16, 24, 24],
         ),
-        dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            out_hidden_size=2048,
-            fullatt_block_indexes=[7, 15, 23, 31],
-            window_size=112,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        dict(QWEN2_5_VL_VISION, out_hidden_size=2048),
     ),
     "qwen2.5-vl-7b": (
         "tiny",
@@ -125,18 +135,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             rope_theta=1e6,
             mrope_section=[16, 24, 24],
         ),
-        dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            out_hidden_size=3584,
-            fullatt_block_indexes=[7, 15, 23, 31],
-            window_size=112,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        dict(QWEN2_5_VL_VISION, out_hidden_size=3584),
     ),
     "qwen3-vl-4b": (
         "tiny-qwen3-vl",
@@ -154,15 +153,11 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             mrope_interleaved=True,
         ),
         dict(
+            QWEN3_VL_VISION,
             depth=24,
             hidden_size=1024,
             intermediate_size=4096,
-            num_heads=16,
             out_hidden_size=2560,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=2304,
             deepstack_visual_indexes=[5, 11, 17],
         ),
     ),
@@ -182,15 +177,11 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             mrope_interleaved=True,
         ),
         dict(
+            QWEN3_VL_VISION,
             depth=27,
             hidden_size=1152,
             intermediate_size=4304,
-            num_heads=16,
             out_hidden_size=4096,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=2304,
             deepstack_visual_indexes=[8, 16, 24],
         ),
     ),
@@ -206,14 +197,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             tie_word_embeddings=False,
             rope_theta=1e6,
         ),
-        dict(
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            intermediate_size=4096,
-            image_size=[448, 448],
-            patch_size=[14, 14],
-        ),
+        INTERNVL3_VISION,
     ),
     "internvl3-8b-hf": (
         "tiny-internvl",
@@ -227,14 +211,7 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {
             tie_word_embeddings=False,
             rope_theta=1e6,
         ),
-        dict(
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            intermediate_size=4096,
-            image_size=[448, 448],
-            patch_size=[14, 14],
-        ),
+        INTERNVL3_VISION,
     ),
 }
 
@@ -337,6 +314,8 @@ class Row:
     eager_mib: float
     capture_mib: float
     cgro_step_s: float
+    lora_change: float
+    cgro_stats: dict
     seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -389,14 +368,16 @@ def measure(name: str, layers: int, rank: int, images) -> Row:
         float((got - ref).abs().max()),
         b * heads * s * s * 4 / 2**20,
         got.numel() * 4 / 2**20,
-        cgro_step(model, processor),
+        *cgro_step(model, processor),
         time.perf_counter() - t0,
     )
 
 
-def cgro_step(model, processor, generations: int = 2, completion: int = 8) -> float:
+def cgro_step(model, processor, generations: int = 2, completion: int = 8) -> tuple[float, float, dict]:
     """Seconds of one CGRO optimizer step (format + accuracy + consistency rewards, LoRA r 16, G = ``generations``
-    sampled rollouts of ``completion`` tokens of one bundled 420 px image) on ``model`` (the cut, real-width one)."""
+    sampled rollouts of ``completion`` tokens of one bundled 420 px image) on ``model`` (the cut, real-width one),
+    the largest absolute change of a trainable (LoRA) weight in that step, and the step's logged entry (TRL's
+    ``loss``, ``grad_norm``, ``reward_std``, ``completions/*``, readl's ``consistency/*`` ...)."""
     import tempfile
     from pathlib import Path
 
@@ -429,9 +410,13 @@ def cgro_step(model, processor, generations: int = 2, completion: int = 8) -> fl
             params, load_manifest(manifest, root=repo), Path(tmp) / "ckpt", model_and_processor=(model, processor)
         )
         trainer.remove_callback(PrinterCallback)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         t0 = time.perf_counter()
         trainer.train()
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        after = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+        change = max(float((after[n].detach() - p).abs().max()) for n, p in before.items())
+        return seconds, change, trainer.state.log_history[0]
 
 
 def memory_plan(name: str, completion: int = 512, prompt: int = 300, rank: int = 16) -> tuple[float, float, float]:
@@ -533,6 +518,7 @@ def main(argv=None) -> None:
                 f"{r.diff:.1e}",
                 f"{r.eager_mib:.1f} / {r.capture_mib:.3f}",
                 f"{r.cgro_step_s:.1f}",
+                f"{r.lora_change:.1e}",
                 f"{r.seconds:.0f}",
             ]
         )
@@ -550,6 +536,7 @@ def main(argv=None) -> None:
                 "capture - eager",
                 "eager / capture MiB",
                 "CGRO step s",
+                "LoRA change",
                 "s",
             ],
         )

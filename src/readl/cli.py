@@ -16,11 +16,13 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
+from readl.paths import DEFAULT_PATHS
 from readl.stages.console import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
     bar,
+    console,
     exit_code,
     handled,
     load_params_file,
@@ -31,9 +33,6 @@ from readl.stages.console import (
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "app", "exit_code"]
 
 app = typer.Typer(help="readl: reasoning-driven industrial anomaly detection (ReAL + CGRO).", no_args_is_help=True)
-
-
-console = make_console(stderr=True)
 
 
 @app.callback()
@@ -184,8 +183,8 @@ def preset(
 def warmup(
     params: ParamsFile = None,
     manifest: Manifest = Path("data/curated/train.parquet"),
-    output: Annotated[Path, typer.Option(help="Folder for warmup/, warmup_run.json, warmup_checkpoints/.")] = Path(
-        "models"
+    output: Annotated[Path, typer.Option(help="Folder for warmup/, warmup_run.json, warmup_checkpoints/.")] = (
+        DEFAULT_PATHS.models
     ),
     device: TrainDevice = None,
 ) -> None:
@@ -200,7 +199,9 @@ def warmup(
 def train(
     params: ParamsFile = None,
     manifest: Manifest = Path("data/curated/train.parquet"),
-    output: Annotated[Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")] = Path("models"),
+    output: Annotated[
+        Path, typer.Option(help="Folder for adapter/, train_run.json, checkpoints/.")
+    ] = DEFAULT_PATHS.models,
     device: TrainDevice = None,
 ) -> None:
     """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself."""
@@ -285,10 +286,8 @@ def fetch(
 @handled
 def calibrate(
     manifest: Annotated[Path, typer.Option(help="Calibration manifest.")] = Path("data/curated/calib.parquet"),
-    adapter: Adapter = Path("models/adapter"),
-    out: Annotated[Path, typer.Option(help="thresholds.json to write (plot beside it).")] = Path(
-        "models/thresholds.json"
-    ),
+    adapter: Adapter = DEFAULT_PATHS.adapter,
+    out: Annotated[Path, typer.Option(help="thresholds.json to write (plot beside it).")] = DEFAULT_PATHS.thresholds,
     cache: Cache = Path("reports/predictions/calib"),
     model: BaseModel = None,
     params: ParamsFile = None,
@@ -306,11 +305,11 @@ def evaluate(
     manifest: Annotated[Path, typer.Option(help="Evaluation manifest (with masks).")] = Path(
         "data/curated/eval.parquet"
     ),
-    adapter: Adapter = Path("models/adapter"),
+    adapter: Adapter = DEFAULT_PATHS.adapter,
     thresholds: Annotated[
         Path | None,
         typer.Option(help="Calibrated thresholds.json; 'none' = the per-image rules and the decision threshold 0.5."),
-    ] = Path("models/thresholds.json"),
+    ] = DEFAULT_PATHS.thresholds,
     metrics: Annotated[Path, typer.Option(help="metrics.json to write.")] = Path("metrics.json"),
     plots: Annotated[Path, typer.Option(help="Folder for ROC/PR curve JSON (dvc plots).")] = Path("plots"),
     reports: Annotated[Path, typer.Option(help="Folder for tables and the heat-map gallery.")] = Path("reports"),
@@ -343,21 +342,19 @@ def evaluate(
 @handled
 def register(
     params: ParamsFile = None,
-    adapter: Annotated[Path, typer.Option(help="LoRA adapter (absent: the base model alone).")] = Path(
-        "models/adapter"
-    ),
-    thresholds: Annotated[Path, typer.Option(help="thresholds.json from `readl calibrate`.")] = Path(
-        "models/thresholds.json"
-    ),
+    adapter: Annotated[Path, typer.Option(help="LoRA adapter (absent: the base model alone).")] = DEFAULT_PATHS.adapter,
+    thresholds: Annotated[
+        Path, typer.Option(help="thresholds.json from `readl calibrate`.")
+    ] = DEFAULT_PATHS.thresholds,
     metrics: Annotated[Path, typer.Option(help="metrics.json from `readl evaluate` (version tags).")] = Path(
         "metrics.json"
     ),
-    train_run: Annotated[Path, typer.Option(help="train_run.json: the MLflow run to log the model into.")] = Path(
-        "models/train_run.json"
-    ),
-    out: Annotated[Path, typer.Option(help="Record for DVC: name, version, run_id, aliases.")] = Path(
-        "models/registered.json"
-    ),
+    train_run: Annotated[
+        Path, typer.Option(help="train_run.json: the MLflow run to log the model into.")
+    ] = DEFAULT_PATHS.train_run,
+    out: Annotated[
+        Path, typer.Option(help="Record for DVC: name, version, run_id, aliases.")
+    ] = DEFAULT_PATHS.registered,
     name: ModelName = None,
     promote_: Annotated[
         bool,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from readl.config import Params
+if TYPE_CHECKING:  # an annotation only: the CLI imports this module for its defaults without pydantic
+    from readl.config import Params
 
-__all__ = ["ModelRef", "Paths", "resolve_model"]
+__all__ = ["DEFAULT_PATHS", "ModelRef", "Paths", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,19 @@ class Paths:
     def train_run(self) -> Path:
         """The training run's record (``readl train``)."""
         return self.models / "train_run.json"
+
+    @property
+    def warmup_run(self) -> Path:
+        """The cold start's record (``readl warmup``)."""
+        return self.models / "warmup_run.json"
+
+    @property
+    def registered(self) -> Path:
+        """The registered version's record (``readl register``)."""
+        return self.models / "registered.json"
+
+
+DEFAULT_PATHS = Paths()  # the pipeline's own files (dvc.yaml): the stages' and the CLI's defaults
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,20 @@ def ensure_store(uri: str | None = None) -> None:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)  # opens (creates, migrates) the tracking store
         client.search_registered_models(max_results=1)  # and the model registry store
-        relocate_store(db)
+        key = _store_key(db)
+        if key not in _RELOCATION_CHECKED:
+            relocate_store(db)
+            _RELOCATION_CHECKED.add(key)
+
+
+# Stores :func:`relocate_store` has checked in this process, keyed by resolved path plus device and inode: a moved
+# project (new path) or a store file replaced by another (a rename gives a new inode) is checked again.
+_RELOCATION_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _store_key(db: Path) -> tuple[str, int, int]:
+    st = db.stat()
+    return str(db.resolve()), st.st_dev, st.st_ino
 
 
 # MLflow stores every local artifact location as an absolute path (it resolves ./mlruns at creation): these

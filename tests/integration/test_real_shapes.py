@@ -4,6 +4,7 @@ key/value heads, head dim 128, 152k vocabulary), random weights on CPU, and its 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +28,14 @@ def test_the_smallest_real_configuration_captures_exactly_and_adapts_no_vision_b
     assert row.diff <= 1e-5  # capture == eager output_attentions at 6:1 grouping and head dim 128
     assert row.lora == row.lora_shapes == 18_735_104  # full depth (meta device) = r x (in + out) per layer
     assert row.vision_lora == 0
-    assert row.cgro_step_s > 0  # one CGRO step (LoRA, G = 2, capture pass) ran through readl's trainer
+    # one CGRO step (LoRA, G = 2, capture pass) ran through readl's trainer
+    step = row.cgro_stats
+    assert 0 < row.cgro_step_s < 600
+    assert math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
+    assert step["completions/mean_length"] > 0  # the G rollouts were sampled
+    assert step["consistency/capture_s"] > 0  # the consistency reward's capture pass ran
+    # a reward spread moves the LoRA weights; random weights' rollouts all score 0 (no advantage, no gradient)
+    assert (row.lora_change > 0) == (step["reward_std"] > 0)
 
 
 def test_the_memory_plan_follows_its_formula():

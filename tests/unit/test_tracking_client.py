@@ -52,3 +52,22 @@ def test_mlflow_session_sets_uris_and_retry_defaults_for_the_block_only(tmp_path
         raise RuntimeError("inside")
     assert dict(os.environ) == env  # restored on an error too
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == uris
+
+
+def test_relocation_is_checked_once_per_store_and_again_when_the_file_is_replaced(tmp_path, clean_mlflow, monkeypatch):
+    import shutil
+
+    import readl.tracking as tracking
+
+    checked = []
+    real = tracking.relocate_store
+    monkeypatch.setattr(tracking, "relocate_store", lambda db: checked.append(db) or real(db))
+    db = tmp_path / "mlruns.db"
+    uri = f"sqlite:///{db}"
+    connect(uri)
+    connect(uri)
+    assert checked == [db]  # the second connect skips the check
+    shutil.copy(db, tmp_path / "other.db")
+    (tmp_path / "other.db").replace(db)  # another store file at the same path: a new inode
+    connect(uri)
+    assert checked == [db, db]

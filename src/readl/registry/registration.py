@@ -24,7 +24,7 @@ from pathlib import Path
 from readl.atomic import write_json
 from readl.config import Params, RegisterConfig, load_params
 from readl.digest import file_digest  # re-exported: the registry's content hashes
-from readl.paths import ModelRef, Paths, resolve_model
+from readl.paths import DEFAULT_PATHS, ModelRef, Paths, resolve_model
 from readl.redact import redact
 from readl.registry.fingerprints import (
     FINGERPRINT_TAG,
@@ -205,16 +205,17 @@ def _log_model(run_id: str, artifacts: dict[str, str], fp: str, uri: str, eval_m
 # --- register ----------------------------------------------------------------------------------------------------
 def register(
     params_file: str | Path = "params.yaml",
-    adapter: str | Path | None = "models/adapter",
-    thresholds: str | Path = "models/thresholds.json",
+    adapter: str | Path | None = DEFAULT_PATHS.adapter,
+    thresholds: str | Path = DEFAULT_PATHS.thresholds,
     metrics: str | Path = "metrics.json",
-    train_run: str | Path = "models/train_run.json",
+    train_run: str | Path = DEFAULT_PATHS.train_run,
     manifests: Sequence[str | Path] = DEFAULT_MANIFESTS,
-    out: str | Path | None = "models/registered.json",
+    out: str | Path | None = DEFAULT_PATHS.registered,
     name: str | None = None,
     alias: str = "challenger",
     uri: str | None = None,
     model: ModelRef | None = None,
+    params: Params | None = None,
 ) -> RegisterResult:
     """Log the readl pyfunc model into the training run and register it as a new version aliased ``alias``.
 
@@ -235,6 +236,7 @@ def register(
         model: the stage's base model (:func:`readl.paths.resolve_model`; default: resolved for the folder of
             ``train_run``, i.e. ``models/``); a warm-started one (``models/warmup``) is logged as the
             ``base_model`` artifact.
+        params: ``params_file`` already loaded and validated (the stage's; default: loaded here).
 
     Returns:
         The :class:`RegisterResult`.
@@ -247,7 +249,7 @@ def register(
         RegistryError: the version could not be created consistently.
     """
     uri = uri or tracking_uri()
-    cfg: Params = load_params(params_file)
+    cfg: Params = params if params is not None else load_params(params_file)
     name = name or register_config(cfg).model_name
     thresholds, metrics, train_run = Path(thresholds), Path(metrics), Path(train_run)
     # every input is read and checked before anything is written to the registry (readl.registry.inputs)

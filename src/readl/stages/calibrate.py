@@ -23,7 +23,7 @@ from readl.evaluation.evaluate import score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import clean_json
 from readl.localization.thresholds import ThresholdPair, ThresholdSpec
-from readl.paths import resolve_model
+from readl.paths import DEFAULT_PATHS, resolve_model
 from readl.predictor import pipeline_predictor
 from readl.runtime import configure
 
@@ -115,8 +115,8 @@ def run(
 def main(
     params: Path | None = None,
     manifest: Path = Path("data/curated/calib.parquet"),
-    adapter: Path | None = Path("models/adapter"),
-    out: Path = Path("models/thresholds.json"),
+    adapter: Path | None = DEFAULT_PATHS.adapter,
+    out: Path = DEFAULT_PATHS.thresholds,
     cache: Path = Path("reports/predictions/calib"),
     model: str | None = None,
 ) -> None:

@@ -23,7 +23,7 @@ from readl.evaluation.evaluate import evaluate, score_images
 from readl.evaluation.predictions import predict_manifest
 from readl.evaluation.report import write_curves, write_gallery, write_headline, write_metrics, write_tables
 from readl.localization.thresholds import read_thresholds_file
-from readl.paths import resolve_model
+from readl.paths import DEFAULT_PATHS, resolve_model
 from readl.predictor import pipeline_predictor, resolve_taus
 from readl.runtime import configure
 
@@ -216,8 +216,8 @@ def run(
 def main(
     params: Path | None = None,
     manifest: Path = Path("data/curated/eval.parquet"),
-    adapter: Path | None = Path("models/adapter"),
-    thresholds: Path | None = Path("models/thresholds.json"),
+    adapter: Path | None = DEFAULT_PATHS.adapter,
+    thresholds: Path | None = DEFAULT_PATHS.thresholds,
     metrics: Path = Path("metrics.json"),
     plots: Path = Path("plots"),
     reports: Path = Path("reports"),

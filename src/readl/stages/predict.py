@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from readl.config import LocalizationConfig, Params
-from readl.paths import resolve_model
+from readl.paths import DEFAULT_PATHS, resolve_model
 from readl.predictor import Outcome, adapter_digest, build_predictor, check_outputs, predict_files
 
 __all__ = ["DEFAULT_ADAPTER", "DEFAULT_THRESHOLDS", "PredictRun", "run"]
 
-DEFAULT_ADAPTER, DEFAULT_THRESHOLDS = Path("models/adapter"), Path("models/thresholds.json")
+DEFAULT_ADAPTER, DEFAULT_THRESHOLDS = DEFAULT_PATHS.adapter, DEFAULT_PATHS.thresholds
 
 
 @dataclass

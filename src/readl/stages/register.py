@@ -20,7 +20,7 @@ from pathlib import Path
 
 from readl.atomic import write_json
 from readl.config import load_params
-from readl.paths import Paths, resolve_model
+from readl.paths import DEFAULT_PATHS, Paths, resolve_model
 from readl.registry.gate import Decision
 from readl.registry.gate import promote as run_promote
 from readl.registry.registration import RegisterResult, register
@@ -62,10 +62,12 @@ def run(
         ValueError: an input is incomplete or malformed, or params.yaml is invalid (nothing is registered).
         readl.registry.RegistryError: the tracking server or artifact store failed (after retries).
     """
-    model = resolve_model(load_params(params_file), Paths(Path(train_run).parent))
+    cfg = load_params(params_file)  # read once: the model, the registration and the gate's rules below
+    model = resolve_model(cfg, Paths(Path(train_run).parent))
     result = register(
         params_file=params_file,
         model=model,
+        params=cfg,
         adapter=adapter,
         thresholds=thresholds,
         metrics=metrics,
@@ -82,7 +84,7 @@ def run(
             )
     if not promote:
         return result, None
-    decision = run_promote(load_params(params_file).register, name=result.name, dry_run=bool(experiment))
+    decision = run_promote(cfg.register, name=result.name, dry_run=bool(experiment))
     if experiment:
         decision = dataclasses.replace(
             decision,
@@ -98,11 +100,11 @@ def run(
 
 def main(
     params: Path | None = None,
-    adapter: Path = Path("models/adapter"),
-    thresholds: Path = Path("models/thresholds.json"),
+    adapter: Path = DEFAULT_PATHS.adapter,
+    thresholds: Path = DEFAULT_PATHS.thresholds,
     metrics: Path = Path("metrics.json"),
-    train_run: Path = Path("models/train_run.json"),
-    out: Path = Path("models/registered.json"),
+    train_run: Path = DEFAULT_PATHS.train_run,
+    out: Path = DEFAULT_PATHS.registered,
     name: str | None = None,
     promote: bool = False,
 ) -> None:

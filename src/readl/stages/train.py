@@ -23,7 +23,7 @@ from readl.atomic import atomic_dir, write_json
 from readl.config import Params
 from readl.digest import file_digest
 from readl.model.loading import base_digest
-from readl.paths import Paths, resolve_model
+from readl.paths import DEFAULT_PATHS, Paths, resolve_model
 from readl.redact import redact
 from readl.runtime import configure
 from readl.training.checkpoints import fingerprint, train_resumable
@@ -57,7 +57,7 @@ def resume_key(params: Params, manifest: Path, base: str) -> str:
 def run(
     params: Params,
     manifest: str | Path = DEFAULT_MANIFEST,
-    output_dir: str | Path = "models",
+    output_dir: str | Path = DEFAULT_PATHS.models,
     device: str | None = None,
     root: str | Path = ".",
 ) -> dict:
@@ -81,7 +81,8 @@ def run(
     runtime = configure(params.runtime)
     names = reward_names(t.rewards)
     manifest, output_dir = Path(manifest), Path(output_dir)
-    model = resolve_model(params, Paths(output_dir))  # models/warmup after the cold start, else model.base
+    paths = Paths(output_dir)
+    model = resolve_model(params, paths)  # models/warmup after the cold start, else model.base
     frame = load_manifest(manifest, root)
     if t.balance:  # class-balanced rows: the minority label repeated
         frame = frame.iloc[balanced_rows(frame["label"], t.seed)].reset_index(drop=True)
@@ -110,7 +111,7 @@ def run(
     import mlflow
 
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    adapter = output_dir / "adapter"
+    adapter = paths.adapter
     with atomic_dir(adapter) as tmp:  # never a half-written adapter
         policy.save_pretrained(tmp)
     record = {
@@ -126,7 +127,7 @@ def run(
         "seed": t.seed,
         "summary": train_summary(trainer.state.log_history, adapter),  # readl.training.summary
     }
-    write_json(output_dir / "train_run.json", record)
+    write_json(paths.train_run, record)
     mlflow.end_run()
     if not t.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -136,7 +137,7 @@ def run(
 def main(
     params: Path | None = None,
     manifest: Path = Path("data/curated/train.parquet"),
-    output: Path = Path("models"),
+    output: Path = DEFAULT_PATHS.models,
     device: str | None = None,
 ) -> None:
     """CGRO fine-tuning (GRPO + LoRA + consistency reward); resumes the last complete checkpoint by itself.

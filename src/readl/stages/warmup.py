@@ -18,6 +18,7 @@ from transformers.trainer_callback import PrinterCallback
 from readl.atomic import atomic_dir, write_json
 from readl.config import Params
 from readl.model.loading import is_kit, load_model
+from readl.paths import DEFAULT_PATHS, Paths
 from readl.runtime import configure
 from readl.training.checkpoints import fingerprint, train_resumable
 from readl.training.data import balanced_rows, fit_processor, load_manifest
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 def run(
     params: Params,
     manifest: str | Path = "data/curated/train.parquet",
-    output_dir: str | Path = "models",
+    output_dir: str | Path = DEFAULT_PATHS.models,
     device: str | None = None,
     root: str | Path = ".",
 ) -> dict:
@@ -60,13 +61,14 @@ def run(
     w, state = params.warmup, PartialState()
     runtime = configure(params.runtime)
     manifest, output_dir = Path(manifest), Path(output_dir)
-    out = output_dir / "warmup"
+    paths = Paths(output_dir)
+    out = paths.warmup
     if not w.enabled:
         if state.is_main_process:
             with atomic_dir(out) as tmp:
                 write_json(tmp / "readl_base.json", {"base": params.model.base})
             record = {"enabled": False, "base": params.model.base, "model": str(out)}
-            write_json(output_dir / "warmup_run.json", record)
+            write_json(paths.warmup_run, record)
             return record
         return {}
     frame = load_manifest(manifest, root)
@@ -143,7 +145,7 @@ def run(
         "runtime": runtime,
         "seed": w.seed,
     }
-    write_json(output_dir / "warmup_run.json", record)
+    write_json(paths.warmup_run, record)
     mlflow.end_run()
     if not w.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -153,7 +155,7 @@ def run(
 def main(
     params: Path | None = None,
     manifest: Path = Path("data/curated/train.parquet"),
-    output: Path = Path("models"),
+    output: Path = DEFAULT_PATHS.models,
     device: str | None = None,
 ) -> None:
     """Supervised cold start (SFT on the answer format) before CGRO; resumes its last checkpoint by itself.
