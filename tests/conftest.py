@@ -119,6 +119,19 @@ def public_s3_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (tests/pgserver.py); skips when Debian's postgresql or psycopg is not installed."""
+    from pgserver import PgServer, pg_binaries
+
+    pytest.importorskip("psycopg", reason="psycopg (a dev dependency) is not installed")
+    if pg_binaries() is None:
+        pytest.skip("PostgreSQL server not installed (Debian: apt-get install postgresql; .ci/run does)")
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def resolve_model_calls(monkeypatch) -> list:
     """Every call of :func:`readl.paths.resolve_model` from now on, through any module's binding of it (issue: the

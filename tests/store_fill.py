@@ -40,6 +40,7 @@ def fill(store: Store, home: Path, sample_dir: Path, scores: list[float], versio
                 "score": score,
                 "decision": "anomalous" if score >= 0.5 else "normal",
                 "threshold": 0.5,
+                "margin": abs(score - 0.5),
                 "overlay_path": str(copy),
             }
         )

@@ -12,7 +12,8 @@ For each image it writes ``<out>/<stem>.json`` and ``<out>/<stem>.png`` (the ima
 overlaid; by default with a colour bar on the right and a caption under it, the image's pixels staying at the
 top-left). The JSON record: ``image``, ``reasoning``, ``answer`` (``"Yes"``/``"No"``, ``null`` when the
 completion has no parsable answer), ``format_ok``, ``score`` (P(Yes)), ``decision`` (``anomalous``/``normal``,
-also for a malformed answer: readl.evaluation.decision) with ``threshold`` (value, rule, source), ``model``
+also for a malformed answer: readl.evaluation.decision) of ``decision_score`` (P(Yes), or the malformed fallback)
+with ``threshold`` (value, rule, source) and ``decision_basis`` (why, in words), ``model``
 (base, adapter content hash or registry version), ``thresholds`` (the tau_t/tau_i source), ``overlay`` (the
 PNG's path), the reasoning ``tokens`` (decoded, in order), the selected tokens (``index`` into ``tokens``) with
 S_T^ / S_I^ / w, ``tau``, ``fallback``. Images are kept at their size capped at
@@ -228,6 +229,7 @@ def prediction_record(path: Path, pred: Prediction, real: ReALResult, decision: 
         "format_ok": pred.parsed.format_ok,
         "score": round(pred.score, 6),
         "decision": decide(score, decision["value"]),
+        "decision_score": round(score, 6),
         "decision_basis": decision_basis(
             pred.score, pred.parsed.answer is None, decision["malformed"], decision["value"], decision["rule"]
         ),

@@ -126,6 +126,7 @@ def test_the_inspect_flow_stores_records_skips_known_content_and_reports_unreada
     item = store.claim_next("alice").inspection
     assert item.model_version == "tiny + no adapter" and 0 <= item.score <= 1
     assert item.record["tokens"] and Path(item.overlay_path).is_file() and Path(item.image_path).is_file()
+    assert item.margin == pytest.approx(abs(item.record["decision_score"] - item.threshold))
     assert hashlib.sha256(Path(item.image_path).read_bytes()).hexdigest() == item.image_hash
 
 

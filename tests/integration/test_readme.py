@@ -1,7 +1,8 @@
 """The README's command blocks run verbatim (bash) in a fresh copy of the repository after its `repro` block
 (`make repro`, with fewer steps in the copy's params.yaml: tests/readme_blocks.py FEWER): `test`, `predict`,
 `serve` + one request, `mlflow` (server + the registry over REST), `s3-push` / `s3-pull` (another machine, a real
-local S3 server). Ports are the only substitution; servers are stopped with the block's process group. The
+local S3 server), the production loop (`production-*`: inspect, the review page driven in headless Chromium,
+export, curate). Ports are the only substitution; servers are stopped with the block's process group. The
 Prefect blocks: tests/integration/test_readme_prefect.py; the pipeline's outputs after `repro`:
 tests/integration/test_pipeline_e2e.py."""
 
@@ -10,12 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from readme_blocks import BIN, free_port, readme_blocks, reproduced_copy, run_block, stop_group, user_env, with_port
+from readme_blocks import (
+    BIN,
+    free_port,
+    readme_blocks,
+    reproduced_copy,
+    run_block,
+    stop_group,
+    user_env,
+    wait_http,
+    with_port,
+)
 
 BLOCKS = {
     "repro",
@@ -28,6 +41,9 @@ BLOCKS = {
     "s3-pull",
     "prefect-deploy",
     "prefect-workers",
+    "production-inspect",
+    "production-review",
+    "production-export",
 }
 
 
@@ -167,3 +183,71 @@ def _uncached_outs(work: Path) -> set[str]:
         for path, opts in o.items()
         if (opts or {}).get("cache") is False
     }
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run does)")
+def test_production_loop_blocks_inspect_review_in_chromium_export_and_curate(project, tmp_path):
+    """Issue 26: 20 bundled images dropped into intake/ -> the `inspect` flow with the champion -> records -> 5
+    verdicts given on the review page in headless Chromium (a real browser, keys and clicks) -> `readl feedback
+    export` -> `dvc add` -> `dvc repro curate`: the 5 labelled rows are in train. In a copy of the reproduced
+    project (`cp -a`), so the other README tests keep theirs."""
+    import pandas as pd
+    from playwright.sync_api import sync_playwright
+
+    work = tmp_path / "readl"
+    shutil.copytree(project, work, symlinks=True)
+    env, blocks = user_env(work), readme_blocks()
+    ran = run_block(blocks["production-inspect"], work, env, 900, tmp_path / "logs-inspect").check("inspect")
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["new"] == 20, ran.stdout[-2000:]
+    assert "images/s" in ran.stdout + ran.stderr
+    port = free_port()
+    review = run_block(
+        with_port(blocks["production-review"], 8080, port), work, env, 60, tmp_path / "logs-review", stop=False
+    )
+    given: dict[str, str] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        name, token = re.search(r'READL_REVIEWERS="(\w+):([^,"]+)', blocks["production-review"]).groups()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#reviewer", name)
+            page.fill("#token", token)
+            page.click("button[type=submit]")
+            page.wait_for_selector("body[data-image]")
+            assert page.locator("#reasoning .sel").count() > 0  # ReAL-selected tokens highlighted
+            page.screenshot(path=str(tmp_path / "review.png"))
+            for verdict in ("ng", "ok", "ng", "ok", "ok"):
+                image = page.get_attribute("body", "data-image")
+                if verdict == "ng":
+                    page.fill("#defect", "scratch")
+                    page.click("#btn-ng")
+                else:
+                    page.keyboard.press("o")
+                page.wait_for_function("(before) => document.body.dataset.image !== before", arg=image)
+                given[image] = verdict
+            assert "15 images waiting" in page.inner_text("#status")
+            page.goto(f"http://127.0.0.1:{port}/summary")  # agreement of the champion's decisions with the verdicts
+            row = page.locator("table tr").nth(1).inner_text()
+            assert row.startswith("models:/readl@champion") and row.split("\t")[1] == "5", row
+            page.screenshot(path=str(tmp_path / "summary.png"), full_page=True)
+            browser.close()
+    finally:
+        stop_group(review.pgid)
+    run_block(blocks["production-export"], work, env, 900, tmp_path / "logs-export").check("export")
+    train = pd.read_parquet(work / "data/curated/train.parquet")
+    fed = train[train["source"] == "feedback"]
+    got = {Path(p).stem: int(label) for p, label in zip(fed["raw_image_path"], fed["label"])}
+    assert got == {h: int(v == "ng") for h, v in given.items()}, (got, given)
+    assert set(fed["defect_type"]) == {"good", "scratch"}
+    assert "feedback" in (work / "params.yaml").read_text() and "feedback" not in (project / "params.yaml").read_text()
+    import mlflow  # the agreement per model version, logged by the export
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("readl-production").experiment_id])
+    assert run.data.tags["model_version"].startswith("models:/readl@champion") and run.data.metrics["n_verdicts"] == 5

@@ -95,6 +95,7 @@ def inspect_shard(
                 "score": r and r["score"],
                 "decision": r and r["decision"],
                 "threshold": r and r["threshold"]["value"],
+                "margin": r and abs(r.get("decision_score", r["score"]) - r["threshold"]["value"]),
                 "overlay_path": r and r["overlay"],
             }
         )

@@ -194,6 +194,7 @@ def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str 
             "decision": i.decision,
             "threshold": i.threshold,
             "answer": r.get("answer"),
+            "basis": r.get("decision_basis") or "",
             "model_version": i.model_version,
             "tokens": r.get("tokens") or [r.get("reasoning") or ""],
             "selected": {str(t["index"]): t["w"] for t in r.get("selected_tokens", [])},

@@ -102,6 +102,7 @@ class Inspection(_Base):
     score: Mapped[float | None] = mapped_column(Float)  # P(Yes), [0, 1]
     decision: Mapped[str | None] = mapped_column(String(16))  # anomalous | normal
     threshold: Mapped[float | None] = mapped_column(Float)  # the decision threshold on P(Yes)
+    margin: Mapped[float | None] = mapped_column(Float, index=True)  # |decision score - threshold|: uncertainty
     overlay_path: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime)
@@ -183,8 +184,8 @@ class Store:
         """Lease the next image without a verdict to ``reviewer`` and return it (None: the queue is empty).
 
         The image this reviewer already holds comes first (a reload shows it again); then images nobody holds,
-        by ``order``: ``uncertainty`` = |P(Yes) - decision threshold| smallest first, ``newest`` = last inspected
-        first. One UPDATE ... WHERE image_hash = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED): two reviewers
+        by ``order``: ``uncertainty`` = ``margin`` (|decision score - threshold|) smallest first, ``newest`` = last
+        inspected first. One UPDATE ... WHERE image_hash = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED): two reviewers
         asking at once never get the same image (SQLite serialises the statement; Postgres skips locked rows).
 
         Raises:
@@ -204,9 +205,7 @@ class Store:
         )
         mine_first = case((Inspection.claimed_by == reviewer, 0), else_=1)
         ranking = (
-            [func.abs(Inspection.score - Inspection.threshold), Inspection.inspected_at]
-            if order == "uncertainty"
-            else [Inspection.inspected_at.desc()]
+            [Inspection.margin, Inspection.inspected_at] if order == "uncertainty" else [Inspection.inspected_at.desc()]
         )
         pick = (
             select(Inspection.image_hash)

@@ -1,4 +1,4 @@
-"""The production tests' store (empty; tests/store_fill.py adds inspections)."""
+"""The production tests' store, on SQLite and on a real PostgreSQL server (tests/store_fill.py adds inspections)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import pytest
 from readl.production.store import Store
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_server").database()
+    return f"sqlite:///{tmp_path / 'home' / 'production.db'}"
+
+
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'home' / 'production.db'}")
+def store(store_url) -> Store:
+    return Store(store_url)

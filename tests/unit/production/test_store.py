@@ -48,10 +48,10 @@ def test_a_retried_request_is_stored_once_and_a_second_verdict_is_refused(store,
     ]
 
 
-def test_two_reviewers_claiming_at_once_never_get_the_same_image(tmp_path, sample_dir):
+def test_two_reviewers_claiming_at_once_never_get_the_same_image(store_url, tmp_path, sample_dir):
     """Two threads, each with its own engine (two server processes' worth), claim and decide until the queue is
     empty: every image gets exactly one verdict."""
-    url = f"sqlite:///{tmp_path / 'home' / 'production.db'}"
+    url = store_url
     hashes = fill(Store(url), tmp_path / "home", sample_dir, [0.3 + 0.02 * i for i in range(20)])
     decided: dict[str, list[str]] = {"alice": [], "bob": []}
     start = threading.Barrier(2)
