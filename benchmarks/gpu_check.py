@@ -3,7 +3,7 @@
 Builds a random-weight Qwen2.5-VL whose decoder has the 7B shape (28 layers, hidden 3584, 28 heads,
 4 KV heads, intermediate 18944, vocabulary 152064; a 2-block vision tower, whose output width is the
 decoder's: only the decoder's cost is checked) with the tiny kit's tokenizer/processor (offline, no
-download), and prints three tables:
+download), and prints four tables:
 
 1. one teacher-forced forward at S = 800 and 1300 tokens: plain SDPA vs readl's attention capture (the
    last 512 query rows, 225 "image" + 2 anomaly-word key columns) vs eager ``output_attentions``: time
@@ -11,11 +11,19 @@ download), and prints three tables:
 2. generate tokens/s at batch 1 and 8 (greedy, --new-tokens new tokens each, prompt of --prompt-len);
 3. one GRPO step with LoRA, G = 8 rollouts of 512 new tokens (sampled; a random model never writes EOS, so
    all 512), CGRO (format + accuracy + consistency reward: the capture pass on the policy) vs R1 (format +
-   accuracy): time and peak memory.
+   accuracy): time and peak memory;
+4. the pipeline on --images (16) bundled real images (MVTec AD grid under data/raw: half calibration, half
+   evaluation, both labels in each): generate WITH the image + the capture pass on the calibration half
+   (readl's Predictor on this model, through the stages' prediction path), calibrate (tau_t, tau_i, the
+   decision threshold, t_pixel), generate + capture on the evaluation half, evaluate; per phase seconds,
+   images/s and peak memory (CUDA), then the image and pixel AUROC (any value: random weights) and the
+   malformed answers. With vLLM installed (CUDA) the generate phase runs again on the project's vLLM backend
+   (``model.generation_backend: vllm``, untested here); else one line says it was skipped.
 
-Needs only torch, transformers, peft, trl and accelerate (plus readl itself); must finish within 8 minutes
-on one H200. CI never runs it on a GPU; tests/integration/test_gpu_check.py runs the small CPU mode
-(``--layers 2 --device cpu``: a 64-wide decoder, tiny sequences) so the script keeps working.
+Needs only torch, transformers, peft, trl and accelerate (plus readl itself, and data/raw for section 4);
+must finish within 8 minutes on one H200 (``--skip-grpo`` / ``--skip-pipeline`` leave sections 3 / 4 out). CI
+never runs it on a GPU; tests/integration/test_gpu_check.py runs the small CPU mode (``--layers 2 --device cpu``:
+a 64-wide decoder, tiny sequences, 112 px images, 8 new tokens) so the script keeps working.
 
 Run: ``python benchmarks/gpu_check.py`` (CUDA) or ``python benchmarks/gpu_check.py --layers 2 --device cpu``
 """
@@ -34,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE_7B = {"hidden": 3584, "heads": 28, "kv_heads": 4, "intermediate": 18944, "vocab": 152064}
 SHAPE_SMALL = {"hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": None}  # vocab = tokenizer's
 N_IMAGE, N_ANOMALY = 225, 2
+MVTEC_GRID = Path("data/raw/mvtec_ad/grid")  # bundled real images (section 4), relative to the repository
 
 
 def _args(argv=None):
@@ -42,13 +51,15 @@ def _args(argv=None):
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--seq-lens", type=int, nargs="+", default=None, help="forward lengths (default 800 1300)")
     ap.add_argument("--rows", type=int, default=None, help="captured query rows (default 512)")
-    ap.add_argument("--new-tokens", type=int, default=None, help="generate: new tokens (default 256)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="generate, pipeline: new tokens (default 256)")
     ap.add_argument("--prompt-len", type=int, default=None, help="generate: prompt tokens (default 300)")
     ap.add_argument("--completion", type=int, default=None, help="GRPO: max new tokens (default 512)")
-    ap.add_argument("--image-size", type=int, default=None, help="GRPO: image side (default 420)")
+    ap.add_argument("--image-size", type=int, default=None, help="GRPO, pipeline: image side (default 420)")
     ap.add_argument("--generations", type=int, default=8, help="GRPO: G rollouts of one image")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-grpo", action="store_true")
+    ap.add_argument("--images", type=int, default=16, help="pipeline: bundled images, half calibration, half eval")
+    ap.add_argument("--skip-pipeline", action="store_true")
     a = ap.parse_args(argv)
     small = a.device == "cpu"
     defaults = {
@@ -243,10 +254,182 @@ def grpo_table(model, processor, args) -> None:
             del trainer
 
 
+def _pipeline_images(n: int):
+    """``n`` bundled MVTec AD grid images as two manifests (calibration, evaluation), each half with both labels:
+    half anomalous (round-robin over the defect types, with their masks), half normal (test/good, train/good)."""
+    import pandas as pd
+
+    root = REPO / MVTEC_GRID
+    if not (root / "test").is_dir():
+        raise SystemExit(f"gpu_check: no {MVTEC_GRID}/test (the bundled images: `dvc pull`); or pass --skip-pipeline")
+    defects = sorted(d.name for d in (root / "test").iterdir() if d.is_dir() and d.name != "good")
+    by_defect = [sorted((root / "test" / d).glob("*.png")) for d in defects]
+    anomalous = [files[i] for i in range(max(map(len, by_defect))) for files in by_defect if i < len(files)]
+    normal = sorted((root / "test/good").glob("*.png")) + sorted((root / "train/good").glob("*.png"))
+    n_anom = min(n // 2, len(anomalous))
+    if n < 4 or n - n_anom > len(normal):
+        raise SystemExit(f"gpu_check: --images must be 4 to {len(anomalous) + len(normal)} (bundled grid images)")
+
+    def row(path: Path, label: int) -> dict:
+        mask = root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png" if label else None
+        return {
+            "image_path": str(path),
+            "mask_path": str(mask) if mask is not None else None,
+            "label": label,
+            "source": "mvtec_ad",
+            "category": "grid",
+        }
+
+    rows = [row(p, 1) for p in anomalous[:n_anom]], [row(p, 0) for p in normal[: n - n_anom]]
+    calib = pd.DataFrame(rows[0][0::2] + rows[1][0::2])
+    evals = pd.DataFrame(rows[0][1::2] + rows[1][1::2])
+    return calib, evals
+
+
+def _phase(name: str, n: int, fn, device):
+    """Run ``fn()`` once, print its row (phase, s, images/s, peak MiB: CUDA's peak allocated during it) and
+    return its result."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    sec = time.perf_counter() - t0
+    peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}" if cuda else "-"
+    print(f"{name:>28} {sec:>8.2f} {n / sec:>9.2f} {peak:>9}")
+    return out
+
+
+def _vllm_generator(model, processor, folder: Path):
+    """The project's vLLM backend (``model.generation_backend: vllm``) on this random model, saved to ``folder``
+    with the tiny kit's tokenizer / processor files (vLLM loads a model folder). CUDA only; never tested here."""
+    import shutil
+
+    from readl.model.generation import make_generator
+    from readl.model.tiny import ensure_tiny_model
+
+    tiny = ensure_tiny_model()
+    model.save_pretrained(folder)
+    for f in tiny.iterdir():
+        if f.is_file() and f.name not in ("config.json", "generation_config.json") and f.suffix != ".safetensors":
+            shutil.copy(f, folder / f.name)
+    for name in ("processor_config.json", "tokenizer_config.json"):  # vLLM's process has no readl processor class
+        f = folder / name
+        if f.is_file():
+            f.write_text(f.read_text().replace('"ReadlQwenProcessor"', '"Qwen2_5_VLProcessor"'))
+    return make_generator("vllm", base=folder)
+
+
+def pipeline_table(model, processor, args, calib, evals) -> None:
+    """Section 4: the calibrate and evaluate stages' library path on the manifests ``calib`` and ``evals``
+    (:func:`_pipeline_images`)."""
+    import importlib.util
+
+    from readl.atomic import write_json
+    from readl.config import Params
+    from readl.evaluation.calibration import calibrate_thresholds, pixel_thresholds
+    from readl.evaluation.decision import fit_decision_threshold, image_score, read_decision
+    from readl.evaluation.evaluate import evaluate, score_images
+    from readl.evaluation.predictions import predict_manifest
+    from readl.evaluation.report import clean_json
+    from readl.localization.thresholds import ThresholdPair, ThresholdSpec, read_thresholds_file, resolve_taus
+    from readl.model.generation import make_generator
+    from readl.model.inference import GenerationSettings, Predictor
+    from readl.predictor import open_image
+
+    params = Params.model_validate(
+        {"model": {"base": "tiny", "image_size": args.image_size, "max_new_tokens": args.new_tokens}}
+    )
+    mcfg, loc, policy = params.model, params.localization, params.evaluate.malformed
+
+    def predictor(generator) -> Predictor:  # as readl.predictor.build_predictor, on the model built here
+        return Predictor(
+            model,
+            processor,
+            image_size=mcfg.image_size,
+            layers=loc.layers,
+            query_row=loc.query_row,
+            generation=GenerationSettings(max_new_tokens=mcfg.max_new_tokens),
+            generator=generator,
+        )
+
+    hf = predictor(make_generator("hf"))
+    base = f"gpu_check random weights, {args.layers} layers"  # not a folder: the prediction cache keys on the name
+    print(
+        f"\n4. the pipeline on {args.images} bundled images ({len(calib)} calibration + {len(evals)} evaluation, "
+        f"MVTec AD grid, both labels in each): image {args.image_size} px, greedy, {args.new_tokens} new tokens, "
+        f"batch {mcfg.batch_size} (the calibrate / evaluate stages' library path; after a 1-image warm-up)"
+    )
+    print(f"{'phase':>28} {'s':>8} {'images/s':>9} {'peak MiB':>9}")
+    hf.predict([open_image(calib["image_path"].iloc[0])])  # warm-up (the first image pass), not timed
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+
+        def predict(frame, p, cache: str):
+            return predict_manifest(frame, p, base, None, tmp / cache, mcfg.batch_size)
+
+        items = _phase("generate+capture (calib)", len(calib), lambda: predict(calib, hf, "calib"), args.device)
+
+        def calibrate() -> Path:  # readl.stages.calibrate.run from its predictions on
+            record, _, _ = calibrate_thresholds([p for _, p in items], loc)
+            scores = [image_score(p.score, p.parsed.answer is None, policy) for _, p in items]
+            labels = [int(r["label"]) for r, _ in items]
+            ccfg = params.calibrate
+            decision = fit_decision_threshold(scores, labels, ccfg.decision, ccfg.false_alarm_rate)
+            record["decision"] = {**decision, "score": "P(Yes)", "malformed": policy}
+            taus = ThresholdPair(*(ThresholdSpec("fixed", record[k]["value"]) for k in ("tau_t", "tau_i")))
+            results = score_images(items, loc, taus, malformed=policy)
+            record["pixel"] = pixel_thresholds(results, ccfg.pixel_false_alarm_rate)
+            return write_json(tmp / "thresholds.json", clean_json(record))
+
+        thresholds = _phase("calibrate", len(calib), calibrate, args.device)
+        calib_malformed = sum(p.parsed.answer is None for _, p in items)
+        items = _phase("generate+capture (eval)", len(evals), lambda: predict(evals, hf, "eval"), args.device)
+
+        def run_evaluate() -> dict:  # readl.stages.evaluate.run from its predictions on (no baselines, no files)
+            results = score_images(items, loc, resolve_taus(loc, thresholds), malformed=policy)
+            pixel = read_thresholds_file(thresholds).get("pixel") or {}
+            metrics, _ = evaluate(
+                results,
+                loc.mode,
+                decision_threshold=read_decision(thresholds)["value"],
+                pixel_thresholds=pixel.get("value"),
+                reasoning_datasets=params.evaluate.reasoning_datasets,
+            )
+            return metrics
+
+        metrics = _phase("evaluate", len(evals), run_evaluate, args.device)
+        fmt = lambda v: "nan" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+        taus = read_thresholds_file(thresholds)
+        print(
+            f"evaluation: image AUROC {fmt(metrics['image']['AUROC'])}, pixel AUROC {fmt(metrics['pixel']['AUROC'])}; "
+            f"malformed answers {metrics['n_malformed']}/{metrics['n_images']} (calibration {calib_malformed}/"
+            f"{len(calib)}); tau_t {taus['tau_t']['value']:.4f}, tau_i {taus['tau_i']['value']:.4f}, "
+            f"decision P(Yes) >= {taus['decision']['value']:.4f} (random weights: any value)"
+        )
+        if importlib.util.find_spec("vllm") is None:
+            print("vLLM: not installed, skipped")
+        elif torch.device(args.device).type != "cuda":
+            print("vLLM: installed, skipped (CUDA only)")
+        else:
+            print(
+                "vLLM: installed; the calibration half again with model.generation_backend: vllm (the time "
+                "includes the engine's start; peak MiB: this process only, the engine holds its own GPU share)"
+            )
+            try:
+                vllm = predictor(_vllm_generator(model, processor, tmp / "model"))
+                _phase("generate+capture (calib, vLLM)", len(calib), lambda: predict(calib, vllm, "vllm"), args.device)
+            except Exception as exc:  # noqa: BLE001 - untested path: report it, keep the run's other numbers
+                print(f"vLLM: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
 def main(argv=None) -> None:
     args = _args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; the small CPU mode is `--layers 2 --device cpu`")
+    images = None if args.skip_pipeline else _pipeline_images(args.images)  # checked before the model is built
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     s = args.shape
@@ -263,6 +446,8 @@ def main(argv=None) -> None:
     generate_table(model, processor, args)
     if not args.skip_grpo:
         grpo_table(model, processor, args)
+    if not args.skip_pipeline:
+        pipeline_table(model, processor, args, *images)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
 
 
