@@ -11,9 +11,12 @@ from readl.production.store import Store, utcnow
 IMAGES = "mpdd_derived/metal_plate/test/images"
 
 
-def fill(store: Store, home: Path, sample_dir: Path, scores: list[float], version: str = "readl/1") -> list[str]:
-    """One inspection per score (decision at threshold 0.5), over distinct bundled images; their hashes."""
-    files = sorted((sample_dir / IMAGES).glob("*.png"))[: len(scores)]
+def fill(
+    store: Store, home: Path, sample_dir: Path, scores: list[float], version: str = "readl/1", start: int = 0
+) -> list[str]:
+    """One inspection per score (decision at threshold 0.5), over distinct bundled images from the ``start``-th;
+    their hashes."""
+    files = sorted((sample_dir / IMAGES).glob("*.png"))[start : start + len(scores)]
     assert len(files) == len(scores), "not enough bundled images"
     (home / "images").mkdir(parents=True, exist_ok=True)
     hashes = []

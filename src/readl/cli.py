@@ -460,7 +460,7 @@ def review(
 
     reviewers = parse_reviewers(os.environ.get("READL_REVIEWERS"))
     root = production_home(home)
-    app_ = create_app(Store(store_url(db, root)), root, reviewers)
+    app_ = create_app(Store(store_url(db, root)), root, reviewers, host=host)
     console.print(f"review: http://{host}:{port}/ ({len(reviewers)} reviewers; store {root})", highlight=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
@@ -472,6 +472,7 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("export")
 @handled
 def feedback_export(
+    category: Annotated[str, typer.Option(help="The product the line makes, e.g. metal_plate (names it in training).")],
     home: ProductionHome = None,
     db: ProductionDb = None,
     out: Annotated[Path, typer.Option(help="Export folder (a curate source under data/raw).")] = Path(
@@ -489,17 +490,18 @@ def feedback_export(
     from readl.production.store import Store, store_url
 
     store = Store(store_url(db, home))
-    result = export(store, out)
+    result = export(store, category, out)
     console.print(f"feedback: {result.images} images ({result.ok} OK, {result.ng} NG) -> {out}", highlight=False)
     for c in result.conflicts:
-        console.print(f"[yellow]conflict, not exported[/yellow]: {c['origin']} ({escape(c['verdicts'])})")
-    if add_to_params and add_source(params):
-        console.print(f"{params}: curate.train lists the export (name feedback, layout feedback)", highlight=False)
+        console.print(f"[yellow]conflict, not exported[/yellow]: {escape(c['origin'])} ({escape(c['verdicts'])})")
     table = agreement(verdict_frame(store.reviewed()))
     if not table.empty:
         make_console().print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         if mlflow:
             log_agreement(table)
+    root = Path(os.path.relpath(out.resolve(), Path("data/raw").resolve())).as_posix()
+    if add_to_params and add_source(params, root):
+        console.print(f"{params}: curate.train lists the export (name feedback, root {root})", highlight=False)
 
 
 if __name__ == "__main__":

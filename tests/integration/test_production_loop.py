@@ -24,6 +24,7 @@ import yaml
 from store_fill import fill  # a store filled without a model
 from support import PARAMS, free_port, stop, wait_http
 
+from readl.production.review import MAX_BODY
 from readl.production.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +40,12 @@ class Review:
     def __init__(self, home: Path, logs: Path) -> None:
         self.home, self.logs, self.port, self.proc = home, logs, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.reviewers = dict(REVIEWERS)
 
     def start(self) -> Review:
         env = {
             **os.environ,
-            "READL_REVIEWERS": ",".join(f"{k}:{v}" for k, v in REVIEWERS.items()),
+            "READL_REVIEWERS": ",".join(f"{k}:{v}" for k, v in self.reviewers.items()),
             "READL_REVIEW_SECRET": "test-secret-0123456789",
         }
         cmd = [str(BIN / "readl"), "review", "--port", str(self.port), "--home", str(self.home)]
@@ -168,9 +170,14 @@ def test_unauthenticated_and_csrf_less_posts_are_refused(review, filled):
     assert alice.post("/api/verdict", json=_verdict(hashes[0])).status_code == 201  # the same POST, with its token
 
 
-def test_only_intake_images_are_served(review, filled):
-    home, _, hashes = filled
+def test_only_intake_images_are_served(review, filled, tmp_path):
+    home, store, hashes = filled
     (home / "secret.txt").write_text("not for reviewers")
+    outside = tmp_path / "outside.png"  # a row whose stored path left the production folder (a tampered database)
+    outside.write_bytes(b"not for reviewers")
+    row = store.inspection(hashes[1])
+    with store.session() as s, s.begin():
+        s.get(type(row), hashes[1]).image_path = str(outside)
     alice = signed_in(review.url)
     assert alice.get(f"/images/{hashes[0]}").content == Path(next((home / "images").glob(f"{hashes[0]}*"))).read_bytes()
     cookie = "; ".join(f"{k}={v}" for k, v in alice.cookies.items())
@@ -181,6 +188,7 @@ def test_only_intake_images_are_served(review, filled):
         "/overlays/..%2f..%2fsecret.txt",
         f"/images/{hashes[0]}%2f..%2f..%2fsecret.txt",
         "/images/" + "0" * 64,
+        f"/images/{hashes[1]}",
     ):
         conn = http.client.HTTPConnection("127.0.0.1", review.port, timeout=10)  # sends the path as written
         conn.request("GET", path, headers={"Cookie": cookie})
@@ -202,19 +210,37 @@ def test_a_50_mb_body_is_refused(review, filled):
         s.sendall(head.encode() + b"{" + b" " * 2**16)
         assert s.recv(4096).split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
 
-    def chunks():  # no declared length: counted while it streams
-        yield b'{"image": "' + hashes[0].encode() + b'", "note": "'
-        for _ in range(50):
-            yield b"x" * 2**20
-
-    try:
-        assert (
-            alice.post("/api/verdict", content=chunks(), headers={"Content-Type": "application/json"}).status_code
-            == 413
-        )
-    except httpx.TransportError:
-        pass  # the server answered 413 and closed while the client was still sending
+    with socket.create_connection(("127.0.0.1", review.port), timeout=10) as s:  # no declared length: counted
+        head = head.replace(f"Content-Length: {50 * 2**20}", "Transfer-Encoding: chunked")
+        s.sendall(head.encode())
+        chunk = b"%x\r\n%s\r\n" % (2**20, b" " * 2**20)
+        try:
+            for _ in range(50):
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while the client was still sending
+        assert s.recv(4096).split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
+    valid = _verdict(hashes[0]) | {"note": "x" * (MAX_BODY + 1)}  # a well-formed verdict, only too long
+    assert alice.post("/api/verdict", json=valid).status_code == 413
     assert store.counts()["verdicts"] == 0 and alice.get("/healthz").status_code == 200
+    assert alice.post("/api/verdict", json=_verdict(hashes[0])).status_code == 201  # the server is fine
+
+
+def test_sessions_end_when_a_token_changes_and_foreign_hosts_are_refused(review, filled):
+    _, _, hashes = filled
+    alice, bob = signed_in(review.url), signed_in(review.url, "bob")
+    assert alice.get("/api/next").status_code == 200
+    assert httpx.get(f"{review.url}/healthz", headers={"Host": "rebound.example"}).status_code == 400
+    review.stop()
+    review.reviewers["alice"] = "a-new-token"  # alice's token leaked: replaced, the server restarted
+    review.start()
+    alice = httpx.Client(base_url=review.url, cookies=alice.cookies, headers=alice.headers)
+    bob = httpx.Client(base_url=review.url, cookies=bob.cookies, headers=bob.headers)
+    assert (
+        alice.get("/api/next").status_code == 401
+        and alice.post("/api/verdict", json=_verdict(hashes[0])).status_code == 401
+    )
+    assert bob.get("/api/next").status_code == 200  # same secret, same token: still signed in
 
 
 def test_no_verdict_is_lost_or_doubled_when_the_server_is_killed_mid_write(review, filled):
@@ -297,3 +323,23 @@ def test_two_reviewers_in_two_browsers_store_every_verdict_exactly_once(review, 
     assert sorted(v.image_hash for v in verdicts) == sorted(hashes), "each image exactly once"
     assert {v.reviewer for v in verdicts} == {"alice", "bob"}
     assert {v.verdict for v in verdicts} == {"ok", "ng"}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run does)")
+def test_a_held_key_decides_one_image(review, filled):
+    """Keyboard auto-repeat (a key held down) must not decide the images that load while it is down."""
+    from playwright.sync_api import sync_playwright
+
+    _, store, _ = filled
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page()
+        sign_in(page, review.url, "alice")
+        first = page.get_attribute("body", "data-image")
+        for _ in range(6):  # the first keydown, then five auto-repeats
+            page.keyboard.down("n")
+        page.keyboard.up("n")
+        page.wait_for_function("(before) => document.body.dataset.image !== before", arg=first)
+        page.wait_for_timeout(500)
+        browser.close()
+    assert [v.image_hash for _, v in store.reviewed()] == [first]

@@ -1,6 +1,7 @@
 """The README's Prefect sequence, verbatim, from a fresh clone: `mlflow` (tracking server), `prefect-deploy` (a real
 `prefect server`, process pools cpu and gpu, `prefect deploy --all`), `prefect-workers` (one cpu and one gpu process
-worker, `prefect deployment run retrain/retrain --watch`); data through a real local S3 server (`READL_DVC_REMOTE=s3`,
+worker, `prefect deployment run retrain/retrain --watch`; then the production loop's `inspect` on them: 2 shards,
+each a flow run on the gpu pool); data through a real local S3 server (`READL_DVC_REMOTE=s3`,
 endpoint and keys from the environment). The deployment's cron schedule makes the server schedule the next
 retrains. Then a retrain whose GPU worker is killed during train resumes from its checkpoint in the persistent work
 directory when run again. Tiny settings in the clone's params.yaml (committed:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -31,6 +33,8 @@ from readme_blocks import (
     with_port,
 )
 from test_flows import TINY, _merge
+
+from readl.production.store import Store
 
 RETRAIN_TIMEOUT = 900
 
@@ -120,7 +124,7 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
             groups.append(ran.pgid)
             ran.check(name)
         deployments = {d["name"]: d for d in _api(api, "/deployments/filter")}
-        assert set(deployments) == {"retrain", "train-on-gpu"}
+        assert set(deployments) == {"retrain", "train-on-gpu", "inspect", "inspect-shard"}
         # the clone's repository is filled in on the worker, when the run starts (not baked at deploy time)
         assert "{{ $READL_GIT_REPOSITORY }}" in json.dumps(deployments["retrain"]["pull_steps"])
         workers = with_port(with_port(blocks["prefect-workers"], 4200, prefect_port), 5000, mlflow_port)
@@ -146,6 +150,32 @@ def test_readme_prefect_sequence_retrains_and_a_killed_training_resumes(tmp_path
             timeout=30,
         ) as resp:
             assert json.loads(resp.read())["model_version"]["version"] == "1"
+
+        # the production loop on the same workers (issue 26): `inspect` on the cpu pool deals the new images into 2
+        # shards, each an `inspect-shard` flow run on the gpu pool predicting with the champion
+        intake, production = tmp_path / "intake", tmp_path / "production"
+        intake.mkdir()
+        for f in sorted((clone / "data/raw/mpdd_derived/metal_plate/test/images").glob("*.png"))[:4]:
+            shutil.copy(f, intake / f.name)
+        inspect_env = {**env, "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+        inspected = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "inspect/inspect", "--watch"]
+            + ["-p", f"source={intake}", "-p", "shards=2", "-p", f"home={production}"],
+            cwd=clone,
+            env=inspect_env,
+            capture_output=True,
+            text=True,
+            timeout=RETRAIN_TIMEOUT,
+        )
+        assert inspected.returncode == 0, inspected.stdout[-3000:] + inspected.stderr[-3000:]
+        shard_runs = _runs(api, "inspect-shard")
+        assert len(shard_runs) == 2 and all(r["state_type"] == "COMPLETED" for r in shard_runs), shard_runs
+        assert sorted(len(r["parameters"]["items"]) for r in shard_runs) == [2, 2]
+        store = Store(f"sqlite:///{production / 'production.db'}")
+        assert store.counts() == {"inspected": 4, "unreadable": 0, "verdicts": 0, "waiting": 4}
+        assert store.claim_next("alice").inspection.model_version == "models:/readl-flow@champion (version 1)"
+        shards_table = [a for a in _api(api, "/artifacts/filter") if a["key"] == "inspect-shards"]
+        assert shards_table and "images_per_s" in json.dumps(shards_table[0]["data"])
 
         # the cron schedule of prefect.yaml made the server schedule the next retrains (Mondays 03:00 UTC)
         scheduled = [r["expected_start_time"] for r in _runs(api, "retrain", auto_scheduled=True)]

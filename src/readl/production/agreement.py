@@ -64,14 +64,12 @@ def agreement(df: pd.DataFrame, by: tuple[str, ...] = ("model_version",)) -> pd.
 
 def agreement_plot(df: pd.DataFrame) -> bytes:
     """PNG: agreement, false-alarm and miss rate per day (UTC), one line per model version."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state shared by the server's threads
 
     daily = agreement(df, ("model_version", "day"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharex=True)
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3, sharex=True)
     for ax, col in zip(axes, ("agreement", "false_alarm_rate", "miss_rate")):
         for version, g in daily.groupby("model_version") if not daily.empty else []:
             ax.plot(g["day"], g[col], marker="o", label=version)
@@ -90,7 +88,6 @@ def agreement_plot(df: pd.DataFrame) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -4,8 +4,10 @@
 no masks) to ``data/raw/feedback`` as a whole (the old export stays until the new one is complete), for
 ``dvc add data/raw``. One row per image: OK -> label 0, NG -> label 1. An image whose reviewers disagree (OK and
 NG) is a conflict: listed in ``conflicts.csv`` and reported, never exported with a guessed label. NG verdicts with
-different defect types keep the image with ``defect_type`` ``unknown``. ``export.json`` records the time, counts
-and the newest verdict time. :func:`add_source` lists the export in params.yaml ``curate.train``.
+different defect types keep the image with ``defect_type`` ``unknown``. ``category`` is the product the line makes
+(e.g. ``metal_plate``): curate's reasoning references and warmup's targets name it ("The metal_plate shows a scratch
+defect."). ``export.json`` records the time, counts and the newest verdict time. :func:`add_source` lists the
+export in params.yaml ``curate.train``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from pathlib import Path
 from readl.atomic import atomic_dir, write_text
 from readl.production.store import Store, utcnow
 
-__all__ = ["ENTRY", "ExportResult", "add_source", "export"]
+__all__ = ["ExportResult", "add_source", "entry_line", "export"]
 
-ENTRY = "    - {name: feedback, layout: feedback, root: feedback}  # inspectors' verdicts (readl feedback export)"
-"""The params.yaml line :func:`add_source` inserts under ``curate.train``."""
+
+def entry_line(root: str = "feedback", indent: str = "    ") -> str:
+    """The params.yaml line :func:`add_source` inserts under ``curate.train`` (``root`` under data/raw)."""
+    return (
+        f"{indent}- {{name: feedback, layout: feedback, root: {root}}}  # inspectors' verdicts (readl feedback export)"
+    )
 
 
 @dataclass
@@ -41,12 +47,15 @@ class ExportResult:
         return self.ok + self.ng
 
 
-def export(store: Store, out: Path = Path("data/raw/feedback")) -> ExportResult:
+def export(store: Store, category: str, out: Path = Path("data/raw/feedback")) -> ExportResult:
     """Write every image with an agreed verdict to ``out`` (module docstring).
 
     Raises:
+        ValueError: ``category`` is not a plain name (letters, digits, ``_ . -``).
         FileNotFoundError: an inspected image's stored copy is gone (the message names it and the image's origin).
     """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", category or ""):
+        raise ValueError(f"--category {category!r}: the product's name, e.g. metal_plate (letters, digits, _ . -)")
     by_image: dict[str, list] = defaultdict(list)
     for insp, v in store.reviewed():
         by_image[insp.image_hash].append((insp, v))
@@ -77,7 +86,7 @@ def export(store: Store, out: Path = Path("data/raw/feedback")) -> ExportResult:
                     "image": rel,
                     "label": label,
                     "defect_type": (types.pop() if len(types) == 1 else "unknown") if label else "good",
-                    "category": "feedback",
+                    "category": category,
                     "reviewers": reviewers,
                     "decided_at": max(v.decided_at for _, v in pairs).isoformat(timespec="seconds"),
                     "model_version": insp.model_version or "",
@@ -107,35 +116,45 @@ def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         w.writerows(rows)
 
 
-def add_source(params_file: Path = Path("params.yaml")) -> bool:
-    """Insert :data:`ENTRY` as the first source of ``curate.train`` in ``params_file``, keeping every other line
-    (comments included); False when a ``feedback`` layout source is listed there already.
+def add_source(params_file: Path = Path("params.yaml"), root: str = "feedback") -> bool:
+    """Insert :func:`entry_line` as the first source of ``curate.train`` in ``params_file``, at the indentation of
+    the list's items, keeping every other line (comments included); False when a ``feedback`` layout source is
+    listed there already.
 
     Raises:
-        ValueError: no block-style ``curate:`` / ``  train:`` list to insert into (the message shows the line to
-            add by hand), or the result does not validate.
+        ValueError: ``params_file`` is not valid YAML, has no block-style ``curate:`` / ``  train:`` list to insert
+            into (the message shows the line to add by hand), or the result does not validate.
     """
     import yaml
 
     from readl.config import Params
 
     text = params_file.read_text()
-    raw = yaml.safe_load(text) or {}
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{params_file}: not valid YAML ({exc})") from None
     if any(s.get("layout") == "feedback" for s in (raw.get("curate") or {}).get("train") or []):
         return False
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if re.match(r"^curate:\s*(#.*)?$", line)), None)
-    at = None
-    if start is not None:
-        for i in range(start + 1, len(lines)):
-            if re.match(r"^\S", lines[i]):
-                break
-            if re.match(r"^  train:\s*(#.*)?$", lines[i]):
-                at = i + 1
-                break
+    at = indent = None
+    for i in range(start + 1 if start is not None else len(lines), len(lines)):
+        if re.match(r"^\S", lines[i]):
+            break
+        if at is None and re.match(r"^  train:\s*(#.*)?$", lines[i]):
+            at = i + 1
+        elif at is not None and (m := re.match(r"^(\s*)- ", lines[i])):
+            indent = m.group(1)  # the items' own indentation ("    - " here, "  - " from yaml.safe_dump)
+            break
     if at is None:
-        raise ValueError(f"{params_file}: no block-style `curate:` / `  train:` list; add under curate.train:\n{ENTRY}")
-    new = "".join([*lines[:at], ENTRY + "\n", *lines[at:]])
-    Params.model_validate(yaml.safe_load(new))
+        raise ValueError(
+            f"{params_file}: no block-style `curate:` / `  train:` list; add under curate.train:\n{entry_line(root)}"
+        )
+    new = "".join([*lines[:at], entry_line(root, "    " if indent is None else indent) + "\n", *lines[at:]])
+    try:
+        Params.model_validate(yaml.safe_load(new))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{params_file}: could not insert the feedback source ({exc}); add it by hand") from None
     write_text(params_file, new)
     return True

@@ -12,7 +12,10 @@ Safe by default:
 * binds 127.0.0.1 unless ``--host`` says otherwise;
 * reviewers sign in with a token each, from ``$READL_REVIEWERS`` (``alice:TOKEN,bob:sha256:HEX``: a token, or the
   sha256 hex of it so the environment need not hold it); the session is a signed cookie (``SameSite=Strict``,
-  ``HttpOnly``; key ``$READL_REVIEW_SECRET``, else random per start, which signs everybody out on a restart);
+  ``HttpOnly``, :data:`SESSION_S`; key ``$READL_REVIEW_SECRET``, else random per start, which signs everybody out
+  on a restart) that carries a fingerprint of the reviewer's token: changing a token signs its sessions out;
+* on 127.0.0.1 only requests whose ``Host`` is 127.0.0.1 or localhost are answered (a DNS-rebinding page cannot
+  reach the server);
 * every POST carries the session's CSRF token in ``X-CSRF-Token`` (403 without it), sign-in included;
 * images are served by content hash only, and only those the intake stored (no path ever reaches the file
   system from a URL); request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read whole;
@@ -42,6 +45,9 @@ __all__ = ["MAX_BODY", "create_app", "parse_reviewers"]
 MAX_BODY = 64 * 1024
 """Largest request body accepted, bytes (a verdict is well under 1 KiB)."""
 
+SESSION_S = 8 * 3600
+"""Seconds a sign-in lasts (a shift)."""
+
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -59,7 +65,12 @@ def parse_reviewers(value: str | None) -> dict[str, str]:
             continue
         if not sep or not name or not token:
             raise ValueError(f"READL_REVIEWERS entry {entry.strip()!r}: expected name:token or name:sha256:HEX")
-        out[name] = token if token.startswith("sha256:") else "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+        if token.startswith("sha256:"):
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", token[7:]):
+                raise ValueError(f"READL_REVIEWERS entry for {name!r}: sha256: must be followed by 64 hex digits")
+            out[name] = token.lower()
+        else:
+            out[name] = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     if not out:
         raise ValueError("no reviewers: set READL_REVIEWERS=alice:TOKEN[,bob:TOKEN] (or name:sha256:HEX of the token)")
     return out
@@ -103,7 +114,9 @@ class SignIn(BaseModel):
     token: str = Field(max_length=500)
 
 
-def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str | None = None) -> FastAPI:
+def create_app(
+    store: Store, home: Path, reviewers: dict[str, str], secret: str | None = None, host: str = "127.0.0.1"
+) -> FastAPI:
     """The review application (module docstring).
 
     Args:
@@ -111,15 +124,21 @@ def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str 
         home: the production folder; only files under it are ever served.
         reviewers: :func:`parse_reviewers`'s mapping.
         secret: session signing key (default ``$READL_REVIEW_SECRET``, else random).
+        host: the address served; on a loopback address only loopback ``Host`` headers are answered.
     """
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     app = FastAPI(title="readl review", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret or os.environ.get("READL_REVIEW_SECRET") or secrets.token_hex(32),
         session_cookie="readl_review",
+        max_age=SESSION_S,
         same_site="strict",
-        https_only=False,
+        https_only=False,  # behind a TLS proxy the browser sees https; plain http on 127.0.0.1 needs this off
     )
+    if host in ("127.0.0.1", "localhost", "::1"):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
     app.add_middleware(_BodyLimit, limit=MAX_BODY)
     root = home.resolve()
 
@@ -128,14 +147,23 @@ def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str 
             request.session["csrf"] = secrets.token_urlsafe(32)
         return request.session["csrf"]
 
-    def reviewer(request: Request) -> str:
+    def fingerprint(name: str) -> str:  # changes when the reviewer's token does
+        return hashlib.sha256(f"readl-review|{name}|{reviewers[name]}".encode()).hexdigest()[:32]
+
+    def signed_in(request: Request) -> str | None:
         name = request.session.get("reviewer")
-        if name not in reviewers:
+        if name in reviewers and hmac.compare_digest(request.session.get("key", ""), fingerprint(name)):
+            return name
+        return None
+
+    def reviewer(request: Request) -> str:
+        name = signed_in(request)
+        if name is None:
             raise HTTPException(401, "sign in first")
         return name
 
     def csrf(request: Request) -> None:
-        sent, kept = request.headers.get("x-csrf-token", ""), request.session.get("csrf", "")
+        sent, kept = request.headers.get("x-csrf-token", "").encode(), request.session.get("csrf", "").encode()
         if not kept or not hmac.compare_digest(sent, kept):
             raise HTTPException(403, "missing or wrong CSRF token: reload the page")
 
@@ -162,7 +190,7 @@ def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str 
         if want is None or not hmac.compare_digest(want, got):
             raise HTTPException(401, "unknown reviewer or wrong token")
         request.session.clear()
-        request.session.update(reviewer=body.reviewer, csrf=secrets.token_urlsafe(32))
+        request.session.update(reviewer=body.reviewer, key=fingerprint(body.reviewer), csrf=secrets.token_urlsafe(32))
         return {"reviewer": body.reviewer}
 
     @app.post("/logout", dependencies=[Depends(csrf)])
@@ -172,7 +200,7 @@ def create_app(store: Store, home: Path, reviewers: dict[str, str], secret: str 
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request):
-        if request.session.get("reviewer") not in reviewers:
+        if signed_in(request) is None:
             return RedirectResponse("/login", 303)
         ctx = {"csrf": csrf_token(request), "reviewer": request.session["reviewer"]}
         return _TEMPLATES.TemplateResponse(request, "review.html", ctx)

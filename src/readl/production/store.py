@@ -71,9 +71,9 @@ def utcnow() -> datetime:
 
 
 def production_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """``home``, else ``$READL_PRODUCTION_HOME``, else ``data/production``: the folder of the stored image copies,
-    the records and overlays, and the default SQLite file."""
-    return Path(home or os.environ.get("READL_PRODUCTION_HOME") or "data/production").expanduser()
+    """``home``, else ``$READL_PRODUCTION_HOME``, else ``data/production``, made absolute: the folder of the stored
+    image copies, the records and overlays, and the default SQLite file."""
+    return Path(home or os.environ.get("READL_PRODUCTION_HOME") or "data/production").expanduser().resolve()
 
 
 def store_url(db: str | None = None, home: str | os.PathLike[str] | None = None) -> str:
@@ -169,11 +169,15 @@ class Store:
             return set(s.scalars(select(Inspection.image_hash)))
 
     def add_inspection(self, row: dict[str, Any]) -> bool:
-        """Insert one :class:`Inspection` (keys = its columns); False when the image was already there."""
-        with self.session() as s, s.begin():
-            if s.get(Inspection, row["image_hash"]) is not None:
-                return False
-            s.add(Inspection(**row))
+        """Insert one :class:`Inspection` (keys = its columns); False when the image was already there (also when an
+        overlapping inspect run stored it first)."""
+        try:
+            with self.session() as s, s.begin():
+                if s.get(Inspection, row["image_hash"]) is not None:
+                    return False
+                s.add(Inspection(**row))
+        except IntegrityError:
+            return False
         return True
 
     def inspection(self, image_hash: str) -> Inspection | None:
