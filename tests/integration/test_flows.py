@@ -105,6 +105,14 @@ def test_prefect_yaml_matches_params_and_flows():
     assert names == {d: d for d in ("retrain", "train-on-gpu", "inspect", "inspect-shard")}
 
 
+def test_no_flow_module_shadows_the_standard_library():
+    """Prefect loads a deployment's entrypoint by file path and puts flows/ on sys.path for the rest of the process:
+    a flows/inspect.py then replaced the standard library's `inspect` in every later import and spawned worker
+    (curate's decoding processes died with "partially initialized module 'inspect'")."""
+    shadowing = {p.stem for p in (REPO / "flows").glob("*.py")} & set(sys.stdlib_module_names)
+    assert not shadowing, f"flows/ modules named like standard-library modules: {sorted(shadowing)}"
+
+
 def test_dvc_failures_are_classified(tmp_path):
     from flows.stages import StageError, TransientStageError, run_dvc, workdir_of
 

@@ -99,13 +99,14 @@ def _verdict(image: str, request_id: str | None = None, verdict: str = "ok") -> 
     return {"image": image, "verdict": verdict, "request_id": request_id or uuid.uuid4().hex}
 
 
+@pytest.mark.slow
 def test_the_inspect_flow_stores_records_skips_known_content_and_reports_unreadable(
     tiny_dir, sample_dir, tmp_path, monkeypatch
 ):
     from prefect.testing.utilities import prefect_test_harness
 
     sys.path.insert(0, str(REPO))
-    from flows.inspect import inspect
+    from flows.inspect_images import inspect
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
@@ -241,6 +242,16 @@ def test_sessions_end_when_a_token_changes_and_foreign_hosts_are_refused(review,
         and alice.post("/api/verdict", json=_verdict(hashes[0])).status_code == 401
     )
     assert bob.get("/api/next").status_code == 200  # same secret, same token: still signed in
+
+
+def test_guessing_a_token_is_throttled(review):
+    c = httpx.Client(base_url=review.url)
+    token = _csrf(c.get("/login").text)
+    guess = lambda t: c.post("/login", json={"reviewer": "bob", "token": t}, headers={"X-CSRF-Token": token})
+    assert [guess(f"guess-{i}").status_code for i in range(5)] == [401] * 5
+    refused = guess(REVIEWERS["bob"])  # even the right token, until the window has passed
+    assert refused.status_code == 429 and "try again in" in refused.json()["detail"]
+    assert signed_in(review.url, "alice").get("/api/next").status_code == 200  # other reviewers unaffected
 
 
 def test_no_verdict_is_lost_or_doubled_when_the_server_is_killed_mid_write(review, filled):

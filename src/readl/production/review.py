@@ -16,6 +16,7 @@ Safe by default:
   on a restart) that carries a fingerprint of the reviewer's token: changing a token signs its sessions out;
 * on 127.0.0.1 only requests whose ``Host`` is 127.0.0.1 or localhost are answered (a DNS-rebinding page cannot
   reach the server);
+* sign-in attempts are throttled per reviewer name (:data:`LOGIN_FAILURES`);
 * every POST carries the session's CSRF token in ``X-CSRF-Token`` (403 without it), sign-in included;
 * images are served by content hash only, and only those the intake stored (no path ever reaches the file
   system from a URL); request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read whole;
@@ -30,6 +31,8 @@ import hmac
 import os
 import re
 import secrets
+import threading
+import time
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -47,6 +50,10 @@ MAX_BODY = 64 * 1024
 
 SESSION_S = 8 * 3600
 """Seconds a sign-in lasts (a shift)."""
+
+LOGIN_FAILURES, LOGIN_WINDOW_S = 5, 900
+"""Failed sign-ins for one reviewer name within the window, seconds, after which sign-in is refused (429) until
+the oldest failure leaves the window: guessing a token online is bounded to 5 tries per 15 minutes."""
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -141,6 +148,8 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
     app.add_middleware(_BodyLimit, limit=MAX_BODY)
     root = home.resolve()
+    failures: dict[str, list[float]] = {}  # reviewer name -> monotonic times of recent failed sign-ins
+    failures_lock = threading.Lock()
 
     def csrf_token(request: Request) -> str:
         if "csrf" not in request.session:
@@ -185,9 +194,19 @@ def create_app(
 
     @app.post("/login", dependencies=[Depends(csrf)])
     def login(request: Request, body: SignIn):
+        now = time.monotonic()
+        with failures_lock:
+            recent = [t for t in failures.pop(body.reviewer, []) if now - t < LOGIN_WINDOW_S]
+            if recent:  # names without a recent failure hold no memory
+                failures[body.reviewer] = recent
+            if len(recent) >= LOGIN_FAILURES:
+                wait = int(LOGIN_WINDOW_S - (now - recent[0])) + 1
+                raise HTTPException(429, f"too many failed sign-ins for {body.reviewer}: try again in {wait} s")
         want = reviewers.get(body.reviewer)
         got = "sha256:" + hashlib.sha256(body.token.encode()).hexdigest()
         if want is None or not hmac.compare_digest(want, got):
+            with failures_lock:
+                failures.setdefault(body.reviewer, []).append(now)
             raise HTTPException(401, "unknown reviewer or wrong token")
         request.session.clear()
         request.session.update(reviewer=body.reviewer, key=fingerprint(body.reviewer), csrf=secrets.token_urlsafe(32))

@@ -10,7 +10,7 @@ shard: in this process by default (one worker), or as the ``inspect-shard`` depl
 
 Run locally (ephemeral Prefect, no server needed), from the project folder::
 
-    python -m flows.inspect intake/            # --model champion (default: models:/<register.model_name>@champion)
+    python -m flows.inspect_images intake/     # --model champion = models:/<register.model_name>@champion
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):  # loaded by file path (Prefect entrypoint `flows/inspect.py:inspect`)
+if __package__ in (None, ""):  # loaded by file path (Prefect entrypoint `flows/inspect_images.py:inspect`)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect import flow
@@ -160,14 +160,14 @@ def inspect(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.inspect SOURCE [--model URI|project] [--shards N] [--shard-deployment NAME]``."""
+    """``python -m flows.inspect_images SOURCE [--model URI|project] [--shards N] [--shard-deployment NAME]``."""
     import argparse
     import contextlib
     import json
 
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-    ap = argparse.ArgumentParser(prog="python -m flows.inspect", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m flows.inspect_images", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a folder of images or s3://bucket/prefix")
     ap.add_argument("--model", default=CHAMPION, help="champion (default), project (readl predict's), or a model URI")
     ap.add_argument("--shards", type=int, default=1)
