@@ -51,11 +51,19 @@ def export(store: Store, category: str, out: Path = Path("data/raw/feedback")) -
     """Write every image with an agreed verdict to ``out`` (module docstring).
 
     Raises:
-        ValueError: ``category`` is not a plain name (letters, digits, ``_ . -``).
+        ValueError: ``category`` is not a plain name (letters, digits, ``_ . -``), or ``out`` is a folder that is
+            not an earlier export (no ``export.json``): the export replaces ``out`` as a whole, so ``--out
+            data/raw`` or a benchmark's folder would be deleted.
         FileNotFoundError: an inspected image's stored copy is gone (the message names it and the image's origin).
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", category or ""):
         raise ValueError(f"--category {category!r}: the product's name, e.g. metal_plate (letters, digits, _ . -)")
+    out = Path(out)
+    if out.exists() and not (out / "export.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(
+            f"--out {out}: exists and is not an earlier feedback export (no export.json); the export replaces its "
+            f"folder as a whole, so pass a new or empty folder, e.g. data/raw/feedback"
+        )
     by_image: dict[str, list] = defaultdict(list)
     for insp, v in store.reviewed():
         by_image[insp.image_hash].append((insp, v))

@@ -46,6 +46,22 @@ def test_export_writes_agreed_verdicts_and_reports_conflicts(store, tmp_path, sa
     assert all(r.image_path.is_file() for r in recs)
 
 
+def test_export_never_replaces_a_folder_that_is_not_an_export(store, tmp_path, sample_dir):
+    """The export replaces its folder as a whole: `--out data/raw` (or a benchmark's folder) must be refused, with
+    every file left in place; an earlier export is replaced."""
+    h = fill(store, tmp_path / "home", sample_dir, [0.9])
+    store.add_verdict(h[0], "alice", "ng", "r-000000001")
+    raw = tmp_path / "raw"
+    (raw / "mvtec_ad").mkdir(parents=True)
+    (raw / "mvtec_ad" / "000.png").write_bytes(b"a benchmark image")
+    for out in (raw, raw / "mvtec_ad"):
+        with pytest.raises(ValueError, match="not an earlier feedback export"):
+            export(store, "metal_plate", out)
+    assert (raw / "mvtec_ad" / "000.png").read_bytes() == b"a benchmark image"
+    export(store, "metal_plate", raw / "feedback")
+    assert export(store, "metal_plate", raw / "feedback").images == 1  # an earlier export: replaced
+
+
 def test_the_feedback_layout_refuses_a_broken_export(tmp_path):
     from readl.data.sources import LayoutError
 
