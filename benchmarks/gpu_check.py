@@ -336,8 +336,8 @@ def pipeline_table(model, processor, args, calib, evals) -> None:
     from readl.evaluation.report import clean_json
     from readl.localization.thresholds import ThresholdPair, ThresholdSpec, read_thresholds_file, resolve_taus
     from readl.model.generation import make_generator
-    from readl.model.inference import GenerationSettings, Predictor
-    from readl.predictor import open_image
+    from readl.model.inference import Predictor
+    from readl.predictor import open_image, wrap_predictor
 
     params = Params.model_validate(
         {"model": {"base": "tiny", "image_size": args.image_size, "max_new_tokens": args.new_tokens}}
@@ -345,15 +345,7 @@ def pipeline_table(model, processor, args, calib, evals) -> None:
     mcfg, loc, policy = params.model, params.localization, params.evaluate.malformed
 
     def predictor(generator) -> Predictor:  # as readl.predictor.build_predictor, on the model built here
-        return Predictor(
-            model,
-            processor,
-            image_size=mcfg.image_size,
-            layers=loc.layers,
-            query_row=loc.query_row,
-            generation=GenerationSettings(max_new_tokens=mcfg.max_new_tokens),
-            generator=generator,
-        )
+        return wrap_predictor(model, processor, params, generator=generator)
 
     hf = predictor(make_generator("hf"))
     base = f"gpu_check random weights, {args.layers} layers"  # not a folder: the prediction cache keys on the name

@@ -46,6 +46,7 @@ from readl.model.inference import Prediction, Predictor
 __all__ = [
     "ModelLoadError",
     "build_predictor",
+    "wrap_predictor",
     "pipeline_predictor",
     "open_image",
     "resolve_taus",
@@ -105,10 +106,9 @@ def build_predictor(
             message names the model and the fix.
     """
     from readl.model.generation import make_generator
-    from readl.model.inference import GenerationSettings
     from readl.model.loading import load_error_message, load_model, resolve_base
 
-    mcfg, loc = params.model, params.localization
+    mcfg = params.model
     try:
         model, processor = load_model(base, adapter=adapter, device=device, dtype=mcfg.dtype)
     except OSError as exc:
@@ -116,6 +116,18 @@ def build_predictor(
         raise ModelLoadError(load_error_message(base, exc)) from exc
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
+    return wrap_predictor(
+        model, processor, params, max_new_tokens, make_generator(mcfg.generation_backend, resolve_base(base), adapter)
+    )
+
+
+def wrap_predictor(model, processor, params: Params, max_new_tokens: int | None = None, generator=None) -> Predictor:
+    """A loaded ``(model, processor)`` as :func:`build_predictor` wraps it (image size, attention layers, query row,
+    generation settings from ``params``; ``generator`` None = HF generate). For a model built in memory
+    (benchmarks/gpu_check.py)."""
+    from readl.model.inference import GenerationSettings
+
+    mcfg, loc = params.model, params.localization
     return Predictor(
         model,
         processor,
@@ -123,7 +135,7 @@ def build_predictor(
         layers=loc.layers,
         query_row=loc.query_row,
         generation=GenerationSettings(max_new_tokens=max_new_tokens or mcfg.max_new_tokens),
-        generator=make_generator(mcfg.generation_backend, resolve_base(base), adapter),
+        generator=generator,
     )
 
 
