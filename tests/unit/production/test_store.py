@@ -49,8 +49,8 @@ def test_a_retried_request_is_stored_once_and_a_second_verdict_is_refused(store,
 
 
 def test_two_reviewers_claiming_at_once_never_get_the_same_image(store_url, tmp_path, sample_dir):
-    """Two threads, each with its own engine (two server processes' worth), claim and decide until the queue is
-    empty: every image gets exactly one verdict."""
+    """Two threads, each with its own engine (two server processes' worth), claim at the same moment (a barrier per
+    round) and decide until the queue is empty: every image gets exactly one verdict, and each reviewer half."""
     url = store_url
     hashes = fill(Store(url), tmp_path / "home", sample_dir, [0.3 + 0.02 * i for i in range(20)])
     decided: dict[str, list[str]] = {"alice": [], "bob": []}
@@ -58,10 +58,11 @@ def test_two_reviewers_claiming_at_once_never_get_the_same_image(store_url, tmp_
 
     def review(name: str) -> None:
         store = Store(url)
-        start.wait()
-        while (item := store.claim_next(name)) is not None:
-            store.add_verdict(item.inspection.image_hash, name, "ok", uuid.uuid4().hex)
-            decided[name].append(item.inspection.image_hash)
+        for _ in range(11):  # both claim at the same moment in every round (20 images: 10 rounds + an empty one)
+            start.wait(30)
+            if (item := store.claim_next(name)) is not None:
+                store.add_verdict(item.inspection.image_hash, name, "ok", uuid.uuid4().hex)
+                decided[name].append(item.inspection.image_hash)
 
     threads = [threading.Thread(target=review, args=(n,)) for n in decided]
     for t in threads:
@@ -70,5 +71,5 @@ def test_two_reviewers_claiming_at_once_never_get_the_same_image(store_url, tmp_
         t.join(60)
     both = decided["alice"] + decided["bob"]
     assert sorted(both) == sorted(hashes), "every image decided exactly once"
-    assert decided["alice"] and decided["bob"], "both reviewers worked"
+    assert len(decided["alice"]) == len(decided["bob"]) == 10, "each concurrent claim got an image of its own"
     assert Store(url).counts()["verdicts"] == 20
