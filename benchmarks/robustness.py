@@ -137,13 +137,25 @@ def main() -> None:
                     rows.append({"label": args.label, **one_run(work, base, seed, threads, isa, tag)})
                     print(json.dumps(rows[-1]), flush=True)
     if args.csv:  # first: a table that cannot print loses no row
-        new = not args.csv.exists()
-        with open(args.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        append_rows(args.csv, rows)
     print_table(rows)
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the CSV at ``path``; a column the file lacks (a new eval dataset) widens the header, the
+    older rows left blank there. The file is replaced atomically."""
+    old, fields = [], []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old, fields = list(reader), list(reader.fieldnames or [])
+    fields += [k for r in rows for k in r if k not in fields]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(fields)))
+        w.writeheader()
+        w.writerows(old + rows)
+    tmp.replace(path)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -196,6 +208,16 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"targets: runs with an image AUROC < 0.5: {inverted} (target 0); synthetic image AUROC min "
             f"{min(syn):.3f} (>= 0.75), max - min {max(syn) - min(syn):.3f} (<= 0.10)"
+        )
+    widths = {  # widest 95% interval of each dataset's image AUROC over the runs (target <= 0.15)
+        k.removesuffix(".image_AUROC_ci"): max(r[k][1] - r[k][0] for r in rows if r.get(k))
+        for k in rows[0]
+        if k.endswith(".image_AUROC_ci") and any(r.get(k) for r in rows)
+    }
+    if widths:
+        print(
+            "image AUROC 95% interval width, widest run (<= 0.15): "
+            + ", ".join(f"{k} {w:.2f}" for k, w in widths.items())
         )
 
 

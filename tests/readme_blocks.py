@@ -35,7 +35,8 @@ FEWER = {
         "  max_steps: 40              # optimizer steps"
     ),
     "  max_steps: 30              # optimizer steps": "  max_steps: 4               # optimizer steps",
-    "per_image: 6, seed: 0": "per_image: 2, seed: 0",
+    "per_image: 3, seed: 0": "per_image: 2, seed: 0",
+    "published_splits: [train, val]}": "published_splits: [train, val], normal: 6, anomalous: 6}",
     # 40 cosine-decayed steps teach the tiny kit no format (calibrate then finds no reasoning token): constant lr
     "  lr_scheduler_type: cosine   # decays": "  lr_scheduler_type: constant # decays",
     "root: mvtec_ad, normal: 40,": "root: mvtec_ad, normal: 6,",

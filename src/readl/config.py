@@ -340,7 +340,7 @@ class CurateConfig(_Section):
     references: Literal["template", "none"] = "template"
     train: list[CurateSource] = [
         _src("hazelnut_toy", "mvtec", normal=26, anomalous=12),
-        _src("mpdd_derived", "images_masks", normal=6, anomalous=8),
+        _src("mpdd_derived", "images_masks", published_splits=["test"], normal=6, anomalous=8),
         _bottle(normal=14),
         # synthetic anomalies of the normal train images (no masks in train)
         CurateSource(
@@ -358,11 +358,13 @@ class CurateConfig(_Section):
     ]
     calib: list[CurateSource] = [
         _src("hazelnut_toy", "mvtec", normal=8, anomalous=5),
-        _src("mpdd_derived", "images_masks", normal=2, anomalous=4),
+        _src("mpdd_derived", "images_masks", published_splits=["test"], normal=2, anomalous=4),
         _bottle(normal=6),
     ]
     eval: list[CurateSource] = [
         _src("mvtec_ad", "mvtec", options={"categories": ["grid"]}),
+        # real defects of a trained category: the MPDD metal_plate photos train/calib never draw from
+        CurateSource(name="mpdd", layout="images_masks", root="mpdd_derived", published_splits=["train", "val"]),
         # synthetic anomalies (+ the normals) of 40 held-out MVTec AD bottle photos
         CurateSource(
             name="synthetic",
@@ -374,7 +376,7 @@ class CurateConfig(_Section):
                 "base_options": {"categories": ["bottle"]},
                 "recipes": ["draem"],
                 "texture": "procedural",
-                "per_image": 6,
+                "per_image": 3,
                 "seed": 0,
                 "normals": True,
             },

@@ -82,13 +82,21 @@ def test_sample_counts_match_params(sample_run):
     ev = C.read_manifest("eval", sample_run.out_dir)
     real = ev[ev["source"] == "mvtec_ad"]
     assert set(real["category"]) == {"grid"} and len(real) == 24 and real["label"].sum() == 11
-    # + the synthetic eval dataset: 6 DRAEM anomalies of each of 40 held-out MVTec AD bottle photos
+    # + the synthetic eval dataset: 3 DRAEM anomalies of each of 40 held-out MVTec AD bottle photos
     syn = ev[ev["source"] == "synthetic"]
     assert set(syn["category"]) == {"bottle"} and (syn["label"] == 0).sum() == 40
-    assert syn.groupby("defect_type").size().to_dict() == {"good": 40, "draem": 240}
+    assert syn.groupby("defect_type").size().to_dict() == {"good": 40, "draem": 120}
     assert syn["raw_image_path"].nunique() == 40  # the bootstrap's independent units
     train = C.read_manifest("train", sample_run.out_dir)
     assert not set(syn["raw_image_path"]) & set(train["raw_image_path"])
+    # + the real-defect eval dataset: every MPDD metal_plate photo outside the re-split's test folder, which alone
+    # feeds train and calib
+    mpdd = ev[ev["source"] == "mpdd"]
+    assert mpdd.groupby("label").size().to_dict() == {0: 54, 1: 60} and mpdd["mask_path"].notna().all()
+    calib = C.read_manifest("calib", sample_run.out_dir)
+    plates = pd.concat([train, calib])
+    plates = plates.loc[plates["source"] == "mpdd_derived", "raw_image_path"]
+    assert len(plates) == 20 and plates.str.startswith("mpdd_derived/metal_plate/test/").all()
     summary = sample_run.summary["splits"]
     # train: 66 real images (26 + 6 + 14 normal, 12 + 8 anomalous) + one synthetic anomaly per normal train image
     assert summary["train"]["images"] == 66 + 46 and summary["calib"]["images"] == 25
@@ -108,9 +116,12 @@ def test_sample_images_and_masks_are_420_png(sample_run):
         assert img.size == (420, 420) and img.mode == "RGB" and img.format == "PNG"
         assert m.shape == (420, 420) and set(np.unique(m)) <= {0, 255}
         assert (m.max() == 255) == bool(row.label)
-        where = "grid" if row.source == "mvtec_ad" else "bottle"  # synthetic: the held-out MVTec AD bottle photos
+        # synthetic: the held-out MVTec AD bottle photos; mpdd: the metal_plate photos train and calib never read
+        where = {"mvtec_ad": "grid", "synthetic": "bottle", "mpdd": "metal_plate"}[row.source]
         assert row.image_path.startswith(f"{out}/images/eval/{row.source}/{where}/")
-        assert row.raw_image_path.startswith(("mvtec_ad/grid/", "mvtec_ad/bottle/"))
+        assert row.raw_image_path.startswith(
+            ("mvtec_ad/grid/", "mvtec_ad/bottle/", "mpdd_derived/metal_plate/train/", "mpdd_derived/metal_plate/val/")
+        )
         assert (REPO / "data/raw" / row.raw_image_path).is_file()
     tr = C.read_manifest("train", out)
     hz = tr[tr["source"] == "hazelnut_toy"]
@@ -135,7 +146,7 @@ def test_load_split_as_hf_dataset(sample_run):
     import datasets
 
     ds = C.load_split("eval", sample_run.out_dir)
-    assert isinstance(ds, datasets.Dataset) and len(ds) == 24 + 280
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 24 + 114 + 160
     assert isinstance(ds.features["image"], datasets.Image)
     row = ds[0]
     assert row["image"].size == (420, 420) and row["image"].mode == "RGB"

@@ -167,12 +167,21 @@ def test_hazelnut_toy_masks_without_suffix():
 
 def test_mpdd_images_masks_label_from_mask():
     recs = list(read_source("images_masks", SAMPLE / "mpdd_derived", source="mpdd_derived"))
-    assert len(recs) == 20
-    assert Counter(r.label for r in recs) == {1: 12, 0: 8}
-    assert {(r.category, r.split) for r in recs} == {("metal_plate", "test")}
+    assert len(recs) == 134
+    # the split is the folder above images/ + masks/ (the third party's re-split of MPDD)
+    assert Counter((r.split, r.label) for r in recs) == {
+        ("test", 1): 12,
+        ("test", 0): 8,
+        ("train", 1): 53,
+        ("train", 0): 41,
+        ("val", 1): 7,
+        ("val", 0): 13,
+    }
+    assert {r.category for r in recs} == {"metal_plate"}
     assert all(r.mask_path is not None for r in recs)
     assert {r.defect_type for r in recs if r.label} == {"unknown"}
     truth = {r["image"]: r["label"] for r in manifest_rows("mpdd_derived")}
+    assert len(truth) == len(recs)
     for r in recs:
         assert (truth[r.image_path.relative_to(SAMPLE).as_posix()] == "anomalous") == bool(r.label)
 

@@ -117,9 +117,13 @@ def stage_dir(tmp_path_factory, tiny_dir, sample_dir):
     (work / "data" / "raw").symlink_to(sample_dir)
     params = (sample_dir.parents[1] / "params.yaml").read_text()
     params = params.replace("max_new_tokens: 256", "max_new_tokens: 12")
-    assert "per_image: 6" in params and "normal: 40," in params  # the synthetic eval dataset, here 6 + 6 images
+    assert "per_image: 3" in params and "normal: 40," in params  # the synthetic eval dataset, here 6 + 6 images
+    mpdd = "published_splits: [train, val]}"  # the mpdd eval dataset, here 4 + 4 images
+    assert params.count(mpdd) == 1
     (work / "params.yaml").write_text(
-        params.replace("per_image: 6", "per_image: 1").replace("normal: 40,", "normal: 6,")
+        params.replace("per_image: 3", "per_image: 1")
+        .replace("normal: 40,", "normal: 6,")
+        .replace(mpdd, "published_splits: [train, val], normal: 4, anomalous: 4}")
     )
     return work
 
@@ -146,7 +150,7 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch, resolve_model
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     n_eval = len(pd.read_parquet(stage_dir / "data/curated/eval.parquet"))
     assert metrics["n_images"] == n_eval and 0 <= metrics["n_malformed"] <= n_eval
-    assert set(metrics["datasets"]) == {"mvtec_ad", "synthetic"} and set(metrics["modes"]) == set(MODES)
+    assert set(metrics["datasets"]) == {"mvtec_ad", "mpdd", "synthetic"} and set(metrics["modes"]) == set(MODES)
     per = metrics["datasets"]
     assert sum(d["n_images"] for d in per.values()) == n_eval
     for d in per.values():  # the share of strictly formatted answers, per dataset: a malformed one is never strict
@@ -174,17 +178,21 @@ def test_calibrate_and_evaluate_end_to_end(stage_dir, monkeypatch, resolve_model
     assert reasoning["n"] == per["mvtec_ad"]["n_images"] and 0.0 <= reasoning["ROUGE_L"] <= 1.0
     assert reasoning["ROUGE_L"] == per["mvtec_ad"]["reasoning"]["ROUGE_L"] and -1.0 <= reasoning["SBERT"] <= 1.0
     assert per["synthetic"]["reasoning"]["n"] == per["synthetic"]["n_images"]  # each dataset's own numbers too
-    assert reasoning["reference_source"] == {"mvtec_ad": "template", "synthetic": "template"}
+    assert reasoning["reference_source"] == {"mvtec_ad": "template", "mpdd": "template", "synthetic": "template"}
     for kind in ("image_roc", "image_pr", "pixel_roc", "pixel_pr"):
         rows = json.loads((stage_dir / "plots" / kind / "mvtec_ad.json").read_text())
         assert rows and set(rows[0]) in ({"fpr", "tpr"}, {"recall", "precision"})
     table = pd.read_csv(stage_dir / "reports/per_category.csv")
-    assert list(zip(table["dataset"], table["category"])) == [("mvtec_ad", "grid"), ("synthetic", "bottle")]
+    assert sorted(zip(table["dataset"], table["category"])) == [
+        ("mpdd", "metal_plate"),
+        ("mvtec_ad", "grid"),
+        ("synthetic", "bottle"),
+    ]
     assert table["n"].sum() == n_eval
     assert "| grid" in (stage_dir / "reports/per_category.md").read_text()
     html = (stage_dir / "reports/gallery/index.html").read_text()
     pngs = sorted((stage_dir / "reports/gallery").glob("*.png"))
-    assert len(pngs) == 4 * 2 and all(p.name in html for p in pngs)  # gallery_per_dataset x 2 datasets
+    assert len(pngs) == 4 * 3 and all(p.name in html for p in pngs)  # gallery_per_dataset x 3 datasets
 
     # resume: the per-image cache is reused; a deleted entry is recomputed, the rest untouched
     cache = sorted((stage_dir / "reports/predictions/eval").glob("*.npz"))
