@@ -336,7 +336,6 @@ def pipeline_table(model, processor, args, calib, evals) -> None:
     from readl.evaluation.report import clean_json
     from readl.localization.thresholds import ThresholdPair, ThresholdSpec, read_thresholds_file, resolve_taus
     from readl.model.generation import make_generator
-    from readl.model.inference import Predictor
     from readl.predictor import open_image, wrap_predictor
 
     params = Params.model_validate(
@@ -344,10 +343,7 @@ def pipeline_table(model, processor, args, calib, evals) -> None:
     )
     mcfg, loc, policy = params.model, params.localization, params.evaluate.malformed
 
-    def predictor(generator) -> Predictor:  # as readl.predictor.build_predictor, on the model built here
-        return wrap_predictor(model, processor, params, generator=generator)
-
-    hf = predictor(make_generator("hf"))
+    hf = wrap_predictor(model, processor, params, generator=make_generator("hf"))  # as build_predictor does
     base = f"gpu_check random weights, {args.layers} layers"  # not a folder: the prediction cache keys on the name
     print(
         f"\n4. the pipeline on {args.images} bundled images ({len(calib)} calibration + {len(evals)} evaluation, "
@@ -411,7 +407,9 @@ def pipeline_table(model, processor, args, calib, evals) -> None:
                 "includes the engine's start; peak MiB: this process only, the engine holds its own GPU share)"
             )
             try:
-                vllm = predictor(_vllm_generator(model, processor, tmp / "model"))
+                vllm = wrap_predictor(
+                    model, processor, params, generator=_vllm_generator(model, processor, tmp / "model")
+                )
                 _phase("generate+capture (calib, vLLM)", len(calib), lambda: predict(calib, vllm, "vllm"), args.device)
             except Exception as exc:  # noqa: BLE001 - untested path: report it, keep the run's other numbers
                 print(f"vLLM: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

@@ -1,6 +1,7 @@
 """Does the default recipe's result survive a change of seed or thread count?
 
-Runs the pipeline (curate once; then per run warmup -> train -> calibrate -> evaluate, model baselines off) for
+Runs the pipeline (curate once; then per run warmup -> train -> calibrate -> evaluate, model baselines off
+unless ``--baselines`` names some, e.g. ``warmup``: the warm start's image AUROC per dataset is then a column) for
 every (seed, threads, isa) triple in a scratch folder, with ``warmup.seed = train.seed = seed`` and
 ``runtime.threads = threads``, and prints per run the image AUROC, the pixel AUROC (modes ``both`` and ``all``)
 and the format rate per eval dataset, then min / median / max over the runs. ``--isa avx2`` runs a stage with
@@ -15,7 +16,7 @@ params.yaml as ``dvc exp run -S`` does (a lever to try); the curated data never 
     python benchmarks/robustness.py --threads 2 --isa native avx2      # the other-machine axis
 
 Targets (README "One result per commit"): no image AUROC < 0.5 on any dataset, synthetic image AUROC min >= 0.75 and
-max - min <= 0.10. About 4-5 min per run on 2 cores.
+max - min <= 0.10. About 7 min per run on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -74,13 +75,20 @@ def readl(args: list[str], cwd: Path, log, isa: str = "native") -> None:
         raise SystemExit(f"readl {' '.join(args)} failed in {cwd} (exit {done.returncode}); see {log.name}")
 
 
-def one_run(work: Path, base: dict, seed: int, threads: int, isa: str, tag: str) -> dict:
+def one_run(
+    work: Path, base: dict, seed: int, threads: int, isa: str, tag: str, baselines: tuple[str, ...] = ()
+) -> dict:
     run = work / f"run-s{seed}-t{threads}-{isa}{tag}"
     run.mkdir()
     (run / "data").symlink_to(work / "data")
     params = override(
         json.loads(json.dumps(base)),
-        [f"warmup.seed={seed}", f"train.seed={seed}", f"runtime.threads={threads}", "evaluate.baselines=[]"],
+        [
+            f"warmup.seed={seed}",
+            f"train.seed={seed}",
+            f"runtime.threads={threads}",
+            f"evaluate.baselines={json.dumps(list(baselines))}",
+        ],
     )
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     t0 = time.perf_counter()
@@ -104,6 +112,9 @@ def one_run(work: Path, base: dict, seed: int, threads: int, isa: str, tag: str)
         row[f"{ds}.pixel_AUROC_both"] = d["modes"]["both"]["AUROC"]
         row[f"{ds}.pixel_AUROC_all"] = d["modes"]["all"]["AUROC"]
         row[f"{ds}.format_rate"] = d["format_rate"]
+    for name, b in m.get("baselines", {}).items():  # e.g. the warm start: is the spread the warm-up's or CGRO's?
+        for ds, d in b.get("datasets", {}).items():
+            row[f"{ds}.image_AUROC_{name}"] = d["image"]["AUROC"]
     return row
 
 
@@ -117,14 +128,18 @@ def main() -> None:
     ap.add_argument("--label", default="default", help="name of this configuration in the table and CSV")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
-    ap.add_argument("--csv", type=Path, default=None, help="append the rows to this CSV")
+    ap.add_argument(
+        "--baselines", nargs="*", default=[], help="evaluate.baselines to run too, e.g. warmup (default: none)"
+    )
+    ap.add_argument("--csv", type=Path, default=None, help="append each run's row to this CSV as the run ends")
     args = ap.parse_args()
 
     base = override(yaml.safe_load(args.params.read_text()), args.set)
     work = args.work or Path(tempfile.mkdtemp(prefix="readl-robustness-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
-    print(f"robustness [{args.label}]: {' '.join(args.set) or 'params.yaml as is'}; scratch {work}", flush=True)
+    source = args.params if args.params != ROOT / "params.yaml" else "params.yaml"
+    print(f"robustness [{args.label}]: {source} {' '.join(args.set) or 'as is'}; scratch {work}", flush=True)
     with open(work / "curate.log", "w") as log:
         readl(["curate", "--raw", str(ROOT / "data/raw"), "--out", "data/curated"], work, log)
 
@@ -134,10 +149,11 @@ def main() -> None:
             for isa in args.isa:
                 for r in range(args.repeat):
                     tag = f"-r{r}" if args.repeat > 1 else ""
-                    rows.append({"label": args.label, **one_run(work, base, seed, threads, isa, tag)})
+                    row = one_run(work, base, seed, threads, isa, tag, tuple(args.baselines))
+                    rows.append({"label": args.label, **row})
                     print(json.dumps(rows[-1]), flush=True)
-    if args.csv:  # first: a table that cannot print loses no row
-        append_rows(args.csv, rows)
+                    if args.csv:  # each run's row as it ends: a stopped or crashed sweep keeps its finished runs
+                        append_rows(args.csv, rows[-1:])
     print_table(rows)
 
 

@@ -15,7 +15,6 @@ Run locally (ephemeral Prefect, no server needed), from the project folder::
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,8 @@ if __package__ in (None, ""):  # loaded by file path (Prefect entrypoint `flows/
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
+
+from flows import without_telemetry
 
 __all__ = ["CHAMPION", "SHARD_DEPLOYMENT", "inspect", "inspect_shard", "model_uri"]
 
@@ -162,10 +163,7 @@ def inspect(
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.inspect_images SOURCE [--model URI|project] [--shards N] [--shard-deployment NAME]``."""
     import argparse
-    import contextlib
     import json
-
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     ap = argparse.ArgumentParser(prog="python -m flows.inspect_images", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a folder of images or s3://bucket/prefix")
@@ -175,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", help="production folder (default $READL_PRODUCTION_HOME or data/production)")
     ap.add_argument("--db", help="SQLAlchemy URL (default $READL_PRODUCTION_DB or sqlite:///<home>/production.db)")
     a = ap.parse_args(argv)
-    explicit = "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ  # as flows/retrain.py: no telemetry offline
-    with contextlib.nullcontext() if explicit else temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    with without_telemetry():
         result = inspect(
             a.source,
             model=a.model,

@@ -31,6 +31,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
+from flows import without_telemetry
 from flows.stages import (
     RETRY_DELAYS,
     StageError,
@@ -367,14 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-promote", action="store_true")
     ap.add_argument("--dvc-remote", help="make this DVC remote the default first (e.g. s3)")
     a = ap.parse_args(argv)
-    import contextlib
-
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-
-    # the ephemeral server of a run without PREFECT_API_URL would report telemetry (an ERROR line offline);
-    # an explicit PREFECT_SERVER_ANALYTICS_ENABLED wins (Prefect reads it itself)
-    explicit = "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ
-    with contextlib.nullcontext() if explicit else temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    with without_telemetry():
         result = retrain(
             workdir=a.workdir,
             gpu_deployment=a.gpu_deployment,

@@ -158,6 +158,7 @@ class WarmupConfig(_Section):
     max_steps: int = Field(600, gt=0)  # optimizer steps
     per_device_train_batch_size: int = Field(8, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decoupled weight decay (a regulariser against memorising)
     decision_tokens: int = Field(2, ge=0)  # reasoning tokens after <think> weighted by decision_weight
     decision_weight: float = Field(20.0, ge=0)  # loss weight of those tokens (the per-label opening decides)
     answer_weight: float = Field(5.0, ge=0)  # loss weight of the answer word after <answer>
@@ -165,6 +166,7 @@ class WarmupConfig(_Section):
         True  # class-balanced rows: the minority label's images repeated (readl.training.data.balanced_rows)
     )
     augment: bool = True  # random flips / 90-degree rotations / grey conversion of each read (labels kept)
+    augment_grayscale: float = Field(0.25, ge=0, le=1)  # probability of the grey conversion of a read
     seed: int = 0
     save_steps: int = Field(100, gt=0)  # checkpoint every N steps (models/warmup_checkpoints)
     save_total_limit: int | None = Field(2, gt=0)  # checkpoints kept while training (null = all)

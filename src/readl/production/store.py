@@ -129,6 +129,12 @@ class VerdictConflict(ValueError):
     """The reviewer already gave this image another verdict (a second request, not a retry of the first)."""
 
 
+def _waiting():
+    """``SELECT count(*)`` of the readable images without a verdict (the review queue's length)."""
+    no_verdict = ~exists().where(Verdict.image_hash == Inspection.image_hash)
+    return select(func.count()).select_from(Inspection).where(Inspection.record.is_not(None), no_verdict)
+
+
 @dataclass
 class QueueItem:
     """What the review page shows for one image: the inspection row's fields and how many images wait."""
@@ -230,11 +236,7 @@ class Store:
             if got is None:
                 return None
             item = s.get(Inspection, got)
-            waiting = s.scalar(
-                select(func.count())
-                .select_from(Inspection)
-                .where(Inspection.record.is_not(None), ~exists().where(Verdict.image_hash == Inspection.image_hash))
-            )
+            waiting = s.scalar(_waiting())
         return QueueItem(item, int(waiting or 0))
 
     def add_verdict(
@@ -303,12 +305,5 @@ class Store:
             n = s.scalar(select(func.count()).select_from(Inspection)) or 0
             bad = s.scalar(select(func.count()).select_from(Inspection).where(Inspection.record.is_(None))) or 0
             v = s.scalar(select(func.count()).select_from(Verdict)) or 0
-            waiting = (
-                s.scalar(
-                    select(func.count())
-                    .select_from(Inspection)
-                    .where(Inspection.record.is_not(None), ~exists().where(Verdict.image_hash == Inspection.image_hash))
-                )
-                or 0
-            )
+            waiting = s.scalar(_waiting()) or 0
         return {"inspected": n, "unreadable": bad, "verdicts": v, "waiting": waiting}

@@ -87,7 +87,9 @@ def run(
     trainer = WeightedSFTTrainer(
         model=model,
         args=sft_args(params, ckpt_dir, model),
-        train_dataset=sft_dataset(frame, params.model.image_size, targets, w.seed if w.augment else None),
+        train_dataset=sft_dataset(
+            frame, params.model.image_size, targets, w.seed if w.augment else None, w.augment_grayscale
+        ),
         processing_class=processor,
         peft_config=peft,
         decision_tokens=w.decision_tokens,

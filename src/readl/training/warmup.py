@@ -61,7 +61,9 @@ def augment(image: Image.Image, rng: np.random.Generator, grayscale: float = 0.2
     return image
 
 
-def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | None = None) -> Dataset:
+def sft_dataset(
+    frame, image_size: int, targets: list[str], augment_seed: int | None = None, grayscale: float = 0.25
+) -> Dataset:
     """Prompt-completion rows for TRL's ``SFTTrainer``: ``{"prompt", "completion", "image"}``.
 
     ``prompt`` is the GRPO prompt (:func:`readl.training.data.prompt_messages`; TRL inserts the image before
@@ -75,6 +77,7 @@ def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | 
         augment_seed: ``None`` = no augmentation; else each read of a row is augmented (:func:`augment`) with a
             generator seeded by (augment_seed, row, how often this row was read), so a run is reproducible (a
             resumed run draws its remaining augmentations afresh).
+        grayscale: :func:`augment`'s probability of a grey read, in [0, 1] (``warmup.augment_grayscale``).
     """
     ds = Dataset.from_dict(
         {"image_path": list(frame["image_path"]), "target": list(targets), "row": list(range(len(frame)))}
@@ -88,7 +91,7 @@ def sft_dataset(frame, image_size: int, targets: list[str], augment_seed: int | 
                 img = model_image(im, image_size)
             if augment_seed is not None:
                 reads[row] = reads.get(row, -1) + 1
-                img = augment(img, np.random.default_rng([augment_seed, row, reads[row]]))
+                img = augment(img, np.random.default_rng([augment_seed, row, reads[row]]), grayscale)
             images.append(img)
         return {
             "prompt": [prompt_messages() for _ in images],
@@ -181,7 +184,7 @@ def sft_args(params: Params, output_dir: Path, model) -> SFTConfig:
     return SFTConfig(
         warmup_steps=w.lr_warmup_steps,
         max_steps=w.max_steps,
-        weight_decay=0.0,
+        weight_decay=w.weight_decay,
         max_grad_norm=1.0,
         completion_only_loss=True,
         activation_checkpointing=False,  # TRL's SFT default is on: a second forward per step

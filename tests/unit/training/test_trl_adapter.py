@@ -68,3 +68,13 @@ def test_grpo_and_sft_configs_share_the_run_args(tmp_path, dtype):
         )
         assert args.save_strategy == "steps" and args.report_to == []
         assert not args.remove_unused_columns and args.dataloader_num_workers == 0 and args.disable_tqdm
+
+
+def test_warmup_weight_decay_reaches_the_sft_config(tmp_path):
+    """``warmup.weight_decay`` is AdamW's (a lever of benchmarks/robustness.py); the default stays 0 (no decay)."""
+    model = torch.nn.Linear(2, 2)
+    assert sft_args(Params(), tmp_path, model).weight_decay == 0.0
+    params = Params.model_validate({"warmup": {"weight_decay": 0.05}})
+    assert sft_args(params, tmp_path, model).weight_decay == 0.05
+    with pytest.raises(ValueError, match="weight_decay"):
+        Params.model_validate({"warmup": {"weight_decay": -1}})

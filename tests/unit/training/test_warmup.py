@@ -152,6 +152,19 @@ def test_augment_is_a_seeded_symmetry_of_the_square():
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
 
 
+def test_sft_dataset_reads_are_grey_with_the_given_probability(tmp_path):
+    """``warmup.augment_grayscale`` reaches every augmented read: 1 = every read grey, 0 = never."""
+    from PIL import Image
+
+    Image.new("RGB", (28, 28), (200, 20, 30)).save(tmp_path / "a.png")
+    frame = pd.DataFrame({"image_path": [str(tmp_path / "a.png")], "label": [1]})
+    for p, grey in ((1.0, True), (0.0, False)):
+        ds = sft_dataset(frame, 28, ["<think>x</think><answer>Yes</answer>"], augment_seed=0, grayscale=p)
+        for _ in range(5):
+            px = np.asarray(ds[0]["image"])
+            assert (px[..., 0] == px[..., 1]).all() == grey
+
+
 def test_the_stages_model_follows_warmup(tmp_path, caplog):
     paths = Paths(tmp_path)
     assert resolve_model(Params(), paths) == ModelRef("tiny", "tiny") and "run `dvc repro warmup`" in caplog.text
